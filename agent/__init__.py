@@ -1,0 +1,3 @@
+"""Docktor: scale queue workers on queue depth and throughput, with every decision explained."""
+
+__version__ = "0.1.0"
