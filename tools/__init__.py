@@ -6,7 +6,8 @@ Plugins are found by file name, so adding a queue source is adding one file:
   model with ``extra="forbid"`` describing the ``queue:`` block, ``kind`` included) and
   ``create_source(settings) -> MetricSource``.
 * ``tools/<name>_executor.py`` for ``executor: <name>``. It defines
-  ``create_executor(service, base_dir) -> Executor``.
+  ``create_executor(service, base_dir, state_dir) -> Executor`` (base_dir: the config file's
+  folder, for relative paths; state_dir: where the executor may keep logs and files).
 """
 
 from __future__ import annotations
