@@ -83,9 +83,11 @@ def plan(
 
 
 def finish(
-    svc: ServiceConfig, p: Plan, proposal: Proposal, source: Source
+    svc: ServiceConfig, p: Plan, proposal: Proposal, source: Source, *, envelope: Envelope | None = None
 ) -> Decision:
-    target, notes = clamp(proposal.target, p.envelope)
+    """Clamp ``proposal`` into the plan's envelope (or a narrower one, e.g. the LLM's)."""
+    env = envelope or p.envelope
+    target, notes = clamp(proposal.target, env)
     action: Action = "scale_up" if target > p.current else "scale_down" if target < p.current else "hold"
     reason = proposal.reason
     if notes:
@@ -99,7 +101,7 @@ def finish(
         proposal=proposal.target,
         matched_rules=p.evaluation.matched_rules,
         guardrails=notes,
-        envelope=p.envelope,
+        envelope=env,
         source=source,
         policy=svc.policy,
         observations=p.observations,
