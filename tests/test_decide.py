@@ -1,0 +1,187 @@
+"""Rules, guardrails and decisions: pure functions, tested without any I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import ServiceConfig, parse_config
+from agent.decide import decide
+from agent.guardrails import step_down, step_up
+from agent.state import ServiceState, remember
+
+BASE = """
+services:
+  - name: w
+    command: ["true"]
+    min_replicas: {min}
+    max_replicas: {max}
+    policy: rules
+    queue: {{kind: nats, url: "nats://127.0.0.1:1", stream: S, consumer: C}}
+    scale_up_by: {up}
+    scale_down_by: {down}
+    cooldown_up: {cu}
+    cooldown_down: {cd}
+    scale_down_stabilization: {stab}
+    rules:
+      scale_up_when:
+        - {{metric: queue.backlog, op: ">", value: 500}}
+        - {{metric: queue.rate_in, op: ">", value: 200}}
+      scale_down_when:
+        - {{metric: queue.backlog, op: "<=", value: 100}}
+        - {{metric: queue.rate_in, op: "<", value: 150}}
+"""
+
+
+def service(min: int = 1, max: int = 10, up: int = 2, down: int = 1, cu: float = 0, cd: float = 0, stab: float = 0, **extra: Any) -> ServiceConfig:
+    svc = parse_config(BASE.format(min=min, max=max, up=up, down=down, cu=cu, cd=cd, stab=stab), Path("/tmp/d.yaml"), {}).services[0]
+    return svc.model_copy(update=extra) if extra else svc
+
+
+BUSY = {"queue.backlog": 1500.0, "queue.rate_in": 100.0}
+IDLE = {"queue.backlog": 10.0, "queue.rate_in": 20.0}
+STEADY = {"queue.backlog": 300.0, "queue.rate_in": 100.0}
+
+
+def test_any_up_rule_scales_up_with_a_readable_reason() -> None:
+    d = decide(service(), BUSY, 3, ServiceState(), now=100)
+    assert (d.decision, d.target) == ("scale_up", 5)
+    assert d.reason == "queue.backlog 1500 > 500"
+    assert d.matched_rules == ["queue.backlog 1500 > 500"]
+    assert d.guardrails == []
+
+
+def test_all_down_rules_must_match() -> None:
+    assert decide(service(), IDLE, 3, ServiceState(), now=100).target == 2
+    half = {"queue.backlog": 10.0, "queue.rate_in": 180.0}
+    d = decide(service(), half, 3, ServiceState(), now=100)
+    assert (d.decision, d.reason) == ("hold", "no rule matched")
+
+
+def test_empty_down_rules_never_scale_in() -> None:
+    svc = service()
+    svc = svc.model_copy(update={"rules": svc.rules.model_copy(update={"scale_down_when": []})})
+    assert decide(svc, IDLE, 3, ServiceState(), now=100).decision == "hold"
+
+
+def test_max_replicas_clamp_is_recorded() -> None:
+    d = decide(service(max=6), BUSY, 5, ServiceState(), now=100)
+    assert d.target == 6
+    assert [(g.name, g.before, g.after) for g in d.guardrails] == [("max_replicas", 7, 6)]
+    assert "max_replicas 7 -> 6" in d.reason
+
+
+def test_current_outside_bounds_is_corrected_even_without_rules() -> None:
+    assert decide(service(min=2, max=4), STEADY, 0, ServiceState(), now=100).target == 2
+    high = decide(service(min=2, max=4), STEADY, 9, ServiceState(), now=100)
+    assert (high.decision, high.target) == ("scale_down", 4)
+    assert high.guardrails[0].name == "max_replicas"
+
+
+def test_cooldown_up_blocks_a_second_scale_up() -> None:
+    svc = service(cu=30)
+    state = ServiceState()
+    first = decide(svc, BUSY, 2, state, now=100)
+    remember(state, first, 100, acted=True)
+    blocked = decide(svc, BUSY, 4, state, now=110)
+    assert (blocked.decision, blocked.guardrails[0].name) == ("hold", "cooldown_up")
+    assert decide(svc, BUSY, 4, state, now=131).target == 6
+
+
+def test_cooldown_down_counts_from_any_action() -> None:
+    svc = service(cd=60)
+    state = ServiceState()
+    remember(state, decide(svc, BUSY, 2, state, now=100), 100, acted=True)
+    d = decide(svc, IDLE, 4, state, now=130)
+    assert (d.decision, d.guardrails[0].name) == ("hold", "cooldown_down")
+    assert decide(svc, IDLE, 4, state, now=161).target == 3
+
+
+def test_stabilization_waits_for_a_whole_window_of_low_recommendations() -> None:
+    svc = service(stab=30)
+    state = ServiceState()
+    for t in (0, 10, 20):  # steady: recommendations of 5
+        remember(state, decide(svc, STEADY, 5, state, now=t), t, acted=False)
+    d = decide(svc, IDLE, 5, state, now=30)
+    assert (d.decision, d.guardrails[0].name) == ("hold", "stabilization")
+    for t in (30, 40, 50):
+        remember(state, decide(svc, IDLE, 5, state, now=t), t, acted=False)
+    assert decide(svc, IDLE, 5, state, now=61).target == 4
+
+
+def test_missing_metric_means_no_action_in_either_direction() -> None:
+    d = decide(service(), {"queue.rate_in": 20.0}, 4, ServiceState(), now=100)
+    assert d.decision == "hold"
+    assert d.missing == ["queue.backlog"]
+    d_up = decide(service(), {"queue.rate_in": 900.0}, 4, ServiceState(), now=100)
+    assert d_up.decision == "hold"
+
+
+def test_missing_metrics_still_correct_bounds() -> None:
+    assert decide(service(min=3), {}, 1, ServiceState(), now=0).target == 3
+
+
+def test_backoff_after_failed_scale_blocks_scale_up_only() -> None:
+    svc = service()
+    state = ServiceState()
+    remember(state, decide(svc, BUSY, 2, state, now=100), 100, acted=True, ok=False)
+    assert state.backoff_until == 130
+    d = decide(svc, BUSY, 2, state, now=110)
+    assert (d.decision, d.guardrails[0].name) == ("hold", "backoff")
+    assert decide(svc, IDLE, 2, state, now=110).decision == "scale_down"
+    remember(state, decide(svc, BUSY, 2, state, now=131), 131, acted=True, ok=False)
+    assert state.backoff_until == 131 + 60  # exponential
+
+
+def test_percent_step_uses_the_larger_step_like_hpa_select_max() -> None:
+    svc = service(up=1, max=100, scale_up_percent=100)
+    assert step_up(svc, 8) == 8
+    assert decide(svc, BUSY, 8, ServiceState(), now=0).target == 16
+
+
+def test_target_policy_sizes_by_backlog_per_replica() -> None:
+    svc = service(policy="target", target_per_replica=100.0, up=100, down=100)
+    assert decide(svc, {**STEADY, "queue.backlog": 650.0}, 2, ServiceState(), now=0).target == 7
+    within = decide(svc, {**STEADY, "queue.backlog": 205.0}, 2, ServiceState(), now=0)
+    assert within.decision == "hold"
+
+
+metric_values = st.one_of(st.none(), st.floats(min_value=0, max_value=1e6, allow_nan=False))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    mn=st.integers(0, 20),
+    span=st.integers(0, 30),
+    current=st.integers(0, 80),
+    up=st.integers(1, 10),
+    down=st.integers(1, 10),
+    backlog=metric_values,
+    rate=metric_values,
+    last_up=st.one_of(st.none(), st.floats(0, 200)),
+    last_down=st.one_of(st.none(), st.floats(0, 200)),
+    recs=st.lists(st.tuples(st.floats(0, 200), st.integers(0, 80)), max_size=10),
+    pct=st.one_of(st.none(), st.floats(1, 300)),
+    policy=st.sampled_from(["rules", "target"]),
+)
+def test_target_always_within_bounds_and_step_limits(
+    mn: int, span: int, current: int, up: int, down: int, backlog: float | None, rate: float | None,
+    last_up: float | None, last_down: float | None, recs: list[tuple[float, int]], pct: float | None, policy: str,
+) -> None:
+    svc = service(min=mn, max=max(1, mn + span), up=up, down=down, cu=20, cd=40, stab=30,
+                  scale_up_percent=pct, policy=policy, target_per_replica=50.0)
+    obs = {k: v for k, v in (("queue.backlog", backlog), ("queue.rate_in", rate)) if v is not None}
+    state = ServiceState(last_up_at=last_up, last_down_at=last_down)
+    state.recommendations.extend(sorted(recs))
+    d = decide(svc, obs, current, state, now=200)
+    assert svc.min_replicas <= d.target <= svc.max_replicas
+    if svc.min_replicas <= current <= svc.max_replicas:
+        assert current - step_down(svc, current) <= d.target <= current + step_up(svc, current)
+        if "queue.backlog" not in obs or "queue.rate_in" not in obs:
+            assert d.target == current  # never scale blind
+    else:
+        assert d.target == min(max(current, svc.min_replicas), svc.max_replicas)
+    assert d.envelope.contains(d.target)
