@@ -100,7 +100,7 @@ def test_unknown_queue_kind_and_queue_settings_errors() -> None:
 
 
 def test_interpolation_with_defaults_and_escapes() -> None:
-    text = VALID.replace("stream: JOBS", "stream: ${STREAM}").replace("max_replicas: 5", "max_replicas: ${MAX:-8}")
+    text = VALID.replace("stream: JOBS", "stream: '${STREAM}'").replace("max_replicas: 5", "max_replicas: ${MAX:-8}")
     text = text.replace("mode: advisory", "mode: advisory\nstate_dir: /tmp/$$HOME")
     cfg = parse_config(text, Path("/tmp/docktor.yaml"), {"STREAM": "ORDERS"})
     assert cfg.services[0].queue_settings.stream == "ORDERS"
@@ -109,7 +109,7 @@ def test_interpolation_with_defaults_and_escapes() -> None:
 
 
 def test_missing_environment_variable_names_the_field() -> None:
-    assert problems(VALID.replace("stream: JOBS", "stream: ${STREAM}")) == [
+    assert problems(VALID.replace("stream: JOBS", "stream: '${STREAM}'")) == [
         "services[0].queue.stream: environment variable STREAM is not set"
     ]
 
