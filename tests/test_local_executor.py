@@ -1,0 +1,384 @@
+"""The local executor with real child processes: small Python programs that report what they saw.
+
+Each replica runs ``WORKER`` (``python -c``), which writes ``ready-<replica>`` into a folder once
+its SIGTERM handler is installed, ``term-<replica>`` when SIGTERM arrives, and appends a line to
+``starts-<replica>`` at every start. Nothing here asserts durations; only outcomes and orderings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import ServiceConfig
+from tests.conftest import REPO
+from tools.base import ExecutorError
+from tools.local_executor import LocalExecutor, create_executor
+
+pytestmark = pytest.mark.timeout(60)
+
+WORKER = r"""
+import os, signal, sys, time, pathlib
+out, mode = pathlib.Path(sys.argv[1]), sys.argv[2]
+r = os.environ["DOCKTOR_REPLICA"]
+
+def put(name, text):
+    tmp = out / (name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out / name)
+
+def on_term(*_):
+    put("term-" + r, "")
+    if mode != "ignore-term":
+        sys.exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+starts = out / ("starts-" + r)
+first = not starts.exists()
+with open(starts, "a") as f:
+    f.write("start\n")
+print("out", r, flush=True)
+print("err", r, file=sys.stderr, flush=True)
+put("ready-" + r, " ".join([str(os.getpid()), os.environ["DOCKTOR_SERVICE"], os.getcwd(), os.environ.get("GREETING", "-")]))
+if mode == "crash" or (mode == "crash-once" and first):
+    time.sleep(0.3)
+    sys.exit(1)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def worker(out: Path, mode: str = "run") -> list[str]:
+    return [sys.executable, "-c", WORKER, str(out), mode]
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` is a live process; a zombie nobody reaped yet counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: signal 0 succeeded, so assume it lives
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def ready(out: Path, replica: int) -> list[str] | None:
+    f = out / f"ready-{replica}"
+    return f.read_text().split() if f.exists() else None
+
+
+async def wait_ready(out: Path, *replicas: int) -> dict[int, list[str]]:
+    found = {}
+    for r in replicas:
+        found[r] = await eventually(lambda r=r: ready(out, r), f"replica {r} to start")
+    return found
+
+
+def starts(out: Path, replica: int) -> int:
+    f = out / f"starts-{replica}"
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    d = tmp_path / "out"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Callable[..., LocalExecutor]]:
+    """Builds executors and always closes them, so a failing test leaves no processes behind."""
+    made: list[LocalExecutor] = []
+
+    def build(command: list[str], **kwargs: Any) -> LocalExecutor:
+        kwargs.setdefault("stop_grace_period", 5.0)
+        kwargs.setdefault("settle", 0.2)
+        ex = LocalExecutor(name="worker", command=command, working_dir=tmp_path, log_dir=tmp_path / "state" / "logs", **kwargs)
+        made.append(ex)
+        return ex
+
+    yield build
+    for ex in made:
+        await ex.close()
+
+
+async def test_scale_up_runs_replicas_with_their_index_env_cwd_and_logs(tmp_path: Path, out: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    svc = ServiceConfig(name="worker", command=worker(out), env={"GREETING": "hello"}, working_dir=Path("sub"))
+    ex = create_executor(svc, tmp_path, tmp_path / "state")
+    try:
+        outcome = await ex.scale(3)
+        assert outcome.ok, outcome.message
+        assert outcome.running == 3
+        seen = await wait_ready(out, 1, 2, 3)
+        status = await ex.status()
+    finally:
+        await ex.close()
+
+    assert (status.desired, status.running, status.failed, status.healthy) == (3, 3, 0, True)
+    for r, (pid, service, cwd, greeting) in seen.items():
+        assert service == "worker"
+        assert Path(cwd) == tmp_path / "sub"
+        assert greeting == "hello"
+        log = (tmp_path / "state" / "logs" / f"worker.{r}.log").read_text()
+        assert f"out {r}\n" in log and f"err {r}\n" in log
+        assert f"started, pid {pid}" in log
+    assert len({pid for pid, *_ in seen.values()}) == 3
+
+
+async def test_scale_down_terminates_newest_replicas_and_keeps_the_first(make: Callable[..., LocalExecutor], out: Path) -> None:
+    ex = make(worker(out))
+    assert (await ex.scale(3)).ok
+    pids = {r: int(v[0]) for r, v in (await wait_ready(out, 1, 2, 3)).items()}
+
+    outcome = await ex.scale(1)
+
+    assert outcome.ok, outcome.message
+    assert "stopped 3, 2" in outcome.message
+    assert outcome.running == 1
+    assert (out / "term-3").exists() and (out / "term-2").exists()
+    assert not (out / "term-1").exists()
+    assert not alive(pids[3]) and not alive(pids[2])
+    assert alive(pids[1])
+    status = await ex.status()
+    assert (status.desired, status.running, status.failed) == (1, 1, 0)
+
+
+async def test_replica_ignoring_sigterm_is_killed_after_grace_and_all_stop_together(
+    make: Callable[..., LocalExecutor], out: Path, tmp_path: Path
+) -> None:
+    ex = make(worker(out, "ignore-term"), stop_grace_period=0.3)
+    assert (await ex.scale(3)).ok
+    pids = [int(v[0]) for v in (await wait_ready(out, 1, 2, 3)).values()]
+
+    outcome = await ex.scale(0)
+
+    assert outcome.ok, outcome.message
+    assert "SIGKILL" in outcome.message
+    assert outcome.running == 0
+    assert all((out / f"term-{r}").exists() for r in (1, 2, 3)), "each replica got SIGTERM first"
+    assert not any(alive(pid) for pid in pids)
+    # Concurrent, not one grace period after another: every SIGTERM went out before any SIGKILL.
+    term_at, kill_at = [], []
+    for r in (1, 2, 3):
+        for line in (tmp_path / "state" / "logs" / f"worker.{r}.log").read_text().splitlines():
+            if line.startswith("[docktor "):
+                stamp = datetime.fromisoformat(line.split()[1].rstrip("]"))
+                if "sending SIGTERM" in line:
+                    term_at.append(stamp)
+                elif "sending SIGKILL" in line:
+                    kill_at.append(stamp)
+    assert len(term_at) == 3 and len(kill_at) == 3
+    assert max(term_at) <= min(kill_at)
+
+
+async def test_crashing_replica_counts_as_failed_and_is_restarted_after_backoff(
+    make: Callable[..., LocalExecutor], out: Path
+) -> None:
+    ex = make(worker(out, "crash"), settle=0.05)
+    assert (await ex.scale(1)).ok
+
+    async def crashed() -> Any:
+        s = await ex.status()
+        return s if s.failed == 1 and s.running == 0 else None
+
+    status = await eventually(crashed, "the crash to show in status")
+    assert status.desired == 1
+    assert "replica 1 exited with code 1" in status.detail
+    assert "restart #1" in status.detail
+
+    async def restarted() -> bool:
+        await ex.status()  # status() is what reconciles
+        return starts(out, 1) >= 2
+
+    await eventually(restarted, "the crashed replica to be restarted")
+
+
+async def test_restart_backoff_doubles_per_crash_scripted_clock(make: Callable[..., LocalExecutor], out: Path) -> None:
+    # Real processes crash for real; only the executor's clock is scripted, so the back-off can be
+    # read exactly instead of waited for.
+    now = [1000.0]
+    ex = make(worker(out, "crash"), settle=0.05, clock=lambda: now[0])
+    assert (await ex.scale(1)).ok
+
+    for attempt, delay in ((1, 1), (2, 2), (3, 4)):
+
+        async def down(attempt: int = attempt) -> Any:
+            s = await ex.status()
+            return s if s.running == 0 and f"restart #{attempt}" in s.detail else None
+
+        status = await eventually(down, f"crash number {attempt}")
+        assert f"restart #{attempt} in {delay} s" in status.detail
+        assert status.failed == 1
+        now[0] += delay - 0.5
+        early = await ex.status()
+        assert early.running == 0, "restarted before its back-off had passed"
+        now[0] += 0.5
+        assert (await ex.status()).running == 1
+        await eventually(lambda: starts(out, 1) == attempt + 1, f"restart number {attempt}")
+
+
+async def test_replica_that_stays_up_after_restart_is_no_longer_failed_scripted_clock(
+    make: Callable[..., LocalExecutor], out: Path
+) -> None:
+    now = [1000.0]
+    ex = make(worker(out, "crash-once"), settle=0.05, clock=lambda: now[0])
+    assert (await ex.scale(1)).ok
+
+    async def down() -> Any:
+        s = await ex.status()
+        return s if s.running == 0 and s.failed == 1 else None
+
+    await eventually(down, "the first crash")
+    now[0] += 1
+    status = await ex.status()
+    assert (status.running, status.failed) == (1, 1)
+    assert "restarted" in status.detail
+    now[0] += 10
+    status = await ex.status()
+    assert (status.running, status.failed, status.detail) == (1, 0, "")
+
+
+async def test_missing_command_gives_failed_outcome_naming_it(make: Callable[..., LocalExecutor]) -> None:
+    ex = make(["docktor-no-such-command-xyz", "--flag"])
+
+    outcome = await ex.scale(2)
+
+    assert not outcome.ok
+    assert "command not found: docktor-no-such-command-xyz" in outcome.message
+    assert outcome.running == 0
+    status = await ex.status()
+    assert (status.desired, status.running, status.failed, status.healthy) == (2, 0, 2, False)
+    assert "docktor-no-such-command-xyz" in status.detail
+
+
+async def test_non_executable_command_gives_failed_outcome(make: Callable[..., LocalExecutor], tmp_path: Path) -> None:
+    script = tmp_path / "worker.sh"
+    script.write_text("#!/bin/sh\nsleep 60\n")
+    script.chmod(0o644)
+    ex = make([str(script)])
+
+    outcome = await ex.scale(1)
+
+    assert not outcome.ok
+    assert "permission denied" in outcome.message and str(script) in outcome.message
+
+
+async def test_immediately_exiting_command_gives_failed_outcome(make: Callable[..., LocalExecutor]) -> None:
+    false = shutil.which("false")
+    assert false, "coreutils 'false' not on PATH"
+    ex = make([false], settle=0.5)
+
+    outcome = await ex.scale(1)
+
+    assert not outcome.ok
+    assert "replica 1 exited with code 1 right after start" in outcome.message
+    assert outcome.running == 0
+    status = await ex.status()
+    assert (status.running, status.failed) == (0, 1)
+
+
+async def test_scale_to_zero_and_negative(make: Callable[..., LocalExecutor], out: Path) -> None:
+    ex = make(worker(out))
+    assert (await ex.scale(2)).ok
+    pids = [int(v[0]) for v in (await wait_ready(out, 1, 2)).values()]
+
+    assert not (await ex.scale(-1)).ok
+    outcome = await ex.scale(0)
+
+    assert outcome.ok and outcome.running == 0
+    assert not any(alive(pid) for pid in pids)
+    status = await ex.status()
+    assert (status.desired, status.running, status.failed) == (0, 0, 0)
+
+
+CHILD_SPAWNER = r"""
+import os, subprocess, sys, time, pathlib
+out = pathlib.Path(sys.argv[1])
+r = os.environ["DOCKTOR_REPLICA"]
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+tmp = out / ("ready-" + r + ".tmp")
+tmp.write_text(f"{os.getpid()} {child.pid}")
+os.replace(tmp, out / ("ready-" + r))
+time.sleep(600)
+"""
+
+
+async def test_close_leaves_no_processes_including_grandchildren_and_is_idempotent(
+    make: Callable[..., LocalExecutor], out: Path
+) -> None:
+    ex = make([sys.executable, "-c", CHILD_SPAWNER, str(out)], stop_grace_period=0.3)
+    assert (await ex.scale(2)).ok
+    pids = [int(p) for v in (await wait_ready(out, 1, 2)).values() for p in v]
+    assert len(pids) == 4 and all(alive(p) for p in pids)
+
+    await ex.close()
+    await ex.close()
+
+    await eventually(lambda: not any(alive(p) for p in pids), "every replica and grandchild to die", timeout=5)
+    with pytest.raises(ExecutorError):
+        await ex.status()
+    assert not (await ex.scale(1)).ok
+
+
+DAEMON = r"""
+import asyncio, sys, pathlib
+from tools.local_executor import LocalExecutor
+
+async def main():
+    out = pathlib.Path(sys.argv[1])
+    ex = LocalExecutor(name="worker", command=sys.argv[2:], working_dir=out, log_dir=out / "logs")
+    outcome = await ex.scale(2)
+    print("scaled", outcome.ok, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+async def test_replicas_die_when_the_daemon_is_killed_hard(out: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    daemon = subprocess.Popen([sys.executable, "-c", DAEMON, str(out), *worker(out)], cwd=REPO, env=env)
+    try:
+        pids = [int(v[0]) for v in (await wait_ready(out, 1, 2)).values()]
+        assert all(alive(p) for p in pids)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        await eventually(lambda: not any(alive(p) for p in pids), "replicas to die with their daemon", timeout=10)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+        for f in out.glob("ready-*"):
+            try:
+                os.kill(int(f.read_text().split()[0]), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
