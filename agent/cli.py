@@ -35,7 +35,8 @@ app = typer.Typer(
 daemon_app = typer.Typer(help="Run Docktor in the background and look at what it decides.", no_args_is_help=True)
 app.add_typer(daemon_app, name="daemon")
 
-out = Console()
+# Not a terminal (a pipe, a file, CI): wide enough that reasons stay on one line.
+out = Console() if Console().is_terminal else Console(width=200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to docktor.yaml.")]
@@ -53,7 +54,7 @@ def handles_errors(fn: F) -> F:
             for p in e.problems:
                 err.print(f"error: {p}", markup=False)
             raise typer.Exit(2) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as e:
             if os.environ.get("DOCKTOR_DEBUG") == "1":
@@ -256,7 +257,10 @@ def _one_line(rec: dict[str, Any]) -> str:
 
 
 def _print_table(records: Iterable[dict[str, Any]]) -> None:
-    table = Table("time", "service", "decision", "replicas", "source", "outcome", "reason", show_lines=False)
+    table = Table(show_lines=False)
+    for name in ("time", "service", "decision", "replicas", "source", "outcome"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("reason", ratio=1)
     n = 0
     for rec in records:
         n += 1
@@ -299,7 +303,11 @@ for _module in ("agent.cli_llm", "agent.cli_sim"):
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # `docktor daemon logs | head`: the reader left, which is fine
+        sys.stderr.close()
+        os._exit(0)
 
 
 if __name__ == "__main__":

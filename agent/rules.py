@@ -29,7 +29,7 @@ class RuleResult:
 
     def text(self) -> str:
         """Readable, e.g. ``queue.backlog 1500 > 500``."""
-        shown = "missing" if self.value is None else f"{self.value:g}"
+        shown = "missing" if self.value is None else f"{self.value:.4g}"
         return f"{self.rule.metric} {shown} {self.rule.op} {self.rule.value:g}"
 
 
