@@ -92,6 +92,8 @@ class LLMConfig(Strict):
     ask_on_change: float = Field(default=0.2, ge=0)
     #: ask at least this often even when nothing changed
     heartbeat: PositiveSeconds = 300.0
+    #: tools offered to the model (default: all); fewer tools make a shorter prompt for small contexts
+    tools: list[Literal["get_queue_metrics", "get_service_status", "get_recent_decisions", "get_metric_history"]] | None = None
 
 
 # --------------------------------------------------------------------------- services
