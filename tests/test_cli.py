@@ -1,0 +1,209 @@
+"""The CLI as a user runs it: real processes, real nats-server, real child-process replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NatsServer
+
+
+def docktor(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "COLUMNS": "200"})
+
+
+def write_config(tmp_path: Path, nats: NatsServer | None, *, mode: str = "autonomous", interval: str = "0.5s",
+                 extra_services: str = "") -> Path:
+    url = nats.url if nats else "nats://127.0.0.1:9"
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(f"""
+mode: {mode}
+services:
+  - name: worker
+    executor: local
+    command: ["{sys.executable}", "-c", "import time; time.sleep(600)"]
+    stop_grace_period: 1s
+    min_replicas: 2
+    max_replicas: 4
+    check_interval: {interval}
+    policy: rules
+    queue: {{kind: nats, url: "{url}", stream: JOBS, consumer: WORKERS, timeout: 1s}}
+    rules:
+      scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
+      scale_down_when: [{{metric: queue.backlog, op: "<=", value: 100}}]
+{extra_services}""")
+    return cfg
+
+
+async def make_stream(url: str, publish: int = 0) -> None:
+    import nats
+    from nats.js.api import ConsumerConfig, StreamConfig
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="JOBS", subjects=["jobs.>"]))
+    await js.add_consumer("JOBS", ConsumerConfig(durable_name="WORKERS"))
+    for _ in range(publish):
+        await js.publish("jobs.x", b"m")
+    await nc.close()
+
+
+def test_validate_ok_and_problems(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, None)
+    ok = docktor("validate", "--config", str(cfg))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("worker: local executor, replicas 2-4, every 0.5s, policy rules, queue nats JOBS/WORKERS")
+
+    cfg.write_text(cfg.read_text().replace('op: ">"', 'op: "=>"').replace("min_replicas: 2", "min_replicas: 9"))
+    bad = docktor("validate", "--config", str(cfg))
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert any(line.startswith("error: services[0].rules.scale_up_when[0].op: must be") for line in lines)
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "not: [valid", "services: 3", "services:\n  - name: a\n    max_replicas: -1\n", "\x00\x01"],
+)
+def test_validate_never_prints_a_traceback(tmp_path: Path, content: str) -> None:
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(content)
+    r = docktor("validate", "--config", str(cfg))
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ")
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    r = docktor("validate", "--config", str(tmp_path / "nope.yaml"))
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: {tmp_path / 'nope.yaml'}: no such file")
+
+
+def test_decide_once_dry_run_json_never_acts(tmp_path: Path, nats_server: NatsServer) -> None:
+    import asyncio
+
+    asyncio.run(make_stream(nats_server.url, publish=700))
+    cfg = write_config(tmp_path, nats_server)
+    r = docktor("decide", "--config", str(cfg), "--once", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    (line,) = r.stdout.strip().splitlines()
+    rec = json.loads(line)
+    assert rec["service"] == "worker" and rec["mode"] == "dry-run"
+    assert rec["observations"]["queue.pending"] == 700.0
+    assert (rec["current_replicas"], rec["decision"], rec["target_replicas"]) == (0, "scale_up", 2)
+    assert rec["executed"] is False and rec["outcome"] is None
+    # and it was logged
+    logged = [json.loads(x) for x in (tmp_path / ".docktor" / "decisions.jsonl").read_text().splitlines()]
+    assert logged[-1]["ts"] == rec["ts"]
+
+
+def test_decide_once_acts_and_records_the_outcome(tmp_path: Path, nats_server: NatsServer) -> None:
+    import asyncio
+
+    asyncio.run(make_stream(nats_server.url, publish=10))
+    cfg = write_config(tmp_path, nats_server)
+    r = docktor("decide", "--config", str(cfg), "--once", "--json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert (rec["decision"], rec["target_replicas"], rec["executed"]) == ("scale_up", 2, True)
+    assert rec["outcome"]["status"] == "ok"
+    assert rec["guardrails"] == [{"name": "min_replicas", "from": 0, "to": 2}]
+
+
+def test_logs_rejects_a_bad_since_and_unknown_service(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, None)
+    r = docktor("daemon", "logs", "--config", str(cfg), "--since", "yesterday")
+    assert r.returncode == 2 and r.stderr.startswith("error: --since:")
+    r = docktor("daemon", "logs", "--config", str(cfg), "--service", "nope")
+    assert r.returncode == 2 and "--service" in r.stderr
+
+
+def _wait(pred, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is not alive
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _replica_pids(daemon_pid: int) -> list[int]:
+    children = Path(f"/proc/{daemon_pid}/task/{daemon_pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+def test_daemon_lifecycle_start_status_logs_refuse_second_stop(tmp_path: Path, nats_server: NatsServer) -> None:
+    import asyncio
+
+    asyncio.run(make_stream(nats_server.url))
+    cfg = write_config(tmp_path, nats_server)
+    start = docktor("daemon", "start", "--config", str(cfg))
+    assert start.returncode == 0, start.stderr
+    try:
+        st = json.loads(docktor("daemon", "status", "--config", str(cfg), "--json").stdout)
+        assert st["running"] is True
+        pid = st["pid"]
+        assert _alive(pid)
+
+        again = docktor("daemon", "start", "--config", str(cfg))
+        assert again.returncode == 1
+        assert f"already running for this config (pid {pid})" in again.stderr
+
+        assert _wait(lambda: len((tmp_path / ".docktor" / "decisions.jsonl").read_text().splitlines()) >= 3
+                     if (tmp_path / ".docktor" / "decisions.jsonl").exists() else False)
+        st = json.loads(docktor("daemon", "status", "--config", str(cfg), "--json").stdout)
+        assert st["services"]["worker"]["replicas"]["running"] == 2
+        replicas = _replica_pids(pid)
+        assert len(replicas) == 2
+
+        logs = docktor("daemon", "logs", "--config", str(cfg), "--json", "--since", "5m")
+        recs = [json.loads(x) for x in logs.stdout.splitlines()]
+        assert recs[0]["decision"] == "scale_up" and recs[0]["executed"] is True
+        assert all(r["service"] == "worker" for r in recs)
+        table = docktor("daemon", "logs", "--config", str(cfg))
+        assert "scale_up" in table.stdout and "min_replicas 0 -> 2" in table.stdout
+    finally:
+        stop = docktor("daemon", "stop", "--config", str(cfg))
+    assert stop.returncode == 0 and stop.stdout.startswith("stopped docktor")
+    assert not _alive(pid)
+    assert not any(_alive(p) for p in replicas), "replicas outlived the daemon"
+    st = docktor("daemon", "status", "--config", str(cfg))
+    assert st.returncode == 3 and "not running" in st.stdout
+
+
+def test_advisory_daemon_logs_but_never_acts(tmp_path: Path, nats_server: NatsServer) -> None:
+    import asyncio
+
+    asyncio.run(make_stream(nats_server.url, publish=900))
+    cfg = write_config(tmp_path, nats_server, mode="advisory")
+    assert docktor("daemon", "start", "--config", str(cfg)).returncode == 0
+    log = tmp_path / ".docktor" / "decisions.jsonl"
+    try:
+        assert _wait(lambda: log.exists() and len(log.read_text().splitlines()) >= 4)
+        pid = json.loads(docktor("daemon", "status", "--config", str(cfg), "--json").stdout)["pid"]
+        assert _replica_pids(pid) == []
+    finally:
+        docktor("daemon", "stop", "--config", str(cfg))
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    assert all(r["mode"] == "advisory" and r["executed"] is False and r["current_replicas"] == 0 for r in recs)
+    assert all(r["decision"] == "scale_up" and r["target_replicas"] == 2 for r in recs)
