@@ -151,9 +151,12 @@ def start_background(config_path: Path, config: DocktorConfig, *, advisory: bool
     raise UsageError(f"daemon did not report ready within {wait:g} s; see {paths.daemon_log}")
 
 
-def stop(config: DocktorConfig, *, wait: float = 30.0) -> int | None:
+def stop(config: DocktorConfig, *, wait: float | None = None) -> int | None:
     """SIGTERM the daemon and wait for it to release its lock. Returns the pid, or None if none ran."""
     paths = paths_for(config)
+    if wait is None:
+        # The daemon's shutdown stops local replicas, each allowed its grace period (in parallel).
+        wait = max(s.stop_grace_period for s in config.services) + max(s.check_interval for s in config.services) + 10
     pid = running_pid(paths)
     if pid is None or pid <= 0:
         return None

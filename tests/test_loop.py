@@ -1,0 +1,141 @@
+"""The decision loop against real peers: isolation between services, missing data, schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from agent.config import parse_config
+from agent.loop import Daemon
+from tests.conftest import NatsServer
+
+
+class Blackhole:
+    """A TCP listener that accepts connections and never answers: a hung NATS server, on demand."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._t = threading.Thread(target=self._accept, daemon=True)
+        self._t.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def service_yaml(name: str, url: str, interval: float, stream: str = "JOBS", min_r: int = 1) -> str:
+    return f"""
+  - name: {name}
+    executor: local
+    command: ["{sys.executable}", "-c", "import time; time.sleep(600)"]
+    stop_grace_period: 1s
+    min_replicas: {min_r}
+    max_replicas: 5
+    check_interval: {interval}
+    policy: rules
+    cooldown_down: 0
+    scale_down_stabilization: 0
+    queue: {{kind: nats, url: "{url}", stream: {stream}, consumer: WORKERS, timeout: 1s}}
+    rules:
+      scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
+      scale_down_when: [{{metric: queue.backlog, op: "<=", value: 100}}]
+"""
+
+
+async def make_stream(url: str, name: str = "JOBS") -> None:
+    import nats
+    from nats.js.api import ConsumerConfig, StreamConfig
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+    await js.add_consumer(name, ConsumerConfig(durable_name="WORKERS"))
+    await nc.close()
+
+
+async def run_for(daemon: Daemon, seconds: float) -> None:
+    stop = asyncio.Event()
+    await daemon.open()
+    task = asyncio.create_task(daemon.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    await daemon.close()
+
+
+async def test_a_hung_source_never_delays_another_service(tmp_path: Path, nats_server: NatsServer) -> None:
+    await make_stream(nats_server.url)
+    hole = Blackhole()
+    try:
+        cfg = parse_config(
+            f"state_dir: {tmp_path}\nservices:"
+            + service_yaml("healthy", nats_server.url, 0.25)
+            + service_yaml("stuck", f"nats://127.0.0.1:{hole.port}", 0.25),
+            tmp_path / "docktor.yaml",
+        )
+        daemon = Daemon(cfg)
+        await run_for(daemon, 3.0)
+    finally:
+        hole.close()
+    healthy, stuck = daemon.runners["healthy"], daemon.runners["stuck"]
+    # 3 s at 0.25 s: 12 slots. The stuck service's reads take up to its whole interval, yet the
+    # healthy one keeps (almost) every slot.
+    assert healthy.ticks >= 10
+    assert all(not r.get("errors") for r in healthy.recent)
+    assert stuck.recent and all(r["errors"] and r["errors"][0].startswith("source:") for r in stuck.recent)
+
+
+async def test_missing_data_never_scales_in(tmp_path: Path, nats_server: NatsServer) -> None:
+    """Replicas above min, then the queue disappears: every decision holds, none scales in."""
+    await make_stream(nats_server.url)
+    cfg = parse_config(f"state_dir: {tmp_path}\nservices:" + service_yaml("w", nats_server.url, 0.3, min_r=3),
+                       tmp_path / "docktor.yaml")
+    daemon = Daemon(cfg)
+    await daemon.open()
+    runner = daemon.runners["w"]
+    first = await daemon.tick(runner)
+    assert (first.decision, first.target_replicas, first.executed) == ("scale_up", 3, True)
+    # Now lower the floor so that an empty queue *would* scale in, and take the source away.
+    runner.svc = runner.svc.model_copy(update={"min_replicas": 1})
+    nats_server.stop()
+    records = [await daemon.tick(runner) for _ in range(3)]
+    await daemon.close()
+    for rec in records:
+        assert rec.decision == "hold", rec.reason
+        assert rec.current_replicas == 3
+        assert "queue.backlog" in rec.missing
+        assert any(e.startswith("source:") for e in rec.errors)
+
+
+async def test_ticks_follow_the_interval_without_drift(tmp_path: Path, nats_server: NatsServer) -> None:
+    await make_stream(nats_server.url)
+    cfg = parse_config(f"state_dir: {tmp_path}\nservices:" + service_yaml("w", nats_server.url, 0.2),
+                       tmp_path / "docktor.yaml")
+    t = [0.0]
+    stamps: list[float] = []
+    daemon = Daemon(cfg)
+    daemon.on_record.append(lambda rec: stamps.append(asyncio.get_running_loop().time()))
+    await run_for(daemon, 2.1)
+    assert t == [0.0]
+    # Each tick is scheduled at start + k*interval; a slow tick (the first one starts a replica)
+    # skips slots rather than shifting every later tick.
+    gaps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
+    assert gaps and sorted(gaps)[len(gaps) // 2] < 0.3
+    offsets = [(s - stamps[1]) % 0.2 for s in stamps[2:]]
+    assert all(min(o, 0.2 - o) < 0.1 for o in offsets)
