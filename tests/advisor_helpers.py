@@ -1,0 +1,67 @@
+"""Shared pieces for the advisor tests: a service, plans built by the real decide.plan, tool data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import LLMConfig, Rule, Rules, ServiceConfig
+from agent.decide import Plan, plan
+from agent.state import ServiceState
+
+
+def service(**overrides: Any) -> ServiceConfig:
+    base: dict[str, Any] = dict(
+        name="worker",
+        command=["python", "worker.py"],
+        min_replicas=1,
+        max_replicas=10,
+        scale_up_by=2,
+        scale_down_by=1,
+        cooldown_up=0,
+        cooldown_down=0,
+        scale_down_stabilization=0,
+        rules=Rules(
+            scale_up_when=[Rule(metric="queue.backlog", op=">", value=100)],
+            scale_down_when=[Rule(metric="queue.backlog", op="<", value=10)],
+        ),
+    )
+    base.update(overrides)
+    return ServiceConfig(**base)
+
+
+def make_plan(
+    svc: ServiceConfig, backlog: float, current: int, state: ServiceState | None = None, now: float = 1000.0, rate_in: float = 20.0
+) -> Plan:
+    return plan(svc, {"queue.backlog": backlog, "queue.rate_in": rate_in}, current, state or ServiceState(), now)
+
+
+def llm_config(base_url: str, **overrides: Any) -> LLMConfig:
+    values: dict[str, Any] = dict(provider="openai-compatible", base_url=base_url, model="scripted-model", timeout=3.0, max_tool_rounds=0)
+    values.update(overrides)
+    return LLMConfig(**values)
+
+
+@dataclass
+class StaticTools:
+    """A ToolContext over fixed data (the daemon's real one reads its runners)."""
+
+    metrics: dict[str, float] = field(default_factory=lambda: {"queue.backlog": 500.0, "queue.rate_in": 20.0})
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def queue_metrics(self, service: str) -> dict[str, float]:
+        self.calls.append(("queue_metrics", (service,)))
+        return dict(self.metrics)
+
+    def service_status(self, service: str) -> dict[str, Any]:
+        self.calls.append(("service_status", (service,)))
+        return {"desired": 2, "running": 2, "failed": 0, "healthy": True}
+
+    def recent_decisions(self, service: str, n: int) -> list[dict[str, Any]]:
+        self.calls.append(("recent_decisions", (service, n)))
+        return self.decisions[-n:]
+
+    def metric_history(self, service: str, metric: str, minutes: float) -> list[tuple[float, float]]:
+        self.calls.append(("metric_history", (service, metric, minutes)))
+        return [(900.0 + i, float(i)) for i in range(100)]
