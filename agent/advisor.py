@@ -89,7 +89,8 @@ def llm_envelope(svc: ServiceConfig, plan: Plan, state: ServiceState, now: float
     if wants_down:
         return env if env.hi <= pinned else Envelope(env.lo, pinned, env.lo_by, "llm_direction")
     if may_act_without_rules:
-        return envelope(svc, state, cur, Gate(up=True, down=True), now, plan.proposal.target)
+        # stabilization then rests on past recommendations only: this tick's is the LLM's to make
+        return envelope(svc, state, cur, Gate(up=True, down=True), now, 0)
     lo, lo_by = (pinned, "llm_direction") if env.lo < pinned else (env.lo, env.lo_by)
     hi, hi_by = (pinned, "llm_direction") if env.hi > pinned else (env.hi, env.hi_by)
     return Envelope(lo, hi, lo_by, hi_by)
