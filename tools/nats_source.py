@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamManager
+from nats.js.api import SequenceInfo
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
@@ -247,19 +248,11 @@ class NatsSource:
 
     async def close(self) -> None:
         nc, self._nc, self._jsm = self._nc, None, None
-        if nc is None or nc.is_closed:
-            return
-        try:
-            if nc.is_connected:
-                await asyncio.wait_for(nc.drain(), self.settings.timeout)
-        except Exception as e:  # closing must not fail the daemon's shutdown
-            log.debug("drain failed: %s", e)
-        finally:
-            if not nc.is_closed:
-                try:
-                    await asyncio.wait_for(nc.close(), self.settings.timeout)
-                except Exception as e:
-                    log.debug("close failed: %s", e)
+        if nc is not None:
+            # close(), not drain(): this connection only sends requests, so there is no
+            # subscribed work to finish, and nats-py's drain leaves unretrieved futures behind
+            # when it times out against a server that is already gone.
+            await _close_quietly(nc, self.settings.timeout)
 
     # ------------------------------------------------------------------ metrics
 
@@ -328,7 +321,8 @@ class NatsSource:
         for res in (si, ci):  # stream errors first: a missing stream also fails the consumer call
             if isinstance(res, BaseException):
                 raise self._classify(res)
-        assert ci.delivered is not None and ci.ack_floor is not None
+        delivered = ci.delivered or SequenceInfo(consumer_seq=0, stream_seq=0)
+        floor = ci.ack_floor or SequenceInfo(consumer_seq=0, stream_seq=0)
         return Snapshot(
             stream_created=si.created,
             consumer_created=ci.created,
@@ -339,10 +333,10 @@ class NatsSource:
             num_ack_pending=ci.num_ack_pending or 0,
             num_redelivered=ci.num_redelivered or 0,
             num_waiting=ci.num_waiting or 0,
-            delivered_stream_seq=ci.delivered.stream_seq,
-            delivered_consumer_seq=ci.delivered.consumer_seq,
-            ack_floor_stream_seq=ci.ack_floor.stream_seq,
-            ack_floor_consumer_seq=ci.ack_floor.consumer_seq,
+            delivered_stream_seq=delivered.stream_seq,
+            delivered_consumer_seq=delivered.consumer_seq,
+            ack_floor_stream_seq=floor.stream_seq,
+            ack_floor_consumer_seq=floor.consumer_seq,
         )
 
     def _classify(self, e: BaseException) -> Exception:
@@ -419,10 +413,7 @@ class NatsSource:
             gave_up.cancel()
             if not ok:  # also when the caller cancels us: no connect loop may outlive this call
                 connect.cancel()
-                try:
-                    await asyncio.wait_for(nc.close(), t)
-                except Exception as e:
-                    log.debug("close after failed connect: %s", e)
+                await _close_quietly(nc, t)
         if not ok:
             reason = self._last_error or (f"no answer within {t:g}s" if connect not in done else "connection failed")
             raise _Transient(f"cannot connect to {s.url}: {reason}")
@@ -492,6 +483,22 @@ class NatsSource:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise _Transient(f"unexpected /jsz answer: {_one_line(e)}") from None
+
+
+async def _close_quietly(nc: Client, timeout: float) -> None:
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.close(), timeout)
+    except asyncio.CancelledError:
+        # nats-py's close() can raise CancelledError of its own (a reconnect loop it cancels while
+        # the socket is half-closed); only a cancellation of *our* task may propagate.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("close of %s interrupted by nats-py", nc.connected_url)
+    except Exception as e:
+        log.debug("close failed: %s", e)
 
 
 def _get_json(url: str, timeout: float) -> Any:
