@@ -204,7 +204,7 @@ class _Transient(Exception):
 
 
 class _Permanent(Exception):
-    """One attempt failed in a way retrying cannot fix (missing stream or consumer)."""
+    """One attempt failed in a way retrying cannot fix (missing stream, consumer or credential)."""
 
 
 class NatsSource:
