@@ -1,0 +1,353 @@
+"""The Compose executor against a real Docker engine and Compose v2.
+
+Each test owns a throwaway project under a unique name and always tears it down. The services
+are tiny (python:3.12-slim sleeping), plus ones that fail in the ways the executor must report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from tests.compose_helpers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, numbers, unique_project
+from tests.conftest import need
+from tools.base import ExecutorError
+from tools.compose_executor import ComposeExecutor, create_executor, default_project, find_compose_cli
+
+# On SIGTERM a worker writes a marker into a bind-mounted folder, then exits: proof that scale-in
+# delivered SIGTERM and waited for the worker rather than killing it.
+WORKER = textwrap.dedent(
+    """
+    import os, signal, socket, sys, time
+    def bye(*_):
+        time.sleep(0.3)  # "finishing the batch in hand"
+        open(f"/drained/{socket.gethostname()}", "w").write("drained")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, bye)
+    while True:
+        time.sleep(0.2)
+    """
+)
+
+COMPOSE = """
+services:
+  worker:
+    image: python:3.12-slim
+    command: ["python", "-c", {worker}]
+    stop_grace_period: 5s
+    mem_limit: 256m
+    volumes:
+      - {drained}:/drained
+  other:
+    image: python:3.12-slim
+    command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
+    deploy:
+      replicas: 2
+  burner:
+    image: python:3.12-slim
+    command: ["python", "-c", "while True: pass"]
+  broken:
+    image: docktor-test/no-such-image:never
+  crasher:
+    image: python:3.12-slim
+    command: ["python", "-c", "raise SystemExit(3)"]
+    restart: always
+  exiter:
+    image: python:3.12-slim
+    command: ["python", "-c", "import time; time.sleep(0.5); raise SystemExit(4)"]
+  sick:
+    image: python:3.12-slim
+    command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
+    healthcheck:  # the first probe is due after 30 s: "starting" for the whole test
+      test: ["CMD", "python", "-c", "raise SystemExit(1)"]
+      interval: 30s
+"""
+
+
+@dataclass
+class Project:
+    name: str
+    file: Path
+    drained: Path
+
+    def executor(self, service: str, **kw: object) -> ComposeExecutor:
+        kw.setdefault("scale_timeout", 30.0)
+        return ComposeExecutor(self.file, self.name, service, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
+    drained = tmp_path / "drained"
+    drained.mkdir()
+    file = tmp_path / "docker-compose.yaml"
+    file.write_text(COMPOSE.format(worker=json.dumps(WORKER), drained=drained))
+    p = Project(unique_project(), file, drained)
+    try:
+        yield p
+    finally:
+        down(p.name, file)
+
+
+def run(coro):  # the executor is async; these tests drive one call at a time
+    return asyncio.run(coro)
+
+
+async def scale_and_close(ex: ComposeExecutor, n: int):
+    try:
+        return await ex.scale(n)
+    finally:
+        await ex.close()
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+@pytest.mark.docker
+def test_scale_up_then_in_removes_highest_numbers_and_leaves_other_service_alone(project: Project) -> None:
+    compose(project.name, project.file, "up", "-d", "other")
+    other_before = {c.id: c.attrs["State"]["StartedAt"] for c in containers(project.name, "other")}
+    assert len(other_before) == 2
+
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            up = await ex.scale(4)
+            status_up = await ex.status()
+            down_ = await ex.scale(2)
+            status_down = await ex.status()
+            return up, status_up, down_, status_down
+        finally:
+            await ex.close()
+
+    up, status_up, down_, status_down = run(scenario())
+    assert up.ok, up.message
+    assert up.running == 4
+    assert (status_up.desired, status_up.running, status_up.failed) == (4, 4, 0)
+
+    assert down_.ok, down_.message
+    assert down_.running == 2
+    assert numbers(project.name, "worker") == [1, 2]  # 3 and 4 went, the lowest stayed
+    assert len(containers(project.name, "worker")) == 2  # removed, not just stopped
+    assert (status_down.desired, status_down.running) == (2, 2)
+    assert "3" in down_.message and "4" in down_.message
+
+    other_after = {c.id: c.attrs["State"]["StartedAt"] for c in containers(project.name, "other")}
+    assert other_after == other_before  # same containers, never restarted
+
+
+@pytest.mark.docker
+def test_scale_in_sends_sigterm_and_waits_for_the_worker_to_drain(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            assert (await ex.scale(3)).ok
+            victims = [c.attrs["Config"]["Hostname"] for c in containers(project.name, "worker")[1:]]
+            outcome = await ex.scale(1)
+            return victims, outcome
+        finally:
+            await ex.close()
+
+    victims, outcome = run(scenario())
+    assert outcome.ok, outcome.message
+    assert sorted(p.name for p in project.drained.iterdir()) == sorted(victims)
+    assert numbers(project.name, "worker") == [1]
+
+
+@pytest.mark.docker
+def test_scale_to_zero_and_back(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            return await ex.scale(1), await ex.scale(0), await ex.status(), await ex.scale(1)
+        finally:
+            await ex.close()
+
+    one, zero, status, again = run(scenario())
+    assert one.ok and zero.ok and again.ok, (one, zero, again)
+    assert (status.desired, status.running) == (0, 0)
+    assert numbers(project.name, "worker") == [1]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.docker
+def test_image_that_cannot_be_pulled_is_an_error_with_the_reason(project: Project) -> None:
+    outcome = run(scale_and_close(project.executor("broken"), 2))
+    assert not outcome.ok
+    assert "cannot be pulled" in outcome.message
+    assert "no-such-image" in outcome.message or "registry" in outcome.message or "denied" in outcome.message
+    assert outcome.running == 0
+    assert containers(project.name, "broken", all=False) == []
+
+
+@pytest.mark.docker
+def test_restart_looping_replicas_are_an_error(project: Project) -> None:
+    outcome = run(scale_and_close(project.executor("crasher"), 2))
+    assert not outcome.ok
+    assert "restart-looping" in outcome.message
+    assert "exit code 3" in outcome.message
+    assert (outcome.running or 0) < 2
+
+
+@pytest.mark.docker
+def test_replica_that_exits_after_starting_is_an_error(project: Project) -> None:
+    # it is "running" when Compose returns and exits half a second later
+    outcome = run(scale_and_close(project.executor("exiter"), 1))
+    assert not outcome.ok
+    assert "exited with code 4" in outcome.message
+
+    async def status():
+        ex = project.executor("exiter")
+        try:
+            return await ex.status()
+        finally:
+            await ex.close()
+
+    st = run(status())
+    assert (st.desired, st.running, st.failed) == (1, 0, 1)
+    assert "exited with code 4" in st.detail
+
+
+@pytest.mark.docker
+def test_timeout_when_replicas_never_become_healthy(project: Project) -> None:
+    # running, but never healthy within scale_timeout
+    outcome = run(scale_and_close(project.executor("sick", scale_timeout=4.0), 1))
+    assert not outcome.ok
+    assert "not done after 4s" in outcome.message
+    assert "0/1 running and healthy" in outcome.message
+    assert "starting" in outcome.message
+
+
+# --------------------------------------------------------------------------- metrics and status
+
+
+@pytest.mark.docker
+def test_status_reports_cpu_and_memory_of_running_replicas(project: Project) -> None:
+    async def scenario():
+        idle, busy = project.executor("worker"), project.executor("burner")
+        try:
+            assert (await idle.scale(2)).ok
+            assert (await busy.scale(1)).ok
+            await idle.status(), await busy.status()  # first readings: the baseline for CPU
+            await asyncio.sleep(1.0)
+            return await idle.status(), await busy.status()
+        finally:
+            await idle.close()
+            await busy.close()
+
+    idle, busy = run(scenario())
+    for st in (idle, busy):
+        assert {"cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb"} <= st.metrics.keys(), st.metrics
+        assert 0 < st.metrics["mem.avg_mb"] <= st.metrics["mem.max_mb"] < 256
+        assert 0 <= st.metrics["cpu.avg"] <= st.metrics["cpu.max"]
+    # a busy loop uses a good part of a core; a sleeping worker almost nothing
+    assert busy.metrics["cpu.max"] > 20
+    assert idle.metrics["cpu.max"] < busy.metrics["cpu.max"]
+    # percent of limit only where a limit is set (worker: mem_limit 256m; burner: none)
+    assert 0 < idle.metrics["mem.avg_pct"] < 100
+    assert "mem.avg_pct" not in busy.metrics
+
+
+@pytest.mark.docker
+def test_status_without_containers_is_zero_not_an_error(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            return await ex.status()
+        finally:
+            await ex.close()
+
+    st = run(scenario())
+    assert (st.desired, st.running, st.failed) == (0, 0, 0)
+    assert st.metrics == {}
+
+
+def test_unreachable_engine_raises_executor_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    ex = ComposeExecutor(tmp_path / "docker-compose.yaml", "nothing", "worker")
+
+    async def scenario():
+        try:
+            await ex.status()
+        finally:
+            await ex.close()
+
+    with pytest.raises(ExecutorError, match="Docker engine"):
+        run(scenario())
+
+
+def test_no_compose_cli_error_names_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: neither docker nor docker-compose
+    with pytest.raises(ExecutorError) as err:
+        find_compose_cli()
+    assert "`docker compose`" in str(err.value)
+    assert "`docker-compose`" in str(err.value)
+
+
+def test_scale_without_compose_cli_is_an_error_outcome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    outcome = run(scale_and_close(ComposeExecutor(tmp_path / "x.yaml", "nothing", "worker"), 2))
+    assert not outcome.ok
+    assert "no Docker Compose CLI found" in outcome.message
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("folder", ["My Stack.v2", "-under_score"])
+def test_default_project_matches_what_compose_derives(tmp_path: Path, folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
+    monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
+    d = tmp_path / folder
+    d.mkdir()
+    f = d / "docker-compose.yaml"
+    f.write_text("services:\n  a:\n    image: python:3.12-slim\n")
+    import subprocess
+
+    def compose_says() -> str:
+        out = subprocess.run([*find_compose_cli(), "-f", str(f), "config", "--format", "json"],
+                             capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(out.stdout)["name"]
+
+    assert default_project(f) == compose_says()
+    f.write_text("name: Named-Project\nservices:\n  a:\n    image: python:3.12-slim\n")
+    assert default_project(f) == compose_says() == "named-project"
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", "fromenv")
+    assert default_project(f) == compose_says() == "fromenv"
+
+
+def test_create_executor_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
+    (tmp_path / "stack").mkdir()
+    (tmp_path / "stack" / "docker-compose.yaml").write_text("services:\n  consumer:\n    image: x\n")
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(
+        textwrap.dedent(
+            """
+            compose_file: stack/docker-compose.yaml
+            services:
+              - name: consumer
+              - name: workers
+                compose_service: consumer
+                project: explicit
+                stop_grace_period: 3s
+                scale_timeout: 12s
+            """
+        )
+    )
+    config = load_config(cfg, env={})
+    a = create_executor(config.services[0], config.base_dir, tmp_path / "state")
+    b = create_executor(config.services[1], config.base_dir, tmp_path / "state")
+    assert a.compose_file == (tmp_path / "stack" / "docker-compose.yaml").resolve()
+    assert (a.project, a.service, a.stop_grace_period, a.scale_timeout) == ("stack", "consumer", None, 60.0)
+    assert (b.project, b.service, b.stop_grace_period, b.scale_timeout) == ("explicit", "consumer", 3.0, 12.0)
