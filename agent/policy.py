@@ -63,7 +63,10 @@ def target_policy(
     return Proposal(desired, f"queue.backlog {backlog:g} / {svc.target_per_replica:g} per replica = {desired}")
 
 
+from agent.sizing import docktor_policy, required as docktor_required  # noqa: E402  (sizing needs Proposal)
+
 POLICIES: dict[str, PolicySpec] = {
     "rules": PolicySpec(rules_policy, lambda svc: set(), rules_drive=True),
     "target": PolicySpec(target_policy, lambda svc: {"queue.backlog"}, rules_drive=False),
+    "docktor": PolicySpec(docktor_policy, docktor_required, rules_drive=False),
 }
