@@ -169,8 +169,9 @@ def tool_specs(service: str, metrics: Iterable[str] = (), only: Iterable[str] | 
     svc = {"type": "string", "enum": [service]}
 
     def fn(name: str, description: str, props: dict[str, Any]) -> dict[str, Any]:
-        # Ranges and extra keys are checked by pydantic when the call runs (and the error goes
-        # back to the model); leaving them out of the schema keeps the prompt small.
+        # Extra keys are checked by pydantic when the call runs (the error goes back to the
+        # model); leaving additionalProperties out keeps the prompt small. Integer ranges stay:
+        # grammar-constrained servers then only generate valid arguments.
         return {
             "type": "function",
             "function": {
@@ -183,9 +184,9 @@ def tool_specs(service: str, metrics: Iterable[str] = (), only: Iterable[str] | 
     specs = [
         fn("get_queue_metrics", "Latest queue metrics", {}),
         fn("get_service_status", "Replica counts and health", {}),
-        fn("get_recent_decisions", "Last n (1-20) decisions", {"n": {"type": "integer"}}),
-        fn("get_metric_history", "[age_s,value] pairs, 1-60 min",
-           {"metric": {"type": "string", "enum": names}, "minutes": {"type": "number"}}),
+        fn("get_recent_decisions", "Last n decisions", {"n": {"type": "integer", "minimum": 1, "maximum": 20}}),
+        fn("get_metric_history", "[age_s,value] pairs",
+           {"metric": {"type": "string", "enum": names}, "minutes": {"type": "integer", "minimum": 1, "maximum": 60}}),
     ]
     wanted = None if only is None else set(only)
     return [s for s in specs if wanted is None or s["function"]["name"] in wanted]

@@ -1,0 +1,177 @@
+"""The advisor against a real llama.cpp server (xllamacpp, in-process, loopback HTTP).
+
+The model (../shared/llm-peer/tiny-hermes.gguf) is tiny and its text is gibberish, so these
+tests assert on structure only: a tool call went out and came back, the answer passed schema
+validation, tokens and latency were recorded, and the executed target is inside the envelope.
+Served at the plain ``/v1`` path and at Docker Model Runner's ``/engines/llama.cpp/v1``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.advisor import Advisor
+from agent.config import LLMConfig
+from agent.decide import finish
+from agent.state import ServiceState
+from tests.advisor_helpers import StaticTools, make_plan, service
+from tests.conftest import SHARED, need
+
+MODEL = SHARED / "llm-peer/tiny-hermes.gguf"
+DMR_PREFIX = "/engines/llama.cpp"
+
+pytestmark = pytest.mark.llm
+
+#: The tiny model's byte-level tokenizer spends about one token per character and its context is
+#: 2048 tokens, so the real-peer tests offer two of the four tools (a real model's tokenizer packs
+#: the full prompt in ~4x fewer tokens; the scripted tests cover all four tools).
+TOOLS = ["get_queue_metrics", "get_metric_history"]
+
+
+def start_llama(prefix: str):  # -> (server, base_url)
+    try:
+        import xllamacpp as xlc
+    except ImportError:
+        xlc = None
+    need(xlc is not None, "xllamacpp is not installed (pip install -e .[test])", "DOCKTOR_REQUIRE_LLM")
+    need(MODEL.is_file(), f"model file missing: {MODEL}", "DOCKTOR_REQUIRE_LLM")
+    p = xlc.CommonParams()
+    p.model.path = str(MODEL)
+    p.hostnames = ["127.0.0.1"]
+    p.port = 0
+    p.n_ctx = 2048
+    p.n_parallel = 1
+    p.model_alias = {"ai/llama3.2"}
+    p.ui = False
+    p.warmup = False
+    if prefix:
+        p.api_prefix = prefix
+    server = xlc.Server(p)
+    return server, server.listening_address + prefix + "/v1"
+
+
+@pytest.fixture(scope="module", params=["", DMR_PREFIX], ids=["v1", "dmr-path"])
+def llama(request) -> Iterator[tuple[str, str]]:
+    server, base_url = start_llama(request.param)
+    try:
+        yield request.param, base_url
+    finally:
+        del server  # stops serving
+
+
+def llm_config(prefix: str, base_url: str, **overrides) -> LLMConfig:
+    values = dict(timeout=20.0, max_tokens=200, max_tool_rounds=1, tools=TOOLS)
+    if prefix == DMR_PREFIX:
+        # Docker Model Runner's layout, reached through the dmr provider's own naming
+        values.update(provider="dmr", base_url=base_url)
+    else:
+        values.update(provider="openai-compatible", base_url=base_url, model="ai/llama3.2")
+    values.update(overrides)
+    return LLMConfig(**values)
+
+
+async def test_real_llama_full_decision_with_tool_round_trip(llama):
+    prefix, base_url = llama
+    svc = service()
+    state = ServiceState()
+    p = make_plan(svc, backlog=900, current=2, state=state)
+    tools = StaticTools()
+    advisor = Advisor(llm_config(prefix, base_url), env={})
+    try:
+        advice = await advisor.advise(svc, p, state, tools, 1000.0)
+    finally:
+        await advisor.close()
+    rec = advice.llm
+    assert rec is not None and rec["error"] is None, rec
+    assert advice.source == "llm" and rec["asked"] is True and rec["why"].startswith("scale-up rule fired")
+    assert rec["provider"] == ("dmr" if prefix else "openai-compatible") and rec["model"] == "ai/llama3.2"
+    # one tool round-trip: the model called an offered tool, Docktor answered it
+    assert len(rec["tool_calls"]) >= 1 and all(c["name"] in TOOLS for c in rec["tool_calls"])
+    assert any(name in ("queue_metrics", "metric_history") for name, _ in tools.calls)
+    # a schema-valid answer: integer target, confidence in [0, 1], action one of three
+    assert isinstance(rec["proposal"], int) and rec["proposal"] >= 0
+    assert 0 <= rec["confidence"] <= 1 and rec["action"] in ("scale_up", "scale_down", "hold")
+    assert rec["format"] == "json_schema"
+    # tokens and latency recorded
+    assert rec["prompt_tokens"] > 0 and rec["completion_tokens"] > 0 and rec["latency_ms"] > 0
+    assert rec["requests"] >= 2
+    # the log line is JSON as is, and the executed target is inside the LLM's envelope
+    json.dumps(rec)
+    decision = finish(svc, p, advice.proposal or p.proposal, advice.source, envelope=advice.envelope)
+    assert advice.envelope is not None and advice.envelope.lo <= decision.target <= advice.envelope.hi
+    assert p.envelope.lo <= decision.target <= p.envelope.hi
+
+
+async def test_real_llama_without_tools_answers_with_schema(llama):
+    prefix, base_url = llama
+    svc = service()
+    p = make_plan(svc, backlog=2, current=3)  # scale-down rules hold
+    advisor = Advisor(llm_config(prefix, base_url, max_tool_rounds=0), env={})
+    try:
+        advice = await advisor.advise(svc, p, ServiceState(), StaticTools(), 1000.0)
+    finally:
+        await advisor.close()
+    assert advice.source == "llm", advice.llm
+    assert advice.llm["tool_calls"] == [] and advice.llm["requests"] in (1, 2)
+    decision = finish(svc, p, advice.proposal or p.proposal, advice.source, envelope=advice.envelope)
+    assert decision.target <= 3  # never up when only the scale-down rules hold
+
+
+def test_real_llama_llm_check_reports_support(llama, tmp_path: Path):
+    prefix, base_url = llama
+    import typer
+
+    from agent.cli_llm import register
+
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(
+        "llm:\n"
+        f"  provider: {'dmr' if prefix else 'openai-compatible'}\n"
+        f"  base_url: {base_url}\n"
+        "  model: ai/llama3.2\n"
+        "  max_tokens: 200\n"
+        "services:\n"
+        "  - name: worker\n"
+        "    command: python worker.py\n"
+    )
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def _root() -> None:  # a group, as in the real CLI
+        pass
+
+    result = CliRunner().invoke(app, ["llm", "check", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "model ai/llama3.2: available" in result.output
+    assert "structured output: json_schema ok" in result.output
+    assert "tool calling: ok, called" in result.output
+
+
+def test_llm_check_bad_input_is_one_line_and_exit_2(tmp_path: Path):
+    import typer
+
+    from agent.cli_llm import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text("llm:\n  provider: openai-compatible\nservices:\n  - name: w\n    command: x\n")
+    result = CliRunner().invoke(app, ["llm", "check", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: llm.base_url: required for provider 'openai-compatible'",
+        "error: llm.model: required for provider 'openai-compatible'",
+    ]
+    missing = CliRunner().invoke(app, ["llm", "check", "--config", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: ") and len(missing.stderr.strip().splitlines()) == 1
