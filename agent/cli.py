@@ -282,7 +282,7 @@ def _print_table(records: Iterable[dict[str, Any]]) -> None:
 @app.command()
 @handles_errors
 def demo(
-    duration: Annotated[float, typer.Option("--duration", help="Seconds to run.", min=10)] = 150.0,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds to run.", min=10)] = 140.0,
     state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Keep the decision log here.")] = None,
 ) -> None:
     """Scale a real NATS JetStream consumer under bursts, on this machine: no Docker, no LLM."""

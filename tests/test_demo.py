@@ -1,0 +1,29 @@
+"""`make demo` end to end: a real nats-server, real replicas, the real daemon loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "demo", "--duration", "65", "--state-dir", str(state)],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Summary:" in r.stdout
+    recs = [json.loads(line) for line in (state / "decisions.jsonl").read_text().splitlines()]
+    ups = [x for x in recs if x["decision"] == "scale_up" and x["executed"]]
+    downs = [x for x in recs if x["decision"] == "scale_down" and x["executed"]]
+    assert all(x["outcome"]["status"] == "ok" for x in ups + downs)
+    # the burst (500 msg/s from t=25 s) drives the consumer well past the base-load size ...
+    assert max(x["target_replicas"] for x in ups) >= 7
+    assert any("queue.rate_in" in rule for x in ups for rule in x["matched_rules"])
+    # ... and once it has drained, the consumer is scaled back down
+    assert downs and downs[0]["ts"] > max(x["ts"] for x in ups if x["target_replicas"] >= 7)
+    assert all(x["observations"]["queue.backlog"] <= 100 for x in downs)
