@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.config import Rule, Rules, ServiceConfig
-from agent.decide import finish, plan
+from agent.decide import Plan, finish, plan
+from agent.guardrails import Envelope
 from agent.policy import Proposal
 from agent.simulator import Scenario, Trace, Workload
 from agent.state import ServiceState, remember
@@ -94,22 +95,28 @@ def rules_service(scenario: Scenario) -> ServiceConfig:
 
 # ------------------------------------------------------------------ advisors
 
-#: proposes a target for a plan; None: keep the policy's own proposal
-Advisor = Callable[[ServiceConfig, object, ServiceState, float], Proposal | None]
+#: proposes a target for a plan, and the envelope to clamp it into (None: the plan's);
+#: returning None keeps the policy's own proposal
+Advisor = Callable[[ServiceConfig, Plan, ServiceState, float], "tuple[Proposal, Envelope | None] | None"]
 
 
 def adversarial_advisor() -> Advisor:
     """Each tick, the most damaging proposal: flip between far above max and zero.
 
     Alternating maximizes both harms the guardrails must contain: over-provisioning cost and
-    starvation, plus the churn of every reversal they let through.
+    starvation, plus the churn of every reversal they let through. The proposal goes through the
+    same envelope an LLM's does (:func:`agent.advisor.llm_envelope`, the direction rule with
+    ``may_act_without_rules: false``), then :func:`agent.decide.finish`.
     """
+    from agent.advisor import llm_envelope
+
     flip = {"up": True}
 
-    def advise(svc: ServiceConfig, p: object, state: ServiceState, now: float) -> Proposal:
+    def advise(svc: ServiceConfig, p: Plan, state: ServiceState, now: float) -> tuple[Proposal, Envelope | None]:
         up = flip["up"]
         flip["up"] = not up
-        return Proposal(svc.max_replicas * 10 if up else 0, "adversarial: " + ("max" if up else "zero"))
+        env = llm_envelope(svc, p, state, now, False)
+        return Proposal(svc.max_replicas * 10 if up else 0, "adversarial: " + ("max" if up else "zero")), env
 
     return advise
 
@@ -134,11 +141,12 @@ class ProductionController:
         svc = self.svc
         p = plan(svc, obs, current, self.state, now)
         proposal, source = p.proposal, ("rules" if svc.policy == "rules" else "policy")
+        env = None
         if self.advisor is not None:
             advice = self.advisor(svc, p, self.state, now)
             if advice is not None:
-                proposal, source = advice, "llm"
-        decision = finish(svc, p, proposal, source)  # type: ignore[arg-type]
+                (proposal, env), source = advice, "llm"
+        decision = finish(svc, p, proposal, source, envelope=env)  # type: ignore[arg-type]
         # The simulated executor never fails, so every change is acted on and succeeds.
         remember(self.state, decision, now, acted=decision.changes, ok=True, observations=decision.observations)
         return decision.target

@@ -1,0 +1,157 @@
+"""``docktor simulate`` and ``docktor bench``: replay load traces against the scaling policies.
+
+Registered into the main app by :func:`register`; bad input is one ``error:`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from agent.baselines import POLICY_NAMES
+from agent.bench import ADVISORS, DEFAULT_TRACES, parse_policies, plot, run_suite, run_trace, table
+from agent.errors import Problem, UsageError
+from agent.simulator import Scenario, load_trace, load_traces
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _usage_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            for p in e.problems:
+                print(f"error: {p}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+ServiceMs = Annotated[float, typer.Option("--service-ms", help="Mean processing time per message, ms.")]
+Cv = Annotated[float, typer.Option("--cv", help="Coefficient of variation of processing times (0: constant).")]
+StartupS = Annotated[float, typer.Option("--startup-s", help="Seconds before a new replica takes work.")]
+SloS = Annotated[float, typer.Option("--slo-s", help="Wait SLO: seconds a message may wait in the queue.")]
+IntervalS = Annotated[float, typer.Option("--interval-s", help="Check interval of docktor, rules and target.")]
+MinR = Annotated[int, typer.Option("--min", help="Minimum replicas.")]
+MaxR = Annotated[int, typer.Option("--max", help="Maximum replicas.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (arrival times within a second, service times).")]
+AdvisorOpt = Annotated[
+    str, typer.Option("--advisor", help=f"Advisor on docktor/rules/target: {'|'.join(ADVISORS)}.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")]
+
+
+def _scenario(service_ms: float, cv: float, startup_s: float, slo_s: float, interval_s: float, lo: int, hi: int, seed: int) -> Scenario:
+    s = Scenario(
+        service_s=service_ms / 1000.0,
+        cv=cv,
+        startup_s=startup_s,
+        slo_s=slo_s,
+        interval_s=interval_s,
+        min_replicas=lo,
+        max_replicas=hi,
+        seed=seed,
+    )
+    s.check()
+    return s
+
+
+def _trace_path(arg: str) -> Path:
+    p = Path(arg)
+    if p.exists():
+        return p
+    named = DEFAULT_TRACES / f"{arg}.csv"
+    if named.exists():
+        return named
+    raise UsageError([Problem("TRACE", f"{arg}: no such file (nor a trace of that name in {DEFAULT_TRACES})")])
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @_usage_errors
+    def simulate(
+        trace: Annotated[str, typer.Argument(help="A t,rate CSV, or the name of a trace in ../shared/traces.")],
+        policy: Annotated[str, typer.Option("--policy", help=f"One of: {', '.join(POLICY_NAMES)}.")] = "docktor",
+        advisor: AdvisorOpt = "none",
+        service_ms: ServiceMs = 20.0,
+        cv: Cv = 0.5,
+        startup_s: StartupS = 10.0,
+        slo_s: SloS = 30.0,
+        interval_s: IntervalS = 5.0,
+        min_replicas: MinR = 1,
+        max_replicas: MaxR = 50,
+        seed: Seed = 1,
+        as_json: JsonOpt = False,
+        timeline: Annotated[
+            Path | None, typer.Option("--timeline", help="Write t,desired,alive per check to this CSV.")
+        ] = None,
+    ) -> None:
+        """Replay one trace against one policy and print its score."""
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
+        names = parse_policies(policy)
+        if len(names) != 1:
+            raise UsageError([Problem("--policy", "simulate takes one policy (bench runs several)")])
+        tr = load_trace(_trace_path(trace))
+        result = run_suite([tr], scenario, names, advisor)[0][0]
+        row = result.rows[0]
+        if as_json:
+            print(json.dumps(row))
+        else:
+            print(table([row]))
+        if timeline is not None and names[0] in result.runs:
+            lines = ["t,desired,alive"] + [f"{t:g},{d},{a}" for t, d, a in result.runs[names[0]].timeline]
+            try:
+                timeline.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            except OSError as e:
+                raise UsageError([Problem("--timeline", f"cannot write {timeline}: {e}")]) from None
+
+    @app.command()
+    @_usage_errors
+    def bench(
+        traces: Annotated[Path, typer.Option("--traces", help="Directory of t,rate CSV traces.")] = DEFAULT_TRACES,
+        policies: Annotated[
+            str | None, typer.Option("--policies", help=f"Comma-separated; default all: {','.join(POLICY_NAMES)}.")
+        ] = None,
+        advisor: AdvisorOpt = "none",
+        service_ms: ServiceMs = 20.0,
+        cv: Cv = 0.5,
+        startup_s: StartupS = 10.0,
+        slo_s: SloS = 30.0,
+        interval_s: IntervalS = 5.0,
+        min_replicas: MinR = 1,
+        max_replicas: MaxR = 50,
+        seed: Seed = 1,
+        as_json: JsonOpt = False,
+        plot_dir: Annotated[Path | None, typer.Option("--plot", help="Write one PNG per trace into this directory.")] = None,
+    ) -> None:
+        """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
+        names = parse_policies(policies)
+        loaded = load_traces(traces)
+        results, elapsed = run_suite(loaded, scenario, names, advisor)
+        rows = [r for res in results for r in res.rows]
+        if as_json:
+            for r in rows:
+                print(json.dumps(r))
+        else:
+            print(table(rows))
+            print(f"\n{len(loaded)} traces x {len(names)} policies simulated in {elapsed:.1f} s")
+        if plot_dir is not None:
+            try:
+                for res in results:
+                    out = plot(res, scenario, plot_dir)
+                    if not as_json:
+                        print(f"wrote {out}")
+            except OSError as e:
+                raise UsageError([Problem("--plot", f"cannot write into {plot_dir}: {e}")]) from None
+
+
+__all__ = ["register", "run_trace"]
