@@ -33,6 +33,7 @@ services:
     min_replicas: 1
     max_replicas: 50
     policy: {policy}
+    target_per_replica: 100
     queue: {{kind: nats, url: "nats://127.0.0.1:1", stream: S, consumer: C}}
     cooldown_up: 10
     cooldown_down: 30
@@ -105,12 +106,12 @@ def daemon_footprint(services: int = 10, interval: float = 1.0, seconds: float =
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     daemon = None
     try:
-        for _ in range(100):
-            try:
-                asyncio.run(_make_streams(url, services))
-                break
-            except Exception:
-                time.sleep(0.1)
+        for _ in range(100):  # wait for the port rather than let the client log refusals
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        asyncio.run(_make_streams(url, services))
         svc_yaml = "".join(
             f"""
   - name: svc{i}

@@ -68,8 +68,12 @@ def step_down(svc: ServiceConfig, current: int) -> int:
 def stabilized_floor(svc: ServiceConfig, state: ServiceState, now: float, proposal: int) -> int:
     """HPA's scale-down stabilization: never below the highest recommendation in the window."""
     since = now - svc.scale_down_stabilization
-    recent = [n for t, n in state.recommendations if t > since]
-    return max([proposal, *recent])
+    floor = proposal
+    for t, n in reversed(state.recommendations):  # newest first: stop at the window's edge
+        if t <= since:
+            break
+        floor = max(floor, n)
+    return floor
 
 
 def envelope(
