@@ -321,7 +321,7 @@ def simulate(
             ack_floor=i - busy,
             pending=arrived - i,
             ack_pending=busy,
-            running=len(heap),
+            running=len(heap) + len(draining),  # a stopping container runs until its message is done
             desired=desired,
         )
         # --- decide

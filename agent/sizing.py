@@ -37,13 +37,16 @@ import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent.config import ServiceConfig
-from agent.policy import Proposal
 from agent.rules import Evaluation
 from agent.state import ServiceState
+
+if TYPE_CHECKING:  # agent.policy imports this module to register the policy
+    from agent.policy import Proposal
 
 #: fraction of target_wait kept back for measurement noise and sampling lag
 WAIT_MARGIN = 0.25
@@ -224,8 +227,10 @@ def deadline_replicas(
     """
     need = 0.0
     cumulative = np.concatenate([[0.0], np.cumsum(arrivals)])
-    for k in range(1, len(cumulative) + 1):
-        h = lag + k * step
+    horizons = [lag + k * step for k in range(1, len(cumulative) + 1)]
+    if budget > lag:
+        horizons.append(budget)  # the tightest deadline, whether or not it falls on a tick
+    for h in horizons:
         if h < budget:
             continue
         # messages that arrived by h - budget must have started by h
@@ -264,6 +269,8 @@ def _periodic_arrivals(
 def docktor_policy(
     svc: ServiceConfig, obs: Mapping[str, float], current: int, state: ServiceState, ev: Evaluation, now: float
 ) -> Proposal:
+    from agent.policy import Proposal
+
     est = estimate(svc, obs, state, now)
     backlog = obs["queue.backlog"]
     running = obs.get("replicas.running", float(current))

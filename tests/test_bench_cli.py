@@ -1,0 +1,105 @@
+"""``docktor simulate`` / ``docktor bench`` through a Typer app built the way agent/cli.py registers them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from agent.cli_sim import register
+
+REQUIRED_FIELDS = {
+    "trace", "policy", "messages", "slo_attainment", "p50_wait_s", "p99_wait_s", "max_backlog",
+    "replica_seconds", "work_seconds", "oracle_replica_seconds", "cost_ratio", "actions", "reversals",
+}
+
+
+def app() -> typer.Typer:
+    a = typer.Typer()
+    register(a)
+    return a
+
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def traces(tmp_path: Path) -> Path:
+    d = tmp_path / "traces"
+    d.mkdir()
+    (d / "spike.csv").write_text("# a spike\nt,rate\n" + "".join(f"{t},{300 if 20 <= t < 30 else 20}\n" for t in range(120)))
+    (d / "flat.csv").write_text("t,rate\n" + "".join(f"{t},40\n" for t in range(90)))
+    return d
+
+
+def test_bench_json_has_every_field(traces: Path) -> None:
+    r = runner.invoke(app(), ["bench", "--traces", str(traces), "--policies", "docktor,hpa,static,oracle", "--json", "--max", "20"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {(x["trace"], x["policy"]) for x in rows} == {
+        (t, p) for t in ("flat", "spike") for p in ("docktor", "hpa", "static", "oracle")
+    }
+    for row in rows:
+        assert REQUIRED_FIELDS <= row.keys()
+        assert 0.0 <= row["slo_attainment"] <= 1.0
+        assert row["messages"] == (90 * 40 if row["trace"] == "flat" else 110 * 20 + 10 * 300)
+        assert row["work_seconds"] == pytest.approx(row["messages"] * 0.02, abs=0.1)
+        assert row["cost_ratio"] == pytest.approx(row["replica_seconds"] / row["oracle_replica_seconds"], rel=2e-3)
+        if row["policy"] != "oracle":
+            assert row["p50_wait_s"] <= row["p99_wait_s"]
+            assert row["actions"] >= row["reversals"] >= 0
+
+
+def test_bench_table_and_plots(traces: Path, tmp_path: Path) -> None:
+    plots = tmp_path / "plots"
+    r = runner.invoke(app(), ["bench", "--traces", str(traces), "--policies", "docktor,rules", "--plot", str(plots)])
+    assert r.exit_code == 0, r.output
+    assert "| spike" in r.stdout and "docktor" in r.stdout and "SLO met" in r.stdout
+    for name in ("spike", "flat"):
+        png = plots / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_one_policy_with_the_adversarial_advisor(traces: Path, tmp_path: Path) -> None:
+    timeline = tmp_path / "timeline.csv"
+    r = runner.invoke(
+        app(),
+        ["simulate", str(traces / "spike.csv"), "--policy", "docktor", "--advisor", "adversarial", "--json",
+         "--max", "8", "--timeline", str(timeline)],
+    )
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)
+    assert row["policy"] == "docktor" and row["advisor"] == "adversarial"
+    # whatever the adversary asks for, the guardrails keep every count inside [min, max]
+    lines = timeline.read_text().splitlines()[1:]
+    assert lines and all(1 <= int(line.split(",")[1]) <= 8 for line in lines)
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["bench", "--traces", "/nonexistent/dir"], "--traces"),
+        (["bench", "--policies", "docktor,magic"], "--policies"),
+        (["bench", "--advisor", "psychic"], "--advisor"),
+        (["bench", "--max", "0"], "--max"),
+        (["bench", "--slo-s", "0"], "--slo-s"),
+        (["simulate", "no-such-trace"], "TRACE"),
+        (["simulate", "step", "--policy", "docktor,hpa"], "--policy"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], names: str) -> None:
+    r = runner.invoke(app(), args)
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0]
+    assert "Traceback" not in r.output
+
+
+def test_malformed_csv_names_file_and_line(traces: Path) -> None:
+    (traces / "broken.csv").write_text("t,rate\n0,5\n1,lots\n")
+    r = runner.invoke(app(), ["bench", "--traces", str(traces), "--policies", "static"])
+    assert r.exit_code == 2
+    assert r.stderr.strip() == f"error: {traces / 'broken.csv'}:3: not numbers: '1,lots'"
