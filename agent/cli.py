@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import itertools
 import json
 import os
 import re
@@ -215,29 +216,32 @@ def daemon_logs(
 ) -> None:
     """The decision log: a readable table, or raw JSON lines with --json."""
     from agent.daemon import paths_for
-    from agent.decision_log import follow, read_records
+    from agent.decision_log import follow, log_files, read_records, read_records_in
 
     cfg = _load(config)
     if service is not None and service not in {s.name for s in cfg.services}:
         raise UsageError(f"--service: no service named {service!r} in {config}")
     path = paths_for(cfg).decisions
     since_ts = parse_since(since, time.time())
-    records = list(read_records(path, since=since_ts, service=service))
-    if as_json:
-        for rec in records:
-            sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
-    elif records or not follow_:
-        _print_table(records)
-    if follow_:
-        try:
-            for rec in follow(path, service=service):
-                if as_json:
-                    sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
-                    sys.stdout.flush()
-                else:
-                    out.print(_one_line(rec), markup=False, highlight=False)
-        except KeyboardInterrupt:
-            pass
+    if not follow_:
+        records = list(read_records(path, since=since_ts, service=service))
+        if as_json:
+            for rec in records:
+                sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        else:
+            _print_table(records)
+        return
+    # Following: rotated files first, then the live file from its start on one handle.
+    rotated = [rec for f in log_files(path)[:-1] for rec in read_records_in(f, since=since_ts, service=service)]
+    try:
+        for rec in itertools.chain(rotated, follow(path, service=service, since=since_ts, from_start=True)):
+            if as_json:
+                sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+            else:
+                out.print(_one_line(rec), markup=False, highlight=False)
+    except KeyboardInterrupt:
+        pass
 
 
 def _arrow(rec: dict[str, Any]) -> str:

@@ -176,23 +176,40 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 
 def read_records(path: Path, *, since: float | None = None, service: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every whole record, oldest first, skipping lines that do not parse."""
+    """Every whole record of the log and its rotations, oldest first, skipping lines that do not parse."""
     for file in log_files(path):
-        with file.open("rb") as f:
-            for line in f:
-                rec = _parse(line)
-                if rec is not None and _matches(rec, since, service):
-                    yield rec
+        yield from read_records_in(file, since=since, service=service)
+
+
+def read_records_in(file: Path, *, since: float | None = None, service: str | None = None) -> Iterator[dict[str, Any]]:
+    """The records of one file."""
+    try:
+        f = file.open("rb")
+    except FileNotFoundError:  # rotated away between listing and opening
+        return
+    with f:
+        for line in f:
+            rec = _parse(line)
+            if rec is not None and _matches(rec, since, service):
+                yield rec
 
 
 def follow(
-    path: Path, *, service: str | None = None, poll: float = 0.25, stop: Any = None
+    path: Path,
+    *,
+    service: str | None = None,
+    since: float | None = None,
+    from_start: bool = False,
+    poll: float = 0.25,
+    stop: Any = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield records appended after the call, across rotations, until ``stop()`` returns True."""
+    """Yield records appended after the call (or, with ``from_start``, the current file's records
+    too), across rotations, until ``stop()`` returns True. One open file handle carries on from
+    the history, so nothing written in between is lost or shown twice."""
     f = None
     inode = None
     buf = b""
-    skip_existing = path.exists()  # only what is appended from now on
+    skip_existing = path.exists() and not from_start
     while not (stop and stop()):
         if f is None and path.exists():
             f = path.open("rb")
@@ -206,7 +223,7 @@ def follow(
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     rec = _parse(line)
-                    if rec is not None and _matches(rec, None, service):
+                    if rec is not None and _matches(rec, since, service):
                         yield rec
                 continue
             try:

@@ -207,3 +207,26 @@ def test_advisory_daemon_logs_but_never_acts(tmp_path: Path, nats_server: NatsSe
     recs = [json.loads(x) for x in log.read_text().splitlines()]
     assert all(r["mode"] == "advisory" and r["executed"] is False and r["current_replicas"] == 0 for r in recs)
     assert all(r["decision"] == "scale_up" and r["target_replicas"] == 2 for r in recs)
+
+
+def test_logs_follow_prints_new_decisions_as_json(tmp_path: Path) -> None:
+    from agent.decision_log import DecisionLog, DecisionRecord, rfc3339
+
+    cfg = write_config(tmp_path, None)
+    log = DecisionLog(tmp_path / ".docktor" / "decisions.jsonl")
+    rec = DecisionRecord(ts=rfc3339(time.time()), service="worker", mode="autonomous", current_replicas=1,
+                         decision="hold", target_replicas=1, reason="before", source="rules")
+    log.write(rec)
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "daemon", "logs", "--config", str(cfg), "-f", "--json"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["reason"] == "before"  # history first
+        time.sleep(0.5)
+        for i in range(3):
+            log.write(rec.model_copy(update={"reason": f"after{i}"}))
+        assert [json.loads(proc.stdout.readline())["reason"] for _ in range(3)] == ["after0", "after1", "after2"]
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        log.close()
