@@ -106,7 +106,6 @@ class _Memory:
     asked_at: float | None = None
     observations: dict[str, float] = field(default_factory=dict)
     answer: LLMAnswer | None = None  # last valid answer; None after a failure (no stale reuse)
-    asked_ts: float | None = None
 
 
 def moved(before: Mapping[str, float], after: Mapping[str, float], threshold: float) -> str | None:
