@@ -61,6 +61,7 @@ def service() -> ServiceConfig:
     return ServiceConfig(
         name="worker",
         command=["python", "worker.py"],
+        policy="rules",  # the figures are about the rules' direction gate, whatever the default policy
         min_replicas=1,
         max_replicas=20,
         scale_up_by=2,
