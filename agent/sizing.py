@@ -53,6 +53,8 @@ WAIT_MARGIN = 0.25
 #: saturated throughput samples kept, and the quantile taken (start-up bias is downward)
 MU_SAMPLES = 20
 MU_QUANTILE = 0.75
+#: a per-replica service rate below this (messages/s) is noise, not a measurement
+MIN_RATE = 1e-6
 #: the trend is fitted over this many times the lag it projects over
 TREND_SPAN = 3.0
 #: in-flight messages summed over the recent ticks before Little's law is trusted
@@ -118,17 +120,25 @@ def estimate_mu(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, f
     # rate is rate_out / ack_pending, averaged over recent ticks. It holds loaded or not, which
     # the saturated samples do not guarantee (a momentary queue at two ticks is not saturation).
     # Prefetched but unstarted messages inflate ack_pending, which only errs toward more replicas.
-    flight = [(o["queue.rate_out"], o["queue.ack_pending"]) for _, o in points[-MU_SAMPLES:] if "queue.rate_out" in o and "queue.ack_pending" in o]
-    out_sum = sum(r for r, _ in flight)
-    in_flight = sum(a for _, a in flight)
-    if in_flight >= LITTLE_MIN_IN_FLIGHT and out_sum > 0:
+    # The window reaches back (newest first) until it holds enough in-flight samples to trust.
+    out_sum = in_flight = 0.0
+    used = 0
+    for _, o in reversed(points):
+        if "queue.rate_out" not in o or "queue.ack_pending" not in o:
+            continue
+        out_sum += o["queue.rate_out"]
+        in_flight += o["queue.ack_pending"]
+        used += 1
+        if used >= MU_SAMPLES and in_flight >= LITTLE_MIN_IN_FLIGHT:
+            break
+    if in_flight >= LITTLE_MIN_IN_FLIGHT and out_sum / in_flight > MIN_RATE:
         return out_sum / in_flight, "littles_law"
     if saturated:
         recent = saturated[-MU_SAMPLES:]
         return float(np.quantile(recent, MU_QUANTILE)), "saturated"
     if svc.processing_time:
         return 1.0 / svc.processing_time, "processing_time"
-    if best_unsaturated > 0:
+    if best_unsaturated > MIN_RATE:
         return best_unsaturated, "lower_bound"
     return None, "unknown"
 
@@ -274,7 +284,7 @@ def docktor_policy(
     est = estimate(svc, obs, state, now)
     backlog = obs["queue.backlog"]
     running = obs.get("replicas.running", float(current))
-    if est.mu is None:
+    if est.mu is None or not est.mu > MIN_RATE:
         # Nothing measured and nothing configured: all we know is whether work is waiting.
         if backlog > 0 and running == 0:
             return Proposal(max(1, svc.min_replicas), "work waiting and no replica running")
@@ -289,8 +299,14 @@ def docktor_policy(
 
     # The smoothed rate lags a trend by its time constant; project it over that lag plus start-up.
     forecast = est.rate + max(0.0, est.trend) * (budget + lag)
-    n_rate = forecast / mu
-    n_deadline = deadline_replicas(backlog, [forecast * step] * count, step, mu, ready, lag, budget)
+    if est.mu_source == "lower_bound":
+        # A lower bound on throughput (no queue, too little in flight to measure) would make the
+        # rate term self-fulfilling: size from the backlog alone until a real measurement exists.
+        n_rate = 0.0
+        n_deadline = deadline_replicas(backlog, [0.0] * count, step, mu, ready, lag, budget)
+    else:
+        n_rate = forecast / mu
+        n_deadline = deadline_replicas(backlog, [forecast * step] * count, step, mu, ready, lag, budget)
     need = max(n_rate, n_deadline)
     why = f"rate {forecast:.4g}/s, backlog {backlog:g}, {mu:.4g}/s per replica ({est.mu_source})"
 
@@ -302,7 +318,10 @@ def docktor_policy(
                 need = n_pred
                 why += f"; recurring load every {est.period:.0f}s"
 
-    return Proposal(max(0, math.ceil(need - 1e-9)), f"needs {need:.2f} replicas: {why}")
+    # Far beyond max_replicas means the same as max_replicas to the guardrails; keep it an int.
+    ceiling = 10 * max(1, svc.max_replicas)
+    target = ceiling if not math.isfinite(need) or need > ceiling else max(0, math.ceil(need - 1e-9))
+    return Proposal(target, f"needs {need:.2f} replicas: {why}")
 
 
 def required(svc: ServiceConfig) -> set[str]:
