@@ -127,7 +127,7 @@ class ServiceConfig(Strict):
     queue: dict[str, Any] | None = None
     rules: Rules = Field(default_factory=Rules)
 
-    policy: Policy = "rules"
+    policy: Policy = "docktor"
     #: latency target: seconds a message may wait in the queue (docktor policy)
     target_wait: PositiveSeconds = 30.0
     #: backlog per replica to aim for (target policy, like KEDA's lagThreshold)

@@ -14,6 +14,7 @@ def service(**overrides: Any) -> ServiceConfig:
     base: dict[str, Any] = dict(
         name="worker",
         command=["python", "worker.py"],
+        policy="rules",  # these tests are about the rules' direction gate, whatever the default policy
         min_replicas=1,
         max_replicas=10,
         scale_up_by=2,
