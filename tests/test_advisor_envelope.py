@@ -82,7 +82,8 @@ def scenarios(draw):
         cooldown_up=draw(st.sampled_from([0, 30])),
         cooldown_down=draw(st.sampled_from([0, 60])),
         scale_down_stabilization=draw(st.sampled_from([0, 60])),
-        policy=draw(st.sampled_from(["rules", "target"])),
+        policy=draw(st.sampled_from(["rules", "target", "docktor"])),
+        processing_time=0.5,
         target_per_replica=50,
         rules=Rules(
             scale_up_when=[Rule(metric="queue.backlog", op=">", value=draw(st.sampled_from([100, 300])))],
