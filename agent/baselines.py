@@ -17,15 +17,18 @@ them. The others re-implement other autoscalers' documented math (docs/policy.md
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from agent.config import Rule, Rules, ServiceConfig
+from agent.config import LLMConfig, Rule, Rules, ServiceConfig
 from agent.decide import Plan, finish, plan
+from agent.errors import Problem, UsageError
 from agent.guardrails import Envelope
 from agent.policy import Proposal
 from agent.simulator import Scenario, Trace, Workload
@@ -119,6 +122,67 @@ def adversarial_advisor() -> Advisor:
         return Proposal(svc.max_replicas * 10 if up else 0, "adversarial: " + ("max" if up else "zero")), env
 
     return advise
+
+
+class _SimTools:
+    """The advisor's tools (agent.advisor.ToolContext) over the simulated service's state."""
+
+    def __init__(self, state: ServiceState, svc: ServiceConfig) -> None:
+        self.state = state
+        self.svc = svc
+
+    def queue_metrics(self, service: str) -> dict[str, float]:
+        return dict(self.state.history[-1][1]) if self.state.history else {}
+
+    def service_status(self, service: str) -> dict[str, Any]:
+        last = self.state.history[-1][1] if self.state.history else {}
+        return {
+            "desired": int(last.get("replicas.desired", self.svc.min_replicas)),
+            "running": int(last.get("replicas.running", self.svc.min_replicas)),
+            "failed": 0,
+            "healthy": True,
+        }
+
+    def recent_decisions(self, service: str, n: int) -> list[dict[str, Any]]:
+        d = self.state.last_decision
+        if d is None:
+            return []
+        return [{"current_replicas": d.current, "decision": d.decision, "target_replicas": d.target, "reason": d.reason}][-n:]
+
+    def metric_history(self, service: str, metric: str, minutes: float) -> list[tuple[float, float]]:
+        if not self.state.history:
+            return []
+        since = self.state.history[-1][0] - minutes * 60
+        return [(t, o[metric]) for t, o in self.state.history if t >= since and metric in o]
+
+
+class LLMAdvisor:
+    """The production LLM advisor (agent.advisor.Advisor) asked each tick, on one event loop.
+
+    Sim time is passed as ``now`` (when to ask, heartbeats); the model's own latency is real.
+    Like the daemon, a failing model means the deterministic proposal (source ``fallback``).
+    """
+
+    def __init__(self, config: LLMConfig) -> None:
+        from agent.advisor import make_advisor as make_llm_advisor
+
+        advisor = make_llm_advisor(config)
+        if advisor is None:
+            raise UsageError([Problem("--llm-config", "llm.provider is none: no LLM to ask")])
+        self.advisor = advisor
+        self.loop = asyncio.new_event_loop()
+        self.calls = 0
+
+    def __call__(self, svc: ServiceConfig, p: Plan, state: ServiceState, now: float) -> tuple[Proposal, Envelope | None] | None:
+        advice = self.loop.run_until_complete(self.advisor.advise(svc, p, state, _SimTools(state, svc), now))
+        if advice.llm and advice.llm.get("asked"):
+            self.calls += 1
+        if advice.proposal is None:
+            return None
+        return advice.proposal, advice.envelope
+
+    def close(self) -> None:
+        self.loop.close()
 
 
 # ------------------------------------------------------------------ controllers

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.baselines import POLICY_NAMES, Advisor, adversarial_advisor, make_controller, oracle_replica_seconds
+from agent.baselines import POLICY_NAMES, Advisor, LLMAdvisor, adversarial_advisor, make_controller, oracle_replica_seconds
+from agent.config import LLMConfig
 from agent.errors import Problem, UsageError
 from agent.simulator import Run, Scenario, Trace, simulate, workload
 
@@ -33,13 +34,15 @@ def parse_policies(text: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def make_advisor(name: str) -> Advisor | None:
+def make_advisor(name: str, llm: LLMConfig | None = None) -> Advisor | None:
     if name == "none":
         return None
     if name == "adversarial":
         return adversarial_advisor()
     if name == "llm":
-        raise UsageError([Problem("--advisor", "llm advisor not available in the simulator yet (use none or adversarial)")])
+        if llm is None:
+            raise UsageError([Problem("--advisor", "llm needs --llm-config (a docktor.yaml whose llm: block names the endpoint)")])
+        return LLMAdvisor(llm)
     raise UsageError([Problem("--advisor", f"unknown advisor {name!r} (choose from {', '.join(ADVISORS)})")])
 
 
@@ -77,7 +80,7 @@ def run_trace(
     scenario: Scenario,
     policies: Sequence[str],
     advisor: str = "none",
-    advisor_factory: Callable[[str], Advisor | None] = make_advisor,
+    llm: LLMConfig | None = None,
 ) -> Result:
     load = workload(trace, scenario)
     oracle = oracle_replica_seconds(trace, scenario, load)
@@ -87,8 +90,12 @@ def run_trace(
         if name == "oracle":
             rows.append(oracle_row(trace, scenario, oracle))
             continue
-        adv = advisor_factory(advisor) if advisor != "none" and name in ADVISABLE else None
-        run = simulate(trace, scenario, make_controller(name, scenario, adv), load=load)  # type: ignore[arg-type]
+        adv = make_advisor(advisor, llm) if advisor != "none" and name in ADVISABLE else None
+        try:
+            run = simulate(trace, scenario, make_controller(name, scenario, adv), load=load)  # type: ignore[arg-type]
+        finally:
+            if isinstance(adv, LLMAdvisor):
+                adv.close()
         runs[name] = run
         row = run.summary(oracle)
         row = {"trace": row.pop("trace"), "policy": row.pop("policy"), "advisor": advisor if adv else "none", **row}
@@ -97,17 +104,17 @@ def run_trace(
 
 
 def run_suite(
-    traces: Sequence[Trace], scenario: Scenario, policies: Sequence[str], advisor: str = "none"
+    traces: Sequence[Trace], scenario: Scenario, policies: Sequence[str], advisor: str = "none", llm: LLMConfig | None = None
 ) -> tuple[list[Result], float]:
     scenario.check()
     if advisor not in ADVISORS:
         raise UsageError([Problem("--advisor", f"unknown advisor {advisor!r} (choose from {', '.join(ADVISORS)})")])
-    if advisor != "none":
-        make_advisor(advisor)  # fail before the first trace, not in the middle
-        if not any(p in ADVISABLE for p in policies):
-            raise UsageError([Problem("--advisor", f"advisors apply to {', '.join(ADVISABLE)}; none of them is in --policies")])
+    if advisor == "llm" and llm is None:
+        make_advisor(advisor)  # raises: fail before the first trace, not in the middle
+    if advisor != "none" and not any(p in ADVISABLE for p in policies):
+        raise UsageError([Problem("--advisor", f"advisors apply to {', '.join(ADVISABLE)}; none of them is in --policies")])
     started = time.perf_counter()
-    results = [run_trace(t, scenario, policies, advisor) for t in traces]
+    results = [run_trace(t, scenario, policies, advisor, llm) for t in traces]
     return results, time.perf_counter() - started
 
 

@@ -16,6 +16,7 @@ import typer
 
 from agent.baselines import POLICY_NAMES
 from agent.bench import ADVISORS, DEFAULT_TRACES, parse_policies, plot, run_suite, run_trace, table
+from agent.config import LLMConfig, load_config
 from agent.errors import Problem, UsageError
 from agent.simulator import Scenario, load_trace, load_traces
 
@@ -47,6 +48,16 @@ AdvisorOpt = Annotated[
     str, typer.Option("--advisor", help=f"Advisor on docktor/rules/target: {'|'.join(ADVISORS)}.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")]
+LLMConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--llm-config", help="--advisor llm: a docktor.yaml whose llm: block names the endpoint."),
+]
+
+
+def _llm(path: Path | None) -> LLMConfig | None:
+    if path is None:
+        return None
+    return load_config(path).llm
 
 
 def _scenario(service_ms: float, cv: float, startup_s: float, slo_s: float, interval_s: float, lo: int, hi: int, seed: int) -> Scenario:
@@ -81,6 +92,7 @@ def register(app: typer.Typer) -> None:
         trace: Annotated[str, typer.Argument(help="A t,rate CSV, or the name of a trace in ../shared/traces.")],
         policy: Annotated[str, typer.Option("--policy", help=f"One of: {', '.join(POLICY_NAMES)}.")] = "docktor",
         advisor: AdvisorOpt = "none",
+        llm_config: LLMConfigOpt = None,
         service_ms: ServiceMs = 20.0,
         cv: Cv = 0.5,
         startup_s: StartupS = 10.0,
@@ -100,7 +112,7 @@ def register(app: typer.Typer) -> None:
         if len(names) != 1:
             raise UsageError([Problem("--policy", "simulate takes one policy (bench runs several)")])
         tr = load_trace(_trace_path(trace))
-        result = run_suite([tr], scenario, names, advisor)[0][0]
+        result = run_suite([tr], scenario, names, advisor, _llm(llm_config))[0][0]
         row = result.rows[0]
         if as_json:
             print(json.dumps(row))
@@ -121,6 +133,7 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--policies", help=f"Comma-separated; default all: {','.join(POLICY_NAMES)}.")
         ] = None,
         advisor: AdvisorOpt = "none",
+        llm_config: LLMConfigOpt = None,
         service_ms: ServiceMs = 20.0,
         cv: Cv = 0.5,
         startup_s: StartupS = 10.0,
@@ -136,7 +149,7 @@ def register(app: typer.Typer) -> None:
         scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
         names = parse_policies(policies)
         loaded = load_traces(traces)
-        results, elapsed = run_suite(loaded, scenario, names, advisor)
+        results, elapsed = run_suite(loaded, scenario, names, advisor, _llm(llm_config))
         rows = [r for res in results for r in res.rows]
         if as_json:
             for r in rows:

@@ -103,3 +103,35 @@ def test_malformed_csv_names_file_and_line(traces: Path) -> None:
     r = runner.invoke(app(), ["bench", "--traces", str(traces), "--policies", "static"])
     assert r.exit_code == 2
     assert r.stderr.strip() == f"error: {traces / 'broken.csv'}:3: not numbers: '1,lots'"
+
+
+def test_llm_without_endpoint_is_a_usage_error(traces: Path) -> None:
+    r = runner.invoke(app(), ["bench", "--traces", str(traces), "--policies", "docktor", "--advisor", "llm"])
+    assert r.exit_code == 2
+    assert r.stderr.strip().startswith("error: --advisor: llm needs --llm-config")
+
+
+@pytest.mark.llm
+def test_simulate_with_the_real_llm_advisor(tmp_path: Path) -> None:
+    """The production advisor against the llama.cpp peer, inside the simulator's loop."""
+    from tests.test_advisor_llama import start_llama
+
+    server, base_url = start_llama("")
+    try:
+        cfg = tmp_path / "docktor.yaml"
+        cfg.write_text(
+            "llm:\n  provider: openai-compatible\n  base_url: " + base_url + "\n  model: ai/llama3.2\n"
+            "  timeout: 20\n  max_tool_rounds: 0\nservices:\n  - name: x\n    command: ['true']\n"
+        )
+        trace = tmp_path / "short.csv"
+        trace.write_text("t,rate\n" + "".join(f"{t},{200 if 10 <= t < 20 else 30}\n" for t in range(40)))
+        r = runner.invoke(
+            app(), ["simulate", str(trace), "--advisor", "llm", "--llm-config", str(cfg), "--json", "--max", "6"]
+        )
+    finally:
+        del server
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["advisor"] == "llm" and row["messages"] == 10 * 200 + 30 * 30
+    # whatever the model said, the count stayed inside the bounds the guardrails enforce
+    assert 0 < row["replica_seconds"] <= 6 * 40
