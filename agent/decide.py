@@ -68,8 +68,8 @@ def gate_for(svc: ServiceConfig, ev: Evaluation, missing: list[str]) -> Gate:
 def plan(
     svc: ServiceConfig, observations: Mapping[str, float], current: int, state: ServiceState, now: float
 ) -> Plan:
-    obs = derive(observations)
-    obs.setdefault("replicas.running", float(current))
+    # Per-replica figures need a replica count; callers without an executor reading use current.
+    obs = derive({"replicas.running": float(current), **observations})
     ev = evaluate(svc.rules, obs)
     spec = POLICIES[svc.policy]
     missing = sorted((svc.rule_metrics() | spec.required(svc)) - obs.keys())
