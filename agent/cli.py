@@ -66,10 +66,15 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _load(path: Path) -> DocktorConfig:
+def _load(path: Path, *, check_llm: bool = False) -> DocktorConfig:
+    """Load the config; with ``check_llm``, also resolve the LLM endpoint (key present, URL valid)."""
     config = load_config(path)
     for w in config.warnings:
         err.print(f"warning: {w}", markup=False)
+    if check_llm and config.llm.provider != "none":
+        from agent.llm_client import resolve_endpoint
+
+        resolve_endpoint(config.llm, os.environ)
     return config
 
 
@@ -80,9 +85,14 @@ def _load(path: Path) -> DocktorConfig:
 @handles_errors
 def validate(config: ConfigOpt = Path("docktor.yaml")) -> None:
     """Check a config file: a summary line per service, or one line per problem (exit 2)."""
-    cfg = _load(config)
+    cfg = _load(config, check_llm=True)
     for svc in cfg.services:
         out.print(summarize(svc), markup=False, highlight=False)
+    if cfg.llm.provider != "none":
+        from agent.llm_client import resolve_endpoint
+
+        ep = resolve_endpoint(cfg.llm, os.environ)
+        out.print(f"llm: {ep.provider} model {ep.model} at {ep.base_url}", markup=False, highlight=False)
     out.print(f"ok: {len(cfg.services)} service(s), mode {cfg.mode}, state in {cfg.state_dir}", markup=False, highlight=False)
 
 
@@ -102,7 +112,7 @@ def decide(
     from agent.daemon import paths_for
     from agent.loop import Daemon
 
-    cfg = _load(config)
+    cfg = _load(config, check_llm=True)
 
     async def run() -> list[Any]:
         daemon = Daemon(cfg, mode="advisory" if advisory else None, log_path=paths_for(cfg).decisions)
@@ -133,7 +143,7 @@ def daemon_start(
     """Start the daemon (in the background unless --foreground)."""
     from agent import daemon
 
-    cfg = _load(config)
+    cfg = _load(config, check_llm=True)
     mode = "advisory" if advisory else None
     try:
         if foreground:

@@ -230,3 +230,19 @@ def test_logs_follow_prints_new_decisions_as_json(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(5)
         log.close()
+
+
+def test_validate_checks_the_llm_endpoint_without_printing_the_key(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, None)
+    cfg.write_text("llm: {provider: openai-compatible, base_url: 'http://127.0.0.1:9/v1', model: m, api_key_env: DOCKTOR_TEST_KEY}\n"
+                   + cfg.read_text())
+    env = {k: v for k, v in os.environ.items() if k != "DOCKTOR_TEST_KEY"}
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "validate", "--config", str(cfg)], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: llm.api_key_env: environment variable DOCKTOR_TEST_KEY is not set"
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "validate", "--config", str(cfg)], capture_output=True,
+                       text=True, env={**env, "DOCKTOR_TEST_KEY": "sk-secret-123"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "llm: openai-compatible model m at http://127.0.0.1:9/v1" in r.stdout
+    assert "sk-secret-123" not in r.stdout + r.stderr
