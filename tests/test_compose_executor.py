@@ -232,14 +232,21 @@ def test_timeout_when_replicas_never_become_healthy(project: Project) -> None:
 
 @pytest.mark.docker
 def test_status_reports_cpu_and_memory_of_running_replicas(project: Project) -> None:
+    async def until_cpu(ex: ComposeExecutor):
+        # figures are refreshed in the background; CPU needs two readings per container
+        for _ in range(40):
+            st = await ex.status()
+            if "cpu.max" in st.metrics:
+                return st
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"no CPU figures from {ex}: {st.metrics}")
+
     async def scenario():
         idle, busy = project.executor("worker"), project.executor("burner")
         try:
             assert (await idle.scale(2)).ok
             assert (await busy.scale(1)).ok
-            await idle.status(), await busy.status()  # first readings: the baseline for CPU
-            await asyncio.sleep(1.0)
-            return await idle.status(), await busy.status()
+            return await until_cpu(idle), await until_cpu(busy)
         finally:
             await idle.close()
             await busy.close()

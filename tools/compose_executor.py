@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +44,10 @@ ENGINE_TIMEOUT_S = 10.0
 #: overall bound for a listing (retries included) and for one container's stats
 LIST_TIMEOUT_S = 30.0
 STATS_TIMEOUT_S = 8.0
+#: how long status() waits for a metrics refresh before answering with the previous figures
+METRICS_WAIT_S = 0.3
+#: older figures are dropped rather than reported (they describe other replicas by then)
+METRICS_MAX_AGE_S = 30.0
 #: extra time the ``compose up`` command gets beyond scale_timeout (network/volume setup, builds)
 COMPOSE_SLACK_S = 30.0
 CLI_PROBE_TIMEOUT_S = 15.0
@@ -256,6 +261,11 @@ class ComposeExecutor:
         self._lock = asyncio.Lock()
         #: each running container's previous cpu_stats, the earlier sample for CPU percent
         self._cpu_seen: dict[str, dict[str, Any]] = {}
+        self._refresh: asyncio.Task[dict[str, float]] | None = None
+        # stats requests can block ~1 s each in the engine: a pool of their own keeps them from
+        # queueing up the listing calls status() needs at once
+        self._stats_pool = ThreadPoolExecutor(max_workers=10, thread_name_prefix="docktor-stats")
+        self._last_metrics: tuple[float, dict[str, float]] | None = None
 
     def __repr__(self) -> str:
         return f"ComposeExecutor(project={self.project!r}, service={self.service!r}, file={str(self.compose_file)!r})"
@@ -296,17 +306,44 @@ class ComposeExecutor:
 
     async def _stats(self, replica: Replica) -> Sample | None:
         api = self._engine().api
-        # one_shot: the engine answers at once instead of spending ~1 s on a second sample; the
-        # earlier sample is our previous reading of the same container
+        # one_shot: the engine may answer without taking a second sample (it does not always);
+        # the earlier sample for CPU is then our previous reading of the same container
         call = _engine_retry(lambda: api.stats(replica.id, stream=False, one_shot=True))
+        loop = asyncio.get_running_loop()
         try:
-            raw = await asyncio.wait_for(asyncio.to_thread(call), STATS_TIMEOUT_S)
+            raw = await asyncio.wait_for(loop.run_in_executor(self._stats_pool, call), STATS_TIMEOUT_S)
         except (TimeoutError, DockerException, requests.RequestException):
             return None
         previous = self._cpu_seen.get(replica.id)
         if raw.get("cpu_stats", {}).get("system_cpu_usage") is not None:
             self._cpu_seen[replica.id] = raw["cpu_stats"]
         return sample(raw, replica.memory_limit, previous)
+
+    async def _recent_metrics(self, running: Sequence[Replica]) -> dict[str, float]:
+        """The latest figures, refreshed in the background.
+
+        The engine may take a second or more per stats request even when asked for a one-shot
+        reading, which would make status() (and so every tick) that slow; the refresh runs on
+        its own and status() waits for it only briefly, answering with the previous figures
+        (at most :data:`METRICS_MAX_AGE_S` old) when it is not done yet.
+        """
+        if not running:
+            return {}
+        if self._refresh is None or self._refresh.done():
+            started = time.monotonic()
+            self._refresh = asyncio.create_task(self.metrics(running))
+            self._refresh.add_done_callback(lambda t: self._keep_metrics(t, started))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._refresh), METRICS_WAIT_S)
+        except TimeoutError:
+            pass
+        if self._last_metrics is None or time.monotonic() - self._last_metrics[0] > METRICS_MAX_AGE_S:
+            return {}
+        return dict(self._last_metrics[1])
+
+    def _keep_metrics(self, task: asyncio.Task[dict[str, float]], started: float) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._last_metrics = (started, task.result())
 
     async def metrics(self, running: Sequence[Replica]) -> dict[str, float]:
         """CPU and memory over ``running``, read concurrently; absent when any reading fails."""
@@ -328,7 +365,8 @@ class ComposeExecutor:
         problems = [p for r in replicas if (p := r.problem()) is not None]
         # a user's `docker compose stop` leaves exit code 0: stopped, not failed
         failed = [r for r in replicas if r.problem() is not None and not (r.state == "exited" and r.exit_code == 0)]
-        metrics = await self.metrics([r for r in replicas if r.state == "running"]) if self.collect_metrics else {}
+        running = [r for r in replicas if r.state == "running"]
+        metrics = await self._recent_metrics(running) if self.collect_metrics else {}
         # Compose's replica count is the number of containers it keeps for the service (exited
         # ones included), so this also sees changes made by hand with `docker compose up --scale`
         desired = len(replicas)
@@ -455,6 +493,9 @@ class ComposeExecutor:
         return proc.returncode or 0, out.decode(errors="replace")
 
     async def close(self) -> None:
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()
+        self._stats_pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             client, self._client = self._client, None
             await asyncio.to_thread(client.close)

@@ -4,9 +4,9 @@ Pure functions, so the arithmetic is testable without an engine. The formulas ar
 ``docker stats`` CLI uses: CPU percent from the delta between two ``cpu_stats`` readings (100 =
 one core), memory as usage minus the page cache the kernel can drop (``inactive_file``).
 
-The executor asks for one-shot readings (a few ms instead of the ~1 s the engine spends taking
-two samples) and supplies the previous tick's reading as the earlier sample, so CPU figures are
-averages over the whole tick rather than over the engine's one-second window.
+The executor asks for one-shot readings (the engine may then skip taking a second sample) and
+supplies its previous reading as the earlier sample when the engine's ``precpu_stats`` is empty,
+so CPU figures are averages between two of its refreshes.
 """
 
 from __future__ import annotations
