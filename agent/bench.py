@@ -22,15 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRACES = REPO.parent / "shared" / "traces"
 
 
-def parse_policies(text: str | None) -> list[str]:
+def parse_policies(text: str | None, arg: str = "--policies") -> list[str]:
     if not text:
         return list(POLICY_NAMES)
     names = [p.strip() for p in text.split(",") if p.strip()]
     for name in names:
         if name not in POLICY_NAMES:
-            raise UsageError([Problem("--policies", f"unknown policy {name!r} (choose from {', '.join(POLICY_NAMES)})")])
+            raise UsageError([Problem(arg, f"unknown policy {name!r} (choose from {', '.join(POLICY_NAMES)})")])
     if not names:
-        raise UsageError([Problem("--policies", "no policy named")])
+        raise UsageError([Problem(arg, "no policy named")])
     return list(dict.fromkeys(names))
 
 

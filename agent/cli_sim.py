@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay one trace against one policy and print its score."""
         scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
-        names = parse_policies(policy)
+        names = parse_policies(policy, "--policy")
         if len(names) != 1:
             raise UsageError([Problem("--policy", "simulate takes one policy (bench runs several)")])
         tr = load_trace(_trace_path(trace))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol

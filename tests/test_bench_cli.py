@@ -88,6 +88,7 @@ def test_simulate_one_policy_with_the_adversarial_advisor(traces: Path, tmp_path
         (["bench", "--slo-s", "0"], "--slo-s"),
         (["simulate", "no-such-trace"], "TRACE"),
         (["simulate", "step", "--policy", "docktor,hpa"], "--policy"),
+        (["simulate", "step", "--policy", "nope"], "--policy:"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], names: str) -> None:
