@@ -7,11 +7,12 @@ same code and nothing hides in mutable memory. See docs/policy.md for the reason
 
 Per tick:
 
-1. **Service rate** ``mu`` (messages/s one replica completes): ``rate_out / running`` on ticks
-   where the consumer was saturated (messages pending at both ends of the interval, replica
-   count unchanged), upper quartile of the recent such samples because replicas still starting
-   up bias it low. Before any saturated sample: ``1 / processing_time`` if configured, else the
-   best unsaturated per-replica rate (a lower bound: sizes too high, never too low).
+1. **Service rate** ``mu`` (messages/s one replica completes): the larger of Little's law
+   (``sum(rate_out) / sum(ack_pending)`` over recent ticks) and the upper quartile of
+   ``rate_out / running`` on saturated ticks (messages pending at both ends of the interval,
+   replica count unchanged); both read low, never high (prefetching workers, a queue that emptied
+   between ticks). Before either: ``1 / processing_time`` if configured, else the best
+   unsaturated per-replica rate, a lower bound, with which only the backlog is sized.
 2. **Arrival rate**: exponentially smoothed ``rate_in`` with a time constant equal to the wait
    budget (bursts shorter than the budget are the queue's job, not new replicas'), its spread
    around the smoothed value, and its trend.
@@ -131,11 +132,13 @@ def estimate_mu(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, f
         used += 1
         if used >= MU_SAMPLES and in_flight >= LITTLE_MIN_IN_FLIGHT:
             break
-    if in_flight >= LITTLE_MIN_IN_FLIGHT and out_sum / in_flight > MIN_RATE:
-        return out_sum / in_flight, "littles_law"
-    if saturated:
-        recent = saturated[-MU_SAMPLES:]
-        return float(np.quantile(recent, MU_QUANTILE)), "saturated"
+    little = out_sum / in_flight if in_flight >= LITTLE_MIN_IN_FLIGHT else 0.0
+    # Both are lower bounds in practice: workers that prefetch a batch keep more messages in
+    # flight than they serve (Little's law reads low), and a queue seen at two ticks need not
+    # have kept every replica busy in between (saturated samples read low). Take the better one.
+    busy = float(np.quantile(saturated[-MU_SAMPLES:], MU_QUANTILE)) if saturated else 0.0
+    if max(little, busy) > MIN_RATE:
+        return (little, "littles_law") if little >= busy else (busy, "saturated")
     if svc.processing_time:
         return 1.0 / svc.processing_time, "processing_time"
     if best_unsaturated > MIN_RATE:

@@ -154,3 +154,11 @@ def test_scale_up_is_bounded_by_the_step_guardrail() -> None:
 
 def test_docktor_is_the_default_policy() -> None:
     assert ServiceConfig(name="w", command=["true"]).policy == "docktor"
+
+
+def test_prefetching_workers_are_measured_by_saturated_throughput() -> None:
+    # Each of 4 replicas holds a prefetched batch of 10 (ack_pending 40) while a queue waits:
+    # Little's law alone would read 200/40 = 5/s per replica; saturated ticks show 200/4 = 50/s.
+    pts = [(float(t), obs(backlog=540, rate_in=200, rate_out=200, running=4, ack=40)) for t in range(0, 100, 5)]
+    mu, source = sizing.estimate_mu(svc(), pts)
+    assert source == "saturated" and mu == pytest.approx(50.0)
