@@ -5,7 +5,9 @@ with its envelope. The advisor narrows that envelope by the LLM's direction rule
 asking is worth it this tick, and if so runs a short conversation (tool calls, one structured
 answer, at most one repair). Whatever happens, :meth:`Advisor.advise` returns within
 ``llm.timeout`` and never raises: a failing model yields ``source="fallback"`` and the
-deterministic proposal, with the error recorded.
+deterministic proposal, with the error recorded. After a failed call a per-service circuit
+breaker keeps the advisor from asking that service's LLM again until a back-off has passed, so a
+down or hanging endpoint does not cost every tick its whole timeout.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import openai
 
 from agent.config import LLMConfig, ServiceConfig
 from agent.decide import Plan
+from agent.decision_log import rfc3339
 from agent.guardrails import Envelope, Gate, envelope
 from agent.llm_client import Endpoint, LLMClient, describe_error, resolve_endpoint
 from agent.llm_protocol import (
@@ -106,6 +109,29 @@ class _Memory:
     asked_at: float | None = None
     observations: dict[str, float] = field(default_factory=dict)
     answer: LLMAnswer | None = None  # last valid answer; None after a failure (no stale reuse)
+    failures: int = 0  # consecutive failed calls; 0 = the breaker is closed
+    open_until: float | None = None  # no call before this time (the ``now`` clock)
+    last_error: str = ""
+
+
+def breaker_backoff(failures: int, check_interval: float, heartbeat: float) -> float:
+    """Seconds without calls after ``failures`` consecutive failed calls.
+
+    Two check intervals after the first failure (so the next tick does not ask), doubling with
+    every further one, never longer than the heartbeat: a recovered endpoint is asked again at
+    least as often as a quiet service would be.
+    """
+    return min(check_interval * 2 ** min(failures, 30), heartbeat)
+
+
+def breaker_open(mem: _Memory, now: float, check_interval: float) -> bool:
+    """Whether the back-off still runs at ``now``.
+
+    Ticks jitter around their schedule (a tick's clock is read after its observations), so a
+    tick within half an interval of the end counts as after it; otherwise whether the tick on the
+    boundary asks would be a coin toss.
+    """
+    return mem.open_until is not None and now + check_interval / 2 < mem.open_until
 
 
 def moved(before: Mapping[str, float], after: Mapping[str, float], threshold: float) -> str | None:
@@ -223,13 +249,26 @@ class Advisor:
             mem = self._memory.setdefault(svc.name, _Memory())
             ask, why = ask_reason(self.config, plan, env, mem, now)
             record["why"] = why
+            if ask and breaker_open(mem, now, svc.check_interval):
+                assert mem.open_until is not None
+                left = mem.open_until - now
+                until = rfc3339(time.time() + left)
+                record["why"] = (
+                    f"circuit breaker open after {mem.failures} failed call{'s' if mem.failures > 1 else ''} "
+                    f"(last: {mem.last_error}): not asking until {until} (in {left:.0f} s); would ask: {why}"
+                )
+                record["breaker"] = {"failures": mem.failures, "until": until, "last_error": mem.last_error}
+                return Advice(None, deterministic, record)
             if not ask:
                 if mem.answer is None or env.lo == env.hi:
                     return Advice(None, deterministic, record)
                 # reuse: the last advice, clamped anew into this tick's envelope by finish()
                 record.update(self._answer_fields(mem.answer), reused=True, latency_ms=0.0)
                 return Advice(self._proposal(mem.answer, reused=True), "llm", record, env)
-            record.update(asked=True, prompt_tokens=0, completion_tokens=0, requests=0, tool_calls=[], error=None)
+            record.update(
+                asked=True, prompt_tokens=0, completion_tokens=0, requests=0, tool_calls=[], error=None,
+                proposal=None, confidence=None,  # filled by a valid answer; null on a fallback
+            )
             mem.asked_at, mem.observations, mem.answer = now, dict(plan.observations), None
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):
@@ -237,6 +276,9 @@ class Advisor:
             finally:
                 record["latency_ms"] = round((time.monotonic() - started) * 1000, 1)
             mem.answer = answer
+            if mem.failures:
+                record["breaker_closed_after"] = mem.failures  # this call was the probe that succeeded
+            mem.failures, mem.open_until, mem.last_error = 0, None, ""
             record.update(self._answer_fields(answer))
             return Advice(self._proposal(answer), "llm", record, env)
         except asyncio.CancelledError:
@@ -245,7 +287,19 @@ class Advisor:
         except Exception as e:  # never raise: every failure is a logged fallback
             record["error"] = describe_error(e, self.client)
             record.setdefault("latency_ms", round((time.monotonic() - started) * 1000, 1))
+            if record["asked"]:  # a failed call opens the breaker; a bug before asking does not
+                self._trip(svc, now + (time.monotonic() - started), record)
             return Advice(None, "fallback", record)
+
+    def _trip(self, svc: ServiceConfig, ended: float, record: dict[str, Any]) -> None:
+        """Open (or re-open, for longer) the service's breaker, counted from when the call ended:
+        a call that hung for the whole timeout must not eat its own back-off."""
+        mem = self._memory.setdefault(svc.name, _Memory())
+        mem.failures += 1
+        backoff = breaker_backoff(mem.failures, svc.check_interval, self.config.heartbeat)
+        mem.open_until = ended + backoff
+        mem.last_error = str(record["error"])[:80]
+        record["breaker"] = {"failures": mem.failures, "until": rfc3339(time.time() + backoff)}
 
     @staticmethod
     def _answer_fields(answer: LLMAnswer) -> dict[str, Any]:
@@ -399,6 +453,13 @@ class Advisor:
             raise InvalidAnswer("the response had no choices")
         return response.choices[0]
 
+    def reset(self, service: str | None = None) -> None:
+        """Forget the last call, its advice and the breaker (for one service, or all)."""
+        if service is None:
+            self._memory.clear()
+        else:
+            self._memory.pop(service, None)
+
     async def close(self) -> None:
         await self.client.close()
 
@@ -430,4 +491,4 @@ def make_advisor(config: LLMConfig, *, env: Mapping[str, str] | None = None) -> 
     return Advisor(config, env=env)
 
 
-__all__ = ["Advice", "Advisor", "ToolContext", "ask_reason", "llm_envelope", "make_advisor"]
+__all__ = ["Advice", "Advisor", "ToolContext", "ask_reason", "breaker_backoff", "llm_envelope", "make_advisor"]

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.llm
 TOOLS = ["get_queue_metrics", "get_metric_history"]
 
 
-def start_llama(prefix: str):  # -> (server, base_url)
+def start_llama(prefix: str, api_key: str | None = None):  # -> (server, base_url)
     try:
         import xllamacpp as xlc
     except ImportError:
@@ -51,6 +51,8 @@ def start_llama(prefix: str):  # -> (server, base_url)
     p.warmup = False
     if prefix:
         p.api_prefix = prefix
+    if api_key:  # the server then answers 401 to requests without "Authorization: Bearer <key>"
+        p.api_keys = [api_key]
     server = xlc.Server(p)
     return server, server.listening_address + prefix + "/v1"
 
