@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from agent.errors import Problem, UsageError
 from agent.metrics import KNOWN_METRICS
@@ -100,6 +100,20 @@ class LLMConfig(Strict):
 
 Policy = Literal["rules", "target", "docktor"]
 
+#: Guardrail defaults per policy, applied to keys the service leaves unset. Threshold rules move
+#: by small fixed steps with cooldowns (the Go Docktor's +2/-1). Sizing policies compute the count
+#: they need, so they may follow it like HPA's default behavior: up by the larger of 4 replicas
+#: and 100 % per tick, down by at most half, after a 60 s stabilization window and 30 s cooldown.
+_SIZING_DEFAULTS: dict[str, Any] = {
+    "scale_up_by": 4, "scale_up_percent": 100, "scale_down_by": 1, "scale_down_percent": 50,
+    "cooldown_up": 0, "cooldown_down": 30, "scale_down_stabilization": 60,
+}
+POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rules": {"scale_up_by": 2, "scale_down_by": 1, "cooldown_up": 15, "cooldown_down": 60, "scale_down_stabilization": 60},
+    "target": _SIZING_DEFAULTS,
+    "docktor": _SIZING_DEFAULTS,
+}
+
 
 class ServiceConfig(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -137,6 +151,8 @@ class ServiceConfig(Strict):
     #: seconds a new replica needs before it takes work
     startup_delay: Seconds = 5.0
 
+    # Step limits and cooldowns. Unset ones take the defaults of the service's policy
+    # (POLICY_DEFAULTS): threshold rules step slowly, sizing policies may jump like HPA does.
     scale_up_by: int = Field(default=2, ge=1)
     scale_down_by: int = Field(default=1, ge=1)
     #: optional percent steps; the larger of replicas and percent wins (HPA selectPolicy: Max)
@@ -146,6 +162,15 @@ class ServiceConfig(Strict):
     cooldown_down: Seconds = 60.0
     #: scale down only to the highest recommendation of this trailing window (HPA stabilization)
     scale_down_stabilization: Seconds = 60.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            policy = data.get("policy", cls.model_fields["policy"].default)
+            for key, value in (POLICY_DEFAULTS.get(policy, {}) if isinstance(policy, str) else {}).items():
+                data.setdefault(key, value)
+        return data
 
     # Parsed from ``queue`` by the source plugin named by ``queue.kind``; set by the loader.
     queue_settings: Any = Field(default=None, exclude=True, repr=False)

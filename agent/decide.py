@@ -49,6 +49,9 @@ class Decision:
     policy: str
     observations: dict[str, float] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    #: the deterministic policy's count, within [min, max]: what scale-down stabilization
+    #: remembers, so an advisor's wild proposal can never hold replicas up for a whole window
+    recommendation: int = 0
 
     @property
     def changes(self) -> bool:
@@ -106,6 +109,7 @@ def finish(
         policy=svc.policy,
         observations=p.observations,
         missing=p.missing,
+        recommendation=min(max(p.proposal.target, svc.min_replicas), svc.max_replicas),
     )
 
 

@@ -56,7 +56,7 @@ def remember(
     observations: dict[str, float] | None = None,
 ) -> None:
     """Advance ``state`` after a tick. ``acted``: the executor was asked to scale; ``ok``: it worked."""
-    state.recommendations.append((now, decision.proposal))
+    state.recommendations.append((now, decision.recommendation))
     if observations is not None:
         state.history.append((now, dict(observations)))
     state.last_decision = decision

@@ -57,7 +57,7 @@ def test_missing_data_never_opens_anything():
 
 
 def test_sizing_policy_direction_counts_like_a_rule():
-    svc = service(policy="target", target_per_replica=100, rules=Rules())
+    svc = service(policy="target", target_per_replica=100, rules=Rules(), scale_up_percent=None)
     p = make_plan(svc, backlog=800, current=4)  # the policy wants 8
     assert env_of(p, svc=svc) == (4, 6)
 

@@ -187,3 +187,30 @@ def test_target_always_within_bounds_and_step_limits(
     else:
         assert d.decision == "scale_down"
     assert d.envelope.contains(d.target)
+
+
+def test_guardrail_defaults_follow_the_policy_unless_set() -> None:
+    def svc_for(extra: str) -> ServiceConfig:
+        return parse_config(f"services:\n  - name: a\n    command: x\n    target_per_replica: 5\n{extra}", Path("/t.yaml"), {}).services[0]
+
+    rules = svc_for("    policy: rules\n")
+    assert (rules.scale_up_by, rules.scale_up_percent, rules.cooldown_up, rules.cooldown_down) == (2, None, 15, 60)
+    sizing = svc_for("")  # the default policy, docktor
+    assert sizing.policy == "docktor"
+    assert (sizing.scale_up_by, sizing.scale_up_percent, sizing.scale_down_percent, sizing.cooldown_up) == (4, 100, 50, 0)
+    assert svc_for("    cooldown_up: 45s\n").cooldown_up == 45
+
+
+def test_stabilization_remembers_the_policy_recommendation_not_a_wild_proposal() -> None:
+    from agent.decide import finish, plan
+    from agent.policy import Proposal
+
+    svc = service(stab=60, max=10)
+    state = ServiceState()
+    p = plan(svc, IDLE, 4, state, 0)  # the rules want 3
+    wild = finish(svc, p, Proposal(10_000, "an advisor gone mad"), "llm")
+    assert (wild.target, wild.recommendation) == (4, 3)  # clamped: the rules allow no scale-up
+    remember(state, wild, 0, acted=False)
+    assert list(state.recommendations) == [(0, 3)]
+    # 30 s later the idle queue scales in: the window holds 3, not the 10,000 that was asked for
+    assert decide(svc, IDLE, 4, state, now=30).target == 3
