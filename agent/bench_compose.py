@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -175,6 +176,8 @@ async def run_system(system: System, args: argparse.Namespace) -> None:
         system.records = [json.loads(x) for x in decisions.read_text().splitlines() if x.strip()]
     finally:
         await asyncio.to_thread(compose, system, "down", "-v", "--remove-orphans", "-t", "2")
+        if not args.keep:
+            shutil.rmtree(system.tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -308,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--process-ms", type=float, default=20.0)
     p.add_argument("--with-policy", action="store_true", help="also run the example with policy: docktor")
     p.add_argument("--sequential", action="store_true", help="one system after the other instead of side by side")
+    p.add_argument("--keep", action="store_true", help="keep each system's decision log and daemon output in /tmp")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
