@@ -7,7 +7,6 @@ and exit code 2. Nothing here prints a traceback unless ``DOCKTOR_DEBUG=1``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib
 import itertools
 import json
@@ -15,14 +14,15 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli_common import handles_errors
 from agent.config import DocktorConfig, load_config, summarize
 from agent.errors import UsageError
 
@@ -41,31 +41,6 @@ out = Console() if Console().is_terminal else Console(width=200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to docktor.yaml.")]
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handles_errors(fn: F) -> F:
-    """Map UsageError to one line per problem + exit 2; anything else to one line + exit 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UsageError as e:
-            for p in e.problems:
-                err.print(f"error: {p}", markup=False)
-            raise typer.Exit(2) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):
-            raise
-        except Exception as e:
-            if os.environ.get("DOCKTOR_DEBUG") == "1":
-                raise
-            err.print(f"error: {type(e).__name__}: {e}", markup=False)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _load(path: Path, *, check_llm: bool = False) -> DocktorConfig:
     """Load the config; with ``check_llm``, also resolve the LLM endpoint (key present, URL valid)."""
     config = load_config(path)

@@ -18,7 +18,7 @@ import typer
 
 from agent.advisor import FORMATS, SYSTEM_PROMPT
 from agent.config import LLMConfig, load_config
-from agent.errors import UsageError
+from agent.cli_common import handles_errors
 from agent.llm_client import Endpoint, LLMClient, describe_error, resolve_endpoint
 from agent.llm_protocol import InvalidAnswer, answer_schema, parse_answer, run_tool, tool_specs
 
@@ -125,17 +125,13 @@ def register(app: typer.Typer) -> None:
     llm_app = typer.Typer(help="Check the LLM endpoint the advisor uses.", no_args_is_help=True)
 
     @llm_app.command("check")
+    @handles_errors
     def check(
         config: Path = typer.Option(..., "--config", "-c", help="docktor.yaml with an llm: block"),
     ) -> None:
         """List the endpoint's models and try one structured answer and one tool call."""
-        try:
-            cfg = load_config(config)
-            endpoint = resolve_endpoint(cfg.llm, os.environ)
-        except UsageError as e:
-            for problem in e.problems:
-                typer.echo(f"error: {problem}", err=True)
-            raise typer.Exit(2) from None
+        cfg = load_config(config)
+        endpoint = resolve_endpoint(cfg.llm, os.environ)
         lines, usable = asyncio.run(run_check(cfg.llm, endpoint))
         for line in lines:
             typer.echo(line)

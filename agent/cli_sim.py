@@ -5,36 +5,18 @@ Registered into the main app by :func:`register`; bad input is one ``error:`` li
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
 from agent.baselines import POLICY_NAMES
+from agent.cli_common import handles_errors
 from agent.bench import ADVISORS, DEFAULT_TRACES, parse_policies, plot, run_suite, run_trace, table
 from agent.config import LLMConfig, load_config
 from agent.errors import Problem, UsageError
 from agent.simulator import Scenario, load_trace, load_traces
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _usage_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UsageError as e:
-            for p in e.problems:
-                print(f"error: {p}", file=sys.stderr)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 ServiceMs = Annotated[float, typer.Option("--service-ms", help="Mean processing time per message, ms.")]
 Cv = Annotated[float, typer.Option("--cv", help="Coefficient of variation of processing times (0: constant).")]
@@ -87,7 +69,7 @@ def _trace_path(arg: str) -> Path:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    @_usage_errors
+    @handles_errors
     def simulate(
         trace: Annotated[str, typer.Argument(help="A t,rate CSV, or the name of a trace in ../shared/traces.")],
         policy: Annotated[str, typer.Option("--policy", help=f"One of: {', '.join(POLICY_NAMES)}.")] = "docktor",
@@ -126,7 +108,7 @@ def register(app: typer.Typer) -> None:
                 raise UsageError([Problem("--timeline", f"cannot write {timeline}: {e}")]) from None
 
     @app.command()
-    @_usage_errors
+    @handles_errors
     def bench(
         traces: Annotated[Path, typer.Option("--traces", help="Directory of t,rate CSV traces.")] = DEFAULT_TRACES,
         policies: Annotated[

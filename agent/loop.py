@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import DocktorConfig, ServiceConfig
-from agent.decide import Decision, finish, plan
+from agent.decide import finish, plan
 from agent.decision_log import DecisionLog, DecisionRecord, Outcome, rfc3339
 from agent.state import ServiceState, remember
 from tools import executor_module, source_module

@@ -300,7 +300,6 @@ def simulate(
     decisions: list[dict[str, object]] = []
     i = 0
     tick = 0
-    inf = math.inf
     hpush, hreplace = heapq.heappush, heapq.heapreplace
     while True:
         now = tick * interval

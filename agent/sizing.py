@@ -101,7 +101,7 @@ def estimate_mu(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, f
     best_unsaturated = 0.0
     times = [t for t, _ in points]
     for k in range(1, len(points)):
-        (t0, prev), (t1, cur) = points[k - 1], points[k]
+        (t0, prev), (_, cur) = points[k - 1], points[k]
         running = cur.get("replicas.running")
         rate_out = cur.get("queue.rate_out")
         if not running or rate_out is None or running <= 0:

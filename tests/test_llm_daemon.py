@@ -213,10 +213,10 @@ async def test_scripted_server_hanging_llm_tick_falls_back_inside_the_guardrails
             hung = await daemon.tick(runner)  # returns: the advisor's own timeout ends the call
             sent = len(s.requests)
             clock.t += 10  # next tick: the rule still fires, the breaker holds the call back
-            held = await daemon.tick(runner)
+            await daemon.tick(runner)
             held_sent = len(s.requests)
             clock.t += 10  # two intervals after the failure: asked again (and it hangs again)
-            again = await daemon.tick(runner)
+            await daemon.tick(runner)
         finally:
             await daemon.close()
     assert s.headers[0]["authorization"] == f"Bearer {SECRET}"  # the key went out, in the header only

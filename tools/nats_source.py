@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamManager
 from nats.js.api import SequenceInfo
