@@ -203,7 +203,7 @@ class DocktorConfig(Strict):
 
     @property
     def base_dir(self) -> Path:
-        return self.path.parent if self.path else Path.cwd()
+        return (self.path.parent if self.path else Path.cwd()).resolve()
 
     def service(self, name: str) -> ServiceConfig:
         for svc in self.services:
@@ -294,7 +294,8 @@ def parse_config(text: str, path: Path | None = None, env: dict[str, str] | None
     if problems:
         raise UsageError(problems)
 
-    base = path.parent if path else Path.cwd()
+    # Absolute, so a daemon that changes directory (or runs from elsewhere) finds the same files.
+    base = (path.parent if path else Path.cwd()).resolve()
     state_dir = config.state_dir or Path(".docktor")
     if not state_dir.is_absolute():
         state_dir = base / state_dir
