@@ -19,8 +19,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The backbone's figures and the policies on the public load traces (docs/benchmarks.md).
+# Also: python -m agent.bench_llm (needs the llama.cpp peer), python -m agent.bench_compose (needs Docker).
 bench: $(STAMP)
 	$(BIN)/python -m agent.benchmark
+	$(BIN)/docktor bench
 
 lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | sed '1i # Exact versions the Makefile installs. Regenerate with: make lock' > requirements.lock
