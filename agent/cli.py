@@ -63,6 +63,14 @@ def validate(config: ConfigOpt = Path("docktor.yaml")) -> None:
     cfg = _load(config, check_llm=True)
     for svc in cfg.services:
         out.print(summarize(svc), markup=False, highlight=False)
+    if any(svc.executor == "compose" for svc in cfg.services):
+        from tools.base import ExecutorError
+        from tools.compose_executor import find_compose_cli
+
+        try:
+            find_compose_cli()
+        except ExecutorError as e:  # a warning: the config is fine, this machine may not be the one
+            err.print(f"warning: {e}", markup=False)
     if cfg.llm.provider != "none":
         from agent.llm_client import resolve_endpoint
 

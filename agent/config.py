@@ -369,10 +369,14 @@ def _finish_service(
         else:
             module = source_module(kind)
             queue = dict(svc.queue)
+            check = getattr(module, "check_deprecated", lambda key, value: None)
             for key, why in getattr(module, "DEPRECATED_KEYS", {}).items():
                 if key in queue:
-                    queue.pop(key)
-                    warnings.append(f"{at}.queue.{key}: deprecated, {why}")
+                    value = queue.pop(key)
+                    if (problem := check(key, value)) is not None:
+                        problems.append(Problem(f"{at}.queue.{key}", problem))
+                    else:
+                        warnings.append(f"{at}.queue.{key}: deprecated, {why}")
             try:
                 update["queue_settings"] = module.Settings.model_validate(queue)
             except ValidationError as e:

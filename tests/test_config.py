@@ -139,3 +139,11 @@ def test_any_text_gives_a_config_or_a_usage_error(text: str) -> None:
         parse_config(text, Path("/tmp/docktor.yaml"), {})
     except UsageError as e:
         assert e.problems and all(str(p) for p in e.problems)
+
+
+def test_go_format_jetstream_false_is_an_error_not_a_warning() -> None:
+    assert problems(VALID.replace("kind: nats,", "kind: nats, jetstream: false,")) == [
+        "services[0].queue.jetstream: must be true (got False): this source reads NATS through JetStream only"
+    ]
+    cfg = parse_config(VALID.replace("kind: nats,", "kind: nats, jetstream: true,"), Path("/tmp/d.yaml"), {})
+    assert cfg.warnings == ("services[0].queue.jetstream: deprecated, this source always reads NATS through JetStream",)

@@ -44,6 +44,13 @@ DEPRECATED_KEYS: dict[str, str] = {
     "metrics": "all queue.* metrics are always produced",
 }
 
+
+def check_deprecated(key: str, value: object) -> str | None:
+    """A deprecated key whose value cannot be honoured is an error, not a warning."""
+    if key == "jetstream" and value is not True:
+        return f"must be true (got {value!r}): this source reads NATS through JetStream only"
+    return None
+
 # JetStream API error codes (nats-server errors.json).
 _STREAM_NOT_FOUND = 10059
 _CONSUMER_NOT_FOUND = 10014
