@@ -175,6 +175,10 @@ def test_daemon_lifecycle_start_status_logs_refuse_second_stop(tmp_path: Path, n
         assert st["services"]["worker"]["replicas"]["running"] == 2
         replicas = _replica_pids(pid)
         assert len(replicas) == 2
+        shown = docktor("daemon", "status", "--config", str(cfg))
+        assert shown.returncode == 0 and f"docktor is running: pid {pid}" in shown.stdout
+        rows = [[cell.strip() for cell in line.split("│")[1:3]] for line in shown.stdout.splitlines() if "│" in line]
+        assert ["worker", "2/2"] in rows
 
         logs = docktor("daemon", "logs", "--config", str(cfg), "--json", "--since", "5m")
         recs = [json.loads(x) for x in logs.stdout.splitlines()]
