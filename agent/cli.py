@@ -299,12 +299,28 @@ for _module in ("agent.cli_llm", "agent.cli_sim"):
             raise
 
 
+#: Typer vendors click and re-exports only BadParameter; its base is every usage error's base.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)
     except BrokenPipeError:  # `docktor daemon logs | head`: the reader left, which is fine
         sys.stderr.close()
         os._exit(0)
+    except typer.Abort:
+        sys.exit(1)
+    except _ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            sys.stdout.write(ctx.get_help() + "\n")
+            sys.exit(0)
+        # One line naming the argument, like every other bad input (click's own box is five).
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        print(f"error: {e.format_message()}{where}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -250,3 +250,20 @@ def test_validate_checks_the_llm_endpoint_without_printing_the_key(tmp_path: Pat
     assert r.returncode == 0, r.stderr
     assert "llm: openai-compatible model m at http://127.0.0.1:9/v1" in r.stdout
     assert "sk-secret-123" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["decide", "--bogus"], "--bogus"),
+        (["demo", "--duration", "5"], "--duration"),
+        (["demo", "--duration", "soon"], "--duration"),
+        (["simulate"], "trace"),
+        (["daemon", "frobnicate"], "frobnicate"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_argument(args: list[str], names: str) -> None:
+    r = docktor(*args)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: ") and names in line
