@@ -22,10 +22,12 @@ Per tick:
    message may have before we see it). For each horizon h > L:
    ``n_now*mu*L + n*mu*(h-L) >= backlog + arrivals(h - W)``. The largest n over the horizons,
    and at least ``(rate + spread) / mu`` so the queue does not grow, is the target.
-4. **Prediction, as a floor only**: a positive trend raises the forecast over the start-up lag,
-   and when the rate history is periodic (autocorrelation), the arrivals one and two periods ago
-   predict the next window; the smaller of those predictions is sized with the same deadline rule
-   and may only raise the target.
+4. **Prediction**: a positive trend raises the forecast over the start-up lag. When the rate
+   history is periodic (autocorrelation), the arrivals one and two periods ago predict the next
+   window. If that prediction held for the last start-up delay plus wait budget (the arrivals
+   exceeded it by no more than noise), it *is* the forecast: sized with the same deadline rule,
+   it knows that a burst ends, so the queue absorbs what it can and no replicas are added for a
+   burst the deadlines do not need. Otherwise the smaller of the two predictions is only a floor.
 
 Scale-out is as fast as the step guardrails allow; scale-in is slow and hysteretic through the
 guardrails (scale-down stabilization keeps the highest recommendation of the window) and this
@@ -64,6 +66,9 @@ LITTLE_MIN_IN_FLIGHT = 20.0
 PERIODIC_MIN_CORR = 0.6
 #: horizons examined past the start-up lag, in check intervals
 HORIZON_STEPS = 24
+#: a periodic prediction becomes the forecast when the recent arrivals exceeded what it predicted
+#: for them by at most this fraction (plus three Poisson standard deviations)
+FIT_TOLERANCE = 0.1
 
 REQUIRED = frozenset({"queue.backlog", "queue.rate_in"})
 
@@ -258,25 +263,62 @@ def deadline_replicas(
     return need
 
 
+def _rate_history(state: ServiceState, obs: Mapping[str, float], now: float) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(t, o["queue.rate_in"]) for t, o in _series(state, obs, now) if "queue.rate_in" in o]
+    return np.array([t for t, _ in pts], dtype=float), np.array([r for _, r in pts], dtype=float)
+
+
+def _periods_back(times: np.ndarray, rates: np.ndarray, end: float, period: float, step: float) -> list[float] | None:
+    """rate_in one and two periods before the step ending at ``end`` (None: not in the history)."""
+    # rate_in at tick t describes the interval ending at t
+    guesses = []
+    for back in (period, 2 * period):
+        when = end - back
+        if when < times[0] or when > times[-1] + step:
+            return None
+        guesses.append(float(np.interp(when, times, rates)))
+    return guesses
+
+
 def _periodic_arrivals(
     state: ServiceState, obs: Mapping[str, float], now: float, period: float, step: float, count: int
-) -> list[float] | None:
-    """Arrivals per step predicted from one and two periods ago (the smaller of the two)."""
-    pts = [(t, o["queue.rate_in"]) for t, o in _series(state, obs, now) if "queue.rate_in" in o]
-    times = np.array([t for t, _ in pts])
-    rates = np.array([r for _, r in pts])
-    out: list[float] = []
+) -> tuple[list[float], list[float]] | None:
+    """Arrivals per step predicted from one and two periods ago: (the smaller, the larger) of the two."""
+    times, rates = _rate_history(state, obs, now)
+    low: list[float] = []
+    high: list[float] = []
     for k in range(count):
-        # rate_in at tick t describes the interval ending at t: sample the middle of each step
-        mid = now + (k + 0.5) * step
-        guesses = []
-        for back in (period, 2 * period):
-            when = mid - back + step / 2
-            if when < times[0] or when > times[-1] + step:
-                return None
-            guesses.append(float(np.interp(when, times, rates)))
-        out.append(min(guesses) * step)
-    return out
+        guesses = _periods_back(times, rates, now + (k + 1) * step, period, step)
+        if guesses is None:
+            return None
+        low.append(min(guesses) * step)
+        high.append(max(guesses) * step)
+    return low, high
+
+
+def prediction_fits(
+    state: ServiceState, obs: Mapping[str, float], now: float, period: float, step: float, window: float
+) -> bool:
+    """Whether the arrivals of the last ``window`` seconds stayed within what the period predicted for them.
+
+    The prediction for each past tick is the larger of the rates one and two periods before it.
+    The arrivals may exceed it by ``FIT_TOLERANCE`` plus three Poisson standard deviations; more
+    means the load is not repeating (a new burst, a higher level), and then the period must not
+    be trusted to say when load ends.
+    """
+    times, rates = _rate_history(state, obs, now)
+    recent = np.nonzero(times > now - window)[0]
+    if recent.size == 0:
+        return False
+    observed = predicted = 0.0
+    for i in recent:
+        guesses = _periods_back(times, rates, float(times[i]), period, step)
+        if guesses is None:
+            return False
+        dt = float(times[i] - times[i - 1]) if i > 0 else step
+        observed += float(rates[i]) * dt
+        predicted += max(guesses) * dt
+    return observed <= predicted * (1 + FIT_TOLERANCE) + 3 * math.sqrt(predicted)
 
 
 def docktor_policy(
@@ -316,10 +358,19 @@ def docktor_policy(
     if est.period is not None:
         predicted = _periodic_arrivals(state, obs, now, est.period, step, count)
         if predicted is not None:
-            n_pred = deadline_replicas(backlog, predicted, step, mu, ready, lag, budget)
-            if n_pred > need:
-                need = n_pred
-                why += f"; recurring load every {est.period:.0f}s"
+            low, high = predicted
+            window = max(lag + budget, 2 * step)
+            if est.mu_source != "lower_bound" and prediction_fits(state, obs, now, est.period, step, window):
+                # The load has been repeating itself: the period says when a burst ends as well as
+                # when it starts, so it replaces the assumption that today's rate persists.
+                n_rate = sum(high) / (count * step) / mu
+                need = max(n_rate, deadline_replicas(backlog, high, step, mu, ready, lag, budget))
+                why += f"; forecast from the load {est.period:.0f}s and {2 * est.period:.0f}s ago (it fit the last {window:.0f}s)"
+            else:
+                n_pred = deadline_replicas(backlog, low, step, mu, ready, lag, budget)
+                if n_pred > need:
+                    need = n_pred
+                    why += f"; recurring load every {est.period:.0f}s"
 
     # Far beyond max_replicas means the same as max_replicas to the guardrails; keep it an int.
     ceiling = 10 * max(1, svc.max_replicas)

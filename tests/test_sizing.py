@@ -94,8 +94,11 @@ def test_deadline_replicas_matches_the_closed_form() -> None:
 def test_more_backlog_never_means_fewer_replicas(backlog: int, extra: int, rate: float, running: int) -> None:
     config = svc(processing_time=0.02)
     state = ServiceState()
-    a = propose(config, obs(backlog=backlog, rate_in=rate, running=running), running, state, 100.0)
-    b = propose(config, obs(backlog=backlog + extra, rate_in=rate, running=running), running, state, 100.0)
+    # Same messages in flight in both, so both measure the same throughput (Little's law reads
+    # ack_pending); only the waiting queue differs.
+    ack = min(backlog, running)
+    a = propose(config, obs(backlog=backlog, rate_in=rate, running=running, ack=ack), running, state, 100.0)
+    b = propose(config, obs(backlog=backlog + extra, rate_in=rate, running=running, ack=ack), running, state, 100.0)
     assert b >= a
 
 
@@ -162,3 +165,55 @@ def test_prefetching_workers_are_measured_by_saturated_throughput() -> None:
     pts = [(float(t), obs(backlog=540, rate_in=200, rate_out=200, running=4, ack=40)) for t in range(0, 100, 5)]
     mu, source = sizing.estimate_mu(svc(), pts)
     assert source == "saturated" and mu == pytest.approx(50.0)
+
+
+def _burst_history(now: float, scale_recent: float = 1.0) -> ServiceState:
+    """Bursts of 600/s for 10 s every 60 s on 100/s, ticks every 5 s up to ``now`` (exclusive);
+    the last 30 s multiplied by ``scale_recent``."""
+    pts = []
+    for t in [float(x) for x in range(0, int(now), 5)]:
+        rate = _bursty(60, t - 5) * (scale_recent if t > now - 30 else 1.0)
+        busy = rate / 50  # 50/s per replica, so Little's law reads 50/s
+        pts.append((t, obs(backlog=busy + 1, rate_in=rate, running=max(4, math.ceil(busy)), ack=busy)))
+    return history(pts)
+
+
+def test_a_repeating_burst_is_forecast_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = svc(processing_time=0.02)
+    now = 610.0  # the last tick of a 10 s burst that has recurred every 60 s for ten minutes
+    state = _burst_history(now)
+    o = obs(backlog=4000, rate_in=600, rate_out=200, running=4, ack=4)
+    est = sizing.estimate(config, o, state, now)
+    assert est.period is not None and est.period % 60 == pytest.approx(0, abs=5)  # 60 s or a multiple
+    assert sizing.prediction_fits(state, o, now, est.period, 5.0, 30.0)
+    trusted = sizing.docktor_policy(config, o, 4, state, evaluate(config.rules, o), now)
+    assert "forecast from the load" in trusted.reason
+    # With a tolerance no load can meet, the period is distrusted and the policy sizes for
+    # today's rate persisting, which needs more replicas for this burst.
+    monkeypatch.setattr(sizing, "FIT_TOLERANCE", -1.0)
+    persisting = sizing.docktor_policy(config, o, 4, state, evaluate(config.rules, o), now)
+    assert "forecast from the load" not in persisting.reason
+    assert trusted.target < persisting.target
+    # Trusting the forecast never ignores the queue: at least what the backlog alone needs.
+    assert est.mu is not None
+    backlog_only = sizing.deadline_replicas(4000, [0.0] * 30, 5.0, est.mu, 4, 10.0, sizing.wait_budget(config))
+    assert backlog_only > 0 and trusted.target >= math.ceil(backlog_only)
+
+
+def test_load_that_outgrew_its_period_is_not_forecast_from_it() -> None:
+    config = svc(processing_time=0.02)
+    now = 605.0
+    state = _burst_history(now, scale_recent=3.0)  # the last 30 s brought three times the usual load
+    o = obs(backlog=2500, rate_in=1800, rate_out=200, running=4, ack=4)
+    assert sizing.estimate(config, o, state, now).period is not None
+    period = sizing.estimate(config, o, state, now).period
+    assert period is not None and not sizing.prediction_fits(state, o, now, period, 5.0, 30.0)
+    p = sizing.docktor_policy(config, o, 4, state, evaluate(config.rules, o), now)
+    assert "forecast from the load" not in p.reason
+    est = sizing.estimate(config, o, state, now)
+    assert p.target >= math.ceil(est.rate / est.mu)  # the queue must not grow at today's rate
+
+
+def test_prediction_fits_needs_two_periods_of_history() -> None:
+    state = _burst_history(100.0)
+    assert not sizing.prediction_fits(state, obs(rate_in=100), 100.0, 60.0, 5.0, 30.0)
