@@ -376,12 +376,17 @@ def oracle_replica_seconds(trace: Trace, scenario: Scenario, load: Workload) -> 
 
 # ------------------------------------------------------------------ registry
 
-POLICY_NAMES = ("docktor", "rules", "target", "hpa", "keda", "threshold-percent", "static", "oracle")
+POLICY_NAMES = (
+    "docktor", "docktor-forecast", "rules", "target", "hpa", "keda", "threshold-percent", "static", "oracle",
+)
 
 
 def make_controller(name: str, scenario: Scenario, advisor: Advisor | None = None) -> object:
     if name in ("docktor", "target"):
         return ProductionController(name, docktor_service(scenario, name), advisor)
+    if name == "docktor-forecast":  # the docktor policy with `prediction: forecast`
+        svc = docktor_service(scenario).model_copy(update={"prediction": "forecast"})
+        return ProductionController(name, svc, advisor)
     if name == "rules":
         return ProductionController(name, rules_service(scenario), advisor)
     if advisor is not None:

@@ -16,7 +16,7 @@ from agent.simulator import Run, Scenario, Trace, simulate, workload
 
 ADVISORS = ("none", "adversarial", "llm")
 #: policies an advisor can sit on: the ones that run the production decide path
-ADVISABLE = ("docktor", "rules", "target")
+ADVISABLE = ("docktor", "docktor-forecast", "rules", "target")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRACES = REPO.parent / "shared" / "traces"

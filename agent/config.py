@@ -150,6 +150,10 @@ class ServiceConfig(Strict):
     processing_time: PositiveSeconds | None = None
     #: seconds a new replica needs before it takes work
     startup_delay: Seconds = 5.0
+    #: docktor policy: how a periodic prediction is used. ``floor``: it may only raise the target
+    #: (never lower it); ``forecast``: when it fit the recent past it replaces the current rate,
+    #: so a recurring burst is expected to end (cheaper, but trusts the pattern)
+    prediction: Literal["floor", "forecast"] = "floor"
 
     # Step limits and cooldowns. Unset ones take the defaults of the service's policy
     # (POLICY_DEFAULTS): threshold rules step slowly, sizing policies may jump like HPA does.

@@ -21,17 +21,17 @@ Per tick:
    (``target_wait`` minus a quarter for measurement noise minus one check interval, the age a
    message may have before we see it). For each horizon h > L:
    ``n_now*mu*L + n*mu*(h-L) >= backlog + arrivals(h - W)``. The largest n over the horizons,
-   and at least ``(rate + spread) / mu`` so the queue does not grow, is the target.
+   and at least ``forecast / mu`` so the queue does not grow, is the target.
 4. **Prediction**: a positive trend raises the forecast over the start-up lag. When the rate
    history is periodic (autocorrelation), the arrivals one and two periods ago predict the next
-   window. If that prediction held for the last start-up delay plus wait budget (the arrivals
-   exceeded it by no more than noise), it *is* the forecast: sized with the same deadline rule,
-   it knows that a burst ends, so the queue absorbs what it can and no replicas are added for a
-   burst the deadlines do not need. Otherwise the smaller of the two predictions is only a floor.
+   window. With ``prediction: floor`` (the default) the smaller of the two is sized with the same
+   deadline rule and may only raise the target. With ``prediction: forecast``, if the prediction
+   held for the last start-up delay plus wait budget (the arrivals exceeded it by no more than
+   noise), it *is* the forecast: it knows that a burst ends, so the queue absorbs what it can and
+   no replicas are added for a burst the deadlines do not need; otherwise it is a floor as above.
 
 Scale-out is as fast as the step guardrails allow; scale-in is slow and hysteretic through the
-guardrails (scale-down stabilization keeps the highest recommendation of the window) and this
-policy only proposes a lower count when it still covers the highest recent arrival rate.
+guardrails (scale-down stabilization keeps the highest recommendation of the window).
 """
 
 from __future__ import annotations
@@ -360,7 +360,11 @@ def docktor_policy(
         if predicted is not None:
             low, high = predicted
             window = max(lag + budget, 2 * step)
-            if est.mu_source != "lower_bound" and prediction_fits(state, obs, now, est.period, step, window):
+            if (
+                svc.prediction == "forecast"
+                and est.mu_source != "lower_bound"
+                and prediction_fits(state, obs, now, est.period, step, window)
+            ):
                 # The load has been repeating itself: the period says when a burst ends as well as
                 # when it starts, so it replaces the assumption that today's rate persists.
                 n_rate = sum(high) / (count * step) / mu

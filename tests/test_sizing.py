@@ -179,7 +179,7 @@ def _burst_history(now: float, scale_recent: float = 1.0) -> ServiceState:
 
 
 def test_a_repeating_burst_is_forecast_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = svc(processing_time=0.02)
+    config = svc(processing_time=0.02, prediction="forecast")
     now = 610.0  # the last tick of a 10 s burst that has recurred every 60 s for ten minutes
     state = _burst_history(now)
     o = obs(backlog=4000, rate_in=600, rate_out=200, running=4, ack=4)
@@ -188,6 +188,9 @@ def test_a_repeating_burst_is_forecast_to_end(monkeypatch: pytest.MonkeyPatch) -
     assert sizing.prediction_fits(state, o, now, est.period, 5.0, 30.0)
     trusted = sizing.docktor_policy(config, o, 4, state, evaluate(config.rules, o), now)
     assert "forecast from the load" in trusted.reason
+    # The default, `prediction: floor`, never lets a prediction lower the target.
+    floor = sizing.docktor_policy(svc(processing_time=0.02), o, 4, state, evaluate(config.rules, o), now)
+    assert "forecast from the load" not in floor.reason and floor.target > trusted.target
     # With a tolerance no load can meet, the period is distrusted and the policy sizes for
     # today's rate persisting, which needs more replicas for this burst.
     monkeypatch.setattr(sizing, "FIT_TOLERANCE", -1.0)
@@ -201,7 +204,7 @@ def test_a_repeating_burst_is_forecast_to_end(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_load_that_outgrew_its_period_is_not_forecast_from_it() -> None:
-    config = svc(processing_time=0.02)
+    config = svc(processing_time=0.02, prediction="forecast")
     now = 605.0
     state = _burst_history(now, scale_recent=3.0)  # the last 30 s brought three times the usual load
     o = obs(backlog=2500, rate_in=1800, rate_out=200, running=4, ack=4)
