@@ -124,6 +124,8 @@ async def sample_forever(system: System, url: str, stop: asyncio.Event) -> None:
 
 
 async def wait_for_consumer(url: str, timeout: float = 90) -> None:
+    """The example's consumer container creates the durable consumer once the producer made the
+    stream; wait for it (the end-to-end tests use this too)."""
     nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=-1)
     try:
         js = nc.jetstream()
@@ -134,7 +136,7 @@ async def wait_for_consumer(url: str, timeout: float = 90) -> None:
                 return
             except Exception:
                 if time.monotonic() > deadline:
-                    raise SystemExit("the example's consumer never created WEB_WORKERS") from None
+                    raise TimeoutError("the example's consumer never created WEB_WORKERS") from None
                 await asyncio.sleep(0.5)
     finally:
         await nc.close()

@@ -75,7 +75,13 @@ def service() -> ServiceConfig:
     )
 
 
-def start_llama():  # -> (server, base_url)
+def start_llama(prefix: str = "/engines/llama.cpp", api_key: str | None = None):  # -> (server, base_url)
+    """llama.cpp's own OpenAI-compatible server, in-process, on a free loopback port.
+
+    ``prefix`` "/engines/llama.cpp" gives Docker Model Runner's paths; "" the plain ``/v1``.
+    With ``api_key`` the server answers 401 to requests without ``Authorization: Bearer <key>``.
+    The tests start their peer with this too.
+    """
     import xllamacpp as xlc
 
     p = xlc.CommonParams()
@@ -87,9 +93,12 @@ def start_llama():  # -> (server, base_url)
     p.model_alias = {"ai/llama3.2"}
     p.ui = False
     p.warmup = False
-    p.api_prefix = "/engines/llama.cpp"
+    if prefix:
+        p.api_prefix = prefix
+    if api_key:
+        p.api_keys = [api_key]
     server = xlc.Server(p)
-    return server, server.listening_address + p.api_prefix + "/v1"
+    return server, server.listening_address + prefix + "/v1"
 
 
 async def decisions(base_url: str, n: int, cfg: dict[str, Any]) -> dict[str, Any]:

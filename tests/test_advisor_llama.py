@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from agent import bench_llm
 from agent.advisor import Advisor
 from agent.config import LLMConfig
 from agent.decide import finish
@@ -40,21 +41,7 @@ def start_llama(prefix: str, api_key: str | None = None):  # -> (server, base_ur
         xlc = None
     need(xlc is not None, "xllamacpp is not installed (pip install -e .[test])", "DOCKTOR_REQUIRE_LLM")
     need(MODEL.is_file(), f"model file missing: {MODEL}", "DOCKTOR_REQUIRE_LLM")
-    p = xlc.CommonParams()
-    p.model.path = str(MODEL)
-    p.hostnames = ["127.0.0.1"]
-    p.port = 0
-    p.n_ctx = 2048
-    p.n_parallel = 1
-    p.model_alias = {"ai/llama3.2"}
-    p.ui = False
-    p.warmup = False
-    if prefix:
-        p.api_prefix = prefix
-    if api_key:  # the server then answers 401 to requests without "Authorization: Bearer <key>"
-        p.api_keys = [api_key]
-    server = xlc.Server(p)
-    return server, server.listening_address + prefix + "/v1"
+    return bench_llm.start_llama(prefix, api_key)
 
 
 @pytest.fixture(scope="module", params=["", DMR_PREFIX], ids=["v1", "dmr-path"])

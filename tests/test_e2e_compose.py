@@ -25,6 +25,7 @@ import nats
 import pytest
 import yaml
 
+from agent.bench_compose import wait_for_consumer
 from tests.compose_helpers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, unique_project
 from tests.conftest import REPO, free_port, need
 
@@ -77,24 +78,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield s
     finally:
         down(project, file, env=env)
-
-
-async def wait_for_consumer(url: str, timeout: float = 60) -> None:
-    """The consumer container creates the durable consumer once the producer made the stream."""
-    deadline = time.monotonic() + timeout
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=3)
-    try:
-        js = nc.jetstream()
-        while True:
-            try:
-                await js.consumer_info("EVENTS", "WEB_WORKERS")
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise AssertionError("the consumer never created WEB_WORKERS") from None
-                await asyncio.sleep(0.5)
-    finally:
-        await nc.close()
 
 
 async def _backlog(url: str) -> int:
