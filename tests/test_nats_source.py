@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
-from conftest import NatsServer, free_port
+from tests.conftest import NatsServer, free_port, launch_nats
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 from pydantic import ValidationError
@@ -99,30 +95,6 @@ async def eventually(read: Callable[[], Awaitable[dict[str, float]]], ok: Callab
             last = e
         await asyncio.sleep(0.1)
     pytest.fail(f"condition not met within {within}s; last reading: {last!r}")
-
-
-def launch_nats(port: int, mport: int, store_dir: Path | None, *args: str) -> subprocess.Popen[bytes]:
-    """nats-server on fixed ports (to restart one in place); JetStream unless store_dir is None."""
-    binary = shutil.which("nats-server") or shutil.which("nats-server", path=str(Path(sys.executable).parent))
-    assert binary, "nats-server not on PATH"
-    js = ["-js", "-sd", str(store_dir)] if store_dir is not None else []
-    proc = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port), "-m", str(mport), *js, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    health = "/healthz?js-enabled-only=true" if store_dir is not None else "/healthz"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{mport}{health}", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    pytest.fail("nats-server did not become healthy within 10 s")
 
 
 # --------------------------------------------------------------------------- settings
