@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import LLMConfig, Rule, Rules, ServiceConfig
-from agent.decide import Plan, plan
-from agent.state import ServiceState
+from docktor.agent.config.model import LLMConfig, Rule, Rules, ServiceConfig
+from docktor.agent.core.decide import Plan, plan
+from docktor.agent.core.state import ServiceState
 
 
 def service(**overrides: Any) -> ServiceConfig:
     base: dict[str, Any] = dict(
         name="worker",
-        command=["python", "worker.py"],
         policy="rules",  # these tests are about the rules' direction gate, whatever the default policy
         min_replicas=1,
         max_replicas=10,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent.advisor import Advisor, breaker_backoff
-from agent.decide import finish
-from agent.state import ServiceState
+from docktor.agent.advisor.advisor import Advisor
+from docktor.agent.advisor.gate import breaker_backoff
+from docktor.agent.core.decide import finish
+from docktor.agent.core.state import ServiceState
 from tests.advisor_helpers import StaticTools, llm_config, make_plan, service
 from tests.scripted_openai_server import HANG, ScriptedOpenAIServer, answer, completion, error
 
@@ -41,8 +42,8 @@ async def test_scripted_server_http_500_opens_the_breaker_and_a_success_closes_i
         advisor = Advisor(llm_config(s.base_url, heartbeat=300), env={})
         try:
             failed, d1, p1 = await tick(advisor, 1000.0)
-            assert failed.source == "fallback" and failed.llm["error"].startswith("HTTP 500")
-            assert failed.llm["breaker"]["failures"] == 1 and failed.llm["proposal"] is None
+            assert failed.source == "fallback" and failed.record["error"].startswith("HTTP 500")
+            assert failed.record["breaker"]["failures"] == 1 and failed.record["proposal"] is None
             assert d1.target == p1.proposal.target  # the deterministic decision stands
             sent = len(s.requests)
             assert sent == 3
@@ -51,30 +52,30 @@ async def test_scripted_server_http_500_opens_the_breaker_and_a_success_closes_i
             held, d2, p2 = await tick(advisor, 1000.0 + INTERVAL)
             assert len(s.requests) == sent  # nothing was sent
             assert held.source == "rules" and held.proposal is None and held.envelope is None
-            assert held.llm["asked"] is False
-            why = held.llm["why"]
+            assert held.record["asked"] is False
+            why = held.record["why"]
             assert why.startswith("circuit breaker open after 1 failed call (last: HTTP 500")
             assert "not asking until " in why and "scale-up rule fired" in why
-            assert held.llm["breaker"]["until"].endswith("Z")
+            assert held.record["breaker"]["until"].endswith("Z")
             assert d2.target == p2.proposal.target and p2.envelope.lo <= d2.target <= p2.envelope.hi
 
             # two intervals after the failure: asked again, the server has recovered, breaker closed
             ok, d3, _ = await tick(advisor, 1000.0 + 2 * INTERVAL)
-            assert ok.source == "llm" and ok.llm["asked"] is True and ok.llm["error"] is None
-            assert ok.llm["breaker_closed_after"] == 1 and "breaker" not in ok.llm
+            assert ok.source == "llm" and ok.record["asked"] is True and ok.record["error"] is None
+            assert ok.record["breaker_closed_after"] == 1 and "breaker" not in ok.record
             assert d3.target == 4 and len(s.requests) == sent + 1
 
             # closed means closed: the very next tick asks (and fails), then the back-off doubles
             t = 1000.0 + 3 * INTERVAL
             again, _, _ = await tick(advisor, t)
-            assert again.llm["asked"] is True and again.source == "fallback"
-            assert again.llm["breaker"]["failures"] == 1  # the count restarted after the success
-            assert (await tick(advisor, t + INTERVAL))[0].llm["asked"] is False
+            assert again.record["asked"] is True and again.source == "fallback"
+            assert again.record["breaker"]["failures"] == 1  # the count restarted after the success
+            assert (await tick(advisor, t + INTERVAL))[0].record["asked"] is False
             second, _, _ = await tick(advisor, t + 2 * INTERVAL)
-            assert second.source == "fallback" and second.llm["breaker"]["failures"] == 2
+            assert second.source == "fallback" and second.record["breaker"]["failures"] == 2
             # 2 failures: 4 intervals without calls, counted from the second failure
             t2 = t + 2 * INTERVAL
-            asked = [(await tick(advisor, t2 + k * INTERVAL))[0].llm["asked"] for k in (1, 2, 3, 4)]
+            asked = [(await tick(advisor, t2 + k * INTERVAL))[0].record["asked"] for k in (1, 2, 3, 4)]
             assert asked == [False, False, False, True]
             assert len(s.requests) == sent + 1 + 3 + 3 + 1
         finally:
@@ -98,8 +99,8 @@ async def test_scripted_server_other_failures_open_the_breaker_too(script, timeo
             held, decision, p = await tick(advisor, 1000.0 + INTERVAL)
         finally:
             await advisor.close()
-    assert failed.source == "fallback" and failed.llm["error"].startswith(error_start), failed.llm
-    assert held.llm["asked"] is False and "circuit breaker open" in held.llm["why"]
+    assert failed.source == "fallback" and failed.record["error"].startswith(error_start), failed.record
+    assert held.record["asked"] is False and "circuit breaker open" in held.record["why"]
     assert len(s.requests) == sent
     assert decision.target == p.proposal.target
 
@@ -116,4 +117,4 @@ async def test_scripted_server_breaker_is_per_service():
             await advisor.close()
     assert failed.source == "fallback"
     # the worker's failure does not keep billing from asking
-    assert advice.llm["asked"] is True and advice.source == "llm" and advice.llm["proposal"] == 4
+    assert advice.record["asked"] is True and advice.source == "llm" and advice.record["proposal"] == 4

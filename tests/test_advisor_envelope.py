@@ -6,15 +6,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.advisor import _Memory, ask_reason, llm_envelope, make_advisor, moved
-from agent.config import LLMConfig, Rule, Rules
-from agent.decide import finish, plan
-from agent.errors import UsageError
-from agent.guardrails import Gate, envelope
-from agent.llm_client import resolve_endpoint
-from agent.llm_protocol import InvalidAnswer, parse_answer
-from agent.policy import Proposal
-from agent.state import ServiceState
+from docktor.agent.advisor.advisor import make_advisor
+from docktor.agent.advisor.gate import Memory, ask_reason, llm_envelope, moved
+from docktor.agent.config.model import LLMConfig, Rule, Rules
+from docktor.agent.core.decide import finish, plan
+from docktor.agent.errors import UsageError
+from docktor.agent.core.guardrails import Gate, envelope
+from docktor.agent.advisor.client import resolve_endpoint
+from docktor.agent.advisor.protocol import InvalidAnswer, parse_answer
+from docktor.agent.core.policy import Proposal
+from docktor.agent.core.state import ServiceState
 from tests.advisor_helpers import make_plan, service
 
 SVC = service()
@@ -156,7 +157,7 @@ def test_ask_reason_prefers_no_call_when_the_envelope_is_a_single_point():
     svc = service(cooldown_up=60)
     p = make_plan(svc, backlog=500, current=4, state=ServiceState(last_up_at=990.0))
     e = llm_envelope(svc, p, ServiceState(last_up_at=990.0), 1000.0, False)
-    ask, why = ask_reason(cfg, p, e, _Memory(), 1000.0)
+    ask, why = ask_reason(cfg, p, e, Memory(), 1000.0)
     assert not ask and "envelope allows only 4" in why and "cooldown_up" in why
 
 
@@ -164,10 +165,10 @@ def test_ask_reason_on_rules_and_heartbeat():
     cfg = LLMConfig(provider="dmr", heartbeat=100, may_act_without_rules=True)
     p = make_plan(SVC, backlog=500, current=4)
     e = llm_envelope(SVC, p, ServiceState(), 1000.0, True)
-    assert ask_reason(cfg, p, e, _Memory(asked_at=999.0, observations=dict(p.observations)), 1000.0)[1].startswith("scale-up rule fired")
+    assert ask_reason(cfg, p, e, Memory(asked_at=999.0, observations=dict(p.observations)), 1000.0)[1].startswith("scale-up rule fired")
     quiet = make_plan(SVC, backlog=50, current=4)
     e = llm_envelope(SVC, quiet, ServiceState(), 1000.0, True)
-    mem = _Memory(asked_at=950.0, observations=dict(quiet.observations))
+    mem = Memory(asked_at=950.0, observations=dict(quiet.observations))
     assert ask_reason(cfg, quiet, e, mem, 1000.0)[0] is False
     assert ask_reason(cfg, quiet, e, mem, 1050.0) == (True, "heartbeat: last asked 100 s ago")
 

@@ -15,16 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent import bench_llm
-from agent.advisor import Advisor
-from agent.config import LLMConfig
-from agent.decide import finish
-from agent.state import ServiceState
+from docktor.agent.advisor.advisor import Advisor
+from docktor.agent.config.model import LLMConfig
+from docktor.agent.core.decide import finish
+from docktor.agent.core.state import ServiceState
 from tests.advisor_helpers import StaticTools, make_plan, service
-from tests.conftest import SHARED, need
-
-MODEL = SHARED / "llm-peer/tiny-hermes.gguf"
-DMR_PREFIX = "/engines/llama.cpp"
+from tests.peers import DMR_PREFIX, start_llama
 
 pytestmark = pytest.mark.llm
 
@@ -32,16 +28,6 @@ pytestmark = pytest.mark.llm
 #: 2048 tokens, so the real-peer tests offer two of the four tools (a real model's tokenizer packs
 #: the full prompt in ~4x fewer tokens; the scripted tests cover all four tools).
 TOOLS = ["get_queue_metrics", "get_metric_history"]
-
-
-def start_llama(prefix: str, api_key: str | None = None):  # -> (server, base_url)
-    try:
-        import xllamacpp as xlc
-    except ImportError:
-        xlc = None
-    need(xlc is not None, "xllamacpp is not installed (pip install -e .[test])", "DOCKTOR_REQUIRE_LLM")
-    need(MODEL.is_file(), f"model file missing: {MODEL}", "DOCKTOR_REQUIRE_LLM")
-    return bench_llm.start_llama(prefix, api_key)
 
 
 @pytest.fixture(scope="module", params=["", DMR_PREFIX], ids=["v1", "dmr-path"])
@@ -75,7 +61,7 @@ async def test_real_llama_full_decision_with_tool_round_trip(llama):
         advice = await advisor.advise(svc, p, state, tools, 1000.0)
     finally:
         await advisor.close()
-    rec = advice.llm
+    rec = advice.record
     assert rec is not None and rec["error"] is None, rec
     assert advice.source == "llm" and rec["asked"] is True and rec["why"].startswith("scale-up rule fired")
     assert rec["provider"] == ("dmr" if prefix else "openai-compatible") and rec["model"] == "ai/llama3.2"
@@ -105,8 +91,8 @@ async def test_real_llama_without_tools_answers_with_schema(llama):
         advice = await advisor.advise(svc, p, ServiceState(), StaticTools(), 1000.0)
     finally:
         await advisor.close()
-    assert advice.source == "llm", advice.llm
-    assert advice.llm["tool_calls"] == [] and advice.llm["requests"] in (1, 2)
+    assert advice.source == "llm", advice.record
+    assert advice.record["tool_calls"] == [] and advice.record["requests"] in (1, 2)
     decision = finish(svc, p, advice.proposal or p.proposal, advice.source, envelope=advice.envelope)
     assert decision.target <= 3  # never up when only the scale-down rules hold
 
@@ -115,7 +101,7 @@ def test_real_llama_llm_check_reports_support(llama, tmp_path: Path):
     prefix, base_url = llama
     import typer
 
-    from agent.cli_llm import register
+    from docktor.agent.cli.llm import register
 
     cfg = tmp_path / "docktor.yaml"
     cfg.write_text(
@@ -127,6 +113,7 @@ def test_real_llama_llm_check_reports_support(llama, tmp_path: Path):
         "services:\n"
         "  - name: worker\n"
         "    command: python worker.py\n"
+        "    policy: rules\n"
     )
     app = typer.Typer()
     register(app)
@@ -145,7 +132,7 @@ def test_real_llama_llm_check_reports_support(llama, tmp_path: Path):
 def test_llm_check_bad_input_is_one_line_and_exit_2(tmp_path: Path):
     import typer
 
-    from agent.cli_llm import register
+    from docktor.agent.cli.llm import register
 
     app = typer.Typer()
     register(app)
@@ -155,7 +142,7 @@ def test_llm_check_bad_input_is_one_line_and_exit_2(tmp_path: Path):
         pass
 
     cfg = tmp_path / "docktor.yaml"
-    cfg.write_text("llm:\n  provider: openai-compatible\nservices:\n  - name: w\n    command: x\n")
+    cfg.write_text("llm:\n  provider: openai-compatible\nservices:\n  - name: w\n    command: x\n    policy: rules\n    queue: {kind: nats, stream: S, consumer: C}\n")
     result = CliRunner().invoke(app, ["llm", "check", "--config", str(cfg)])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import time
 
-from agent.advisor import Advisor
-from agent.decide import finish
-from agent.state import ServiceState
+from docktor.agent.advisor.advisor import Advisor
+from docktor.agent.core.decide import finish
+from docktor.agent.core.state import ServiceState
 from tests.advisor_helpers import StaticTools, llm_config, make_plan, service
 from tests.scripted_openai_server import HANG, ScriptedOpenAIServer, answer, completion, error
 
@@ -37,8 +37,8 @@ async def test_scripted_server_valid_answer_is_used_and_clamped_inside_envelope(
     async with ScriptedOpenAIServer([answer("scale_up", 3, 0.9, "backlog high")]) as s:
         advice, decision, p = await advise(s)
     assert advice.source == "llm"
-    assert advice.llm["asked"] and advice.llm["proposal"] == 3 and advice.llm["confidence"] == 0.9
-    assert advice.llm["prompt_tokens"] == 100 and advice.llm["completion_tokens"] == 20
+    assert advice.record["asked"] and advice.record["proposal"] == 3 and advice.record["confidence"] == 0.9
+    assert advice.record["prompt_tokens"] == 100 and advice.record["completion_tokens"] == 20
     assert decision.target == 3 and decision.source == "llm"
     # the request asked for the schema-constrained answer
     assert s.requests[0]["response_format"]["type"] == "json_schema"
@@ -48,7 +48,7 @@ async def test_scripted_server_invalid_json_repairs_once_then_falls_back():
     async with ScriptedOpenAIServer([completion("I think 4 replicas"), completion("{not json")]) as s:
         advice, decision, p = await advise(s)
     assert advice.source == "fallback" and advice.proposal is None
-    assert "after repair" in advice.llm["error"]
+    assert "after repair" in advice.record["error"]
     assert len(s.requests) == 2  # one answer, one repair, nothing more
     # the repair showed the model its validation error
     assert "no JSON object found" in last_user_text(s.requests[1])
@@ -58,7 +58,7 @@ async def test_scripted_server_invalid_json_repairs_once_then_falls_back():
 async def test_scripted_server_repair_succeeds_on_second_answer():
     async with ScriptedOpenAIServer([completion('{"action": "scale_up"}'), answer("scale_up", 4)]) as s:
         advice, decision, _ = await advise(s)
-    assert advice.source == "llm" and advice.llm["repaired"] is True
+    assert advice.source == "llm" and advice.record["repaired"] is True
     assert "target_replicas" in last_user_text(s.requests[1])
     assert decision.target == 4
 
@@ -68,14 +68,14 @@ async def test_scripted_server_numbers_as_strings_are_coerced():
     async with ScriptedOpenAIServer([completion(body)]) as s:
         advice, decision, _ = await advise(s)
     assert advice.source == "llm"
-    assert advice.llm["proposal"] == 4 and advice.llm["confidence"] == 0.7 and advice.llm["action"] == "scale_up"
+    assert advice.record["proposal"] == 4 and advice.record["confidence"] == 0.7 and advice.record["action"] == "scale_up"
     assert decision.target == 4
 
 
 async def test_scripted_server_target_10000_is_clamped_to_the_envelope():
     async with ScriptedOpenAIServer([answer("scale_up", 10000)]) as s:
         advice, decision, p = await advise(s, current=2)
-    assert advice.llm["proposal"] == 10000  # the raw proposal is logged
+    assert advice.record["proposal"] == 10000  # the raw proposal is logged
     assert decision.proposal == 10000
     assert decision.target == p.envelope.hi == 4  # step limit: 2 + scale_up_by 2
     assert [g.name for g in decision.guardrails] == ["step_limit"]
@@ -85,7 +85,7 @@ async def test_scripted_server_negative_target_falls_back():
     async with ScriptedOpenAIServer([answer("scale_down", -3), answer("scale_down", "-1")]) as s:
         advice, decision, p = await advise(s, backlog=5, current=4)
     assert advice.source == "fallback"
-    assert "greater than or equal to 0" in advice.llm["error"]
+    assert "greater than or equal to 0" in advice.record["error"]
     assert decision.target == p.proposal.target == 3
 
 
@@ -95,7 +95,7 @@ async def test_scripted_server_prompt_injection_has_no_effect_beyond_the_envelop
     reply = answer("scale_up", 500, 1, hostile + "\n" * 3 + "x" * 500)
     async with ScriptedOpenAIServer([reply]) as s:
         advice, decision, p = await advise(s, backlog=500, current=3, tools=tools)
-    assert advice.source == "llm" and advice.llm["proposal"] == 500
+    assert advice.source == "llm" and advice.record["proposal"] == 500
     assert advice.envelope is not None and (advice.envelope.lo, advice.envelope.hi) == (3, 5)
     assert decision.target == 5 and [g.name for g in decision.guardrails] == ["step_limit"]
     # hostile text reaches the model only as data inside the JSON, cut short, one line
@@ -103,13 +103,13 @@ async def test_scripted_server_prompt_injection_has_no_effect_beyond_the_envelop
     shown = prompt["recent_decisions"][0]
     assert "api_key" not in shown and "\n" not in shown["reason"] and len(shown["reason"]) <= 80
     # and comes back as a one-line, bounded reason in the log
-    assert "\n" not in advice.llm["reason"] and len(advice.llm["reason"]) <= 200
+    assert "\n" not in advice.record["reason"] and len(advice.record["reason"]) <= 200
 
 
 async def test_scripted_server_http_500_is_retried_a_bounded_number_of_times_then_falls_back():
     async with ScriptedOpenAIServer([error(500, "boom")]) as s:
         advice, decision, p = await advise(s)
-    assert advice.source == "fallback" and advice.llm["error"].startswith("HTTP 500")
+    assert advice.source == "fallback" and advice.record["error"].startswith("HTTP 500")
     assert len(s.requests) == 3  # first try + 2 retries, no more
     assert decision.target == p.proposal.target
 
@@ -126,9 +126,9 @@ async def test_scripted_server_hang_past_timeout_falls_back():
         started = time.monotonic()
         advice, decision, p = await advise(s, timeout=0.3)
         elapsed = time.monotonic() - started
-    assert advice.source == "fallback" and advice.llm["error"] == "timeout"
+    assert advice.source == "fallback" and advice.record["error"] == "timeout"
     assert decision.target == p.proposal.target
-    assert elapsed < 10  # returned at all (the tight bound is measured in agent.bench_llm)
+    assert elapsed < 10  # returned at all (the tight bound is measured in benchmarks.record)
 
 
 async def test_scripted_server_finish_reason_length_falls_back_with_the_reason():
@@ -136,7 +136,7 @@ async def test_scripted_server_finish_reason_length_falls_back_with_the_reason()
     async with ScriptedOpenAIServer([cut]) as s:
         advice, _, _ = await advise(s)
     assert advice.source == "fallback"
-    assert "finish_reason=length" in advice.llm["error"]
+    assert "finish_reason=length" in advice.record["error"]
     assert len(s.requests) == 2
 
 
@@ -146,7 +146,7 @@ async def test_scripted_server_tool_call_with_bad_arguments_gets_an_error_result
         tools = StaticTools()
         advice, decision, _ = await advise(s, tools=tools, max_tool_rounds=2)
     assert advice.source == "llm" and decision.target == 4
-    call = advice.llm["tool_calls"][0]
+    call = advice.record["tool_calls"][0]
     assert call["name"] == "get_recent_decisions" and "n:" in call["error"]
     tool_msg = [m for m in s.requests[1]["messages"] if m["role"] == "tool"][0]
     assert "error" in json.loads(tool_msg["content"])
@@ -161,7 +161,7 @@ async def test_scripted_server_unknown_tool_and_other_service_are_refused():
     ]
     async with ScriptedOpenAIServer([completion(tool_calls=calls), answer("hold", 2)]) as s:
         advice, decision, _ = await advise(s, max_tool_rounds=1)
-    errors = [c.get("error") for c in advice.llm["tool_calls"]]
+    errors = [c.get("error") for c in advice.record["tool_calls"]]
     assert "unknown tool" in errors[0] and "only service 'worker'" in errors[1] and errors[2] is None
     history = json.loads([m for m in s.requests[1]["messages"] if m["role"] == "tool"][2]["content"])
     assert 0 < len(history) <= 30  # thinned
@@ -173,7 +173,7 @@ async def test_scripted_server_unknown_tool_and_other_service_are_refused():
 async def test_scripted_server_refusal_falls_back():
     async with ScriptedOpenAIServer([completion(None, refusal="I can't help with that")]) as s:
         advice, _, _ = await advise(s)
-    assert advice.source == "fallback" and "refused" in advice.llm["error"]
+    assert advice.source == "fallback" and "refused" in advice.record["error"]
 
 
 async def test_scripted_server_without_json_schema_support_downgrades_to_json_mode():
@@ -184,7 +184,7 @@ async def test_scripted_server_without_json_schema_support_downgrades_to_json_mo
 
     async with ScriptedOpenAIServer([reply]) as s:
         advice, decision, _ = await advise(s)
-    assert advice.source == "llm" and advice.llm["format"] == "json_object"
+    assert advice.source == "llm" and advice.record["format"] == "json_object"
     assert [r["response_format"]["type"] for r in s.requests] == ["json_schema", "json_object"]
 
 
@@ -200,8 +200,8 @@ async def test_scripted_server_never_sees_the_key_in_advice_even_when_it_echoes_
         finally:
             await advisor.close()
     assert s.headers[0]["authorization"] == "Bearer sk-test-very-secret"
-    assert advice.source == "fallback" and "HTTP 401" in advice.llm["error"]
-    assert "sk-test-very-secret" not in json.dumps(advice.llm) and "sk-test-very-secret" not in repr(advisor.endpoint)
+    assert advice.source == "fallback" and "HTTP 401" in advice.record["error"]
+    assert "sk-test-very-secret" not in json.dumps(advice.record) and "sk-test-very-secret" not in repr(advisor.endpoint)
 
 
 async def test_scripted_server_asks_only_when_needed_and_reuses_the_last_advice():
@@ -214,7 +214,7 @@ async def test_scripted_server_asks_only_when_needed_and_reuses_the_last_advice(
             for now, backlog, rate_in in [(0, 300, 20), (10, 310, 20), (20, 290, 20), (30, 300, 40), (40, 300, 41), (100, 300, 41), (110, 500, 41)]:
                 p = make_plan(svc, backlog, 3, state, now, rate_in)
                 advice = await advisor.advise(svc, p, state, StaticTools(), now)
-                whys.append((advice.llm["asked"], advice.source, advice.llm["why"]))
+                whys.append((advice.record["asked"], advice.source, advice.record["why"]))
         finally:
             await advisor.close()
     asked = [a for a, _, _ in whys]

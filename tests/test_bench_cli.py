@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agent.cli_sim import register
+from docktor.agent.cli.sim import register
 
 REQUIRED_FIELDS = {
     "trace", "policy", "messages", "slo_attainment", "p50_wait_s", "p99_wait_s", "max_backlog",
@@ -115,14 +115,14 @@ def test_llm_without_endpoint_is_a_usage_error(traces: Path) -> None:
 @pytest.mark.llm
 def test_simulate_with_the_real_llm_advisor(tmp_path: Path) -> None:
     """The production advisor against the llama.cpp peer, inside the simulator's loop."""
-    from tests.test_advisor_llama import start_llama
+    from tests.peers import start_llama
 
     server, base_url = start_llama("")
     try:
         cfg = tmp_path / "docktor.yaml"
         cfg.write_text(
             "llm:\n  provider: openai-compatible\n  base_url: " + base_url + "\n  model: ai/llama3.2\n"
-            "  timeout: 20\n  max_tool_rounds: 0\nservices:\n  - name: x\n    command: ['true']\n"
+            "  timeout: 20\n  max_tool_rounds: 0\nservices:\n  - name: x\n    command: ['true']\n    policy: rules\n"
         )
         trace = tmp_path / "short.csv"
         trace.write_text("t,rate\n" + "".join(f"{t},{200 if 10 <= t < 20 else 30}\n" for t in range(40)))

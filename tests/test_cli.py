@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NatsServer
+from tests.peers import NatsServer
 
 
 def docktor(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "docktor.agent.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, "COLUMNS": "200"})
 
 
@@ -214,14 +214,14 @@ def test_advisory_daemon_logs_but_never_acts(tmp_path: Path, nats_server: NatsSe
 
 
 def test_logs_follow_prints_new_decisions_as_json(tmp_path: Path) -> None:
-    from agent.decision_log import DecisionLog, DecisionRecord, rfc3339
+    from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, rfc3339
 
     cfg = write_config(tmp_path, None)
     log = DecisionLog(tmp_path / ".docktor" / "decisions.jsonl")
     rec = DecisionRecord(ts=rfc3339(time.time()), service="worker", mode="autonomous", current_replicas=1,
                          decision="hold", target_replicas=1, reason="before", source="rules")
     log.write(rec)
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "daemon", "logs", "--config", str(cfg), "-f", "--json"],
+    proc = subprocess.Popen([sys.executable, "-m", "docktor.agent.cli", "daemon", "logs", "--config", str(cfg), "-f", "--json"],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -241,11 +241,11 @@ def test_validate_checks_the_llm_endpoint_without_printing_the_key(tmp_path: Pat
     cfg.write_text("llm: {provider: openai-compatible, base_url: 'http://127.0.0.1:9/v1', model: m, api_key_env: DOCKTOR_TEST_KEY}\n"
                    + cfg.read_text())
     env = {k: v for k, v in os.environ.items() if k != "DOCKTOR_TEST_KEY"}
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "validate", "--config", str(cfg)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "validate", "--config", str(cfg)], capture_output=True,
                        text=True, env=env, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "error: llm.api_key_env: environment variable DOCKTOR_TEST_KEY is not set"
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "validate", "--config", str(cfg)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "validate", "--config", str(cfg)], capture_output=True,
                        text=True, env={**env, "DOCKTOR_TEST_KEY": "sk-secret-123"}, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "llm: openai-compatible model m at http://127.0.0.1:9/v1" in r.stdout

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from tests.compose_helpers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, numbers, unique_project
-from tests.conftest import need
-from tools.base import ExecutorError
-from tools.compose_executor import ComposeExecutor, create_executor, default_project, find_compose_cli
+from docktor.agent.config.load import load_config
+from tests.peers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, numbers, unique_project
+from tests.peers import need
+from docktor.tools.sdk import ExecutorError
+from docktor.tools.executors.compose import ComposeExecutor, ComposeSettings, default_project, find_compose_cli
+from docktor.tools.sdk import Context
 
 # On SIGTERM a worker writes a marker into a bind-mounted folder, then exits: proof that scale-in
 # delivered SIGTERM and waited for the worker rather than killing it.
@@ -77,9 +78,14 @@ class Project:
     file: Path
     drained: Path
 
-    def executor(self, service: str, **kw: object) -> ComposeExecutor:
-        kw.setdefault("scale_timeout", 30.0)
-        return ComposeExecutor(self.file, self.name, service, **kw)  # type: ignore[arg-type]
+    def executor(self, service: str, collect_metrics: bool = True, **settings: object) -> ComposeExecutor:
+        return make_executor(self.file, self.name, service, collect_metrics=collect_metrics, **settings)
+
+
+def make_executor(file: Path, project: str, service: str, collect_metrics: bool = True, **settings: object) -> ComposeExecutor:
+    settings.setdefault("scale_timeout", 30.0)
+    s = ComposeSettings.model_validate({"kind": "compose", "compose_file": file, "project": project, **settings})
+    return ComposeExecutor(s, Context(service, file.parent, file.parent / "state"), collect_metrics=collect_metrics)
 
 
 @pytest.fixture
@@ -280,7 +286,7 @@ def test_status_without_containers_is_zero_not_an_error(project: Project) -> Non
 
 def test_unreachable_engine_raises_executor_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
-    ex = ComposeExecutor(tmp_path / "docker-compose.yaml", "nothing", "worker")
+    ex = make_executor(tmp_path / "docker-compose.yaml", "nothing", "worker")
 
     async def scenario():
         try:
@@ -302,7 +308,7 @@ def test_no_compose_cli_error_names_both(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_scale_without_compose_cli_is_an_error_outcome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    outcome = run(scale_and_close(ComposeExecutor(tmp_path / "x.yaml", "nothing", "worker"), 2))
+    outcome = run(scale_and_close(make_executor(tmp_path / "x.yaml", "nothing", "worker"), 2))
     assert not outcome.ok
     assert "no Docker Compose CLI found" in outcome.message
 
@@ -344,7 +350,9 @@ def test_create_executor_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyP
             compose_file: stack/docker-compose.yaml
             services:
               - name: consumer
+                policy: rules
               - name: workers
+                policy: rules
                 compose_service: consumer
                 project: explicit
                 stop_grace_period: 3s
@@ -353,8 +361,10 @@ def test_create_executor_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyP
         )
     )
     config = load_config(cfg, env={})
-    a = create_executor(config.services[0], config.base_dir, tmp_path / "state")
-    b = create_executor(config.services[1], config.base_dir, tmp_path / "state")
+    a, b = (
+        ComposeExecutor(svc.executor.settings, Context(svc.name, config.base_dir, tmp_path / "state"))  # type: ignore[union-attr,arg-type]
+        for svc in config.services
+    )
     assert a.compose_file == (tmp_path / "stack" / "docker-compose.yaml").resolve()
     assert (a.project, a.service, a.stop_grace_period, a.scale_timeout) == ("stack", "consumer", None, 60.0)
     assert (b.project, b.service, b.stop_grace_period, b.scale_timeout) == ("explicit", "consumer", 3.0, 12.0)

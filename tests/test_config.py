@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import load_config, parse_config
-from agent.errors import UsageError
+from docktor.agent.config.load import load_config, parse_config
+from docktor.agent.errors import UsageError
 
 VALID = """
 mode: advisory
@@ -41,9 +41,11 @@ def test_valid_config_loads_with_defaults_resolved() -> None:
     svc = cfg.services[0]
     assert cfg.mode == "advisory"
     assert cfg.state_dir == Path("/srv/app/.docktor")
-    assert svc.command == ["python", "-c", "import time; time.sleep(60)"]
+    assert svc.executor is not None and svc.executor.kind == "local"
+    assert svc.executor.settings.command == ["python", "-c", "import time; time.sleep(60)"]
     assert svc.check_interval == 5.0
-    assert svc.queue_settings.stream == "JOBS"
+    (source,) = svc.sources
+    assert (source.name, source.kind, source.primary, source.settings.stream) == ("nats", "nats", True, "JOBS")
     assert [r.text() for r in svc.rules.scale_up_when] == ["queue.backlog > 500", "queue.rate_in > 200"]
 
 
@@ -85,16 +87,22 @@ def test_duplicate_service_names() -> None:
 
 def test_unknown_metric_in_rule_suggests_the_known_one() -> None:
     bad = VALID.replace("metric: queue.rate_in", "metric: queue.ratein")
-    assert problems(bad) == ["services[0].rules.scale_up_when[1].metric: unknown metric 'queue.ratein' (did you mean 'queue.rate_in'?)"]
+    (line,) = problems(bad)
+    assert line.startswith(
+        "services[0].rules.scale_up_when[1].metric: unknown metric 'queue.ratein' (did you mean 'queue.rate_in'?): "
+        "not provided by this service's sources or executor (available: queue.ack_pending, queue.backlog, "
+    )
 
 
 def test_local_executor_needs_a_command() -> None:
     bad = VALID.replace('    command: python -c "import time; time.sleep(60)"\n', "")
-    assert problems(bad) == ["services[0].command: the local executor needs a command to run"]
+    assert problems(bad) == ["services[0].command: required by the local executor"]
 
 
 def test_unknown_queue_kind_and_queue_settings_errors() -> None:
-    assert problems(VALID.replace("kind: nats", "kind: natz")) == ["services[0].queue.kind: unknown queue kind 'natz' (did you mean 'nats'?)"]
+    (line,) = problems(VALID.replace("kind: nats", "kind: natz"))
+    assert line.startswith("services[0].queue.kind: unknown source kind 'natz' (did you mean 'nats'?) (installed: ")
+    assert "nats" in line.split("installed: ")[1]
     found = problems(VALID.replace("stream: JOBS, ", ""))
     assert found == ["services[0].queue.stream: required"]
 
@@ -103,7 +111,7 @@ def test_interpolation_with_defaults_and_escapes() -> None:
     text = VALID.replace("stream: JOBS", "stream: '${STREAM}'").replace("max_replicas: 5", "max_replicas: ${MAX:-8}")
     text = text.replace("mode: advisory", "mode: advisory\nstate_dir: /tmp/$$HOME")
     cfg = parse_config(text, Path("/tmp/docktor.yaml"), {"STREAM": "ORDERS"})
-    assert cfg.services[0].queue_settings.stream == "ORDERS"
+    assert cfg.services[0].sources[0].settings.stream == "ORDERS"
     assert cfg.services[0].max_replicas == 8
     assert cfg.state_dir == Path("/tmp/$HOME")
 
@@ -125,11 +133,11 @@ def test_not_yaml_missing_file_and_wrong_top_level(tmp_path: Path) -> None:
 
 
 def test_compose_executor_inferred_from_a_top_level_compose_file() -> None:
-    pytest.importorskip("tools.compose_executor")
-    text = "compose_file: stack.yaml\nservices:\n  - name: consumer\n"
+    text = "compose_file: stack.yaml\nservices:\n  - name: consumer\n    policy: rules\n"
     cfg = parse_config(text, Path("/srv/docktor.yaml"), {})
-    assert cfg.services[0].executor == "compose"
-    assert cfg.services[0].compose_file == Path("stack.yaml")
+    executor = cfg.services[0].executor
+    assert executor is not None and executor.kind == "compose"
+    assert executor.settings.compose_file == Path("stack.yaml")
 
 
 @settings(max_examples=200, deadline=None)

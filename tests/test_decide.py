@@ -8,10 +8,13 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import ServiceConfig, parse_config
-from agent.decide import decide
-from agent.guardrails import step_down, step_up
-from agent.state import ServiceState, remember
+from docktor.agent.config.model import ServiceConfig
+
+from docktor.agent.config.load import parse_config
+from docktor.agent.core.decide import decide
+from docktor.agent.core.guardrails import step_down, step_up
+from docktor.agent.core.state import ServiceState
+from docktor.agent.core.decide import remember
 
 BASE = """
 services:
@@ -191,7 +194,8 @@ def test_target_always_within_bounds_and_step_limits(
 
 def test_guardrail_defaults_follow_the_policy_unless_set() -> None:
     def svc_for(extra: str) -> ServiceConfig:
-        return parse_config(f"services:\n  - name: a\n    command: x\n    target_per_replica: 5\n{extra}", Path("/t.yaml"), {}).services[0]
+        queue = '    queue: {kind: nats, stream: S, consumer: C}\n'
+        return parse_config(f"services:\n  - name: a\n    command: x\n    target_per_replica: 5\n{queue}{extra}", Path("/t.yaml"), {}).services[0]
 
     rules = svc_for("    policy: rules\n")
     assert (rules.scale_up_by, rules.scale_up_percent, rules.cooldown_up, rules.cooldown_down) == (2, None, 15, 60)
@@ -202,8 +206,8 @@ def test_guardrail_defaults_follow_the_policy_unless_set() -> None:
 
 
 def test_stabilization_remembers_the_policy_recommendation_not_a_wild_proposal() -> None:
-    from agent.decide import finish, plan
-    from agent.policy import Proposal
+    from docktor.agent.core.decide import finish, plan
+    from docktor.agent.core.policy import Proposal
 
     svc = service(stab=60, max=10)
     state = ServiceState()

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.decision_log import DecisionLog, DecisionRecord, follow, log_files, read_records, rfc3339
+from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, follow, log_files, read_records, rfc3339
 
 
 def record(service: str = "w", ts: float = 1_700_000_000.0, reason: str = "r", **extra: object) -> DecisionRecord:
@@ -102,7 +102,7 @@ def test_follow_sees_new_records_across_a_rotation(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from agent.decision_log import DecisionLog, DecisionRecord
+from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord
 log = DecisionLog(Path(sys.argv[1]), max_bytes=64 * 1024, backups=100)
 i = 0
 while True:

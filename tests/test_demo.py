@@ -12,7 +12,7 @@ from pathlib import Path
 def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
     r = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "demo", "--duration", "65", "--state-dir", str(state)],
+        [sys.executable, "-m", "docktor.agent.cli", "demo", "--duration", "65", "--state-dir", str(state)],
         capture_output=True, text=True, timeout=180, env={**os.environ, "COLUMNS": "200"},
     )
     assert r.returncode == 0, r.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.docker_stats import MIB, Sample, aggregate, cpu_percent, memory_bytes, sample
+from docktor.tools.executors.docker_stats import MIB, Sample, aggregate, cpu_percent, memory_bytes, sample
 
 
 def reading(total: int, system: int, cpus: int = 2, usage: int = 100 * MIB, inactive: int = 20 * MIB) -> dict:

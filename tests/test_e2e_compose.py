@@ -25,9 +25,8 @@ import nats
 import pytest
 import yaml
 
-from agent.bench_compose import wait_for_consumer
-from tests.compose_helpers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, unique_project
-from tests.conftest import REPO, free_port, need
+from tests.peers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, unique_project
+from tests.peers import REPO, free_port, need, wait_for_consumer
 
 EXAMPLE = REPO / "examples" / "nats-multi"
 DOCKTOR = Path(sys.executable).with_name("docktor")

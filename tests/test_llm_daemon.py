@@ -22,13 +22,14 @@ from typing import Any
 
 import pytest
 
-from agent.config import parse_config
-from agent.decide import decide
-from agent.loop import Daemon
-from agent.state import ServiceState
-from tests.conftest import NatsServer
+from docktor.agent.config.load import parse_config
+from docktor.agent.core.decide import decide
+from docktor.agent.runtime.loop import Daemon
+from docktor.agent.core.state import ServiceState
+from tests.peers import NatsServer
 from tests.scripted_openai_server import HANG, ScriptedOpenAIServer
-from tests.test_advisor_llama import DMR_PREFIX, TOOLS, start_llama
+from tests.peers import DMR_PREFIX, start_llama
+from tests.test_advisor_llama import TOOLS
 
 KEY_ENV = "DOCKTOR_TEST_LLM_KEY"
 SECRET = "sk-docktor-test-3f9c1e7a52"

@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 
-from agent.config import ServiceConfig
-from tests.conftest import REPO
-from tools.base import ExecutorError
-from tools.local_executor import LocalExecutor, create_executor
+from tests.peers import REPO
+from docktor.tools.executors.local import LocalExecutor, LocalSettings
+from docktor.tools.sdk import Context, ExecutorError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,10 +116,10 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[..., LocalExecutor]]:
     """Builds executors and always closes them, so a failing test leaves no processes behind."""
     made: list[LocalExecutor] = []
 
-    def build(command: list[str], **kwargs: Any) -> LocalExecutor:
-        kwargs.setdefault("stop_grace_period", 5.0)
+    def build(command: list[str], stop_grace_period: float = 5.0, **kwargs: Any) -> LocalExecutor:
         kwargs.setdefault("settle", 0.2)
-        ex = LocalExecutor(name="worker", command=command, working_dir=tmp_path, log_dir=tmp_path / "state" / "logs", **kwargs)
+        settings = LocalSettings(kind="local", command=command, stop_grace_period=stop_grace_period)
+        ex = LocalExecutor(settings, Context("worker", tmp_path, tmp_path / "state"), **kwargs)
         made.append(ex)
         return ex
 
@@ -131,8 +130,8 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[..., LocalExecutor]]:
 
 async def test_scale_up_runs_replicas_with_their_index_env_cwd_and_logs(tmp_path: Path, out: Path) -> None:
     (tmp_path / "sub").mkdir()
-    svc = ServiceConfig(name="worker", command=worker(out), env={"GREETING": "hello"}, working_dir=Path("sub"))
-    ex = create_executor(svc, tmp_path, tmp_path / "state")
+    settings = LocalSettings(kind="local", command=worker(out), env={"GREETING": "hello"}, working_dir=Path("sub"))
+    ex = LocalExecutor(settings, Context("worker", tmp_path, tmp_path / "state"))
     try:
         outcome = await ex.scale(3)
         assert outcome.ok, outcome.message
@@ -350,11 +349,12 @@ async def test_close_leaves_no_processes_including_grandchildren_and_is_idempote
 
 DAEMON = r"""
 import asyncio, sys, pathlib
-from tools.local_executor import LocalExecutor
+from docktor.tools.executors.local import LocalExecutor, LocalSettings
+from docktor.tools.sdk import Context
 
 async def main():
     out = pathlib.Path(sys.argv[1])
-    ex = LocalExecutor(name="worker", command=sys.argv[2:], working_dir=out, log_dir=out / "logs")
+    ex = LocalExecutor(LocalSettings(kind="local", command=sys.argv[2:]), Context("worker", out, out))
     outcome = await ex.scale(2)
     print("scaled", outcome.ok, flush=True)
     await asyncio.sleep(600)

@@ -8,9 +8,9 @@ import sys
 import threading
 from pathlib import Path
 
-from agent.config import parse_config
-from agent.loop import Daemon
-from tests.conftest import NatsServer
+from docktor.agent.config.load import parse_config
+from docktor.agent.runtime.loop import Daemon
+from tests.peers import NatsServer
 
 
 class Blackhole:

@@ -12,14 +12,15 @@ from typing import Any
 
 import nats
 import pytest
-from tests.conftest import NatsServer, free_port, launch_nats
+from tests.peers import NatsServer, free_port, launch_nats
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 from pydantic import ValidationError
 
-from agent.config import parse_config
-from tools.base import SourceError
-from tools.nats_source import DEPRECATED_KEYS, NatsSource, Settings, create_source
+from docktor.agent.config.load import parse_config
+from docktor.tools.sdk import SourceError
+from docktor.tools.sources.nats import DEPRECATED_KEYS, NatsSource
+from docktor.tools.sources.nats import NatsSettings as Settings
 
 STREAM, CONSUMER, SUBJECT = "ORDERS", "WORKERS", "orders.new"
 RATES = ("queue.rate_in", "queue.rate_out")
@@ -73,7 +74,7 @@ async def make_source() -> AsyncIterator[Callable[..., NatsSource]]:
     made: list[NatsSource] = []
 
     def make(s: Settings, clock: Callable[[], float] = time.monotonic) -> NatsSource:
-        src = create_source(s, clock=clock)
+        src = NatsSource(s, clock=clock)
         made.append(src)
         return src
 
@@ -207,7 +208,7 @@ def _check_go_config(text: str) -> None:
         f"services[0].queue.metrics: deprecated, {DEPRECATED_KEYS['metrics']}",
     ]
     svc = config.services[0]
-    q = svc.queue_settings
+    q = svc.sources[0].settings
     assert isinstance(q, Settings)
     assert (q.url, q.stream, q.consumer, q.subject) == ("nats://nats:4222", "JOBS", "JOB_WORKERS", "jobs.render")
     assert (svc.min_replicas, svc.max_replicas, svc.check_interval) == (1, 6, 5.0)
@@ -215,7 +216,7 @@ def _check_go_config(text: str) -> None:
 
 
 def test_parse_config_loads_go_docktor_format() -> None:
-    pytest.importorskip("tools.compose_executor")
+    pytest.importorskip("docktor.tools.executors.compose")
     text = (
         'version: "1"\ncompose_file: docker-compose.yaml\n'
         "llm:\n  provider: dmr\n  base_url: http://localhost:12434/engines/llama.cpp/v1\n  model: ai/llama3.2\n"
@@ -544,7 +545,7 @@ async def test_api_and_monitoring_snapshots_agree(nats_server: NatsServer, js: J
 
 async def test_close_after_the_server_stopped_does_not_raise(nats_server: NatsServer, js: JetStreamContext) -> None:
     # Shutdown order is not ours to choose: NATS may be gone before the daemon stops.
-    src = create_source(settings(nats_server.url))
+    src = NatsSource(settings(nats_server.url))
     await src.read()
     nc = src._nc
     nats_server.stop()

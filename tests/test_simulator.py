@@ -7,9 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.baselines import POLICY_NAMES, HPAController, make_controller, oracle_replica_seconds
-from agent.errors import UsageError
-from agent.simulator import Scenario, Trace, parse_trace, simulate, workload
+from docktor.agent.sim.baselines import HPAController, make_controller, oracle_replica_seconds
+from docktor.agent.sim.catalog import POLICY_NAMES
+from docktor.agent.errors import UsageError
+from docktor.agent.sim.simulator import Scenario, Trace, parse_trace, simulate, workload
 
 
 class Recorder:

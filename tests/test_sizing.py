@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import sizing
-from agent.config import ServiceConfig
-from agent.decide import decide
-from agent.rules import evaluate
-from agent.state import ServiceState
+from docktor.agent.core import sizing
+from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core.decide import decide
+from docktor.agent.core.rules import evaluate
+from docktor.agent.core.state import ServiceState
 
 
 def svc(**kw: object) -> ServiceConfig:
     base: dict[str, object] = dict(
-        name="w", command=["true"], policy="docktor", min_replicas=1, max_replicas=50, check_interval=5,
+        name="w", policy="docktor", min_replicas=1, max_replicas=50, check_interval=5,
         target_wait=30, startup_delay=10, scale_up_by=4, scale_up_percent=100, cooldown_up=0,
     )
     base.update(kw)
@@ -105,12 +105,12 @@ def test_more_backlog_never_means_fewer_replicas(backlog: int, extra: int, rate:
 def test_policy_is_pure() -> None:
     config = svc(processing_time=0.02)
     state = history([(float(t), obs(backlog=10 * t, rate_in=100 + t, running=3)) for t in range(0, 300, 5)])
-    before = copy.deepcopy((list(state.history), dict(state.policy_memory), list(state.recommendations)))
+    before = copy.deepcopy((list(state.history), list(state.recommendations), state.failures, state.backoff_until))
     o = obs(backlog=3000, rate_in=400, running=3)
     first = sizing.docktor_policy(config, o, 3, state, evaluate(config.rules, o), 300.0)
     second = sizing.docktor_policy(config, o, 3, state, evaluate(config.rules, o), 300.0)
     assert first == second
-    assert (list(state.history), dict(state.policy_memory), list(state.recommendations)) == before
+    assert (list(state.history), list(state.recommendations), state.failures, state.backoff_until) == before
 
 
 def _bursty(period: float, t: float) -> float:
@@ -122,9 +122,9 @@ def test_periodic_history_is_detected_and_a_ramp_is_not() -> None:
 
     times = np.arange(0, 600, 5.0)
     bursts = np.array([_bursty(60, t) for t in times])
-    period = sizing.detect_period(times, bursts, 5.0)
+    period = sizing.detect_period(times, bursts)
     assert period is not None and abs(period - 60) <= 5
-    assert sizing.detect_period(times, 0.5 * times, 5.0) is None
+    assert sizing.detect_period(times, 0.5 * times) is None
 
 
 def test_prediction_only_raises_the_target() -> None:
@@ -156,7 +156,7 @@ def test_scale_up_is_bounded_by_the_step_guardrail() -> None:
 
 
 def test_docktor_is_the_default_policy() -> None:
-    assert ServiceConfig(name="w", command=["true"]).policy == "docktor"
+    assert ServiceConfig(name="w").policy == "docktor"
 
 
 def test_prefetching_workers_are_measured_by_saturated_throughput() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.simulator import load_traces
-from agent.trace_gen import SHAPES, generate, main, write
+from docktor.agent.sim.simulator import load_traces
+from docktor.agent.sim.trace_gen import SHAPES, generate, main, write
 
 
 def test_same_seed_same_files_other_seed_other_traces(tmp_path: Path) -> None:

@@ -1,0 +1,135 @@
+"""Where the LLM lives and how one request reaches it: provider defaults, the key, bounded retries.
+
+The ``openai`` SDK speaks to every provider (Docker Model Runner, Ollama, OpenAI, any
+OpenAI-compatible server). Its own retries are off; tenacity retries 429/5xx and refused
+connections, but only while the caller's deadline leaves room. The key comes from the environment,
+is held in one place and is scrubbed from every error text that leaves this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_before_delay, wait_exponential
+
+from docktor.agent.config.model import LLMConfig
+from docktor.agent.errors import Problem, UsageError
+
+#: provider -> (base_url, model, environment variable holding the key)
+PROVIDER_DEFAULTS: dict[str, tuple[str | None, str | None, str | None]] = {
+    "dmr": ("http://localhost:12434/engines/llama.cpp/v1", "ai/llama3.2", None),
+    "ollama": ("http://localhost:11434/v1", "llama3.2", None),
+    "openai": ("https://api.openai.com/v1", "gpt-4o-mini", "OPENAI_API_KEY"),
+    "openai-compatible": (None, None, None),
+}
+
+#: attempts per request (first try included); each further one only if the deadline allows
+MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    provider: str
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+
+    def public(self) -> dict[str, str]:
+        """What may be shown or logged: never the key."""
+        return {"provider": self.provider, "base_url": self.base_url, "model": self.model}
+
+
+def resolve_endpoint(config: LLMConfig, env: Mapping[str, str]) -> Endpoint:
+    """Fill provider defaults and read the key. Raises :class:`UsageError` naming the field."""
+    if config.provider == "none":
+        raise UsageError([Problem("llm.provider", "is 'none': no LLM is configured")])
+    base_default, model_default, key_default = PROVIDER_DEFAULTS[config.provider]
+    base_url = config.base_url or base_default
+    model = config.model or model_default
+    problems: list[Problem] = []
+    if not base_url:
+        problems.append(Problem("llm.base_url", f"required for provider {config.provider!r}"))
+    elif not base_url.startswith(("http://", "https://")):
+        problems.append(Problem("llm.base_url", f"must start with http:// or https:// (got {base_url!r})"))
+    if not model:
+        problems.append(Problem("llm.model", f"required for provider {config.provider!r}"))
+    key_env = config.api_key_env or key_default
+    key = None
+    if key_env:
+        key = env.get(key_env) or None
+        if key is None:
+            problems.append(Problem("llm.api_key_env", f"environment variable {key_env} is not set"))
+    if problems:
+        raise UsageError(problems)
+    assert base_url and model
+    return Endpoint(config.provider, base_url.rstrip("/"), model, key)
+
+
+def _retryable(e: BaseException) -> bool:
+    if isinstance(e, openai.APITimeoutError):
+        return False  # the deadline is spent; another try cannot fit
+    return isinstance(e, openai.RateLimitError | openai.InternalServerError | openai.APIConnectionError)
+
+
+class LLMClient:
+    """One AsyncOpenAI client per endpoint, reused across decisions and services."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float):
+        self.endpoint = endpoint
+        # Local servers need no key, but the SDK insists on one; a placeholder is not a secret.
+        self._client = AsyncOpenAI(
+            base_url=endpoint.base_url, api_key=endpoint.api_key or "docktor", timeout=timeout, max_retries=0
+        )
+
+    async def chat(self, deadline: float, **kwargs: Any) -> Any:
+        """One chat completion, retried on 429/5xx while ``deadline`` (monotonic) allows."""
+        budget = deadline - time.monotonic()
+        if budget <= 0:
+            raise TimeoutError("no time left for a request")
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(MAX_ATTEMPTS) | stop_before_delay(budget),
+            wait=wait_exponential(multiplier=0.1, min=0.1, max=1.0),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no time left for a request")
+                return await self._client.chat.completions.create(
+                    model=self.endpoint.model, timeout=left, **kwargs
+                )
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def models(self, timeout: float) -> list[str]:
+        page = await self._client.models.list(timeout=timeout)
+        return [m.id for m in page.data]
+
+    def scrub(self, text: str) -> str:
+        key = self.endpoint.api_key
+        return text.replace(key, "***") if key else text
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def describe_error(e: BaseException, client: LLMClient | None = None) -> str:
+    """One short line for the decision log; the key is scrubbed out."""
+    if isinstance(e, TimeoutError | openai.APITimeoutError):
+        text = "timeout"
+    elif isinstance(e, openai.APIStatusError):
+        body = str(getattr(e, "message", "") or "").strip().splitlines()
+        text = f"HTTP {e.status_code}" + (f": {body[0][:160]}" if body else "")
+    elif isinstance(e, openai.APIConnectionError):
+        cause = e.__cause__
+        text = f"connection failed: {type(cause).__name__ if cause else 'error'}"
+    else:
+        lines = str(e).strip().splitlines()
+        text = f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
+    return client.scrub(text) if client else text

@@ -1,0 +1,1 @@
+"""The ``docktor`` command line."""

@@ -1,0 +1,5 @@
+"""``python -m docktor.agent.cli``: the same as the ``docktor`` command."""
+
+from docktor.agent.cli.app import main
+
+main()

@@ -1,0 +1,148 @@
+"""The ``docktor`` command line: the app, ``validate``, ``decide`` and ``demo``; groups register here.
+
+Every bad input ends the same way: one line per problem on stderr, naming the field or argument,
+and exit code 2. Commands import what they need when they run, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from docktor.agent.cli import daemon as daemon_commands
+from docktor.agent.cli import llm as llm_commands
+from docktor.agent.cli import sim as sim_commands
+from docktor.agent.cli.common import ConfigOpt, handles_errors, load
+
+app = typer.Typer(
+    name="docktor",
+    help="Scale queue workers on queue depth and throughput, with every decision explained.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+# ---------------------------------------------------------------------------- validate
+
+
+@app.command()
+@handles_errors
+def validate(config: ConfigOpt = Path("docktor.yaml")) -> None:
+    """Check a config file: a summary line per service, or one line per problem (exit 2)."""
+    from docktor.agent.cli.render import say, warn
+    from docktor.agent.config.load import summarize
+    from docktor.tools.registry import executor_plugin, source_plugin
+    from docktor.tools.sdk import Context
+
+    cfg = load(config, check_llm=True)
+    assert cfg.state_dir is not None
+    for svc in cfg.services:
+        say(summarize(svc))
+        # Offline checks each plugin can make (a file missing, no Compose CLI): warnings, because
+        # the config may be right and this machine not the one it runs on.
+        context = Context(service=svc.name, base_dir=cfg.base_dir, state_dir=cfg.state_dir)
+        if svc.executor is not None:
+            for w in executor_plugin(svc.executor.kind).check(svc.executor.settings, context):
+                warn(f"{svc.name}: {w}")
+        for spec in svc.sources:
+            for w in source_plugin(spec.kind).check(spec.settings, context):
+                warn(f"{svc.name}: source {spec.name}: {w}")
+    if cfg.llm.provider != "none":
+        from docktor.agent.advisor.client import resolve_endpoint
+
+        ep = resolve_endpoint(cfg.llm, os.environ)
+        say(f"llm: {ep.provider} model {ep.model} at {ep.base_url}")
+    say(f"ok: {len(cfg.services)} service(s), mode {cfg.mode}, state in {cfg.state_dir}")
+
+
+# ---------------------------------------------------------------------------- decide
+
+
+@app.command()
+@handles_errors
+def decide(
+    config: ConfigOpt = Path("docktor.yaml"),
+    once: Annotated[bool, typer.Option("--once", help="Evaluate every service once (the only mode).")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and log, but never call the executor.")] = False,
+    advisory: Annotated[bool, typer.Option("--advisory", help="Same as mode: advisory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One decision object per line.")] = False,
+) -> None:
+    """Observe, decide and (unless --dry-run or advisory) act, once for every service."""
+    import asyncio
+
+    from docktor.agent.cli.render import print_table
+    from docktor.agent.runtime.daemon import paths_for
+    from docktor.agent.runtime.loop import Daemon
+
+    cfg = load(config, check_llm=True)
+
+    async def run() -> list[Any]:
+        daemon = Daemon(cfg, mode="advisory" if advisory else None, log_path=paths_for(cfg).decisions)
+        try:
+            await daemon.open()
+            return await daemon.run_once(dry_run=dry_run)
+        finally:
+            await daemon.close()
+
+    records = asyncio.run(run())
+    if as_json:
+        for r in records:
+            sys.stdout.write(r.line().decode())
+    else:
+        print_table(r.model_dump(mode="json") for r in records)
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+@app.command()
+@handles_errors
+def demo(
+    duration: Annotated[float, typer.Option("--duration", help="Seconds to run.", min=10)] = 140.0,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Keep the decision log here.")] = None,
+) -> None:
+    """Scale a real NATS JetStream consumer under bursts, on this machine: no Docker, no LLM."""
+    from docktor.agent.cli.render import out
+    from docktor.agent.demo.run import run_demo
+
+    raise typer.Exit(run_demo(duration=duration, state_dir=state_dir, console=out))
+
+
+# ---------------------------------------------------------------------------- groups
+
+daemon_commands.register(app)
+llm_commands.register(app)
+sim_commands.register(app)
+
+
+#: Typer vendors click and re-exports only BadParameter; its base is every usage error's base.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except BrokenPipeError:  # `docktor daemon logs | head`: the reader left, which is fine
+        sys.stderr.close()
+        os._exit(0)
+    except typer.Abort:
+        sys.exit(1)
+    except _ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            sys.stdout.write(ctx.get_help() + "\n")
+            sys.exit(0)
+        # One line naming the argument, like every other bad input (click's own box is five).
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        print(f"error: {e.format_message()}{where}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""What every ``docktor`` command shares: the ``--config`` option, loading it, and error handling.
+
+Bad input is one ``error:`` line per problem and exit 2. Nothing prints a traceback unless
+``DOCKTOR_DEBUG=1``; an unexpected error is one line and exit 1. This module stays light (no
+pydantic, no SDKs): commands import what they need when they run, so ``docktor --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from docktor.agent.errors import UsageError
+
+if TYPE_CHECKING:
+    from docktor.agent.config.model import DocktorConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to docktor.yaml.")]
+
+
+def handles_errors(fn: F) -> F:
+    """Map UsageError to one ``error:`` line per problem + exit 2; anything else to one line + exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            for p in e.problems:
+                print(f"error: {p}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt, BrokenPipeError):
+            raise
+        except Exception as e:
+            if os.environ.get("DOCKTOR_DEBUG") == "1":
+                raise
+            from docktor.tools.sdk import one_line
+
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load(path: Path, *, check_llm: bool = False) -> DocktorConfig:
+    """Load the config and print its warnings; with ``check_llm``, also resolve the LLM endpoint."""
+    from docktor.agent.cli.render import warn
+    from docktor.agent.config.load import load_config
+
+    config = load_config(path)
+    for w in config.warnings:
+        warn(w)
+    if check_llm and config.llm.provider != "none":
+        from docktor.agent.advisor.client import resolve_endpoint
+
+        resolve_endpoint(config.llm, os.environ)
+    return config

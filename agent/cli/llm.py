@@ -1,0 +1,39 @@
+"""``docktor llm check``: is the configured LLM endpoint usable, and what does it support?
+
+Exit 0: usable; 1: not usable; 2: bad input. The check itself is :mod:`docktor.agent.advisor.check`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from docktor.agent.cli.common import handles_errors, load
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``llm`` command group to the main CLI."""
+    llm_app = typer.Typer(help="Check the LLM endpoint the advisor uses.", no_args_is_help=True)
+
+    @llm_app.command("check")
+    @handles_errors
+    def check(
+        config: Path = typer.Option(..., "--config", "-c", help="docktor.yaml with an llm: block"),
+    ) -> None:
+        """List the endpoint's models and try one structured answer and one tool call."""
+        import asyncio
+        import os
+
+        from docktor.agent.advisor.check import run_check
+        from docktor.agent.advisor.client import resolve_endpoint
+
+        cfg = load(config)
+        endpoint = resolve_endpoint(cfg.llm, os.environ)
+        lines, usable = asyncio.run(run_check(cfg.llm, endpoint))
+        for line in lines:
+            typer.echo(line)
+        typer.echo("usable: yes" if usable else "usable: no")
+        raise typer.Exit(0 if usable else 1)
+
+    app.add_typer(llm_app, name="llm")

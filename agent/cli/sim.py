@@ -1,0 +1,163 @@
+"""``docktor simulate`` and ``docktor bench``: replay load traces against the scaling policies.
+
+Registered into the main app by :func:`register`; bad input is one ``error:`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from docktor.agent.cli.common import handles_errors
+from docktor.agent.errors import Problem, UsageError
+from docktor.agent.sim.catalog import ADVISORS, DEFAULT_TRACES, POLICY_NAMES
+
+if TYPE_CHECKING:
+    from docktor.agent.config.model import LLMConfig
+    from docktor.agent.sim.simulator import Scenario
+
+ServiceMs = Annotated[float, typer.Option("--service-ms", help="Mean processing time per message, ms.")]
+Cv = Annotated[float, typer.Option("--cv", help="Coefficient of variation of processing times (0: constant).")]
+StartupS = Annotated[float, typer.Option("--startup-s", help="Seconds before a new replica takes work.")]
+SloS = Annotated[float, typer.Option("--slo-s", help="Wait SLO: seconds a message may wait in the queue.")]
+IntervalS = Annotated[float, typer.Option("--interval-s", help="Check interval of docktor, rules and target.")]
+MinR = Annotated[int, typer.Option("--min", help="Minimum replicas.")]
+MaxR = Annotated[int, typer.Option("--max", help="Maximum replicas.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (arrival times within a second, service times).")]
+AdvisorOpt = Annotated[
+    str, typer.Option("--advisor", help=f"Advisor on docktor/rules/target: {'|'.join(ADVISORS)}.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")]
+LLMConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--llm-config", help="--advisor llm: a docktor.yaml whose llm: block names the endpoint."),
+]
+
+
+def _llm(path: Path | None) -> LLMConfig | None:
+    if path is None:
+        return None
+    from docktor.agent.config.load import load_config
+
+    return load_config(path).llm
+
+
+def _scenario(service_ms: float, cv: float, startup_s: float, slo_s: float, interval_s: float, lo: int, hi: int, seed: int) -> Scenario:
+    from docktor.agent.sim.simulator import Scenario
+
+    s = Scenario(
+        service_s=service_ms / 1000.0,
+        cv=cv,
+        startup_s=startup_s,
+        slo_s=slo_s,
+        interval_s=interval_s,
+        min_replicas=lo,
+        max_replicas=hi,
+        seed=seed,
+    )
+    s.check()
+    return s
+
+
+def _trace_path(arg: str) -> Path:
+    p = Path(arg)
+    if p.exists():
+        return p
+    named = DEFAULT_TRACES / f"{arg}.csv"
+    if named.exists():
+        return named
+    raise UsageError([Problem("TRACE", f"{arg}: no such file (nor a trace of that name in {DEFAULT_TRACES})")])
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handles_errors
+    def simulate(
+        trace: Annotated[str, typer.Argument(help="A t,rate CSV, or the name of a shipped trace (burst-every-minute, diurnal, ramp, step).")],
+        policy: Annotated[str, typer.Option("--policy", help=f"One of: {', '.join(POLICY_NAMES)}.")] = "docktor",
+        advisor: AdvisorOpt = "none",
+        llm_config: LLMConfigOpt = None,
+        service_ms: ServiceMs = 20.0,
+        cv: Cv = 0.5,
+        startup_s: StartupS = 10.0,
+        slo_s: SloS = 30.0,
+        interval_s: IntervalS = 5.0,
+        min_replicas: MinR = 1,
+        max_replicas: MaxR = 50,
+        seed: Seed = 1,
+        as_json: JsonOpt = False,
+        timeline: Annotated[
+            Path | None, typer.Option("--timeline", help="Write t,desired,alive per check to this CSV.")
+        ] = None,
+    ) -> None:
+        """Replay one trace against one policy and print its score."""
+        from docktor.agent.sim.bench import parse_policies, run_suite, table
+        from docktor.agent.sim.simulator import load_trace
+
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
+        names = parse_policies(policy, "--policy")
+        if len(names) != 1:
+            raise UsageError([Problem("--policy", "simulate takes one policy (bench runs several)")])
+        tr = load_trace(_trace_path(trace))
+        result = run_suite([tr], scenario, names, advisor, _llm(llm_config))[0][0]
+        row = result.rows[0]
+        if as_json:
+            print(json.dumps(row))
+        else:
+            print(table([row]))
+        if timeline is not None and names[0] in result.runs:
+            lines = ["t,desired,alive"] + [f"{t:g},{d},{a}" for t, d, a in result.runs[names[0]].timeline]
+            try:
+                timeline.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            except OSError as e:
+                raise UsageError([Problem("--timeline", f"cannot write {timeline}: {e}")]) from None
+
+    @app.command()
+    @handles_errors
+    def bench(
+        traces: Annotated[Path, typer.Option("--traces", help="Directory of t,rate CSV traces (default: the public traces shipped with Docktor).")] = DEFAULT_TRACES,
+        policies: Annotated[
+            str | None, typer.Option("--policies", help=f"Comma-separated; default all: {','.join(POLICY_NAMES)}.")
+        ] = None,
+        advisor: AdvisorOpt = "none",
+        llm_config: LLMConfigOpt = None,
+        service_ms: ServiceMs = 20.0,
+        cv: Cv = 0.5,
+        startup_s: StartupS = 10.0,
+        slo_s: SloS = 30.0,
+        interval_s: IntervalS = 5.0,
+        min_replicas: MinR = 1,
+        max_replicas: MaxR = 50,
+        seed: Seed = 1,
+        as_json: JsonOpt = False,
+        plot_dir: Annotated[Path | None, typer.Option("--plot", help="Write one PNG per trace into this directory.")] = None,
+    ) -> None:
+        """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
+        from docktor.agent.sim.bench import parse_policies, plot, run_suite, table
+        from docktor.agent.sim.simulator import load_traces
+
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
+        names = parse_policies(policies)
+        loaded = load_traces(traces)
+        results, elapsed = run_suite(loaded, scenario, names, advisor, _llm(llm_config))
+        rows = [r for res in results for r in res.rows]
+        if as_json:
+            for r in rows:
+                print(json.dumps(r))
+        else:
+            print(table(rows))
+            print(f"\n{len(loaded)} traces x {len(names)} policies simulated in {elapsed:.1f} s")
+        if plot_dir is not None:
+            try:
+                for res in results:
+                    out = plot(res, scenario, plot_dir)
+                    if not as_json:
+                        print(f"wrote {out}")
+            except OSError as e:
+                raise UsageError([Problem("--plot", f"cannot write into {plot_dir}: {e}")]) from None
+
+
+__all__ = ["register"]

@@ -1,0 +1,431 @@
+"""Load ``docktor.yaml``: YAML -> ``${VAR}`` interpolation -> older formats -> models and plugins.
+
+Whatever the input, the loader raises nothing but :class:`~docktor.agent.errors.UsageError`, with
+every problem it can find at once (not one round per fix), each naming its path
+(``services[0].rules.scale_up_when[1].op``) so the CLI prints one line per problem and exits 2.
+
+A service's executor is written either nested (``executor: {kind: local, command: ...}``) or
+flat, the way Docktor configs have always been written (``executor: local`` with ``command:``
+beside it; ``compose_file:`` alone means ``executor: compose``). Its sources are a ``sources:``
+list (each with a ``name``) or the single-source form ``queue:``. Every block is validated by its
+plugin's own ``Settings`` model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from docktor.agent.config import compat
+from docktor.agent.config.model import DocktorConfig, ExecutorSpec, ServiceConfig, SourceSpec
+from docktor.agent.core.metrics import REPLICA_METRICS, derivable
+from docktor.agent.core.policies import POLICIES
+from docktor.agent.errors import Problem, UsageError
+from docktor.tools.registry import PluginError, executor_kinds, executor_plugin, source_kinds, source_plugin
+from docktor.tools.sdk import Context
+
+#: source names that would read like a metric group of their own
+RESERVED_SOURCE_NAMES = frozenset({"queue", "replicas", "cpu", "mem"})
+_SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _TopLevel(DocktorConfig):
+    services: list[Any] = Field(min_length=1)  # type: ignore[assignment]  # each is validated on its own
+
+
+# --------------------------------------------------------------------------- interpolation
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[Problem]) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, _join(path, k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if not isinstance(node, str) or "$" not in node:
+        return node
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and ":-" in m.group(0)):
+            if default is None:
+                problems.append(Problem(path, f"environment variable {name} is not set"))
+                return ""
+            return default
+        return value
+
+    return _VAR.sub(sub, node)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> DocktorConfig:
+    """Load, interpolate and validate a config file. Raises only :class:`UsageError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError([Problem(str(p), "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError([Problem(str(p), f"cannot read: {e}")]) from None
+    return parse_config(text, p, env)
+
+
+def parse_config(text: str, path: Path | None = None, env: Mapping[str, str] | None = None) -> DocktorConfig:
+    where = str(path) if path else "<config>"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError([Problem(where, f"not valid YAML{at}: {problem}")]) from None
+    if not isinstance(raw, dict):
+        raise UsageError([Problem(where, "must be a YAML mapping with a 'services' list")])
+
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    raw = interpolate(raw, os.environ if env is None else env, "", problems)
+    if problems:
+        raise UsageError(problems)
+    raw = compat.translate(raw, warnings, problems)
+
+    base = (path.parent if path else Path.cwd()).resolve()
+    try:
+        top = _TopLevel.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(_problems_from(e, raw, model=DocktorConfig))
+        top = None
+    raw_services = raw.get("services")
+    services: list[ServiceConfig] = []
+    if isinstance(raw_services, list):
+        state_dir = _state_dir(top, base)
+        for i, item in enumerate(raw_services):
+            svc = _service(i, item, base, state_dir, problems, warnings)
+            if svc is not None:
+                services.append(svc)
+        _check_names(raw_services, problems)
+    if problems or top is None:
+        raise UsageError(problems)
+    return DocktorConfig.model_validate(
+        {**top.model_dump(exclude={"services", "path", "warnings"}), "services": services}
+    ).model_copy(update={"state_dir": _state_dir(top, base), "path": path, "warnings": tuple(warnings)})
+
+
+def _state_dir(top: _TopLevel | None, base: Path) -> Path:
+    # Absolute, so a daemon that changes directory (or runs from elsewhere) finds the same files.
+    state_dir = (top.state_dir if top is not None else None) or Path(".docktor")
+    return state_dir if state_dir.is_absolute() else base / state_dir
+
+
+# --------------------------------------------------------------------------- one service
+
+
+def _service(
+    i: int, item: Any, base: Path, state_dir: Path, problems: list[Problem], warnings: list[str]
+) -> ServiceConfig | None:
+    at = f"services[{i}]"
+    if not isinstance(item, dict):
+        problems.append(Problem(at, "must be a mapping with at least a name"))
+        return None
+    data = dict(item)
+    found: list[Problem] = []
+    context = Context(service=str(data.get("name", "")), base_dir=base, state_dir=state_dir)
+
+    executor = _executor(at, data, context, found)
+    sources = _sources(at, data, context, found, warnings)
+    executor_keys = [] if executor is None else list(executor_plugin(executor.kind).Settings.model_fields)
+    try:
+        svc: ServiceConfig | None = ServiceConfig.model_validate(data)
+    except ValidationError as e:
+        found.extend(_problems_from(e, data, prefix=at, model=ServiceConfig, extra_names=executor_keys))
+        svc = None
+
+    if svc is not None:
+        if svc.min_replicas > svc.max_replicas:
+            found.append(Problem(f"{at}.min_replicas", f"min_replicas ({svc.min_replicas}) is greater than max_replicas ({svc.max_replicas})"))
+        if svc.policy == "target" and svc.target_per_replica is None:
+            found.append(Problem(f"{at}.target_per_replica", "policy 'target' needs target_per_replica"))
+        if executor is not None and sources is not None:
+            svc = svc.model_copy(update={"executor": executor, "sources": tuple(sources)})
+            found.extend(_check_metrics(at, svc))
+            if not sources and not found:
+                warnings.append(f"{at}: no source (queue: or sources:): only the executor's metrics are observed")
+    problems.extend(found)
+    return None if found else svc
+
+
+def _executor(at: str, data: dict[str, Any], context: Context, problems: list[Problem]) -> ExecutorSpec | None:
+    """Take the executor's settings out of ``data`` (nested or flat form) and validate them."""
+    value = data.pop("executor", None)
+    if isinstance(value, dict):
+        block, where, flat = dict(value), f"{at}.executor", False
+        kind = block.get("kind")
+        if kind is None:
+            problems.append(Problem(f"{where}.kind", f"required (one of: {', '.join(executor_kinds())})"))
+            return None
+    elif value is None or isinstance(value, str):
+        kind = value or ("compose" if "compose_file" in data else "local")
+        block, where, flat = {"kind": kind}, at, True
+    else:
+        problems.append(Problem(f"{at}.executor", f"must be an executor name or a mapping with a kind, got {value!r}"))
+        return None
+    try:
+        plugin = executor_plugin(str(kind))
+    except PluginError as e:
+        problems.append(Problem(f"{at}.executor" + (".kind" if not flat else ""), _plugin_problem(e, "executor", str(kind), executor_kinds())))
+        return None
+    if flat:  # the plugin's keys written beside the core's
+        for key in plugin.Settings.model_fields:
+            if key != "kind" and key in data:
+                block[key] = data.pop(key)
+    try:
+        settings = plugin.Settings.model_validate(block)
+    except ValidationError as e:
+        problems.extend(_problems_from(e, block, prefix=where, model=plugin.Settings, hint=_executor_hint(plugin.kind, flat)))
+        return None
+    return ExecutorSpec(plugin.kind, settings, where)
+
+
+def _executor_hint(kind: str, flat: bool) -> str:
+    return f" by the {kind} executor" if flat else ""
+
+
+def _sources(
+    at: str, data: dict[str, Any], context: Context, problems: list[Problem], warnings: list[str]
+) -> list[SourceSpec] | None:
+    queue = data.pop("queue", None)
+    listed = data.pop("sources", None)
+    if queue is not None and listed is not None:
+        problems.append(Problem(f"{at}.sources", "give either queue: (one source) or sources: (a list), not both"))
+        return None
+    blocks: list[tuple[str, Any]]
+    if queue is not None:
+        blocks = [(f"{at}.queue", queue)]
+    elif listed is None:
+        blocks = []
+    elif isinstance(listed, list):
+        blocks = [(f"{at}.sources[{j}]", b) for j, b in enumerate(listed)]
+    else:
+        problems.append(Problem(f"{at}.sources", "must be a list of sources, each with a name and a kind"))
+        return None
+    specs: list[SourceSpec] = []
+    ok = True
+    seen: dict[str, str] = {}
+    for j, (where, block) in enumerate(blocks):
+        spec = _source(where, block, j == 0, queue is not None, problems, warnings)
+        if spec is None:
+            ok = False
+            continue
+        if spec.name in seen:
+            problems.append(Problem(f"{where}.name", f"duplicate source name {spec.name!r} (also {seen[spec.name]})"))
+            ok = False
+        seen.setdefault(spec.name, where)
+        specs.append(spec)
+    return specs if ok else None
+
+
+def _source(
+    where: str, block: Any, primary: bool, single: bool, problems: list[Problem], warnings: list[str]
+) -> SourceSpec | None:
+    if not isinstance(block, dict):
+        problems.append(Problem(where, "must be a mapping with a kind"))
+        return None
+    block = dict(block)
+    kind = block.get("kind")
+    name = block.pop("name", None) if not single else None
+    if kind is None:
+        problems.append(Problem(f"{where}.kind", f"required (one of: {', '.join(source_kinds())})"))
+        return None
+    try:
+        plugin = source_plugin(str(kind))
+    except PluginError as e:
+        problems.append(Problem(f"{where}.kind", _plugin_problem(e, "source kind", str(kind), source_kinds())))
+        return None
+    name = plugin.kind if name is None else name
+    if not isinstance(name, str) or not _SOURCE_NAME.match(name):
+        problems.append(Problem(f"{where}.name", f"must be lower-case letters, digits and _ (it prefixes the source's metrics), got {name!r}"))
+        return None
+    if name in RESERVED_SOURCE_NAMES and not primary:
+        problems.append(Problem(f"{where}.name", f"{name!r} is a metric group; choose another name"))
+        return None
+    for key, why in plugin.deprecated_keys.items():
+        if key in block:
+            value = block.pop(key)
+            if (problem := plugin.check_deprecated(key, value)) is not None:
+                problems.append(Problem(f"{where}.{key}", problem))
+                return None
+            warnings.append(f"{where}.{key}: deprecated, {why}")
+    try:
+        settings = plugin.Settings.model_validate(block)
+    except ValidationError as e:
+        problems.extend(_problems_from(e, block, prefix=where, model=plugin.Settings))
+        return None
+    return SourceSpec(name=name, kind=plugin.kind, settings=settings, primary=primary, where=where)
+
+
+def _plugin_problem(e: PluginError, what: str, kind: str, known: list[str]) -> str:
+    if kind in known:  # installed but broken: the registry's message says how
+        return str(e)
+    return f"unknown {what} {kind!r}{_hint(kind, known)} (installed: {', '.join(known) or 'none'})"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def available_metrics(svc: ServiceConfig) -> dict[str, str]:
+    """Every metric the service's plugins provide, with who provides it (for messages)."""
+    out: dict[str, str] = {name: "executor" for name in REPLICA_METRICS}
+    if svc.executor is not None:
+        for name in executor_plugin(svc.executor.kind).metrics_for(svc.executor.settings):
+            out[name] = f"executor {svc.executor.kind}"
+    for spec in svc.sources:
+        for name in source_plugin(spec.kind).metrics_for(spec.settings):
+            out[spec.metric_name(name)] = f"source {spec.name}"
+    for name in derivable(frozenset(out)):
+        out[name] = "derived"
+    return out
+
+
+def _check_metrics(at: str, svc: ServiceConfig) -> list[Problem]:
+    """A rule or a policy that needs a metric nothing provides would hold forever as 'missing'."""
+    available = available_metrics(svc)
+    listing = ", ".join(sorted(available))
+    found: list[Problem] = []
+    for group in ("scale_up_when", "scale_down_when"):
+        for j, rule in enumerate(getattr(svc.rules, group)):
+            if rule.metric not in available:
+                found.append(Problem(
+                    f"{at}.rules.{group}[{j}].metric",
+                    f"unknown metric {rule.metric!r}{_hint(rule.metric, available)}: not provided by this service's "
+                    f"sources or executor (available: {listing})",
+                ))
+    needed = sorted(POLICIES[svc.policy].required(svc) - available.keys())
+    if needed:
+        instead = "policy: target (with target_per_replica) or policy: rules" if "queue.backlog" in available else "policy: rules"
+        have = "this service has no source" if not svc.sources else f"available: {listing}"
+        found.append(Problem(
+            f"{at}.policy",
+            f"policy {svc.policy!r} needs {', '.join(needed)}, which no source of this service provides ({have}); "
+            f"use {instead}",
+        ))
+    return found
+
+
+def _check_names(raw_services: list[Any], problems: list[Problem]) -> None:
+    seen: dict[str, int] = {}
+    for i, svc in enumerate(raw_services):
+        name = svc.get("name") if isinstance(svc, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(Problem(f"services[{i}].name", f"duplicate service name {name!r} (also services[{seen[name]}])"))
+        seen.setdefault(name, i)
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _loc_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the last key of ``loc``, for did-you-mean hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        # unwrap list[X], X | None, Annotated[...]
+        for _ in range(4):
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                break
+            ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0] if args else ann)
+        current = ann
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _problems_from(
+    err: ValidationError,
+    raw: Any,
+    prefix: str = "",
+    model: type[BaseModel] = DocktorConfig,
+    extra_names: Iterable[str] = (),
+    hint: str = "",
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        path = _loc_path(loc, prefix)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            owner = _model_at(model, loc[:-1]) if loc else model
+            names = [n for n, f in owner.model_fields.items() if not f.exclude] if owner else []
+            if owner is model:
+                names += list(extra_names)
+            msg = f"unknown key{_hint(str(loc[-1]), names)}"
+        elif kind == "literal_error":
+            msg = f"{e['msg'].replace('Input should be', 'must be')}, got {e.get('input')!r}"
+        elif kind == "missing":
+            msg = "required" + hint
+        else:
+            msg = e["msg"].replace("Value error, ", "")
+            if "input" in e and not isinstance(e["input"], dict | list):
+                msg += f", got {e['input']!r}"
+        problem = Problem(path, msg)
+        if problem not in problems:
+            problems.append(problem)
+    return problems
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def summarize(svc: ServiceConfig) -> str:
+    """One line per service for ``docktor validate``."""
+    executor = "no" if svc.executor is None else executor_plugin(svc.executor.kind).describe(svc.executor.settings)
+    sources = [
+        ("queue " if s.primary else f"source {s.name}: ") + source_plugin(s.kind).describe(s.settings) for s in svc.sources
+    ]
+    up, down = len(svc.rules.scale_up_when), len(svc.rules.scale_down_when)
+    return ", ".join([
+        f"{svc.name}: {executor} executor",
+        f"replicas {svc.min_replicas}-{svc.max_replicas}",
+        f"every {svc.check_interval:g}s",
+        f"policy {svc.policy}",
+        *sources,
+        f"rules {up} up / {down} down",
+    ])

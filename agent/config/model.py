@@ -1,0 +1,207 @@
+"""The pydantic models of ``docktor.yaml``, as the rest of Docktor sees them after loading.
+
+A service's executor and sources are plugins: their settings are each plugin's own ``Settings``
+model, validated by :mod:`docktor.agent.config.load` and attached here as :class:`ExecutorSpec`
+and :class:`SourceSpec`. Everything else is the decision core's: bounds, the policy, the rules,
+step limits, cooldowns and stabilization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from docktor.tools.sdk import PluginSettings, PositiveSeconds, Seconds
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- rules
+
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+
+
+class Rule(Strict):
+    metric: str
+    op: Op
+    value: float
+
+    def text(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+class Rules(Strict):
+    #: scale up when ANY of these matches
+    scale_up_when: list[Rule] = Field(default_factory=list)
+    #: scale down when ALL of these match (and only if the list is non-empty)
+    scale_down_when: list[Rule] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- llm
+
+Provider = Literal["dmr", "ollama", "openai", "openai-compatible", "none"]
+ToolName = Literal["get_queue_metrics", "get_service_status", "get_recent_decisions", "get_metric_history"]
+
+
+class LLMConfig(Strict):
+    """The LLM advisor. ``provider: none`` (the default) means rules and policy only."""
+
+    provider: Provider = "none"
+    base_url: str | None = None
+    model: str | None = None
+    #: name of the environment variable holding the API key; the key itself never goes in the file
+    api_key_env: str | None = None
+    timeout: PositiveSeconds = 10.0
+    max_tokens: int = Field(default=512, ge=16)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    #: the LLM may move replicas even when no rule fired (still inside step limits and bounds)
+    may_act_without_rules: bool = False
+    #: tool-calling rounds allowed per decision
+    max_tool_rounds: int = Field(default=2, ge=0, le=8)
+    #: ask again when an observation moved by more than this fraction since the last call
+    ask_on_change: float = Field(default=0.2, ge=0)
+    #: ask at least this often even when nothing changed
+    heartbeat: PositiveSeconds = 300.0
+    #: tools offered to the model (default: all); fewer tools make a shorter prompt for small contexts
+    tools: list[ToolName] | None = None
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """The service's executor: its kind and that plugin's validated settings."""
+
+    kind: str
+    settings: PluginSettings
+    #: where the settings were written, for messages: ``services[0]`` (flat) or ``services[0].executor``
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One metric source of a service."""
+
+    name: str
+    kind: str
+    settings: PluginSettings
+    #: the first source is the service's queue: its metrics keep their names; others are prefixed
+    primary: bool = True
+    where: str = ""
+
+    def metric_name(self, metric: str) -> str:
+        return metric if self.primary else f"{self.name}.{metric}"
+
+
+# --------------------------------------------------------------------------- services
+
+Policy = Literal["rules", "target", "docktor"]
+
+#: Guardrail defaults per policy, applied to keys the service leaves unset. Threshold rules move
+#: by small fixed steps with cooldowns (the Go Docktor's +2/-1). Sizing policies compute the count
+#: they need, so they may follow it like HPA's default behavior: up by the larger of 4 replicas
+#: and 100 % per tick, down by at most half, after a 60 s stabilization window and 30 s cooldown.
+_SIZING_DEFAULTS: dict[str, Any] = {
+    "scale_up_by": 4, "scale_up_percent": 100, "scale_down_by": 1, "scale_down_percent": 50,
+    "cooldown_up": 0, "cooldown_down": 30, "scale_down_stabilization": 60,
+}
+POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rules": {"scale_up_by": 2, "scale_down_by": 1, "cooldown_up": 15, "cooldown_down": 60, "scale_down_stabilization": 60},
+    "target": _SIZING_DEFAULTS,
+    "docktor": _SIZING_DEFAULTS,
+}
+
+
+class ServiceConfig(Strict):
+    """One scaled service. ``executor`` and ``sources`` are set by the loader from the plugins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=10, ge=1)
+    check_interval: PositiveSeconds = 10.0
+
+    rules: Rules = Field(default_factory=Rules)
+
+    policy: Policy = "docktor"
+    #: latency target: seconds a message may wait in the queue (docktor policy)
+    target_wait: PositiveSeconds = 30.0
+    #: backlog per replica to aim for (target policy, like KEDA's lagThreshold)
+    target_per_replica: float | None = Field(default=None, gt=0)
+    #: processing time per message, used before throughput has been measured
+    processing_time: PositiveSeconds | None = None
+    #: seconds a new replica needs before it takes work
+    startup_delay: Seconds = 5.0
+    #: docktor policy: how a periodic prediction is used. ``floor``: it may only raise the target
+    #: (never lower it); ``forecast``: when it fit the recent past it replaces the current rate,
+    #: so a recurring burst is expected to end (cheaper, but trusts the pattern)
+    prediction: Literal["floor", "forecast"] = "floor"
+
+    # Step limits and cooldowns. Unset ones take the defaults of the service's policy
+    # (POLICY_DEFAULTS): threshold rules step slowly, sizing policies may jump like HPA does.
+    scale_up_by: int = Field(default=2, ge=1)
+    scale_down_by: int = Field(default=1, ge=1)
+    #: optional percent steps; the larger of replicas and percent wins (HPA selectPolicy: Max)
+    scale_up_percent: float | None = Field(default=None, gt=0)
+    scale_down_percent: float | None = Field(default=None, gt=0, le=100)
+    cooldown_up: Seconds = 15.0
+    cooldown_down: Seconds = 60.0
+    #: scale down only to the highest recommendation of this trailing window (HPA stabilization)
+    scale_down_stabilization: Seconds = 60.0
+
+    # Set by the loader from the plugins; never written in the file under these names.
+    executor: ExecutorSpec | None = Field(default=None, exclude=True)
+    sources: tuple[SourceSpec, ...] = Field(default=(), exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            policy = data.get("policy", cls.model_fields["policy"].default)
+            defaults = POLICY_DEFAULTS.get(policy, {}) if isinstance(policy, str) else {}
+            if any(key not in data for key in defaults):
+                data = {**defaults, **data}
+        return data
+
+    @property
+    def executor_kind(self) -> str | None:
+        return None if self.executor is None else self.executor.kind
+
+    def rule_metrics(self) -> set[str]:
+        return {r.metric for r in self.rules.scale_up_when + self.rules.scale_down_when}
+
+
+class LogConfig(Strict):
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
+    backups: int = Field(default=5, ge=0)
+
+
+class DocktorConfig(Strict):
+    version: str | int | None = None
+    mode: Literal["autonomous", "advisory"] = "autonomous"
+    state_dir: Path | None = None
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    services: list[ServiceConfig] = Field(min_length=1)
+
+    # Filled in by the loader.
+    path: Path | None = Field(default=None, exclude=True)
+    warnings: tuple[str, ...] = Field(default=(), exclude=True)
+
+    @property
+    def base_dir(self) -> Path:
+        return (self.path.parent if self.path else Path.cwd()).resolve()
+
+    def service(self, name: str) -> ServiceConfig:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)

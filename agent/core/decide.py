@@ -1,0 +1,207 @@
+"""One decision for one service: rules -> policy proposal -> (advice) -> guardrails -> target.
+
+:func:`step` is the whole decision, and both the daemon and the simulator run it:
+
+1. :func:`plan` does everything that does not depend on who proposes: the rules' evaluation,
+   what is missing, the direction gate, the guardrail envelope and the policy's own proposal;
+2. an optional advisor (the LLM, or a test's adversary) looks at the plan and may return
+   :class:`Advice`: another proposal and the narrower envelope it must stay in;
+3. :func:`conclude` clamps whichever proposal wins into the envelope and says why.
+
+All of these are pure. The caller acts on the decision (or not) and then advances the state
+with :func:`docktor.agent.core.state.remember`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core.guardrails import Envelope, Gate, GuardrailNote, clamp, envelope
+from docktor.agent.core.metrics import derive
+from docktor.agent.core.policies import POLICIES
+from docktor.agent.core.policy import Proposal
+from docktor.agent.core.rules import Evaluation, evaluate
+from docktor.agent.core.state import ServiceState, backoff_delay
+
+Action = Literal["scale_up", "scale_down", "hold"]
+Source = Literal["rules", "policy", "llm", "fallback"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    service: str
+    current: int
+    observations: dict[str, float]
+    evaluation: Evaluation
+    missing: list[str]
+    gate: Gate
+    envelope: Envelope
+    proposal: Proposal  # the deterministic policy's own proposal
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What an advisor says about a plan."""
+
+    #: None: keep the deterministic proposal (the advisor declined, failed or was not asked)
+    proposal: Proposal | None
+    source: Source
+    #: the advisor's record for the decision log (the LLM's latency, tokens, reason); never a secret
+    record: Mapping[str, Any] | None = None
+    #: the envelope the proposal must stay in; None: the plan's
+    envelope: Envelope | None = None
+
+
+#: an advisor as :func:`step` calls it
+Advise = Callable[[Plan], "Advice | None"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    service: str
+    current: int
+    decision: Action
+    target: int
+    reason: str
+    proposal: int  # what the policy (or LLM) asked for, before guardrails
+    matched_rules: list[str]
+    guardrails: list[GuardrailNote]
+    envelope: Envelope
+    source: Source
+    policy: str
+    observations: dict[str, float] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    #: the deterministic policy's count, within [min, max]: what scale-down stabilization
+    #: remembers, so an advisor's wild proposal can never hold replicas up for a whole window
+    recommendation: int = 0
+    #: the advisor's record (see :class:`Advice`), for the decision log
+    advice: Mapping[str, Any] | None = None
+
+    @property
+    def changes(self) -> bool:
+        return self.target != self.current
+
+
+def deterministic_source(svc: ServiceConfig) -> Source:
+    """Who proposes when no advisor does: the rules (threshold policy) or the sizing policy."""
+    return "rules" if svc.policy == "rules" else "policy"
+
+
+def gate_for(svc: ServiceConfig, ev: Evaluation, missing: list[str]) -> Gate:
+    if missing:
+        # never scale blind: a rule or the policy lacks data, so only bounds corrections happen
+        return Gate(up=False, down=False, up_reason="missing_metrics", down_reason="missing_metrics")
+    if POLICIES[svc.policy].rules_drive:
+        return Gate(up=ev.up_fired, down=ev.down_fired)
+    down_ok = (not svc.rules.scale_down_when or ev.down_fired) and not ev.up_fired
+    return Gate(up=True, down=down_ok, down_reason="rules")
+
+
+def plan(
+    svc: ServiceConfig, observations: Mapping[str, float], current: int, state: ServiceState, now: float
+) -> Plan:
+    # Per-replica figures need a replica count; callers without an executor reading use current.
+    obs = derive({"replicas.running": float(current), **observations})
+    ev = evaluate(svc.rules, obs)
+    spec = POLICIES[svc.policy]
+    missing = sorted((svc.rule_metrics() | spec.required(svc)) - obs.keys())
+    if missing:
+        proposal = Proposal(current, f"missing {', '.join(missing)}: holding")
+    else:
+        proposal = spec.propose(svc, obs, current, state, ev, now)
+    gate = gate_for(svc, ev, missing)
+    env = envelope(svc, state, current, gate, now, proposal.target)
+    return Plan(svc.name, current, obs, ev, missing, gate, env, proposal)
+
+
+def finish(
+    svc: ServiceConfig,
+    p: Plan,
+    proposal: Proposal,
+    source: Source,
+    *,
+    envelope: Envelope | None = None,
+    advice: Mapping[str, Any] | None = None,
+) -> Decision:
+    """Clamp ``proposal`` into the plan's envelope (or a narrower one, e.g. the LLM's)."""
+    env = envelope or p.envelope
+    target, notes = clamp(proposal.target, env)
+    action: Action = "scale_up" if target > p.current else "scale_down" if target < p.current else "hold"
+    reason = proposal.reason
+    if notes:
+        reason += "; " + ", ".join(f"{n.name} {n.before} -> {n.after}" for n in notes)
+    return Decision(
+        service=p.service,
+        current=p.current,
+        decision=action,
+        target=target,
+        reason=reason,
+        proposal=proposal.target,
+        matched_rules=p.evaluation.matched_rules,
+        guardrails=notes,
+        envelope=env,
+        source=source,
+        policy=svc.policy,
+        observations=p.observations,
+        missing=p.missing,
+        recommendation=min(max(p.proposal.target, svc.min_replicas), svc.max_replicas),
+        advice=advice,
+    )
+
+
+def conclude(svc: ServiceConfig, p: Plan, advice: Advice | None = None) -> Decision:
+    """The decision for ``p``: the advice's proposal when it has one, else the policy's, clamped."""
+    if advice is None:
+        return finish(svc, p, p.proposal, deterministic_source(svc))
+    proposal = advice.proposal or p.proposal
+    return finish(svc, p, proposal, advice.source, envelope=advice.envelope, advice=advice.record)
+
+
+def step(
+    svc: ServiceConfig,
+    observations: Mapping[str, float],
+    current: int,
+    state: ServiceState,
+    now: float,
+    advise: Advise | None = None,
+) -> Decision:
+    """One whole decision: plan, ask the advisor (if any) about the plan, conclude."""
+    p = plan(svc, observations, current, state, now)
+    return conclude(svc, p, advise(p) if advise is not None else None)
+
+
+def decide(
+    svc: ServiceConfig, observations: Mapping[str, float], current: int, state: ServiceState, now: float
+) -> Decision:
+    """The deterministic decision (no advisor)."""
+    return step(svc, observations, current, state, now)
+
+
+def remember(
+    state: ServiceState,
+    decision: Decision,
+    now: float,
+    *,
+    acted: bool,
+    ok: bool = True,
+    observations: dict[str, float] | None = None,
+) -> None:
+    """Advance ``state`` after a tick. ``acted``: the executor was asked to scale; ``ok``: it worked."""
+    state.recommendations.append((now, decision.recommendation))
+    if observations is not None:
+        state.history.append((now, dict(observations)))
+    if not acted:
+        return
+    if ok:
+        state.failures = 0
+        state.backoff_until = None
+        if decision.decision == "scale_up":
+            state.last_up_at = now
+        elif decision.decision == "scale_down":
+            state.last_down_at = now
+    else:
+        state.failures += 1
+        state.backoff_until = now + backoff_delay(state.failures)

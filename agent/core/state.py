@@ -1,0 +1,40 @@
+"""What the decision functions remember about one service between ticks.
+
+Decisions themselves are pure (:func:`docktor.agent.core.decide.step` never mutates state); the
+loop and the simulator call :func:`docktor.agent.core.decide.remember` afterwards, so both run
+exactly the same transition.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+#: enough history for an hour at 5 s ticks; older points are dropped
+HISTORY_POINTS = 720
+
+
+@dataclass
+class ServiceState:
+    last_up_at: float | None = None
+    last_down_at: float | None = None
+    #: (time, desired replicas) the policy recommended each tick, for scale-down stabilization
+    recommendations: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+    #: (time, observations) per tick, for policies that smooth or predict, and for the LLM
+    history: deque[tuple[float, dict[str, float]]] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+    #: consecutive failed scale actions, and when a scale-up may be tried again
+    failures: int = 0
+    backoff_until: float | None = None
+
+    def last_action_at(self) -> float | None:
+        times = [t for t in (self.last_up_at, self.last_down_at) if t is not None]
+        return max(times) if times else None
+
+
+#: exponential back-off after failed scale actions: 30 s, 60 s, 120 s ... capped at 10 minutes
+BACKOFF_BASE_S = 30.0
+BACKOFF_MAX_S = 600.0
+
+
+def backoff_delay(failures: int) -> float:
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, failures - 1))

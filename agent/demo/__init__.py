@@ -1,0 +1,1 @@
+"""``docktor demo``: the whole pipeline on this machine with a real NATS JetStream and real workers."""

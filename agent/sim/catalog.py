@@ -1,0 +1,16 @@
+"""What the simulator offers, by name: policies, advisors and the shipped traces (no heavy imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: every policy ``docktor bench`` can run; ``oracle`` is a bound, not a controller
+POLICY_NAMES = (
+    "docktor", "docktor-forecast", "rules", "target", "hpa", "keda", "threshold-percent", "static", "oracle",
+)
+#: advisors ``--advisor`` can put on a production policy
+ADVISORS = ("none", "adversarial", "llm")
+#: policies an advisor can sit on: the ones that run the production decision
+ADVISABLE = ("docktor", "docktor-forecast", "rules", "target")
+#: the public load traces, shipped with Docktor (package data)
+DEFAULT_TRACES = Path(__file__).resolve().parent / "traces"

@@ -1,0 +1,416 @@
+"""Trace-driven queue simulator: replays arrivals against a scaling controller, message by message.
+
+Model (docs/policy.md has the long form):
+
+- Arrivals: a trace gives the messages arriving in each second; their times are spread uniformly
+  at random inside the second. Service times are gamma-distributed with the scenario's mean and
+  coefficient of variation (deterministic when cv is 0), drawn per message in arrival order.
+  Both come from one seeded generator, so every policy sees the same messages (common random
+  numbers) and results are reproducible.
+- Replicas serve one message at a time from a single FIFO queue: message i starts at
+  ``max(arrival_i, earliest free replica)`` (Kiefer-Wolfowitz recursion on a heap of free times),
+  so waits are exact per message, not a fluid approximation.
+- A new replica takes work ``startup_s`` after it is started; it costs from the moment it is
+  started. Scale-in removes replicas still starting first (newest first, like Compose), then
+  idle ones, then the busy ones closest to finishing; a removed busy replica finishes its current
+  message (and costs until then).
+- The controller sees the queue only at its check interval, through the metrics the NATS source
+  produces: ``queue.pending`` (not yet delivered), ``queue.ack_pending`` (in flight),
+  ``queue.backlog`` (their sum), ``queue.rate_in`` / ``queue.rate_out`` from the deltas of the
+  stream's last sequence and the ack floor between two consecutive reads (absent on the first),
+  and ``replicas.running`` / ``replicas.desired`` as an executor reports them.
+- Cost is counted over the trace's duration; the simulation goes on past its end (controller
+  still ticking) until every message has started, so each message has a wait.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from docktor.agent.errors import Problem, UsageError
+
+#: direction changes closer together than this count as reversals (ServiceConfig's cooldown_down default)
+REVERSAL_WINDOW_S = 60.0
+#: how long past the trace's end the simulation may run to let the queue drain
+DRAIN_LIMIT_S = 3600.0
+
+
+# --------------------------------------------------------------------------- traces
+
+
+@dataclass(frozen=True)
+class Trace:
+    name: str
+    rates: np.ndarray  # messages arriving in second t, t = 0 .. len-1
+
+    @property
+    def duration(self) -> float:
+        return float(len(self.rates))
+
+    @property
+    def messages(self) -> int:
+        return int(self.rates.sum())
+
+
+def parse_trace(text: str, name: str, where: str) -> Trace:
+    """``t,rate`` CSV; ``#`` lines are comments; seconds may be sparse (missing seconds are 0)."""
+    rows: list[tuple[int, int]] = []
+    header_seen = False
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if not header_seen and parts[:2] == ["t", "rate"]:
+            header_seen = True
+            continue
+        if len(parts) != 2:
+            raise UsageError([Problem(f"{where}:{lineno}", f"expected 't,rate', got {line!r}")])
+        try:
+            t, rate = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise UsageError([Problem(f"{where}:{lineno}", f"not numbers: {line!r}")]) from None
+        if not (math.isfinite(t) and math.isfinite(rate)) or t < 0 or rate < 0 or t != int(t):
+            raise UsageError([Problem(f"{where}:{lineno}", f"t must be a whole second >= 0 and rate >= 0, got {line!r}")])
+        if rows and int(t) <= rows[-1][0]:
+            raise UsageError([Problem(f"{where}:{lineno}", f"t must increase, got {int(t)} after {rows[-1][0]}")])
+        rows.append((int(t), int(round(rate))))
+    if not rows:
+        raise UsageError([Problem(where, "no data rows (expected a 't,rate' header and one line per second)")])
+    rates = np.zeros(rows[-1][0] + 1, dtype=np.int64)
+    for t, r in rows:
+        rates[t] = r
+    return Trace(name, rates)
+
+
+def load_trace(path: Path) -> Trace:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError([Problem(str(path), "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError([Problem(str(path), f"cannot read: {e}")]) from None
+    return parse_trace(text, path.stem, str(path))
+
+
+def load_traces(directory: Path, names: list[str] | None = None) -> list[Trace]:
+    if not directory.is_dir():
+        raise UsageError([Problem("--traces", f"{directory}: not a directory")])
+    files = sorted(directory.glob("*.csv"))
+    if names:
+        by_stem = {f.stem: f for f in files}
+        unknown = [n for n in names if n not in by_stem]
+        if unknown:
+            raise UsageError([Problem("--trace", f"no trace {unknown[0]!r} in {directory} (have: {', '.join(sorted(by_stem))})")])
+        files = [by_stem[n] for n in names]
+    if not files:
+        raise UsageError([Problem("--traces", f"{directory}: no *.csv traces")])
+    return [load_trace(f) for f in files]
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+@dataclass(frozen=True)
+class Scenario:
+    service_s: float = 0.020
+    cv: float = 0.5
+    startup_s: float = 10.0
+    slo_s: float = 30.0
+    interval_s: float = 5.0
+    min_replicas: int = 1
+    max_replicas: int = 50
+    seed: int = 1
+
+    def check(self) -> None:
+        problems = []
+        if not self.service_s > 0:
+            problems.append(Problem("--service-ms", "must be > 0"))
+        if self.cv < 0:
+            problems.append(Problem("--cv", "must be >= 0"))
+        if self.startup_s < 0:
+            problems.append(Problem("--startup-s", "must be >= 0"))
+        if not self.slo_s > 0:
+            problems.append(Problem("--slo-s", "must be > 0"))
+        if not self.interval_s > 0:
+            problems.append(Problem("--interval-s", "must be > 0"))
+        if self.min_replicas < 0:
+            problems.append(Problem("--min", "must be >= 0"))
+        if self.max_replicas < max(1, self.min_replicas):
+            problems.append(Problem("--max", f"must be >= 1 and >= --min ({self.min_replicas})"))
+        if problems:
+            raise UsageError(problems)
+
+
+@dataclass(frozen=True)
+class Workload:
+    arrivals: np.ndarray  # sorted arrival times, seconds
+    service: np.ndarray  # service time of message i (FIFO order)
+
+
+def workload(trace: Trace, scenario: Scenario) -> Workload:
+    rng = np.random.default_rng(scenario.seed)
+    counts = trace.rates
+    n = int(counts.sum())
+    seconds = np.repeat(np.arange(len(counts), dtype=float), counts)
+    arrivals = np.sort(seconds + rng.random(n))
+    if scenario.cv == 0:
+        service = np.full(n, scenario.service_s)
+    else:
+        shape = 1.0 / scenario.cv**2
+        service = rng.gamma(shape, scenario.service_s / shape, n)
+    return Workload(arrivals, service)
+
+
+# --------------------------------------------------------------------------- controllers
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What one read of the queue returns, before rates: the JetStream counters."""
+
+    now: float
+    last_seq: int  # messages published so far
+    ack_floor: int  # messages acknowledged so far
+    pending: int  # not yet delivered
+    ack_pending: int  # delivered, not yet acknowledged
+    running: int  # replicas running (including those still starting)
+    desired: int
+
+
+class Controller(Protocol):
+    name: str
+    interval: float
+
+    def initial(self, scenario: Scenario, trace: Trace) -> int: ...
+
+    def tick(self, obs: dict[str, float], current: int, now: float) -> int: ...
+
+
+class MetricReader:
+    """Turns counters into observations the way tools/nats_source.py does (rates from deltas)."""
+
+    def __init__(self) -> None:
+        self._prev: Counters | None = None
+
+    def read(self, c: Counters) -> dict[str, float]:
+        obs = {
+            "queue.pending": float(c.pending),
+            "queue.ack_pending": float(c.ack_pending),
+            "queue.backlog": float(c.pending + c.ack_pending),
+            "queue.lag": float(c.pending),
+            "replicas.running": float(c.running),
+            "replicas.desired": float(c.desired),
+            "replicas.failed": 0.0,
+        }
+        prev = self._prev
+        if prev is not None and c.now > prev.now:
+            elapsed = c.now - prev.now
+            obs["queue.rate_in"] = (c.last_seq - prev.last_seq) / elapsed
+            obs["queue.rate_out"] = (c.ack_floor - prev.ack_floor) / elapsed
+        self._prev = c
+        return obs
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    trace: str
+    policy: str
+    scenario: Scenario
+    waits: np.ndarray
+    replica_seconds: float
+    actions: int
+    reversals: int
+    #: per check: (time, desired replicas after the decision, alive replicas incl. draining)
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)
+    #: backlog (arrived - completed) at each whole second of the trace
+    backlog: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    decisions: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def messages(self) -> int:
+        return int(self.waits.size)
+
+    def summary(self, oracle_replica_seconds: float | None = None) -> dict[str, object]:
+        s = self.scenario
+        n = self.messages
+        work = n * s.service_s
+        att = float(np.mean(self.waits <= s.slo_s)) if n else 1.0
+        p50 = float(np.percentile(self.waits, 50)) if n else 0.0
+        p99 = float(np.percentile(self.waits, 99)) if n else 0.0
+        out: dict[str, object] = {
+            "trace": self.trace,
+            "policy": self.policy,
+            "messages": n,
+            "slo_attainment": round(att, 6),
+            "p50_wait_s": round(p50, 3),
+            "p99_wait_s": round(p99, 3),
+            "max_backlog": int(self.backlog.max()) if self.backlog.size else 0,
+            "replica_seconds": round(self.replica_seconds, 1),
+            "work_seconds": round(work, 1),
+            "oracle_replica_seconds": None if oracle_replica_seconds is None else round(oracle_replica_seconds, 1),
+            "cost_ratio": None
+            if not oracle_replica_seconds
+            else round(self.replica_seconds / oracle_replica_seconds, 3),
+            "actions": self.actions,
+            "reversals": self.reversals,
+        }
+        return out
+
+
+def simulate(
+    trace: Trace,
+    scenario: Scenario,
+    controller: Controller,
+    *,
+    load: Workload | None = None,
+    record_decisions: bool = False,
+) -> Run:
+    scenario.check()
+    w = load if load is not None else workload(trace, scenario)
+    arr = w.arrivals.tolist()
+    svc = w.service.tolist()
+    n = len(arr)
+    starts = [0.0] * n
+    end_of_trace = trace.duration
+    interval = controller.interval
+
+    reader = MetricReader()
+    initial = controller.initial(scenario, trace)
+    heap: list[float] = [0.0] * initial  # free times of replicas (starting ones: their ready time)
+    starting: list[float] = []  # sorted ready times of replicas not yet ready
+    draining: list[float] = []  # finish times of removed replicas still serving their message
+    desired = initial
+    cost = 0.0
+    actions = 0
+    reversals = 0
+    last_dir = 0
+    last_change_at = -math.inf
+    timeline: list[tuple[float, int, int]] = []
+    decisions: list[dict[str, object]] = []
+    i = 0
+    tick = 0
+    hpush, hreplace = heapq.heappush, heapq.heapreplace
+    while True:
+        now = tick * interval
+        if now >= end_of_trace and i >= n:
+            break
+        if now > end_of_trace + DRAIN_LIMIT_S:
+            break
+        # --- observe
+        arrived = bisect.bisect_right(arr, now)
+        while starting and starting[0] <= now:
+            starting.pop(0)
+        draining = [f for f in draining if f > now]
+        busy = sum(1 for f in heap if f > now) - len(starting) + len(draining)
+        counters = Counters(
+            now=now,
+            last_seq=arrived,
+            ack_floor=i - busy,
+            pending=arrived - i,
+            ack_pending=busy,
+            running=len(heap) + len(draining),  # a stopping container runs until its message is done
+            desired=desired,
+        )
+        # --- decide
+        target = controller.tick(reader.read(counters), desired, now)
+        target = max(0, target)
+        if record_decisions:
+            decisions.append({"t": now, "current": desired, "target": target})
+        if target != desired:
+            actions += 1
+            direction = 1 if target > desired else -1
+            if last_dir and direction != last_dir and now - last_change_at < REVERSAL_WINDOW_S:
+                reversals += 1
+            last_dir, last_change_at = direction, now
+            if target > desired:
+                ready = now + scenario.startup_s
+                for _ in range(target - desired):
+                    hpush(heap, ready)
+                    if ready > now:
+                        bisect.insort(starting, ready)
+            else:
+                finishing = _remove(heap, starting, draining, desired - target, now)
+                cost += sum(min(f, end_of_trace) - now for f in finishing if now < end_of_trace)
+            desired = target
+        # --- cost until the next check (only inside the trace), plus removed replicas' last messages
+        nxt = now + interval
+        if now < end_of_trace:
+            span = min(nxt, end_of_trace) - now
+            cost += len(heap) * span
+        timeline.append((now, desired, len(heap) + len(draining)))
+        # --- serve every message that starts before the next check
+        if heap:
+            while i < n:
+                a = arr[i]
+                f = heap[0]
+                s = a if a > f else f
+                if s >= nxt:
+                    break
+                hreplace(heap, s + svc[i])
+                starts[i] = s
+                i += 1
+        tick += 1
+
+    start_arr = np.array(starts)
+    if i < n:
+        # never started within the drain limit: their wait is at least until the end
+        start_arr[i:] = max(now, end_of_trace)
+    waits = start_arr - w.arrivals
+    backlog = _backlog_per_second(w, start_arr, end_of_trace)
+    return Run(
+        trace=trace.name,
+        policy=controller.name,
+        scenario=scenario,
+        waits=waits,
+        replica_seconds=cost,
+        actions=actions,
+        reversals=reversals,
+        timeline=timeline,
+        backlog=backlog,
+        decisions=decisions,
+    )
+
+
+def _remove(heap: list[float], starting: list[float], draining: list[float], k: int, now: float) -> list[float]:
+    """Scale in by ``k``: starting replicas first (newest first), then idle, then soonest-finishing busy.
+
+    Returns the finish times of busy replicas that were removed and still serve their message.
+    """
+    finishing: list[float] = []
+    for _ in range(min(k, len(starting))):
+        ready = starting.pop()  # the newest
+        heap.remove(ready)
+        k -= 1
+    heap.sort()  # a sorted list is a valid heap
+    idle = sum(1 for f in heap if f <= now)
+    drop_idle = min(k, idle)
+    del heap[:drop_idle]
+    k -= drop_idle
+    busy = [f for f in heap if f not in starting]
+    busy.sort()
+    for f in busy[:k]:
+        heap.remove(f)
+        draining.append(f)
+        finishing.append(f)
+    heapq.heapify(heap)
+    return finishing
+
+
+def _backlog_per_second(w: Workload, starts: np.ndarray, end: float) -> np.ndarray:
+    """Messages arrived but not completed, at each whole second of the trace."""
+    grid = np.arange(0.0, end + 1.0)
+    arrived = np.searchsorted(w.arrivals, grid, side="right")
+    done = np.sort(starts + w.service)
+    completed = np.searchsorted(done, grid, side="right")
+    return arrived - completed

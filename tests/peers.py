@@ -1,0 +1,206 @@
+"""The real peers tests run against, in one place: nats-server, llama.cpp, a Docker engine.
+
+Each is started by the test that needs it, on loopback, and always stopped. A peer that needs
+``../shared`` (the llama.cpp model, Docker's offline images) or an engine skips with a reason when
+absent, unless the matching ``DOCKTOR_REQUIRE_*=1`` is set (``.ci/run`` sets them): then it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docktor.agent.demo.nats_server import NatsServer, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+__all__ = ["REPO", "SHARED", "NatsServer", "free_port", "launch_nats", "need", "start_nats"]
+
+
+def need(condition: bool, reason: str, require_env: str) -> None:
+    """Skip with ``reason`` unless ``require_env`` is set, in which case fail."""
+    if condition:
+        return
+    if os.environ.get(require_env) == "1":
+        pytest.fail(f"{reason} (required because {require_env}=1)")
+    pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------- nats-server
+
+
+def start_nats(store_dir: Path | None, *args: str, port: int | None = None, monitor_port: int | None = None) -> NatsServer:
+    """A healthy nats-server (JetStream in ``store_dir`` unless None); fixed ports restart one in place."""
+    try:
+        return NatsServer.start(store_dir, *args, port=port, monitor_port=monitor_port)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+
+
+def launch_nats(port: int, mport: int, store_dir: Path | None, *args: str) -> subprocess.Popen[bytes]:
+    """The process of :func:`start_nats` on fixed ports (tests that restart a server keep its ports)."""
+    return start_nats(store_dir, *args, port=port, monitor_port=mport).proc
+
+
+# --------------------------------------------------------------------------- llama.cpp
+
+LLM_MODEL = SHARED / "llm-peer" / "tiny-hermes.gguf"
+#: Docker Model Runner's path layout
+DMR_PREFIX = "/engines/llama.cpp"
+
+
+def llm_available() -> tuple[bool, str]:
+    try:
+        import xllamacpp  # noqa: F401
+    except ImportError:
+        return False, "xllamacpp not installed (pip install -e .[test])"
+    if not LLM_MODEL.is_file():
+        return False, f"model file missing: {LLM_MODEL} (the llama.cpp peer needs ../shared)"
+    return True, ""
+
+
+def start_llama(prefix: str = DMR_PREFIX, api_key: str | None = None, n_ctx: int = 2048) -> tuple[Any, str]:
+    """llama.cpp's own OpenAI-compatible server, in-process, on a free loopback port: (server, base_url).
+
+    ``prefix`` ``/engines/llama.cpp`` gives Docker Model Runner's paths; ``""`` the plain ``/v1``.
+    With ``api_key`` the server answers 401 to requests without ``Authorization: Bearer <key>``.
+    Skips (or fails, with ``DOCKTOR_REQUIRE_LLM=1``) when the peer is not available.
+    """
+    ok, why = llm_available()
+    need(ok, why, "DOCKTOR_REQUIRE_LLM")
+    return serve_llama(LLM_MODEL, prefix, api_key, n_ctx)
+
+
+def serve_llama(model: Path, prefix: str = DMR_PREFIX, api_key: str | None = None, n_ctx: int = 2048) -> tuple[Any, str]:
+    """The server itself, without the skip logic (the benchmarks call this)."""
+    import xllamacpp as xlc
+
+    p = xlc.CommonParams()
+    p.model.path = str(model)
+    p.hostnames = ["127.0.0.1"]
+    p.port = 0
+    p.n_ctx = n_ctx
+    p.n_parallel = 1
+    p.model_alias = {"ai/llama3.2"}
+    p.ui = False
+    p.warmup = False
+    if prefix:
+        p.api_prefix = prefix
+    if api_key:
+        p.api_keys = [api_key]
+    server = xlc.Server(p)
+    return server, server.listening_address + prefix + "/v1"
+
+
+# --------------------------------------------------------------------------- Docker
+
+DOCKER_SKIP_REASON = "no Docker engine reachable (set DOCKER_HOST; CI starts one with ../shared/env/docker-up.sh)"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
+
+
+@lru_cache(maxsize=1)
+def docker_ok() -> bool:
+    """An engine answers a ping and a Compose CLI exists."""
+    import docker
+
+    from docktor.tools.executors.compose import find_compose_cli
+    from docktor.tools.sdk import ExecutorError
+
+    try:
+        docker.from_env(timeout=5).ping()
+        find_compose_cli()
+    except (docker.errors.DockerException, ExecutorError, OSError):
+        return False
+    return True
+
+
+def need_docker() -> None:
+    need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
+
+
+def unique_project(prefix: str = "docktor-test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def compose(project: str, file: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """Run the Compose CLI; raise with its output when it fails."""
+    from docktor.tools.executors.compose import find_compose_cli
+
+    cmd = [*find_compose_cli(), "-p", project, "-f", str(file), *args]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout + done.stderr
+
+
+def down(project: str, file: Path, env: dict[str, str] | None = None) -> None:
+    """Remove everything of the project; never raises (it runs in finalizers)."""
+    import docker
+
+    from docktor.tools.executors.compose import find_compose_cli
+    from docktor.tools.sdk import ExecutorError
+
+    try:
+        subprocess.run(
+            [*find_compose_cli(), "-p", project, "-f", str(file), "down", "-v", "--remove-orphans", "-t", "2"],
+            capture_output=True, timeout=120, env={**os.environ, **(env or {})}, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired, ExecutorError):
+        pass
+    # anything Compose missed (e.g. containers created by hand with the labels)
+    try:
+        client = docker.from_env(timeout=30)
+        for c in client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
+            c.remove(force=True)
+    except docker.errors.DockerException:
+        pass
+
+
+def containers(project: str, service: str, *, all: bool = True) -> list[Any]:
+    """The service's containers, read from the engine independently of the executor under test."""
+    import docker
+
+    client = docker.from_env(timeout=30)
+    found = client.containers.list(
+        all=all, filters={"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]}
+    )
+    return sorted(found, key=lambda c: int(c.labels.get(NUMBER_LABEL, "0")))
+
+
+def numbers(project: str, service: str) -> list[int]:
+    """Container numbers of the service's running containers."""
+    return [int(c.labels[NUMBER_LABEL]) for c in containers(project, service, all=False)]
+
+
+async def wait_for_consumer(url: str, stream: str = "EVENTS", consumer: str = "WEB_WORKERS", timeout: float = 90) -> None:
+    """Until ``consumer`` exists on ``stream`` (an example's worker container creates it once the
+    producer made the stream)."""
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=-1)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await js.consumer_info(stream, consumer)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"consumer {consumer} never appeared on stream {stream}") from None
+                await asyncio.sleep(0.5)
+    finally:
+        await nc.close()

@@ -1,0 +1,559 @@
+"""Scale one Docker Compose service, and verify with the engine itself that it worked.
+
+Changing the count goes through the Compose CLI (so Compose keeps owning names, networks, the
+config hash and container numbers); everything Docktor *reads* comes from the engine via the
+docker SDK and Compose's labels, never from CLI text. ``DOCKER_HOST`` selects the engine for both.
+
+Scale-in stops the highest-numbered replicas first, with the service's grace period, before
+Compose removes them: workers should stop fetching and ack (or nak) what they hold on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import docker
+import requests
+import yaml
+from docker.errors import APIError, DockerException, NotFound
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from docktor.tools.executors.docker_stats import Sample, aggregate, sample
+from docktor.tools.sdk import (
+    Context,
+    Executor,
+    ExecutorError,
+    PluginSettings,
+    PositiveSeconds,
+    ReplicaStatus,
+    ScaleOutcome,
+    Seconds,
+    standard,
+)
+
+T = TypeVar("T")
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
+
+#: HTTP timeout of one engine request; a listing retries on top of it
+ENGINE_TIMEOUT_S = 10.0
+#: overall bound for a listing (retries included) and for one container's stats
+LIST_TIMEOUT_S = 30.0
+STATS_TIMEOUT_S = 8.0
+#: how long status() waits for a metrics refresh before answering with the previous figures
+METRICS_WAIT_S = 0.3
+#: older figures are dropped rather than reported (they describe other replicas by then)
+METRICS_MAX_AGE_S = 30.0
+#: extra time the ``compose up`` command gets beyond scale_timeout (network/volume setup, builds)
+COMPOSE_SLACK_S = 30.0
+CLI_PROBE_TIMEOUT_S = 15.0
+POLL_S = 0.5
+#: restarts during one verification that make a replica "restart-looping" (one may be a hiccup)
+RESTART_LOOP_COUNT = 2
+#: how long all replicas must stay up before a scale counts as done
+STABLE_S = 2.0
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, NotFound):
+        return False
+    if isinstance(exc, APIError):
+        return exc.status_code is None or exc.status_code >= 500
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, DockerException))
+
+
+_engine_retry = retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential(multiplier=0.2, max=2.0),
+    reraise=True,
+)
+
+
+# --------------------------------------------------------------------------- project name
+
+
+def normalize_project_name(name: str) -> str:
+    """Compose's rule: lower-case, keep ``[a-z0-9_-]``, start with a letter or digit."""
+    return re.sub(r"[^a-z0-9_-]", "", name.lower()).lstrip("_-")
+
+
+def _dotenv(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return out
+
+
+def default_project(compose_file: Path, env: dict[str, str] | None = None) -> str:
+    """The project name Compose itself would use for ``-f compose_file`` with no ``-p``.
+
+    Precedence as in Compose: ``COMPOSE_PROJECT_NAME`` (environment, then the project's ``.env``),
+    the file's top-level ``name:``, then the compose file's directory name.
+    """
+    env = dict(os.environ) if env is None else env
+    from_env = env.get("COMPOSE_PROJECT_NAME") or _dotenv(compose_file.parent / ".env").get("COMPOSE_PROJECT_NAME")
+    if from_env:
+        return normalize_project_name(from_env)
+    try:
+        doc = yaml.safe_load(compose_file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        doc = None
+    name = doc.get("name") if isinstance(doc, dict) else None
+    if isinstance(name, str) and name and "$" not in name:
+        return normalize_project_name(name)
+    return normalize_project_name(compose_file.resolve().parent.name)
+
+
+# --------------------------------------------------------------------------- compose CLI
+
+
+def find_compose_cli(timeout: float = CLI_PROBE_TIMEOUT_S) -> list[str]:
+    """``["docker", "compose"]`` when the v2 plugin works, else ``["docker-compose"]``.
+
+    Raises :class:`ExecutorError` naming both when neither is usable.
+    """
+    tried: list[str] = []
+    candidates: list[list[str]] = []
+    if docker_bin := shutil.which("docker"):
+        candidates.append([docker_bin, "compose"])
+    else:
+        tried.append("`docker compose` (no docker CLI on PATH)")
+    if standalone := shutil.which("docker-compose"):
+        candidates.append([standalone])
+    else:
+        tried.append("`docker-compose` (not on PATH)")
+    for cmd in candidates:
+        label = "docker compose" if len(cmd) == 2 else "docker-compose"
+        try:
+            done = subprocess.run([*cmd, "version"], capture_output=True, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            tried.append(f"`{label}` ({e})")
+            continue
+        if done.returncode == 0:
+            return cmd
+        tried.append(f"`{label}` (exit {done.returncode}: {_tail(done.stdout + done.stderr, 1) or 'no output'})")
+    raise ExecutorError(
+        "no Docker Compose CLI found: tried the `docker compose` v2 plugin and the standalone "
+        f"`docker-compose`: {'; '.join(tried)}. Install Docker Compose v2."
+    )
+
+
+_PULL_FAILURE = re.compile(
+    r"pull access denied|manifest unknown|manifest for .* not found|no such host|repository does not exist|"
+    r"failed to solve|failed to resolve|no such image|toomanyrequests",
+    re.I,
+)
+
+
+def _tail(output: bytes | str, lines: int = 3) -> str:
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    rows = [r.strip() for r in text.splitlines() if r.strip()]
+    errors = [r for r in rows if re.search(r"error|denied|not found|failed|invalid|no such", r, re.I)]
+    chosen = list(dict.fromkeys(errors or rows))[-lines:]
+    return " | ".join(chosen)[:600]
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One container of the service, as the engine reports it."""
+
+    id: str
+    name: str
+    number: int
+    state: str  # created, running, restarting, exited, dead, paused, removing
+    exit_code: int
+    health: str | None  # None when the service has no healthcheck
+    health_output: str
+    restart_count: int
+    oom_killed: bool
+    stop_timeout: int | None
+    memory_limit: int
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "running" and self.health in (None, "healthy")
+
+    def problem(self, restarts_since: int | None = None) -> str | None:
+        """Why this replica is failing, or ``None`` while it is fine or still starting.
+
+        ``restarts_since``: the restart count when a scale began; restarts beyond it by
+        :data:`RESTART_LOOP_COUNT` mean a loop even if the replica is up at this instant.
+        """
+        if self.state in ("exited", "dead"):
+            oom = ", OOM-killed" if self.oom_killed else ""
+            return f"replica {self.number} exited with code {self.exit_code}{oom}"
+        looping = restarts_since is not None and self.restart_count - restarts_since >= RESTART_LOOP_COUNT
+        if self.state == "restarting" or looping:
+            return (
+                f"replica {self.number} is restart-looping ({self.restart_count} restarts, "
+                f"last exit code {self.exit_code})"
+            )
+        if self.health == "unhealthy":
+            said = f": {self.health_output}" if self.health_output else ""
+            return f"replica {self.number} is unhealthy{said}"
+        return None
+
+    @classmethod
+    def from_attrs(cls, a: dict[str, Any]) -> Replica:
+        state = a.get("State") or {}
+        config = a.get("Config") or {}
+        labels = config.get("Labels") or {}
+        health = state.get("Health") or None
+        log = (health or {}).get("Log") or []
+        try:
+            number = int(labels.get(NUMBER_LABEL, "0"))
+        except ValueError:
+            number = 0
+        return cls(
+            id=a["Id"],
+            name=a.get("Name", "").lstrip("/"),
+            number=number,
+            state=state.get("Status", "unknown"),
+            exit_code=int(state.get("ExitCode") or 0),
+            health=health.get("Status") if health else None,
+            health_output=(log[-1].get("Output") or "").strip()[:200] if log else "",
+            restart_count=int(a.get("RestartCount") or 0),
+            oom_killed=bool(state.get("OOMKilled")),
+            stop_timeout=config.get("StopTimeout"),
+            memory_limit=int((a.get("HostConfig") or {}).get("Memory") or 0),
+        )
+
+
+# --------------------------------------------------------------------------- executor
+
+
+class ComposeSettings(PluginSettings):
+    """``executor: compose``: one service of a Docker Compose project."""
+
+    kind: Literal["compose"]
+    #: the compose file, relative to the config file's folder
+    compose_file: Path
+    #: the Compose project; default: the name Compose itself derives (``COMPOSE_PROJECT_NAME``, ``name:``, the folder)
+    project: str | None = None
+    #: the Compose service to scale; default: the Docktor service's name
+    compose_service: str | None = None
+    #: how long to wait for scaled replicas to run (and be healthy) before calling it an error
+    scale_timeout: PositiveSeconds = 60.0
+    #: SIGTERM-to-SIGKILL grace at scale-in; default: each container's own (the compose file's stop_grace_period)
+    stop_grace_period: Seconds | None = None
+
+
+class ComposeExecutor(Executor[ComposeSettings]):
+    """Scales one Compose service through the Compose CLI and verifies it through the engine."""
+
+    kind = "compose"
+    Settings = ComposeSettings
+    provides = standard("cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb", "mem.avg_pct")
+
+    def __init__(
+        self,
+        settings: ComposeSettings,
+        context: Context,
+        *,
+        collect_metrics: bool = True,
+        cli: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(settings, context)
+        self.compose_file = context.path(settings.compose_file).resolve()
+        self.project = settings.project or default_project(self.compose_file)
+        self.service = settings.compose_service or context.service
+        self.scale_timeout = settings.scale_timeout
+        #: None: each container's own StopTimeout (the compose file's stop_grace_period)
+        self.stop_grace_period = settings.stop_grace_period
+        self.collect_metrics = collect_metrics
+        self._cli = list(cli) if cli else None
+        self._client: docker.DockerClient | None = None
+        self._lock = asyncio.Lock()
+        #: each running container's previous cpu_stats, the earlier sample for CPU percent
+        self._cpu_seen: dict[str, dict[str, Any]] = {}
+        self._refresh: asyncio.Task[dict[str, float]] | None = None
+        # stats requests can block ~1 s each in the engine: a pool of their own keeps them from
+        # queueing up the listing calls status() needs at once
+        self._stats_pool = ThreadPoolExecutor(max_workers=10, thread_name_prefix="docktor-stats")
+        self._last_metrics: tuple[float, dict[str, float]] | None = None
+
+    @classmethod
+    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
+        """The compose file exists, parses and has the service; a Compose CLI is installed."""
+        assert isinstance(settings, ComposeSettings)
+        found: list[str] = []
+        path = context.path(settings.compose_file)
+        service = settings.compose_service or context.service
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            found.append(f"compose_file {str(path)!r} does not exist")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            found.append(f"compose_file {str(path)!r} cannot be read as YAML: {str(e).splitlines()[0]}")
+        else:
+            services = doc.get("services") if isinstance(doc, dict) else None
+            if isinstance(services, dict) and service not in services:
+                known = ", ".join(sorted(map(str, services))) or "none"
+                found.append(f"compose_file {str(path)!r} has no service {service!r} (it has: {known})")
+        try:
+            find_compose_cli()
+        except ExecutorError as e:
+            found.append(str(e))
+        return found
+
+    def __repr__(self) -> str:
+        return f"ComposeExecutor(project={self.project!r}, service={self.service!r}, file={str(self.compose_file)!r})"
+
+    # ----------------------------------------------------------------- engine access
+
+    def _engine(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = docker.from_env(timeout=int(ENGINE_TIMEOUT_S))
+        return self._client
+
+    async def _call(self, fn: Callable[..., T], *args: Any, timeout: float = LIST_TIMEOUT_S) -> T:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(_engine_retry(fn), *args), timeout)
+        except TimeoutError:
+            raise ExecutorError(f"Docker engine did not answer within {timeout:g}s") from None
+        except (DockerException, requests.RequestException) as e:
+            raise ExecutorError(f"Docker engine: {_short(e)}") from None
+
+    def _list_sync(self) -> list[Replica]:
+        api = self._engine().api
+        rows = api.containers(
+            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={self.service}"]}
+        )
+        out: list[Replica] = []
+        for row in rows:
+            if (row.get("Labels") or {}).get(ONEOFF_LABEL, "False") == "True":
+                continue  # `docker compose run` containers are not replicas
+            try:
+                out.append(Replica.from_attrs(api.inspect_container(row["Id"])))
+            except NotFound:
+                continue  # removed between the listing and the inspection
+        return sorted(out, key=lambda r: r.number)
+
+    async def replicas(self) -> list[Replica]:
+        """The service's containers (one-off ``run`` containers excluded), by container number."""
+        return await self._call(self._list_sync)
+
+    async def _stats(self, replica: Replica) -> Sample | None:
+        api = self._engine().api
+        # one_shot: the engine may answer without taking a second sample (it does not always);
+        # the earlier sample for CPU is then our previous reading of the same container
+        call = _engine_retry(lambda: api.stats(replica.id, stream=False, one_shot=True))
+        loop = asyncio.get_running_loop()
+        try:
+            raw = await asyncio.wait_for(loop.run_in_executor(self._stats_pool, call), STATS_TIMEOUT_S)
+        except (TimeoutError, DockerException, requests.RequestException):
+            return None
+        previous = self._cpu_seen.get(replica.id)
+        if raw.get("cpu_stats", {}).get("system_cpu_usage") is not None:
+            self._cpu_seen[replica.id] = raw["cpu_stats"]
+        return sample(raw, replica.memory_limit, previous)
+
+    async def _recent_metrics(self, running: Sequence[Replica]) -> dict[str, float]:
+        """The latest figures, refreshed in the background.
+
+        The engine may take a second or more per stats request even when asked for a one-shot
+        reading, which would make status() (and so every tick) that slow; the refresh runs on
+        its own and status() waits for it only briefly, answering with the previous figures
+        (at most :data:`METRICS_MAX_AGE_S` old) when it is not done yet.
+        """
+        if not running:
+            return {}
+        if self._refresh is None or self._refresh.done():
+            started = time.monotonic()
+            self._refresh = asyncio.create_task(self.metrics(running))
+            self._refresh.add_done_callback(lambda t: self._keep_metrics(t, started))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._refresh), METRICS_WAIT_S)
+        except TimeoutError:
+            pass
+        if self._last_metrics is None or time.monotonic() - self._last_metrics[0] > METRICS_MAX_AGE_S:
+            return {}
+        return dict(self._last_metrics[1])
+
+    def _keep_metrics(self, task: asyncio.Task[dict[str, float]], started: float) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._last_metrics = (started, task.result())
+
+    async def metrics(self, running: Sequence[Replica]) -> dict[str, float]:
+        """CPU and memory over ``running``, read concurrently; absent when any reading fails."""
+        live = {r.id for r in running}
+        for gone in self._cpu_seen.keys() - live:
+            del self._cpu_seen[gone]
+        if not running:
+            return {}
+        samples = await asyncio.gather(*(self._stats(r) for r in running))
+        if any(s is None for s in samples):
+            return {}
+        return aggregate(s for s in samples if s is not None)
+
+    # ----------------------------------------------------------------- status
+
+    async def status(self) -> ReplicaStatus:
+        replicas = await self.replicas()
+        ready = [r for r in replicas if r.ready]
+        problems = [p for r in replicas if (p := r.problem()) is not None]
+        # a user's `docker compose stop` leaves exit code 0: stopped, not failed
+        failed = [r for r in replicas if r.problem() is not None and not (r.state == "exited" and r.exit_code == 0)]
+        running = [r for r in replicas if r.state == "running"]
+        metrics = await self._recent_metrics(running) if self.collect_metrics else {}
+        # Compose's replica count is the number of containers it keeps for the service (exited
+        # ones included), so this also sees changes made by hand with `docker compose up --scale`
+        desired = len(replicas)
+        detail = "; ".join(problems)
+        pending = [r for r in replicas if not r.ready and r.problem() is None]
+        if pending:
+            detail = "; ".join(filter(None, [detail, f"{len(pending)} starting"]))
+        return ReplicaStatus(
+            desired=desired, running=len(ready), failed=len(failed), healthy=True, detail=detail, metrics=metrics
+        )
+
+    # ----------------------------------------------------------------- scale
+
+    async def scale(self, replicas: int) -> ScaleOutcome:
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        async with self._lock:
+            started = time.monotonic()
+            try:
+                message, ok, running = await self._scale(replicas, started)
+            except ExecutorError as e:
+                message, ok, running = str(e), False, None
+            return ScaleOutcome(ok=ok, message=message, duration_ms=(time.monotonic() - started) * 1000, running=running)
+
+    async def _scale(self, n: int, started: float) -> tuple[str, bool, int | None]:
+        if self._cli is None:
+            self._cli = await asyncio.to_thread(find_compose_cli)
+        before = await self.replicas()
+        baseline = {r.id: r.restart_count for r in before}
+
+        victims = sorted(before, key=lambda r: r.number, reverse=True)[: max(0, len(before) - n)]
+        if victims:
+            # Compose also removes the highest numbers first, but stopping them ourselves makes the
+            # choice and the grace period explicit whatever the Compose version does
+            await self._stop(victims)
+
+        code, output = await self._compose(
+            ["up", "-d", "--no-deps", "--no-recreate", "--scale", f"{self.service}={n}", self.service],
+            timeout=self.scale_timeout + COMPOSE_SLACK_S,
+        )
+        if code != 0:
+            now = await self._count_ready()
+            hint = " (the image cannot be pulled or built)" if _PULL_FAILURE.search(output) else ""
+            return f"docker compose up failed (exit {code}){hint}: {_tail(output, 2) or 'no output'}", False, now
+
+        # verify with the engine: at least a short window even if Compose itself was slow
+        deadline = max(started + self.scale_timeout, time.monotonic() + 2.0)
+        ready_since: float | None = None
+        while True:
+            reps = await self.replicas()
+            ready = [r for r in reps if r.ready]
+            problems = [p for r in reps if (p := r.problem(restarts_since=baseline.get(r.id, 0))) is not None]
+            if problems:
+                return f"scaling to {n} failed: {'; '.join(problems)}", False, len(ready)
+            if len(ready) == n and len(reps) == n:
+                ready_since = ready_since or time.monotonic()
+                # a worker that crashes on start is "running" for a moment: require it to stay up
+                if time.monotonic() - ready_since >= STABLE_S:
+                    removed = f"; stopped replicas {', '.join(str(v.number) for v in victims)}" if victims else ""
+                    took = (ready_since - started) * 1000
+                    return f"{n} running after {took:.0f} ms{removed}", True, n
+            else:
+                ready_since = None
+            if time.monotonic() >= deadline and ready_since is None:
+                waiting = [r for r in reps if not r.ready]
+                why = ", ".join(f"replica {r.number} {r.state}{f' ({r.health})' if r.health else ''}" for r in waiting)
+                extra = f"; {len(reps)} containers exist" if len(reps) != n else ""
+                return (
+                    f"scaling to {n} not done after {self.scale_timeout:g}s: {len(ready)}/{n} running"
+                    f"{' and healthy' if any(r.health for r in reps) else ''}{f' ({why})' if why else ''}{extra}",
+                    False,
+                    len(ready),
+                )
+            await asyncio.sleep(POLL_S)
+
+    async def _count_ready(self) -> int | None:
+        try:
+            return sum(1 for r in await self.replicas() if r.ready)
+        except ExecutorError:
+            return None
+
+    async def _stop(self, victims: Sequence[Replica]) -> None:
+        api = self._engine().api
+
+        def stop_one(r: Replica, grace: int) -> None:
+            try:
+                api.stop(r.id, timeout=grace)
+            except NotFound:
+                pass  # already gone: nothing left to drain
+
+        async def stop(r: Replica) -> None:
+            grace = self.stop_grace_period if self.stop_grace_period is not None else (r.stop_timeout or 10)
+            # the SDK extends its HTTP timeout by the grace period itself; our bound adds the same
+            await self._call(stop_one, r, int(round(grace)), timeout=grace + LIST_TIMEOUT_S)
+
+        results = await asyncio.gather(*(stop(v) for v in victims), return_exceptions=True)
+        errors = [str(e) for e in results if isinstance(e, BaseException)]
+        if errors:
+            raise ExecutorError(f"stopping replicas failed: {'; '.join(errors)}")
+
+    async def _compose(self, args: list[str], timeout: float) -> tuple[int, str]:
+        assert self._cli is not None
+        cmd = [*self._cli, "-p", self.project, "-f", str(self.compose_file), *args]
+        env = {**os.environ, "COMPOSE_ANSI": "never"}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=str(self.compose_file.parent),
+                env=env,
+            )
+        except OSError as e:
+            raise ExecutorError(f"cannot run {cmd[0]}: {e}") from None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            raise ExecutorError(f"docker compose up did not finish within {timeout:g}s") from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        return proc.returncode or 0, out.decode(errors="replace")
+
+    async def close(self) -> None:
+        if self._refresh is not None and not self._refresh.done():
+            self._refresh.cancel()
+        self._stats_pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            client, self._client = self._client, None
+            await asyncio.to_thread(client.close)
+
+
+def _short(e: BaseException) -> str:
+    text = getattr(e, "explanation", None) or str(e)
+    return str(text).splitlines()[0][:300] if text else type(e).__name__

@@ -1,0 +1,73 @@
+"""Plugin discovery: the entry-point groups ``docktor.sources`` and ``docktor.executors``.
+
+Docktor's own plugins are registered in its ``pyproject.toml`` exactly as a separate package
+registers its own::
+
+    [project.entry-points."docktor.sources"]
+    kafka = "my_package.kafka:KafkaSource"
+
+Only the names are read to list what exists; a plugin's module is imported when a config uses it,
+so ``docktor validate`` does not pay for the Docker SDK when no service runs under Compose.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import EntryPoint, entry_points
+from typing import TypeVar
+
+from docktor.tools.sdk import Executor, Source
+
+SOURCES = "docktor.sources"
+EXECUTORS = "docktor.executors"
+
+P = TypeVar("P", type[Source], type[Executor])  # type: ignore[type-arg]
+
+
+class PluginError(LookupError):
+    """No plugin of that kind, or one that cannot be loaded; the message says which exist."""
+
+
+@functools.cache
+def _group(group: str) -> dict[str, EntryPoint]:
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=group):
+        # The same distribution may be seen twice (an editable install beside a built one):
+        # identical targets are one plugin; different targets under one name are ambiguous.
+        if ep.name in found and found[ep.name].value != ep.value:
+            raise PluginError(
+                f"two {group} plugins are named {ep.name!r}: {found[ep.name].value} and {ep.value}; uninstall one"
+            )
+        found[ep.name] = ep
+    return found
+
+
+def source_kinds() -> list[str]:
+    """Every installed source kind, e.g. ``["nats", "prometheus"]``."""
+    return sorted(_group(SOURCES))
+
+
+def executor_kinds() -> list[str]:
+    """Every installed executor kind, e.g. ``["compose", "local"]``."""
+    return sorted(_group(EXECUTORS))
+
+
+def _load(group: str, kind: str, base: P, what: str) -> P:
+    eps = _group(group)
+    if kind not in eps:
+        raise PluginError(f"unknown {what} {kind!r} (installed: {', '.join(sorted(eps)) or 'none'})")
+    try:
+        plugin = eps[kind].load()
+    except Exception as e:  # a broken third-party plugin must not take the CLI down with a traceback
+        raise PluginError(f"{what} plugin {kind!r} ({eps[kind].value}) cannot be loaded: {type(e).__name__}: {e}") from None
+    if not (isinstance(plugin, type) and issubclass(plugin, base)):
+        raise PluginError(f"{what} plugin {kind!r} ({eps[kind].value}) is not a {base.__name__} subclass")
+    return plugin  # type: ignore[return-value]
+
+
+def source_plugin(kind: str) -> type[Source]:  # type: ignore[type-arg]
+    return _load(SOURCES, kind, Source, "source kind")
+
+
+def executor_plugin(kind: str) -> type[Executor]:  # type: ignore[type-arg]
+    return _load(EXECUTORS, kind, Executor, "executor")
