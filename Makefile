@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint lock clean
+.PHONY: demo test lint bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +19,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The backbone's figures and the policies on the public load traces (docs/benchmarks.md).
-# Also: python -m agent.bench_llm (needs the llama.cpp peer), python -m agent.bench_compose (needs Docker).
+# mypy sees the installed names (docktor.agent, docktor.tools) through links in build/lint/.
+lint: $(STAMP)
+	mkdir -p build/lint/docktor
+	ln -sfn ../../../agent build/lint/docktor/agent
+	ln -sfn ../../../tools build/lint/docktor/tools
+	$(BIN)/ruff check .
+	$(BIN)/mypy -p docktor
+
+# The project's own figures (docs/benchmarks.md): start-up, decision throughput and daemon
+# footprint, and the policies on the shipped load traces. Also, with their peers:
+#   python -m benchmarks.llm (the llama.cpp peer), python -m benchmarks.compose (Docker).
 bench: $(STAMP)
-	$(BIN)/python -m agent.benchmark
+	$(BIN)/python -m benchmarks.startup
+	$(BIN)/python -m benchmarks.footprint
 	$(BIN)/docktor bench
 
 lock: $(STAMP)
-	$(BIN)/pip freeze --exclude-editable | sed '1i # Exact versions the Makefile installs. Regenerate with: make lock' > requirements.lock
+	$(BIN)/pip freeze --all --exclude-editable | sed '1i # Exact versions the Makefile installs (pip install -r requirements.lock, then docktor itself with --no-deps).\n# Regenerate with: make lock' > requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) build .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -258,7 +258,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print()
     print(f"{'system':16}{'replica-s':>12}{'mean replicas':>15}{'scale actions':>15}{'failed':>8}{'samples':>9}{'missed':>8}")
     for r in results:
-        print(f"{r['system']:16}{r['replica_seconds']:>12}{str(r['mean_replicas']):>15}{r['scale_actions']:>15}"
+        print(f"{r['system']:16}{r['replica_seconds']:>12}{r['mean_replicas']!s:>15}{r['scale_actions']:>15}"
               f"{r['errors']:>8}{r['samples']:>9}{r['samples_missed']:>8}")
 
 

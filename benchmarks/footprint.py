@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.demo.nats_server import NatsServer
 from docktor.agent.core.decide import decide, remember
 from docktor.agent.core.state import ServiceState
+from docktor.agent.demo.nats_server import NatsServer
 
 RULES_SERVICE = """
 services:

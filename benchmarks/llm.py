@@ -18,7 +18,6 @@ import statistics
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from docktor.agent.advisor.advisor import SYSTEM_PROMPT, Advisor, build_prompt

@@ -82,7 +82,7 @@ class ScriptedOpenAIServer:
         self._server: asyncio.base_events.Server | None = None
         self.base_url = ""
 
-    async def __aenter__(self) -> "ScriptedOpenAIServer":
+    async def __aenter__(self) -> ScriptedOpenAIServer:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}/v1"

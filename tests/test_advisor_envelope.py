@@ -7,15 +7,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docktor.agent.advisor.advisor import make_advisor
+from docktor.agent.advisor.client import resolve_endpoint
 from docktor.agent.advisor.gate import Memory, ask_reason, llm_envelope, moved
+from docktor.agent.advisor.protocol import InvalidAnswer, parse_answer
 from docktor.agent.config.model import LLMConfig, Rule, Rules
 from docktor.agent.core.decide import finish, plan
-from docktor.agent.errors import UsageError
 from docktor.agent.core.guardrails import Gate, envelope
-from docktor.agent.advisor.client import resolve_endpoint
-from docktor.agent.advisor.protocol import InvalidAnswer, parse_answer
 from docktor.agent.core.policy import Proposal
 from docktor.agent.core.state import ServiceState
+from docktor.agent.errors import UsageError
 from tests.advisor_helpers import make_plan, service
 
 SVC = service()

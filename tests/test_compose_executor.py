@@ -16,11 +16,9 @@ from pathlib import Path
 import pytest
 
 from docktor.agent.config.load import load_config
-from tests.peers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, numbers, unique_project
-from tests.peers import need
-from docktor.tools.sdk import ExecutorError
 from docktor.tools.executors.compose import ComposeExecutor, ComposeSettings, default_project, find_compose_cli
-from docktor.tools.sdk import Context
+from docktor.tools.sdk import Context, ExecutorError
+from tests.peers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, need, numbers, unique_project
 
 # On SIGTERM a worker writes a marker into a bind-mounted folder, then exits: proof that scale-in
 # delivered SIGTERM and waited for the worker rather than killing it.

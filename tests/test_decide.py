@@ -8,13 +8,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docktor.agent.config.model import ServiceConfig
-
 from docktor.agent.config.load import parse_config
-from docktor.agent.core.decide import decide
+from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core.decide import decide, remember
 from docktor.agent.core.guardrails import step_down, step_up
 from docktor.agent.core.state import ServiceState
-from docktor.agent.core.decide import remember
 
 BASE = """
 services:

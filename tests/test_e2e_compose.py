@@ -25,8 +25,18 @@ import nats
 import pytest
 import yaml
 
-from tests.peers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, unique_project
-from tests.peers import REPO, free_port, need, wait_for_consumer
+from tests.peers import (
+    DOCKER_SKIP_REASON,
+    REPO,
+    compose,
+    containers,
+    docker_ok,
+    down,
+    free_port,
+    need,
+    unique_project,
+    wait_for_consumer,
+)
 
 EXAMPLE = REPO / "examples" / "nats-multi"
 DOCKTOR = Path(sys.executable).with_name("docktor")

@@ -24,11 +24,10 @@ import pytest
 
 from docktor.agent.config.load import parse_config
 from docktor.agent.core.decide import decide
-from docktor.agent.runtime.loop import Daemon
 from docktor.agent.core.state import ServiceState
-from tests.peers import NatsServer
+from docktor.agent.runtime.loop import Daemon
+from tests.peers import DMR_PREFIX, NatsServer, start_llama
 from tests.scripted_openai_server import HANG, ScriptedOpenAIServer
-from tests.peers import DMR_PREFIX, start_llama
 from tests.test_advisor_llama import TOOLS
 
 KEY_ENV = "DOCKTOR_TEST_LLM_KEY"

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.peers import REPO
 from docktor.tools.executors.local import LocalExecutor, LocalSettings
 from docktor.tools.sdk import Context, ExecutorError
+from tests.peers import REPO
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -241,7 +241,7 @@ async def test_restart_backoff_doubles_per_crash_scripted_clock(make: Callable[.
         assert early.running == 0, "restarted before its back-off had passed"
         now[0] += 0.5
         assert (await ex.status()).running == 1
-        await eventually(lambda: starts(out, 1) == attempt + 1, f"restart number {attempt}")
+        await eventually(lambda attempt=attempt: starts(out, 1) == attempt + 1, f"restart number {attempt}")
 
 
 async def test_replica_that_stays_up_after_restart_is_no_longer_failed_scripted_clock(

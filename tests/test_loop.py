@@ -137,3 +137,67 @@ async def test_ticks_follow_the_interval_without_drift(tmp_path: Path, nats_serv
     assert gaps and sorted(gaps)[len(gaps) // 2] < 0.3
     offsets = [(s - stamps[1]) % 0.2 for s in stamps[2:]]
     assert all(min(o, 0.2 - o) < 0.1 for o in offsets)
+
+
+async def publish(url: str, subject: str, n: int) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for _ in range(n):
+        await js.publish(subject, b"x")
+    await nc.close()
+
+
+TWO_SOURCES = """
+services:
+  - name: worker
+    executor: local
+    command: ["{python}", "-c", "import time; time.sleep(600)"]
+    stop_grace_period: 1s
+    min_replicas: 1
+    max_replicas: 5
+    check_interval: 0.5
+    policy: rules
+    sources:
+      - {{name: jobs, kind: nats, url: "{url}", stream: JOBS, consumer: WORKERS, timeout: 1s}}
+      - {{name: urgent, kind: nats, url: "{url}", stream: URGENT, consumer: WORKERS, timeout: 1s}}
+    rules:
+      scale_up_when:
+        - {{metric: queue.backlog, op: ">", value: 500}}
+        - {{metric: urgent.queue.backlog, op: ">", value: 20}}
+      scale_down_when:
+        - {{metric: queue.backlog, op: "<=", value: 100}}
+        - {{metric: urgent.queue.backlog, op: "<=", value: 0}}
+"""
+
+
+async def test_a_service_with_two_sources_decides_on_both(tmp_path: Path, nats_server: NatsServer) -> None:
+    """Two real JetStream streams: the first source is the queue, the second's metrics are prefixed."""
+    await make_stream(nats_server.url, "JOBS")
+    await make_stream(nats_server.url, "URGENT")
+    await publish(nats_server.url, "jobs.a", 30)
+    await publish(nats_server.url, "urgent.a", 50)
+    text = f"state_dir: {tmp_path / 'state'}\n" + TWO_SOURCES.format(python=sys.executable, url=nats_server.url)
+    daemon = Daemon(parse_config(text, tmp_path / "docktor.yaml", {}))
+    await daemon.open()
+    try:
+        (first,) = await daemon.run_once()
+        # only the second source's backlog fires: the decision was made on both sources
+        assert first.observations["queue.backlog"] == 30 and first.observations["urgent.queue.backlog"] == 50
+        assert first.matched_rules == ["urgent.queue.backlog 50 > 20"]
+        assert (first.decision, first.current_replicas, first.target_replicas, first.executed) == ("scale_up", 0, 2, True)
+
+        # the second stream's consumer is gone: its metrics are missing, the error names the source,
+        # and missing data holds instead of scaling in although the first queue alone would allow it
+        import nats
+
+        nc = await nats.connect(nats_server.url)
+        await nc.jetstream().delete_consumer("URGENT", "WORKERS")
+        await nc.close()
+        (second,) = await daemon.run_once()
+        assert "urgent.queue.backlog" not in second.observations and second.observations["queue.backlog"] == 30
+        assert any(e.startswith("source urgent: ") and "consumer 'WORKERS' not found" in e for e in second.errors), second.errors
+        assert second.missing == ["urgent.queue.backlog"] and second.decision == "hold"
+    finally:
+        await daemon.close()

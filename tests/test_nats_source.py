@@ -12,7 +12,6 @@ from typing import Any
 
 import nats
 import pytest
-from tests.peers import NatsServer, free_port, launch_nats
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 from pydantic import ValidationError
@@ -21,6 +20,7 @@ from docktor.agent.config.load import parse_config
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.nats import DEPRECATED_KEYS, NatsSource
 from docktor.tools.sources.nats import NatsSettings as Settings
+from tests.peers import NatsServer, free_port, launch_nats
 
 STREAM, CONSUMER, SUBJECT = "ORDERS", "WORKERS", "orders.new"
 RATES = ("queue.rate_in", "queue.rate_out")

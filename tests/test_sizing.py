@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docktor.agent.core import sizing
 from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core import sizing
 from docktor.agent.core.decide import decide
 from docktor.agent.core.rules import evaluate
 from docktor.agent.core.state import ServiceState

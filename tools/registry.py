@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import functools
 from importlib.metadata import EntryPoint, entry_points
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from docktor.tools.sdk import Executor, Source
 
 SOURCES = "docktor.sources"
 EXECUTORS = "docktor.executors"
 
-P = TypeVar("P", type[Source], type[Executor])  # type: ignore[type-arg]
+P = TypeVar("P", type[Source[Any]], type[Executor[Any]])
 
 
 class PluginError(LookupError):
@@ -62,12 +62,12 @@ def _load(group: str, kind: str, base: P, what: str) -> P:
         raise PluginError(f"{what} plugin {kind!r} ({eps[kind].value}) cannot be loaded: {type(e).__name__}: {e}") from None
     if not (isinstance(plugin, type) and issubclass(plugin, base)):
         raise PluginError(f"{what} plugin {kind!r} ({eps[kind].value}) is not a {base.__name__} subclass")
-    return plugin  # type: ignore[return-value]
+    return plugin
 
 
-def source_plugin(kind: str) -> type[Source]:  # type: ignore[type-arg]
-    return _load(SOURCES, kind, Source, "source kind")
+def source_plugin(kind: str) -> type[Source[Any]]:
+    return _load(SOURCES, kind, Source, "source kind")  # type: ignore[type-abstract]
 
 
-def executor_plugin(kind: str) -> type[Executor]:  # type: ignore[type-arg]
-    return _load(EXECUTORS, kind, Executor, "executor")
+def executor_plugin(kind: str) -> type[Executor[Any]]:
+    return _load(EXECUTORS, kind, Executor, "executor")  # type: ignore[type-abstract]

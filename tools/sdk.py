@@ -236,7 +236,7 @@ class Source(ABC, Generic[S]):
     @abstractmethod
     async def read(self) -> Metrics: ...
 
-    async def close(self) -> None:  # noqa: B027 - optional to override
+    async def close(self) -> None:
         """Release connections; called once when the daemon stops."""
 
 
@@ -299,7 +299,7 @@ class Executor(ABC, Generic[S]):
         return []
 
     @classmethod
-    def stop_grace_period(cls, settings: PluginSettings) -> float:
+    def grace_period(cls, settings: PluginSettings) -> float:
         """Longest a replica may take to stop: ``daemon stop`` waits at least this long."""
         return float(getattr(settings, "stop_grace_period", None) or 10.0)
 
@@ -309,5 +309,5 @@ class Executor(ABC, Generic[S]):
     @abstractmethod
     async def scale(self, replicas: int) -> ScaleOutcome: ...
 
-    async def close(self) -> None:  # noqa: B027 - optional to override
+    async def close(self) -> None:
         """Release resources (and, for in-process executors, stop the replicas)."""

@@ -42,7 +42,6 @@ from docktor.agent.core.policy import Proposal
 from docktor.agent.core.state import ServiceState
 from docktor.agent.timestamps import rfc3339
 
-
 # --------------------------------------------------------------------------- the prompt
 
 SYSTEM_PROMPT = """Size one queue-worker service. target_replicas must be in "allowed" [lo,hi], else it is clamped; hold is always allowed.

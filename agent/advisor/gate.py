@@ -77,7 +77,7 @@ def breaker_backoff(failures: int, check_interval: float, heartbeat: float) -> f
     every further one, never longer than the heartbeat: a recovered endpoint is asked again at
     least as often as a quiet service would be.
     """
-    return min(check_interval * 2 ** min(failures, 30), heartbeat)
+    return min(check_interval * 2.0 ** min(failures, 30), heartbeat)
 
 
 def breaker_open(mem: Memory, now: float, check_interval: float) -> bool:

@@ -121,7 +121,7 @@ sim_commands.register(app)
 
 
 #: Typer vendors click and re-exports only BadParameter; its base is every usage error's base.
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 def main() -> None:
@@ -139,8 +139,8 @@ def main() -> None:
             sys.exit(0)
         # One line naming the argument, like every other bad input (click's own box is five).
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        print(f"error: {e.format_message()}{where}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        print(f"error: {e.format_message()}{where}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
     sys.exit(code if isinstance(code, int) else 0)
 
 

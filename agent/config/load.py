@@ -38,7 +38,7 @@ _SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class _TopLevel(DocktorConfig):
-    services: list[Any] = Field(min_length=1)  # type: ignore[assignment]  # each is validated on its own
+    services: list[Any] = Field(min_length=1)  # each is validated on its own
 
 
 # --------------------------------------------------------------------------- interpolation

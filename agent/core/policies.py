@@ -1,12 +1,32 @@
-"""The policies a service may choose with ``policy:``, and what each needs to decide."""
+"""The policies a service may choose with ``policy:``, and what each needs to decide.
+
+The ``docktor`` policy's module (numpy) is imported on its first decision, not here: the config
+loader reads what each policy needs, and ``docktor validate`` should not pay for numpy.
+"""
 
 from __future__ import annotations
 
-from docktor.agent.core.policy import PolicySpec, rules_policy, target_policy
-from docktor.agent.core.sizing import docktor_policy, required_metrics
+from collections.abc import Mapping
+
+from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core.policy import PolicySpec, Proposal, rules_policy, target_policy
+from docktor.agent.core.rules import Evaluation
+from docktor.agent.core.state import ServiceState
+
+#: what the docktor policy cannot size without (rate_out and ack_pending sharpen its estimates)
+DOCKTOR_REQUIRED = frozenset({"queue.backlog", "queue.rate_in"})
+
+
+def _docktor(
+    svc: ServiceConfig, obs: Mapping[str, float], current: int, state: ServiceState, ev: Evaluation, now: float
+) -> Proposal:
+    from docktor.agent.core.sizing import docktor_policy
+
+    return docktor_policy(svc, obs, current, state, ev, now)
+
 
 POLICIES: dict[str, PolicySpec] = {
     "rules": PolicySpec(rules_policy, lambda svc: set(), rules_drive=True),
     "target": PolicySpec(target_policy, lambda svc: {"queue.backlog"}, rules_drive=False),
-    "docktor": PolicySpec(docktor_policy, required_metrics, rules_drive=False),
+    "docktor": PolicySpec(_docktor, lambda svc: set(DOCKTOR_REQUIRED), rules_drive=False),
 }

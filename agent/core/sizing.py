@@ -67,7 +67,6 @@ HORIZON_STEPS = 24
 #: for them by at most this fraction (plus three Poisson standard deviations)
 FIT_TOLERANCE = 0.1
 
-REQUIRED = frozenset({"queue.backlog", "queue.rate_in"})
 
 
 @dataclass(frozen=True)
@@ -197,7 +196,7 @@ def detect_period(times: np.ndarray, rates: np.ndarray) -> float | None:
     if score[lag] < PERIODIC_MIN_CORR:
         return None
     step = span / (n - 1)
-    return lag * step
+    return float(lag * step)
 
 
 def estimate(svc: ServiceConfig, obs: Mapping[str, float], state: ServiceState, now: float) -> Estimates:
@@ -378,6 +377,3 @@ def docktor_policy(
     target = ceiling if not math.isfinite(need) or need > ceiling else max(0, math.ceil(need - 1e-9))
     return Proposal(target, f"needs {need:.2f} replicas: {why}")
 
-
-def required_metrics(svc: ServiceConfig) -> set[str]:
-    return set(REQUIRED)

@@ -37,4 +37,4 @@ BACKOFF_MAX_S = 600.0
 
 
 def backoff_delay(failures: int) -> float:
-    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, failures - 1))
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** max(0, failures - 1))

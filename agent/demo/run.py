@@ -131,7 +131,7 @@ def run_demo(*, duration: float, state_dir: Path | None, console: Console) -> in
         stop = asyncio.Event()
         daemon = Daemon(config, log_path=paths.decisions)
         counts: Counter[str] = Counter()
-        peaks = {"replicas": 0, "backlog": 0.0}
+        peaks: dict[str, float] = {"replicas": 0, "backlog": 0.0}
 
         def on_record(rec) -> None:  # type: ignore[no-untyped-def]
             counts[rec.decision if rec.executed else "hold"] += 1
@@ -160,7 +160,7 @@ def run_demo(*, duration: float, state_dir: Path | None, console: Console) -> in
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await daemon.close()
-        counts["peak_replicas"] = peaks["replicas"]
+        counts["peak_replicas"] = int(peaks["replicas"])
         counts["peak_backlog"] = int(peaks["backlog"])
         return counts
 
@@ -184,7 +184,7 @@ def _view(daemon, elapsed: float, duration: float) -> Group:  # type: ignore[no-
         rec = r.last_record
         running = r.last_status.running if r.last_status else "?"
 
-        def fmt(key: str) -> str:
+        def fmt(key: str, o: dict[str, float] = o) -> str:
             return f"{o[key]:.0f}" if key in o else "-"
 
         last = "-" if rec is None else f"{rec.decision} {rec.current_replicas}->{rec.target_replicas}"

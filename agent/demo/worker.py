@@ -32,7 +32,7 @@ async def _work(url: str, stream: str, consumer: str) -> None:
         while not stopping.is_set():
             try:
                 msgs = await sub.fetch(5, timeout=1)
-            except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either, depending on where it timed out
+            except (TimeoutError, NatsTimeout):  # nats-py raises either, depending on where it timed out
                 continue
             # Messages in hand are finished and acked even when SIGTERM arrives: drain, don't drop.
             for msg in msgs:

@@ -157,7 +157,7 @@ def stop_wait(config: DocktorConfig) -> float:
     from docktor.tools.registry import executor_plugin
 
     grace = max(
-        (executor_plugin(s.executor.kind).stop_grace_period(s.executor.settings) for s in config.services if s.executor),
+        (executor_plugin(s.executor.kind).grace_period(s.executor.settings) for s in config.services if s.executor),
         default=10.0,
     )
     return grace + max(s.check_interval for s in config.services) + 10

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ class Daemon:
             self.advisor = make_advisor(self.config.llm)
 
     async def close(self) -> None:
-        closers = []
+        closers: list[Awaitable[None]] = []
         for r in self.runners.values():
             closers.extend(source.close() for _, source in r.sources)
             closers.append(r.executor.close())
@@ -147,7 +147,7 @@ class Daemon:
             who = "source" if len(runner.sources) == 1 else f"source {spec.name}"
             if isinstance(reading, BaseException):
                 errors.append(f"{who}: {one_line(reading)}")
-            else:
+            elif isinstance(reading, dict):
                 observations.update((spec.metric_name(k), v) for k, v in reading.items())
         if isinstance(status, BaseException):
             errors.append(f"executor: {one_line(status)}")

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from docktor.agent.config.model import LLMConfig
+from docktor.agent.errors import Problem, UsageError
 from docktor.agent.sim.advisors import Advisor, LLMAdvisor, adversarial_advisor
 from docktor.agent.sim.baselines import make_controller, oracle_replica_seconds
 from docktor.agent.sim.catalog import ADVISABLE, ADVISORS, POLICY_NAMES
-from docktor.agent.config.model import LLMConfig
-from docktor.agent.errors import Problem, UsageError
 from docktor.agent.sim.simulator import Run, Scenario, Trace, simulate, workload
-
 
 
 def parse_policies(text: str | None, arg: str = "--policies") -> list[str]:

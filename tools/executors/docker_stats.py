@@ -42,7 +42,7 @@ def cpu_percent(cpu: Mapping[str, Any], pre: Mapping[str, Any] | None) -> float 
     cpu_delta, system_delta = total - pre_total, system - pre_system
     if system_delta <= 0 or cpu_delta < 0:
         return None
-    return cpu_delta / system_delta * cpus * 100.0
+    return float(cpu_delta / system_delta * cpus * 100.0)
 
 
 def memory_bytes(stats: Mapping[str, Any]) -> float | None:
@@ -88,11 +88,12 @@ def aggregate(samples: Iterable[Sample]) -> dict[str, float]:
     if cpus:
         out["cpu.avg"] = sum(cpus) / len(cpus)
         out["cpu.max"] = max(cpus)
-    mems = [s.mem_bytes for s in items]
-    if all(m is not None for m in mems):
-        out["mem.avg_mb"] = sum(mems) / len(mems) / MIB  # type: ignore[arg-type]
-        out["mem.max_mb"] = max(mems) / MIB  # type: ignore[type-var]
-        if all(s.mem_limit for s in items):
-            pcts = [s.mem_bytes / s.mem_limit * 100.0 for s in items]  # type: ignore[operator]
+    mems = [s.mem_bytes for s in items if s.mem_bytes is not None]
+    if len(mems) == len(items):
+        out["mem.avg_mb"] = sum(mems) / len(mems) / MIB
+        out["mem.max_mb"] = max(mems) / MIB
+        limits = [s.mem_limit for s in items if s.mem_limit]
+        if len(limits) == len(items):
+            pcts = [m / limit * 100.0 for m, limit in zip(mems, limits, strict=True)]
             out["mem.avg_pct"] = sum(pcts) / len(pcts)
     return out

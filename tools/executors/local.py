@@ -56,9 +56,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
@@ -333,7 +332,7 @@ class LocalExecutor(Executor[LocalSettings]):
                 await self._start(slot)
 
     def _backoff(self, crashes: int) -> float:
-        return min(self.restart_backoff_max, self.restart_backoff * 2 ** max(0, crashes - 1))
+        return min(self.restart_backoff_max, self.restart_backoff * 2.0 ** max(0, crashes - 1))
 
     async def _start_missing(self) -> tuple[list[_Process], list[tuple[int, str]]]:
         started: list[_Process] = []
@@ -436,7 +435,7 @@ class LocalExecutor(Executor[LocalSettings]):
 
     def _note(self, index: int, message: str) -> None:
         """Append a line of our own to the replica's log, so the log tells the whole story."""
-        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             with open(self._log_path(index), "a", encoding="utf-8") as log:

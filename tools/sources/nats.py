@@ -33,7 +33,17 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 from pydantic import field_validator, model_validator
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
-from docktor.tools.sdk import Context, Metrics, PluginSettings, PositiveSeconds, Source, SourceError, one_line, redact_url, standard
+from docktor.tools.sdk import (
+    Context,
+    Metrics,
+    PluginSettings,
+    PositiveSeconds,
+    Source,
+    SourceError,
+    one_line,
+    redact_url,
+    standard,
+)
 
 log = logging.getLogger("docktor.nats")
 
@@ -51,7 +61,7 @@ _CONSUMER_NOT_FOUND = 10014
 _ATTEMPTS = 3
 _WAIT = wait_exponential(multiplier=0.1, max=0.5)
 # A restarted server is picked up within about a second, i.e. by the next tick.
-_RECONNECT_WAIT = 1.0
+_RECONNECT_WAIT = 1
 # Without pings a half-open TCP connection (peer gone without FIN) is noticed only after minutes.
 _PING_INTERVAL = 10
 _NAME = re.compile(r"^[^\s.*>/\\]+$")
@@ -325,14 +335,16 @@ class NatsSource(Source[NatsSettings]):
         consumer_task = asyncio.ensure_future(jsm.consumer_info(s.stream, s.consumer, timeout=t))
         try:
             async with asyncio.timeout(t):
-                si, ci = await asyncio.gather(stream_task, consumer_task, return_exceptions=True)
+                await asyncio.wait({stream_task, consumer_task})
         except TimeoutError:
             stream_task.cancel()
             consumer_task.cancel()
             raise _Transient(f"JetStream API timed out after {t:g}s ({self._where()})") from None
-        for res in (si, ci):  # stream errors first: a missing stream also fails the consumer call
-            if isinstance(res, BaseException):
-                raise self._classify(res)
+        # stream errors first: a missing stream also fails the consumer call
+        for task in (stream_task, consumer_task):
+            if (error := task.exception()) is not None:
+                raise self._classify(error)
+        si, ci = stream_task.result(), consumer_task.result()
         delivered = ci.delivered or SequenceInfo(consumer_seq=0, stream_seq=0)
         floor = ci.ack_floor or SequenceInfo(consumer_seq=0, stream_seq=0)
         return Snapshot(
@@ -400,7 +412,7 @@ class NatsSource(Source[NatsSettings]):
         connect = asyncio.ensure_future(
             nc.connect(
                 servers=s.servers,
-                connect_timeout=t,
+                connect_timeout=t,  # type: ignore[arg-type]  # annotated int, used as a float timeout
                 # Never give up reconnecting: the daemon outlives NATS restarts; each read has
                 # its own timeout, so a down server shows up as missing metrics, not a hang.
                 max_reconnect_attempts=-1,
@@ -415,7 +427,8 @@ class NatsSource(Source[NatsSettings]):
             )
         )
         gave_up = asyncio.ensure_future(failed.wait())
-        ok, done = False, set()
+        ok = False
+        done: set[asyncio.Future[Any]] = set()
         try:
             # With max_reconnect_attempts=-1 the first connect would retry forever: stop it once
             # each server failed (the retry policy decides about another attempt) or at the timeout.
@@ -452,7 +465,7 @@ class NatsSource(Source[NatsSettings]):
         try:
             # urllib's own timeout bounds the thread; the outer one bounds us if it does not.
             body = await asyncio.wait_for(asyncio.to_thread(_get_json, url, t), t + 0.5)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise _Transient(f"{url}: timed out after {t:g}s") from None
         except urllib.error.HTTPError as e:
             raise _Transient(f"{url}: HTTP {e.code}") from None

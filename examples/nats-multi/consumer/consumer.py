@@ -83,7 +83,7 @@ async def main() -> None:
     while not stop.is_set():
         try:
             msgs = await sub.fetch(BATCH_SIZE, timeout=1)
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             msgs = []  # nothing to do for a second: ask again
         except Exception as e:  # connection hiccup: nats-py reconnects by itself
             print(f"[{ME}] fetch failed: {e}", flush=True)

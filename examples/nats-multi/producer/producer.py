@@ -87,7 +87,7 @@ async def main() -> None:
             last_report = now
         try:
             await asyncio.wait_for(stop.wait(), timeout=max(0.0, TICK - (time.monotonic() - now)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     try:
         await nc.flush(timeout=2)
