@@ -6,11 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench lock clean
 
+# setuptools warns, for editable installs of mapped packages, that a folder named like the package
+# could shadow it; none is (the package is docktor, the folders agent/ and tools/), so that
+# UserWarning is silenced for the one install of docktor itself.
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.lock
-	$(BIN)/pip install -q --no-deps -e .
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
