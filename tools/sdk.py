@@ -48,6 +48,7 @@ __all__ = [
     "ExecutorError",
     "MetricInfo",
     "Metrics",
+    "Plugin",
     "PluginSettings",
     "PositiveSeconds",
     "ReplicaStatus",
@@ -189,25 +190,18 @@ class Context:
 S = TypeVar("S", bound=PluginSettings)
 
 
-# --------------------------------------------------------------------------- sources
+# --------------------------------------------------------------------------- plugins
 
 
-class Source(ABC, Generic[S]):
-    """Reads one system's metrics. One instance per configured source, kept for the daemon's life.
+class Plugin(ABC, Generic[S]):
+    """What sources and executors share: a kind, a settings model, the metrics they provide."""
 
-    ``read`` is called once per tick. Rates are computed from the previous call's counters, so
-    the first call may omit them. Implementations apply their own timeouts and retries and raise
-    :class:`SourceError` when a reading is impossible.
-    """
-
-    #: the ``kind:`` this plugin serves, e.g. ``"nats"``
+    #: the ``kind:`` (sources) or ``executor:`` name (executors) this plugin serves, e.g. ``"nats"``
     kind: ClassVar[str]
     #: the pydantic model of the plugin's config block
     Settings: ClassVar[type[PluginSettings]]
-    #: metrics this source produces, whatever its settings; override :meth:`metrics_for` when they decide
+    #: metrics the plugin produces, whatever its settings; override :meth:`metrics_for` when they decide
     provides: ClassVar[Mapping[str, MetricInfo]] = {}
-    #: config keys of older formats that load with a warning (key -> why it is ignored)
-    deprecated_keys: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, settings: S, context: Context) -> None:
         self.settings = settings
@@ -215,13 +209,8 @@ class Source(ABC, Generic[S]):
 
     @classmethod
     def metrics_for(cls, settings: PluginSettings) -> Mapping[str, MetricInfo]:
-        """The metrics a source with these settings produces (default: :attr:`provides`)."""
+        """The metrics a plugin with these settings produces (default: :attr:`provides`)."""
         return cls.provides
-
-    @classmethod
-    def check_deprecated(cls, key: str, value: object) -> str | None:
-        """A problem when a deprecated key's value cannot be honoured (then it is an error, not a warning)."""
-        return None
 
     @classmethod
     def describe(cls, settings: PluginSettings) -> str:
@@ -233,11 +222,28 @@ class Source(ABC, Generic[S]):
         """Offline checks worth a warning at ``validate`` (a file missing, say); no network I/O."""
         return []
 
+    async def close(self) -> None:
+        """Release connections and resources; called once when the daemon stops."""
+
+
+class Source(Plugin[S]):
+    """Reads one system's metrics. One instance per configured source, kept for the daemon's life.
+
+    ``read`` is called once per tick. Rates are computed from the previous call's counters, so
+    the first call may omit them. Implementations apply their own timeouts and retries and raise
+    :class:`SourceError` when a reading is impossible.
+    """
+
+    #: config keys of older formats that load with a warning (key -> why it is ignored)
+    deprecated_keys: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def check_deprecated(cls, key: str, value: object) -> str | None:
+        """A problem when a deprecated key's value cannot be honoured (then it is an error, not a warning)."""
+        return None
+
     @abstractmethod
     async def read(self) -> Metrics: ...
-
-    async def close(self) -> None:
-        """Release connections; called once when the daemon stops."""
 
 
 # --------------------------------------------------------------------------- executors
@@ -265,38 +271,19 @@ class ScaleOutcome:
     running: int | None = None  # replicas running once verification ended
 
 
-class Executor(ABC, Generic[S]):
+class Executor(Plugin[S]):
     """Runs one service's replicas. One instance per service.
 
     ``scale`` returns only after verifying (or timing out verifying) that the target count runs,
     and reports failure in the outcome rather than raising. ``status`` raises
     :class:`ExecutorError` when the backend cannot be asked at all. The daemon always knows
     ``replicas.running``/``desired``/``failed`` from :class:`ReplicaStatus`; ``provides`` lists
-    what an executor adds to ``ReplicaStatus.metrics`` (``cpu.*``, ``mem.*``).
+    what an executor adds to ``ReplicaStatus.metrics`` (``cpu.*``, ``mem.*``). ``close`` of an
+    in-process executor stops its replicas.
     """
 
-    kind: ClassVar[str]
-    Settings: ClassVar[type[PluginSettings]]
-    provides: ClassVar[Mapping[str, MetricInfo]] = {}
     #: replica counts live inside the daemon process (``decide --once`` cannot keep them)
     in_process: ClassVar[bool] = False
-
-    def __init__(self, settings: S, context: Context) -> None:
-        self.settings = settings
-        self.context = context
-
-    @classmethod
-    def metrics_for(cls, settings: PluginSettings) -> Mapping[str, MetricInfo]:
-        return cls.provides
-
-    @classmethod
-    def describe(cls, settings: PluginSettings) -> str:
-        return cls.kind
-
-    @classmethod
-    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
-        """Offline checks worth a warning at ``validate``; no network I/O."""
-        return []
 
     @classmethod
     def grace_period(cls, settings: PluginSettings) -> float:
@@ -308,6 +295,3 @@ class Executor(ABC, Generic[S]):
 
     @abstractmethod
     async def scale(self, replicas: int) -> ScaleOutcome: ...
-
-    async def close(self) -> None:
-        """Release resources (and, for in-process executors, stop the replicas)."""
