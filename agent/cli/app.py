@@ -16,21 +16,32 @@ import typer
 from docktor.agent.cli import daemon as daemon_commands
 from docktor.agent.cli import llm as llm_commands
 from docktor.agent.cli import sim as sim_commands
-from docktor.agent.cli.common import ConfigOpt, handles_errors, load
+from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
 
-app = typer.Typer(
-    name="docktor",
-    help="Scale queue workers on queue depth and throughput, with every decision explained.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = group("Scale queue workers on queue depth and throughput, with every decision explained.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"docktor {version('docktor')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Scale queue workers on queue depth and throughput, with every decision explained."""
 
 
 # ---------------------------------------------------------------------------- validate
 
 
-@app.command()
+@app.command(short_help="Check a config file.")
 @handles_errors
 def validate(config: ConfigOpt = Path("docktor.yaml")) -> None:
     """Check a config file: a summary line per service, or one line per problem (exit 2)."""
@@ -63,7 +74,7 @@ def validate(config: ConfigOpt = Path("docktor.yaml")) -> None:
 # ---------------------------------------------------------------------------- decide
 
 
-@app.command()
+@app.command(short_help="Observe and decide once, for every service.")
 @handles_errors
 def decide(
     config: ConfigOpt = Path("docktor.yaml"),
@@ -100,7 +111,7 @@ def decide(
 # ---------------------------------------------------------------------------- demo
 
 
-@app.command()
+@app.command(short_help="Scale a real NATS consumer on this machine.")
 @handles_errors
 def demo(
     duration: Annotated[float, typer.Option("--duration", help="Seconds to run.", min=10)] = 140.0,
@@ -126,7 +137,7 @@ _ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if
 
 def main() -> None:
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="docktor", standalone_mode=False)
     except BrokenPipeError:  # `docktor daemon logs | head`: the reader left, which is fine
         sys.stderr.close()
         os._exit(0)

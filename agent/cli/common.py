@@ -23,7 +23,20 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Path to docktor.yaml.")]
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="Path to docktor.yaml.")]
+
+
+def group(help: str) -> typer.Typer:
+    """A command group with the conventions of docker and kubectl: ``-h`` is ``--help``, plain
+    help text (no boxes, no ``<bool>`` on flags), and the group's help when called alone."""
+    return typer.Typer(
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode=None,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
 
 
 def handles_errors(fn: F) -> F:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, handles_errors, load
+from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
 from docktor.agent.errors import UsageError
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -31,11 +31,24 @@ def parse_since(text: str | None, now: float) -> float | None:
         raise UsageError(f"--since: {text!r} is neither a duration (10m, 2h, 30s) nor an RFC 3339 time") from None
 
 
+def parse_tail(text: str) -> int | None:
+    """``--tail``: a count, or ``all`` (None: no limit)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise UsageError(f"--tail: {text!r} is neither a number of decisions nor 'all'") from None
+    if n < 0:
+        raise UsageError(f"--tail: must be >= 0 or 'all', got {n}")
+    return n
+
+
 def register(app: typer.Typer) -> None:
-    daemon_app = typer.Typer(help="Run Docktor in the background and look at what it decides.", no_args_is_help=True)
+    daemon_app = group("Run Docktor in the background and look at what it decides.")
     app.add_typer(daemon_app, name="daemon")
 
-    @daemon_app.command("start")
+    @daemon_app.command("start", short_help="Start the daemon (detached by default).")
     @handles_errors
     def start(
         config: ConfigOpt = Path("docktor.yaml"),
@@ -58,7 +71,7 @@ def register(app: typer.Typer) -> None:
         paths = daemon.paths_for(cfg)
         say(f"started docktor (pid {pid}); decisions in {paths.decisions}; logs: docktor daemon logs --config {config} -f")
 
-    @daemon_app.command("stop")
+    @daemon_app.command("stop", short_help="Stop the daemon after its current tick.")
     @handles_errors
     def stop(config: ConfigOpt = Path("docktor.yaml")) -> None:
         """Stop the daemon; it finishes its current tick and flushes the log first."""
@@ -68,7 +81,7 @@ def register(app: typer.Typer) -> None:
         pid = daemon.stop(load(config))
         say("not running" if pid is None else f"stopped docktor (pid {pid})")
 
-    @daemon_app.command("status")
+    @daemon_app.command("status", short_help="Running? Replicas and last decisions.")
     @handles_errors
     def status(
         config: ConfigOpt = Path("docktor.yaml"),
@@ -102,44 +115,58 @@ def register(app: typer.Typer) -> None:
             )
         out.print(table)
 
-    @daemon_app.command("logs")
+    @daemon_app.command("logs", short_help="The decisions, as a table or JSON lines.")
     @handles_errors
     def logs(
         config: ConfigOpt = Path("docktor.yaml"),
         follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new decisions.")] = False,
         service: Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")] = None,
         since: Annotated[str | None, typer.Option("--since", help="Only decisions newer than 10m, 2h, or a timestamp.")] = None,
+        tail: Annotated[
+            str, typer.Option("--tail", "-n", metavar="N", help="Show the last N decisions (default 100; 'all' for the whole history).")
+        ] = "100",
         as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines.")] = False,
     ) -> None:
-        """The decision log: a readable table, or raw JSON lines with --json."""
+        """The decision log: a readable table (the last --tail decisions), or raw JSON lines with --json.
+
+        With --follow, the history, then every new decision as it is written, in the same columns."""
+        import collections
         import itertools
         import json
 
-        from docktor.agent.cli.render import one_line, print_table, say
+        from docktor.agent.cli.render import print_table, stream_header, stream_row
         from docktor.agent.runtime.daemon import paths_for
         from docktor.agent.runtime.decision_log import follow, log_files, read_records, read_records_in
 
+        last = parse_tail(tail)
         cfg = load(config)
         if service is not None and service not in {s.name for s in cfg.services}:
             raise UsageError(f"--service: no service named {service!r} in {config}")
         path = paths_for(cfg).decisions
         since_ts = parse_since(since, time.time())
+
+        def show(rec: dict[str, object]) -> None:
+            if as_json:
+                sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+            else:
+                stream_row(rec)
+
         if not follow_:
-            records = list(read_records(path, since=since_ts, service=service))
+            records = collections.deque(read_records(path, since=since_ts, service=service), maxlen=last)
             if as_json:
                 for rec in records:
                     sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
             else:
                 print_table(records)
             return
-        # Following: rotated files first, then the live file from its start on one handle.
+        # Following: rotated files first, then the live file from its start on one handle (so
+        # nothing written in between is lost or shown twice).
         rotated = [rec for f in log_files(path)[:-1] for rec in read_records_in(f, since=since_ts, service=service)]
+        if not as_json:
+            stream_header()
         try:
             for rec in itertools.chain(rotated, follow(path, service=service, since=since_ts, from_start=True)):
-                if as_json:
-                    sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
-                    sys.stdout.flush()
-                else:
-                    say(one_line(rec))
+                show(rec)
         except KeyboardInterrupt:
             pass

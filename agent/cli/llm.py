@@ -9,17 +9,17 @@ from pathlib import Path
 
 import typer
 
-from docktor.agent.cli.common import handles_errors, load
+from docktor.agent.cli.common import group, handles_errors, load
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``llm`` command group to the main CLI."""
-    llm_app = typer.Typer(help="Check the LLM endpoint the advisor uses.", no_args_is_help=True)
+    llm_app = group("Check the LLM endpoint the advisor uses.")
 
-    @llm_app.command("check")
+    @llm_app.command("check", short_help="Try the endpoint the advisor uses.")
     @handles_errors
     def check(
-        config: Path = typer.Option(..., "--config", "-c", help="docktor.yaml with an llm: block"),
+        config: Path = typer.Option(..., "--config", "-c", metavar="FILE", help="docktor.yaml with an llm: block"),
     ) -> None:
         """List the endpoint's models and try one structured answer and one tool call."""
         import asyncio

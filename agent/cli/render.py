@@ -33,28 +33,50 @@ def outcome_text(rec: dict[str, Any]) -> str:
     return f"{o.get('status', '?')} {o.get('duration_ms', 0):.0f}ms"
 
 
-def one_line(rec: dict[str, Any]) -> str:
-    return (f"{rec.get('ts', '')}  {rec.get('service', ''):<12} {rec.get('decision', ''):<10} {arrow(rec):<7} "
-            f"{rec.get('source', ''):<8} {outcome_text(rec):<12} {rec.get('reason', '')}")
+def reason_text(rec: dict[str, Any]) -> str:
+    """The decision's reason, then what went wrong observing it (a missing stream, an engine down):
+    the cause of a hold belongs where people look, not only in ``--json``."""
+    reason = str(rec.get("reason", ""))
+    errors = [str(e) for e in rec.get("errors") or []]
+    return reason + "".join(f" | {e}" for e in errors)
+
+
+#: (header, width) of the fixed columns; the reason takes the rest of the line
+COLUMNS = (("time", 12), ("service", 12), ("decision", 10), ("replicas", 8), ("source", 8), ("outcome", 12))
+
+
+def _cells(rec: dict[str, Any]) -> list[str]:
+    return [str(rec.get("ts", ""))[11:23], str(rec.get("service", "")), str(rec.get("decision", "")), arrow(rec),
+            str(rec.get("source", "")), outcome_text(rec)]
+
+
+def _style(rec: dict[str, Any]) -> str:
+    if outcome_text(rec).startswith("error"):
+        return "red"
+    return {"scale_up": "green", "scale_down": "yellow"}.get(str(rec.get("decision", "")), "")
+
+
+def stream_header() -> None:
+    """The header of :func:`stream_row`'s table (``daemon logs -f``: rows arrive one at a time)."""
+    out.print("  ".join(h.upper().ljust(w) for h, w in COLUMNS) + "  REASON", markup=False, highlight=False)
+
+
+def stream_row(rec: dict[str, Any]) -> None:
+    """One row in the same columns as :func:`print_table`, printed as soon as it arrives."""
+    cells = "  ".join(c.ljust(w) for c, (_, w) in zip(_cells(rec), COLUMNS, strict=True))
+    out.print(f"{cells}  {reason_text(rec)}", style=_style(rec) or None, markup=False, highlight=False)
 
 
 def print_table(records: Iterable[dict[str, Any]]) -> None:
     table = Table(show_lines=False)
-    for name in ("time", "service", "decision", "replicas", "source", "outcome"):
+    for name, _ in COLUMNS:
         table.add_column(name, no_wrap=True)
     table.add_column("reason", ratio=1)
     n = 0
     for rec in records:
         n += 1
-        style = {"scale_up": "green", "scale_down": "yellow"}.get(rec.get("decision", ""), "")
-        outcome = outcome_text(rec)
-        if outcome.startswith("error"):
-            style = "red"
-        table.add_row(str(rec.get("ts", ""))[11:23], rec.get("service", ""), rec.get("decision", ""), arrow(rec),
-                      rec.get("source", ""), outcome, rec.get("reason", ""), style=style)
+        table.add_row(*_cells(rec), reason_text(rec), style=_style(rec))
     if n == 0:
         out.print("no decisions yet", markup=False)
     else:
         out.print(table)
-
-

@@ -73,7 +73,7 @@ def _trace_path(arg: str) -> Path:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(short_help="Replay a load trace against one policy.")
     @handles_errors
     def simulate(
         trace: Annotated[str, typer.Argument(help="A t,rate CSV, or the name of a shipped trace (burst-every-minute, diurnal, ramp, step).")],
@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
             except OSError as e:
                 raise UsageError([Problem("--timeline", f"cannot write {timeline}: {e}")]) from None
 
-    @app.command()
+    @app.command(short_help="Every policy on every trace, vs an oracle.")
     @handles_errors
     def bench(
         traces: Annotated[Path, typer.Option("--traces", help="Directory of t,rate CSV traces (default: the public traces shipped with Docktor).")] = DEFAULT_TRACES,
