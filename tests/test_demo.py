@@ -16,8 +16,16 @@ def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=180, env={**os.environ, "COLUMNS": "200"},
     )
     assert r.returncode == 0, r.stderr
-    assert "Summary:" in r.stdout
+    # the first run, from a clean state dir: no traceback anywhere, even while nats-server starts
+    assert "Traceback" not in r.stdout + r.stderr and "Error" not in r.stderr, r.stderr
     recs = [json.loads(line) for line in (state / "decisions.jsonl").read_text().splitlines()]
+    # piped, the demo prints a plain line per action and a summary that ends with the final count
+    (summary,) = [line for line in r.stdout.splitlines() if line.startswith("Summary:")]
+    final = recs[-1]["target_replicas"] if recs[-1]["executed"] else recs[-1]["current_replicas"]
+    assert f"ended at {final} replica(s)" in summary
+    assert sum(1 for line in r.stdout.splitlines() if " scale_up " in line) == sum(
+        1 for x in recs if x["decision"] == "scale_up" and x["executed"]
+    )
     ups = [x for x in recs if x["decision"] == "scale_up" and x["executed"]]
     downs = [x for x in recs if x["decision"] == "scale_down" and x["executed"]]
     assert all(x["outcome"]["status"] == "ok" for x in ups + downs)

@@ -16,8 +16,11 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -27,9 +30,18 @@ from rich.table import Table
 from docktor.agent.demo.nats_server import NatsServer
 from docktor.agent.errors import UsageError
 
+if TYPE_CHECKING:
+    from docktor.agent.runtime.decision_log import DecisionRecord
+    from docktor.agent.runtime.loop import Daemon
+
 STREAM, SUBJECT, CONSUMER = "DEMO", "demo.work", "WORKERS"
 BASE_RATE, BURST_RATE = 100, 500
 BURST_EVERY, BURST_FOR, FIRST_BURST_AT = 60.0, 10.0, 25.0
+#: the consumer's bounds, and what the base load needs (each replica handles about 60 msg/s)
+MAX_REPLICAS = 10
+BASE_REPLICAS = 2
+#: the live view's width in characters, whatever the terminal's
+VIEW_WIDTH = 100
 
 
 def rate_at(t: float) -> int:
@@ -52,7 +64,7 @@ services:
     command: {command}
     stop_grace_period: 3s
     min_replicas: 1
-    max_replicas: 10
+    max_replicas: {MAX_REPLICAS}
     check_interval: 2s
     policy: rules
     queue: {{kind: nats, url: "{url}", stream: {STREAM}, consumer: {CONSUMER}}}
@@ -126,17 +138,18 @@ def run_demo(*, duration: float, state_dir: Path | None, console: Console) -> in
     paths = Paths(state)
     console.print(f"[bold]Docktor demo[/]: nats-server on {url}, decisions in {paths.decisions}")
 
-    async def main() -> Counter[str]:
+    async def main() -> Summary:
         await _setup_stream(url)  # the server is healthy: this connects at the first try
         stop = asyncio.Event()
         daemon = Daemon(config, log_path=paths.decisions)
-        counts: Counter[str] = Counter()
-        peaks: dict[str, float] = {"replicas": 0, "backlog": 0.0}
+        summary = Summary()
+        live_view = console.is_terminal
 
-        def on_record(rec) -> None:  # type: ignore[no-untyped-def]
-            counts[rec.decision if rec.executed else "hold"] += 1
-            peaks["replicas"] = max(peaks["replicas"], rec.target_replicas or 0)
-            peaks["backlog"] = max(peaks["backlog"], rec.observations.get("queue.backlog", 0.0))
+        def on_record(rec: DecisionRecord) -> None:
+            summary.add(rec)
+            if not live_view and rec.executed:  # piped: one plain line per action instead of the live view
+                console.print(f"{rec.ts[11:19]}  {rec.decision} {rec.current_replicas} -> {rec.target_replicas}: {rec.reason}",
+                              markup=False, highlight=False)
 
         daemon.on_record.append(on_record)
         await daemon.open()
@@ -145,51 +158,102 @@ def run_demo(*, duration: float, state_dir: Path | None, console: Console) -> in
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+
+        async def until_done(live: Live | None) -> None:
+            while not stop.is_set():
+                elapsed = time.monotonic() - started
+                if elapsed >= duration:
+                    stop.set()
+                    break
+                if live is not None:
+                    live.update(_view(daemon, summary, elapsed, duration))
+                try:
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                except TimeoutError:
+                    pass
+
         try:
-            with Live(_view(daemon, 0.0, duration), console=console, refresh_per_second=4, transient=False) as live:
-                while not stop.is_set():
-                    elapsed = time.monotonic() - started
-                    if elapsed >= duration:
-                        stop.set()
-                        break
-                    live.update(_view(daemon, elapsed, duration))
-                    try:
-                        await asyncio.wait_for(stop.wait(), 0.5)
-                    except TimeoutError:
-                        pass
+            if live_view:
+                with Live(_view(daemon, summary, 0.0, duration), console=console, refresh_per_second=4) as live:
+                    await until_done(live)
+            else:
+                await until_done(None)
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await daemon.close()
-        counts["peak_replicas"] = int(peaks["replicas"])
-        counts["peak_backlog"] = int(peaks["backlog"])
-        return counts
+        return summary
 
     try:
-        counts = asyncio.run(main())
+        summary = asyncio.run(main())
     finally:
         server.stop()
         shutil.rmtree(tmp / "js", ignore_errors=True)
-    console.print(
-        f"[bold]Summary[/]: {counts['scale_up']} scale-up(s), {counts['scale_down']} scale-down(s), "
-        f"{counts['hold']} hold(s); peak {counts['peak_replicas']} replicas, peak backlog {counts['peak_backlog']}."
-    )
-    console.print(f"Every decision: {paths.decisions}  (docktor daemon logs --config {config_path})")
+    console.print(summary.text(), markup=False, highlight=False)
+    console.print(f"Every decision: {paths.decisions}  (docktor daemon logs --config {config_path})", markup=False, highlight=False)
     return 0
 
 
-def _view(daemon, elapsed: float, duration: float) -> Group:  # type: ignore[no-untyped-def]
-    table = Table("service", "rate in/s", "rate out/s", "backlog", "replicas", "last decision", "reason")
+@dataclass
+class Summary:
+    """What the demo did, for the live view and the closing line."""
+
+    ups: int = 0
+    downs: int = 0
+    holds: int = 0
+    peak_replicas: int = 0
+    peak_backlog: int = 0
+    final_replicas: int = 0
+    #: replicas after each decision, newest last, for the sparkline
+    history: deque[int] = field(default_factory=lambda: deque(maxlen=SPARK_POINTS))
+
+    def add(self, rec: DecisionRecord) -> None:
+        if rec.executed and rec.decision == "scale_up":
+            self.ups += 1
+        elif rec.executed and rec.decision == "scale_down":
+            self.downs += 1
+        else:
+            self.holds += 1
+        replicas = rec.target_replicas if rec.executed else rec.current_replicas
+        if replicas is not None:
+            self.final_replicas = replicas
+            self.peak_replicas = max(self.peak_replicas, replicas)
+            self.history.append(replicas)
+        self.peak_backlog = max(self.peak_backlog, int(rec.observations.get("queue.backlog", 0.0)))
+
+    def text(self) -> str:
+        return (
+            f"Summary: {self.ups} scale-up(s), {self.downs} scale-down(s), {self.holds} hold(s); "
+            f"peak {self.peak_replicas} replicas, peak backlog {self.peak_backlog}; "
+            f"ended at {self.final_replicas} replica(s) (the base load needs about {BASE_REPLICAS})."
+        )
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+SPARK_POINTS = 40
+
+
+def sparkline(values: Iterable[int], top: int) -> str:
+    """One block character per value, scaled to ``top`` (the service's max_replicas)."""
+    return "".join(SPARK[min(len(SPARK) - 1, round((len(SPARK) - 1) * v / max(1, top)))] for v in values)
+
+
+def _view(daemon: Daemon, summary: Summary, elapsed: float, duration: float) -> Group:
+    # Fixed widths so the view does not jump as numbers and reasons change length.
+    table = Table(expand=False, width=VIEW_WIDTH)
+    for name, width in (("service", 9), ("in/s", 5), ("out/s", 5), ("backlog", 7), ("replicas", 8)):
+        table.add_column(name, width=width, no_wrap=True, justify="left" if name == "service" else "right")
+    table.add_column("last decision", ratio=1, no_wrap=True, overflow="ellipsis")
     for name, r in daemon.runners.items():
         o = r.last_observations
         rec = r.last_record
-        running = r.last_status.running if r.last_status else "?"
 
         def fmt(key: str, o: dict[str, float] = o) -> str:
             return f"{o[key]:.0f}" if key in o else "-"
 
-        last = "-" if rec is None else f"{rec.decision} {rec.current_replicas}->{rec.target_replicas}"
-        table.add_row(name, fmt("queue.rate_in"), fmt("queue.rate_out"), fmt("queue.backlog"), str(running),
-                      last, "" if rec is None else rec.reason)
+        running = str(r.last_status.running) if r.last_status else "?"
+        last = "-" if rec is None else f"{rec.decision} {rec.current_replicas}->{rec.target_replicas}: {rec.reason}"
+        table.add_row(name, fmt("queue.rate_in"), fmt("queue.rate_out"), fmt("queue.backlog"), running, last)
     load = rate_at(elapsed)
-    head = f"t={elapsed:5.0f}s / {duration:.0f}s   producer {load} msg/s{'  (burst)' if load == BURST_RATE else ''}"
-    return Group(Panel(head, title="docktor demo"), table)
+    head = f"t={elapsed:4.0f}s of {duration:.0f}s   producer {load:3d} msg/s{'  (burst)' if load == BURST_RATE else '         '}"
+    spark = f"replicas  {sparkline(summary.history, MAX_REPLICAS):<{SPARK_POINTS}}  now {summary.final_replicas}"
+    return Group(Panel(f"{head}\n{spark}", title="docktor demo", width=VIEW_WIDTH), table)
