@@ -47,7 +47,7 @@ async def main() -> None:
         while not stopping.is_set():
             try:
                 jobs = await sub.fetch(5, timeout=1)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 continue
             for job in jobs:  # jobs in hand are finished and acked, even after SIGTERM
                 await asyncio.sleep(WORK_S)
