@@ -23,7 +23,7 @@ from docktor.agent.demo.nats_server import NatsServer, free_port
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-__all__ = ["REPO", "SHARED", "NatsServer", "free_port", "launch_nats", "need", "start_nats"]
+__all__ = ["REPO", "SHARED", "NatsServer", "SmallDisk", "free_port", "launch_nats", "need", "small_disk", "start_nats"]
 
 
 def need(condition: bool, reason: str, require_env: str) -> None:
@@ -204,3 +204,59 @@ async def wait_for_consumer(url: str, stream: str = "EVENTS", consumer: str = "W
                 await asyncio.sleep(0.5)
     finally:
         await nc.close()
+
+
+# --------------------------------------------------------------------------- a small file system
+
+
+class SmallDisk:
+    """A real tmpfs of ``size`` bytes mounted at ``path``, to fill on demand (a full disk, for real)."""
+
+    def __init__(self, path: Path, size: int):
+        self.path = path
+        self.size = size
+        self.filler = path / ".filler"
+
+    def mount(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0755", "tmpfs", str(self.path)],
+            capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs for the full-disk test (needs root and CAP_SYS_ADMIN): "
+                        f"{(done.stderr or done.stdout).strip()}")
+
+    def fill(self) -> None:
+        """Take every free byte: the next write of any size fails with ENOSPC."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for size in (65536, 4096, 512, 64, 1):  # the last partial block too, down to the byte
+                block = b"\0" * size
+                try:
+                    while os.write(fd, block) == size:
+                        pass
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+
+    def leave(self, nbytes: int) -> None:
+        """Fill, then give back ``nbytes`` (rounded up to the file system's pages): room for part of a line."""
+        self.fill()
+        size = self.filler.stat().st_size
+        os.truncate(self.filler, max(0, size - nbytes))
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def umount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
+
+
+def small_disk(path: Path, size: int = 1024 * 1024) -> SmallDisk:
+    """A mounted :class:`SmallDisk`; skips with the reason when mounting is impossible. Unmount it
+    in a ``finally`` (the ``small_disk`` fixture of the tests that use it does)."""
+    disk = SmallDisk(path, size)
+    disk.mount()
+    return disk

@@ -25,6 +25,7 @@ import pytest
 from docktor.agent.config.load import parse_config
 from docktor.agent.core.decide import decide
 from docktor.agent.core.state import ServiceState
+from docktor.agent.runtime.decision_log import read_records
 from docktor.agent.runtime.loop import Daemon
 from tests.peers import DMR_PREFIX, NatsServer, start_llama
 from tests.scripted_openai_server import HANG, ScriptedOpenAIServer
@@ -91,7 +92,8 @@ def config_yaml(tmp_path: Path, llm: dict[str, Any], services: str) -> str:
 
 
 def log_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """One dict per decision (an acting decision's intent and outcome lines merged)."""
+    return list(read_records(path))
 
 
 def assert_inside_envelope(rec: dict[str, Any]) -> None:

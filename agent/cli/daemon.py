@@ -90,6 +90,14 @@ def register(app: typer.Typer) -> None:
             out.print("docktor is not running", markup=False)
             raise typer.Exit(3)  # like systemctl/LSB: 3 = not running
         out.print(f"docktor is running: pid {st['pid']}, mode {st.get('mode')}, up {st.get('uptime_s')} s", markup=False)
+        dlog = st.get("decision_log") or {}
+        if dlog and not dlog.get("writable", True):
+            out.print(
+                f"decision log NOT WRITABLE since {dlog.get('since')} ({dlog.get('error')}): not scaling until it is; "
+                f"{dlog.get('unrecorded', 0)} decision(s) unrecorded, {dlog.get('refused_actions', 0)} scale action(s) "
+                f"not taken ({dlog.get('path')})",
+                markup=False, style="bold red",
+            )
         table = Table("service", "replicas", "last decision", "reason")
         for name, s in st.get("services", {}).items():
             reps = s.get("replicas") or {}
@@ -112,12 +120,11 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Raw JSON lines.")] = False,
     ) -> None:
         """The decision log: a readable table, or raw JSON lines with --json."""
-        import itertools
         import json
 
         from docktor.agent.cli.render import one_line, print_table, say
         from docktor.agent.runtime.daemon import paths_for
-        from docktor.agent.runtime.decision_log import follow, log_files, read_records, read_records_in
+        from docktor.agent.runtime.decision_log import follow, log_files, raw_lines_of, read_records
 
         cfg = load(config)
         if service is not None and service not in {s.name for s in cfg.services}:
@@ -132,10 +139,11 @@ def register(app: typer.Typer) -> None:
             else:
                 print_table(records)
             return
-        # Following: rotated files first, then the live file from its start on one handle.
-        rotated = [rec for f in log_files(path)[:-1] for rec in read_records_in(f, since=since_ts, service=service)]
+        # Following: rotated files first, then the live file from its start on one handle, in one
+        # stream so that a decision's intent and outcome are shown as one line even across a rotation.
+        rotated = raw_lines_of(log_files(path)[:-1])
         try:
-            for rec in itertools.chain(rotated, follow(path, service=service, since=since_ts, from_start=True)):
+            for rec in follow(path, service=service, since=since_ts, from_start=True, before=rotated):
                 if as_json:
                     sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
                     sys.stdout.flush()

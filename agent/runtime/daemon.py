@@ -217,4 +217,5 @@ def status(config: DocktorConfig) -> dict[str, Any]:
         except OSError:
             out["uptime_s"] = None
         out["services"] = st.get("services", {})
+        out["decision_log"] = st.get("decision_log")
     return out

@@ -8,11 +8,11 @@ slow source) never delays another service's ticks.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +21,11 @@ from typing import Any
 from docktor.agent.config.model import DocktorConfig, ServiceConfig, SourceSpec
 from docktor.agent.core.decide import Advice, Plan, conclude, plan, remember
 from docktor.agent.core.state import ServiceState
-from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome
+from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord
+from docktor.agent.runtime.recorder import Recorder, write_status_file
 from docktor.agent.timestamps import rfc3339
 from docktor.tools.registry import executor_plugin, source_plugin
-from docktor.tools.sdk import Context, Executor, ReplicaStatus, Source, one_line
+from docktor.tools.sdk import Context, Executor, ReplicaStatus, ScaleOutcome, Source, one_line
 
 log = logging.getLogger("docktor")
 
@@ -63,7 +64,9 @@ class Daemon:
         self.log = DecisionLog(
             log_path or state_dir / "decisions.jsonl", config.log.max_bytes, config.log.backups
         )
+        self.recorder = Recorder(self.log, wall=wall, mono=mono)
         self.status_path = status_path
+        self.status_error: str | None = None  # the last failed status-file write, for the log
         self.wall, self.mono = wall, mono
         self.started_at = wall()
         self.runners: dict[str, ServiceRunner] = {}
@@ -175,31 +178,47 @@ class Daemon:
             record = DecisionRecord(
                 ts=rfc3339(self.wall()), service=svc.name, mode=mode, current_replicas=None,  # type: ignore[arg-type]
                 decision="hold", target_replicas=None, reason="replica count unavailable: holding",
-                policy=svc.policy, source="none", observations=observations, errors=errors,
+                policy=svc.policy, source="none", observations=observations, errors=errors, id=_decision_id(),
             )
-            return self._record(runner, record)
+            self.recorder.write(record)
+            return self._keep(runner, record)
 
         current = status.desired
         p = plan(svc, observations, current, runner.state, now)
         advice = await self._advise(runner, p, now) if self.advisor is not None else None
         decision = conclude(svc, p, advice)
 
-        executed = False
-        outcome: Outcome | None = None
+        record = DecisionRecord.from_decision(decision, mode=mode, ts=self.wall(), errors=errors, id=_decision_id())
         act = decision.changes and mode == "autonomous"
-        if act:
+        if act and not self.recorder.write(record.model_copy(update={"phase": "intent"})):
+            # Write-ahead: an action the log cannot hold is not taken. The decision is kept in
+            # memory (status, the LLM's tools) and the log's first line afterwards names the gap.
+            self.recorder.refuse()
+            note = f"not acted: the decision log is not writable ({self.recorder.error})"
+            record = record.model_copy(update={"reason": f"{record.reason}; {note}", "errors": [*record.errors, f"decision log: {note}"]})
+            remember(runner.state, decision, now, acted=False, observations=decision.observations)
+            return self._keep(runner, record)
+        if not act:
+            remember(runner.state, decision, now, acted=False, observations=decision.observations)
+            self.recorder.write(record)
+            return self._keep(runner, record)
+
+        started = time.monotonic()
+        try:
             result = await runner.executor.scale(decision.target)
-            executed = True
-            outcome = Outcome(
-                status="ok" if result.ok else "error", message=result.message, duration_ms=round(result.duration_ms, 1)
-            )
-        remember(runner.state, decision, now, acted=act, ok=outcome is None or outcome.status == "ok", observations=decision.observations)
-        if outcome is not None and outcome.status == "error" and runner.state.backoff_until is not None:
+        except Exception as e:  # executors report failures in their outcome; a raise is a bug, logged as one
+            result = ScaleOutcome(False, f"executor raised {one_line(e)}", (time.monotonic() - started) * 1000)
+        outcome = Outcome(
+            status="ok" if result.ok else "error", message=result.message, duration_ms=round(result.duration_ms, 1)
+        )
+        remember(runner.state, decision, now, acted=True, ok=result.ok, observations=decision.observations)
+        if not result.ok and runner.state.backoff_until is not None:
             retry_in = runner.state.backoff_until - now
             outcome.retry_at = rfc3339(self.wall() + retry_in)
             outcome.message += f"; backing off, next scale-up not before {outcome.retry_at} (in {retry_in:.0f} s)"
-        record = DecisionRecord.from_decision(decision, mode=mode, ts=self.wall(), executed=executed, outcome=outcome, errors=errors)
-        return self._record(runner, record)
+        assert record.id is not None
+        self.recorder.write_outcome(OutcomeRecord(ts=rfc3339(self.wall()), service=svc.name, id=record.id, outcome=outcome))
+        return self._keep(runner, record.model_copy(update={"executed": True, "outcome": outcome}))
 
     async def _advise(self, runner: ServiceRunner, p: Plan, now: float) -> Advice:
         budget = self.config.llm.timeout + 0.5
@@ -209,8 +228,8 @@ class Daemon:
             return Advice(None, "fallback", {"error": one_line(e), "asked": True})
         return advice
 
-    def _record(self, runner: ServiceRunner, record: DecisionRecord) -> DecisionRecord:
-        self.log.write(record)
+    def _keep(self, runner: ServiceRunner, record: DecisionRecord) -> DecisionRecord:
+        """The decision in memory (whether or not the log took it): status, hooks, the LLM's tools."""
         runner.last_record = record
         runner.recent.append(record.model_dump(mode="json"))
         del runner.recent[:-50]
@@ -232,13 +251,27 @@ class Daemon:
                     k: getattr(r.last_record, k) for k in ("ts", "decision", "current_replicas", "target_replicas", "reason", "executed")
                 },
             }
-        return {"pid": os.getpid(), "started_at": rfc3339(self.started_at), "mode": self.mode, "services": services}
+        return {
+            "pid": os.getpid(), "started_at": rfc3339(self.started_at), "mode": self.mode,
+            "decision_log": self.recorder.health(), "status_file_error": self.status_error, "services": services,
+        }
 
     def write_status(self) -> None:
+        """Refresh the status file; on a full disk in place, and never at the cost of a tick."""
         assert self.status_path is not None
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status()))
-        tmp.replace(self.status_path)
+        try:
+            write_status_file(self.status_path, self.status())
+        except OSError as e:
+            if self.status_error is None:
+                log.error("status file %s not writable: %s", self.status_path, e.strerror or e)
+            self.status_error = e.strerror or str(e)
+        else:
+            self.status_error = None
+
+
+def _decision_id() -> str:
+    """Unique across services and restarts: an intent and its outcome line share it."""
+    return uuid.uuid4().hex[:16]
 
 
 class _Tools:
