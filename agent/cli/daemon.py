@@ -123,6 +123,7 @@ def register(app: typer.Typer) -> None:
         import json
 
         from docktor.agent.cli.render import one_line, print_table, say
+        from docktor.agent.redact import redact
         from docktor.agent.runtime.daemon import paths_for
         from docktor.agent.runtime.decision_log import follow, log_files, raw_lines_of, read_records
 
@@ -135,7 +136,7 @@ def register(app: typer.Typer) -> None:
             records = list(read_records(path, since=since_ts, service=service))
             if as_json:
                 for rec in records:
-                    sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                    sys.stdout.write(redact(json.dumps(rec, separators=(",", ":"))) + "\n")
             else:
                 print_table(records)
             return
@@ -145,7 +146,7 @@ def register(app: typer.Typer) -> None:
         try:
             for rec in follow(path, service=service, since=since_ts, from_start=True, before=rotated):
                 if as_json:
-                    sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                    sys.stdout.write(redact(json.dumps(rec, separators=(",", ":"))) + "\n")
                     sys.stdout.flush()
                 else:
                     say(one_line(rec))

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from docktor.agent.redact import redact, redact_obj
+
 # Not a terminal (a pipe, a file, CI): wide enough that reasons stay on one line.
 out = Console() if Console().is_terminal else Console(width=200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -15,11 +17,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def say(text: str) -> None:
     """Print plain text (no markup, no highlighting): config values may contain brackets."""
-    out.print(text, markup=False, highlight=False)
+    out.print(redact(text), markup=False, highlight=False)
 
 
 def warn(text: str) -> None:
-    err.print(f"warning: {text}", markup=False)
+    err.print(f"warning: {redact(text)}", markup=False)
 
 
 def arrow(rec: dict[str, Any]) -> str:
@@ -44,7 +46,7 @@ def print_table(records: Iterable[dict[str, Any]]) -> None:
         table.add_column(name, no_wrap=True)
     table.add_column("reason", ratio=1)
     n = 0
-    for rec in records:
+    for rec in map(redact_obj, records):
         n += 1
         style = {"scale_up": "green", "scale_down": "yellow"}.get(rec.get("decision", ""), "")
         outcome = outcome_text(rec)

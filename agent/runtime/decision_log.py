@@ -28,9 +28,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from docktor.agent.core.decide import Decision
+from docktor.agent.redact import redact, redact_obj
 from docktor.agent.timestamps import parse_rfc3339, rfc3339
 
 
@@ -72,6 +73,12 @@ class DecisionRecord(BaseModel):
     #: ``intent`` on the line written before the executor acts; absent on a one-line decision
     phase: Literal["intent"] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        # errors, reasons and the LLM's record quote peers' messages, which may quote a URL
+        return redact_obj(data) if isinstance(data, dict) else data
+
     @classmethod
     def from_decision(
         cls,
@@ -111,7 +118,8 @@ class DecisionRecord(BaseModel):
         data = self.model_dump(mode="json", exclude_none=False)
         if data.get("phase") is None:
             data.pop("phase", None)
-        return (json.dumps(data, separators=(",", ":")) + "\n").encode()
+        # again at the last moment: model_copy(update=...) does not validate
+        return (redact(json.dumps(data, separators=(",", ":"))) + "\n").encode()
 
 
 class OutcomeRecord(BaseModel):
@@ -127,7 +135,7 @@ class OutcomeRecord(BaseModel):
     outcome: Outcome
 
     def line(self) -> bytes:
-        return (json.dumps(self.model_dump(mode="json"), separators=(",", ":")) + "\n").encode()
+        return (redact(json.dumps(self.model_dump(mode="json"), separators=(",", ":"))) + "\n").encode()
 
 
 class LogWriteError(OSError):

@@ -21,6 +21,7 @@ from typing import Any
 from docktor.agent.config.model import DocktorConfig, ServiceConfig, SourceSpec
 from docktor.agent.core.decide import Advice, Plan, conclude, plan, remember
 from docktor.agent.core.state import ServiceState
+from docktor.agent.redact import redact, redact_obj
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord
 from docktor.agent.runtime.recorder import Recorder, write_status_file
 from docktor.agent.timestamps import rfc3339
@@ -149,11 +150,11 @@ class Daemon:
         for (spec, _), reading in zip(runner.sources, metrics, strict=True):
             who = "source" if len(runner.sources) == 1 else f"source {spec.name}"
             if isinstance(reading, BaseException):
-                errors.append(f"{who}: {one_line(reading)}")
+                errors.append(redact(f"{who}: {one_line(reading)}"))
             elif isinstance(reading, dict):
                 observations.update((spec.metric_name(k), v) for k, v in reading.items())
         if isinstance(status, BaseException):
-            errors.append(f"executor: {one_line(status)}")
+            errors.append(redact(f"executor: {one_line(status)}"))
             return observations, None, errors
         assert isinstance(status, ReplicaStatus)
         observations.update(status.metrics)
@@ -231,7 +232,7 @@ class Daemon:
     def _keep(self, runner: ServiceRunner, record: DecisionRecord) -> DecisionRecord:
         """The decision in memory (whether or not the log took it): status, hooks, the LLM's tools."""
         runner.last_record = record
-        runner.recent.append(record.model_dump(mode="json"))
+        runner.recent.append(redact_obj(record.model_dump(mode="json")))  # the LLM's tools may send it anywhere
         del runner.recent[:-50]
         for hook in self.on_record:
             hook(record)
@@ -294,7 +295,7 @@ class _Tools:
         if s is None:
             return {"available": False}
         return {"available": True, "desired": s.desired, "running": s.running, "failed": s.failed,
-                "healthy": s.healthy, "detail": s.detail, "min_replicas": r.svc.min_replicas, "max_replicas": r.svc.max_replicas}
+                "healthy": s.healthy, "detail": redact(s.detail or ""), "min_replicas": r.svc.min_replicas, "max_replicas": r.svc.max_replicas}
 
     def recent_decisions(self, service: str, n: int) -> list[dict[str, Any]]:
         return self._runner(service).recent[-max(0, n):]

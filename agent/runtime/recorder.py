@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from docktor.agent.redact import redact
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, LogWriteError, OutcomeRecord
 from docktor.agent.timestamps import rfc3339
 
@@ -143,7 +144,7 @@ def write_status_file(path: Path, status: dict[str, Any]) -> None:
     Raises OSError only when neither works (the caller logs it; a status file is never worth a
     crash). Padding with spaces keeps the JSON valid.
     """
-    text = json.dumps(status).encode()
+    text = redact(json.dumps(status)).encode()
     padded = text + b" " * ((-len(text)) % STATUS_BLOCK + STATUS_BLOCK)
     tmp = path.with_suffix(".tmp")
     try:
@@ -159,7 +160,7 @@ def write_status_file(path: Path, status: dict[str, Any]) -> None:
         size = os.fstat(fd).st_size
         if len(text) > size:
             # keep what must be seen (the log's state) and drop the per-service detail
-            text = json.dumps({k: v for k, v in status.items() if k != "services"}).encode()
+            text = redact(json.dumps({k: v for k, v in status.items() if k != "services"})).encode()
             if len(text) > size:
                 raise OSError(28, "status does not fit its file on a full disk")
         os.pwrite(fd, text + b" " * (size - len(text)), 0)
