@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from docktor.agent.config import compat
-from docktor.agent.config.model import DocktorConfig, ExecutorSpec, ServiceConfig, SourceSpec
+from docktor.agent.config.model import DocktorConfig, ExecutorSpec, OnMissing, ServiceConfig, SourceSpec
 from docktor.agent.config.safe_yaml import MAX_BYTES, YAMLTooBig, load_yaml
 from docktor.agent.core.metrics import REPLICA_METRICS, derivable
 from docktor.agent.core.policies import POLICIES
@@ -284,6 +284,13 @@ def _source(
     block = dict(block)
     kind = block.get("kind")
     name = block.pop("name", None) if not single else None
+    on_missing = OnMissing()
+    if "on_missing" in block:  # Docktor's own key, whatever the plugin: taken out before it validates
+        try:
+            on_missing = OnMissing.model_validate(block.pop("on_missing"))
+        except ValidationError as e:
+            problems.extend(_problems_from(e, None, prefix=f"{where}.on_missing", model=OnMissing))
+            return None
     if kind is None:
         problems.append(Problem(f"{where}.kind", f"required (one of: {', '.join(source_kinds())})"))
         return None
@@ -311,7 +318,7 @@ def _source(
     except ValidationError as e:
         problems.extend(_problems_from(e, block, prefix=where, model=plugin.Settings))
         return None
-    return SourceSpec(name=name, kind=plugin.kind, settings=settings, primary=primary, where=where)
+    return SourceSpec(name=name, kind=plugin.kind, settings=settings, primary=primary, where=where, on_missing=on_missing)
 
 
 def _plugin_problem(e: PluginError, what: str, kind: str, known: list[str]) -> str:

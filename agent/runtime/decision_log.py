@@ -68,6 +68,8 @@ class DecisionRecord(BaseModel):
     outcome: Outcome | None = None
     errors: list[str] = Field(default_factory=list)
     llm: dict[str, Any] | None = None
+    #: sources' on_missing fallbacks in force (absent when none)
+    fallbacks: list[dict[str, Any]] | None = None
     #: the decision's identity: an intent and its outcome share it
     id: str | None = None
     #: ``intent`` on the line written before the executor acts; absent on a one-line decision
@@ -111,13 +113,15 @@ class DecisionRecord(BaseModel):
             outcome=outcome,
             errors=errors or [],
             llm=dict(d.advice) if d.advice is not None else None,
+            fallbacks=[f.as_dict() for f in d.fallbacks] or None,
             id=id,
         )
 
     def line(self) -> bytes:
         data = self.model_dump(mode="json", exclude_none=False)
-        if data.get("phase") is None:
-            data.pop("phase", None)
+        for optional in ("phase", "fallbacks"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
         # again at the last moment: model_copy(update=...) does not validate
         return (redact(json.dumps(data, separators=(",", ":"))) + "\n").encode()
 

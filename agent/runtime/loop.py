@@ -147,12 +147,16 @@ class Daemon:
         status, metrics = readings[0], readings[1:]
         errors: list[str] = []
         observations: dict[str, float] = {}
+        ok, failed = [], []
         for (spec, _), reading in zip(runner.sources, metrics, strict=True):
             who = "source" if len(runner.sources) == 1 else f"source {spec.name}"
             if isinstance(reading, BaseException):
                 errors.append(redact(f"{who}: {one_line(reading)}"))
+                failed.append(spec.name)
             elif isinstance(reading, dict):
                 observations.update((spec.metric_name(k), v) for k, v in reading.items())
+                ok.append(spec.name)
+        runner.state.note_reads(ok, failed)  # for on_missing: failed reads in a row, per source
         if isinstance(status, BaseException):
             errors.append(redact(f"executor: {one_line(status)}"))
             return observations, None, errors
