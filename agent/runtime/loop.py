@@ -113,9 +113,24 @@ class Daemon:
             for t in tasks:
                 t.cancel()
 
-    async def run_once(self, *, dry_run: bool = False) -> list[DecisionRecord]:
-        """One tick of every service, concurrently."""
-        return list(await asyncio.gather(*(self.tick(r, dry_run=dry_run) for r in self.runners.values())))
+    async def run_once(self, *, dry_run: bool = False, window: float = 0.0) -> list[DecisionRecord]:
+        """One decision for every service, concurrently.
+
+        Rates need two readings: with ``window`` > 0 each service is read once, then decided on a
+        second reading ``window`` seconds later (at most its check interval), so a one-shot
+        decision sees ``queue.rate_in``/``rate_out`` like the daemon's ticks do.
+        """
+        return list(await asyncio.gather(*(self._once(r, dry_run, window) for r in self.runners.values())))
+
+    async def _once(self, runner: ServiceRunner, dry_run: bool, window: float) -> DecisionRecord:
+        wait = min(window, runner.svc.check_interval)
+        if wait > 0:
+            started = self.mono()
+            observations, status, _ = await self.observe(runner)
+            if status is not None:  # the first reading is history, as the previous tick's would be
+                runner.state.history.append((started, observations))
+            await asyncio.sleep(max(0.0, started + wait - self.mono()))
+        return await self.tick(runner, dry_run=dry_run)
 
     async def _service_loop(self, runner: ServiceRunner, stop: asyncio.Event) -> None:
         interval = runner.svc.check_interval
