@@ -62,6 +62,7 @@ NAMED: list[tuple[str, str]] = [
     ("empty", ""),
     ("only a comment", "# nothing\n"),
     ("a newline inside a key", 'services:\n  - name: w\n    "bad\\nkey": 1\n'),
+    ("a key with an open bracket", VALID.replace("min_replicas: 1", "min_replica[s: 1")),
 ]
 
 #: fragments a mutation inserts: YAML syntax, tags, anchors, interpolation, odd scalars

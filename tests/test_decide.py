@@ -274,3 +274,20 @@ def test_stabilization_remembers_the_policy_recommendation_not_a_wild_proposal()
     assert list(state.recommendations) == [(0, 3)]
     # 30 s later the idle queue scales in: the window holds 3, not the 10,000 that was asked for
     assert decide(svc, IDLE, 4, state, now=30).target == 3
+
+
+def test_an_advisor_never_stops_a_scale_up_short() -> None:
+    """Whatever an advisor says, a deterministic scale-up happens in full (it may go further)."""
+    from docktor.agent.core.decide import Advice, conclude, plan
+    from docktor.agent.core.policy import Proposal
+
+    svc = service(max=10)
+    p = plan(svc, BUSY, 3, ServiceState(), 100)  # the rules want 5
+    held = conclude(svc, p, Advice(Proposal(3, "llm: hold"), "llm", {"proposal": 3}))
+    assert (held.decision, held.target, held.source) == ("scale_up", 5, "llm")
+    assert [g.as_dict() for g in held.guardrails] == [{"name": "deterministic_scale_up", "from": 3, "to": 5}]
+    further = conclude(svc, p, Advice(Proposal(9, "llm: more"), "llm", {"proposal": 9}))
+    assert further.target == 5  # the step limit still applies to the advisor: hi stays the plan's
+    # when the rules do not scale up, the advisor chooses within its envelope as before
+    idle = plan(svc, IDLE, 4, ServiceState(), 100)
+    assert conclude(svc, idle, Advice(Proposal(4, "llm: hold"), "llm", {"proposal": 4})).target == 4

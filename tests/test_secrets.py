@@ -184,7 +184,9 @@ async def test_canary_secrets_reach_no_output_and_no_file(tmp_path: Path) -> Non
                 outputs[name] = out + err
                 assert code == 0, (name, out, err)
             decided = [json.loads(line) for line in outputs["decide"].splitlines() if line.startswith("{")]
-            worker = next(r for r in decided if r["service"] == "worker")
+            # decide --once: the deterministic decision, then the LLM's answer at the tick it lands in
+            asked, worker = [r for r in decided if r["service"] == "worker"]
+            assert asked["llm"]["asked"] is True and "in_flight" in asked["llm"]
             # the password and the token really worked: both queues were read
             assert worker["observations"]["queue.backlog"] == 120
             assert next(r for r in decided if r["service"] == "second")["observations"]["queue.backlog"] == 120

@@ -109,6 +109,11 @@ class LLMClient:
                 )
         raise AssertionError("unreachable: tenacity reraises the last error")
 
+    @property
+    def raw(self) -> AsyncOpenAI:
+        """The SDK client, for the server's own endpoints (``/props``, ``/tokenize``): same key, same transport."""
+        return self._client
+
     async def models(self, timeout: float) -> list[str]:
         page = await self._client.models.list(timeout=timeout)
         return [m.id for m in page.data]

@@ -286,10 +286,11 @@ def _source(
     name = block.pop("name", None) if not single else None
     on_missing = OnMissing()
     if "on_missing" in block:  # Docktor's own key, whatever the plugin: taken out before it validates
+        given = block.pop("on_missing")
         try:
-            on_missing = OnMissing.model_validate(block.pop("on_missing"))
+            on_missing = OnMissing.model_validate(given)
         except ValidationError as e:
-            problems.extend(_problems_from(e, None, prefix=f"{where}.on_missing", model=OnMissing))
+            problems.extend(_problems_from(e, given, prefix=f"{where}.on_missing", model=OnMissing))
             return None
     if kind is None:
         problems.append(Problem(f"{where}.kind", f"required (one of: {', '.join(source_kinds())})"))
@@ -425,6 +426,24 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def _input_loc(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    """``loc`` without pydantic's own steps (``function-after[...]``, union tags): a step is kept
+    when it is a key (or index) of the input at that point, so a user's key with brackets in it
+    stays in the path."""
+    out: list[Any] = []
+    node = raw
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            out.append(part)
+            node = node[part]
+        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
+            continue  # pydantic's step, e.g. a validator wrapper or a union member
+        else:
+            out.append(part)  # a key the input lacks (a required field): part of the path
+            node = None
+    return tuple(out)
+
+
 def _problems_from(
     err: ValidationError,
     raw: Any,
@@ -435,11 +454,11 @@ def _problems_from(
 ) -> list[Problem]:
     problems: list[Problem] = []
     for e in err.errors(include_url=False):
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        loc = _input_loc(e["loc"], raw)
         path = _loc_path(loc, prefix)
         kind = e["type"]
-        if kind == "extra_forbidden":
-            owner = _model_at(model, loc[:-1]) if loc else model
+        if kind == "extra_forbidden" and loc:
+            owner = _model_at(model, loc[:-1])
             names = [n for n, f in owner.model_fields.items() if not f.exclude] if owner else []
             if owner is model:
                 names += list(extra_names)

@@ -235,11 +235,20 @@ def finish(
 
 
 def conclude(svc: ServiceConfig, p: Plan, advice: Advice | None = None) -> Decision:
-    """The decision for ``p``: the advice's proposal when it has one, else the policy's, clamped."""
+    """The decision for ``p``: the advice's proposal when it has one, else the policy's, clamped.
+
+    An advisor never delays a scale-up: when the deterministic decision scales up, the advice may
+    go further (inside its envelope) but not stop short of it (``deterministic_scale_up``).
+    """
+    deterministic = finish(svc, p, p.proposal, deterministic_source(svc))
     if advice is None:
-        return finish(svc, p, p.proposal, deterministic_source(svc))
-    proposal = advice.proposal or p.proposal
-    return finish(svc, p, proposal, advice.source, envelope=advice.envelope, advice=advice.record)
+        return deterministic
+    if advice.proposal is None:
+        return finish(svc, p, p.proposal, advice.source, envelope=advice.envelope, advice=advice.record)
+    env = advice.envelope or p.envelope
+    if deterministic.decision == "scale_up" and env.lo < deterministic.target:
+        env = Envelope(deterministic.target, max(env.hi, deterministic.target), "deterministic_scale_up", env.hi_by)
+    return finish(svc, p, advice.proposal, advice.source, envelope=env, advice=advice.record)
 
 
 def step(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from docktor.agent.config.model import DocktorConfig, ServiceConfig, SourceSpec
-from docktor.agent.core.decide import Advice, Plan, conclude, plan, remember
+from docktor.agent.core.decide import remember, step
 from docktor.agent.core.state import ServiceState
 from docktor.agent.redact import redact, redact_obj
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord
@@ -72,6 +72,7 @@ class Daemon:
         self.started_at = wall()
         self.runners: dict[str, ServiceRunner] = {}
         self.advisor: Any = None
+        self.beside: Any = None  # AdvisorBeside: the LLM's calls, beside the loop
         self.on_record: list[Callable[[DecisionRecord], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -88,10 +89,14 @@ class Daemon:
             self.runners[svc.name] = ServiceRunner(svc, sources, executor)
         if self.config.llm.provider != "none":
             from docktor.agent.advisor.advisor import make_advisor
+            from docktor.agent.runtime.beside import AdvisorBeside
 
             self.advisor = make_advisor(self.config.llm)
+            self.beside = AdvisorBeside(self.advisor, _Tools(self), wall=self.wall, mono=self.mono)
 
     async def close(self) -> None:
+        if self.beside is not None:
+            await self.beside.close()  # calls still in flight are cancelled: nobody waits for them
         closers: list[Awaitable[None]] = []
         for r in self.runners.values():
             closers.extend(source.close() for _, source in r.sources)
@@ -120,7 +125,12 @@ class Daemon:
         second reading ``window`` seconds later (at most its check interval), so a one-shot
         decision sees ``queue.rate_in``/``rate_out`` like the daemon's ticks do.
         """
-        return list(await asyncio.gather(*(self._once(r, dry_run, window) for r in self.runners.values())))
+        records = list(await asyncio.gather(*(self._once(r, dry_run, window) for r in self.runners.values())))
+        if self.beside is not None:
+            # What the daemon would do next: the LLM's answer, applied at the tick it lands in.
+            landed = await self.beside.settle(self.config.llm.timeout + 1.0)
+            records += await asyncio.gather(*(self.tick(self.runners[name], dry_run=dry_run) for name in landed))
+        return records
 
     async def _once(self, runner: ServiceRunner, dry_run: bool, window: float) -> DecisionRecord:
         wait = min(window, runner.svc.check_interval)
@@ -204,9 +214,9 @@ class Daemon:
             return self._keep(runner, record)
 
         current = status.desired
-        p = plan(svc, observations, current, runner.state, now)
-        advice = await self._advise(runner, p, now) if self.advisor is not None else None
-        decision = conclude(svc, p, advice)
+        # The same step the simulator runs; the advisor's callback never waits for the model.
+        advise = None if self.beside is None else self.beside.advise_for(svc, runner.state, now)
+        decision = step(svc, observations, current, runner.state, now, advise)
 
         record = DecisionRecord.from_decision(decision, mode=mode, ts=self.wall(), errors=errors, id=_decision_id())
         act = decision.changes and mode == "autonomous"
@@ -239,14 +249,6 @@ class Daemon:
         assert record.id is not None
         self.recorder.write_outcome(OutcomeRecord(ts=rfc3339(self.wall()), service=svc.name, id=record.id, outcome=outcome))
         return self._keep(runner, record.model_copy(update={"executed": True, "outcome": outcome}))
-
-    async def _advise(self, runner: ServiceRunner, p: Plan, now: float) -> Advice:
-        budget = self.config.llm.timeout + 0.5
-        try:
-            advice: Advice = await asyncio.wait_for(self.advisor.advise(runner.svc, p, runner.state, _Tools(self), now), budget)
-        except Exception as e:  # the advisor promises not to raise; this is the belt to its braces
-            return Advice(None, "fallback", {"error": one_line(e), "asked": True})
-        return advice
 
     def _keep(self, runner: ServiceRunner, record: DecisionRecord) -> DecisionRecord:
         """The decision in memory (whether or not the log took it): status, hooks, the LLM's tools."""
