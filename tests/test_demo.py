@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from docktor.agent.runtime.decision_log import read_records
 
 
 def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
@@ -17,7 +18,7 @@ def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "Summary:" in r.stdout
-    recs = [json.loads(line) for line in (state / "decisions.jsonl").read_text().splitlines()]
+    recs = list(read_records(state / "decisions.jsonl"))  # intent and outcome lines merged
     ups = [x for x in recs if x["decision"] == "scale_up" and x["executed"]]
     downs = [x for x in recs if x["decision"] == "scale_down" and x["executed"]]
     assert all(x["outcome"]["status"] == "ok" for x in ups + downs)

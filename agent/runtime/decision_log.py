@@ -292,7 +292,8 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 #: what a decision whose outcome was never written says about it
 UNKNOWN_OUTCOME = {
     "status": "unknown",
-    "message": "no outcome recorded: the daemon stopped (or its log became unwritable) while the executor acted",
+    "message": "no outcome recorded (yet): the executor may still be acting, or the daemon stopped (or its log "
+               "became unwritable) while it acted",
     "duration_ms": None,
 }
 
