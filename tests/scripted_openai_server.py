@@ -25,7 +25,15 @@ class Status:
     body: dict[str, Any]
 
 
-Reply = dict[str, Any] | Status | str | Callable[[dict[str, Any], dict[str, str]], "Reply"]
+@dataclass(frozen=True)
+class Slow:
+    """A reply sent after ``seconds``: a slow model, on demand."""
+
+    seconds: float
+    reply: Reply
+
+
+Reply = dict[str, Any] | Status | str | Slow | Callable[[dict[str, Any], dict[str, str]], "Reply"]
 
 
 def completion(
@@ -78,6 +86,7 @@ class ScriptedOpenAIServer:
         self.models = models or ["scripted-model"]
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.other: list[str] = []  # requests to paths other than the chat and models endpoints
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.base_events.Server | None = None
         self.base_url = ""
@@ -116,6 +125,9 @@ class ScriptedOpenAIServer:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 if method == "GET" and path.rstrip("/").endswith("/models"):
                     reply: Reply = {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "scripted"} for m in self.models]}
+                elif not path.rstrip("/").endswith("/chat/completions"):
+                    self.other.append(f"{method} {path}")  # /props, /api/show ...: not an OpenAI path
+                    reply = error(404, f"File Not Found: {path}")
                 else:
                     request = json.loads(body)
                     self.requests.append(request)
@@ -123,6 +135,9 @@ class ScriptedOpenAIServer:
                     reply = self._next()
                     if callable(reply):
                         reply = reply(request, headers)
+                if isinstance(reply, Slow):
+                    await asyncio.sleep(reply.seconds)
+                    reply = reply.reply
                 if reply == HANG:
                     await asyncio.sleep(3600)
                 status, payload = (reply.code, reply.body) if isinstance(reply, Status) else (200, reply)

@@ -97,6 +97,31 @@ async def test_real_llama_without_tools_answers_with_schema(llama):
     assert decision.target <= 3  # never up when only the scale-down rules hold
 
 
+async def test_real_llama_prompt_with_all_four_tools_is_fitted_to_a_2048_token_context(llama):
+    """The issue's HTTP 400: all four tools and history made 2,266 tokens. The advisor reads n_ctx
+    from /props, counts with /apply-template + /tokenize and drops what does not fit."""
+    prefix, base_url = llama
+    svc = service()
+    state = ServiceState()
+    for t in range(5):  # history to drop
+        state.history.append((990.0 + t, {"queue.backlog": 900.0 + t, "queue.rate_in": 20.0, "replicas.running": 2.0}))
+    p = make_plan(svc, backlog=900, current=2, state=state)
+    advisor = Advisor(llm_config(prefix, base_url, tools=None, max_tool_rounds=2, max_tokens=200), env={})
+    try:
+        advice = await advisor.advise(svc, p, state, StaticTools(), 1000.0)
+        info = await advisor.server_info()
+    finally:
+        await advisor.close()
+    rec = advice.record
+    assert (info.kind, info.n_ctx, info.tools, info.tokenizer) == ("llama.cpp", 2048, True, True)
+    budget = rec["prompt"]
+    assert budget["how"] == "counted" and budget["n_ctx"] == 2048 and budget["variant"] != "full", budget
+    assert budget["tokens"] <= 2048 - 200 - 32
+    # the first request fits: no context error, whatever the tiny model then says
+    assert "context" not in str(rec.get("error")) and "context_retry" not in rec, rec
+    assert rec["prompt_tokens"] > 0 and rec["requests"] >= 1
+
+
 def test_real_llama_llm_check_reports_support(llama, tmp_path: Path):
     prefix, base_url = llama
     import typer
@@ -127,6 +152,8 @@ def test_real_llama_llm_check_reports_support(llama, tmp_path: Path):
     assert "model ai/llama3.2: available" in result.output
     assert "structured output: json_schema ok" in result.output
     assert "tool calling: ok, called" in result.output
+    assert "server: llama.cpp: context 2048 tokens, tools supported (llama.cpp /props)" in result.output
+    assert "tokens (counted); context 2048 - max_tokens 200 leaves 1816" in result.output
 
 
 def test_llm_check_bad_input_is_one_line_and_exit_2(tmp_path: Path):

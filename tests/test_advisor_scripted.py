@@ -224,3 +224,34 @@ async def test_scripted_server_asks_only_when_needed_and_reuses_the_last_advice(
     assert "queue.rate_in moved" in whys[3][2] and whys[5][2].startswith("heartbeat")
     assert "policy proposes 5" in whys[6][2]
     assert len(s.requests) == 4
+
+
+async def test_scripted_server_context_overflow_is_retried_once_with_the_minimal_prompt():
+    """llama.cpp's HTTP 400 for a prompt longer than its context; the retry drops history and tools."""
+    overflow = error(400, "the request exceeds the available context size, try increasing it")
+    async with ScriptedOpenAIServer([overflow, answer("scale_up", 4)]) as s:
+        advice, decision, _ = await advise(s, max_tool_rounds=2)
+    assert advice.source == "llm" and decision.target == 4
+    assert "exceeds the available context size" in advice.record["context_retry"]
+    assert advice.record["prompt"]["variant"] == "minimal"
+    first, retry = s.requests
+    assert "tools" in first and "tools" not in retry
+    minimal = json.loads(last_user_text(retry))
+    assert set(minimal) == {"service", "current", "allowed", "observations", "recommended"}
+    assert len(last_user_text(retry)) < len(last_user_text(first))
+
+
+async def test_scripted_server_a_second_overflow_is_a_fallback_not_a_loop():
+    overflow = error(400, "This model's maximum context length is 2048 tokens")
+    async with ScriptedOpenAIServer([overflow]) as s:
+        advice, decision, p = await advise(s)
+    assert advice.source == "fallback" and "maximum context length" in advice.record["error"]
+    assert len(s.requests) == 2 and decision.target == p.proposal.target
+
+
+async def test_scripted_server_unknown_context_sends_the_full_prompt():
+    """A server that says nothing about itself (like OpenAI): no budgeting, the full prompt goes out."""
+    async with ScriptedOpenAIServer([answer("scale_up", 3)]) as s:
+        advice, _, _ = await advise(s)
+    assert advice.record["prompt"] == {"variant": "full", "n_ctx": None}
+    assert any(path.endswith("/props") for path in s.other)  # it asked, once

@@ -267,3 +267,54 @@ def test_usage_errors_are_one_line_naming_the_argument(args: list[str], names: s
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("error: ") and names in line
+
+
+def test_decide_once_reads_twice_so_the_docktor_policy_sees_rates(tmp_path: Path, nats_server: NatsServer) -> None:
+    """What users run (`decide --once --dry-run`) answers what the daemon would: rates are known."""
+    import asyncio
+    import threading
+
+    asyncio.run(make_stream(nats_server.url, publish=300))
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(f"""
+services:
+  - name: worker
+    executor: local
+    command: ["{sys.executable}", "-c", "import time; time.sleep(600)"]
+    max_replicas: 20
+    check_interval: 10s
+    processing_time: 0.5s
+    queue: {{kind: nats, url: "{nats_server.url}", stream: JOBS, consumer: WORKERS, timeout: 2s}}
+""")
+    stop = threading.Event()
+
+    def produce() -> None:  # about 40 messages a second for as long as the command runs
+        async def run() -> None:
+            import nats
+
+            nc = await nats.connect(nats_server.url)
+            js = nc.jetstream()
+            while not stop.is_set():
+                await js.publish("jobs.x", b"m")
+                await asyncio.sleep(0.025)
+            await nc.close()
+
+        asyncio.run(run())
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        once = docktor("decide", "--config", str(cfg), "--once", "--dry-run", "--json", "--window", "1.5s")
+        single = docktor("decide", "--config", str(cfg), "--once", "--dry-run", "--json", "--window", "0")
+    finally:
+        stop.set()
+        producer.join(30)
+    assert once.returncode == 0, once.stderr
+    rec = json.loads(once.stdout)
+    assert rec["missing"] == [] and rec["observations"]["queue.rate_in"] > 5, rec
+    assert rec["reason"].startswith("needs ") and rec["decision"] == "scale_up" and rec["target_replicas"] >= 1
+    # one reading has no rates: what the daemon's first tick knows, no more
+    rec = json.loads(single.stdout)
+    assert rec["missing"] == ["queue.rate_in"] and "queue.rate_in" not in rec["observations"]
+    bad = docktor("decide", "--config", str(cfg), "--once", "--window", "soon")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --window:")

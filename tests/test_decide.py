@@ -113,12 +113,70 @@ def test_stabilization_waits_for_a_whole_window_of_low_recommendations() -> None
     assert decide(svc, IDLE, 5, state, now=61).target == 4
 
 
-def test_missing_metric_means_no_action_in_either_direction() -> None:
+def test_missing_metrics_the_hpa_way_up_on_what_is_known_never_in() -> None:
+    # the issue's case: backlog 3000 > 500 fires, only rate_in is missing: scale up
+    d = decide(service(), {"queue.backlog": 3000.0}, 4, ServiceState(), now=100)
+    assert (d.decision, d.target, d.missing) == ("scale_up", 6, ["queue.rate_in"])
+    assert d.reason.startswith("missing queue.rate_in: scaling up on what is known: queue.backlog 3000 > 500")
+    # the other up rule fires with the backlog missing
+    d = decide(service(), {"queue.rate_in": 900.0}, 4, ServiceState(), now=100)
+    assert (d.decision, d.target, d.missing) == ("scale_up", 6, ["queue.backlog"])
+    # what is read would allow a scale-in (rate_in < 150), but the backlog is unknown: hold
     d = decide(service(), {"queue.rate_in": 20.0}, 4, ServiceState(), now=100)
-    assert d.decision == "hold"
-    assert d.missing == ["queue.backlog"]
-    d_up = decide(service(), {"queue.rate_in": 900.0}, 4, ServiceState(), now=100)
-    assert d_up.decision == "hold"
+    assert (d.decision, d.missing) == ("hold", ["queue.backlog"])
+    assert d.reason == "missing queue.backlog: holding (never scaling in blind)"
+
+
+def test_a_sizing_policy_sizes_from_what_is_known_only_to_grow() -> None:
+    svc = service(policy="target", target_per_replica=100.0)
+    # rate_in (a rule's metric) missing; the backlog alone asks for 12: grow (step-limited)
+    d = decide(svc, {"queue.backlog": 1200.0}, 4, ServiceState(), now=100)
+    assert d.decision == "scale_up" and d.proposal == 12 and d.missing == ["queue.rate_in"]
+    # the same with a small backlog would shrink: it holds instead
+    assert decide(svc, {"queue.backlog": 50.0}, 4, ServiceState(), now=100).decision == "hold"
+    # the backlog itself missing: counted as 0 it asks for nothing more: hold
+    d = decide(svc, {"queue.rate_in": 900.0}, 4, ServiceState(), now=100)
+    assert (d.decision, d.missing) == ("hold", ["queue.backlog"])
+
+
+def fallback_service(rule: str, min: int = 1) -> ServiceConfig:
+    text = BASE.format(min=min, max=10, up=2, down=1, cu=0, cd=0, stab=0).replace(
+        'consumer: C}', f'consumer: C, on_missing: {rule}}}')
+    return parse_config(text, Path("/tmp/d.yaml"), {}).services[0]
+
+
+def failed(svc: ServiceConfig, reads: int) -> ServiceState:
+    state = ServiceState()
+    for _ in range(reads):
+        state.note_reads([], [svc.sources[0].name])
+    return state
+
+
+def test_on_missing_applies_after_n_failed_reads_in_a_row() -> None:
+    svc = fallback_service("{action: fixed, replicas: 2, after: 3}")
+    assert decide(svc, {}, 6, failed(svc, 2), now=100).decision == "hold"  # not yet: 2 of 3
+    d = decide(svc, {}, 6, failed(svc, 3), now=100)
+    # fixed is the one way missing data scales in (the user asked for it), step by step
+    assert (d.decision, d.target, d.proposal) == ("scale_down", 5, 2)
+    assert d.reason.startswith("source nats failed 3 reads in a row: on_missing fixed 2 -> 2")
+    assert [f.as_dict() for f in d.fallbacks] == [
+        {"source": "nats", "action": "fixed", "replicas": 2, "failed_reads": 3, "target": 2}]
+    # a good read ends the run
+    state = failed(svc, 5)
+    state.note_reads(["nats"], [])
+    assert decide(svc, {}, 6, state, now=100).decision == "hold"
+
+
+def test_on_missing_current_if_higher_never_lowers_and_hold_is_the_hpa_rule() -> None:
+    svc = fallback_service("'current-if-higher 6'")
+    assert decide(svc, {}, 3, failed(svc, 3), now=100).target == 5  # towards 6, step-limited
+    assert decide(svc, {}, 8, failed(svc, 3), now=100).decision == "hold"  # never fewer than now
+    held = fallback_service("hold")
+    assert decide(held, {}, 8, failed(held, 30), now=100).decision == "hold"
+    # fixed below current while an up rule still fires on what is read: the up rule wins
+    fixed = fallback_service("'fixed 2'")
+    d = decide(fixed, {"queue.rate_in": 900.0}, 6, failed(fixed, 3), now=100)
+    assert d.decision == "scale_up"
 
 
 def test_missing_metrics_still_correct_bounds() -> None:
@@ -182,7 +240,7 @@ def test_target_always_within_bounds_and_step_limits(
     if svc.min_replicas <= current <= svc.max_replicas:
         assert current - step_down(svc, current) <= d.target <= current + step_up(svc, current)
         if "queue.backlog" not in obs or "queue.rate_in" not in obs:
-            assert d.target == current  # never scale blind
+            assert d.target >= current  # never scale in blind (HPA: up on what is known only)
     elif current < svc.min_replicas:
         assert d.decision == "scale_up"  # corrected into the bounds, whatever the rules say
     else:
@@ -216,3 +274,20 @@ def test_stabilization_remembers_the_policy_recommendation_not_a_wild_proposal()
     assert list(state.recommendations) == [(0, 3)]
     # 30 s later the idle queue scales in: the window holds 3, not the 10,000 that was asked for
     assert decide(svc, IDLE, 4, state, now=30).target == 3
+
+
+def test_an_advisor_never_stops_a_scale_up_short() -> None:
+    """Whatever an advisor says, a deterministic scale-up happens in full (it may go further)."""
+    from docktor.agent.core.decide import Advice, conclude, plan
+    from docktor.agent.core.policy import Proposal
+
+    svc = service(max=10)
+    p = plan(svc, BUSY, 3, ServiceState(), 100)  # the rules want 5
+    held = conclude(svc, p, Advice(Proposal(3, "llm: hold"), "llm", {"proposal": 3}))
+    assert (held.decision, held.target, held.source) == ("scale_up", 5, "llm")
+    assert [g.as_dict() for g in held.guardrails] == [{"name": "deterministic_scale_up", "from": 3, "to": 5}]
+    further = conclude(svc, p, Advice(Proposal(9, "llm: more"), "llm", {"proposal": 9}))
+    assert further.target == 5  # the step limit still applies to the advisor: hi stays the plan's
+    # when the rules do not scale up, the advisor chooses within its envelope as before
+    idle = plan(svc, IDLE, 4, ServiceState(), 100)
+    assert conclude(svc, idle, Advice(Proposal(4, "llm: hold"), "llm", {"proposal": 4})).target == 4

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from docktor.agent.runtime.decision_log import read_records
 
 
 def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
@@ -18,7 +19,7 @@ def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     # the first run, from a clean state dir: no traceback anywhere, even while nats-server starts
     assert "Traceback" not in r.stdout + r.stderr and "Error" not in r.stderr, r.stderr
-    recs = [json.loads(line) for line in (state / "decisions.jsonl").read_text().splitlines()]
+    recs = list(read_records(state / "decisions.jsonl"))  # intent and outcome lines merged
     # piped, the demo prints a plain line per action and a summary that ends with the final count
     (summary,) = [line for line in r.stdout.splitlines() if line.startswith("Summary:")]
     final = recs[-1]["target_replicas"] if recs[-1]["executed"] else recs[-1]["current_replicas"]

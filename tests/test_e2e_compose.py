@@ -9,7 +9,6 @@ from Docktor's word. The stack is always torn down.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -143,7 +142,9 @@ def daemon(stack: Stack, config: Path, *args: str) -> Iterator[Callable[[], list
             raise AssertionError(f"daemon exited with {proc.returncode}:\n{(stack.tmp / 'daemon.out').read_text()}")
         if not decisions.exists():
             return []
-        return [json.loads(line) for line in decisions.read_text().splitlines() if line.strip()]
+        from docktor.agent.runtime.decision_log import read_records
+
+        return list(read_records(decisions))  # one per decision: intent and outcome lines merged
 
     try:
         yield read
@@ -198,6 +199,9 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
             return running == 1 and len(containers(stack.project, "consumer")) == 1
 
         wait_until("the idle consumer scaled back down to min_replicas", back_to_one, 150)
+        # the last scale-in's outcome line follows its intent once the executor has verified it
+        wait_until("every executed decision's outcome is logged",
+                   lambda: all(r["outcome"]["status"] != "unknown" for r in decisions() if r["executed"]), 60)
         records = decisions()
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")

@@ -144,7 +144,7 @@ async def test_single_service_config_decides_on_cpu_percent_from_the_compose_exe
         # CPU percent needs two engine readings of the container: tick until the daemon has it
         deadline = time.monotonic() + 60
         while True:
-            (record,) = await daemon.run_once(dry_run=True)
+            record = (await daemon.run_once(dry_run=True))[0]  # then, with an llm: block, what its answer did
             if "cpu.avg" in record.observations or time.monotonic() > deadline:
                 break
             await asyncio.sleep(1)

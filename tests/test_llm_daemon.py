@@ -1,12 +1,13 @@
-"""The LLM advisor inside the real daemon loop: real nats-server, local executor, decision log on disk.
+"""The LLM advisor beside the real daemon loop: real nats-server, local executor, decision log on disk.
 
-The LLM is a real llama.cpp server (xllamacpp, in-process) serving the tiny test model, reached
-at Docker Model Runner's path with ``provider: dmr`` and at plain ``/v1`` with
+A tick never waits for the model: the deterministic decision acts at once, the call runs beside
+the loop (one per service), and its answer is applied at the tick it lands in, as a decision of
+its own. The LLM is a real llama.cpp server (xllamacpp, in-process) serving the tiny test model,
+reached at Docker Model Runner's path with ``provider: dmr`` and at plain ``/v1`` with
 ``provider: openai-compatible`` and an API key from the environment. The model's text is
-gibberish, so the assertions are on the structure of what the daemon logged: where the decision
-came from, what the ``llm`` record holds, that the executed target lies inside the envelope
-recorded on the same line, and that the key appears nowhere in the log. A scripted server (named
-as such) stands in for what a real peer can't do on demand: hang.
+gibberish, so the assertions are on the structure of what the daemon logged. A scripted server
+(named as such) stands in for what a real peer can't do on demand: hang, or answer after exactly
+20 s.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import pytest
 from docktor.agent.config.load import parse_config
 from docktor.agent.core.decide import decide
 from docktor.agent.core.state import ServiceState
+from docktor.agent.runtime.decision_log import read_records
 from docktor.agent.runtime.loop import Daemon
 from tests.peers import DMR_PREFIX, NatsServer, start_llama
-from tests.scripted_openai_server import HANG, ScriptedOpenAIServer
-from tests.test_advisor_llama import TOOLS
+from tests.scripted_openai_server import HANG, ScriptedOpenAIServer, Slow, answer
 
 KEY_ENV = "DOCKTOR_TEST_LLM_KEY"
 SECRET = "sk-docktor-test-3f9c1e7a52"
@@ -91,7 +92,8 @@ def config_yaml(tmp_path: Path, llm: dict[str, Any], services: str) -> str:
 
 
 def log_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """One dict per decision (an acting decision's intent and outcome lines merged)."""
+    return list(read_records(path))
 
 
 def assert_inside_envelope(rec: dict[str, Any]) -> None:
@@ -99,9 +101,11 @@ def assert_inside_envelope(rec: dict[str, Any]) -> None:
     assert env["lo"] <= rec["target_replicas"] <= env["hi"], rec
     llm = rec["llm"]
     if rec["source"] == "llm":
-        # the LLM's own (direction-narrowed) envelope, recorded in its record, holds too
+        # the LLM's own (direction-narrowed) envelope, recorded in its record, holds too; the
+        # decision's is the same, or narrower when the deterministic side scaled up this tick
         lo, hi = llm["envelope"]
-        assert (env["lo"], env["hi"]) == (lo, hi) and lo <= rec["target_replicas"] <= hi
+        assert lo <= env["lo"] <= rec["target_replicas"] <= env["hi"] <= hi, rec
+        assert env["lo"] == lo or env["lo_by"] == "deterministic_scale_up", rec
 
 
 def deterministic_target(daemon: Daemon, rec: dict[str, Any], now: float) -> int:
@@ -110,11 +114,18 @@ def deterministic_target(daemon: Daemon, rec: dict[str, Any], now: float) -> int
     return decide(svc, rec["observations"], rec["current_replicas"], ServiceState(), now).target
 
 
+async def until(condition: Any, what: str, timeout: float = 90.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for: {what}"
+        await asyncio.sleep(0.02)
+
+
 # --------------------------------------------------------------------------- against llama.cpp
 
 
 @pytest.mark.llm
-async def test_real_llama_daemon_ticks_log_bounded_llm_decisions_without_the_key(
+async def test_real_llama_scale_up_acts_at_once_and_the_answer_lands_as_its_own_decision(
     llama: tuple[str, str], nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prefix, base_url = llama
@@ -130,7 +141,8 @@ async def test_real_llama_daemon_ticks_log_bounded_llm_decisions_without_the_key
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 401
-    llm.update(timeout="60s", max_tokens=200, max_tool_rounds=1, tools=TOOLS)
+    # all four tools against a 2,048-token context: the advisor fits its prompt (it no longer gets HTTP 400)
+    llm.update(timeout="60s", max_tokens=200, max_tool_rounds=1)
     await publish_backlog(nats_server.url, BACKLOG)
     log_path = tmp_path / "decisions.jsonl"
     cfg = parse_config(config_yaml(tmp_path, llm, service_yaml("worker", nats_server.url, interval=1)), tmp_path / "docktor.yaml")
@@ -138,49 +150,44 @@ async def test_real_llama_daemon_ticks_log_bounded_llm_decisions_without_the_key
     await daemon.open()
     try:
         runner = daemon.runners["worker"]
-        await daemon.tick(runner)
-        await daemon.tick(runner)  # the rule still fires: asked again, with the first decision in its prompt
+        first = await daemon.tick(runner)
+        asked_while_acting = daemon.beside.calls.get("worker")
+        await until(lambda: not daemon.beside.in_flight("worker"), "the LLM's answer")
+        await daemon.tick(runner)  # the answer lands here
     finally:
         await daemon.close()
 
-    records = log_records(log_path)
-    assert len(records) == 2
-    for rec in records:
-        assert rec["service"] == "worker" and rec["matched_rules"], rec
-        assert rec["observations"]["queue.backlog"] == BACKLOG
-        assert rec["source"] in ("llm", "fallback"), rec
-        llm_rec = rec["llm"]
-        assert llm_rec["provider"] == ("dmr" if prefix else "openai-compatible") and llm_rec["model"] == "ai/llama3.2"
-        assert llm_rec["asked"] is True and llm_rec["why"].startswith("scale-up rule fired: queue.backlog")
-        assert isinstance(llm_rec["latency_ms"], float) and llm_rec["latency_ms"] > 0
-        assert isinstance(llm_rec["prompt_tokens"], int) and isinstance(llm_rec["completion_tokens"], int)
-        assert isinstance(llm_rec["tool_calls"], list)
-        assert "proposal" in llm_rec and "confidence" in llm_rec
-        if rec["source"] == "llm":
-            assert llm_rec["error"] is None and llm_rec["prompt_tokens"] > 0 and llm_rec["completion_tokens"] > 0
-            assert llm_rec["tool_calls"] and all(c["name"] in TOOLS for c in llm_rec["tool_calls"])  # one tool round
-            assert isinstance(llm_rec["proposal"], int) and llm_rec["proposal"] == rec["proposal"]
-            assert 0 <= llm_rec["confidence"] <= 1
-        else:
-            # a real failure (context, timeout on a busy machine), never a rejected key
-            assert llm_rec["error"] and "401" not in llm_rec["error"], llm_rec
-            assert llm_rec["proposal"] is None and llm_rec["breaker"]["failures"] >= 1
-        assert_inside_envelope(rec)
-        # scale-up rule fired: never below the current count, whatever the model said
-        assert rec["target_replicas"] >= rec["current_replicas"]
-        if rec["target_replicas"] != rec["current_replicas"]:
-            assert rec["executed"] is True and rec["outcome"]["status"] == "ok", rec
-    # the first call fits the tiny model's 2048-token context; the second, with the first decision
-    # in its prompt, may not (HTTP 400 -> fallback), so at least one line is the model's
-    assert any(r["source"] == "llm" for r in records), [r["llm"] for r in records]
-    first, second = records
-    # what the first line says was executed is what the executor then reported
-    assert second["current_replicas"] == first["target_replicas"]
-    assert runner.last_status is not None and runner.last_status.desired == first["target_replicas"]
+    assert asked_while_acting is not None  # the call was started by the tick that scaled up
+    acted, landed = log_records(log_path)
+    # 1. the deterministic scale-up, executed at once, with the call in flight beside it
+    assert acted["ts"] == first.ts and acted["source"] == "rules" and acted["decision"] == "scale_up"
+    assert acted["executed"] is True and acted["outcome"]["status"] == "ok"
+    assert acted["target_replicas"] == deterministic_target(daemon, acted, 0.0)
+    assert acted["llm"]["asked"] is True and acted["llm"]["in_flight"]["age_s"] == 0.0
+    assert acted["llm"]["why"].startswith("scale-up rule fired: queue.backlog")
+    # 2. the answer, applied at the next tick as its own decision
+    llm_rec = landed["llm"]
+    assert landed["source"] in ("llm", "fallback"), landed
+    assert llm_rec["provider"] == ("dmr" if prefix else "openai-compatible") and llm_rec["model"] == "ai/llama3.2"
+    assert llm_rec["landed"]["asked_at"] == acted["llm"]["in_flight"]["asked_at"]
+    assert isinstance(llm_rec["latency_ms"], float) and llm_rec["latency_ms"] > 0
+    assert isinstance(llm_rec["prompt_tokens"], int) and isinstance(llm_rec["completion_tokens"], int)
+    budget = llm_rec["prompt"]
+    assert budget["n_ctx"] == 2048 and budget["how"] == "counted" and budget["tokens"] <= 2048 - 200
+    if landed["source"] == "llm":
+        assert llm_rec["error"] is None and llm_rec["prompt_tokens"] > 0 and llm_rec["completion_tokens"] > 0
+        assert isinstance(llm_rec["proposal"], int) and llm_rec["proposal"] == landed["proposal"]
+        assert 0 <= llm_rec["confidence"] <= 1
+        assert_inside_envelope(landed)
+    else:
+        # a real failure (a timeout on a busy machine), never a rejected key, never the context
+        assert llm_rec["error"] and "401" not in llm_rec["error"] and "context" not in llm_rec["error"], llm_rec
+    assert landed["current_replicas"] == acted["target_replicas"]
+    assert landed["target_replicas"] >= landed["current_replicas"]  # the rule still fires: never down
     assert SECRET not in log_path.read_text()
 
 
-# --------------------------------------------------------------------------- a hanging endpoint
+# --------------------------------------------------------------------------- a slow or hanging endpoint
 
 
 class Clock:
@@ -193,7 +200,7 @@ class Clock:
         return self.t
 
 
-async def test_scripted_server_hanging_llm_tick_falls_back_inside_the_guardrails_then_the_breaker_holds_off(
+async def test_scripted_server_hanging_llm_never_holds_a_tick_and_the_breaker_holds_off(
     nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await publish_backlog(nats_server.url, BACKLOG)
@@ -210,72 +217,135 @@ async def test_scripted_server_hanging_llm_tick_falls_back_inside_the_guardrails
         await daemon.open()
         try:
             runner = daemon.runners["worker"]
-            hung = await daemon.tick(runner)  # returns: the advisor's own timeout ends the call
+            hung = await daemon.tick(runner)  # does not wait: the call hangs beside the loop
+            await until(lambda: not daemon.beside.in_flight("worker"), "the advisor's own timeout")
             sent = len(s.requests)
-            clock.t += 10  # next tick: the rule still fires, the breaker holds the call back
+            clock.t += 2  # the timeout lands at the next tick: a fallback
+            await daemon.tick(runner)
+            clock.t += 8  # the rule still fires; the breaker (two intervals) holds the call back
             await daemon.tick(runner)
             held_sent = len(s.requests)
-            clock.t += 10  # two intervals after the failure: asked again (and it hangs again)
+            clock.t += 20  # past the back-off: asked again (it hangs again, beside the loop)
             await daemon.tick(runner)
+            await until(lambda: len(s.requests) == sent + 1, "the probe call sent")
         finally:
             await daemon.close()
     assert s.headers[0]["authorization"] == f"Bearer {SECRET}"  # the key went out, in the header only
 
-    first, second, third = log_records(log_path)
+    first, fallback, held, again = log_records(log_path)
     assert first["ts"] == hung.ts
-    assert first["source"] == "fallback" and first["llm"]["asked"] is True and first["llm"]["error"] == "timeout"
-    assert first["llm"]["breaker"]["failures"] == 1 and first["llm"]["proposal"] is None
-    # the deterministic decision, clamped by the guardrails, and carried out
+    # the deterministic decision, clamped by the guardrails, carried out without waiting: the
+    # record holds no answer and no error, the timeout lands at the next tick
+    assert first["source"] == "rules" and first["llm"]["asked"] is True and "in_flight" in first["llm"]
+    assert "error" not in first["llm"] and "latency_ms" not in first["llm"]
     assert first["target_replicas"] == deterministic_target(daemon, first, 1000.0)
     assert first["target_replicas"] > first["current_replicas"] and first["executed"] is True
     assert sent == 1
 
-    assert second["source"] == "rules" and second["llm"]["asked"] is False and held_sent == sent
-    assert second["llm"]["why"].startswith("circuit breaker open after 1 failed call (last: timeout)")
-    assert second["current_replicas"] == first["target_replicas"]
+    assert fallback["source"] == "fallback" and fallback["llm"]["error"] == "timeout"
+    assert fallback["llm"]["breaker"]["failures"] == 1 and fallback["llm"]["proposal"] is None
+    assert fallback["llm"]["landed"]["after_s"] == 2.0
 
-    assert third["source"] == "fallback" and third["llm"]["asked"] is True and third["llm"]["breaker"]["failures"] == 2, third
-    assert len(s.requests) == sent + 1
+    assert held["source"] == "rules" and held["llm"]["asked"] is False and held_sent == sent
+    assert held["llm"]["why"].startswith("circuit breaker open after 1 failed call (last: timeout)")
 
-    for rec in (first, second, third):
+    assert again["llm"]["asked"] is True and "in_flight" in again["llm"] and len(s.requests) == sent + 1
+    for rec in (first, fallback, held, again):
         assert_inside_envelope(rec)
         assert rec["target_replicas"] >= rec["current_replicas"]  # a scale-up rule fired: never down
     assert SECRET not in log_path.read_text()
 
 
-async def test_scripted_server_hanging_llm_call_does_not_hold_up_another_services_ticks(
-    nats_server: NatsServer, tmp_path: Path
-) -> None:
-    """One service waits on a hung LLM call; the other (a fixed size, so never asking) ticks on."""
+BURST = 120
+
+
+async def test_scripted_20s_llm_burst_scales_up_as_fast_as_without_an_llm(nats_server: NatsServer, tmp_path: Path) -> None:
+    """Same run, same burst: a daemon whose (scripted) LLM takes 20 s, and one without an LLM.
+
+    The executed scale-up of both comes within one check interval of each other, and the LLM's
+    call is still in flight when its daemon's scale-up has been executed.
+    """
+    interval = 1.0
+    for stream in ("SLOW", "PLAIN"):
+        await publish_backlog(nats_server.url, 0, stream=stream)
+    async with ScriptedOpenAIServer([Slow(20.0, answer("scale_up", 4, 0.9, "slow model"))]) as s:
+        llm = {"provider": "openai-compatible", "base_url": s.base_url, "model": "scripted-model",
+               "timeout": "30s", "max_tool_rounds": 0}
+        with_llm = Daemon(parse_config(config_yaml(tmp_path / "a", llm, service_yaml("slow", nats_server.url, interval=interval)
+                                                   .replace("stream: JOBS", "stream: SLOW")), tmp_path / "a" / "docktor.yaml"))
+        plain = Daemon(parse_config(config_yaml(tmp_path / "b", {"provider": "none"}, service_yaml("plain", nats_server.url, interval=interval)
+                                                .replace("stream: JOBS", "stream: PLAIN")), tmp_path / "b" / "docktor.yaml"))
+        scaled: dict[str, float] = {}
+        in_flight_then: list[bool] = []
+
+        def hook(daemon: Daemon) -> Any:
+            def on_record(rec: Any) -> None:
+                if rec.executed and rec.decision == "scale_up" and rec.current_replicas >= 1 and rec.service not in scaled:
+                    scaled[rec.service] = asyncio.get_running_loop().time()
+                    if daemon is with_llm:
+                        in_flight_then.append(with_llm.beside.in_flight("slow"))
+            return on_record
+
+        stop = asyncio.Event()
+        for d in (with_llm, plain):
+            d.on_record.append(hook(d))
+            await d.open()
+        tasks = [asyncio.create_task(d.run(stop)) for d in (with_llm, plain)]
+        try:
+            # both at min_replicas, nothing asked yet (a one-count envelope is not worth a call)
+            await until(lambda: all(r.last_status is not None and r.last_status.desired == 1
+                                    for d in (with_llm, plain) for r in d.runners.values()), "both at 1 replica")
+            assert not s.requests
+            import nats
+
+            nc = await nats.connect(nats_server.url)
+            js = nc.jetstream()
+            for _ in range(BURST):  # the burst, interleaved on both queues
+                await js.publish("slow.work", b"x")
+                await js.publish("plain.work", b"x")
+            await nc.close()
+            burst_at = asyncio.get_running_loop().time()
+            await until(lambda: len(scaled) == 2, "both scale-ups executed", timeout=30)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            for d in (with_llm, plain):
+                await d.close()
+    delay = {name: t - burst_at for name, t in scaled.items()}
+    assert abs(delay["slow"] - delay["plain"]) <= interval, delay
+    assert delay["slow"] < 20.0 and in_flight_then == [True], (delay, in_flight_then)
+    assert len(s.requests) == 1  # asked once (the burst), still thinking when the scale-up was done
+
+
+async def test_scripted_slow_answer_lands_at_a_later_tick_inside_that_ticks_envelope(nats_server: NatsServer, tmp_path: Path) -> None:
+    """The model proposes 100 after 1 s; the tick it lands in clamps it (step limit) and records it as its own decision."""
     await publish_backlog(nats_server.url, BACKLOG)
     log_path = tmp_path / "decisions.jsonl"
-    async with ScriptedOpenAIServer([HANG]) as s:
+    async with ScriptedOpenAIServer([Slow(1.0, answer("scale_up", 100, 0.9, "way more"))]) as s:
         llm = {"provider": "openai-compatible", "base_url": s.base_url, "model": "scripted-model",
-               "timeout": "1.5s", "max_tool_rounds": 0}
-        services = service_yaml("asking", nats_server.url, interval=30) + service_yaml(
-            "fixed", nats_server.url, interval=0.2, min_r=1, max_r=1
-        )
-        cfg = parse_config(config_yaml(tmp_path, llm, services), tmp_path / "docktor.yaml")
+               "timeout": "10s", "max_tool_rounds": 0}
+        cfg = parse_config(config_yaml(tmp_path, llm, service_yaml("worker", nats_server.url, interval=0.3, max_r=10)),
+                           tmp_path / "docktor.yaml")
         daemon = Daemon(cfg, log_path=log_path)
-        order: list[str] = []
-        daemon.on_record.append(lambda rec: order.append(rec.service))
         stop = asyncio.Event()
         await daemon.open()
+        task = asyncio.create_task(daemon.run(stop))
         try:
-            task = asyncio.create_task(daemon.run(stop))
-            while "asking" not in order and not task.done():  # the hung call ends at its timeout
-                await asyncio.sleep(0.05)
+            await until(lambda: any(r.get("source") == "llm" for r in daemon.runners["worker"].recent), "the answer applied")
+        finally:
             stop.set()
             await task
-        finally:
             await daemon.close()
     records = log_records(log_path)
-    asking = [r for r in records if r["service"] == "asking"]
-    fixed = [r for r in records if r["service"] == "fixed"]
-    assert len(asking) == 1 and asking[0]["source"] == "fallback" and asking[0]["llm"]["error"] == "timeout"
-    assert_inside_envelope(asking[0])
-    assert asking[0]["target_replicas"] == deterministic_target(daemon, asking[0], 0.0)
-    # while "asking" waited 1.5 s for its LLM, "fixed" (every 0.2 s) went on deciding
-    assert order.index("asking") >= 3, order
-    assert all(r["llm"]["asked"] is False and r["source"] == "rules" for r in fixed)
-    assert all(r["target_replicas"] == 1 for r in fixed)
+    i = next(i for i, r in enumerate(records) if r["source"] == "llm")
+    asking, waiting, landed = records[0], records[1:i], records[i]
+    assert asking["llm"]["asked"] is True and asking["executed"] is True and asking["source"] == "rules"
+    assert waiting and all(r["llm"]["in_flight"]["asked_at"] == asking["llm"]["in_flight"]["asked_at"] for r in waiting)
+    assert landed["llm"]["proposal"] == 100 and landed["llm"]["latency_ms"] >= 1000
+    assert landed["llm"]["landed"]["asked_at"] == asking["llm"]["in_flight"]["asked_at"]
+    # clamped into the envelope of the tick it landed in: +2 from what that tick found, not 100
+    assert landed["target_replicas"] == min(10, landed["current_replicas"] + 2)
+    assert landed["guardrails"] and landed["guardrails"][0]["from"] == 100
+    assert_inside_envelope(landed)
+    # one call in flight at a time: the ticks in between asked nothing
+    assert all(r["llm"]["asked"] is False for r in waiting) and s.requests

@@ -201,3 +201,25 @@ async def test_a_service_with_two_sources_decides_on_both(tmp_path: Path, nats_s
         assert second.missing == ["urgent.queue.backlog"] and second.decision == "hold"
     finally:
         await daemon.close()
+
+
+async def test_a_long_source_outage_applies_its_on_missing_fallback(tmp_path: Path, nats_server: NatsServer) -> None:
+    """KEDA's fallback on a real outage: after two failed reads, at least 3 replicas."""
+    await make_stream(nats_server.url)
+    text = service_yaml("w", nats_server.url, 0.3).replace(
+        "timeout: 1s}", "timeout: 1s, on_missing: {action: current-if-higher, replicas: 3, after: 2}}"
+    ).replace("cooldown_down: 0", "cooldown_down: 0\n    cooldown_up: 0")
+    daemon = Daemon(parse_config(f"state_dir: {tmp_path}\nservices:" + text, tmp_path / "docktor.yaml"))
+    await daemon.open()
+    runner = daemon.runners["w"]
+    try:
+        assert (await daemon.tick(runner)).target_replicas == 1
+        nats_server.stop()
+        first = await daemon.tick(runner)
+        assert first.decision == "hold" and first.fallbacks is None  # one failed read: the HPA rule only
+        second = await daemon.tick(runner)
+        assert (second.decision, second.target_replicas, second.executed) == ("scale_up", 3, True)
+        assert second.fallbacks == [{"source": "nats", "action": "current-if-higher", "replicas": 3, "failed_reads": 2, "target": 3}]
+        assert second.missing == ["queue.backlog"] and second.errors[0].startswith("source:")
+    finally:
+        await daemon.close()

@@ -6,17 +6,18 @@ and NATS runs on a free port told through NATS_URL, as the README says to do whe
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from docktor.agent.demo.nats_server import find_nats_server, free_port
+from docktor.agent.runtime.decision_log import read_records
 from tests.peers import REPO
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,9 +29,9 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) ->
     return done
 
 
-def records(folder: Path) -> list[dict[str, object]]:
-    path = folder / ".docktor" / "decisions.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def records(folder: Path) -> list[dict[str, Any]]:
+    """One record per decision (an action's intent and outcome lines merged)."""
+    return list(read_records(folder / ".docktor" / "decisions.jsonl"))
 
 
 def test_quickstart_scales_the_worker_up_under_load_and_back_to_one(tmp_path: Path) -> None:
@@ -53,7 +54,7 @@ def test_quickstart_scales_the_worker_up_under_load_and_back_to_one(tmp_path: Pa
             while time.monotonic() < deadline:
                 recs = records(folder)
                 last = recs[-1] if recs else {}
-                if last.get("current_replicas") == 1 and last.get("observations", {}).get("queue.backlog") == 0:  # type: ignore[union-attr]
+                if last.get("current_replicas") == 1 and last.get("observations", {}).get("queue.backlog") == 0:
                     break
                 time.sleep(1)
             recs = records(folder)
@@ -62,10 +63,10 @@ def test_quickstart_scales_the_worker_up_under_load_and_back_to_one(tmp_path: Pa
             assert stop.stdout.startswith("stopped docktor")
         ups = [r for r in recs if r["decision"] == "scale_up" and r["executed"]]
         downs = [r for r in recs if r["decision"] == "scale_down" and r["executed"]]
-        assert max(int(r["target_replicas"]) for r in ups) >= 4, ups  # type: ignore[call-overload]
-        assert downs and int(downs[-1]["target_replicas"]) == 1  # type: ignore[call-overload]
-        assert recs[-1]["current_replicas"] == 1 and recs[-1]["observations"]["queue.backlog"] == 0  # type: ignore[index]
-        assert all(r["outcome"]["status"] == "ok" for r in ups + downs)  # type: ignore[index]
+        assert max(int(r["target_replicas"]) for r in ups) >= 4, ups
+        assert downs and int(downs[-1]["target_replicas"]) == 1
+        assert recs[-1]["current_replicas"] == 1 and recs[-1]["observations"]["queue.backlog"] == 0
+        assert all(r["outcome"]["status"] == "ok" for r in ups + downs)
         # no worker is left behind by `daemon stop`
         left = subprocess.run(["pgrep", "-f", f"{folder}.*worker.py|worker.py"], capture_output=True, text=True, check=False)
         assert not [p for p in left.stdout.split() if Path(f"/proc/{p}/cwd").resolve() == folder.resolve()]

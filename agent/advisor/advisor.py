@@ -35,6 +35,7 @@ from docktor.agent.advisor.protocol import (
     run_tool,
     tool_specs,
 )
+from docktor.agent.advisor.server import ServerInfo, count_tokens, estimate_tokens, is_context_overflow, probe
 from docktor.agent.config.model import LLMConfig, ServiceConfig
 from docktor.agent.core.decide import Advice, Plan, Source, deterministic_source
 from docktor.agent.core.guardrails import Envelope
@@ -54,13 +55,17 @@ HISTORY_POINTS = 5
 RECENT_DECISIONS = 3
 
 
-def build_prompt(svc: ServiceConfig, plan: Plan, state: ServiceState, env: Envelope, recent: list[dict[str, Any]], now: float) -> str:
-    """The user message: compact JSON, rounded numbers, only what a decision needs."""
+def build_prompt(
+    svc: ServiceConfig, plan: Plan, state: ServiceState, env: Envelope, recent: list[dict[str, Any]], now: float,
+    *, history: bool = True,
+) -> str:
+    """The user message: compact JSON, rounded numbers, only what a decision needs. Without
+    ``history``, no past observations and no recent decisions (a prompt that must be shorter)."""
     ev = plan.evaluation
-    history = [
+    past = [
         [round(now - t, 1), {k: round_sig(obs[k]) for k in HISTORY_METRICS if k in obs}]
         for t, obs in list(state.history)[-HISTORY_POINTS:]
-    ]
+    ] if history else []
     data: dict[str, Any] = {
         "service": svc.name,
         "current": plan.current,
@@ -69,7 +74,7 @@ def build_prompt(svc: ServiceConfig, plan: Plan, state: ServiceState, env: Envel
         "allowed_by": [env.lo_by, env.hi_by],
         "observations": rounded(plan.observations),
         "missing": plan.missing,
-        "history_age_s": history,
+        "history_age_s": past,
         "rules": {
             "up_if_any": [r.text() for r in ev.up],
             "down_if_all": [r.text() for r in ev.down],
@@ -77,11 +82,27 @@ def build_prompt(svc: ServiceConfig, plan: Plan, state: ServiceState, env: Envel
             "down_fired": ev.down_fired,
         },
         "recommended": {"target": plan.proposal.target, "by": svc.policy, "reason": plan.proposal.reason[:160]},
-        "recent_decisions": [compact_record(r) for r in recent],
+        "recent_decisions": [compact_record(r) for r in recent] if history else [],
     }
     # empty sections cost tokens and say nothing
     data = {k: v for k, v in data.items() if v != []}
     return json.dumps(data, separators=(",", ":"), default=str)
+
+
+def minimal_prompt(svc: ServiceConfig, plan: Plan, env: Envelope) -> str:
+    """The shortest prompt that still says what to decide: after a context-overflow error."""
+    data = {
+        "service": svc.name,
+        "current": plan.current,
+        "allowed": [env.lo, env.hi],
+        "observations": {k: round_sig(plan.observations[k]) for k in HISTORY_METRICS if k in plan.observations},
+        "recommended": plan.proposal.target,
+    }
+    return json.dumps(data, separators=(",", ":"))
+
+
+#: tokens kept free beyond the prompt and ``max_tokens`` (template tokens the count may miss)
+CONTEXT_MARGIN = 32
 
 
 # --------------------------------------------------------------------------- the advisor
@@ -101,18 +122,37 @@ class Advisor:
         self.client = LLMClient(self.endpoint, config.timeout)
         self.format = FORMATS[0]
         self._memory: dict[str, Memory] = {}
+        self._server: ServerInfo | None = None
+        self._probing = asyncio.Lock()
+        self._chars_per_token = 3.0  # until the server's usage figures say otherwise
+
+    async def server_info(self) -> ServerInfo:
+        """What the server says about its context and tools, asked once (``server.probe``)."""
+        async with self._probing:
+            if self._server is None:
+                self._server = await probe(self.client.raw, self.endpoint.base_url, self.endpoint.model)
+            return self._server
 
     async def advise(
         self, svc: ServiceConfig, plan: Plan, state: ServiceState, tools: ToolContext, now: float
     ) -> Advice:
-        started = time.monotonic()
-        deadline = started + self.config.timeout
-        record: dict[str, Any] = {
-            "provider": self.endpoint.provider,
-            "model": self.endpoint.model,
-            "asked": False,
-            "why": "",
-        }
+        """Decide whether to ask and, if so, ask and wait (within ``llm.timeout``).
+
+        The daemon does not wait: it calls :meth:`consider` on its tick and runs :meth:`call`
+        beside the loop (``docktor.agent.runtime.beside``). The simulator and the benchmarks use this.
+        """
+        advice, env = self.consider(svc, plan, state, now)
+        if env is None:
+            return advice
+        return await self.call(svc, plan, state, tools, now, env, advice.record)
+
+    def consider(self, svc: ServiceConfig, plan: Plan, state: ServiceState, now: float) -> tuple[Advice, Envelope | None]:
+        """What this tick gets without waiting, and whether to call the model.
+
+        Returns the advice for now (the last answer reused, or none) and, when a call is worth
+        making, the envelope to ask within (else None). Never raises, never waits.
+        """
+        record: dict[str, Any] = {"provider": self.endpoint.provider, "model": self.endpoint.model, "asked": False, "why": ""}
         deterministic: Source = deterministic_source(svc)
         try:
             env = llm_envelope(svc, plan, state, now, self.config.may_act_without_rules)
@@ -129,18 +169,40 @@ class Advisor:
                     f"(last: {mem.last_error}): not asking until {until} (in {left:.0f} s); would ask: {why}"
                 )
                 record["breaker"] = {"failures": mem.failures, "until": until, "last_error": mem.last_error}
-                return Advice(None, deterministic, record)
+                return Advice(None, deterministic, record), None
             if not ask:
                 if mem.answer is None or env.lo == env.hi:
-                    return Advice(None, deterministic, record)
+                    return Advice(None, deterministic, record), None
                 # reuse: the last advice, clamped anew into this tick's envelope by finish()
                 record.update(self._answer_fields(mem.answer), reused=True, latency_ms=0.0)
-                return Advice(self._proposal(mem.answer, reused=True), "llm", record, env)
-            record.update(
-                asked=True, prompt_tokens=0, completion_tokens=0, requests=0, tool_calls=[], error=None,
-                proposal=None, confidence=None,  # filled by a valid answer; null on a fallback
-            )
-            mem.asked_at, mem.observations, mem.answer = now, dict(plan.observations), None
+                return Advice(self._proposal(mem.answer, reused=True), "llm", record, env), None
+            return Advice(None, deterministic, record), env
+        except Exception as e:  # never raise: a bug here is a logged fallback, not a crashed tick
+            record["error"] = describe_error(e, self.client)
+            return Advice(None, "fallback", record), None
+
+    async def call(
+        self,
+        svc: ServiceConfig,
+        plan: Plan,
+        state: ServiceState,
+        tools: ToolContext,
+        now: float,
+        env: Envelope,
+        considered: Mapping[str, Any] | None = None,
+    ) -> Advice:
+        """Ask the model about ``plan`` within ``env``; returns within ``llm.timeout``, never raises
+        (a failed call is ``source: fallback`` with the error, and opens the breaker)."""
+        started = time.monotonic()
+        deadline = started + self.config.timeout
+        record: dict[str, Any] = dict(considered or {"provider": self.endpoint.provider, "model": self.endpoint.model})
+        record.update(
+            asked=True, prompt_tokens=0, completion_tokens=0, requests=0, tool_calls=[], error=None,
+            proposal=None, confidence=None,  # filled by a valid answer; null on a fallback
+        )
+        mem = self._memory.setdefault(svc.name, Memory())
+        mem.asked_at, mem.observations, mem.answer = now, dict(plan.observations), None
+        try:
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):
                     answer = await self._converse(svc, plan, state, env, tools, now, record, deadline)
@@ -157,9 +219,7 @@ class Advisor:
             raise
         except Exception as e:  # never raise: every failure is a logged fallback
             record["error"] = describe_error(e, self.client)
-            record.setdefault("latency_ms", round((time.monotonic() - started) * 1000, 1))
-            if record["asked"]:  # a failed call opens the breaker; a bug before asking does not
-                self._trip(svc, now + (time.monotonic() - started), record)
+            self._trip(svc, now + (time.monotonic() - started), record)
             return Advice(None, "fallback", record)
 
     def _trip(self, svc: ServiceConfig, ended: float, record: dict[str, Any]) -> None:
@@ -197,15 +257,75 @@ class Advisor:
         record: dict[str, Any],
         deadline: float,
     ) -> LLMAnswer:
+        """Fit the prompt to the model's context, then talk; after a context-overflow error, once
+        more with the minimal prompt."""
+        info = await self.server_info()
         try:
             recent = tools.recent_decisions(svc.name, RECENT_DECISIONS)
         except Exception:
             recent = []  # the prompt goes without; the model may still ask through the tool
+        specs = tool_specs(svc.name, plan.observations, self.config.tools) if self.config.max_tool_rounds > 0 else []
+        if specs and info.tools is False:
+            # e.g. Gemma 3 under llama.cpp: offered tools, it answers slowly or not at all
+            specs = []
+            record["tools_off"] = f"the server's chat template has no tool support ({info.said})"
+        short = build_prompt(svc, plan, state, env, [], now, history=False)
+        variants: list[tuple[str, str, list[dict[str, Any]]]] = [
+            ("full", build_prompt(svc, plan, state, env, recent, now), specs),
+            ("no_history", short, specs),
+            ("no_tools", short, []),
+            ("minimal", minimal_prompt(svc, plan, env), []),
+        ]
+        name, user, offered = await self._fit([v for i, v in enumerate(variants) if i < 2 or not v[2] or i == 3], info, record)
+        try:
+            return await self._dialogue(svc, plan, env, tools, now, record, deadline, user, offered)
+        except openai.BadRequestError as e:
+            if name == "minimal" or not is_context_overflow(e):
+                raise
+            record["context_retry"] = f"{describe_error(e, self.client)}: retried once with the minimal prompt"
+            record["prompt"] = {**record.get("prompt", {}), "variant": "minimal"}
+            return await self._dialogue(svc, plan, env, tools, now, record, deadline, variants[-1][1], [])
+
+    async def _fit(
+        self, variants: list[tuple[str, str, list[dict[str, Any]]]], info: ServerInfo, record: dict[str, Any]
+    ) -> tuple[str, str, list[dict[str, Any]]]:
+        """The first variant (full, without history, without tools, minimal) whose prompt leaves
+        room for ``max_tokens`` in the server's context; the last one when none does."""
+        limit = None if info.n_ctx is None else info.n_ctx - self.config.max_tokens - CONTEXT_MARGIN
+        seen: set[tuple[str, int]] = set()
+        for i, (name, user, offered) in enumerate(variants):
+            if (user, len(offered)) in seen:
+                continue
+            seen.add((user, len(offered)))
+            messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+            if limit is None:
+                record["prompt"] = {"variant": name, "n_ctx": None}
+                return name, user, offered
+            tokens = await count_tokens(self.client.raw, info, messages, offered)
+            how = "counted" if tokens is not None else "estimated"
+            if tokens is None:
+                tokens = estimate_tokens(messages, offered, self._chars_per_token)
+            if tokens <= limit or i == len(variants) - 1:
+                record["prompt"] = {"variant": name, "tokens": tokens, "how": how, "n_ctx": info.n_ctx, "said": info.said}
+                return name, user, offered
+        raise AssertionError("unreachable: the last variant is always returned")
+
+    async def _dialogue(
+        self,
+        svc: ServiceConfig,
+        plan: Plan,
+        env: Envelope,
+        tools: ToolContext,
+        now: float,
+        record: dict[str, Any],
+        deadline: float,
+        user: str,
+        specs: list[dict[str, Any]],
+    ) -> LLMAnswer:
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": build_prompt(svc, plan, state, env, recent, now)},
+            {"role": "user", "content": user},
         ]
-        specs = tool_specs(svc.name, plan.observations, self.config.tools) if self.config.max_tool_rounds > 0 else []
 
         # 1. tool rounds: the model looks around, then may answer in text right away
         answered: Any = None
@@ -320,6 +440,10 @@ class Advisor:
         if usage is not None:
             record["prompt_tokens"] += usage.prompt_tokens or 0
             record["completion_tokens"] += usage.completion_tokens or 0
+            if usage.prompt_tokens:
+                # learn this model's characters per token, for servers that cannot count for us
+                chars = estimate_tokens(messages, kwargs.get("tools") or [], 1.0) - 8 * len(messages)
+                self._chars_per_token = max(0.5, chars / usage.prompt_tokens)
         if not response.choices:
             raise InvalidAnswer("the response had no choices")
         return response.choices[0]

@@ -1,8 +1,12 @@
 """Is an LLM endpoint usable by the advisor, and what does it support? (``docktor llm check``)
 
-Lists the models at the endpoint, says whether the configured one is there, then tries one
-structured answer (JSON schema, else JSON mode, else plain text) and one tool call, exactly as
-the advisor would make them. Exit 0: usable; 1: not usable; 2: bad input.
+Lists the models at the endpoint, says whether the configured one is there, reads what the server
+says about itself (context size, tool support: llama.cpp ``/props``, Ollama ``/api/show``, vLLM's
+model list), whether the advisor's prompt fits that context, then tries one structured answer
+(JSON schema, else JSON mode, else plain text) and one tool call, exactly as the advisor would
+make them. The tool call is skipped when the server says its chat template has no tool support,
+and otherwise bounded by :data:`TOOL_CHECK_S`, so a model that stalls on tools is found out in
+seconds. Exit 0: usable; 1: not usable; 2: bad input.
 """
 
 from __future__ import annotations
@@ -12,10 +16,15 @@ from typing import Any
 
 import openai
 
-from docktor.agent.advisor.advisor import FORMATS, SYSTEM_PROMPT
+from docktor.agent.advisor.advisor import CONTEXT_MARGIN, FORMATS, SYSTEM_PROMPT
 from docktor.agent.advisor.client import Endpoint, LLMClient, describe_error
 from docktor.agent.advisor.protocol import InvalidAnswer, answer_schema, parse_answer, run_tool, tool_specs
+from docktor.agent.advisor.server import count_tokens, estimate_tokens, probe
 from docktor.agent.config.model import LLMConfig
+
+#: seconds the tool-call check may take at most: enough for a working model to call a tool
+#: with a short answer, far less than a stalled one would cost every decision
+TOOL_CHECK_S = 10.0
 
 CHECK_SERVICE = "check"
 CHECK_PROMPT = (
@@ -64,6 +73,20 @@ async def run_check(llm: LLMConfig, endpoint: Endpoint) -> tuple[list[str], bool
             lines.append(f"model {endpoint.model}: NOT listed at this endpoint")
             usable = False
 
+        t0 = time.monotonic()
+        info = await probe(client.raw, endpoint.base_url, endpoint.model)
+        lines.append(f"server: {info.describe()} ({_ms(t0)})")
+        if info.n_ctx:
+            wanted = tool_specs(CHECK_SERVICE, ["queue.backlog", "queue.rate_in"], llm.tools) if llm.max_tool_rounds > 0 and info.tools is not False else []
+            sample = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": CHECK_PROMPT}]
+            counted = await count_tokens(client.raw, info, sample, wanted)
+            tokens = counted if counted is not None else estimate_tokens(sample, wanted, 3.0)
+            room = info.n_ctx - llm.max_tokens - CONTEXT_MARGIN
+            what = f"with {len(wanted)} tools" if wanted else "without tools"
+            verdict = "fits" if tokens <= room else "does not fit: the advisor drops history, then tools, to fit"
+            lines.append(f"prompt: a short decision prompt {what} is {tokens} tokens ({'counted' if counted is not None else 'estimated'}); "
+                         f"context {info.n_ctx} - max_tokens {llm.max_tokens} leaves {room}: {verdict}")
+
         structured = None
         for fmt in FORMATS:
             kwargs: dict[str, Any] = {}
@@ -92,9 +115,14 @@ async def run_check(llm: LLMConfig, endpoint: Endpoint) -> tuple[list[str], bool
         if structured is None:
             usable = False
 
+        if info.tools is False:
+            lines.append(f"tool calling: not supported by the server's chat template ({info.said}); "
+                         "the advisor offers this model no tools")
+            return lines, usable
         t0 = time.monotonic()
+        bound = min(llm.timeout, TOOL_CHECK_S)
         try:
-            resp = await client.chat(time.monotonic() + llm.timeout, messages=messages, max_tokens=llm.max_tokens,
+            resp = await client.chat(time.monotonic() + bound, messages=messages, max_tokens=llm.max_tokens,
                                      temperature=llm.temperature, tools=tool_specs(CHECK_SERVICE, ["queue.backlog"]),
                                      tool_choice="auto")
             calls = resp.choices[0].message.tool_calls or []
@@ -108,6 +136,8 @@ async def run_check(llm: LLMConfig, endpoint: Endpoint) -> tuple[list[str], bool
                     lines.append(f"tool calling: supported, but the call was invalid ({names}: {bad[0]})")
                 else:
                     lines.append(f"tool calling: ok, called {names} ({_ms(t0)})")
+        except (TimeoutError, openai.APITimeoutError):
+            lines.append(f"tool calling: no answer within {bound:g} s with a tool offered; set llm.max_tool_rounds: 0")
         except Exception as e:
             lines.append(f"tool calling: not supported ({describe_error(e, client)}); set llm.max_tool_rounds: 0")
     finally:

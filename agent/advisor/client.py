@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 
 from docktor.agent.config.model import LLMConfig
 from docktor.agent.errors import Problem, UsageError
+from docktor.agent.redact import redact, register
 
 #: provider -> (base_url, model, environment variable holding the key)
 PROVIDER_DEFAULTS: dict[str, tuple[str | None, str | None, str | None]] = {
@@ -40,8 +41,8 @@ class Endpoint:
     api_key: str | None = field(default=None, repr=False)
 
     def public(self) -> dict[str, str]:
-        """What may be shown or logged: never the key."""
-        return {"provider": self.provider, "base_url": self.base_url, "model": self.model}
+        """What may be shown or logged: never the key (nor credentials in the URL)."""
+        return {"provider": self.provider, "base_url": redact(self.base_url), "model": self.model}
 
 
 def resolve_endpoint(config: LLMConfig, env: Mapping[str, str]) -> Endpoint:
@@ -62,6 +63,7 @@ def resolve_endpoint(config: LLMConfig, env: Mapping[str, str]) -> Endpoint:
     key = None
     if key_env:
         key = env.get(key_env) or None
+        register(key)  # from here on, scrubbed from every message, record and log line
         if key is None:
             problems.append(Problem("llm.api_key_env", f"environment variable {key_env} is not set"))
     if problems:
@@ -107,13 +109,18 @@ class LLMClient:
                 )
         raise AssertionError("unreachable: tenacity reraises the last error")
 
+    @property
+    def raw(self) -> AsyncOpenAI:
+        """The SDK client, for the server's own endpoints (``/props``, ``/tokenize``): same key, same transport."""
+        return self._client
+
     async def models(self, timeout: float) -> list[str]:
         page = await self._client.models.list(timeout=timeout)
         return [m.id for m in page.data]
 
     def scrub(self, text: str) -> str:
         key = self.endpoint.api_key
-        return text.replace(key, "***") if key else text
+        return redact(text.replace(key, "***") if key else text)
 
     async def close(self) -> None:
         await self._client.close()
@@ -132,4 +139,4 @@ def describe_error(e: BaseException, client: LLMClient | None = None) -> str:
     else:
         lines = str(e).strip().splitlines()
         text = f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
-    return client.scrub(text) if client else text
+    return client.scrub(text) if client else redact(text)

@@ -82,9 +82,20 @@ def decide(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and log, but never call the executor.")] = False,
     advisory: Annotated[bool, typer.Option("--advisory", help="Same as mode: advisory.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One decision object per line.")] = False,
+    window: Annotated[str, typer.Option(
+        "--window", help="Read twice this far apart, so rates are known (at most each check interval; 0: read once)."
+    )] = "5s",
 ) -> None:
     """Observe, decide and (unless --dry-run or advisory) act, once for every service."""
     import asyncio
+
+    from docktor.agent.errors import UsageError
+    from docktor.tools.sdk import parse_duration
+
+    try:
+        window_s = float(parse_duration(window))
+    except (ValueError, TypeError):
+        raise UsageError(f"--window: {window!r} is not a duration (e.g. 5s, 500ms, 0)") from None
 
     from docktor.agent.cli.render import print_table
     from docktor.agent.runtime.daemon import paths_for
@@ -96,7 +107,7 @@ def decide(
         daemon = Daemon(cfg, mode="advisory" if advisory else None, log_path=paths_for(cfg).decisions)
         try:
             await daemon.open()
-            return await daemon.run_once(dry_run=dry_run)
+            return await daemon.run_once(dry_run=dry_run, window=window_s)
         finally:
             await daemon.close()
 

@@ -55,9 +55,10 @@ def handles_errors(fn: F) -> F:
         except Exception as e:
             if os.environ.get("DOCKTOR_DEBUG") == "1":
                 raise
+            from docktor.agent.redact import redact
             from docktor.tools.sdk import one_line
 
-            print(f"error: {one_line(e)}", file=sys.stderr)
+            print(f"error: {redact(one_line(e))}", file=sys.stderr)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

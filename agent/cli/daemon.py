@@ -103,6 +103,14 @@ def register(app: typer.Typer) -> None:
             out.print("docktor is not running", markup=False)
             raise typer.Exit(3)  # like systemctl/LSB: 3 = not running
         out.print(f"docktor is running: pid {st['pid']}, mode {st.get('mode')}, up {st.get('uptime_s')} s", markup=False)
+        dlog = st.get("decision_log") or {}
+        if dlog and not dlog.get("writable", True):
+            out.print(
+                f"decision log NOT WRITABLE since {dlog.get('since')} ({dlog.get('error')}): not scaling until it is; "
+                f"{dlog.get('unrecorded', 0)} decision(s) unrecorded, {dlog.get('refused_actions', 0)} scale action(s) "
+                f"not taken ({dlog.get('path')})",
+                markup=False, style="bold red",
+            )
         table = Table("service", "replicas", "last decision", "reason")
         for name, s in st.get("services", {}).items():
             reps = s.get("replicas") or {}
@@ -131,12 +139,12 @@ def register(app: typer.Typer) -> None:
 
         With --follow, the history, then every new decision as it is written, in the same columns."""
         import collections
-        import itertools
         import json
 
         from docktor.agent.cli.render import print_table, stream_header, stream_row
+        from docktor.agent.redact import redact
         from docktor.agent.runtime.daemon import paths_for
-        from docktor.agent.runtime.decision_log import follow, log_files, read_records, read_records_in
+        from docktor.agent.runtime.decision_log import follow, log_files, raw_lines_of, read_records
 
         last = parse_tail(tail)
         cfg = load(config)
@@ -147,7 +155,7 @@ def register(app: typer.Typer) -> None:
 
         def show(rec: dict[str, object]) -> None:
             if as_json:
-                sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                sys.stdout.write(redact(json.dumps(rec, separators=(",", ":"))) + "\n")
                 sys.stdout.flush()
             else:
                 stream_row(rec)
@@ -156,17 +164,17 @@ def register(app: typer.Typer) -> None:
             records = collections.deque(read_records(path, since=since_ts, service=service), maxlen=last)
             if as_json:
                 for rec in records:
-                    sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                    sys.stdout.write(redact(json.dumps(rec, separators=(",", ":"))) + "\n")
             else:
                 print_table(records)
             return
-        # Following: rotated files first, then the live file from its start on one handle (so
-        # nothing written in between is lost or shown twice).
-        rotated = [rec for f in log_files(path)[:-1] for rec in read_records_in(f, since=since_ts, service=service)]
+        # Following: rotated files first, then the live file from its start on one handle, in one
+        # stream so that a decision's intent and outcome are shown as one row even across a rotation.
+        rotated = raw_lines_of(log_files(path)[:-1])
         if not as_json:
             stream_header()
         try:
-            for rec in itertools.chain(rotated, follow(path, service=service, since=since_ts, from_start=True)):
+            for rec in follow(path, service=service, since=since_ts, from_start=True, before=rotated):
                 show(rec)
         except KeyboardInterrupt:
             pass

@@ -27,12 +27,13 @@ def register(app: typer.Typer) -> None:
 
         from docktor.agent.advisor.check import run_check
         from docktor.agent.advisor.client import resolve_endpoint
+        from docktor.agent.redact import redact
 
         cfg = load(config)
         endpoint = resolve_endpoint(cfg.llm, os.environ)
         lines, usable = asyncio.run(run_check(cfg.llm, endpoint))
         for line in lines:
-            typer.echo(line)
+            typer.echo(redact(line))
         typer.echo("usable: yes" if usable else "usable: no")
         raise typer.Exit(0 if usable else 1)
 

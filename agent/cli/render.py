@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from docktor.agent.redact import redact, redact_obj
+
 # Not a terminal (a pipe, a file, CI): wide enough that reasons stay on one line.
 out = Console() if Console().is_terminal else Console(width=200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -15,11 +17,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def say(text: str) -> None:
     """Print plain text (no markup, no highlighting): config values may contain brackets."""
-    out.print(text, markup=False, highlight=False)
+    out.print(redact(text), markup=False, highlight=False)
 
 
 def warn(text: str) -> None:
-    err.print(f"warning: {text}", markup=False)
+    err.print(f"warning: {redact(text)}", markup=False)
 
 
 def arrow(rec: dict[str, Any]) -> str:
@@ -63,6 +65,7 @@ def stream_header() -> None:
 
 def stream_row(rec: dict[str, Any]) -> None:
     """One row in the same columns as :func:`print_table`, printed as soon as it arrives."""
+    rec = redact_obj(rec)
     cells = "  ".join(c.ljust(w) for c, (_, w) in zip(_cells(rec), COLUMNS, strict=True))
     out.print(f"{cells}  {reason_text(rec)}", style=_style(rec) or None, markup=False, highlight=False)
 
@@ -73,7 +76,7 @@ def print_table(records: Iterable[dict[str, Any]]) -> None:
         table.add_column(name, no_wrap=True)
     table.add_column("reason", ratio=1)
     n = 0
-    for rec in records:
+    for rec in map(redact_obj, records):
         n += 1
         table.add_row(*_cells(rec), reason_text(rec), style=_style(rec))
     if n == 0:

@@ -25,10 +25,12 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from docktor.agent.config import compat
-from docktor.agent.config.model import DocktorConfig, ExecutorSpec, ServiceConfig, SourceSpec
+from docktor.agent.config.model import DocktorConfig, ExecutorSpec, OnMissing, ServiceConfig, SourceSpec
+from docktor.agent.config.safe_yaml import MAX_BYTES, YAMLTooBig, load_yaml
 from docktor.agent.core.metrics import REPLICA_METRICS, derivable
 from docktor.agent.core.policies import POLICIES
 from docktor.agent.errors import Problem, UsageError
+from docktor.agent.redact import register, secret_names
 from docktor.tools.registry import PluginError, executor_kinds, executor_plugin, source_kinds, source_plugin
 from docktor.tools.sdk import Context
 
@@ -44,6 +46,8 @@ class _TopLevel(DocktorConfig):
 # --------------------------------------------------------------------------- interpolation
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+#: a ``${VAR}`` whose name says it holds a credential: its value is scrubbed from every message
+_SECRET_VAR = re.compile(r"(?i)pass|secret|token|key|cred|auth")
 
 
 def interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[Problem]) -> Any:
@@ -65,6 +69,8 @@ def interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[Pro
                 problems.append(Problem(path, f"environment variable {name} is not set"))
                 return ""
             return default
+        if _SECRET_VAR.search(name):
+            register(value)
         return value
 
     return _VAR.sub(sub, node)
@@ -81,7 +87,11 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     """Load, interpolate and validate a config file. Raises only :class:`UsageError`."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)  # never more than can pass (a config pointed at /dev/zero)
+        if len(data) > MAX_BYTES:
+            raise UsageError([Problem(str(p), f"refused: too large: more than {MAX_BYTES:,} bytes")])
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise UsageError([Problem(str(p), "no such file")]) from None
     except (OSError, UnicodeDecodeError) as e:
@@ -92,14 +102,22 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 def parse_config(text: str, path: Path | None = None, env: Mapping[str, str] | None = None) -> DocktorConfig:
     where = str(path) if path else "<config>"
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
+    except YAMLTooBig as e:
+        raise UsageError([Problem(where, f"refused: {e}")]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UsageError([Problem(where, f"not valid YAML{at}: {problem}")]) from None
+    except (ValueError, TypeError, RecursionError, MemoryError) as e:
+        # what the constructors raise for a value they cannot build (an integer of 5,000 digits)
+        said = str(e).split(":")[0].strip()  # the first clause; the rest is advice for Python programmers
+        raise UsageError([Problem(where, f"not valid YAML: {said or type(e).__name__}")]) from None
     if not isinstance(raw, dict):
         raise UsageError([Problem(where, "must be a YAML mapping with a 'services' list")])
+    # Compose's extension fields: top-level x-* keys hold anchors for the services to alias
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
 
     problems: list[Problem] = []
     warnings: list[str] = []
@@ -125,9 +143,23 @@ def parse_config(text: str, path: Path | None = None, env: Mapping[str, str] | N
         _check_names(raw_services, problems)
     if problems or top is None:
         raise UsageError(problems)
+    _register_secrets(top, services, os.environ if env is None else env)
     return DocktorConfig.model_validate(
         {**top.model_dump(exclude={"services", "path", "warnings"}), "services": services}
     ).model_copy(update={"state_dir": _state_dir(top, base), "path": path, "warnings": tuple(warnings)})
+
+
+def _register_secrets(top: _TopLevel, services: list[ServiceConfig], env: Mapping[str, str]) -> None:
+    """Every credential the config names by environment variable (``password_env``, ``token_env``,
+    ``llm.api_key_env``, any ``*_env`` setting): from here on its value is scrubbed from every
+    message, record and log line."""
+    names = secret_names(top.llm)
+    for svc in services:
+        for spec in (svc.executor, *svc.sources):
+            if spec is not None:
+                names += secret_names(spec.settings)
+    for name in names:
+        register(env.get(name))
 
 
 def _state_dir(top: _TopLevel | None, base: Path) -> Path:
@@ -186,7 +218,7 @@ def _executor(at: str, data: dict[str, Any], context: Context, problems: list[Pr
         kind = value or ("compose" if "compose_file" in data else "local")
         block, where, flat = {"kind": kind}, at, True
     else:
-        problems.append(Problem(f"{at}.executor", f"must be an executor name or a mapping with a kind, got {value!r}"))
+        problems.append(Problem(f"{at}.executor", f"must be an executor name or a mapping with a kind, got {_shown(value)}"))
         return None
     try:
         plugin = executor_plugin(str(kind))
@@ -252,6 +284,14 @@ def _source(
     block = dict(block)
     kind = block.get("kind")
     name = block.pop("name", None) if not single else None
+    on_missing = OnMissing()
+    if "on_missing" in block:  # Docktor's own key, whatever the plugin: taken out before it validates
+        given = block.pop("on_missing")
+        try:
+            on_missing = OnMissing.model_validate(given)
+        except ValidationError as e:
+            problems.extend(_problems_from(e, given, prefix=f"{where}.on_missing", model=OnMissing))
+            return None
     if kind is None:
         problems.append(Problem(f"{where}.kind", f"required (one of: {', '.join(source_kinds())})"))
         return None
@@ -262,7 +302,7 @@ def _source(
         return None
     name = plugin.kind if name is None else name
     if not isinstance(name, str) or not _SOURCE_NAME.match(name):
-        problems.append(Problem(f"{where}.name", f"must be lower-case letters, digits and _ (it prefixes the source's metrics), got {name!r}"))
+        problems.append(Problem(f"{where}.name", f"must be lower-case letters, digits and _ (it prefixes the source's metrics), got {_shown(name)}"))
         return None
     if name in RESERVED_SOURCE_NAMES and not primary:
         problems.append(Problem(f"{where}.name", f"{name!r} is a metric group; choose another name"))
@@ -279,7 +319,7 @@ def _source(
     except ValidationError as e:
         problems.extend(_problems_from(e, block, prefix=where, model=plugin.Settings))
         return None
-    return SourceSpec(name=name, kind=plugin.kind, settings=settings, primary=primary, where=where)
+    return SourceSpec(name=name, kind=plugin.kind, settings=settings, primary=primary, where=where, on_missing=on_missing)
 
 
 def _plugin_problem(e: PluginError, what: str, kind: str, known: list[str]) -> str:
@@ -344,7 +384,15 @@ def _check_names(raw_services: list[Any], problems: list[Problem]) -> None:
 # --------------------------------------------------------------------------- error messages
 
 
+def _shown(value: Any) -> str:
+    """A value echoed in a message: credentials scrubbed (by ``Problem``), long ones cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _hint(word: str, choices: Iterable[str]) -> str:
+    if len(word) > 100:  # nothing that long is a typo of a key, and difflib's cost grows with it
+        return ""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -378,6 +426,24 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def _input_loc(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    """``loc`` without pydantic's own steps (``function-after[...]``, union tags): a step is kept
+    when it is a key (or index) of the input at that point, so a user's key with brackets in it
+    stays in the path."""
+    out: list[Any] = []
+    node = raw
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            out.append(part)
+            node = node[part]
+        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
+            continue  # pydantic's step, e.g. a validator wrapper or a union member
+        else:
+            out.append(part)  # a key the input lacks (a required field): part of the path
+            node = None
+    return tuple(out)
+
+
 def _problems_from(
     err: ValidationError,
     raw: Any,
@@ -388,23 +454,23 @@ def _problems_from(
 ) -> list[Problem]:
     problems: list[Problem] = []
     for e in err.errors(include_url=False):
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        loc = _input_loc(e["loc"], raw)
         path = _loc_path(loc, prefix)
         kind = e["type"]
-        if kind == "extra_forbidden":
-            owner = _model_at(model, loc[:-1]) if loc else model
+        if kind == "extra_forbidden" and loc:
+            owner = _model_at(model, loc[:-1])
             names = [n for n, f in owner.model_fields.items() if not f.exclude] if owner else []
             if owner is model:
                 names += list(extra_names)
             msg = f"unknown key{_hint(str(loc[-1]), names)}"
         elif kind == "literal_error":
-            msg = f"{e['msg'].replace('Input should be', 'must be')}, got {e.get('input')!r}"
+            msg = f"{e['msg'].replace('Input should be', 'must be')}, got {_shown(e.get('input'))}"
         elif kind == "missing":
             msg = "required" + hint
         else:
             msg = e["msg"].replace("Value error, ", "")
             if "input" in e and not isinstance(e["input"], dict | list):
-                msg += f", got {e['input']!r}"
+                msg += f", got {_shown(e['input'])}"
         problem = Problem(path, msg)
         if problem not in problems:
             problems.append(problem)

@@ -8,7 +8,7 @@ step limits, cooldowns and stabilization.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -84,6 +84,49 @@ class ExecutorSpec:
     where: str = ""
 
 
+FallbackAction = Literal["hold", "fixed", "current-if-higher"]
+
+
+class OnMissing(Strict):
+    """What a source's long outage means (KEDA's ``fallback``): after ``after`` failed reads in a
+    row, while metrics the service needs are missing.
+
+    ``hold`` (the default): the HPA rule alone: scale up if the metrics still read call for it,
+    never scale in. ``fixed``: go to ``replicas`` (the one way missing data may scale in: you
+    asked for it). ``current-if-higher``: at least ``replicas``, never fewer than now.
+    Written as a mapping, or a string: ``hold``, ``fixed 4``, ``current-if-higher 6``.
+    """
+
+    action: FallbackAction = "hold"
+    replicas: int | None = Field(default=None, ge=0)
+    #: failed reads in a row before the fallback applies (KEDA's failureThreshold)
+    after: int = Field(default=3, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            words = data.split()
+            if not words or len(words) > 2:
+                raise ValueError(f"{data!r}: write hold, fixed N or current-if-higher N (or a mapping with action, replicas, after)")
+            out: dict[str, Any] = {"action": words[0]}
+            if len(words) == 2:
+                out["replicas"] = words[1]
+            return out
+        return data
+
+    @model_validator(mode="after")
+    def _replicas_when_needed(self) -> OnMissing:
+        if self.action != "hold" and self.replicas is None:
+            raise ValueError(f"{self.action} needs a replica count, e.g. '{self.action} 4'")
+        if self.action == "hold" and self.replicas is not None:
+            raise ValueError("hold takes no replica count")
+        return self
+
+    def text(self) -> str:
+        return self.action if self.action == "hold" else f"{self.action} {self.replicas}"
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """One metric source of a service."""
@@ -94,6 +137,8 @@ class SourceSpec:
     #: the first source is the service's queue: its metrics keep their names; others are prefixed
     primary: bool = True
     where: str = ""
+    #: what a long outage of this source means (``on_missing:`` in its block)
+    on_missing: OnMissing = field(default_factory=OnMissing)
 
     def metric_name(self, metric: str) -> str:
         return metric if self.primary else f"{self.name}.{metric}"

@@ -21,13 +21,32 @@ from typing import Any, Literal
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core.guardrails import Envelope, Gate, GuardrailNote, clamp, envelope
 from docktor.agent.core.metrics import derive
-from docktor.agent.core.policies import POLICIES
-from docktor.agent.core.policy import Proposal
+from docktor.agent.core.policies import LOWER_BOUNDS, POLICIES
+from docktor.agent.core.policy import PolicySpec, Proposal
 from docktor.agent.core.rules import Evaluation, evaluate
 from docktor.agent.core.state import ServiceState, backoff_delay
 
 Action = Literal["scale_up", "scale_down", "hold"]
 Source = Literal["rules", "policy", "llm", "fallback"]
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A source's ``on_missing`` fallback, in force because it failed ``failed_reads`` reads in a row."""
+
+    source: str
+    action: str
+    replicas: int
+    failed_reads: int
+    target: int
+
+    def text(self) -> str:
+        return (f"source {self.source} failed {self.failed_reads} reads in a row: "
+                f"on_missing {self.action} {self.replicas} -> {self.target}")
+
+    def as_dict(self) -> dict[str, object]:
+        return {"source": self.source, "action": self.action, "replicas": self.replicas,
+                "failed_reads": self.failed_reads, "target": self.target}
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,8 @@ class Plan:
     gate: Gate
     envelope: Envelope
     proposal: Proposal  # the deterministic policy's own proposal
+    #: sources' on_missing fallbacks in force (only while metrics are missing)
+    fallbacks: tuple[Fallback, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,7 @@ class Decision:
     recommendation: int = 0
     #: the advisor's record (see :class:`Advice`), for the decision log
     advice: Mapping[str, Any] | None = None
+    fallbacks: tuple[Fallback, ...] = ()
 
     @property
     def changes(self) -> bool:
@@ -90,10 +112,13 @@ def deterministic_source(svc: ServiceConfig) -> Source:
     return "rules" if svc.policy == "rules" else "policy"
 
 
-def gate_for(svc: ServiceConfig, ev: Evaluation, missing: list[str]) -> Gate:
+def gate_for(svc: ServiceConfig, ev: Evaluation, missing: list[str], fallbacks: tuple[Fallback, ...] = ()) -> Gate:
     if missing:
-        # never scale blind: a rule or the policy lacks data, so only bounds corrections happen
-        return Gate(up=False, down=False, up_reason="missing_metrics", down_reason="missing_metrics")
+        # The HPA's rule: with metrics missing, scale up if the ones read call for it; never
+        # scale in blind. The one exception is the user's own: on_missing: fixed N.
+        down = any(f.action == "fixed" for f in fallbacks) and not ev.up_fired
+        up = ev.up_fired or bool(fallbacks) if POLICIES[svc.policy].rules_drive else True
+        return Gate(up=up, down=down, up_reason="missing_metrics", down_reason="missing_metrics")
     if POLICIES[svc.policy].rules_drive:
         return Gate(up=ev.up_fired, down=ev.down_fired)
     down_ok = (not svc.rules.scale_down_when or ev.down_fired) and not ev.up_fired
@@ -108,13 +133,69 @@ def plan(
     ev = evaluate(svc.rules, obs)
     spec = POLICIES[svc.policy]
     missing = sorted((svc.rule_metrics() | spec.required(svc)) - obs.keys())
+    fallbacks: tuple[Fallback, ...] = ()
     if missing:
-        proposal = Proposal(current, f"missing {', '.join(missing)}: holding")
+        proposal = propose_from_what_is_known(svc, spec, obs, current, state, ev, now, missing)
+        fallbacks = active_fallbacks(svc, state, current)
+        if fallbacks:
+            proposal = with_fallbacks(proposal, fallbacks, current)
     else:
         proposal = spec.propose(svc, obs, current, state, ev, now)
-    gate = gate_for(svc, ev, missing)
+    gate = gate_for(svc, ev, missing, fallbacks)
     env = envelope(svc, state, current, gate, now, proposal.target)
-    return Plan(svc.name, current, obs, ev, missing, gate, env, proposal)
+    return Plan(svc.name, current, obs, ev, missing, gate, env, proposal, fallbacks)
+
+
+def propose_from_what_is_known(
+    svc: ServiceConfig,
+    spec: PolicySpec,
+    obs: Mapping[str, float],
+    current: int,
+    state: ServiceState,
+    ev: Evaluation,
+    now: float,
+    missing: list[str],
+) -> Proposal:
+    """The HPA's rule for missing metrics: a proposal only when what *is* known calls for more.
+
+    The rules count with the metrics read (a missing metric fails its rule). A sizing policy
+    sizes with each missing required metric at its least possible value (``LOWER_BOUNDS``: no
+    backlog, no arrivals): a lower bound of what the full data would ask for, so it is used only
+    when it is above the current count. Anything else holds; the gate keeps scale-in closed.
+    """
+    label = f"missing {', '.join(missing)}"
+    absent = sorted(spec.required(svc) - obs.keys())
+    unknowable = [m for m in absent if m not in LOWER_BOUNDS]
+    if unknowable:
+        return Proposal(current, f"{label}: holding (nothing to size from without {', '.join(unknowable)})")
+    known = spec.propose(svc, {**obs, **{m: LOWER_BOUNDS[m] for m in absent}}, current, state, ev, now)
+    if known.target > current:
+        counted = f" (counting {', '.join(absent)} as 0, the least it can be)" if absent else ""
+        return Proposal(known.target, f"{label}: scaling up on what is known{counted}: {known.reason}")
+    return Proposal(current, f"{label}: holding (never scaling in blind)")
+
+
+def active_fallbacks(svc: ServiceConfig, state: ServiceState, current: int) -> tuple[Fallback, ...]:
+    """The ``on_missing`` fallbacks of the sources that failed at least ``after`` reads in a row."""
+    out: list[Fallback] = []
+    for spec in svc.sources:
+        rule = spec.on_missing
+        failed = state.failed_reads.get(spec.name, 0)
+        if rule.action == "hold" or rule.replicas is None or failed < rule.after:
+            continue
+        target = rule.replicas if rule.action == "fixed" else max(current, rule.replicas)
+        out.append(Fallback(spec.name, rule.action, rule.replicas, failed, target))
+    return tuple(out)
+
+
+def with_fallbacks(known: Proposal, fallbacks: tuple[Fallback, ...], current: int) -> Proposal:
+    """Like the HPA over several metrics: the largest of the fallbacks' targets and of what the
+    metrics still read call for (which counts only when it is a scale-up)."""
+    target = max(f.target for f in fallbacks)
+    why = "; ".join(f.text() for f in fallbacks)
+    if known.target > current and known.target > target:
+        return Proposal(known.target, f"{known.reason}; {why}")
+    return Proposal(target, why)
 
 
 def finish(
@@ -149,15 +230,25 @@ def finish(
         missing=p.missing,
         recommendation=min(max(p.proposal.target, svc.min_replicas), svc.max_replicas),
         advice=advice,
+        fallbacks=p.fallbacks,
     )
 
 
 def conclude(svc: ServiceConfig, p: Plan, advice: Advice | None = None) -> Decision:
-    """The decision for ``p``: the advice's proposal when it has one, else the policy's, clamped."""
+    """The decision for ``p``: the advice's proposal when it has one, else the policy's, clamped.
+
+    An advisor never delays a scale-up: when the deterministic decision scales up, the advice may
+    go further (inside its envelope) but not stop short of it (``deterministic_scale_up``).
+    """
+    deterministic = finish(svc, p, p.proposal, deterministic_source(svc))
     if advice is None:
-        return finish(svc, p, p.proposal, deterministic_source(svc))
-    proposal = advice.proposal or p.proposal
-    return finish(svc, p, proposal, advice.source, envelope=advice.envelope, advice=advice.record)
+        return deterministic
+    if advice.proposal is None:
+        return finish(svc, p, p.proposal, advice.source, envelope=advice.envelope, advice=advice.record)
+    env = advice.envelope or p.envelope
+    if deterministic.decision == "scale_up" and env.lo < deterministic.target:
+        env = Envelope(deterministic.target, max(env.hi, deterministic.target), "deterministic_scale_up", env.hi_by)
+    return finish(svc, p, advice.proposal, advice.source, envelope=env, advice=advice.record)
 
 
 def step(

@@ -16,6 +16,12 @@ from docktor.agent.core.state import ServiceState
 #: what the docktor policy cannot size without (rate_out and ack_pending sharpen its estimates)
 DOCKTOR_REQUIRED = frozenset({"queue.backlog", "queue.rate_in"})
 
+#: The least a missing metric can be. Work waiting and work arriving are never negative, and the
+#: sizing policies need more replicas for more of either, so sizing with a missing one counted as
+#: this yields a lower bound of what the full data would ask for: safe to scale *up* to, never to
+#: scale in on. A required metric without an entry here makes the policy hold when it is missing.
+LOWER_BOUNDS: dict[str, float] = {"queue.backlog": 0.0, "queue.rate_in": 0.0}
+
 
 def _docktor(
     svc: ServiceConfig, obs: Mapping[str, float], current: int, state: ServiceState, ev: Evaluation, now: float

@@ -8,6 +8,7 @@ exactly the same transition.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 #: enough history for an hour at 5 s ticks; older points are dropped
@@ -25,6 +26,15 @@ class ServiceState:
     #: consecutive failed scale actions, and when a scale-up may be tried again
     failures: int = 0
     backoff_until: float | None = None
+    #: per source name: failed reads in a row (0 after a good read), for ``on_missing``
+    failed_reads: dict[str, int] = field(default_factory=dict)
+
+    def note_reads(self, ok: Iterable[str], failed: Iterable[str]) -> None:
+        """Count this tick's source reads: a failure extends its source's run, a success ends it."""
+        for name in ok:
+            self.failed_reads[name] = 0
+        for name in failed:
+            self.failed_reads[name] = self.failed_reads.get(name, 0) + 1
 
     def last_action_at(self) -> float | None:
         times = [t for t in (self.last_up_at, self.last_down_at) if t is not None]

@@ -53,6 +53,23 @@ def paths_for(config: DocktorConfig) -> Paths:
     return Paths(config.state_dir)
 
 
+class RedactingFilter(logging.Filter):
+    """Scrub credentials from every log line (Docktor's own and its libraries', e.g. nats-py's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from docktor.agent.redact import redact
+
+        text = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        clean = redact(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
 class AlreadyRunning(Exception):
     pass
 
@@ -97,6 +114,8 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     lock_fd = acquire_lock(paths)
     paths.pid.write_text(f"{os.getpid()}\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     for w in config.warnings:
         logging.getLogger("docktor").warning("config: %s", w)
 
@@ -217,4 +236,5 @@ def status(config: DocktorConfig) -> dict[str, Any]:
         except OSError:
             out["uptime_s"] = None
         out["services"] = st.get("services", {})
+        out["decision_log"] = st.get("decision_log")
     return out

@@ -1,22 +1,37 @@
 """The decision log: one JSON object per decision per service, in a size-rotated JSONL file.
 
-Every line is written with a single ``write(2)`` on an ``O_APPEND`` descriptor, so a crash of the
-daemon never leaves half a line behind for another writer to continue; readers still skip a line
-that does not parse (a power cut can truncate a file), and say how many they skipped.
+A log that never lies, even on a full disk:
+
+* **Write-ahead.** A decision that calls the executor is written twice: an ``intent`` record
+  (the whole decision, ``executed: false``) *before* the executor is called, and a short
+  ``outcome`` record (same ``id``) after it. If the intent cannot be written, the daemon does not
+  act. Decisions that do not act (holds, advisory, dry-run) are one record. Readers
+  (:func:`read_records`, :func:`follow`, ``docktor daemon logs``) merge an intent with its outcome
+  into one decision; an intent whose outcome never came (the daemon died while scaling) reads as
+  ``outcome.status: unknown``.
+* **Whole lines only.** Every line is written with one ``write(2)`` on an ``O_APPEND``
+  descriptor. A write that fails or comes up short (the disk filled mid-line) is cut back to the
+  file's last newline before the error is raised, so no torn line is left for the next record to
+  be glued onto. Readers still skip a line that does not parse (a power cut can truncate a file).
+* **Rotation** past ``max_bytes`` to ``path.1`` … ``path.N``: one directory listing per
+  rotation, then one rename per backup that exists.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from docktor.agent.core.decide import Decision
+from docktor.agent.redact import redact, redact_obj
 from docktor.agent.timestamps import parse_rfc3339, rfc3339
 
 
@@ -30,7 +45,7 @@ class Outcome(BaseModel):
 
 
 class DecisionRecord(BaseModel):
-    """One line of the decision log."""
+    """One decision: one line, or the ``intent`` line of a decision that acts."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -53,6 +68,18 @@ class DecisionRecord(BaseModel):
     outcome: Outcome | None = None
     errors: list[str] = Field(default_factory=list)
     llm: dict[str, Any] | None = None
+    #: sources' on_missing fallbacks in force (absent when none)
+    fallbacks: list[dict[str, Any]] | None = None
+    #: the decision's identity: an intent and its outcome share it
+    id: str | None = None
+    #: ``intent`` on the line written before the executor acts; absent on a one-line decision
+    phase: Literal["intent"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        # errors, reasons and the LLM's record quote peers' messages, which may quote a URL
+        return redact_obj(data) if isinstance(data, dict) else data
 
     @classmethod
     def from_decision(
@@ -64,6 +91,7 @@ class DecisionRecord(BaseModel):
         executed: bool = False,
         outcome: Outcome | None = None,
         errors: list[str] | None = None,
+        id: str | None = None,
     ) -> DecisionRecord:
         return cls(
             ts=rfc3339(ts),
@@ -85,52 +113,151 @@ class DecisionRecord(BaseModel):
             outcome=outcome,
             errors=errors or [],
             llm=dict(d.advice) if d.advice is not None else None,
+            fallbacks=[f.as_dict() for f in d.fallbacks] or None,
+            id=id,
         )
 
     def line(self) -> bytes:
-        return (json.dumps(self.model_dump(mode="json", exclude_none=False), separators=(",", ":")) + "\n").encode()
+        data = self.model_dump(mode="json", exclude_none=False)
+        for optional in ("phase", "fallbacks"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
+        # again at the last moment: model_copy(update=...) does not validate
+        return (redact(json.dumps(data, separators=(",", ":"))) + "\n").encode()
+
+
+class OutcomeRecord(BaseModel):
+    """The line written after the executor acted on the decision ``id`` (whose intent came first)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ts: str
+    service: str
+    id: str
+    phase: Literal["outcome"] = "outcome"
+    executed: bool = True
+    outcome: Outcome
+
+    def line(self) -> bytes:
+        return (redact(json.dumps(self.model_dump(mode="json"), separators=(",", ":"))) + "\n").encode()
+
+
+class LogWriteError(OSError):
+    """A record could not be written (a full disk, a read-only or vanished file system).
+
+    Nothing of it is left in the file: a failed or short write is cut back to the last whole line.
+    """
 
 
 class DecisionLog:
-    """Appends records to ``path``; rotates to ``path.1`` … ``path.N`` past ``max_bytes``."""
+    """Appends records to ``path``; rotates to ``path.1`` … ``path.N`` past ``max_bytes``.
+
+    :meth:`write` either appends one whole line or raises :class:`LogWriteError` and leaves the
+    file ending in a whole line.
+    """
 
     def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 5):
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = self._open()
+        self._fd = -1
+        try:
+            self._fd = self._open()
+        except OSError:
+            pass  # e.g. a full disk that cannot take a new inode: the first write says so
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # Read-write: after a short write the descriptor reads the tail back to cut it.
+        return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def write(self, record: DecisionRecord) -> None:
+    def write(self, record: DecisionRecord | OutcomeRecord) -> None:
+        """Append one record as one line, or raise :class:`LogWriteError` leaving no part of it."""
         data = record.line()
-        if os.fstat(self._fd).st_size + len(data) > self.max_bytes:
-            self._rotate()
-        view = memoryview(data)
-        while view:  # a regular file takes it in one write; loop only for the pathological case
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            if self._fd < 0:
+                self._fd = self._open()
+            if os.fstat(self._fd).st_size + len(data) > self.max_bytes:
+                self._rotate()
+            view = memoryview(data)
+            while view:
+                # A regular file takes a line in one write; a short one means the disk filled.
+                n = os.write(self._fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[n:]
+        except OSError as e:
+            self._cut_torn_tail()
+            raise LogWriteError(e.errno, e.strerror or str(e)) from None
+
+    def _cut_torn_tail(self) -> None:
+        """Truncate the file back to its last newline.
+
+        The tail is searched, not remembered: ``decide --once`` may append whole lines to the same
+        file between our size check and our write, and those must stay.
+        """
+        if self._fd < 0:
+            return
+        try:
+            size = os.fstat(self._fd).st_size
+            end = size
+            while end > 0:
+                start = max(0, end - 4096)
+                cut = os.pread(self._fd, end - start, start).rfind(b"\n")
+                if cut >= 0:
+                    end = start + cut + 1
+                    break
+                end = start
+            if end < size:
+                os.ftruncate(self._fd, end)
+        except OSError:
+            # Truncating frees space, so this fails only on a broken file system: start afresh
+            # with a new descriptor on the next write.
+            self._close_fd()
 
     def _rotate(self) -> None:
-        os.close(self._fd)
+        """``path`` -> ``path.1`` -> ``path.2`` …: one directory listing, then one rename per
+        backup that exists (never one ``exists()`` per configured backup)."""
+        self._close_fd()
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
         else:
-            for i in range(self.backups - 1, 0, -1):
-                src = self.path.with_name(f"{self.path.name}.{i}")
-                if src.exists():
-                    src.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-            if self.path.exists():
-                self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+            prefix = self.path.name + "."
+            with os.scandir(self.path.parent) as entries:
+                present = sorted(
+                    (int(e.name[len(prefix):]) for e in entries if e.name.startswith(prefix) and e.name[len(prefix):].isdigit()),
+                    reverse=True,
+                )
+            for i in present:
+                src = self.path.with_name(f"{prefix}{i}")
+                if i >= self.backups:
+                    src.unlink(missing_ok=True)
+                else:
+                    src.replace(self.path.with_name(f"{prefix}{i + 1}"))
+            try:
+                self.path.replace(self.path.with_name(f"{prefix}1"))
+            except FileNotFoundError:
+                pass
         self._fd = self._open()
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                pass  # nothing more can be saved; the lines already written are whole
+            self._close_fd()
+
+
+# --------------------------------------------------------------------------- reading
 
 
 def log_files(path: Path) -> list[Path]:
@@ -162,14 +289,79 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def read_records(path: Path, *, since: float | None = None, service: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every whole record of the log and its rotations, oldest first, skipping lines that do not parse."""
-    for file in log_files(path):
-        yield from read_records_in(file, since=since, service=service)
+#: what a decision whose outcome was never written says about it
+UNKNOWN_OUTCOME = {
+    "status": "unknown",
+    "message": "no outcome recorded (yet): the executor may still be acting, or the daemon stopped (or its log "
+               "became unwritable) while it acted",
+    "duration_ms": None,
+}
 
 
-def read_records_in(file: Path, *, since: float | None = None, service: str | None = None) -> Iterator[dict[str, Any]]:
-    """The records of one file."""
+def _finish(intent: dict[str, Any], outcome: dict[str, Any] | None) -> dict[str, Any]:
+    rec = dict(intent)
+    rec.pop("phase", None)
+    if outcome is None:
+        rec["executed"] = True
+        rec["outcome"] = dict(UNKNOWN_OUTCOME)
+    else:
+        rec["executed"] = outcome.get("executed", True)
+        rec["outcome"] = outcome.get("outcome")
+        rec["outcome_ts"] = outcome.get("ts")
+    return rec
+
+
+def merge_phases(
+    lines: Iterable[dict[str, Any] | None],
+    *,
+    grace: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[dict[str, Any]]:
+    """One record per decision, in the order they were decided: each ``intent`` line merged with
+    its ``outcome`` line.
+
+    ``lines`` may yield ``None`` when nothing new has come (:func:`follow` does, while it waits);
+    then an intent still waiting after ``grace`` seconds is shown without its outcome. At the end
+    of ``lines`` every waiting intent is shown so (``outcome.status: unknown``).
+    """
+    # Decisions are shown in order: a finished one waits behind an intent still acting.
+    queue: OrderedDict[int, tuple[dict[str, Any], float | None]] = OrderedDict()
+    waiting: dict[str, int] = {}  # decision id -> its key in the queue
+    n = 0
+
+    def ready() -> Iterator[dict[str, Any]]:
+        while queue:
+            key, (rec, since) = next(iter(queue.items()))
+            if since is not None:
+                if grace is None or clock() - since < grace:
+                    return
+                waiting.pop(str(rec.get("id")), None)
+                rec = _finish(rec, None)
+            queue.pop(key)
+            yield rec
+
+    for rec in lines:
+        if rec is not None:
+            phase = rec.get("phase")
+            if phase == "intent" and rec.get("id") is not None:
+                n += 1
+                queue[n] = (rec, clock())
+                waiting[str(rec["id"])] = n
+            elif phase == "outcome":
+                key = waiting.pop(str(rec.get("id")), None)
+                if key is not None:
+                    queue[key] = (_finish(queue[key][0], rec), None)
+                # an outcome whose intent was rotated away (or filtered out) has nothing to join
+            else:
+                n += 1
+                queue[n] = (rec, None)
+        yield from ready()
+    for key, (rec, since) in list(queue.items()):
+        yield _finish(rec, None) if since is not None else rec
+        del queue[key]
+
+
+def _raw_lines(file: Path) -> Iterator[dict[str, Any]]:
     try:
         f = file.open("rb")
     except FileNotFoundError:  # rotated away between listing and opening
@@ -177,8 +369,79 @@ def read_records_in(file: Path, *, since: float | None = None, service: str | No
     with f:
         for line in f:
             rec = _parse(line)
-            if rec is not None and _matches(rec, since, service):
+            if rec is not None:
                 yield rec
+
+
+def _filtered(lines: Iterable[dict[str, Any] | None], since: float | None, service: str | None) -> Iterator[dict[str, Any] | None]:
+    # An outcome line is filtered with its intent (merge_phases drops an orphan), not by its own time.
+    for rec in lines:
+        if rec is None or rec.get("phase") == "outcome" or _matches(rec, since, service):
+            yield rec
+
+
+def read_records(path: Path, *, since: float | None = None, service: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every decision of the log and its rotations, oldest first, intents merged with their
+    outcomes, skipping lines that do not parse."""
+    lines = (rec for file in log_files(path) for rec in _raw_lines(file))
+    yield from merge_phases(_filtered(lines, since, service))
+
+
+def read_records_in(file: Path, *, since: float | None = None, service: str | None = None) -> Iterator[dict[str, Any]]:
+    """The decisions of one file."""
+    yield from merge_phases(_filtered(_raw_lines(file), since, service))
+
+
+def follow_lines(
+    path: Path,
+    *,
+    from_start: bool = False,
+    poll: float = 0.25,
+    stop: Any = None,
+) -> Iterator[dict[str, Any] | None]:
+    """Raw lines appended after the call (or, with ``from_start``, the current file's lines too),
+    across rotations, until ``stop()`` returns True; ``None`` each time it waits for more. One
+    open file handle carries on from the history, so nothing written in between is lost or
+    shown twice."""
+    f = None
+    inode = None
+    buf = b""
+    skip_existing = path.exists() and not from_start
+    try:
+        while not (stop and stop()):
+            if f is None and path.exists():
+                f = path.open("rb")
+                inode = os.fstat(f.fileno()).st_ino
+                if skip_existing:
+                    f.seek(0, os.SEEK_END)
+            if f is not None:
+                chunk = f.read()
+                if chunk:
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        rec = _parse(line)
+                        if rec is not None:
+                            yield rec
+                    continue
+                try:
+                    if os.stat(path).st_ino != inode:  # rotated: read the new file from its start
+                        f.close()
+                        f = path.open("rb")
+                        inode = os.fstat(f.fileno()).st_ino
+                        buf = b""
+                        continue
+                except FileNotFoundError:
+                    pass
+            yield None
+            time.sleep(poll)
+    finally:
+        if f is not None:
+            f.close()
+
+
+#: how long ``follow`` shows nothing of a decision whose executor is still acting
+FOLLOW_GRACE_S = 300.0
 
 
 def follow(
@@ -189,39 +452,17 @@ def follow(
     from_start: bool = False,
     poll: float = 0.25,
     stop: Any = None,
+    before: Iterable[dict[str, Any]] = (),
 ) -> Iterator[dict[str, Any]]:
-    """Yield records appended after the call (or, with ``from_start``, the current file's records
-    too), across rotations, until ``stop()`` returns True. One open file handle carries on from
-    the history, so nothing written in between is lost or shown twice."""
-    f = None
-    inode = None
-    buf = b""
-    skip_existing = path.exists() and not from_start
-    while not (stop and stop()):
-        if f is None and path.exists():
-            f = path.open("rb")
-            inode = os.fstat(f.fileno()).st_ino
-            if skip_existing:
-                f.seek(0, os.SEEK_END)
-        if f is not None:
-            chunk = f.read()
-            if chunk:
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    rec = _parse(line)
-                    if rec is not None and _matches(rec, since, service):
-                        yield rec
-                continue
-            try:
-                if os.stat(path).st_ino != inode:  # rotated: read the new file from its start
-                    f.close()
-                    f = path.open("rb")
-                    inode = os.fstat(f.fileno()).st_ino
-                    buf = b""
-                    continue
-            except FileNotFoundError:
-                pass
-        time.sleep(poll)
-    if f is not None:
-        f.close()
+    """Decisions appended after the call (see :func:`follow_lines`), each intent merged with its
+    outcome. ``before``: raw lines to show first (the rotated files), merged in the same stream
+    so an intent rotated away from its outcome still finds it."""
+    lines: Iterator[dict[str, Any] | None] = iter(before)
+    live = follow_lines(path, from_start=from_start, poll=poll, stop=stop)
+    yield from merge_phases(_filtered((x for src in (lines, live) for x in src), since, service), grace=FOLLOW_GRACE_S)
+
+
+def raw_lines_of(files: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """The parsed lines of ``files``, in order (for :func:`follow`'s ``before``)."""
+    for file in files:
+        yield from _raw_lines(file)

@@ -8,23 +8,25 @@ slow source) never delays another service's ticks.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from docktor.agent.config.model import DocktorConfig, ServiceConfig, SourceSpec
-from docktor.agent.core.decide import Advice, Plan, conclude, plan, remember
+from docktor.agent.core.decide import remember, step
 from docktor.agent.core.state import ServiceState
-from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome
+from docktor.agent.redact import redact, redact_obj
+from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord
+from docktor.agent.runtime.recorder import Recorder, write_status_file
 from docktor.agent.timestamps import rfc3339
 from docktor.tools.registry import executor_plugin, source_plugin
-from docktor.tools.sdk import Context, Executor, ReplicaStatus, Source, one_line
+from docktor.tools.sdk import Context, Executor, ReplicaStatus, ScaleOutcome, Source, one_line
 
 log = logging.getLogger("docktor")
 
@@ -63,11 +65,14 @@ class Daemon:
         self.log = DecisionLog(
             log_path or state_dir / "decisions.jsonl", config.log.max_bytes, config.log.backups
         )
+        self.recorder = Recorder(self.log, wall=wall, mono=mono)
         self.status_path = status_path
+        self.status_error: str | None = None  # the last failed status-file write, for the log
         self.wall, self.mono = wall, mono
         self.started_at = wall()
         self.runners: dict[str, ServiceRunner] = {}
         self.advisor: Any = None
+        self.beside: Any = None  # AdvisorBeside: the LLM's calls, beside the loop
         self.on_record: list[Callable[[DecisionRecord], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -84,10 +89,14 @@ class Daemon:
             self.runners[svc.name] = ServiceRunner(svc, sources, executor)
         if self.config.llm.provider != "none":
             from docktor.agent.advisor.advisor import make_advisor
+            from docktor.agent.runtime.beside import AdvisorBeside
 
             self.advisor = make_advisor(self.config.llm)
+            self.beside = AdvisorBeside(self.advisor, _Tools(self), wall=self.wall, mono=self.mono)
 
     async def close(self) -> None:
+        if self.beside is not None:
+            await self.beside.close()  # calls still in flight are cancelled: nobody waits for them
         closers: list[Awaitable[None]] = []
         for r in self.runners.values():
             closers.extend(source.close() for _, source in r.sources)
@@ -109,9 +118,29 @@ class Daemon:
             for t in tasks:
                 t.cancel()
 
-    async def run_once(self, *, dry_run: bool = False) -> list[DecisionRecord]:
-        """One tick of every service, concurrently."""
-        return list(await asyncio.gather(*(self.tick(r, dry_run=dry_run) for r in self.runners.values())))
+    async def run_once(self, *, dry_run: bool = False, window: float = 0.0) -> list[DecisionRecord]:
+        """One decision for every service, concurrently.
+
+        Rates need two readings: with ``window`` > 0 each service is read once, then decided on a
+        second reading ``window`` seconds later (at most its check interval), so a one-shot
+        decision sees ``queue.rate_in``/``rate_out`` like the daemon's ticks do.
+        """
+        records = list(await asyncio.gather(*(self._once(r, dry_run, window) for r in self.runners.values())))
+        if self.beside is not None:
+            # What the daemon would do next: the LLM's answer, applied at the tick it lands in.
+            landed = await self.beside.settle(self.config.llm.timeout + 1.0)
+            records += await asyncio.gather(*(self.tick(self.runners[name], dry_run=dry_run) for name in landed))
+        return records
+
+    async def _once(self, runner: ServiceRunner, dry_run: bool, window: float) -> DecisionRecord:
+        wait = min(window, runner.svc.check_interval)
+        if wait > 0:
+            started = self.mono()
+            observations, status, _ = await self.observe(runner)
+            if status is not None:  # the first reading is history, as the previous tick's would be
+                runner.state.history.append((started, observations))
+            await asyncio.sleep(max(0.0, started + wait - self.mono()))
+        return await self.tick(runner, dry_run=dry_run)
 
     async def _service_loop(self, runner: ServiceRunner, stop: asyncio.Event) -> None:
         interval = runner.svc.check_interval
@@ -143,14 +172,18 @@ class Daemon:
         status, metrics = readings[0], readings[1:]
         errors: list[str] = []
         observations: dict[str, float] = {}
+        ok, failed = [], []
         for (spec, _), reading in zip(runner.sources, metrics, strict=True):
             who = "source" if len(runner.sources) == 1 else f"source {spec.name}"
             if isinstance(reading, BaseException):
-                errors.append(f"{who}: {one_line(reading)}")
+                errors.append(redact(f"{who}: {one_line(reading)}"))
+                failed.append(spec.name)
             elif isinstance(reading, dict):
                 observations.update((spec.metric_name(k), v) for k, v in reading.items())
+                ok.append(spec.name)
+        runner.state.note_reads(ok, failed)  # for on_missing: failed reads in a row, per source
         if isinstance(status, BaseException):
-            errors.append(f"executor: {one_line(status)}")
+            errors.append(redact(f"executor: {one_line(status)}"))
             return observations, None, errors
         assert isinstance(status, ReplicaStatus)
         observations.update(status.metrics)
@@ -175,44 +208,52 @@ class Daemon:
             record = DecisionRecord(
                 ts=rfc3339(self.wall()), service=svc.name, mode=mode, current_replicas=None,  # type: ignore[arg-type]
                 decision="hold", target_replicas=None, reason="replica count unavailable: holding",
-                policy=svc.policy, source="none", observations=observations, errors=errors,
+                policy=svc.policy, source="none", observations=observations, errors=errors, id=_decision_id(),
             )
-            return self._record(runner, record)
+            self.recorder.write(record)
+            return self._keep(runner, record)
 
         current = status.desired
-        p = plan(svc, observations, current, runner.state, now)
-        advice = await self._advise(runner, p, now) if self.advisor is not None else None
-        decision = conclude(svc, p, advice)
+        # The same step the simulator runs; the advisor's callback never waits for the model.
+        advise = None if self.beside is None else self.beside.advise_for(svc, runner.state, now)
+        decision = step(svc, observations, current, runner.state, now, advise)
 
-        executed = False
-        outcome: Outcome | None = None
+        record = DecisionRecord.from_decision(decision, mode=mode, ts=self.wall(), errors=errors, id=_decision_id())
         act = decision.changes and mode == "autonomous"
-        if act:
+        if act and not self.recorder.write(record.model_copy(update={"phase": "intent"})):
+            # Write-ahead: an action the log cannot hold is not taken. The decision is kept in
+            # memory (status, the LLM's tools) and the log's first line afterwards names the gap.
+            self.recorder.refuse()
+            note = f"not acted: the decision log is not writable ({self.recorder.error})"
+            record = record.model_copy(update={"reason": f"{record.reason}; {note}", "errors": [*record.errors, f"decision log: {note}"]})
+            remember(runner.state, decision, now, acted=False, observations=decision.observations)
+            return self._keep(runner, record)
+        if not act:
+            remember(runner.state, decision, now, acted=False, observations=decision.observations)
+            self.recorder.write(record)
+            return self._keep(runner, record)
+
+        started = time.monotonic()
+        try:
             result = await runner.executor.scale(decision.target)
-            executed = True
-            outcome = Outcome(
-                status="ok" if result.ok else "error", message=result.message, duration_ms=round(result.duration_ms, 1)
-            )
-        remember(runner.state, decision, now, acted=act, ok=outcome is None or outcome.status == "ok", observations=decision.observations)
-        if outcome is not None and outcome.status == "error" and runner.state.backoff_until is not None:
+        except Exception as e:  # executors report failures in their outcome; a raise is a bug, logged as one
+            result = ScaleOutcome(False, f"executor raised {one_line(e)}", (time.monotonic() - started) * 1000)
+        outcome = Outcome(
+            status="ok" if result.ok else "error", message=result.message, duration_ms=round(result.duration_ms, 1)
+        )
+        remember(runner.state, decision, now, acted=True, ok=result.ok, observations=decision.observations)
+        if not result.ok and runner.state.backoff_until is not None:
             retry_in = runner.state.backoff_until - now
             outcome.retry_at = rfc3339(self.wall() + retry_in)
             outcome.message += f"; backing off, next scale-up not before {outcome.retry_at} (in {retry_in:.0f} s)"
-        record = DecisionRecord.from_decision(decision, mode=mode, ts=self.wall(), executed=executed, outcome=outcome, errors=errors)
-        return self._record(runner, record)
+        assert record.id is not None
+        self.recorder.write_outcome(OutcomeRecord(ts=rfc3339(self.wall()), service=svc.name, id=record.id, outcome=outcome))
+        return self._keep(runner, record.model_copy(update={"executed": True, "outcome": outcome}))
 
-    async def _advise(self, runner: ServiceRunner, p: Plan, now: float) -> Advice:
-        budget = self.config.llm.timeout + 0.5
-        try:
-            advice: Advice = await asyncio.wait_for(self.advisor.advise(runner.svc, p, runner.state, _Tools(self), now), budget)
-        except Exception as e:  # the advisor promises not to raise; this is the belt to its braces
-            return Advice(None, "fallback", {"error": one_line(e), "asked": True})
-        return advice
-
-    def _record(self, runner: ServiceRunner, record: DecisionRecord) -> DecisionRecord:
-        self.log.write(record)
+    def _keep(self, runner: ServiceRunner, record: DecisionRecord) -> DecisionRecord:
+        """The decision in memory (whether or not the log took it): status, hooks, the LLM's tools."""
         runner.last_record = record
-        runner.recent.append(record.model_dump(mode="json"))
+        runner.recent.append(redact_obj(record.model_dump(mode="json")))  # the LLM's tools may send it anywhere
         del runner.recent[:-50]
         for hook in self.on_record:
             hook(record)
@@ -232,13 +273,27 @@ class Daemon:
                     k: getattr(r.last_record, k) for k in ("ts", "decision", "current_replicas", "target_replicas", "reason", "executed")
                 },
             }
-        return {"pid": os.getpid(), "started_at": rfc3339(self.started_at), "mode": self.mode, "services": services}
+        return {
+            "pid": os.getpid(), "started_at": rfc3339(self.started_at), "mode": self.mode,
+            "decision_log": self.recorder.health(), "status_file_error": self.status_error, "services": services,
+        }
 
     def write_status(self) -> None:
+        """Refresh the status file; on a full disk in place, and never at the cost of a tick."""
         assert self.status_path is not None
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status()))
-        tmp.replace(self.status_path)
+        try:
+            write_status_file(self.status_path, self.status())
+        except OSError as e:
+            if self.status_error is None:
+                log.error("status file %s not writable: %s", self.status_path, e.strerror or e)
+            self.status_error = e.strerror or str(e)
+        else:
+            self.status_error = None
+
+
+def _decision_id() -> str:
+    """Unique across services and restarts: an intent and its outcome line share it."""
+    return uuid.uuid4().hex[:16]
 
 
 class _Tools:
@@ -261,7 +316,7 @@ class _Tools:
         if s is None:
             return {"available": False}
         return {"available": True, "desired": s.desired, "running": s.running, "failed": s.failed,
-                "healthy": s.healthy, "detail": s.detail, "min_replicas": r.svc.min_replicas, "max_replicas": r.svc.max_replicas}
+                "healthy": s.healthy, "detail": redact(s.detail or ""), "min_replicas": r.svc.min_replicas, "max_replicas": r.svc.max_replicas}
 
     def recent_decisions(self, service: str, n: int) -> list[dict[str, Any]]:
         return self._runner(service).recent[-max(0, n):]
