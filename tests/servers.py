@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tests.peers import SHARED, free_port, need
 
-__all__ = ["Certificates", "PrometheusServer", "RabbitMQ", "RedisServer", "make_certificates", "need_binary"]
+__all__ = ["Certificates", "Exporter", "PrometheusServer", "RabbitMQ", "RedisServer", "make_certificates", "need_binary"]
 
 REQUIRE = "DOCKTOR_REQUIRE_SERVERS"
 
@@ -289,3 +289,44 @@ def make_certificates(dir: Path) -> Certificates:
         key.chmod(0o644)  # servers started as another user (none here) would need to read them
     return Certificates(dir, dir / "ca.pem", dir / "server.pem", dir / "server.key", dir / "client.pem", dir / "client.key",
                         dir / "other-ca.pem")
+
+
+# --------------------------------------------------------------------------- a scrape target
+
+
+class Exporter:
+    """A real HTTP scrape target on loopback serving ``text`` (Prometheus exposition format), which
+    a test changes at will; ``stop()`` closes the port (its series go stale in Prometheus)."""
+
+    def __init__(self, text: str = "", port: int | None = None) -> None:
+        import http.server
+        import threading
+
+        self.text = text
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = owner.text.encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/plain; version=0.0.4")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.port = port or free_port()
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

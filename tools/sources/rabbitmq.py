@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -299,7 +300,7 @@ class RabbitMQSource(Source[RabbitMQSettings]):
             raise _Transient(f"management API at {where} timed out after {s.timeout:g}s") from None
         except httpx2.TimeoutException:
             raise _Transient(f"management API at {where} timed out after {s.timeout:g}s") from None
-        except httpx2.HTTPError as e:
+        except (httpx2.HTTPError, ssl.SSLError, OSError) as e:
             raise _Transient(f"cannot reach the management API at {where}: {_reason(e)}") from None
         if r.status_code == 404:
             raise QueueNotFound(f"queue {s.queue!r} not found in vhost {s.vhost!r} ({where})")
