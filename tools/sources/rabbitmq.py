@@ -50,6 +50,11 @@ from docktor.tools.sdk import (
 log = logging.getLogger("docktor.rabbitmq")
 
 _ATTEMPTS = 3
+#: only the fields read (the full answer lists every consumer and channel: large on busy queues)
+_COLUMNS = ",".join([
+    "name", "messages_ready", "messages_unacknowledged", "consumers", "consumer_utilisation", "reductions",
+    "message_stats.publish", "message_stats.ack", "message_stats.deliver_no_ack", "message_stats.get_no_ack",
+])
 _WAIT = wait_exponential(multiplier=0.1, max=0.5)
 
 #: what the management API adds to the standard metrics
@@ -289,7 +294,7 @@ class RabbitMQSource(Source[RabbitMQSettings]):
 
     async def _read_management(self) -> Mapping[str, Any]:
         s = self.settings
-        url = f"{s.url}/api/queues/{quote(s.vhost, safe='')}/{quote(s.queue, safe='')}"
+        url = f"{s.url}/api/queues/{quote(s.vhost, safe='')}/{quote(s.queue, safe='')}?columns={_COLUMNS}"
         where = redact_url(s.url)
         auth = self._credentials()
         client = self._client()
