@@ -420,3 +420,67 @@ async def test_amqp_mode_missing_queue_and_bad_password(
     with pytest.raises(SourceError, match="refused the credentials") as info:
         await make_source(settings(broker.amqp_url, "nowhere", **creds)).read()
     assert CANARY not in str(info.value)
+
+
+# --------------------------------------------------------------------------- the statistics lag (scripted stand-in)
+
+
+@pytest.fixture
+def scripted_api() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A scripted stand-in for the management API: answers every queue request with ``state["queue"]``,
+    so a test decides when the "broker" publishes a new statistics sample (a real broker cannot be
+    made to skip or delay one on demand)."""
+    import http.server
+    import threading
+
+    state: dict[str, Any] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(state["queue"]).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+    server.server_close()
+
+
+def _queue(ready: int, published: int, acked: int, reductions: int) -> dict[str, Any]:
+    return {"name": "jobs", "messages_ready": ready, "messages_unacknowledged": 0, "consumers": 1,
+            "reductions": reductions, "message_stats": {"publish": published, "ack": acked}}
+
+
+async def test_scripted_same_statistics_sample_is_not_a_rate_of_zero(scripted_api: Any, make_source: Any) -> None:
+    url, state = scripted_api
+    clock = FakeClock()
+    src = make_source(settings(url, "jobs", statistics_interval=5), clock)
+    state["queue"] = _queue(100, 1000, 900, 5000)
+    await src.read()
+    state["queue"] = _queue(110, 1050, 940, 5100)  # the broker's next sample, seen 5 s later
+    clock.advance(5.0)
+    assert {k: v for k, v in (await src.read()).items() if k in RATES} == {"queue.rate_in": 10.0, "queue.rate_out": 8.0}
+
+    # ticks faster than the statistics: the same sample again keeps the last period's rates
+    for _ in range(3):
+        clock.advance(1.0)
+        again = await src.read()
+        assert (again["queue.rate_in"], again["queue.rate_out"]) == (10.0, 8.0)
+        assert src.last_reset == "no new statistics since the previous reading"
+    state["queue"] = _queue(100, 1070, 970, 5200)  # the next sample: the rate spans both periods' ticks
+    clock.advance(2.0)
+    nxt = await src.read()
+    assert (nxt["queue.rate_in"], nxt["queue.rate_out"]) == (4.0, 6.0)  # 20 and 30 over 5 s
+
+    # an idle queue stops emitting statistics: unchanged for two periods is a real zero
+    clock.advance(10.0)
+    idle = await src.read()
+    assert (idle["queue.rate_in"], idle["queue.rate_out"]) == (0.0, 0.0)

@@ -83,6 +83,9 @@ class RabbitMQSettings(PluginSettings):
     password_env: EnvName | None = None
     #: bound of each call (connect, request)
     timeout: PositiveSeconds = 2.0
+    #: the broker's ``collect_statistics_interval``: the management API's figures move in steps
+    #: of it; an unchanged answer younger than two of them is the same sample, not a rate of 0
+    statistics_interval: PositiveSeconds = 5.0
     tls: TlsSettings | None = None
 
     @field_validator("url")
@@ -161,6 +164,8 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         self._prev: Counters | None = None
         self._prev_at = 0.0
         self._gap: str | None = "first reading"
+        self._sample: tuple[Any, ...] | None = None
+        self._rates: Metrics = {}
         self._lock = asyncio.Lock()
         #: why the latest reading has no rates, when it has none (first read, re-created queue, ...)
         self.last_reset: str | None = None
@@ -174,7 +179,7 @@ class RabbitMQSource(Source[RabbitMQSettings]):
     def describe(cls, settings: PluginSettings) -> str:
         assert isinstance(settings, RabbitMQSettings)
         via = "AMQP, counts only" if settings.amqp else "management API"
-        return f"rabbitmq {settings.vhost}/{settings.queue} ({via})"
+        return f"rabbitmq queue {settings.queue} in vhost {settings.vhost} ({via})"
 
     @classmethod
     def check(cls, settings: PluginSettings, context: Context) -> list[str]:
@@ -228,25 +233,38 @@ class RabbitMQSource(Source[RabbitMQSettings]):
             # A queue just declared (or a node just restarted) has no statistics yet: its counters
             # are unknown, not zero; the next tick starts the baseline.
             self.last_reset = "no statistics yet"
-            self._prev, self._gap = None, self._gap or "no statistics yet"
+            self._prev, self._gap, self._rates = None, self._gap or "no statistics yet", {}
             return out
-        cur = _counters(q)
+        cur, sample = _counters(q), _sample(q)
         prev, elapsed = self._prev, now - self._prev_at
         if self._gap is not None or prev is None:
             reset: str | None = self._gap or "first reading"
         else:
             reset = _discontinuity(prev, cur)
+        if reset is None and sample == self._sample and elapsed < 2 * self.settings.statistics_interval:
+            # The broker has published no new statistics since the baseline (it does so every
+            # statistics_interval): the same sample again is no evidence of a rate of 0. Keep the
+            # baseline; the rates stay those of the latest statistics period.
+            self.last_reset = "no new statistics since the previous reading"
+            out.update(self._rates)
+            return out
         if reset is None and elapsed <= 0:
             self.last_reset = "no time elapsed since the previous reading"
             return out
+        self._rates = {}
         if reset is None:
             assert prev is not None
-            out["queue.rate_in"] = (cur.published - prev.published) / elapsed
-            out["queue.rate_out"] = (cur.completed - prev.completed) / elapsed
+            # the interval runs from when each sample was first seen, so it spans whole
+            # statistics periods however the ticks fall between them
+            self._rates = {
+                "queue.rate_in": (cur.published - prev.published) / elapsed,
+                "queue.rate_out": (cur.completed - prev.completed) / elapsed,
+            }
+            out.update(self._rates)
         elif prev is not None or reset != "first reading":
             log.info("%s/%s: %s; rates resume next tick", self.settings.vhost, self.settings.queue, reset)
         self.last_reset, self._gap = reset, None
-        self._prev, self._prev_at = cur, now
+        self._prev, self._prev_at, self._sample = cur, now, sample
         return out
 
     # ------------------------------------------------------------------ retries
@@ -389,6 +407,15 @@ def _counters(q: Mapping[str, Any]) -> Counters:
         published=n("publish"),
         completed=n("ack") + n("deliver_no_ack") + n("get_no_ack"),
         reductions=reductions if isinstance(reductions, int) and not isinstance(reductions, bool) else None,
+    )
+
+
+def _sample(q: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Everything read from one answer: equal tuples are the same statistics sample. ``reductions``
+    (work done by the queue process) moves with every sample the queue emits, busy or not."""
+    stats = q.get("message_stats") or {}
+    return tuple(q.get(k) for k in ("messages_ready", "messages_unacknowledged", "consumers", "consumer_utilisation", "reductions")) + tuple(
+        sorted((k, v) for k, v in stats.items() if isinstance(v, int))
     )
 
 
