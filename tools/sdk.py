@@ -199,6 +199,23 @@ class PluginSettings(BaseModel):
 
     kind: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_in_errors(cls, data: Any) -> Any:
+        """Refuse a secret where a setting names one, *before* field validation: a field's error
+        is shown with the value it got, and that value would be the secret. Checked here, the
+        error names the key and never carries the value."""
+        if not isinstance(data, dict):
+            return data
+        for key, value in data.items():
+            if not (isinstance(key, str) and isinstance(value, str)):
+                continue
+            if key.endswith("_env") and not _ENV_NAME.match(value):
+                raise ValueError(f"{key}: must be the name of an environment variable (the secret itself goes in the environment)")
+            if (key == "url" or key.endswith("_url")) and _USERINFO.search(value):
+                raise ValueError(f"{key}: no credentials in the URL; name environment variables in the *_env settings instead")
+        return data
+
 
 @dataclass(frozen=True)
 class Context:
