@@ -24,7 +24,7 @@ def connect() -> pika.adapters.blocking_connection.BlockingChannel:
             channel = pika.BlockingConnection(pika.URLParameters(URL)).channel()
             channel.queue_declare(QUEUE, durable=True)
             return channel
-        except pika.exceptions.AMQPError as e:
+        except (pika.exceptions.AMQPError, OSError) as e:  # OSError: DNS or network not ready yet
             print(f"cannot connect to RabbitMQ ({e!r}); retrying", flush=True)
             time.sleep(1)
 
@@ -46,7 +46,7 @@ def main() -> None:
             body = json.dumps({"n": n, "at": time.time()}).encode()
             try:
                 channel.basic_publish("", QUEUE, body, pika.BasicProperties(delivery_mode=2))
-            except pika.exceptions.AMQPError:
+            except (pika.exceptions.AMQPError, OSError):
                 channel = connect()
                 continue
             n += 1

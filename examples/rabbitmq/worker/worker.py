@@ -31,7 +31,7 @@ def main() -> None:
         try:
             connection = pika.BlockingConnection(pika.URLParameters(URL))
             break
-        except pika.exceptions.AMQPError as e:
+        except (pika.exceptions.AMQPError, OSError) as e:  # OSError: DNS or network not ready yet
             print(f"[{ME}] cannot connect ({e!r}); retrying", flush=True)
             time.sleep(1)
     else:
