@@ -151,6 +151,17 @@ def test_validate_names_the_policy_a_plain_list_needs() -> None:
     parse_config(SERVICE.format(policy="", mode="stream: events, group: workers"))
 
 
+def test_validate_cli_exits_2_naming_the_policy_for_a_plain_list(tmp_path: Path) -> None:
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(SERVICE.format(policy="", mode="list: jobs"))
+    done = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "validate", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done
+    assert "services[0].policy: policy 'docktor' needs queue.rate_in" in done.stderr
+    assert "use policy: target (with target_per_replica) or policy: rules" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --------------------------------------------------------------------------- lists
 
 
