@@ -25,7 +25,7 @@ SHARED = REPO.parent / "shared"
 
 __all__ = [
     "REPO", "SHARED", "NatsServer", "SmallDisk", "free_port", "gemma_model", "launch_nats", "need", "small_disk", "start_gemma",
-    "start_nats",
+    "start_nats", "start_nats_cluster",
 ]
 
 
@@ -283,3 +283,45 @@ def small_disk(path: Path, size: int = 1024 * 1024) -> SmallDisk:
     disk = SmallDisk(path, size)
     disk.mount()
     return disk
+
+
+def start_nats_cluster(root: Path, size: int = 3, *args: str) -> list[NatsServer]:
+    """``size`` JetStream nats-servers on loopback routed into one cluster (``-cluster``/``-routes``),
+    each with its own store under ``root``; healthy (JetStream meta leader elected) on return."""
+    cluster_ports = [free_port() for _ in range(size)]
+    routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
+    procs: list[tuple[int, int, subprocess.Popen[bytes]]] = []
+    from docktor.agent.demo.nats_server import find_nats_server
+
+    for i, cport in enumerate(cluster_ports):
+        port, mport = free_port(), free_port()
+        proc = subprocess.Popen(
+            [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(mport), "-js", "-sd", str(root / f"n{i}"),
+             "--server_name", f"n{i}", "--cluster_name", "docktor-test", "--cluster", f"nats://127.0.0.1:{cport}",
+             "--routes", routes, *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        procs.append((port, mport, proc))
+    servers = [NatsServer(f"nats://127.0.0.1:{p}", f"http://127.0.0.1:{m}", p, m, root / f"n{i}", proc)
+               for i, (p, m, proc) in enumerate(procs)]
+    deadline = time.monotonic() + 60
+    pending = list(servers)
+    while pending and time.monotonic() < deadline:
+        # plain /healthz answers 200 only once JetStream is current (meta leader known)
+        pending = [s for s in pending if not _healthy(f"{s.monitor_url}/healthz")]
+        time.sleep(0.2)
+    if pending:
+        for s in servers:
+            s.stop()
+        pytest.fail(f"nats cluster not healthy within 60 s ({len(pending)} of {size} servers)")
+    return servers
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False

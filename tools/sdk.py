@@ -32,18 +32,21 @@ The failure contract (the same for every plugin):
 
 from __future__ import annotations
 
+import os
 import re
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 __all__ = [
     "STANDARD_METRICS",
     "Context",
+    "EnvName",
     "Executor",
     "ExecutorError",
     "MetricInfo",
@@ -56,6 +59,8 @@ __all__ = [
     "Seconds",
     "Source",
     "SourceError",
+    "TlsSettings",
+    "env_secret",
     "one_line",
     "parse_duration",
     "redact_url",
@@ -116,6 +121,30 @@ Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
+# --------------------------------------------------------------------------- secrets
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        # the value is not echoed: someone may have pasted the secret itself here
+        raise ValueError("must be the name of an environment variable (the secret itself goes in the environment)")
+    return value
+
+
+#: A setting that names an environment variable holding a secret (``password_env: RABBIT_PASSWORD``).
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+
+
+def env_secret(name: str, setting: str) -> str:
+    """The value of environment variable ``name``; :class:`SourceError` naming it (never a value) when unset."""
+    value = os.environ.get(name)
+    if value is None:
+        raise SourceError(f"environment variable {name} ({setting}) is not set")
+    return value
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -170,6 +199,23 @@ class PluginSettings(BaseModel):
 
     kind: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_in_errors(cls, data: Any) -> Any:
+        """Refuse a secret where a setting names one, *before* field validation: a field's error
+        is shown with the value it got, and that value would be the secret. Checked here, the
+        error names the key and never carries the value."""
+        if not isinstance(data, dict):
+            return data
+        for key, value in data.items():
+            if not (isinstance(key, str) and isinstance(value, str)):
+                continue
+            if key.endswith("_env") and not _ENV_NAME.match(value):
+                raise ValueError(f"{key}: must be the name of an environment variable (the secret itself goes in the environment)")
+            if (key == "url" or key.endswith("_url")) and _USERINFO.search(value):
+                raise ValueError(f"{key}: no credentials in the URL; name environment variables in the *_env settings instead")
+        return data
+
 
 @dataclass(frozen=True)
 class Context:
@@ -185,6 +231,55 @@ class Context:
     def path(self, p: Path) -> Path:
         """``p`` resolved against :attr:`base_dir` when relative."""
         return p if p.is_absolute() else self.base_dir / p
+
+
+class TlsSettings(BaseModel):
+    """A plugin's ``tls:`` block: trust a private CA and/or present a client certificate.
+
+    ``ca_file`` replaces the system's trust store (a self-signed or private-CA server is trusted
+    without environment tricks); ``cert_file`` + ``key_file`` are the client certificate for
+    servers that require one (mutual TLS). Relative paths are relative to the config file.
+    Certificates are always verified, host names included: there is no switch to turn that off.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    def files(self) -> dict[str, Path]:
+        """The files named, by setting (``ca_file`` -> path)."""
+        named = {"ca_file": self.ca_file, "cert_file": self.cert_file, "key_file": self.key_file}
+        return {k: v for k, v in named.items() if v is not None}
+
+    def missing(self, context: Context) -> list[str]:
+        """One line per named file that does not exist (for a plugin's offline ``check``)."""
+        return [f"tls.{k}: {context.path(p)} does not exist" for k, p in self.files().items() if not context.path(p).is_file()]
+
+    def ssl_context(self, context: Context) -> ssl.SSLContext:
+        """A client-side context that verifies the server (against ``ca_file`` when given).
+
+        Raises :class:`SourceError` naming the setting and file when one cannot be loaded.
+        """
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        for key, path in self.files().items():
+            if not context.path(path).is_file():
+                raise SourceError(f"tls.{key}: {context.path(path)} does not exist")
+        try:
+            if self.ca_file is not None:
+                ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(context.path(self.ca_file)))
+            if self.cert_file is not None and self.key_file is not None:
+                ctx.load_cert_chain(str(context.path(self.cert_file)), str(context.path(self.key_file)))
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise SourceError(f"tls: cannot load {', '.join(map(str, self.files().values()))}: {one_line(e)}") from None
+        return ctx
 
 
 S = TypeVar("S", bound=PluginSettings)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +41,7 @@ from docktor.tools.sdk import (
     PositiveSeconds,
     Source,
     SourceError,
+    TlsSettings,
     one_line,
     redact_url,
     standard,
@@ -91,6 +93,8 @@ class NatsSettings(PluginSettings):
     password_env: str | None = None
     token_env: str | None = None
     creds_file: Path | None = None
+    #: a private CA and/or a client certificate, for the client port and an https monitor_url
+    tls: TlsSettings | None = None
 
     @field_validator("url")
     @classmethod
@@ -246,6 +250,11 @@ class NatsSource(Source[NatsSettings]):
         assert isinstance(settings, NatsSettings)
         return f"nats {settings.stream}/{settings.consumer}"
 
+    @classmethod
+    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
+        assert isinstance(settings, NatsSettings)
+        return settings.tls.missing(context) if settings.tls else []
+
     # ------------------------------------------------------------------ public
 
     async def read(self) -> Metrics:
@@ -390,6 +399,9 @@ class NatsSource(Source[NatsSettings]):
         self._nc = self._jsm = None
         s, t = self.settings, self.settings.timeout
         options = self._auth_options()
+        if s.tls is not None:
+            # with a context nats-py upgrades to TLS whatever the scheme (the server asks for it)
+            options["tls"] = self._ssl_context()
         self._last_error = None
         failed = asyncio.Event()
         errors = 0
@@ -445,6 +457,13 @@ class NatsSource(Source[NatsSettings]):
         self._nc, self._jsm = nc, nc.jsm(timeout=t)
         return self._jsm
 
+    def _ssl_context(self) -> ssl.SSLContext:
+        assert self.settings.tls is not None
+        try:
+            return self.settings.tls.ssl_context(self.context)
+        except SourceError as e:
+            raise _Permanent(str(e)) from None
+
     def _auth_options(self) -> dict[str, Any]:
         s = self.settings
         if s.user_env is not None and s.password_env is not None:
@@ -464,7 +483,8 @@ class NatsSource(Source[NatsSettings]):
         url = f"{s.monitor_url}/jsz?consumers=true&config=true"
         try:
             # urllib's own timeout bounds the thread; the outer one bounds us if it does not.
-            body = await asyncio.wait_for(asyncio.to_thread(_get_json, url, t), t + 0.5)
+            ctx = self._ssl_context() if s.tls is not None and url.startswith("https") else None
+            body = await asyncio.wait_for(asyncio.to_thread(_get_json, url, t, ctx), t + 0.5)
         except TimeoutError:
             raise _Transient(f"{url}: timed out after {t:g}s") from None
         except urllib.error.HTTPError as e:
@@ -526,8 +546,8 @@ async def _close_quietly(nc: Client, timeout: float) -> None:
         log.debug("close failed: %s", e)
 
 
-def _get_json(url: str, timeout: float) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def _get_json(url: str, timeout: float, context: ssl.SSLContext | None = None) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
         return json.loads(r.read())
 
 

@@ -1,0 +1,413 @@
+"""Redis metric source, in one of three modes, chosen by the settings:
+
+* ``list: jobs`` (or a list of keys): the length of one or more lists. A plain list knows only
+  what waits in it: ``queue.pending`` = ``queue.backlog``, no in-flight count and no rates.
+* ``celery_queue: celery``: a Celery (kombu) queue on Redis. The waiting messages are the list
+  ``celery`` plus its priority sub-queues (``celery\\x06\\x163``, ...); the reserved ones (taken by
+  a worker, not yet acknowledged) are the entries of kombu's ``unacked`` hash whose routing key
+  is the queue. ``queue.backlog`` = waiting + reserved, like NATS ack-pending. No rates: Celery
+  keeps no counters in Redis.
+* ``stream: events`` + ``group: workers``: a Redis Stream read by a consumer group.
+  ``queue.lag`` (entries not yet delivered to the group, Redis >= 7) and ``queue.ack_pending``
+  (delivered, not acknowledged: the pending entries list) from XINFO GROUPS; rates from
+  consecutive reads of the stream's ``entries-added`` and the group's ``entries-read`` counters.
+
+Every mode reads its keys in one MULTI/EXEC transaction, so a message moving from a list to
+the ``unacked`` hash is never counted twice or not at all within one reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from pydantic import field_validator, model_validator
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
+
+from docktor.tools.sdk import (
+    Context,
+    EnvName,
+    MetricInfo,
+    Metrics,
+    PluginSettings,
+    PositiveSeconds,
+    Source,
+    SourceError,
+    TlsSettings,
+    env_secret,
+    one_line,
+    redact_url,
+    standard,
+)
+
+log = logging.getLogger("docktor.redis")
+
+_ATTEMPTS = 3
+_WAIT = wait_exponential(multiplier=0.1, max=0.5)
+#: most entries counted by hand when Redis cannot tell a group's lag (beyond it, lag is missing)
+LAG_SCAN_LIMIT = 1000
+#: kombu's separator between a queue name and its priority (kombu.transport.redis)
+CELERY_PRIORITY_SEP = "\x06\x16"
+
+LIST_METRICS: Mapping[str, MetricInfo] = standard("queue.pending", "queue.backlog")
+CELERY_METRICS: Mapping[str, MetricInfo] = standard("queue.pending", "queue.ack_pending", "queue.backlog")
+STREAM_METRICS: Mapping[str, MetricInfo] = standard(
+    "queue.pending", "queue.lag", "queue.ack_pending", "queue.backlog", "queue.consumers", "queue.rate_in", "queue.rate_out"
+)
+
+
+#: one list key or several (the field is named ``list``, which shadows the builtin in the class body)
+Keys = str | list[str]
+
+
+class RedisSettings(PluginSettings):
+    """The ``queue:`` block of a service with ``kind: redis``: exactly one of ``list``,
+    ``celery_queue`` or ``stream`` (with ``group``)."""
+
+    kind: Literal["redis"]
+    #: ``redis://host:6379/0`` or ``rediss://`` (TLS); the path is the database number; no credentials
+    url: str = "redis://127.0.0.1:6379/0"
+    #: a plain list, or several whose lengths add up
+    list: Keys | None = None
+    #: a Celery queue name (the ``-Q`` of your workers, ``celery`` by default)
+    celery_queue: str | None = None
+    #: Celery's priority steps (kombu's ``priority_steps`` transport option)
+    celery_priority_steps: tuple[int, ...] = (0, 3, 6, 9)
+    #: kombu's hash of reserved messages (``unacked_key`` transport option)
+    celery_unacked_key: str = "unacked"
+    #: a stream read by a consumer group
+    stream: str | None = None
+    group: str | None = None
+    #: names of environment variables holding the ACL user and the password (``requirepass``: password only)
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
+    timeout: PositiveSeconds = 2.0
+    tls: TlsSettings | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError("must be redis://host:6379/0 or rediss://host:6380/0 (TLS)")
+        if parts.username or parts.password:
+            raise ValueError("no credentials in the URL; use username_env/password_env")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError("the URL's path is the database number, e.g. redis://127.0.0.1:6379/0")
+        if parts.query or parts.fragment:
+            raise ValueError("no query or fragment in the URL; use the settings (timeout, tls)")
+        return value
+
+    @field_validator("list")
+    @classmethod
+    def _check_list(cls, value: Keys | None) -> Keys | None:
+        if isinstance(value, builtins.list) and not value:
+            raise ValueError("name at least one key")
+        return value
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> RedisSettings:
+        modes = [self.list is not None, self.celery_queue is not None, self.stream is not None]
+        if sum(modes) != 1:
+            raise ValueError("give exactly one of list:, celery_queue: or stream: (with group:)")
+        if (self.stream is None) != (self.group is None):
+            raise ValueError("stream: and group: go together")
+        if self.password_env is None and self.username_env is not None:
+            raise ValueError("username_env needs password_env")
+        if self.tls is not None and not self.url.startswith("rediss://"):
+            raise ValueError("tls: needs a rediss:// url")
+        return self
+
+    @property
+    def mode(self) -> Literal["list", "celery", "stream"]:
+        return "list" if self.list is not None else "celery" if self.celery_queue is not None else "stream"
+
+    @property
+    def keys(self) -> builtins.list[str]:
+        """The lists whose lengths are read (list and Celery modes)."""
+        if self.list is not None:
+            return [self.list] if isinstance(self.list, str) else builtins.list(self.list)
+        if self.celery_queue is not None:
+            q = self.celery_queue
+            return [q if step == 0 else f"{q}{CELERY_PRIORITY_SEP}{step}" for step in self.celery_priority_steps]
+        return []
+
+    @property
+    def db(self) -> int:
+        path = urlsplit(self.url).path.strip("/")
+        return int(path) if path else 0
+
+
+@dataclass(frozen=True)
+class StreamCounters:
+    added: int | None  # entries-added of the stream (Redis >= 7)
+    read: int | None  # entries-read of the group (Redis >= 7), None when Redis cannot tell
+    pending: int
+
+
+class _Transient(Exception):
+    """Another attempt may fix it."""
+
+
+class _Permanent(Exception):
+    """Retrying cannot fix it."""
+
+
+class RedisSource(Source[RedisSettings]):
+    """``queue.*`` metrics for Redis lists, a Celery queue, or a stream's consumer group."""
+
+    kind = "redis"
+    Settings = RedisSettings
+
+    def __init__(self, settings: RedisSettings, context: Context | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(settings, context or Context(service="", base_dir=Path.cwd(), state_dir=Path.cwd()))
+        self._clock = clock
+        self._client: aioredis.Redis | None = None
+        self._lock = asyncio.Lock()
+        self._prev: StreamCounters | None = None
+        self._prev_at = 0.0
+        self._gap: str | None = "first reading"
+        #: why the latest stream reading has no rates, when it has none
+        self.last_reset: str | None = None
+
+    @classmethod
+    def metrics_for(cls, settings: PluginSettings) -> Mapping[str, MetricInfo]:
+        assert isinstance(settings, RedisSettings)
+        return {"list": LIST_METRICS, "celery": CELERY_METRICS, "stream": STREAM_METRICS}[settings.mode]
+
+    @classmethod
+    def describe(cls, settings: PluginSettings) -> str:
+        assert isinstance(settings, RedisSettings)
+        if settings.mode == "stream":
+            return f"redis stream {settings.stream}/{settings.group}"
+        if settings.mode == "celery":
+            return f"redis celery queue {settings.celery_queue}"
+        return f"redis list {', '.join(settings.keys)}"
+
+    @classmethod
+    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
+        assert isinstance(settings, RedisSettings)
+        return settings.tls.missing(context) if settings.tls else []
+
+    # ------------------------------------------------------------------ public
+
+    async def read(self) -> Metrics:
+        async with self._lock:
+            s = self.settings
+            if s.mode == "stream":
+                counters, out = await self._retrying(self._read_stream)
+                return self._with_rates(out, counters, self._clock())
+            if s.mode == "celery":
+                return await self._retrying(self._read_celery)  # type: ignore[no-any-return]
+            return await self._retrying(self._read_lists)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # ------------------------------------------------------------------ modes
+
+    async def _read_lists(self) -> Metrics:
+        lengths = await self._transaction(lambda p: [p.llen(k) for k in self.settings.keys])
+        total = float(sum(lengths))
+        return {"queue.pending": total, "queue.backlog": total}
+
+    async def _read_celery(self) -> Metrics:
+        s = self.settings
+        keys = s.keys
+        replies = await self._transaction(lambda p: [*(p.llen(k) for k in keys), p.hvals(s.celery_unacked_key)])
+        waiting = sum(replies[: len(keys)])
+        reserved = sum(1 for raw in replies[-1] if _routing_key(raw) == s.celery_queue)
+        return {"queue.pending": float(waiting), "queue.ack_pending": float(reserved), "queue.backlog": float(waiting + reserved)}
+
+    async def _read_stream(self) -> tuple[StreamCounters | None, Metrics]:
+        s = self.settings
+        assert s.stream is not None and s.group is not None
+        try:
+            stream_info, groups = await self._transaction(lambda p: [p.xinfo_stream(s.stream), p.xinfo_groups(s.stream)])
+        except _Permanent as e:
+            if "no such key" in str(e).lower():
+                self._gap = "stream re-created"
+                raise _Permanent(f"stream {s.stream!r} not found") from None
+            raise
+        group = next((g for g in groups if _text(g.get("name")) == s.group), None)
+        if group is None:
+            self._gap = "group re-created"
+            raise _Permanent(f"consumer group {s.group!r} not found on stream {s.stream!r}")
+        pending = int(group.get("pending") or 0)
+        out: Metrics = {"queue.ack_pending": float(pending), "queue.consumers": float(group.get("consumers") or 0)}
+        lag = group.get("lag")
+        if not isinstance(lag, int):
+            # nil when Redis cannot tell: after a restart (Redis 7.0 does not persist the group's
+            # entries-read), or with entries deleted mid-stream; absent before Redis 7
+            lag = await self._count_after(s.stream, group.get("last-delivered-id"))
+        if lag is not None:
+            out["queue.lag"] = out["queue.pending"] = float(lag)
+            out["queue.backlog"] = float(lag + pending)
+        added = stream_info.get("entries-added")
+        # Redis's own relation (lag = entries-added - entries-read) gives the group's delivered
+        # count even when it reports entries-read as nil
+        read = added - lag if isinstance(added, int) and lag is not None else group.get("entries-read")
+        counters = StreamCounters(
+            added=added if isinstance(added, int) else None, read=read if isinstance(read, int) else None, pending=pending
+        )
+        return counters, out
+
+    async def _count_after(self, stream: str, last_id: Any) -> int | None:
+        """Entries after ``last_id`` counted with one bounded XRANGE; None beyond :data:`LAG_SCAN_LIMIT`."""
+        if not isinstance(last_id, bytes | str):
+            return None
+        start = "(" + (last_id.decode() if isinstance(last_id, bytes) else last_id)
+        (entries,) = await self._transaction(lambda p: [p.xrange(stream, min=start, max="+", count=LAG_SCAN_LIMIT + 1)])
+        return len(entries) if len(entries) <= LAG_SCAN_LIMIT else None
+
+    def _with_rates(self, out: Metrics, cur: StreamCounters | None, now: float) -> Metrics:
+        prev, elapsed = self._prev, now - self._prev_at
+        if cur is None or cur.added is None or cur.read is None:
+            self.last_reset, self._prev = "the stream's counters are unknown (Redis < 7, or entries deleted)", None
+            return out
+        if self._gap is not None or prev is None or prev.added is None or prev.read is None:
+            reset: str | None = self._gap or "first reading"
+        elif cur.added < prev.added:
+            reset = "entries-added went backwards (stream re-created)"
+        elif cur.read < prev.read:
+            reset = "entries-read went backwards (group re-created or moved with XGROUP SETID)"
+        elif cur.read - cur.pending < prev.read - prev.pending:
+            reset = "completed count went backwards (group moved with XGROUP SETID)"
+        else:
+            reset = None
+        if reset is None and elapsed <= 0:
+            self.last_reset = "no time elapsed since the previous reading"
+            return out
+        if reset is None:
+            assert prev is not None and prev.added is not None and prev.read is not None
+            out["queue.rate_in"] = (cur.added - prev.added) / elapsed
+            # completed = delivered to the group (entries-read) minus still pending (not acked)
+            out["queue.rate_out"] = ((cur.read - cur.pending) - (prev.read - prev.pending)) / elapsed
+        elif prev is not None or reset != "first reading":
+            log.info("%s/%s: %s; rates resume next tick", self.settings.stream, self.settings.group, reset)
+        self.last_reset, self._gap = reset, None
+        self._prev, self._prev_at = cur, now
+        return out
+
+    # ------------------------------------------------------------------ Redis calls
+
+    async def _transaction(self, build: Callable[[Any], list[Any]]) -> list[Any]:
+        s = self.settings
+        where = redact_url(s.url)
+        client = self._connected()
+        try:
+            async with asyncio.timeout(s.timeout + 0.5):  # redis-py bounds each socket call; this bounds the whole
+                async with client.pipeline(transaction=True) as pipe:
+                    build(pipe)
+                    replies: list[Any] = await pipe.execute(raise_on_error=True)
+                    return replies
+        except TimeoutError:
+            raise _Transient(f"Redis at {where} timed out after {s.timeout:g}s") from None
+        except redis.exceptions.AuthenticationError:
+            raise _Permanent(f"Redis at {where} refused the credentials{self._who()}") from None
+        except redis.exceptions.ResponseError as e:
+            text = str(e)
+            if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+                raise _Permanent(f"Redis at {where} refused the request{self._who()}: {text.split()[0]}") from None
+            if "WRONGTYPE" in text:
+                raise _Permanent(f"a key of {self.describe(s)} holds another type (WRONGTYPE)") from None
+            if "EXECABORT" in text or "no such key" in text.lower():
+                raise _Permanent(text.splitlines()[0]) from None
+            raise _Transient(f"Redis at {where}: {text.splitlines()[0]}") from None
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            await self.close()  # a fresh connection next attempt
+            raise _Transient(f"cannot reach Redis at {where}: {_reason(e)}") from None
+        except redis.exceptions.RedisError as e:
+            raise _Transient(f"Redis at {where}: {_reason(e)}") from None
+
+    def _who(self) -> str:
+        s = self.settings
+        if s.password_env is None:
+            return " (no password configured: set password_env)"
+        return f" (user from {s.username_env})" if s.username_env else f" (password from {s.password_env})"
+
+    def _connected(self) -> aioredis.Redis:
+        if self._client is not None:
+            return self._client
+        s = self.settings
+        try:
+            password = env_secret(s.password_env, "password_env") if s.password_env else None
+            username = env_secret(s.username_env, "username_env") if s.username_env else None
+            ssl_options: dict[str, Any] = {}
+            if s.url.startswith("rediss://"):
+                ssl_options = {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+                if s.tls is not None:
+                    s.tls.ssl_context(self.context)  # loads every file once: a clear error naming the bad one
+                    files = {k: str(self.context.path(v)) for k, v in s.tls.files().items()}
+                    ssl_options |= {
+                        "ssl_ca_certs": files.get("ca_file"),
+                        "ssl_certfile": files.get("cert_file"),
+                        "ssl_keyfile": files.get("key_file"),
+                    }
+        except SourceError as e:
+            raise _Permanent(str(e)) from None
+        parts = urlsplit(s.url)
+        self._client = aioredis.Redis(
+            host=unquote(parts.hostname or "127.0.0.1"),
+            port=parts.port or 6379,
+            db=s.db,
+            username=username,
+            password=password,
+            socket_timeout=s.timeout,
+            socket_connect_timeout=s.timeout,
+            # tenacity does the retrying, with its own bounds; redis-py must not retry underneath
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+            **ssl_options,
+        )
+        return self._client
+
+    async def _retrying(self, attempt_fn: Callable[[], Awaitable[Any]]) -> Any:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(_ATTEMPTS) | stop_after_delay(self.settings.timeout),
+            wait=_WAIT,
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await attempt_fn()
+        except (_Permanent, _Transient) as e:
+            raise SourceError(str(e)) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _routing_key(raw: bytes) -> str | None:
+    """The routing key of one kombu ``unacked`` entry: JSON ``[message, exchange, routing_key]``."""
+    try:
+        entry = json.loads(raw)
+        return entry[2] if isinstance(entry, list) and len(entry) >= 3 and isinstance(entry[2], str) else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value if isinstance(value, str) else None
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return redact_url(text[0]) if text and text[0] else one_line(e)
