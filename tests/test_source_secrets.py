@@ -37,5 +37,5 @@ def test_a_secret_in_the_wrong_place_is_refused_without_echoing_it(queue: str, m
     with pytest.raises(UsageError) as info:
         parse_config(SERVICE.format(queue=queue))
     text = str(info.value)
-    assert f"services[0].queue: {message}" in text
+    assert f"services[0].queue.{message}" in text  # the error names the setting's full path
     assert CANARY not in text

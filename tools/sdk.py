@@ -41,7 +41,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "STANDARD_METRICS",
@@ -188,6 +198,10 @@ def standard(*names: str) -> dict[str, MetricInfo]:
 # --------------------------------------------------------------------------- settings and context
 
 
+#: the type of a settings error whose input may be a secret: never shown back to the user
+SECRET_ERROR = "secret_value"
+
+
 class PluginSettings(BaseModel):
     """Base of every plugin's ``Settings``: unknown keys are errors, values are immutable.
 
@@ -199,22 +213,22 @@ class PluginSettings(BaseModel):
 
     kind: str
 
-    @model_validator(mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _no_secret_in_errors(cls, data: Any) -> Any:
-        """Refuse a secret where a setting names one, *before* field validation: a field's error
-        is shown with the value it got, and that value would be the secret. Checked here, the
-        error names the key and never carries the value."""
-        if not isinstance(data, dict):
-            return data
-        for key, value in data.items():
-            if not (isinstance(key, str) and isinstance(value, str)):
-                continue
+    def _no_secret_in_errors(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse a secret where a setting names one, before the field's own validation, with an
+        error located at the field. A ``*_env`` value that is not a variable name may be the secret
+        itself: its error is of type :data:`SECRET_ERROR`, which the config loader never echoes.
+        A URL's user-info is refused too (the loader shows URLs with it scrubbed)."""
+        key = info.field_name or ""
+        if isinstance(value, str):
             if key.endswith("_env") and not _ENV_NAME.match(value):
-                raise ValueError(f"{key}: must be the name of an environment variable (the secret itself goes in the environment)")
+                raise PydanticCustomError(
+                    SECRET_ERROR, "must be the name of an environment variable (the secret itself goes in the environment)"
+                )
             if (key == "url" or key.endswith("_url")) and _USERINFO.search(value):
-                raise ValueError(f"{key}: no credentials in the URL; name environment variables in the *_env settings instead")
-        return data
+                raise ValueError("no credentials in the URL; name environment variables in the *_env settings instead")
+        return value
 
 
 @dataclass(frozen=True)

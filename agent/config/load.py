@@ -32,7 +32,7 @@ from docktor.agent.core.policies import POLICIES
 from docktor.agent.errors import Problem, UsageError
 from docktor.agent.redact import register, secret_names
 from docktor.tools.registry import PluginError, executor_kinds, executor_plugin, source_kinds, source_plugin
-from docktor.tools.sdk import Context
+from docktor.tools.sdk import SECRET_ERROR, Context
 
 #: source names that would read like a metric group of their own
 RESERVED_SOURCE_NAMES = frozenset({"queue", "replicas", "cpu", "mem"})
@@ -469,7 +469,7 @@ def _problems_from(
             msg = "required" + hint
         else:
             msg = e["msg"].replace("Value error, ", "")
-            if "input" in e and not isinstance(e["input"], dict | list):
+            if "input" in e and not isinstance(e["input"], dict | list) and kind != SECRET_ERROR:
                 msg += f", got {_shown(e['input'])}"
         problem = Problem(path, msg)
         if problem not in problems:
