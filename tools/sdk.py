@@ -39,7 +39,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -59,6 +59,7 @@ __all__ = [
     "EnvName",
     "Executor",
     "ExecutorError",
+    "LastScale",
     "MetricInfo",
     "Metrics",
     "Plugin",
@@ -354,6 +355,31 @@ class Source(Plugin[S]):
     @abstractmethod
     async def read(self) -> Metrics: ...
 
+    # Optional: rate baselines that survive a daemon restart. A source that computes rates from
+    # the previous read's counters loses them when the daemon restarts, and its first read after
+    # a restart has no rates. With these two, the daemon saves the counters in its state file
+    # after every tick and hands them back at the next start, so time spent down is one interval.
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """What to keep across a restart (the previous read's counters), as JSON-serialisable data.
+
+        Called after each tick. Times go in as *ages* on the plugin's own clock (``"age_s":
+        clock() - taken_at``): the daemon adds the wall-clock time that passed until
+        :meth:`restore`. None (the default): nothing to keep.
+        """
+        return None
+
+    def restore(self, data: Mapping[str, Any], elapsed: float) -> bool:
+        """Take back what :meth:`snapshot` returned, ``elapsed`` wall-clock seconds later.
+
+        Called at most once, before the first :meth:`read`, and only while the source's settings
+        are the ones that produced ``data`` (the daemon drops a snapshot whose source changed and
+        one older than a few check intervals). Return False (or raise ``ValueError``/``KeyError``/
+        ``TypeError``) to refuse data that does not fit; the daemon then logs it and starts
+        without a baseline, as on a first start.
+        """
+        return False
+
 
 # --------------------------------------------------------------------------- executors
 
@@ -404,3 +430,36 @@ class Executor(Plugin[S]):
 
     @abstractmethod
     async def scale(self, replicas: int) -> ScaleOutcome: ...
+
+    # Optional: what makes a restarted or second daemon safe.
+
+    def target(self) -> str | None:
+        """What this executor scales, named the same from every config that scales it (e.g.
+        ``compose:<engine>/<project>/<service>``).
+
+        Two daemons (or a daemon and ``decide --once``) never act on the same target at once: the
+        second is refused, naming the first. None (the default): no check beyond the config's own
+        lock (an in-process executor needs none: its replicas belong to the daemon).
+        """
+        return None
+
+    async def last_scaled(self) -> LastScale | None:
+        """When the backend last changed the replica count, where it knows (Compose: the newest
+        container's creation time; Swarm: the service's ``UpdatedAt``).
+
+        Read once when the daemon starts: its cooldowns then count from this too, like Nomad
+        Autoscaler reading the target's last scaling event, so a scale made by a daemon that
+        died before saving its state (or by hand) is not followed by another one too soon.
+        Bounded by the check interval; None (the default) or a failure: unknown.
+        """
+        return None
+
+
+@dataclass(frozen=True)
+class LastScale:
+    """A backend's own record of its last replica change (:meth:`Executor.last_scaled`)."""
+
+    #: wall-clock time, seconds since the epoch
+    at: float
+    #: ``up``, ``down``, or None when the backend cannot tell (then it counts as both)
+    direction: Literal["up", "down"] | None = None

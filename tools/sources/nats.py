@@ -21,8 +21,8 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -276,6 +276,35 @@ class NatsSource(Source[NatsSettings]):
                 log.warning("JetStream API readable again (%s)", self.settings.url)
             self.last_via = via
             return self._metrics(snap, self._clock())
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """The previous read's counters (the rate baseline), for the daemon's state file."""
+        if self._prev is None:
+            return None
+        counters = {f.name: getattr(self._prev, f.name) for f in fields(Snapshot)}
+        for key in ("stream_created", "consumer_created"):
+            if counters[key] is not None:
+                counters[key] = counters[key].isoformat()
+        return {"v": 1, "age_s": self._clock() - self._prev_at, "counters": counters}
+
+    def restore(self, data: Mapping[str, Any], elapsed: float) -> bool:
+        """The baseline of a previous daemon: the first read after a restart has rates again,
+        over the time since that daemon's last read (a purge or re-creation meanwhile is caught by
+        the same checks as between two ticks)."""
+        if data.get("v") != 1:
+            return False
+        c = data["counters"]
+        def when(key: str) -> dt.datetime | None:
+            return None if c[key] is None else dt.datetime.fromisoformat(str(c[key]))
+
+        ints = {f.name: int(c[f.name]) for f in fields(Snapshot) if f.name not in ("stream_created", "consumer_created", "retention")}
+        retention = c["retention"]
+        age = float(data["age_s"]) + elapsed
+        if not (0 <= age < float("inf")) or (retention is not None and not isinstance(retention, str)):
+            return False
+        self._prev = Snapshot(when("stream_created"), when("consumer_created"), retention, **ints)
+        self._prev_at = self._clock() - age
+        return True
 
     async def close(self) -> None:
         nc, self._nc, self._jsm = self._nc, None, None

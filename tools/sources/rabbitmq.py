@@ -208,6 +208,36 @@ class RabbitMQSource(Source[RabbitMQSettings]):
                 return counts
             return self._metrics(body, self._clock())
 
+    def snapshot(self) -> dict[str, Any] | None:
+        """The previous read's counters and statistics sample (the rate baseline), for the daemon's state file."""
+        if self._prev is None or self._gap is not None:
+            return None
+        sample = self._sample or ()
+        return {
+            "v": 1, "age_s": self._clock() - self._prev_at,
+            "counters": {"published": self._prev.published, "completed": self._prev.completed, "reductions": self._prev.reductions},
+            "sample": {"head": list(sample[:5]), "stats": [list(kv) for kv in sample[5:]]}, "rates": dict(self._rates),
+        }
+
+    def restore(self, data: Mapping[str, Any], elapsed: float) -> bool:
+        """The baseline of a previous daemon: the first read after a restart has rates again (a
+        broker restart or re-created queue meanwhile is caught like between two ticks)."""
+        if data.get("v") != 1:
+            return False
+        c = data["counters"]
+        reductions = c["reductions"]
+        counters = Counters(int(c["published"]), int(c["completed"]), None if reductions is None else int(reductions))
+        head, stats = data["sample"]["head"], data["sample"]["stats"]
+        if len(head) != 5:
+            return False
+        age = float(data["age_s"]) + elapsed
+        if not (0 <= age < float("inf")):
+            return False
+        self._prev, self._prev_at, self._gap = counters, self._clock() - age, None
+        self._sample = tuple(head) + tuple((str(k), int(v)) for k, v in stats)
+        self._rates = {str(k): float(v) for k, v in data["rates"].items()}
+        return True
+
     async def close(self) -> None:
         http, self._http = self._http, None
         if http is not None:

@@ -214,6 +214,30 @@ class RedisSource(Source[RedisSettings]):
                 return await self._retrying(self._read_celery)  # type: ignore[no-any-return]
             return await self._retrying(self._read_lists)  # type: ignore[no-any-return]
 
+    def snapshot(self) -> dict[str, Any] | None:
+        """A stream's previous counters (the rate baseline), for the daemon's state file; lists and
+        Celery queues have no rates and nothing to keep."""
+        if self._prev is None or self._gap is not None:
+            return None
+        p = self._prev
+        return {"v": 1, "age_s": self._clock() - self._prev_at, "counters": {"added": p.added, "read": p.read, "pending": p.pending}}
+
+    def restore(self, data: Mapping[str, Any], elapsed: float) -> bool:
+        """The baseline of a previous daemon: the first read after a restart has rates again (a
+        re-created stream or moved group meanwhile is caught like between two ticks)."""
+        if data.get("v") != 1 or self.settings.mode != "stream":
+            return False
+        c = data["counters"]
+        added, read = c["added"], c["read"]
+        age = float(data["age_s"]) + elapsed
+        if not (0 <= age < float("inf")):
+            return False
+        self._prev = StreamCounters(
+            added=None if added is None else int(added), read=None if read is None else int(read), pending=int(c["pending"])
+        )
+        self._prev_at, self._gap = self._clock() - age, None
+        return True
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
