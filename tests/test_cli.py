@@ -105,17 +105,22 @@ def test_decide_once_dry_run_json_never_acts(tmp_path: Path, nats_server: NatsSe
     assert logged[-1]["ts"] == rec["ts"]
 
 
-def test_decide_once_acts_and_records_the_outcome(tmp_path: Path, nats_server: NatsServer) -> None:
+def test_decide_once_refuses_to_act_on_replicas_that_live_in_the_daemon(tmp_path: Path, nats_server: NatsServer) -> None:
+    """The local executor's replicas are child processes: started by decide --once, they would die
+    when it exits. It refuses, names the service and the way out; nothing is logged or started.
+    (decide --once acting on Compose, and refusing behind a daemon's back: tests/test_control.py.)"""
     import asyncio
 
     asyncio.run(make_stream(nats_server.url, publish=10))
     cfg = write_config(tmp_path, nats_server)
     r = docktor("decide", "--config", str(cfg), "--once", "--json")
-    assert r.returncode == 0, r.stderr
-    rec = json.loads(r.stdout)
-    assert (rec["decision"], rec["target_replicas"], rec["executed"]) == ("scale_up", 2, True)
-    assert rec["outcome"]["status"] == "ok"
-    assert rec["guardrails"] == [{"name": "min_replicas", "from": 0, "to": 2}]
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        "error: services[0] (worker): executor local runs its replicas inside the daemon: decide --once would stop them "
+        "when it exits; use --dry-run, or start the daemon and ask it: docktor scale worker --to N"
+    ]
+    assert not (tmp_path / ".docktor" / "decisions.jsonl").exists()
+    assert docktor("decide", "--config", str(cfg), "--once", "--advisory", "--json").returncode == 0  # deciding alone is fine
 
 
 def test_logs_rejects_a_bad_since_and_unknown_service(tmp_path: Path) -> None:

@@ -448,6 +448,17 @@ class Advisor:
             raise InvalidAnswer("the response had no choices")
         return response.choices[0]
 
+    def breaker_state(self, service: str) -> tuple[int, float | None, str]:
+        """The service's circuit breaker: failed calls in a row, open until (the ``now`` clock), last error."""
+        mem = self._memory.get(service)
+        return (0, None, "") if mem is None else (mem.failures, mem.open_until, mem.last_error)
+
+    def restore_breaker(self, service: str, failures: int, open_until: float | None, last_error: str) -> None:
+        """A breaker saved by a previous daemon (``docktor.agent.runtime.persist``): a restart does
+        not hammer an endpoint that was failing."""
+        mem = self._memory.setdefault(service, Memory())
+        mem.failures, mem.open_until, mem.last_error = failures, open_until, last_error
+
     def reset(self, service: str | None = None) -> None:
         """Forget the last call, its advice and the breaker (for one service, or all)."""
         if service is None:

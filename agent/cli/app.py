@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from docktor.agent.cli import control as control_commands
 from docktor.agent.cli import daemon as daemon_commands
 from docktor.agent.cli import llm as llm_commands
 from docktor.agent.cli import sim as sim_commands
@@ -98,25 +99,72 @@ def decide(
         raise UsageError(f"--window: {window!r} is not a duration (e.g. 5s, 500ms, 0)") from None
 
     from docktor.agent.cli.render import print_table
-    from docktor.agent.runtime.daemon import paths_for
+    from docktor.agent.runtime.daemon import AlreadyRunning, acquire_lock, paths_for
     from docktor.agent.runtime.loop import Daemon
+    from docktor.agent.runtime.rundir import TargetBusy
 
     cfg = load(config, check_llm=True)
+    acts = not dry_run and not advisory and cfg.mode == "autonomous"
+    lock_fd = -1
+    if acts:
+        # Never behind a running daemon's back: its replicas, its cooldowns, its log.
+        _refuse_in_process(cfg)
+        try:
+            lock_fd = acquire_lock(paths_for(cfg), what="decide --once")
+        except AlreadyRunning as e:
+            raise typer.Exit(_refused(f"{e}: it owns the scaling; ask it (docktor scale SERVICE --to N --config {config}) "
+                                      "or use --dry-run")) from None
 
     async def run() -> list[Any]:
-        daemon = Daemon(cfg, mode="advisory" if advisory else None, log_path=paths_for(cfg).decisions)
+        daemon = Daemon(cfg, mode="advisory" if advisory else None, log_path=paths_for(cfg).decisions,
+                        state="write" if acts else "read")
         try:
             await daemon.open()
+            if acts:
+                daemon.claim_targets("decide --once")
             return await daemon.run_once(dry_run=dry_run, window=window_s)
         finally:
             await daemon.close()
 
-    records = asyncio.run(run())
+    try:
+        records = asyncio.run(run())
+    except TargetBusy as e:
+        where = f"service {e.holder.get('service')}: " if e.holder.get("service") else ""
+        holder_config = e.holder.get("config") or "its config"
+        raise typer.Exit(_refused(f"{where}{e}: it owns the scaling; ask it (docktor scale SERVICE --to N --config "
+                                  f"{holder_config}) or use --dry-run")) from None
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
     if as_json:
         for r in records:
             sys.stdout.write(r.line().decode())
     else:
         print_table(r.model_dump(mode="json") for r in records)
+
+
+def _refuse_in_process(cfg: Any) -> None:
+    """``decide --once`` cannot act on replicas that live inside a daemon process (``in_process``
+    executors): they would stop when the command exits."""
+    from docktor.agent.errors import Problem, UsageError
+    from docktor.tools.registry import executor_plugin
+
+    problems = [
+        Problem(f"services[{i}] ({svc.name})",
+                f"executor {svc.executor.kind} runs its replicas inside the daemon: decide --once would stop them when it "
+                f"exits; use --dry-run, or start the daemon and ask it: docktor scale {svc.name} --to N")
+        for i, svc in enumerate(cfg.services)
+        if svc.executor is not None and executor_plugin(svc.executor.kind).in_process
+    ]
+    if problems:
+        raise UsageError(problems)
+
+
+def _refused(text: str) -> int:
+    from docktor.agent.redact import redact
+
+    print(f"error: {redact(text)}", file=sys.stderr)
+    return 1
 
 
 # ---------------------------------------------------------------------------- demo
@@ -138,6 +186,7 @@ def demo(
 # ---------------------------------------------------------------------------- groups
 
 daemon_commands.register(app)
+control_commands.register(app)
 llm_commands.register(app)
 sim_commands.register(app)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,6 +45,44 @@ def parse_tail(text: str) -> int | None:
     return n
 
 
+def locate(config: Path) -> Any:
+    """Where the daemon of ``config`` keeps its state, valid config or not (a warning says how it
+    was found when the config does not load)."""
+    from docktor.agent.cli.render import warn
+    from docktor.agent.runtime.daemon import locate as find
+
+    located = find(config)
+    if located.problems:
+        more = f" (and {len(located.problems) - 1} more)" if len(located.problems) > 1 else ""
+        warn(f"{located.problems[0]}{more}; using the state in {located.paths.state_dir} ({located.how})")
+    return located
+
+
+def call_daemon(config: Path, ask: Callable[[Any], Any]) -> Any:
+    """``ask(client)`` on the running daemon of ``config``: its errors as ``error:`` lines (exit 2 for
+    bad input, 1 otherwise); exit 1 when no daemon runs or it does not answer."""
+    from docktor.agent.runtime.control import ControlClient, ControlError, ControlUnavailable
+    from docktor.agent.runtime.daemon import running_pid
+
+    located = locate(config)
+    pid = running_pid(located.paths)
+    if pid is None:
+        print(f"error: docktor is not running for {config} (state in {located.paths.state_dir}); "
+              f"start it with: docktor daemon start --config {config}", file=sys.stderr)
+        raise typer.Exit(1)
+    try:
+        return ask(ControlClient(located.paths.socket))
+    except ControlError as e:
+        for p in e.problems:
+            print(f"error: {p}", file=sys.stderr)
+        if e.code == "invalid_config":
+            print("the daemon keeps running the previous config", file=sys.stderr)
+        raise typer.Exit(2 if e.code in ("bad_request", "unknown_service", "invalid_config") else 1) from None
+    except ControlUnavailable as e:
+        print(f"error: the daemon (pid {pid}) does not answer: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
 def register(app: typer.Typer) -> None:
     daemon_app = group("Run Docktor in the background and look at what it decides.")
     app.add_typer(daemon_app, name="daemon")
@@ -73,36 +112,65 @@ def register(app: typer.Typer) -> None:
 
     @daemon_app.command("stop", short_help="Stop the daemon after its current tick.")
     @handles_errors
-    def stop(config: ConfigOpt = Path("docktor.yaml")) -> None:
-        """Stop the daemon; it finishes its current tick and flushes the log first."""
-        from docktor.agent.cli.render import say
+    def stop(
+        config: ConfigOpt = Path("docktor.yaml"),
+        force: Annotated[bool, typer.Option("--force", help="SIGKILL the daemon if it has not stopped after the wait.")] = False,
+        timeout: Annotated[float | None, typer.Option(
+            "--timeout", "-t", metavar="SECONDS", min=0,
+            help="How long to wait (default: the longest replica stop grace period + a check interval + 10 s).")] = None,
+    ) -> None:
+        """Stop the daemon; it finishes its current tick, stops its replicas and flushes the log first.
+
+        Works when the config file has since been broken: a running daemon records where its state is."""
+        from docktor.agent.cli.render import err, say
         from docktor.agent.runtime import daemon
 
-        pid = daemon.stop(load(config))
-        say("not running" if pid is None else f"stopped docktor (pid {pid})")
+        located = locate(config)
+        try:
+            stopped = daemon.stop(located.paths, wait=timeout, force=force)
+        except daemon.StillRunning as e:
+            err.print(f"error: {e}; still running:", markup=False)
+            for line in e.left:
+                err.print(f"  {line}", markup=False)
+            err.print(f"  (wait longer with --timeout, or kill it: docktor daemon stop --config {config} --force)", markup=False)
+            raise typer.Exit(1) from None
+        if stopped is None:
+            say("not running")
+        elif stopped.killed:
+            say(f"killed docktor (pid {stopped.pid}) with SIGKILL: it had not stopped after {stopped.waited:g} s")
+            for line in stopped.left or []:
+                say(f"  still running: {line}")
+        else:
+            say(f"stopped docktor (pid {stopped.pid})")
 
-    @daemon_app.command("status", short_help="Running? Replicas and last decisions.")
+    @daemon_app.command("status", short_help="Running? Replicas and last decisions, live.")
     @handles_errors
     def status(
         config: ConfigOpt = Path("docktor.yaml"),
         as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
     ) -> None:
-        """Is the daemon running; per service, its replicas and last decision."""
+        """Is the daemon running; per service, its replicas, pause and last decision (asked live on the
+        control socket; from its status file when the daemon does not answer)."""
         import json
 
         from rich.table import Table
 
-        from docktor.agent.cli.render import out
+        from docktor.agent.cli.render import out, warn
         from docktor.agent.runtime import daemon
 
-        st = daemon.status(load(config))
+        st = daemon.status(locate(config).paths)
+        if st.get("running") and not st.get("live"):
+            age = st.get("status_file_age_s")
+            warn(f"{st.get('not_live_because')}; showing its status file"
+                 f"{f' (written {age:g} s ago)' if age is not None else ' (none found)'}")
         if as_json:
             out.print_json(json.dumps(st))
             return
         if not st["running"]:
             out.print("docktor is not running", markup=False)
             raise typer.Exit(3)  # like systemctl/LSB: 3 = not running
-        out.print(f"docktor is running: pid {st['pid']}, mode {st.get('mode')}, up {st.get('uptime_s')} s", markup=False)
+        phase = "" if st.get("phase") in (None, "running") else f", {st.get('phase')}"
+        out.print(f"docktor is running: pid {st['pid']}, mode {st.get('mode')}, up {st.get('uptime_s')} s{phase}", markup=False)
         dlog = st.get("decision_log") or {}
         if dlog and not dlog.get("writable", True):
             out.print(
@@ -111,17 +179,44 @@ def register(app: typer.Typer) -> None:
                 f"not taken ({dlog.get('path')})",
                 markup=False, style="bold red",
             )
-        table = Table("service", "replicas", "last decision", "reason")
-        for name, s in st.get("services", {}).items():
+        services = st.get("services", {})
+        paused = any((s or {}).get("paused") for s in services.values())
+        table = Table("service", "replicas", "last decision", "reason", *(["paused"] if paused else []))
+        for name, s in services.items():
             reps = s.get("replicas") or {}
             last = s.get("last_decision") or {}
+            pause = s.get("paused")
             table.add_row(
                 name,
                 f"{reps.get('running', '?')}/{reps.get('desired', '?')}",
                 f"{last.get('decision', '-')} {last.get('current_replicas', '')}->{last.get('target_replicas', '')}",
                 last.get("reason", ""),
+                *([("until " + pause["until"] if pause.get("until") else "until resumed") if pause else "-"] if paused else []),
             )
         out.print(table)
+
+    @daemon_app.command("reload", short_help="Re-read the config without stopping (also: SIGHUP).")
+    @handles_errors
+    def reload(config: ConfigOpt = Path("docktor.yaml")) -> None:
+        """Re-read and validate the config; a bad one is refused and the daemon keeps running the old one.
+
+        Unchanged services keep running untouched; changed ones restart, keeping the state that still
+        means something (docs/operations.md); new ones start, removed ones stop."""
+        from docktor.agent.cli.render import say
+
+        report = call_daemon(config, lambda c: c.reload())
+        for name, what in report.get("changed", {}).items():
+            say(f"restarted {name} ({what} changed)")
+            restored = (report.get("restored") or {}).get(name) or {}
+            for d in restored.get("discarded", []):
+                say(f"  discarded {d}")
+        for name in report.get("added", []):
+            say(f"started {name}")
+        for name in report.get("removed", []):
+            say(f"stopped {name}")
+        if report.get("unchanged"):
+            say(f"unchanged: {', '.join(report['unchanged'])}")
+        say(f"reloaded {config} (mode {report.get('mode')})")
 
     @daemon_app.command("logs", short_help="The decisions, as a table or JSON lines.")
     @handles_errors

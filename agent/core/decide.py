@@ -27,7 +27,9 @@ from docktor.agent.core.rules import Evaluation, evaluate
 from docktor.agent.core.state import ServiceState, backoff_delay
 
 Action = Literal["scale_up", "scale_down", "hold"]
-Source = Literal["rules", "policy", "llm", "fallback"]
+#: who proposed: the rules, the sizing policy, the LLM, a fallback; or from outside the loop,
+#: an operator (``docktor scale``) or an assistant over MCP
+Source = Literal["rules", "policy", "llm", "fallback", "manual", "mcp"]
 
 
 @dataclass(frozen=True)

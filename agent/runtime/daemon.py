@@ -1,7 +1,11 @@
 """Daemon lifecycle: one daemon per config, found through a pid file and an flock in ``state_dir``.
 
 The lock, not the pid file, is the truth: the kernel drops an flock when its holder dies, so a
-stale pid file after a crash never blocks the next start.
+stale pid file after a crash never blocks the next start. A running daemon answers on its control
+socket (``state_dir/docktor.sock``, :mod:`docktor.agent.runtime.control`), records what ``stop``
+needs in ``state_dir/daemon.json``, and leaves a pointer from its config's path to its state
+(:mod:`docktor.agent.runtime.rundir`), so ``daemon stop`` and ``daemon status`` work when the
+config file has since been broken.
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ class Paths:
     def daemon_log(self) -> Path:
         return self.state_dir / "daemon.log"
 
+    @property
+    def socket(self) -> Path:
+        return self.state_dir / "docktor.sock"
+
+    @property
+    def info(self) -> Path:
+        """What a running daemon says about itself for ``stop`` (its config, how long to wait)."""
+        return self.state_dir / "daemon.json"
+
 
 def paths_for(config: DocktorConfig) -> Paths:
     assert config.state_dir is not None  # the loader always resolves it
@@ -74,16 +87,32 @@ class AlreadyRunning(Exception):
     pass
 
 
-def acquire_lock(paths: Paths) -> int:
-    """Take the config's lock for the life of this process; raise AlreadyRunning if held."""
+def acquire_lock(paths: Paths, what: str = "daemon") -> int:
+    """Take the config's lock for the life of this process; raise AlreadyRunning if held.
+
+    The lock file says who holds it (``what``: a daemon, or ``decide --once`` acting), for the
+    message the next one gets."""
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = lock_holder(fd)
         os.close(fd)
+        if holder.get("what", "daemon") != "daemon":
+            raise AlreadyRunning(f"{holder['what']} (pid {holder.get('pid', '?')}) is acting for this config") from None
         raise AlreadyRunning(f"a daemon is already running for this config (pid {running_pid(paths)})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what}).encode(), 0)
     return fd
+
+
+def lock_holder(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def running_pid(paths: Paths) -> int | None:
@@ -95,6 +124,9 @@ def running_pid(paths: Paths) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = lock_holder(fd).get("pid")
+        if isinstance(holder, int):
+            return holder
         try:
             return int(paths.pid.read_text().strip())
         except (OSError, ValueError):
@@ -106,9 +138,24 @@ def running_pid(paths: Paths) -> int | None:
         os.close(fd)
 
 
+def load_for_run(path: Path) -> DocktorConfig:
+    """The config as ``daemon start`` checks it (and ``reload`` re-checks it): loaded, validated,
+    its LLM endpoint resolved. Raises UsageError with one problem per line."""
+    from docktor.agent.config.load import load_config
+
+    config = load_config(path)
+    if config.llm.provider != "none":
+        from docktor.agent.advisor.client import resolve_endpoint
+
+        resolve_endpoint(config.llm, os.environ)
+    return config
+
+
 def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
-    """Run the daemon in this process until SIGTERM/SIGINT. Returns the exit code."""
+    """Run the daemon in this process until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+    from docktor.agent.runtime.control import ControlServer
     from docktor.agent.runtime.loop import Daemon
+    from docktor.agent.runtime.rundir import TargetBusy
 
     paths = paths_for(config)
     lock_fd = acquire_lock(paths)
@@ -116,33 +163,141 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
+    log = logging.getLogger("docktor")
     for w in config.warnings:
-        logging.getLogger("docktor").warning("config: %s", w)
+        log.warning("config: %s", w)
+    code = 0
 
     async def main() -> None:
-        daemon = Daemon(config, mode=mode, log_path=paths.decisions, status_path=paths.status)
+        nonlocal code
+        daemon = Daemon(config, mode=mode, log_path=paths.decisions, status_path=paths.status, state="write")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        server: ControlServer | None = None
+        reloads: set[asyncio.Task[Any]] = set()
+
+        async def reload() -> dict[str, Any]:
+            result = await reload_daemon(daemon, config.path or Path("docktor.yaml"))
+            record_daemon(paths, daemon.config)
+            return result
+
+        def on_hup() -> None:
+            async def run() -> None:
+                from docktor.agent.runtime.loop import ControlRefused
+
+                try:
+                    await reload()
+                except ControlRefused as e:
+                    log.error("reload refused, still running the previous config: %s", "; ".join(e.problems))
+
+            task = loop.create_task(run())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
         try:
             await daemon.open()
+            try:
+                daemon.claim_targets("daemon")
+            except TargetBusy as e:
+                where = f"service {e.holder.get('service')}: " if e.holder.get("service") else ""
+                print(f"error: {where}{e}; refusing to start a second daemon on it", file=sys.stderr, flush=True)
+                code = 2
+                return
+            server = ControlServer(paths.socket, control_handler(daemon, reload))
+            await server.start()
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+            record_daemon(paths, config)
             daemon.write_status()
-            logging.getLogger("docktor").info(
-                "started: %d service(s), mode %s, log %s", len(config.services), daemon.mode, paths.decisions
-            )
+            log.info("started: %d service(s), mode %s, log %s, control socket %s", len(config.services), daemon.mode,
+                     paths.decisions, paths.socket)
             await daemon.run(stop)
         finally:
+            for task in list(reloads):
+                task.cancel()
             await daemon.close()
-            logging.getLogger("docktor").info("stopped")
+            if server is not None:
+                await server.close()  # last: ``daemon status`` answers while replicas stop
+            log.info("stopped")
 
     try:
         asyncio.run(main())
     finally:
         paths.pid.unlink(missing_ok=True)
         paths.status.unlink(missing_ok=True)
+        paths.info.unlink(missing_ok=True)
         os.close(lock_fd)
-    return 0
+    return code
+
+
+async def reload_daemon(daemon: Any, path: Path) -> dict[str, Any]:
+    """Re-read ``path``, validate it as ``daemon start`` does, and hand it to the daemon; a bad
+    config raises ControlRefused(``invalid_config``) with its one-line problems, and the daemon
+    keeps the one it runs."""
+    from docktor.agent.runtime.loop import ControlRefused
+
+    try:
+        config = await asyncio.to_thread(load_for_run, path)
+    except UsageError as e:
+        raise ControlRefused("invalid_config", f"{path}: the config has errors; still running the previous one",
+                             [str(p) for p in e.problems]) from None
+    for w in config.warnings:
+        logging.getLogger("docktor").warning("config: %s", w)
+    result: dict[str, Any] = await daemon.reload(config)
+    return result
+
+
+def control_handler(daemon: Any, reload: Any) -> Any:
+    """The control channel's commands, on ``daemon`` (a :class:`~docktor.agent.runtime.loop.Daemon`)."""
+    from docktor.agent.runtime.control import ControlError
+    from docktor.agent.runtime.loop import ControlRefused
+
+    async def handle(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            if cmd == "ping":
+                return {"pid": os.getpid(), "protocol": 1}
+            if cmd == "status":
+                return dict(daemon.status())
+            if cmd == "pause":
+                for_s = args.get("for_s")
+                return dict(await daemon.pause(args.get("service"), for_s, str(args.get("reason") or "")))
+            if cmd == "resume":
+                return dict(await daemon.resume(args.get("service")))
+            if cmd == "scale":
+                record = await daemon.scale_to(
+                    args.get("service"), args.get("replicas"), reason=str(args.get("reason") or ""),
+                    source=str(args.get("source") or "manual"), dry_run=bool(args.get("dry_run", False)),
+                )
+                return {"record": record.model_dump(mode="json", exclude_none=True)}
+            if cmd == "reload":
+                return dict(await reload())
+        except ControlRefused as e:
+            raise ControlError(e.code, e.message, e.problems) from None
+        raise ControlError("bad_request", f"unknown command {cmd!r} (ping, status, pause, resume, scale, reload)")
+
+    return handle
+
+
+def record_daemon(paths: Paths, config: DocktorConfig) -> None:
+    """What ``stop`` and ``status`` need without a valid config: ``daemon.json`` in the state folder
+    and a pointer from the config's path to it. A failure only costs that convenience."""
+    from docktor.agent.runtime.rundir import RunDirError, write_pointer
+
+    info = {"pid": os.getpid(), "config": str(config.path.resolve()) if config.path else None,
+            "state_dir": str(paths.state_dir), "stop_wait_s": stop_wait(config), "socket": str(paths.socket)}
+    try:
+        tmp = paths.info.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(paths.info)
+    except OSError as e:
+        logging.getLogger("docktor").warning("cannot write %s: %s", paths.info, e.strerror or e)
+    if config.path is not None:
+        try:
+            write_pointer(config.path, {"state_dir": str(paths.state_dir), "pid": os.getpid()})
+        except (OSError, RunDirError) as e:
+            logging.getLogger("docktor").warning("cannot record where this daemon's state is (%s): `daemon stop` "
+                                                 "needs a valid config to find it", e)
 
 
 def start_background(config_path: Path, config: DocktorConfig, *, advisory: bool, wait: float = 15.0) -> int:
@@ -163,6 +318,8 @@ def start_background(config_path: Path, config: DocktorConfig, *, advisory: bool
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = paths.daemon_log.read_text(errors="replace").strip().splitlines()[-1:]
+            if proc.returncode == 2 and tail and tail[0].startswith("error: "):
+                raise UsageError(tail[0][len("error: "):])  # the daemon's own one-line refusal
             raise UsageError(f"daemon exited at start (code {proc.returncode}): {tail[0] if tail else 'no output'}")
         if running_pid(paths) == proc.pid:
             return proc.pid
@@ -182,14 +339,42 @@ def stop_wait(config: DocktorConfig) -> float:
     return grace + max(s.check_interval for s in config.services) + 10
 
 
-def stop(config: DocktorConfig, *, wait: float | None = None) -> int | None:
-    """SIGTERM the daemon and wait until its process has exited. Returns the pid, or None if none ran.
+#: how long ``stop`` waits when the daemon did not record it (daemon.json)
+DEFAULT_STOP_WAIT_S = 30.0
+
+
+def recorded_stop_wait(paths: Paths) -> float:
+    try:
+        return float(json.loads(paths.info.read_text())["stop_wait_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_STOP_WAIT_S
+
+
+class StillRunning(Exception):
+    """``stop`` gave up waiting; ``left`` says what is still running, one line each."""
+
+    def __init__(self, pid: int, waited: float, left: list[str]):
+        super().__init__(f"docktor (pid {pid}) did not stop within {waited:g} s")
+        self.pid, self.waited, self.left = pid, waited, left
+
+
+@dataclass
+class Stopped:
+    pid: int
+    killed: bool = False  # SIGKILL after the wait (``--force``)
+    waited: float = 0.0
+    left: list[str] | None = None  # processes of the daemon's still alive after the kill
+
+
+def stop(paths: Paths, *, wait: float | None = None, force: bool = False) -> Stopped | None:
+    """SIGTERM the daemon and wait until its process has exited. None if none ran.
 
     The lock is released a moment before the process is gone (the interpreter still shuts down),
-    so the wait is for the pid itself: when this returns, nothing of the daemon is left.
+    so the wait is for the pid itself: when this returns, nothing of the daemon is left. After
+    ``wait`` seconds: with ``force``, SIGKILL (its process group too, when it leads one) and say
+    what of it is left; without, raise :class:`StillRunning` saying what is still running.
     """
-    paths = paths_for(config)
-    wait = stop_wait(config) if wait is None else wait
+    wait = recorded_stop_wait(paths) if wait is None else wait
     pid = running_pid(paths)
     if pid is None or pid <= 0:
         return None
@@ -197,12 +382,66 @@ def stop(config: DocktorConfig, *, wait: float | None = None) -> int | None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return None
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    deadline = started + wait
     while time.monotonic() < deadline:
         if not process_alive(pid):
-            return pid
+            return Stopped(pid, waited=time.monotonic() - started)
         time.sleep(0.05)
-    raise UsageError(f"daemon pid {pid} did not stop within {wait:g} s")
+    tree = process_tree(pid)
+    if not force:
+        raise StillRunning(pid, wait, describe_processes(tree, pid, doing=_doing(paths)))
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)  # the compose CLI and other helpers it started
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    end = time.monotonic() + 10
+    while process_alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(0.2)  # children the kernel signals when their parent dies (PR_SET_PDEATHSIG) get a moment
+    alive = [p for p in tree if p != pid and process_alive(p)]
+    return Stopped(pid, killed=True, waited=wait, left=describe_processes(alive, pid))
+
+
+def _doing(paths: Paths) -> str | None:
+    from docktor.agent.runtime.control import ControlClient, ControlError, ControlUnavailable
+
+    try:
+        st = ControlClient(paths.socket, timeout=1.0).status()
+    except (ControlUnavailable, ControlError):
+        return None
+    return str(st.get("phase") or "") or None
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, parents first (Linux /proc; just ``pid`` elsewhere)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def describe_processes(pids: list[int], daemon_pid: int, doing: str | None = None) -> list[str]:
+    lines = []
+    for p in pids:
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        if len(cmd) > 100:
+            cmd = cmd[:99] + "…"
+        what = f"docktor daemon{f' ({doing})' if doing else ''}" if p == daemon_pid else cmd
+        lines.append(f"pid {p}: {what}")
+    return lines
 
 
 def process_alive(pid: int) -> bool:
@@ -220,21 +459,115 @@ def process_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def status(config: DocktorConfig) -> dict[str, Any]:
-    paths = paths_for(config)
+#: how long ``daemon status`` waits for the daemon's answer before reading its status file
+STATUS_TIMEOUT_S = 3.0
+
+
+def status(paths: Paths, *, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
+    """The daemon's own answer on its control socket (``live: true``); from a daemon that does not
+    answer (stuck, or too old to have a socket), its status file (``live: false`` and why)."""
+    from docktor.agent.runtime.control import ControlClient, ControlError, ControlUnavailable
+
     pid = running_pid(paths)
     out: dict[str, Any] = {"running": pid is not None, "pid": pid, "state_dir": str(paths.state_dir)}
-    if pid is not None:
+    if pid is None:
+        return out
+    try:
+        live = ControlClient(paths.socket, timeout=timeout).status()
+    except (ControlUnavailable, ControlError) as e:
+        out["live"] = False
+        out["not_live_because"] = f"the daemon does not answer on {paths.socket}: {e}"
+    else:
+        out.update(live, live=True, running=True, pid=live.get("pid", pid))
         try:
-            st = json.loads(paths.status.read_text())
-        except (OSError, ValueError):
-            st = {}
-        out["mode"] = st.get("mode")
-        out["started_at"] = st.get("started_at")
-        try:
-            out["uptime_s"] = round(time.time() - paths.pid.stat().st_mtime, 1)
-        except OSError:
+            from docktor.agent.timestamps import parse_rfc3339
+
+            out["uptime_s"] = round(time.time() - parse_rfc3339(str(live.get("started_at"))), 1)
+        except ValueError:
             out["uptime_s"] = None
-        out["services"] = st.get("services", {})
-        out["decision_log"] = st.get("decision_log")
+        return out
+    try:
+        st = json.loads(paths.status.read_text())
+        age: float | None = round(time.time() - paths.status.stat().st_mtime, 1)
+    except (OSError, ValueError):
+        st, age = {}, None
+    out["status_file_age_s"] = age
+    for key in ("mode", "started_at", "phase", "config"):
+        out[key] = st.get(key)
+    try:
+        out["uptime_s"] = round(time.time() - paths.pid.stat().st_mtime, 1)
+    except OSError:
+        out["uptime_s"] = None
+    out["services"] = st.get("services", {})
+    out["decision_log"] = st.get("decision_log")
     return out
+
+
+# --------------------------------------------------------------------------- finding a daemon without a valid config
+
+
+@dataclass
+class Located:
+    """Where the daemon of a config keeps its state, and how that was found."""
+
+    paths: Paths
+    config: DocktorConfig | None  # None: the config file does not load
+    how: str  # "config", "the running daemon's record", "state_dir read from the file", "the default"
+    problems: list[str]
+
+
+def locate(config_path: Path) -> Located:
+    """The state folder for ``config_path``, valid config or not.
+
+    In order: the pointer a daemon started from this file left (while that daemon runs: it is
+    the truth even if the file now says another ``state_dir``); the config itself; the last
+    pointer; ``state_dir`` read leniently from the YAML (a top-level string, no ``${VAR}``); the
+    default ``.docktor`` beside the file.
+    """
+    from docktor.agent.config.load import load_config
+    from docktor.agent.runtime.rundir import read_pointer
+
+    pointer = read_pointer(config_path)
+    if pointer is not None:
+        p = Paths(Path(pointer["state_dir"]))
+        if running_pid(p) is not None:
+            try:
+                cfg: DocktorConfig | None = load_config(config_path)
+            except UsageError:
+                cfg = None
+            return Located(p, cfg, "the running daemon's record", [])
+    try:
+        cfg = load_config(config_path)
+    except UsageError as e:
+        problems = [str(x) for x in e.problems]
+    else:
+        return Located(paths_for(cfg), cfg, "config", [])
+    if pointer is not None:
+        return Located(Paths(Path(pointer["state_dir"])), None, "the last daemon's record", problems)
+    lenient = lenient_state_dir(config_path)
+    if lenient is not None:
+        return Located(Paths(lenient), None, "state_dir read from the file", problems)
+    return Located(Paths(config_path.resolve().parent / ".docktor"), None, "the default", problems)
+
+
+def lenient_state_dir(config_path: Path) -> Path | None:
+    """A top-level ``state_dir:`` string from a file that may not validate (or even parse)."""
+    import re
+
+    try:
+        text = config_path.read_text(errors="replace")[:1_000_000]
+    except OSError:
+        return None
+    value: Any = None
+    try:
+        from docktor.agent.config.safe_yaml import load_yaml
+
+        doc = load_yaml(text)
+        value = doc.get("state_dir") if isinstance(doc, dict) else None
+    except Exception:  # not YAML at all: look for the line itself
+        m = re.search(r"(?m)^state_dir:[ \t]*['\"]?([^'\"#\n]+?)['\"]?[ \t]*(#.*)?$", text)
+        value = m.group(1) if m else None
+    if not isinstance(value, str) or not value.strip() or "$" in value:
+        return None
+    p = Path(value.strip())
+    return p if p.is_absolute() else config_path.resolve().parent / p

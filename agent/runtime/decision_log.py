@@ -58,7 +58,7 @@ class DecisionRecord(BaseModel):
     proposal: int | None = None
     reason: str
     policy: str | None = None
-    source: Literal["rules", "policy", "llm", "fallback", "none"]
+    source: Literal["rules", "policy", "llm", "fallback", "manual", "mcp", "none"]
     observations: dict[str, float] = Field(default_factory=dict)
     missing: list[str] = Field(default_factory=list)
     matched_rules: list[str] = Field(default_factory=list)
@@ -74,6 +74,8 @@ class DecisionRecord(BaseModel):
     id: str | None = None
     #: ``intent`` on the line written before the executor acts; absent on a one-line decision
     phase: Literal["intent"] | None = None
+    #: while the service is paused (``docktor pause``): ``{since, until, reason}``; absent otherwise
+    paused: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -119,7 +121,7 @@ class DecisionRecord(BaseModel):
 
     def line(self) -> bytes:
         data = self.model_dump(mode="json", exclude_none=False)
-        for optional in ("phase", "fallbacks"):
+        for optional in ("phase", "fallbacks", "paused"):
             if data.get(optional) is None:
                 data.pop(optional, None)
         # again at the last moment: model_copy(update=...) does not validate

@@ -16,19 +16,49 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from docktor.agent.config.model import DocktorConfig, ServiceConfig, SourceSpec
-from docktor.agent.core.decide import remember, step
+from docktor.agent.core.decide import Decision, finish, plan, remember, step
+from docktor.agent.core.guardrails import Envelope
+from docktor.agent.core.policy import Proposal
 from docktor.agent.core.state import ServiceState
 from docktor.agent.redact import redact, redact_obj
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord
+from docktor.agent.runtime.persist import (
+    Breaker,
+    Identity,
+    Pause,
+    Restored,
+    Snapshot,
+    StateStore,
+    capture,
+    describe_ids,
+    fold,
+    logged_events,
+    restore,
+)
 from docktor.agent.runtime.recorder import Recorder, write_status_file
 from docktor.agent.timestamps import rfc3339
 from docktor.tools.registry import executor_plugin, source_plugin
 from docktor.tools.sdk import Context, Executor, ReplicaStatus, ScaleOutcome, Source, one_line
 
 log = logging.getLogger("docktor")
+
+#: ``state``: whether the daemon restores and saves each service's state (docs/operations.md)
+StateMode = Literal["off", "read", "write"]
+#: how long the executor's own record of its last scale may take to read at start
+LAST_SCALED_TIMEOUT_S = 10.0
+
+
+class ControlRefused(Exception):
+    """A control request that cannot be done as asked (``code`` for the control channel)."""
+
+    def __init__(self, code: str, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.problems = problems or [message]
 
 
 @dataclass
@@ -44,6 +74,26 @@ class ServiceRunner:
     last_record: DecisionRecord | None = None
     recent: list[dict[str, Any]] = field(default_factory=list)  # newest last, for the LLM's tools
     ticks: int = 0
+    #: ``docktor pause``: decisions go on and are logged, nothing is executed
+    pause: Pause | None = None
+    #: what the state file's pieces were kept or discarded for (set at start and at a reload)
+    identity: Identity | None = None
+    restored: Restored | None = None
+    #: one tick (or manual scale) at a time; state-file writes one at a time
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    save_error: str | None = None
+    #: the service's own loop and its stop signal (a reload stops one service alone)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    target_lock: Any = None  # rundir.TargetLock while this process acts on the executor's target
+
+    def target(self) -> str | None:
+        try:
+            return self.executor.target()
+        except Exception as e:  # a plugin's bug must not stop the daemon; no target: no check
+            log.warning("%s: executor target unknown: %s", self.svc.name, one_line(e))
+            return None
 
 
 class Daemon:
@@ -58,12 +108,15 @@ class Daemon:
         status_path: Path | None = None,
         wall: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        state: StateMode = "off",
     ):
         self.config = config
+        #: the command line's --advisory: kept across reloads (the config's mode is not)
+        self.mode_override = mode
         self.mode = mode or config.mode
-        state_dir = config.state_dir or Path(".docktor")
+        self.state_dir = config.state_dir or config.base_dir / ".docktor"
         self.log = DecisionLog(
-            log_path or state_dir / "decisions.jsonl", config.log.max_bytes, config.log.backups
+            log_path or self.state_dir / "decisions.jsonl", config.log.max_bytes, config.log.backups
         )
         self.recorder = Recorder(self.log, wall=wall, mono=mono)
         self.status_path = status_path
@@ -74,19 +127,42 @@ class Daemon:
         self.advisor: Any = None
         self.beside: Any = None  # AdvisorBeside: the LLM's calls, beside the loop
         self.on_record: list[Callable[[DecisionRecord], None]] = []
+        self.state_mode: StateMode = state
+        self.store = StateStore(self.state_dir)
+        self.phase = "starting"  # running, stopping: for ``daemon status`` while it stops
+        self._running = False
+        self._reloading = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _context(self, svc: ServiceConfig) -> Context:
+        return Context(service=svc.name, base_dir=self.config.base_dir, state_dir=self.state_dir)
+
+    def _runner(self, svc: ServiceConfig, reuse: ServiceRunner | None = None) -> ServiceRunner:
+        """A runner for ``svc``; plugins whose kind and settings did not change are taken from ``reuse``."""
+        context = self._context(svc)
+        kept: dict[tuple[Any, ...], Source[Any]] = {} if reuse is None else {
+            (s.name, s.kind, s.settings, s.primary): src for s, src in reuse.sources
+        }
+        sources: list[tuple[SourceSpec, Source[Any]]] = []
+        for spec in svc.sources:
+            same = kept.pop((spec.name, spec.kind, spec.settings, spec.primary), None)
+            sources.append((spec, same if same is not None else source_plugin(spec.kind)(spec.settings, context)))
+        if svc.executor is None:
+            raise ValueError(f"service {svc.name!r} has no executor")  # the loader always sets one
+        old = None if reuse is None or reuse.svc.executor is None else reuse.svc.executor
+        same_executor = old is not None and (old.kind, old.settings) == (svc.executor.kind, svc.executor.settings)
+        executor = reuse.executor if same_executor and reuse is not None else executor_plugin(svc.executor.kind)(svc.executor.settings, context)
+        return ServiceRunner(svc, sources, executor)
+
     async def open(self) -> None:
-        base = self.config.base_dir
-        state_dir = self.config.state_dir or base / ".docktor"
         for svc in self.config.services:
-            context = Context(service=svc.name, base_dir=base, state_dir=state_dir)
-            sources = [(spec, source_plugin(spec.kind)(spec.settings, context)) for spec in svc.sources]
-            if svc.executor is None:
-                raise ValueError(f"service {svc.name!r} has no executor")  # the loader always sets one
-            executor = executor_plugin(svc.executor.kind)(svc.executor.settings, context)
-            self.runners[svc.name] = ServiceRunner(svc, sources, executor)
+            self.runners[svc.name] = self._runner(svc)
+        self._open_advisor()
+        if self.state_mode != "off":
+            await self.restore_state(list(self.runners.values()))
+
+    def _open_advisor(self) -> None:
         if self.config.llm.provider != "none":
             from docktor.agent.advisor.advisor import make_advisor
             from docktor.agent.runtime.beside import AdvisorBeside
@@ -94,29 +170,99 @@ class Daemon:
             self.advisor = make_advisor(self.config.llm)
             self.beside = AdvisorBeside(self.advisor, _Tools(self), wall=self.wall, mono=self.mono)
 
-    async def close(self) -> None:
+    async def _close_advisor(self) -> None:
         if self.beside is not None:
             await self.beside.close()  # calls still in flight are cancelled: nobody waits for them
+        if self.advisor is not None:
+            try:
+                await self.advisor.close()
+            except Exception as e:
+                log.warning("error while closing the LLM client: %s", e)
+        self.advisor = self.beside = None
+
+    def claim_targets(self, what: str) -> None:
+        """Hold every executor's target for this process (:mod:`docktor.agent.runtime.rundir`):
+        raises ``TargetBusy`` naming the one already held elsewhere (nothing is held then)."""
+        self._claim(list(self.runners.values()), what)
+
+    def _claim(self, runners: list[ServiceRunner], what: str) -> None:
+        from docktor.agent.runtime.rundir import TargetBusy, lock_target
+
+        taken: list[ServiceRunner] = []
+        holder = {"what": what, "config": str(self.config.path.resolve()) if self.config.path else None}
+        try:
+            for r in runners:
+                target = r.target()
+                if target is None or (r.target_lock is not None and r.target_lock.target == target):
+                    continue
+                try:
+                    lock = lock_target(target, holder)
+                except TargetBusy as e:
+                    raise TargetBusy(e.target, {**e.holder, "service": r.svc.name}) from None
+                r.target_lock = lock
+                taken.append(r)
+        except BaseException:
+            for r in taken:
+                r.target_lock.release()
+                r.target_lock = None
+            raise
+
+    async def close(self) -> None:
+        self.phase = "stopping"
+        await self._close_advisor()
         closers: list[Awaitable[None]] = []
         for r in self.runners.values():
-            closers.extend(source.close() for _, source in r.sources)
-            closers.append(r.executor.close())
-        if self.advisor is not None:
-            closers.append(self.advisor.close())
+            closers.extend(self._close_plugins(r))
         results = await asyncio.gather(*closers, return_exceptions=True)
         for res in results:
             if isinstance(res, BaseException):
                 log.warning("error while closing: %s", res)
+        for r in self.runners.values():
+            if r.target_lock is not None:
+                r.target_lock.release()
+                r.target_lock = None
         self.log.close()
+
+    @staticmethod
+    def _close_plugins(runner: ServiceRunner, keep: ServiceRunner | None = None) -> list[Awaitable[None]]:
+        """Close ``runner``'s plugins, except those ``keep`` took over."""
+        kept = set() if keep is None else {id(src) for _, src in keep.sources} | {id(keep.executor)}
+        closers: list[Awaitable[None]] = [source.close() for _, source in runner.sources if id(source) not in kept]
+        if id(runner.executor) not in kept:
+            closers.append(runner.executor.close())
+        return closers
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every service until ``stop`` is set; the tick in progress finishes first."""
-        tasks = [asyncio.create_task(self._service_loop(r, stop), name=r.svc.name) for r in self.runners.values()]
+        self._running = True
+        self.phase = "running"
+        for r in self.runners.values():
+            self._launch(r)
         try:
-            await asyncio.gather(*tasks)
+            await stop.wait()
+        except asyncio.CancelledError:
+            for r in self.runners.values():
+                if r.task is not None:
+                    r.task.cancel()
+            raise
         finally:
-            for t in tasks:
-                t.cancel()
+            self._running = False
+        self.phase = "stopping"
+        await self._halt(list(self.runners.values()))
+
+    def _launch(self, runner: ServiceRunner) -> None:
+        runner.stop = asyncio.Event()
+        runner.task = asyncio.create_task(self._service_loop(runner, runner.stop), name=runner.svc.name)
+
+    async def _halt(self, runners: list[ServiceRunner]) -> None:
+        """Stop the loops of ``runners`` once their tick in progress is done."""
+        for r in runners:
+            r.stop.set()
+        tasks = [r.task for r in runners if r.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for r in runners:
+            r.task = None
 
     async def run_once(self, *, dry_run: bool = False, window: float = 0.0) -> list[DecisionRecord]:
         """One decision for every service, concurrently.
@@ -159,6 +305,155 @@ class Daemon:
             except TimeoutError:
                 pass
 
+    # ------------------------------------------------------------------ state across restarts
+
+    def _identity(self, runner: ServiceRunner) -> Identity:
+        return Identity.of(runner.svc, runner.target(), self.config.llm)
+
+    def _snapshot(self, runner: ServiceRunner) -> Snapshot:
+        sources: dict[str, dict[str, Any]] = {}
+        for spec, source in runner.sources:
+            try:
+                data = source.snapshot()
+            except Exception as e:  # a plugin's bug costs its baseline, never the tick
+                log.warning("%s: source %s: snapshot failed: %s", runner.svc.name, spec.name, one_line(e))
+                continue
+            if data is not None:
+                sources[spec.name] = data
+        breaker = None
+        if self.advisor is not None:
+            failures, open_until, last_error = self.advisor.breaker_state(runner.svc.name)
+            breaker = Breaker(failures, open_until, last_error) if failures else None
+        assert runner.identity is not None
+        return Snapshot(runner.identity, runner.state, sources, breaker, runner.pause)
+
+    async def save_state(self, runner: ServiceRunner) -> None:
+        """Write the service's state file; a failure (a full disk) is logged, never raised."""
+        if self.state_mode != "write":
+            return
+        if runner.identity is None:
+            runner.identity = self._identity(runner)
+        async with runner.save_lock:
+            doc = capture(self._snapshot(runner), service=runner.svc.name, window=runner.svc.scale_down_stabilization,
+                          wall=self.wall(), mono=self.mono())
+            try:
+                await asyncio.to_thread(self.store.save, runner.svc.name, doc)
+            except OSError as e:
+                text = e.strerror or str(e)
+                if runner.save_error is None:
+                    log.error("%s: state file %s not writable (%s): a restart now would forget the latest "
+                              "cooldowns (the decision log still has them); still deciding", runner.svc.name,
+                              self.store.path(runner.svc.name), text)
+                runner.save_error = text
+                return
+            if runner.save_error is not None:
+                log.warning("%s: state file writable again", runner.svc.name)
+                runner.save_error = None
+
+    async def restore_state(self, runners: list[ServiceRunner]) -> None:
+        """Each runner's saved state, as far as it still means something; then the decision log's
+        newer actions and the executor's own last scale, whichever is latest."""
+        wall, mono = self.wall(), self.mono()
+        for r in runners:
+            r.identity = self._identity(r)
+            try:
+                doc = self.store.load(r.svc.name)
+                restored = restore(doc, r.identity, r.svc, wall=wall, mono=mono)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("%s: state file %s unusable (%s): starting without it", r.svc.name, self.store.path(r.svc.name), e)
+                restored = restore(None, r.identity, r.svc, wall=wall, mono=mono)
+                restored.discarded.append(f"the whole state file: {e}")
+            r.restored = restored
+            snap = restored.snapshot
+            r.state, r.pause = snap.state, snap.pause
+            elapsed = 0.0 if restored.saved_at is None else max(0.0, wall - restored.saved_at)
+            for spec, source in r.sources:
+                data = snap.sources.get(spec.name)
+                if data is None:
+                    continue
+                try:
+                    ok = source.restore(data, elapsed)
+                except (ValueError, KeyError, TypeError) as e:
+                    ok, why = False, one_line(e)
+                else:
+                    why = "the source refused it"
+                if ok:
+                    restored.kept.append(f"rate baseline of source {spec.name} ({elapsed:.0f} s old)")
+                else:
+                    restored.discarded.append(f"rate baseline of source {spec.name}: {why}")
+            if snap.breaker is not None and self.advisor is not None:
+                self.advisor.restore_breaker(r.svc.name, snap.breaker.failures, snap.breaker.open_until, snap.breaker.last_error)
+        # Write-ahead: an action whose intent is in the log but not in the state file (the daemon
+        # died before saving it, maybe while the executor acted) counts from its decision's time.
+        events = logged_events(self.log.path)
+        for r in runners:
+            assert r.restored is not None
+            if r.svc.name not in events or not r.restored.same_executor:
+                continue
+            since = None if r.restored.saved_at is None else r.restored.saved_at - 2.0
+            acts = fold(events[r.svc.name], since)
+            if acts.ids:
+                self._apply_logged(r, acts, wall, mono)
+        await asyncio.gather(*(self._apply_last_scaled(r, wall, mono) for r in runners))
+        for r in runners:
+            assert r.restored is not None
+            if r.restored.kept or r.restored.discarded:
+                saved = "" if r.restored.saved_at is None else f" (saved {max(0.0, wall - r.restored.saved_at):.1f} s ago)"
+                if r.restored.kept:
+                    log.info("%s: state restored%s: %s", r.svc.name, saved, "; ".join(r.restored.kept))
+                for d in r.restored.discarded:  # a one-shot dry run only reads: no need to shout
+                    log.log(logging.WARNING if self.state_mode == "write" else logging.INFO,
+                            "%s: saved state discarded: %s", r.svc.name, d)
+
+    def _apply_logged(self, r: ServiceRunner, acts: Any, wall: float, mono: float) -> None:
+        assert r.restored is not None
+        s = r.state
+        applied = []
+        for direction, t in (("up", acts.last_up_at), ("down", acts.last_down_at)):
+            if t is None:
+                continue
+            at = mono - max(0.0, wall - t)
+            current = s.last_up_at if direction == "up" else s.last_down_at
+            if current is None or at > current + 0.5:
+                if direction == "up":
+                    s.last_up_at = at
+                else:
+                    s.last_down_at = at
+                applied.append(f"scale-{direction} {wall - t:.0f} s ago")
+        if acts.backoff_until is not None and acts.backoff_until > wall:
+            until = mono + (acts.backoff_until - wall)
+            if s.backoff_until is None or until > s.backoff_until:
+                s.backoff_until, s.failures = until, max(s.failures, acts.failures)
+                applied.append(f"back-off, {acts.backoff_until - wall:.0f} s left")
+        if applied:
+            r.restored.kept.append(
+                f"from the decision log, not yet in the state file: {', '.join(applied)} (decision {describe_ids(acts.ids)}; "
+                "an intent without an outcome counts as done)"
+            )
+
+    async def _apply_last_scaled(self, r: ServiceRunner, wall: float, mono: float) -> None:
+        assert r.restored is not None
+        try:
+            last = await asyncio.wait_for(r.executor.last_scaled(), min(LAST_SCALED_TIMEOUT_S, max(1.0, r.svc.check_interval)))
+        except Exception as e:
+            log.info("%s: the executor could not say when it last scaled (%s)", r.svc.name, one_line(e))
+            return
+        if last is None:
+            return
+        at = mono - max(0.0, wall - last.at)
+        s = r.state
+        moved = []
+        if last.direction in ("up", None) and (s.last_up_at is None or at > s.last_up_at + 0.5):
+            s.last_up_at = at
+            moved.append("up")
+        if last.direction in ("down", None) and (s.last_down_at is None or at > s.last_down_at + 0.5):
+            s.last_down_at = at
+            moved.append("down")
+        if moved:
+            r.restored.kept.append(
+                f"the executor's last scale {max(0.0, wall - last.at):.0f} s ago (cooldown_{'/cooldown_'.join(moved)} count from it)"
+            )
+
     # ------------------------------------------------------------------ one tick
 
     async def observe(self, runner: ServiceRunner) -> tuple[dict[str, float], ReplicaStatus | None, list[str]]:
@@ -195,6 +490,20 @@ class Daemon:
         return observations, status, errors
 
     async def tick(self, runner: ServiceRunner, *, dry_run: bool = False) -> DecisionRecord:
+        async with runner.lock:
+            record = await self._tick(runner, dry_run)
+        if not dry_run:
+            await self.save_state(runner)
+        return record
+
+    def _active_pause(self, runner: ServiceRunner) -> Pause | None:
+        pause = runner.pause
+        if pause is not None and not pause.active(self.wall()):
+            log.info("%s: pause ended (it was %s)", runner.svc.name, pause.text())
+            runner.pause = pause = None
+        return pause
+
+    async def _tick(self, runner: ServiceRunner, dry_run: bool) -> DecisionRecord:
         svc = runner.svc
         mode = "dry-run" if dry_run else self.mode
         observations, status, errors = await self.observe(runner)
@@ -202,6 +511,8 @@ class Daemon:
         runner.last_observations = observations
         runner.last_status = status
         now = self.mono()
+        pause = self._active_pause(runner)
+        paused: dict[str, Any] = {"paused": pause.as_dict()} if pause is not None else {}
 
         if status is None:
             # Without a replica count there is nothing to size from: record and wait.
@@ -209,6 +520,7 @@ class Daemon:
                 ts=rfc3339(self.wall()), service=svc.name, mode=mode, current_replicas=None,  # type: ignore[arg-type]
                 decision="hold", target_replicas=None, reason="replica count unavailable: holding",
                 policy=svc.policy, source="none", observations=observations, errors=errors, id=_decision_id(),
+                paused=paused.get("paused"),
             )
             self.recorder.write(record)
             return self._keep(runner, record)
@@ -219,7 +531,16 @@ class Daemon:
         decision = step(svc, observations, current, runner.state, now, advise)
 
         record = DecisionRecord.from_decision(decision, mode=mode, ts=self.wall(), errors=errors, id=_decision_id())
-        act = decision.changes and mode == "autonomous"
+        if pause is not None:
+            record = record.model_copy(update=paused)
+            if decision.changes and mode == "autonomous":
+                record = record.model_copy(update={"reason": f"{record.reason}; paused {pause.text()}: not acting"})
+        act = decision.changes and mode == "autonomous" and pause is None
+        return await self._conclude(runner, decision, record, now, act)
+
+    async def _conclude(self, runner: ServiceRunner, decision: Decision, record: DecisionRecord, now: float, act: bool) -> DecisionRecord:
+        """Record ``decision`` and, when ``act``, have the executor carry it out (write-ahead)."""
+        svc = runner.svc
         if act and not self.recorder.write(record.model_copy(update={"phase": "intent"})):
             # Write-ahead: an action the log cannot hold is not taken. The decision is kept in
             # memory (status, the LLM's tools) and the log's first line afterwards names the gap.
@@ -261,6 +582,159 @@ class Daemon:
             self.write_status()
         return record
 
+    # ------------------------------------------------------------------ control
+
+    def runner_for(self, service: Any) -> ServiceRunner:
+        if not isinstance(service, str) or service not in self.runners:
+            known = ", ".join(sorted(self.runners)) or "none"
+            raise ControlRefused("unknown_service", f"no service named {service!r} (services: {known})")
+        return self.runners[service]
+
+    async def pause(self, service: str, for_s: float | None = None, reason: str = "") -> dict[str, Any]:
+        """Stop acting on ``service`` (for ``for_s`` seconds, or until resumed); decisions go on."""
+        runner = self.runner_for(service)
+        if for_s is not None and not (isinstance(for_s, int | float) and 0 < for_s < 10 * 365 * 86400):
+            raise ControlRefused("bad_request", f"for_s: must be a positive number of seconds, got {for_s!r}")
+        now = self.wall()
+        runner.pause = Pause(now, None if for_s is None else now + float(for_s), str(reason or "")[:200])
+        log.info("%s: paused %s%s", service, runner.pause.text(), f" ({runner.pause.reason})" if runner.pause.reason else "")
+        await self.save_state(runner)
+        self._refresh_status()
+        return {"service": service, "paused": runner.pause.as_dict()}
+
+    async def resume(self, service: str) -> dict[str, Any]:
+        runner = self.runner_for(service)
+        was = runner.pause
+        runner.pause = None
+        if was is not None:
+            log.info("%s: resumed (was paused %s)", service, was.text())
+        await self.save_state(runner)
+        self._refresh_status()
+        return {"service": service, "was_paused": None if was is None else was.as_dict()}
+
+    async def scale_to(self, service: str, replicas: Any, *, reason: str = "", source: str = "manual",
+                       dry_run: bool = False) -> DecisionRecord:
+        """A decision asked for from outside (``docktor scale``, later MCP).
+
+        ``manual``: an operator's override, clamped by min/max only (like ``kubectl scale`` on a
+        workload an autoscaler also drives: the next automatic decisions may move it again, so
+        pause first to keep it). ``mcp``: an assistant's proposal, clamped into the same envelope
+        as the LLM advisor's (bounds, step limits, cooldowns, stabilization, back-off, the rules'
+        direction). Recorded with that ``source``; with ``dry_run``, only returned.
+        """
+        runner = self.runner_for(service)
+        if source not in ("manual", "mcp"):
+            raise ControlRefused("bad_request", f"source: must be manual or mcp, got {source!r}")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ControlRefused("bad_request", f"replicas: must be a whole number >= 0, got {replicas!r}")
+        if not dry_run and self.mode != "autonomous":
+            raise ControlRefused("not_allowed", f"the daemon runs in {self.mode} mode: it never acts "
+                                                "(start it without --advisory, or ask with dry_run)")
+        svc = runner.svc
+        why = str(reason or "").strip()[:300] or ("docktor scale" if source == "manual" else "no reason given")
+        async with runner.lock:
+            observations, status, errors = await self.observe(runner)
+            runner.last_observations, runner.last_status = observations, status
+            if status is None:
+                raise ControlRefused("not_allowed", f"{service}: replica count unavailable, not scaling: {'; '.join(errors)}")
+            now = self.mono()
+            p = plan(svc, observations, status.desired, runner.state, now)
+            env = p.envelope if source == "mcp" else Envelope(svc.min_replicas, svc.max_replicas, "min_replicas", "max_replicas")
+            decision = finish(svc, p, Proposal(replicas, f"{source}: {why}"), source, envelope=env)  # type: ignore[arg-type]
+            mode = "dry-run" if dry_run else self.mode
+            record = DecisionRecord.from_decision(decision, mode=mode, ts=self.wall(), errors=errors, id=_decision_id())
+            if dry_run:
+                return record
+            record = await self._conclude(runner, decision, record, now, decision.changes)
+        await self.save_state(runner)
+        return record
+
+    def _refresh_status(self) -> None:
+        if self.status_path is not None:
+            self.write_status()
+
+    async def reload(self, config: DocktorConfig) -> dict[str, Any]:
+        """Run ``config`` from now on: unchanged services go on untouched, changed ones restart
+        (keeping plugins whose settings did not change, and whatever of their state still means
+        something), new ones start, removed ones stop. ``config`` is already validated; this
+        refuses only what cannot change while running (``state_dir``) and a target another
+        process holds."""
+        async with self._reloading:
+            return await self._reload(config)
+
+    async def _reload(self, config: DocktorConfig) -> dict[str, Any]:
+        if config.state_dir != self.config.state_dir:
+            raise ControlRefused("invalid_config", f"state_dir: cannot change while the daemon runs (it is "
+                                                   f"{self.config.state_dir}); stop and start the daemon to move it")
+        old = self.config
+        fingerprint = {s.name: _fingerprint(s) for s in old.services}
+        llm_changed = old.llm != config.llm
+        changed = [s for s in config.services if s.name in fingerprint and _fingerprint(s) != fingerprint[s.name]]
+        if llm_changed:  # every service's breaker and advice belong to the old endpoint
+            changed += [s for s in config.services if s.name in fingerprint and s not in changed]
+        added = [s for s in config.services if s.name not in fingerprint]
+        removed = [n for n in fingerprint if n not in {s.name for s in config.services}]
+        unchanged = [s.name for s in config.services if s.name in fingerprint and s not in changed]
+
+        # Build first, claim the new targets, and only then stop anything: a refused reload changes nothing.
+        fresh = {s.name: self._runner(s, reuse=self.runners.get(s.name)) for s in changed + added}
+        for name, r in fresh.items():
+            was = self.runners.get(name)
+            if was is not None and was.target_lock is not None and was.target() == r.target():
+                r.target_lock = was.target_lock  # the same target: this process keeps holding it
+        try:
+            self._claim([r for r in fresh.values()], "daemon")
+        except Exception as e:
+            for name, r in fresh.items():
+                await asyncio.gather(*self._close_plugins(r, keep=self.runners.get(name)), return_exceptions=True)
+                was = self.runners.get(name)
+                if r.target_lock is not None and (was is None or r.target_lock is not was.target_lock):
+                    r.target_lock.release()
+            raise ControlRefused("invalid_config", str(e)) from None
+
+        stopping = [self.runners[n] for n in removed] + [self.runners[s.name] for s in changed]
+        await self._halt(stopping)
+        for r in stopping:
+            await self.save_state(r)
+        self.config = config
+        self.mode = self.mode_override or config.mode
+        self.log.max_bytes, self.log.backups = config.log.max_bytes, config.log.backups
+        if llm_changed:
+            await self._close_advisor()
+            self._open_advisor()
+        closers: list[Awaitable[None]] = []
+        for name in removed:
+            r = self.runners.pop(name)
+            closers.extend(self._close_plugins(r))
+            if r.target_lock is not None:
+                r.target_lock.release()
+        for s in changed:
+            r_old, r_new = self.runners[s.name], fresh[s.name]
+            closers.extend(self._close_plugins(r_old, keep=r_new))
+            if r_old.target_lock is not None and r_new.target_lock is not r_old.target_lock:
+                r_old.target_lock.release()
+            self.runners[s.name] = r_new
+        for s in added:
+            self.runners[s.name] = fresh[s.name]
+        results = await asyncio.gather(*closers, return_exceptions=True)
+        for res in results:
+            if isinstance(res, BaseException):
+                log.warning("error while closing: %s", res)
+        restarted = [self.runners[s.name] for s in changed + added]
+        if self.state_mode != "off":
+            await self.restore_state(restarted)
+        if self._running:
+            for r in restarted:
+                self._launch(r)
+        report = {
+            "changed": {s.name: _what_changed(old.service(s.name), s) or "llm" for s in changed},
+            "added": [s.name for s in added], "removed": removed, "unchanged": unchanged, "mode": self.mode,
+            "restored": {r.svc.name: r.restored.as_dict() for r in restarted if r.restored is not None},
+        }
+        log.info("reloaded %s: %s", config.path, _report_line(report))
+        self._refresh_status()
+        return report
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
@@ -272,9 +746,14 @@ class Daemon:
                 "last_decision": None if r.last_record is None else {
                     k: getattr(r.last_record, k) for k in ("ts", "decision", "current_replicas", "target_replicas", "reason", "executed")
                 },
+                "paused": None if r.pause is None or not r.pause.active(self.wall()) else r.pause.as_dict(),
+                "bounds": {"min": r.svc.min_replicas, "max": r.svc.max_replicas},
+                "restored": None if r.restored is None else r.restored.as_dict(),
+                "state_file_error": r.save_error,
             }
         return {
-            "pid": os.getpid(), "started_at": rfc3339(self.started_at), "mode": self.mode,
+            "pid": os.getpid(), "started_at": rfc3339(self.started_at), "mode": self.mode, "phase": self.phase,
+            "config": None if self.config.path is None else str(self.config.path.resolve()), "state_dir": str(self.state_dir),
             "decision_log": self.recorder.health(), "status_file_error": self.status_error, "services": services,
         }
 
@@ -289,6 +768,39 @@ class Daemon:
             self.status_error = e.strerror or str(e)
         else:
             self.status_error = None
+
+
+def _fingerprint(svc: ServiceConfig) -> tuple[Any, ...]:
+    """Everything that defines a service (its position in the file does not)."""
+    ex = svc.executor
+    return (
+        svc.model_dump_json(),
+        None if ex is None else (ex.kind, ex.settings.model_dump_json()),
+        tuple((s.name, s.kind, s.settings.model_dump_json(), s.primary, s.on_missing) for s in svc.sources),
+    )
+
+
+def _what_changed(old: ServiceConfig, new: ServiceConfig) -> str:
+    a, b = old.model_dump(), new.model_dump()
+    keys = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    if (old.executor and old.executor.settings) != (new.executor and new.executor.settings):
+        keys.append("executor")
+    if _fingerprint(old)[2] != _fingerprint(new)[2]:
+        keys.append("sources")
+    return ", ".join(keys)
+
+
+def _report_line(report: dict[str, Any]) -> str:
+    parts = []
+    if report["changed"]:
+        parts.append("restarted " + ", ".join(f"{n} ({why})" for n, why in report["changed"].items()))
+    if report["added"]:
+        parts.append("started " + ", ".join(report["added"]))
+    if report["removed"]:
+        parts.append("stopped " + ", ".join(report["removed"]))
+    if report["unchanged"]:
+        parts.append("unchanged " + ", ".join(report["unchanged"]))
+    return "; ".join(parts) or "nothing to do"
 
 
 def _decision_id() -> str:

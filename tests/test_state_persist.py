@@ -1,0 +1,263 @@
+"""Each service's state across restarts (``agent/runtime/persist.py``): what is kept, what is
+discarded and why, time spent down counted, the write-ahead log read back, and the state file on
+a real full disk. The daemon-level kill -9 tests are in tests/test_restart.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docktor.agent.config.load import parse_config
+from docktor.agent.config.model import DocktorConfig, LLMConfig, ServiceConfig
+from docktor.agent.core.guardrails import Gate, envelope
+from docktor.agent.core.state import ServiceState
+from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.persist import Breaker, Identity, Snapshot, StateStore, capture, fold, logged_events, restore
+from tests.peers import NatsServer, SmallDisk, small_disk
+from tests.test_loop import make_stream, publish
+
+SERVICE = """
+services:
+  - name: worker
+    executor: local
+    command: ["{python}", "-c", "import time; time.sleep(600)"]
+    stop_grace_period: 1s
+    min_replicas: {min}
+    max_replicas: {max}
+    check_interval: 1s
+    policy: {policy}
+    cooldown_up: {cooldown_up}
+    cooldown_down: 30s
+    scale_down_stabilization: 60s
+    queue: {{kind: nats, url: "{url}", stream: JOBS, consumer: WORKERS, timeout: 1s}}
+    rules:
+      scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
+      scale_down_when: [{{metric: queue.backlog, op: "<=", value: 100}}]
+"""
+
+
+def config(tmp_path: Path, **over: Any) -> DocktorConfig:
+    values = {"python": sys.executable, "min": 1, "max": 10, "policy": "rules", "cooldown_up": "120s",
+              "url": "nats://127.0.0.1:4222", **over}
+    return parse_config(SERVICE.format(**values), tmp_path / "docktor.yaml", {})
+
+
+def svc_of(cfg: DocktorConfig) -> ServiceConfig:
+    return cfg.services[0]
+
+
+def ident(svc: ServiceConfig, llm: LLMConfig | None = None) -> Identity:
+    return Identity.of(svc, None, llm or LLMConfig())
+
+
+OPEN = Gate(up=True, down=True)
+
+
+def saved(svc: ServiceConfig, state: ServiceState, *, wall: float, mono: float, **extra: Any) -> dict[str, Any]:
+    doc = capture(Snapshot(ident(svc), state, **extra), service=svc.name, window=svc.scale_down_stabilization, wall=wall, mono=mono)
+    return json.loads(json.dumps(doc))  # as the file holds it
+
+
+# --------------------------------------------------------------------------- the guardrails across a restart
+
+
+def test_cooldown_counts_the_time_spent_down(tmp_path: Path) -> None:
+    svc = svc_of(config(tmp_path))
+    state = ServiceState(last_up_at=100.0)  # the old process's monotonic clock
+    doc = saved(svc, state, wall=10_000.0, mono=110.0)  # saved 10 s after the scale-up
+
+    # the new process: another monotonic clock; 50 s of wall time went by while nothing ran
+    back = restore(doc, ident(svc), svc, wall=10_050.0, mono=7.0)
+    env = envelope(svc, back.snapshot.state, 3, OPEN, 7.0)
+    assert (env.hi, env.hi_by) == (3, "cooldown_up")  # 60 s after the scale-up: 60 s of cooldown left
+    assert back.snapshot.state.last_up_at == pytest.approx(7.0 - 60.0)
+    later = envelope(svc, back.snapshot.state, 3, OPEN, 7.0 + 60.5)
+    assert later.hi_by == "step_limit"  # and not a second longer than that
+
+    # down for longer than the cooldown: nothing holds it back any more
+    long_after = restore(doc, ident(svc), svc, wall=10_200.0, mono=7.0)
+    assert envelope(svc, long_after.snapshot.state, 3, OPEN, 7.0).hi_by == "step_limit"
+
+
+def test_stabilization_window_survives_a_restart(tmp_path: Path) -> None:
+    svc = svc_of(config(tmp_path))
+    state = ServiceState()
+    for t, n in [(0.0, 6), (10.0, 6), (20.0, 3), (30.0, 3)]:
+        state.recommendations.append((t, n))
+    doc = saved(svc, state, wall=5_000.0, mono=30.0)
+    back = restore(doc, ident(svc), svc, wall=5_015.0, mono=1.0)  # 15 s down: the 6s are 45 and 35 s old
+    env = envelope(svc, back.snapshot.state, 6, OPEN, 1.0, proposal=2)
+    assert (env.lo, env.lo_by) == (6, "stabilization")
+    # 61 s after the last 6 was recommended (35 s before the restart), the window lets go
+    env = envelope(svc, back.snapshot.state, 6, OPEN, 1.0 + 26.0, proposal=2)
+    assert (env.lo, env.lo_by) == (5, "step_limit")  # down one step; the window's 3s no longer hold it at 6
+
+
+def test_backoff_and_breaker_deadlines_survive(tmp_path: Path) -> None:
+    svc = svc_of(config(tmp_path))
+    state = ServiceState(failures=2, backoff_until=160.0)
+    doc = saved(svc, state, wall=1_000.0, mono=100.0, breaker=Breaker(3, 140.0, "HTTP 500"))
+    back = restore(doc, ident(svc), svc, wall=1_020.0, mono=0.0)
+    s = back.snapshot.state
+    assert s.failures == 2 and s.backoff_until == pytest.approx(40.0)  # 60 s left when saved, 20 s spent down
+    assert envelope(svc, s, 3, OPEN, 0.0).hi_by == "backoff"
+    assert back.snapshot.breaker == Breaker(3, pytest.approx(20.0), "HTTP 500")
+
+
+@pytest.mark.parametrize(
+    ("change", "discarded", "kept"),
+    [
+        ({"cooldown_up": "60s"}, [], ["last scale-up", "stabilization"]),
+        ({"max": 12}, ["stabilization recommendation(s): max_replicas changed (10 -> 12)"], ["last scale-up"]),
+        ({"min": 2}, ["min_replicas changed (1 -> 2)"], ["last scale-up"]),
+        ({"policy": "docktor"}, ["policy changed (rules -> docktor)"], ["last scale-up"]),
+        ({"url": "nats://127.0.0.1:4333"}, ["rate baseline of source nats: source nats changed"], ["last scale-up", "stabilization"]),
+        ({"python": "/usr/bin/env"}, ["cooldown clocks and back-off: the executor changed", "the executor changed"], []),
+    ],
+)
+def test_each_piece_is_kept_while_what_gives_it_meaning_is(
+    tmp_path: Path, change: dict[str, Any], discarded: list[str], kept: list[str]
+) -> None:
+    old = svc_of(config(tmp_path))
+    state = ServiceState(last_up_at=90.0)
+    state.recommendations.append((95.0, 4))
+    doc = saved(old, state, wall=2_000.0, mono=100.0, sources={"nats": {"v": 1, "age_s": 0.0, "counters": {}}})
+    new = svc_of(config(tmp_path, **change))
+    back = restore(doc, ident(new), new, wall=2_005.0, mono=0.0)
+    text = " | ".join(back.discarded)
+    for d in discarded:
+        assert d in text
+    for k in kept:
+        assert any(k in line for line in back.kept), (k, back.kept)
+    if not discarded:
+        assert back.discarded == []
+    # the source's baseline is handed back unless that source changed
+    assert ("nats" in back.snapshot.sources) is not any("source nats" in d for d in back.discarded)
+    if "cooldown clocks" in text:
+        assert back.snapshot.state.last_up_at is None and not back.same_executor
+
+
+def test_a_stale_baseline_is_dropped_and_a_pause_is_kept(tmp_path: Path) -> None:
+    from docktor.agent.runtime.persist import Pause
+
+    svc = svc_of(config(tmp_path))
+    doc = saved(svc, ServiceState(), wall=1_000.0, mono=0.0, sources={"nats": {"v": 1}}, pause=Pause(990.0, 1_000.0 + 1800, "incident"))
+    back = restore(doc, ident(svc), svc, wall=1_000.0 + 600, mono=0.0)  # 10 minutes down
+    assert "rate baseline of source nats: 600 s old (kept up to 60 s)" in back.discarded
+    assert back.snapshot.sources == {}
+    assert back.snapshot.pause is not None and back.snapshot.pause.reason == "incident"
+    gone = restore(doc, ident(svc), svc, wall=1_000.0 + 1801, mono=0.0)  # the pause ended while down
+    assert gone.snapshot.pause is None
+
+
+def test_an_llm_change_discards_the_breaker(tmp_path: Path) -> None:
+    svc = svc_of(config(tmp_path))
+    llm = LLMConfig(provider="ollama", model="a")
+    doc = json.loads(json.dumps(capture(Snapshot(ident(svc, llm), ServiceState(), breaker=Breaker(2, 50.0, "x")),
+                                        service="worker", window=60, wall=100.0, mono=10.0)))
+    same = restore(doc, ident(svc, llm), svc, wall=101.0, mono=0.0)
+    assert same.snapshot.breaker is not None and same.snapshot.breaker.failures == 2
+    other = restore(doc, ident(svc, LLMConfig(provider="ollama", model="b")), svc, wall=101.0, mono=0.0)
+    assert other.snapshot.breaker is None and "LLM circuit breaker: the llm endpoint or model changed" in other.discarded
+
+
+# --------------------------------------------------------------------------- the write-ahead log read back
+
+
+def test_an_intent_without_its_outcome_counts_as_done(tmp_path: Path) -> None:
+    log = tmp_path / "decisions.jsonl"
+    lines = [
+        {"ts": "2026-01-01T00:00:00.000Z", "service": "worker", "id": "a", "phase": "intent", "decision": "scale_up"},
+        {"ts": "2026-01-01T00:00:01.000Z", "service": "worker", "id": "a", "phase": "outcome", "outcome": {"status": "ok"}},
+        {"ts": "2026-01-01T00:00:10.000Z", "service": "worker", "id": "b", "phase": "intent", "decision": "scale_down"},
+        {"ts": "2026-01-01T00:00:20.000Z", "service": "web", "id": "c", "phase": "intent", "decision": "scale_up"},
+        {"ts": "2026-01-01T00:00:21.000Z", "service": "web", "id": "c", "phase": "outcome",
+         "outcome": {"status": "error", "retry_at": "2026-01-01T00:01:21.000Z"}},
+        {"ts": "2026-01-01T00:00:22.000Z", "service": "worker", "decision": "hold"},
+    ]
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"torn line')
+    events = logged_events(log)
+    worker = fold(events["worker"], None)
+    assert worker.ids == ["a", "b"]
+    assert worker.last_up_at is not None and worker.last_down_at == worker.last_up_at + 10  # b: no outcome, counted
+    web = fold(events["web"], None)
+    assert web.last_up_at is None and web.failures == 1  # the failed one did not scale: it backs off
+    assert web.backoff_until is not None and web.backoff_until - worker.last_up_at == 81.0
+    assert fold(events["worker"], worker.last_up_at + 5).ids == ["b"]  # only what the state file does not have
+
+
+# --------------------------------------------------------------------------- the file on a full disk
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    d = small_disk(tmp_path / "state", 1024 * 1024)
+    try:
+        yield d
+    finally:
+        d.umount()
+
+
+def test_the_state_file_is_replaced_whole_or_not_at_all(disk: SmallDisk) -> None:
+    store = StateStore(disk.path)
+    store.save("worker", {"n": 1})
+    disk.fill()
+    with pytest.raises(OSError):
+        store.save("worker", {"n": 2, "pad": "x" * 10_000})
+    assert store.load("worker") == {"n": 1}  # the previous state, whole
+    assert [p.name for p in store.dir.iterdir()] == ["worker.json"]  # no temporary file left behind
+    disk.free()
+    store.save("worker", {"n": 3})
+    assert store.load("worker") == {"n": 3}
+
+
+async def test_a_full_disk_never_stops_a_tick_and_a_garbage_file_starts_afresh(
+    disk: SmallDisk, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_stream(nats_server.url)
+    await publish(nats_server.url, "jobs.x", 700)
+    state_dir = disk.path
+    (state_dir / "state").mkdir()
+    (state_dir / "state" / "worker.json").write_text("{not json")
+    # min 0: the replicas of the local executor stop with the daemon, and a restart must not scale up
+    # again from 0 within cooldown_up (min_replicas 1 would correct 0 -> 1 whatever the cooldown)
+    text = SERVICE.format(python=sys.executable, min=0, max=4, policy="rules", cooldown_up="120s", url=nats_server.url)
+    cfg = parse_config(f"state_dir: {state_dir}\n" + text, state_dir / "docktor.yaml", {})
+    caplog.set_level(logging.INFO, logger="docktor")
+    daemon = Daemon(cfg, state="write")
+    await daemon.open()
+    try:
+        assert "state file" in caplog.text and "unusable" in caplog.text
+        runner = daemon.runners["worker"]
+        first = await daemon.tick(runner)
+        assert first.decision == "scale_up" and first.executed
+        assert json.loads((state_dir / "state" / "worker.json").read_text())["last_up_at"] is not None
+
+        disk.fill()
+        caplog.clear()
+        second = await daemon.tick(runner)  # the log cannot take it either: decided in memory, not acted
+        assert second.target_replicas == first.target_replicas
+        assert runner.save_error is not None and "state file" in caplog.text and "not writable" in caplog.text
+        assert daemon.status()["services"]["worker"]["state_file_error"] == runner.save_error
+        disk.free()
+        await daemon.tick(runner)
+        assert runner.save_error is None and "state file writable again" in caplog.text
+    finally:
+        await daemon.close()
+
+    # and a new daemon finds the clock the first one saved
+    again = Daemon(cfg, state="write")
+    await again.open()
+    try:
+        rec = await again.tick(again.runners["worker"])
+        assert rec.decision == "hold" and rec.envelope is not None and rec.envelope["hi_by"] == "cooldown_up"
+    finally:
+        await again.close()
+    await asyncio.sleep(0)
