@@ -320,6 +320,10 @@ class ComposeExecutor(Executor[ComposeSettings]):
             found.append(str(e))
         return found
 
+    def target(self) -> str:
+        """The engine, project and service: two daemons (any configs) never scale the same one."""
+        return f"{os.environ.get('DOCKER_HOST') or 'unix:///var/run/docker.sock'}/{self.project}/{self.service}"
+
     def __repr__(self) -> str:
         return f"ComposeExecutor(project={self.project!r}, service={self.service!r}, file={str(self.compose_file)!r})"
 
