@@ -1,0 +1,128 @@
+"""Real ``docktor`` daemons for the restart and control tests: started as the user starts them, read
+back through their own files, and killed with SIGKILL at the moment a test chooses.
+
+Every process started here is stopped by the test that started it (``Running.kill``/``stop``);
+replicas are found by a marker in their command line, so a test can count exactly its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docktor.agent.runtime.daemon import process_alive
+
+__all__ = ["Running", "docktor", "marked_processes", "raw_lines", "records", "start_foreground", "wait_until"]
+
+
+def docktor(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "docktor.agent.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env or {})}, check=False)
+
+
+def wait_until(what: str, condition: Callable[[], Any], timeout: float = 60.0, poll: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned); fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = condition()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(poll)
+
+
+def raw_lines(path: Path) -> list[dict[str, Any]]:
+    """Every whole line of the decision log (and its rotations), parsed, in order."""
+    out = []
+    for f in sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0):
+        if f.suffix[1:].isdigit():
+            out += [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    if path.exists():
+        out += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return out
+
+
+def records(path: Path, service: str | None = None) -> list[dict[str, Any]]:
+    """One record per decision (intent merged with its outcome), as ``daemon logs`` reads them."""
+    from docktor.agent.runtime.decision_log import read_records
+
+    return list(read_records(path, service=service))
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Live processes whose command line contains ``marker`` (a test's own replicas)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmd and process_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+@dataclass
+class Running:
+    """A daemon in the foreground (``daemon start --foreground``), as systemd would run it."""
+
+    proc: subprocess.Popen[bytes]
+    config: Path
+    state_dir: Path
+    output: Path
+    starts: list[float] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def kill(self) -> None:
+        """``kill -9``: no handler runs, nothing is flushed or saved."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def start_foreground(config: Path, state_dir: Path, *, env: dict[str, str] | None = None, ready_timeout: float = 60) -> Running:
+    """Start ``docktor daemon start --foreground`` and return once it answers on its control socket."""
+    from docktor.agent.runtime.control import ControlClient, ControlUnavailable
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    n = len(list(state_dir.glob("foreground-*.out")))
+    output = state_dir / f"foreground-{n}.out"
+    with output.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "docktor.agent.cli", "daemon", "start", "--config", str(config), "--foreground"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+    running = Running(proc, config, state_dir, output)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the daemon exited at start ({proc.returncode}): {running.log_text()[-2000:]}")
+        try:
+            return ControlClient(state_dir / "docktor.sock", timeout=2).ping().get("pid") == proc.pid
+        except ControlUnavailable:
+            return False
+
+    wait_until("the daemon to answer on its control socket", ready, ready_timeout)
+    return running
