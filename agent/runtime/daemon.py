@@ -167,6 +167,7 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     for w in config.warnings:
         log.warning("config: %s", w)
     code = 0
+    refusal: list[str] = []  # a one-line reason not to run, printed last
 
     async def main() -> None:
         nonlocal code
@@ -202,7 +203,7 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
                 daemon.claim_targets("daemon")
             except TargetBusy as e:
                 where = f"service {e.holder.get('service')}: " if e.holder.get("service") else ""
-                print(f"error: {where}{e}; refusing to start a second daemon on it", file=sys.stderr, flush=True)
+                refusal.append(f"error: {where}{e}; refusing to start a second daemon on it")
                 code = 2
                 return
             server = ControlServer(paths.socket, control_handler(daemon, reload))
@@ -219,7 +220,8 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
             await daemon.close()
             if server is not None:
                 await server.close()  # last: ``daemon status`` answers while replicas stop
-            log.info("stopped")
+            if not refusal:
+                log.info("stopped")
 
     try:
         asyncio.run(main())
@@ -228,6 +230,10 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
         paths.status.unlink(missing_ok=True)
         paths.info.unlink(missing_ok=True)
         os.close(lock_fd)
+    if refusal:  # last, so that `daemon start` shows it as the reason
+        from docktor.agent.redact import redact
+
+        print(redact(refusal[0]), file=sys.stderr, flush=True)
     return code
 
 
@@ -321,10 +327,19 @@ def start_background(config_path: Path, config: DocktorConfig, *, advisory: bool
             if proc.returncode == 2 and tail and tail[0].startswith("error: "):
                 raise UsageError(tail[0][len("error: "):])  # the daemon's own one-line refusal
             raise UsageError(f"daemon exited at start (code {proc.returncode}): {tail[0] if tail else 'no output'}")
-        if running_pid(paths) == proc.pid:
-            return proc.pid
+        if running_pid(paths) == proc.pid and _answers(paths, proc.pid):
+            return proc.pid  # ready: it holds the lock and its targets, and answers on its socket
         time.sleep(0.05)
     raise UsageError(f"daemon did not report ready within {wait:g} s; see {paths.daemon_log}")
+
+
+def _answers(paths: Paths, pid: int) -> bool:
+    from docktor.agent.runtime.control import ControlClient, ControlError, ControlUnavailable
+
+    try:
+        return bool(ControlClient(paths.socket, timeout=1.0).ping().get("pid") == pid)
+    except (ControlUnavailable, ControlError):
+        return False
 
 
 def stop_wait(config: DocktorConfig) -> float:
