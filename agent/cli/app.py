@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from docktor.agent.cli import daemon as daemon_commands
+from docktor.agent.cli import explain as explain_command
 from docktor.agent.cli import llm as llm_commands
 from docktor.agent.cli import sim as sim_commands
 from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
@@ -138,6 +139,7 @@ def demo(
 # ---------------------------------------------------------------------------- groups
 
 daemon_commands.register(app)
+explain_command.register(app)
 llm_commands.register(app)
 sim_commands.register(app)
 
