@@ -21,7 +21,18 @@ import pytest
 import yaml
 
 from tests.examples import daemon, example_config, wait_until
-from tests.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project, wait_for_consumer
+from tests.peers import (
+    DOCKER_SKIP_REASON,
+    REPO,
+    compose,
+    containers,
+    docker_ok,
+    down,
+    free_port,
+    need,
+    unique_project,
+    wait_for_consumer,
+)
 
 EXAMPLE = REPO / "examples" / "nats-multi"
 
