@@ -509,3 +509,35 @@ def test_daemon_refuses_to_start_when_its_metrics_port_is_taken(tmp_path: Path) 
     assert errors == [f"error: metrics.listen: cannot listen on 127.0.0.1:{port}: Address already in use"], done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "state" / "decisions.jsonl").exists() or not (tmp_path / "state" / "decisions.jsonl").read_text()
+
+
+def test_series_follow_a_reloaded_config() -> None:
+    """A reload (Daemon.config replaced): a removed service's series go, a new one's come, a
+    changed one's start afresh, an unchanged one keeps its counts."""
+    two = SERVICE + SERVICE.replace("name: w", "name: keep").split("services:", 1)[1]
+    before = parse_config(two)
+    current = [before]
+    m = DaemonMetrics(before, current_config=lambda: current[0])
+    m.record(record(service="w"))
+    m.record(record(service="keep"))
+    after = parse_config(
+        SERVICE.replace("name: w", "name: keep")
+        + SERVICE.replace("name: w", "name: added").split("services:", 1)[1]
+    )
+    current[0] = after
+    m.record(record(service="added"))
+    samples, _ = exported(m)
+    services = {dict(labels).get("service") for (name, labels) in samples if name.startswith("docktor_")} - {None}
+    assert services == {"keep", "added"}  # w went away
+    held = dict(decision="hold", source="rules", executed="false")
+    assert value(samples, "docktor_decisions_total", service="keep", **held) == 1  # unchanged: kept
+    assert value(samples, "docktor_decisions_total", service="added", **held) == 1
+    # changed: max_replicas 10 -> 20, its counters start afresh
+    changed = parse_config(SERVICE.replace("name: w", "name: keep").replace("policy: rules", "policy: rules\n    max_replicas: 20")
+                           + SERVICE.replace("name: w", "name: added").split("services:", 1)[1])
+    current[0] = changed
+    m.record(record(service="added"))
+    samples, _ = exported(m)
+    assert value(samples, "docktor_replicas_max", service="keep") == 20
+    assert value(samples, "docktor_decisions_total", service="keep", **held) == 0
+    assert value(samples, "docktor_decisions_total", service="added", **held) == 2

@@ -93,6 +93,7 @@ class DaemonMetrics:
         mode: str | None = None,
         in_flight: Callable[[str], bool] | None = None,
         health: Callable[[], Mapping[str, Any]] | None = None,
+        current_config: Callable[[], DocktorConfig] | None = None,
         wall: Callable[[], float] = time.time,
     ):
         _disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: Prometheus does not use them, they double the output
@@ -100,6 +101,7 @@ class DaemonMetrics:
         self.services = {svc.name: svc for svc in config.services}
         self._in_flight = in_flight
         self._health = health
+        self._current_config = current_config
         self._wall = wall
         self._observed: dict[str, set[str]] = {name: set() for name in self.services}
         self._complained: set[str] = set()
@@ -230,6 +232,8 @@ class DaemonMetrics:
 
     def record(self, rec: DecisionRecord) -> None:
         """One decision (``Daemon.on_record``). Never raises: a bug here must not fail a tick."""
+        if self._current_config is not None:
+            self._guarded("reload", self._follow_config)
         self._guarded("record", self._record, rec)
         self._guarded("log health", self.log_health)
 
@@ -252,6 +256,39 @@ class DaemonMetrics:
                 counter.inc(total - self._log_totals[key])
                 self._log_totals[key] = total
 
+    def _follow_config(self) -> None:
+        assert self._current_config is not None
+        config = self._current_config()
+        if config is not self.config:
+            self.reload(config)
+
+    def reload(self, config: DocktorConfig) -> None:
+        """Follow a new config (a reload): a removed service's series go away; a new or changed
+        service's start afresh (counters from 0: ``rate()`` reads that as a reset); an unchanged
+        service keeps its own."""
+        old, old_llm = self.services, self.config.llm
+        self.config = config
+        self.services = {svc.name: svc for svc in config.services}
+        for name, svc in old.items():
+            if name not in self.services or _fingerprint(self.services[name]) != _fingerprint(svc) or config.llm != old_llm:
+                self._forget(name)
+        for svc in config.services:
+            if svc.name not in self._observed:
+                self._observed[svc.name] = set()
+                self._start_service(svc)
+
+    def _forget(self, service: str) -> None:
+        """Remove every series of ``service``."""
+        for metric in vars(self).values():
+            if not isinstance(metric, Gauge | Counter | Histogram) or "service" not in metric._labelnames:
+                continue
+            names = metric._labelnames
+            found = {tuple(s.labels[n] for n in names)
+                     for fam in metric.collect() for s in fam.samples if s.labels.get("service") == service}
+            for values in found:
+                metric.remove(*values)
+        self._observed.pop(service, None)
+
     def _guarded(self, what: str, fn: Callable[..., None], *args: Any) -> None:
         try:
             fn(*args)
@@ -264,7 +301,7 @@ class DaemonMetrics:
         s = rec.service
         svc = self.services.get(s)
         if svc is None:
-            return  # a service this exporter was not built for (a reload adds it on restart)
+            return  # not in the config this exporter follows (it follows Daemon.config)
         self.decisions.labels(s, rec.decision, rec.source, "true" if rec.executed else "false").inc()
         self.last_decision.labels(s).set(self._wall())
         _set_or_remove(self.replicas_current, s, rec.current_replicas)
@@ -341,6 +378,14 @@ class DaemonMetrics:
         if key not in self._complained:
             self._complained.add(key)
             log.warning(msg, *args)
+
+
+def _fingerprint(svc: ServiceConfig) -> Any:
+    """What makes a service's series mean the same thing across a reload (not where in the file
+    it was written)."""
+    executor = None if svc.executor is None else (svc.executor.kind, svc.executor.settings.model_dump())
+    sources = [(s.name, s.kind, s.primary, s.settings.model_dump()) for s in svc.sources]
+    return svc.model_dump(), executor, sources
 
 
 def _set_or_remove(gauge: Gauge, service: str, value: float | None) -> None:
@@ -499,6 +544,7 @@ def serve(config: DocktorConfig, daemon: Any) -> Exporter:
         mode=daemon.mode,
         in_flight=lambda name: daemon.beside is not None and daemon.beside.in_flight(name),
         health=daemon.recorder.health,
+        current_config=lambda: daemon.config,  # a reload replaces it: the series follow
     )
     try:
         server = MetricsServer(config.metrics.host, config.metrics.port, metrics.registry)
