@@ -108,6 +108,7 @@ def running_pid(paths: Paths) -> int | None:
 
 def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT. Returns the exit code."""
+    from docktor.agent.runtime import metrics
     from docktor.agent.runtime.loop import Daemon
 
     paths = paths_for(config)
@@ -121,6 +122,7 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
 
     async def main() -> None:
         daemon = Daemon(config, mode=mode, log_path=paths.decisions, status_path=paths.status)
+        exporter = metrics.serve(config, daemon)  # /metrics when metrics.listen is set; binds before any tick
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -134,6 +136,7 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
             await daemon.run(stop)
         finally:
             await daemon.close()
+            exporter.close()
             logging.getLogger("docktor").info("stopped")
 
     try:
