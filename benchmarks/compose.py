@@ -125,6 +125,7 @@ async def run_system(system: System, args: argparse.Namespace) -> None:
         "COMPOSE_PROJECT_NAME": system.project,
         "NATS_PORT": str(port),
         "NATS_MONITOR_PORT": str(monitor),
+        "DOCKTOR_METRICS_PORT": str(free_port()),  # the example's metrics.listen: one port per daemon
         "RATE": str(args.rate),
         "BURST_RATE": str(args.burst_rate),
         "BURST_INTERVAL": str(args.burst_interval),

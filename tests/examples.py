@@ -3,7 +3,6 @@ its decision log, and waiting on conditions (never on sleeps)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from docktor.agent.runtime.decision_log import read_records
 
 DOCKTOR = Path(sys.executable).with_name("docktor")
 
@@ -47,7 +48,7 @@ def daemon(config: Path, env: dict[str, str], *args: str) -> Iterator[Callable[[
                 raise AssertionError(f"daemon exited with {proc.returncode}:\n{out.read_text()}")
             if not decisions.exists():
                 return []
-            return [json.loads(line) for line in decisions.read_text().splitlines() if line.strip()]
+            return list(read_records(decisions))  # one per decision: intent and outcome lines merged
 
         try:
             yield read
@@ -71,6 +72,11 @@ def wait_until(what: str, cond: Callable[[], bool], timeout: float, every: float
 
 def executed(records: list[dict[str, Any]], decision: str) -> list[dict[str, Any]]:
     return [r for r in records if r["decision"] == decision and r["executed"]]
+
+
+def outcomes_logged(records: list[dict[str, Any]]) -> bool:
+    """Every executed decision has its outcome line (an intent alone reads as status ``unknown``)."""
+    return all((r.get("outcome") or {}).get("status") != "unknown" for r in records if r.get("executed"))
 
 
 def errors(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

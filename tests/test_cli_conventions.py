@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -82,6 +83,7 @@ def test_logs_follow_prints_the_same_columns_as_the_table(tmp_path: Path) -> Non
 def test_decide_table_shows_why_a_service_holds(tmp_path: Path, nats_server: NatsServer) -> None:
     """No stream yet: the table says so next to the hold, not only --json."""
     cfg = write_config(tmp_path, nats_server)
-    done = docktor("decide", "-c", str(cfg), "--dry-run")
+    done = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "decide", "-c", str(cfg), "--dry-run"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "400"}, check=False)
     assert done.returncode == 0, done.stderr
-    assert "stream 'JOBS' not found" in done.stdout, done.stdout
+    assert "| source: stream 'JOBS' not found" in done.stdout, done.stdout

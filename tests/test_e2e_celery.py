@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.examples import daemon, errors, example_config, executed, wait_until
+from tests.examples import daemon, errors, example_config, executed, outcomes_logged, wait_until
 from tests.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project
 
 EXAMPLE = REPO / "examples" / "celery-redis"
@@ -116,6 +116,8 @@ def test_burst_scales_the_celery_worker_up_then_back_down_without_losing_a_task(
             return stack.workers() == 1 and len(containers(stack.project, "worker")) == 1
 
         wait_until("the idle worker scaled back down to min_replicas", back_to_one, 180)
+        # the last scale-in is logged as intent, then its outcome once the executor has verified it
+        wait_until("every executed decision\'s outcome is logged", lambda: outcomes_logged(decisions()), 60)
         records = decisions()
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")

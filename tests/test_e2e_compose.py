@@ -68,6 +68,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "COMPOSE_PROJECT_NAME": project,  # read by Compose and by Docktor's default project name
         "NATS_PORT": str(port),
         "NATS_MONITOR_PORT": str(monitor),
+        "DOCKTOR_METRICS_PORT": str(free_port()),  # the example's metrics.listen, never a port another run holds
         # the producer stays idle: the tests make the backlog themselves, so it is known
         "RATE": "0",
         "BURST_INTERVAL": "0",

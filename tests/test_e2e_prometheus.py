@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.examples import daemon, errors, example_config, executed, wait_until
+from tests.examples import daemon, errors, example_config, executed, outcomes_logged, wait_until
 from tests.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project
 
 EXAMPLE = REPO / "examples" / "prometheus"
@@ -95,18 +95,24 @@ def test_rules_on_the_workers_own_metrics_scale_up_then_back_down(stack: Stack) 
         r.rpush("jobs", *(json.dumps({"n": i}) for i in range(n)))
         r.close()
 
-        def drained_after_scale_up() -> bool:
-            nonlocal peak
-            peak = max(peak, stack.workers())
-            return peak >= 3 and stack.waiting_and_done() == (0, n)
+        scraped = 0
 
-        wait_until("the worker scaled up and the queue drained", drained_after_scale_up, 300)
-        assert stack.scraped_workers() >= 2  # Prometheus found the replicas Docktor added
+        def drained_after_scale_up() -> bool:
+            nonlocal peak, scraped
+            peak = max(peak, stack.workers())
+            # Prometheus finds the replicas Docktor adds (its DNS discovery refreshes on its own
+            # clock, so sample it all along rather than at the one moment the queue drains)
+            scraped = max(scraped, stack.scraped_workers())
+            return peak >= 3 and scraped >= 2 and stack.waiting_and_done() == (0, n)
+
+        wait_until("the worker scaled up, Prometheus scraped the new replicas and the queue drained", drained_after_scale_up, 300)
 
         def back_to_one() -> bool:
             return stack.workers() == 1 and len(containers(stack.project, "worker")) == 1
 
         wait_until("the idle worker scaled back down to min_replicas", back_to_one, 240)
+        # the last scale-in is logged as intent, then its outcome once the executor has verified it
+        wait_until("every executed decision\'s outcome is logged", lambda: outcomes_logged(decisions()), 60)
         records = decisions()
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")

@@ -134,7 +134,9 @@ async def test_single_service_config_decides_on_cpu_percent_from_the_compose_exe
             stop_grace_period: 1s
     """))
     project = unique_project()
-    text = SINGLE.replace("min_replicas: 2", "min_replicas: 1") + f"state_dir: {tmp_path / 'state'}\n"
+    # a threshold the burner exceeds even on a loaded machine (it gets most of a core, not all)
+    text = SINGLE.replace("min_replicas: 2", "min_replicas: 1").replace("cpu_high: 70.0", "cpu_high: 25.0")
+    text += f"state_dir: {tmp_path / 'state'}\n"
     config = parse_config(text, tmp_path / "docktor.yaml", {"COMPOSE_PROJECT_NAME": project})
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", project)  # the executor derives the project as Compose would
     daemon = Daemon(config)
@@ -149,8 +151,8 @@ async def test_single_service_config_decides_on_cpu_percent_from_the_compose_exe
                 break
             await asyncio.sleep(1)
         cpu = record.observations["cpu.avg"]
-        assert cpu > 70, record.observations
-        assert record.matched_rules == [f"cpu.avg {cpu:.4g} > 70"]
+        assert cpu > 25, record.observations
+        assert record.matched_rules == [f"cpu.avg {cpu:.4g} > 25"]
         assert (record.decision, record.current_replicas, record.target_replicas, record.executed) == ("scale_up", 1, 3, False)
     finally:
         await daemon.close()

@@ -171,11 +171,11 @@ def test_settings_defaults() -> None:
 @pytest.mark.parametrize(
     ("extra", "field", "fragment"),
     [
-        ({"url": f"http://guest:{CANARY}@host:15672"}, None, "url: no credentials in the URL"),
+        ({"url": f"http://guest:{CANARY}@host:15672"}, "url", "no credentials in the URL"),
         ({"url": "ftp://host"}, "url", "management API"),
         ({"url": "amqp://host/vh"}, "url", "vhost goes in vhost:"),
         ({"username_env": "U"}, None, "go together"),
-        ({"username_env": "U", "password_env": CANARY + " x"}, None, "password_env: must be the name of an environment variable"),
+        ({"username_env": "U", "password_env": CANARY + " x"}, "password_env", "must be the name of an environment variable"),
         ({"tls": {"ca_file": "ca.pem"}}, None, "https:// or amqps://"),
         ({"url": "https://h", "tls": {"cert_file": "c.pem"}}, "tls", "go together"),
         ({"queue": ""}, "queue", "1 to 255 bytes"),

@@ -95,11 +95,14 @@ class ExecutorError(Exception):
 
 
 def one_line(e: BaseException) -> str:
-    """``TypeName: first line of the message`` (or the type name alone): one line for a log or a record."""
+    """One line for a log or a record: the first line of the message, after the type's name unless
+    the error is a :class:`SourceError`/:class:`ExecutorError` (written for the user already)."""
     if isinstance(e, TimeoutError):
         return "timed out"
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[0].strip()}" if lines else type(e).__name__
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[0] if isinstance(e, SourceError | ExecutorError) else f"{type(e).__name__}: {lines[0]}"
 
 
 _USERINFO = re.compile(r"(?<=//)[^/@\s]*@")

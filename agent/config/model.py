@@ -8,11 +8,13 @@ step limits, cooldowns and stabilization.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from docktor.tools.sdk import PluginSettings, PositiveSeconds, Seconds
 
@@ -229,12 +231,75 @@ class LogConfig(Strict):
     backups: int = Field(default=5, ge=0)
 
 
+#: where ``/metrics`` listens when ``metrics.listen`` gives a bare port
+DEFAULT_METRICS_HOST = "127.0.0.1"
+
+
+class MetricsConfig(Strict):
+    """``/metrics`` for Prometheus: off unless ``listen`` is set; loopback unless ``allow_remote``."""
+
+    #: serve on an address other hosts can reach (declared before ``listen``, which checks it)
+    allow_remote: bool = False
+    #: ``host:port`` (``127.0.0.1:9464``, ``[::1]:9464``), or a bare port on 127.0.0.1
+    listen: str | None = None
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        host, port = split_listen(str(value))
+        if not info.data.get("allow_remote", False) and not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(
+                "not a loopback address: metrics would be served beyond this host "
+                "(set metrics.allow_remote: true if that is what you want)"
+            )
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def host(self) -> str:
+        assert self.listen is not None
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        assert self.listen is not None
+        return split_listen(self.listen)[1]
+
+
+def split_listen(text: str) -> tuple[str, int]:
+    """``host:port`` -> (IP address, port). A bare port means 127.0.0.1, ``:port`` every address
+    (Prometheus's own convention), ``localhost`` 127.0.0.1; other host names are refused, since
+    what they resolve to decides who can reach the endpoint."""
+    text = text.strip()
+    if text.isdigit():
+        host, port_text = DEFAULT_METRICS_HOST, text
+    else:
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
+        if m is None:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464 or [::1]:9464")
+        host = m.group(1) or m.group(3) or ""
+        port_text = m.group(2) or m.group(4)
+        host = {"": "0.0.0.0", "localhost": DEFAULT_METRICS_HOST}.get(host, host)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError("the host must be an IP address or localhost, e.g. 127.0.0.1:9464") from None
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError("the port must be between 1 and 65535")
+    return host, port
+
+
 class DocktorConfig(Strict):
     version: str | int | None = None
     mode: Literal["autonomous", "advisory"] = "autonomous"
     state_dir: Path | None = None
     llm: LLMConfig = Field(default_factory=LLMConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     services: list[ServiceConfig] = Field(min_length=1)
 
     # Filled in by the loader.

@@ -153,6 +153,7 @@ def load_for_run(path: Path) -> DocktorConfig:
 
 def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+    from docktor.agent.runtime import metrics
     from docktor.agent.runtime.control import ControlServer
     from docktor.agent.runtime.loop import Daemon
     from docktor.agent.runtime.rundir import TargetBusy
@@ -172,6 +173,7 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     async def main() -> None:
         nonlocal code
         daemon = Daemon(config, mode=mode, log_path=paths.decisions, status_path=paths.status, state="write")
+        exporter = metrics.serve(config, daemon)  # /metrics when metrics.listen is set; binds before any tick
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -220,6 +222,7 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
             await daemon.close()
             if server is not None:
                 await server.close()  # last: ``daemon status`` answers while replicas stop
+            exporter.close()
             if not refusal:
                 log.info("stopped")
 

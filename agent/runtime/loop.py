@@ -127,6 +127,7 @@ class Daemon:
         self.advisor: Any = None
         self.beside: Any = None  # AdvisorBeside: the LLM's calls, beside the loop
         self.on_record: list[Callable[[DecisionRecord], None]] = []
+        self.on_tick: list[Callable[[str, float], None]] = []  # (service, seconds): the metrics' tick timer
         self.state_mode: StateMode = state
         self.store = StateStore(self.state_dir)
         self.phase = "starting"  # running, stopping: for ``daemon status`` while it stops
@@ -293,10 +294,13 @@ class Daemon:
         start = self.mono()
         k = 0
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 await self.tick(runner)
             except Exception as e:  # a bug in one tick must not end the service's loop
                 log.exception("tick of %s failed: %s", runner.svc.name, e)
+            for hook in self.on_tick:
+                hook(runner.svc.name, time.monotonic() - started)
             # Drift-free: the k-th tick is due at start + k*interval; overrun ticks are skipped.
             k = max(k + 1, math.floor((self.mono() - start) / interval) + 1)
             delay = start + k * interval - self.mono()

@@ -230,6 +230,8 @@ class NatsSource(Source[NatsSettings]):
         self._nc: Client | None = None
         self._jsm: JetStreamManager | None = None
         self._last_error: str | None = None
+        #: a connection failure was logged and nothing has connected since (say it once, then when it recovers)
+        self._unreachable_logged = False
         self._lock = asyncio.Lock()
         self._prev: Snapshot | None = None
         self._prev_at = 0.0
@@ -443,8 +445,13 @@ class NatsSource(Source[NatsSettings]):
                 failed.set()
             log.debug("nats %s: %s", s.url, self._last_error)
 
+        established = False
+
         async def on_disconnect() -> None:
-            log.info("nats %s: disconnected; reconnecting", s.url)
+            # nats-py also calls this when a first connect that never succeeded is closed: only a
+            # connection that was up can be "disconnected"
+            if established:
+                log.info("nats %s: disconnected; reconnecting", s.url)
 
         async def on_reconnect() -> None:
             log.info("nats %s: reconnected", s.url)
@@ -482,7 +489,14 @@ class NatsSource(Source[NatsSettings]):
                 await _close_quietly(nc, t)
         if not ok:
             reason = self._last_error or (f"no answer within {t:g}s" if connect not in done else "connection failed")
+            if not self._unreachable_logged:  # once per outage, not once per attempt and tick
+                log.warning("nats %s: cannot connect: %s (retrying every tick)", s.url, reason)
+                self._unreachable_logged = True
             raise _Transient(f"cannot connect to {s.url}: {reason}")
+        established = True
+        if self._unreachable_logged:
+            log.warning("nats %s: connected again", s.url)
+            self._unreachable_logged = False
         self._nc, self._jsm = nc, nc.jsm(timeout=t)
         return self._jsm
 
