@@ -169,6 +169,10 @@ def test_pause_logs_every_decision_and_acts_on_nothing_until_resumed(setup_facto
     assert len(s.replicas("worker")) == 1
     table = s.cli("daemon", "status").stdout
     assert "paused" in table and "until 20" in table
+    logs = s.cli("daemon", "logs", "-n", "3").stdout
+    assert "│ paused " in logs  # the outcome column says why nothing was executed
+    prose = s.cli("explain", "-n", "1", "--changes").stdout
+    assert "not executed: the service is paused until 20" in prose and "(docktor pause: incident 42)" in prose
 
     # a restart keeps the pause
     assert s.cli("daemon", "stop").returncode == 0
@@ -213,7 +217,7 @@ def test_scale_is_a_manual_decision_clamped_by_min_and_max(setup_factory: Any) -
 
     r = s.cli("scale", "worker", "--to", "99", "--reason", "load test")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("worker: scale_up 1 -> 4 (manual: load test; max_replicas 99 -> 4): ok: ")
+    assert r.stdout.startswith("worker: scale_up 1 -> 4 (manual: load test; capped at 4 by max_replicas (asked 99)): ok: ")
     rec = next(d for d in reversed(s.decisions("worker")) if d["source"] == "manual")
     assert (rec["current_replicas"], rec["target_replicas"], rec["proposal"]) == (1, 4, 99)
     assert rec["guardrails"] == [{"name": "max_replicas", "from": 99, "to": 4}] and rec["executed"] is True
@@ -314,7 +318,7 @@ def test_the_protocol_and_its_python_client(tmp_path: Path, nats_server: NatsSer
         assert proposal["source"] == "mcp" and proposal["mode"] == "dry-run" and proposal["proposal"] == 9
         # the same envelope as the LLM's: held by cooldown_up, which a manual scale would ignore
         assert proposal["target_replicas"] == proposal["current_replicas"] and proposal["envelope"]["hi_by"] == "cooldown_up"
-        assert proposal["reason"].startswith("mcp: the queue grows; cooldown_up 9 -> ")
+        assert proposal["reason"].startswith("mcp: the queue grows; held at 1 by cooldown_up (")
         assert not any(x.get("source") == "mcp" for x in raw_lines(deep / "decisions.jsonl")[before:])  # nothing recorded
 
         with pytest.raises(ControlError) as e:

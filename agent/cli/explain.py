@@ -48,6 +48,11 @@ def _outcome(rec: Mapping[str, Any]) -> str:
     if not rec.get("executed"):
         if rec.get("decision") == "hold":
             return "nothing to do"
+        paused = rec.get("paused")
+        if paused:
+            until = f"until {paused.get('until')}" if paused.get("until") else "until resumed"
+            why = f": {paused['reason']}" if paused.get("reason") else ""
+            return f"not executed: the service is paused {until} (docktor pause{why})"
         return f"not executed ({rec.get('mode')} mode)" if rec.get("mode") != "autonomous" else "not executed"
     o = rec.get("outcome") or {}
     took = f" in {float(o.get('duration_ms') or 0) / 1000:.1f} s" if o.get("duration_ms") is not None else ""

@@ -30,6 +30,8 @@ def arrow(rec: dict[str, Any]) -> str:
 
 def outcome_text(rec: dict[str, Any]) -> str:
     if not rec.get("executed"):
+        if rec.get("paused") and rec.get("decision") != "hold":
+            return "paused"
         return "advisory" if rec.get("mode") in ("advisory", "dry-run") and rec.get("decision") != "hold" else "-"
     o = rec.get("outcome") or {}
     return f"{o.get('status', '?')} {o.get('duration_ms', 0):.0f}ms"
