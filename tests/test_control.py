@@ -462,3 +462,40 @@ def test_stop_and_status_work_with_a_broken_config(setup_factory: Any) -> None:
     assert st.returncode == 3 and st.stdout.strip() == "docktor is not running"
     assert st.stderr.startswith("warning: services[0]") and f"using the state in {s.tmp / 'elsewhere'} (state_dir read from the file)" in st.stderr
     s.config.write_text(original)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+def test_decide_once_acts_on_compose_records_the_outcome_and_keeps_the_cooldown(tmp_path: Path, nats_server: NatsServer) -> None:
+    """Without a daemon, decide --once acts (Compose replicas outlive it), records intent and
+    outcome, and saves the state it leaves: the next decide --once (or a daemon started next)
+    honours the cooldown it started."""
+    from tests.peers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, need, unique_project
+
+    need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
+    asyncio.run(make_streams(nats_server.url, {"WORKER": 700}))
+    project = unique_project("docktor-decide")
+    compose_file = tmp_path / "compose.yaml"
+    compose_file.write_text('services:\n  worker:\n    image: python:3.12-slim\n    command: ["python", "-c", '
+                            '"import time\\nwhile True: time.sleep(1)"]\n    stop_grace_period: 1s\n')
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(COMPOSE_CONFIG.format(state=tmp_path / "state", compose_file=compose_file, project=project, url=nats_server.url)
+                   + "    scale_up_by: 1\n    cooldown_up: 300s\n")
+    env = {"DOCKTOR_RUN_DIR": str(tmp_path / "run")}
+    try:
+        compose(project, compose_file, "up", "-d", "--scale", "worker=1")
+        first = docktor("decide", "--once", "--json", "--window", "0", "--config", str(cfg), env=env)
+        assert first.returncode == 0, first.stderr
+        rec = json.loads(first.stdout)
+        assert (rec["decision"], rec["current_replicas"], rec["target_replicas"], rec["executed"]) == ("scale_up", 1, 2, True)
+        assert rec["outcome"]["status"] == "ok" and len(containers(project, "worker", all=False)) == 2
+        lines = [x for x in raw_lines(tmp_path / "state" / "decisions.jsonl") if x.get("id") == rec["id"]]
+        assert [x.get("phase") for x in lines] == ["intent", "outcome"]
+        assert json.loads((tmp_path / "state" / "state" / "worker.json").read_text())["last_up_at"] is not None
+
+        second = json.loads(docktor("decide", "--once", "--json", "--window", "0", "--config", str(cfg), env=env).stdout)
+        assert (second["decision"], second["current_replicas"], second["executed"]) == ("hold", 2, False)
+        assert second["envelope"]["hi_by"] == "cooldown_up" and second["matched_rules"]
+        assert len(containers(project, "worker", all=False)) == 2
+    finally:
+        down(project, compose_file)
