@@ -261,3 +261,47 @@ async def test_a_full_disk_never_stops_a_tick_and_a_garbage_file_starts_afresh(
     finally:
         await again.close()
     await asyncio.sleep(0)
+
+
+async def test_the_llm_circuit_breaker_survives_a_restart(tmp_path: Path, nats_server: NatsServer) -> None:
+    """A scripted OpenAI-protocol server (a stand-in: it answers HTTP 500 on demand) fails the first
+    call; the breaker opens; a new daemon on the same state folder does not ask it again until the
+    back-off has passed."""
+    from tests.scripted_openai_server import ScriptedOpenAIServer, error
+
+    await make_stream(nats_server.url)
+    await publish(nats_server.url, "jobs.x", 700)
+    async with ScriptedOpenAIServer([error(500, "boom")]) as llm:
+        text = SERVICE.format(python=sys.executable, min=1, max=4, policy="rules", cooldown_up="0s", url=nats_server.url)
+        llm_block = json.dumps({"provider": "openai-compatible", "base_url": llm.base_url, "model": "scripted-model",
+                                "timeout": "5s", "heartbeat": "600s"})
+        cfg = parse_config(f"state_dir: {tmp_path}\nllm: {llm_block}\n" + text.replace("check_interval: 1s", "check_interval: 30s"),
+                           tmp_path / "docktor.yaml", {})
+        first = Daemon(cfg, state="write")
+        await first.open()
+        try:
+            runner = first.runners["worker"]
+            await first.tick(runner)  # asks beside the loop
+            deadline = asyncio.get_running_loop().time() + 60
+            while first.beside.in_flight("worker"):
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            landed = await first.tick(runner)
+            assert landed.source == "fallback" and landed.llm is not None and landed.llm["breaker"]["failures"] == 1
+        finally:
+            await first.close()
+        sent = len(llm.requests)
+        assert sent >= 1
+
+        second = Daemon(cfg, state="write")
+        await second.open()
+        try:
+            failures, open_until, last_error = second.advisor.breaker_state("worker")
+            assert failures == 1 and open_until is not None and last_error.startswith("HTTP 500")
+            rec = await second.tick(second.runners["worker"])
+            assert rec.llm is not None and rec.llm["asked"] is False
+            assert rec.llm["why"].startswith("circuit breaker open after 1 failed call (last: HTTP 500")
+            await asyncio.sleep(0.2)
+            assert len(llm.requests) == sent  # the restarted daemon did not call the failing endpoint
+        finally:
+            await second.close()
