@@ -183,6 +183,13 @@ services:
     stop_grace_period: 1s
 """
 
+#: what the restarted daemons run: 120 s cooldowns
+COOLDOWNS = {"up_cooldown": "120s", "down_cooldown": "120s", "down_min": 1}
+#: what the first daemon runs, for its first action only: the containers the test just created
+#: count as a scale-up (Compose's last_scaled), so with the cooldowns above it would wait 120 s
+#: before acting at all; min_replicas 2 keeps `down` from taking a second step before the kill
+FIRST = {"up_cooldown": "0s", "down_cooldown": "0s", "down_min": 2}
+
 DOCKTOR = """
 state_dir: {state}
 x-common: &common
@@ -201,16 +208,16 @@ services:
     <<: *common
     min_replicas: 1
     max_replicas: 4
-    cooldown_up: 120s
+    cooldown_up: {up_cooldown}
     cooldown_down: 0s
     scale_down_stabilization: 120s
     queue: {{kind: nats, url: "{url}", stream: UP, consumer: WORKERS, timeout: 1s}}
   - name: down
     <<: *common
-    min_replicas: 1
+    min_replicas: {down_min}
     max_replicas: 3
     cooldown_up: 0s
-    cooldown_down: 120s
+    cooldown_down: {down_cooldown}
     scale_down_stabilization: 0s
     queue: {{kind: nats, url: "{url}", stream: DOWN, consumer: WORKERS, timeout: 1s}}
 """
@@ -238,7 +245,10 @@ def test_kill_9_compose_daemon_keeps_cooldowns_and_stabilization(tmp_path: Path,
       again and again, it never goes 3 -> 4;
     * ``down``: 3 -> 2 when idle with ``cooldown_down: 120s``; across the restarts, never 2 -> 1;
     * then the load on ``up`` stops: its 120 s stabilization window still holds the high
-      recommendations of before the restarts, so it stays at 2 across another kill -9.
+      recommendations of before the restarts, so it stays at 3 across another kill -9.
+
+    The first daemon runs with no cooldowns (``FIRST``), so that it acts at once on containers the
+    test has just created; the config file then says 120 s for every later start.
     """
     seed = seed_for_this_run()
     rng = random.Random(seed)
@@ -247,12 +257,14 @@ def test_kill_9_compose_daemon_keeps_cooldowns_and_stabilization(tmp_path: Path,
     asyncio.run(make_streams(nats_server.url, {"UP": 700, "DOWN": 0}))
     state = tmp_path / "state"
     cfg = tmp_path / "docktor.yaml"
-    cfg.write_text(DOCKTOR.format(state=state, compose_file=compose_file, project=name, url=nats_server.url))
+    cfg.write_text(DOCKTOR.format(state=state, compose_file=compose_file, project=name, url=nats_server.url, **FIRST))
     log = state / "decisions.jsonl"
     daemon: Running | None = None
     caught_acting: dict[str, Any] | None = None
     try:
         daemon = start_foreground(cfg, state)
+        # every later start reads this: the 120 s cooldowns, counted from the first daemon's actions
+        cfg.write_text(DOCKTOR.format(state=state, compose_file=compose_file, project=name, url=nats_server.url, **COOLDOWNS))
         caught_acting = wait_until("up's scale-up intent", lambda: intent_without_outcome(log, "up"), timeout=60, poll=0.005)
         # Compose is acting once the engine has the new container; the daemon then verifies it stays up
         # for a few seconds before it writes the outcome: kill it in between
@@ -316,3 +328,29 @@ def test_kill_9_compose_daemon_keeps_cooldowns_and_stabilization(tmp_path: Path,
     # A scale-in killed half-way (the replica stopped, Compose not yet run to remove it) leaves an
     # exited container: counted by the daemon, held by cooldown_down like the rest, not removed until
     # the next scale-in (the executor's to repair; see the report).
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+def test_a_daemon_without_state_counts_cooldown_up_from_composes_last_scale(
+    tmp_path: Path, nats_server: NatsServer, project: tuple[str, Path]
+) -> None:
+    """No state file, nothing in the log (a scale by hand, or a state folder lost): the Compose
+    executor's last_scaled() (the newest container's creation time) starts the cooldown."""
+    name, compose_file = project
+    compose(name, compose_file, "up", "-d", "--scale", "up=2", "--scale", "down=1")
+    asyncio.run(make_streams(nats_server.url, {"UP": 700, "DOWN": 0}))
+    state = tmp_path / "state"
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(DOCKTOR.format(state=state, compose_file=compose_file, project=name, url=nats_server.url, **COOLDOWNS))
+    daemon = start_foreground(cfg, state)
+    try:
+        started = time.time()
+        wait_until("three decisions on up", lambda: len(decisions_after(state / "decisions.jsonl", "up", started)) >= 3)
+        restored = ControlClient(state / "docktor.sock").status()["services"]["up"]["restored"]
+    finally:
+        daemon.stop(timeout=120)
+    got = decisions_after(state / "decisions.jsonl", "up", started)
+    assert all(r["decision"] == "hold" and r["envelope"]["hi_by"] == "cooldown_up" and r["matched_rules"] for r in got), brief(got)
+    assert restored["saved_at"] is None and any(k.startswith("the executor's last scale ") for k in restored["kept"]), restored
+    assert len(containers(name, "up")) == 2

@@ -324,6 +324,29 @@ class ComposeExecutor(Executor[ComposeSettings]):
         """The engine, project and service: two daemons (any configs) never scale the same one."""
         return f"{os.environ.get('DOCKER_HOST') or 'unix:///var/run/docker.sock'}/{self.project}/{self.service}"
 
+    async def last_scaled(self) -> Any:
+        """The newest container's creation time (a ``LastScale`` going up, or None): Compose creates
+        containers when it scales up, so a daemon that starts after a scale it did not record (its
+        state lost, or a scale by hand) still waits out ``cooldown_up``. A scale-in leaves no trace."""
+        from docktor.tools.sdk import LastScale
+
+        def newest() -> float | None:
+            import docker  # here, not at the top: read once per start
+
+            client = docker.from_env(timeout=10)
+            try:
+                rows = client.api.containers(
+                    all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={self.service}"]}
+                )
+            finally:
+                client.close()
+            created = [float(r["Created"]) for r in rows
+                       if isinstance(r.get("Created"), int | float) and (r.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
+            return max(created) if created else None
+
+        at = await asyncio.to_thread(newest)
+        return None if at is None else LastScale(at, "up")
+
     def __repr__(self) -> str:
         return f"ComposeExecutor(project={self.project!r}, service={self.service!r}, file={str(self.compose_file)!r})"
 
