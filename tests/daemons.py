@@ -20,7 +20,7 @@ from typing import Any
 
 from docktor.agent.runtime.daemon import process_alive
 
-__all__ = ["Running", "docktor", "marked_processes", "raw_lines", "records", "start_foreground", "wait_until"]
+__all__ = ["Running", "docktor", "kill_marked", "marked_processes", "raw_lines", "records", "start_foreground", "wait_until"]
 
 
 def docktor(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -72,6 +72,16 @@ def marked_processes(marker: str) -> list[int]:
         if marker.encode() in cmd and process_alive(int(proc.name)):
             found.append(int(proc.name))
     return found
+
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL whatever of a test's own replicas is left (by the marker only that test uses): a
+    replica that outlives a killed daemon (to be adopted by the next one) must not outlive the test."""
+    for pid in marked_processes(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @dataclass

@@ -27,7 +27,7 @@ import pytest
 
 from docktor.agent.runtime.control import AsyncControlClient, ControlClient, ControlError
 from docktor.agent.runtime.daemon import process_alive
-from tests.daemons import docktor, marked_processes, raw_lines, records, wait_until
+from tests.daemons import docktor, kill_marked, marked_processes, raw_lines, records, wait_until
 from tests.peers import NatsServer
 from tests.test_restart import make_streams
 
@@ -91,6 +91,7 @@ class Setup:
 
     def stop(self) -> None:
         self.cli("daemon", "stop", "--force", "-t", "30")
+        kill_marked(self.marker)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import pytest
 
 from docktor.agent.runtime.control import ControlClient
 from docktor.agent.timestamps import parse_rfc3339
-from tests.daemons import Running, marked_processes, raw_lines, records, start_foreground, wait_until
+from tests.daemons import Running, kill_marked, marked_processes, raw_lines, records, start_foreground, wait_until
 from tests.peers import DOCKER_SKIP_REASON, NatsServer, compose, containers, docker_ok, down, need, unique_project
 
 
@@ -157,6 +157,9 @@ def test_kill_9_local_daemon_at_random_points_keeps_cooldown_up(tmp_path: Path, 
     finally:
         if daemon is not None:
             daemon.kill()
+        survivors = marked_processes(marker)
+        kill_marked(marker)
+    assert survivors == [], f"replicas outlived the last daemon's stop: {survivors}"
 
     ups = executed(log, "worker", "scale_up")
     assert len(ups) == 1, f"one scale-up in a run shorter than cooldown_up, got {len(ups)} (seed {seed}): {brief(ups)}"
@@ -166,7 +169,6 @@ def test_kill_9_local_daemon_at_random_points_keeps_cooldown_up(tmp_path: Path, 
     for r in later:  # the rule kept asking; the restored cooldown is what held every time
         assert r["matched_rules"] and r["decision"] == "hold" and r["envelope"]["hi_by"] == "cooldown_up", (seed, r)
     assert "state restored" in restored and "last scale-up" in restored
-    wait_until("no replica left after the last daemon stopped", lambda: not marked_processes(marker), timeout=20)
 
 
 # --------------------------------------------------------------------------- Compose (replicas outlive the daemon)
