@@ -190,7 +190,7 @@ def test_daemon_lifecycle_start_status_logs_refuse_second_stop(tmp_path: Path, n
         assert recs[0]["decision"] == "scale_up" and recs[0]["executed"] is True
         assert all(r["service"] == "worker" for r in recs)
         table = docktor("daemon", "logs", "--config", str(cfg))
-        assert "scale_up" in table.stdout and "min_replicas 0 -> 2" in table.stdout
+        assert "scale_up" in table.stdout and "raised to 2 by min_replicas (asked 0)" in table.stdout
     finally:
         stop = docktor("daemon", "stop", "--config", str(cfg))
     assert stop.returncode == 0 and stop.stdout.startswith("stopped docktor")

@@ -72,7 +72,21 @@ def test_max_replicas_clamp_is_recorded() -> None:
     d = decide(service(max=6), BUSY, 5, ServiceState(), now=100)
     assert d.target == 6
     assert [(g.name, g.before, g.after) for g in d.guardrails] == [("max_replicas", 7, 6)]
-    assert "max_replicas 7 -> 6" in d.reason
+    assert d.reason.endswith("; capped at 6 by max_replicas (asked 7)")
+
+
+def test_reasons_say_what_held_what_and_for_how_long() -> None:
+    """``cooldown_down 7 -> 8`` read like a scale from 7 to 8; the reason now says who held what."""
+    svc = service(cd=30)
+    state = ServiceState()
+    up = decide(svc, BUSY, 6, state, now=100)
+    remember(state, up, 100, acted=True)
+    d = decide(svc, IDLE, up.target, state, now=109)  # the down rules hold, but 9 s after a scale-up
+    assert d.decision == "hold" and d.target == up.target
+    assert d.reason.endswith(f"held at {up.target} by cooldown_down (21 s left; asked {up.target - 1})"), d.reason
+    assert d.guardrails[0].as_dict() == {"name": "cooldown_down", "from": up.target - 1, "to": up.target, "left_s": 21.0}
+    raised = decide(service(min=2, max=4), STEADY, 0, ServiceState(), now=100)
+    assert raised.reason.endswith("raised to 2 by min_replicas (asked 0)"), raised.reason
 
 
 def test_current_outside_bounds_is_corrected_even_without_rules() -> None:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from docktor.agent.advisor.protocol import LLMAnswer
 from docktor.agent.config.model import LLMConfig, ServiceConfig
@@ -44,15 +44,17 @@ def llm_envelope(svc: ServiceConfig, plan: Plan, state: ServiceState, now: float
     if plan.missing:
         return env
     if wants_up:
-        return env if env.lo >= pinned else Envelope(pinned, env.hi, "llm_direction", env.hi_by)
+        return env if env.lo >= pinned else replace(env, lo=pinned, lo_by="llm_direction", lo_left=None)
     if wants_down:
-        return env if env.hi <= pinned else Envelope(env.lo, pinned, env.lo_by, "llm_direction")
+        return env if env.hi <= pinned else replace(env, hi=pinned, hi_by="llm_direction", hi_left=None)
     if may_act_without_rules:
         # stabilization then rests on past recommendations only: this tick's is the LLM's to make
         return envelope(svc, state, cur, Gate(up=True, down=True), now, 0)
-    lo, lo_by = (pinned, "llm_direction") if env.lo < pinned else (env.lo, env.lo_by)
-    hi, hi_by = (pinned, "llm_direction") if env.hi > pinned else (env.hi, env.hi_by)
-    return Envelope(lo, hi, lo_by, hi_by)
+    if env.lo < pinned:
+        env = replace(env, lo=pinned, lo_by="llm_direction", lo_left=None)
+    if env.hi > pinned:
+        env = replace(env, hi=pinned, hi_by="llm_direction", hi_left=None)
+    return env
 
 
 # --------------------------------------------------------------------------- when to ask

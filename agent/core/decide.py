@@ -215,7 +215,7 @@ def finish(
     action: Action = "scale_up" if target > p.current else "scale_down" if target < p.current else "hold"
     reason = proposal.reason
     if notes:
-        reason += "; " + ", ".join(f"{n.name} {n.before} -> {n.after}" for n in notes)
+        reason += "; " + ", ".join(n.text(p.current) for n in notes)
     return Decision(
         service=p.service,
         current=p.current,
@@ -249,7 +249,8 @@ def conclude(svc: ServiceConfig, p: Plan, advice: Advice | None = None) -> Decis
         return finish(svc, p, p.proposal, advice.source, envelope=advice.envelope, advice=advice.record)
     env = advice.envelope or p.envelope
     if deterministic.decision == "scale_up" and env.lo < deterministic.target:
-        env = Envelope(deterministic.target, max(env.hi, deterministic.target), "deterministic_scale_up", env.hi_by)
+        env = Envelope(deterministic.target, max(env.hi, deterministic.target), "deterministic_scale_up", env.hi_by,
+                       hi_left=env.hi_left)
     return finish(svc, p, advice.proposal, advice.source, envelope=env, advice=advice.record)
 
 

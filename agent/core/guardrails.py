@@ -31,9 +31,29 @@ class Envelope:
     hi: int
     lo_by: str  # guardrail that set the lower side, e.g. "min_replicas", "cooldown_down"
     hi_by: str
+    #: seconds until a clock guardrail (a cooldown, back-off, stabilization) that set a side lets go
+    lo_left: float | None = None
+    hi_left: float | None = None
 
     def contains(self, n: int) -> bool:
         return self.lo <= n <= self.hi
+
+
+#: what each guardrail is, in a sentence's words
+_GUARDRAIL_WORDS: dict[str, str] = {
+    "max_replicas": "max_replicas",
+    "min_replicas": "min_replicas",
+    "step_limit": "the step limit",
+    "cooldown_up": "cooldown_up",
+    "cooldown_down": "cooldown_down",
+    "backoff": "the back-off after a failed scale",
+    "stabilization": "scale-down stabilization",
+    "missing_metrics": "missing metrics",
+    "rules": "the scale_down_when rules",
+    "direction": "the rules (no scale rule fired that way)",
+    "llm_direction": "the direction the rules allow",
+    "deterministic_scale_up": "the deterministic scale-up",
+}
 
 
 @dataclass(frozen=True)
@@ -43,12 +63,26 @@ class GuardrailNote:
     name: str
     before: int
     after: int
+    #: seconds until the guardrail lets go, for the clock ones
+    left: float | None = None
 
-    def text(self) -> str:
-        return f"{self.name}: {self.before} -> {self.after}"
+    def text(self, current: int | None = None) -> str:
+        """``held at 8 by cooldown_down (21 s left; asked 7)``, ``capped at 10 by max_replicas (asked 14)``."""
+        who = _GUARDRAIL_WORDS.get(self.name, self.name)
+        if current is not None and self.after == current:
+            verb = "held at"
+        elif self.after < self.before:
+            verb = "capped at" if self.name == "max_replicas" else "limited to"
+        else:
+            verb = "raised to" if self.name == "min_replicas" else "kept at"
+        left = f"{self.left:.0f} s left; " if self.left is not None else ""
+        return f"{verb} {self.after} by {who} ({left}asked {self.before})"
 
     def as_dict(self) -> dict[str, object]:
-        return {"name": self.name, "from": self.before, "to": self.after}
+        out: dict[str, object] = {"name": self.name, "from": self.before, "to": self.after}
+        if self.left is not None:
+            out["left_s"] = round(self.left, 1)
+        return out
 
 
 def step_up(svc: ServiceConfig, current: int) -> int:
@@ -76,44 +110,53 @@ def stabilized_floor(svc: ServiceConfig, state: ServiceState, now: float, propos
     return floor
 
 
+def stabilization_left(svc: ServiceConfig, state: ServiceState, now: float, proposal: int) -> float | None:
+    """Seconds until every recommendation above ``proposal`` has left the window (if none come)."""
+    since = now - svc.scale_down_stabilization
+    above = [t for t, n in state.recommendations if t > since and n > proposal]
+    return max(above) + svc.scale_down_stabilization - now if above else None
+
+
 def envelope(
     svc: ServiceConfig, state: ServiceState, current: int, gate: Gate, now: float, proposal: int | None = None
 ) -> Envelope:
-    hi_side: list[tuple[int, str]] = [(svc.max_replicas, "max_replicas")]
+    # Each side: (count, guardrail, seconds until it lets go when it is a clock).
+    hi_side: list[tuple[int, str, float | None]] = [(svc.max_replicas, "max_replicas", None)]
     if not gate.up:
-        hi_side.append((current, gate.up_reason))
+        hi_side.append((current, gate.up_reason, None))
     elif state.backoff_until is not None and now < state.backoff_until:
-        hi_side.append((current, "backoff"))
+        hi_side.append((current, "backoff", state.backoff_until - now))
     elif state.last_up_at is not None and now - state.last_up_at < svc.cooldown_up:
-        hi_side.append((current, "cooldown_up"))
+        hi_side.append((current, "cooldown_up", svc.cooldown_up - (now - state.last_up_at)))
     else:
-        hi_side.append((current + step_up(svc, current), "step_limit"))
+        hi_side.append((current + step_up(svc, current), "step_limit", None))
 
-    lo_side: list[tuple[int, str]] = [(svc.min_replicas, "min_replicas")]
+    lo_side: list[tuple[int, str, float | None]] = [(svc.min_replicas, "min_replicas", None)]
     last_action = state.last_action_at()
     if not gate.down:
-        lo_side.append((current, gate.down_reason))
+        lo_side.append((current, gate.down_reason, None))
     elif last_action is not None and now - last_action < svc.cooldown_down:
-        lo_side.append((current, "cooldown_down"))
+        lo_side.append((current, "cooldown_down", svc.cooldown_down - (now - last_action)))
     else:
-        lo_side.append((current - step_down(svc, current), "step_limit"))
-        floor = stabilized_floor(svc, state, now, proposal if proposal is not None else current)
-        lo_side.append((min(floor, current), "stabilization"))
+        lo_side.append((current - step_down(svc, current), "step_limit", None))
+        wanted = proposal if proposal is not None else current
+        floor = stabilized_floor(svc, state, now, wanted)
+        lo_side.append((min(floor, current), "stabilization", stabilization_left(svc, state, now, wanted)))
 
     # min() / max() keep the first of equal values, so list order breaks ties toward the bounds.
-    hi, hi_by = min(hi_side, key=lambda c: c[0])
-    lo, lo_by = max(lo_side, key=lambda c: c[0])
+    hi, hi_by, hi_left = min(hi_side, key=lambda c: c[0])
+    lo, lo_by, lo_left = max(lo_side, key=lambda c: c[0])
     # A count outside [min, max] is corrected whatever the other guardrails say.
     if hi < svc.min_replicas:
-        hi, hi_by = svc.min_replicas, "min_replicas"
+        hi, hi_by, hi_left = svc.min_replicas, "min_replicas", None
     if lo > svc.max_replicas:
-        lo, lo_by = svc.max_replicas, "max_replicas"
-    return Envelope(lo=lo, hi=hi, lo_by=lo_by, hi_by=hi_by)
+        lo, lo_by, lo_left = svc.max_replicas, "max_replicas", None
+    return Envelope(lo=lo, hi=hi, lo_by=lo_by, hi_by=hi_by, lo_left=lo_left, hi_left=hi_left)
 
 
 def clamp(proposal: int, env: Envelope) -> tuple[int, list[GuardrailNote]]:
     if proposal > env.hi:
-        return env.hi, [GuardrailNote(env.hi_by, proposal, env.hi)]
+        return env.hi, [GuardrailNote(env.hi_by, proposal, env.hi, env.hi_left)]
     if proposal < env.lo:
-        return env.lo, [GuardrailNote(env.lo_by, proposal, env.lo)]
+        return env.lo, [GuardrailNote(env.lo_by, proposal, env.lo, env.lo_left)]
     return proposal, []

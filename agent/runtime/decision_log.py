@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from docktor.agent.core.decide import Decision
+from docktor.agent.core.guardrails import Envelope
 from docktor.agent.redact import redact, redact_obj
 from docktor.agent.timestamps import parse_rfc3339, rfc3339
 
@@ -110,7 +111,7 @@ class DecisionRecord(BaseModel):
             missing=d.missing,
             matched_rules=d.matched_rules,
             guardrails=[g.as_dict() for g in d.guardrails],
-            envelope={"lo": d.envelope.lo, "hi": d.envelope.hi, "lo_by": d.envelope.lo_by, "hi_by": d.envelope.hi_by},
+            envelope=_envelope(d.envelope),
             executed=executed,
             outcome=outcome,
             errors=errors or [],
@@ -468,3 +469,12 @@ def raw_lines_of(files: Iterable[Path]) -> Iterator[dict[str, Any]]:
     """The parsed lines of ``files``, in order (for :func:`follow`'s ``before``)."""
     for file in files:
         yield from _raw_lines(file)
+
+
+def _envelope(env: Envelope) -> dict[str, Any]:
+    out: dict[str, Any] = {"lo": env.lo, "hi": env.hi, "lo_by": env.lo_by, "hi_by": env.hi_by}
+    if env.lo_left is not None:
+        out["lo_left_s"] = round(env.lo_left, 1)
+    if env.hi_left is not None:
+        out["hi_left_s"] = round(env.hi_left, 1)
+    return out
