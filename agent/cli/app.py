@@ -15,6 +15,7 @@ import typer
 
 from docktor.agent.cli import control as control_commands
 from docktor.agent.cli import daemon as daemon_commands
+from docktor.agent.cli import explain as explain_command
 from docktor.agent.cli import llm as llm_commands
 from docktor.agent.cli import sim as sim_commands
 from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
@@ -187,6 +188,7 @@ def demo(
 
 daemon_commands.register(app)
 control_commands.register(app)
+explain_command.register(app)
 llm_commands.register(app)
 sim_commands.register(app)
 
