@@ -340,6 +340,8 @@ async def test_apply_scale_acts_inside_the_envelope_and_is_recorded_with_source_
             held = await ok(client, "apply_scale", service="worker", n=1, reason="back to one")
             assert (held["executed"], held["to"], held["clamped_by"][0]["guardrail"]) == (False, 2, "cooldown_down")
             assert "nothing executed" in held["note"]
+            (kept,) = [r for r in daemon.records("mcp") if r["id"] == held["decision_id"]]  # recorded all the same
+            assert kept["executed"] is False and kept["reason"].startswith("mcp: back to one;")
             assert replicas_running(marker) == 2
 
             # a paused service: an assistant's proposal says so, its scale is refused
