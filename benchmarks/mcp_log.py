@@ -107,7 +107,7 @@ def main() -> None:
             ("get_metric_history: 24 h of one service (the whole log)",
              lambda: len(scan_log(path, service="svc0", since=now - 86400).records)),
             ("explain_decision: the oldest decision, by id",
-             lambda: len(scan_log(path, limit=1, needle=f'"id":"{oldest_id}"'.encode(),
+             lambda: len(scan_log(path, limit=1, needle=json.dumps(oldest_id).encode(),
                                   want=lambda r: r.get("id") == oldest_id).records)),
             ("for comparison: read_records of the whole log, last 50 of one service", full_read_last_50),
         ]

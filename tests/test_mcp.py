@@ -374,6 +374,30 @@ async def test_without_a_daemon_tools_say_so_in_one_line(nats: NatsServer, tmp_p
         assert time.monotonic() - started < 30  # answered, not waited on a socket
 
 
+async def test_what_the_log_holds_is_redacted_with_the_secrets_this_server_knows(nats: NatsServer, tmp_path: Path) -> None:
+    """A credential that reached the log unmasked (written by something that did not know it) is
+    masked before it leaves: the MCP server registers the secrets its config names."""
+    token = "s3cr3t-token-for-mcp"
+    config, _ = write_config(tmp_path, nats.url, allow_apply=False)
+    config.write_text(config.read_text().replace("timeout: 1s}", "timeout: 1s, token_env: DOCKTOR_TEST_NATS_TOKEN}"))
+    state = tmp_path / "state"
+    state.mkdir()
+    line = {"ts": "2026-11-30T10:00:00.000Z", "service": "worker", "mode": "autonomous", "current_replicas": 1,
+            "decision": "hold", "target_replicas": 1, "reason": f"held; peer said token={token}", "source": "policy",
+            "errors": [f"source: auth failed for {token}"], "id": "0123456789abcdef"}
+    (state / "decisions.jsonl").write_text(json.dumps(line) + "\n")
+    params = StdioServerParameters(command=sys.executable, args=["-m", "docktor.agent.cli", "mcp", "--config", str(config)],
+                                   env={"DOCKTOR_TEST_NATS_TOKEN": token})
+    with (tmp_path / "mcp.stderr").open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=60) as client:
+            decisions = await client.call_tool("get_recent_decisions", {})
+            explained = await client.call_tool("explain_decision", {"decision_id": "0123456789abcdef"})
+    for result in (decisions, explained):
+        assert not result.is_error and token not in text(result) and "***" in text(result), text(result)
+    (rec,) = (decisions.structured_content or {})["decisions"]
+    assert rec["errors"] == ["source: auth failed for ***"]
+
+
 def test_http_listens_on_loopback_unless_the_config_allows_more(nats: NatsServer, tmp_path: Path) -> None:
     config, _ = write_config(tmp_path, nats.url, allow_apply=False)
     done = docktor("mcp", "--config", str(config), "--http", "0.0.0.0:0")

@@ -74,7 +74,7 @@ def test_a_window_a_filter_and_a_needle(tmp_path: Path) -> None:
     assert [r["id"] for r in since] == [f"a{i:04d}" for i in range(90, 100)]
     changes = scan_log(path, limit=5, want=lambda r: r.get("decision") != "hold").records
     assert [r["id"] for r in changes] == ["b0060"]
-    found = scan_log(path, limit=1, needle=b'"id":"a0003"', want=lambda r: r.get("id") == "a0003").records
+    found = scan_log(path, limit=1, needle=b'"a0003"', want=lambda r: r.get("id") == "a0003").records
     assert [r["reason"] for r in found] == ["r3"]
 
 

@@ -35,6 +35,7 @@ from docktor.agent.mcp.views import (
     clip,
     dumps,
 )
+from docktor.agent.redact import redact
 
 log = logging.getLogger("docktor.mcp")
 
@@ -126,7 +127,7 @@ class DocktorMCP(MCPServer[Any]):
             if isinstance(cause, ValidationError):
                 raise ToolError(_validation_line(name, cause)) from None
             if isinstance(cause, ToolFailure):
-                raise ToolError(f"{name}: {cause}") from None
+                raise ToolError(redact(f"{name}: {cause}")) from None
             raise
 
 

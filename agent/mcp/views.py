@@ -192,10 +192,10 @@ def scan_log(
     """The newest decisions of the log (``limit`` of them, or all since ``since``) matching
     ``service`` and ``want``, read backwards from the end of the log and its rotations.
 
-    Lines that do not contain ``needle`` (or the service's ``"service":"name"``) are skipped
-    without parsing: the log is written compactly, so the bytes say it before JSON does.
+    Lines that do not contain ``needle`` (or the service's name, quoted) are skipped without
+    parsing: a byte search is far cheaper than JSON, and what is parsed is checked field by field.
     """
-    needles = [n for n in (needle, f'"service":{json.dumps(service)}'.encode() if service else None) if n]
+    needles = [n for n in (needle, json.dumps(service).encode() if service else None) if n]
     raw: list[dict[str, Any]] = []  # newest first
     found = 0
     complete = True
@@ -265,10 +265,13 @@ class DaemonView:
     # ---------------------------------------------------------------- reaching it
 
     def _pid(self) -> int | None:
-        pid = running_pid(self.paths)
-        if pid is None and self._locate is not None:
-            self.paths = self._locate()
+        try:
             pid = running_pid(self.paths)
+            if pid is None and self._locate is not None:
+                self.paths = self._locate()
+                pid = running_pid(self.paths)
+        except OSError as e:  # e.g. a state_dir of another user
+            raise ToolFailure(f"cannot tell whether a daemon runs: {self.paths.lock}: {e.strerror or e}") from None
         return pid
 
     def not_running(self) -> str:
@@ -307,7 +310,10 @@ class DaemonView:
             raise ToolFailure(f"no service named {clip(service, 100)!r}{more} (services: {clip(', '.join(names) or 'none', 500)})")
 
     async def _scan(self, **kwargs: Any) -> Scan:
-        return await asyncio.to_thread(scan_log, self.paths.decisions, **kwargs)
+        try:
+            return await asyncio.to_thread(scan_log, self.paths.decisions, **kwargs)
+        except OSError as e:
+            raise ToolFailure(f"cannot read the decision log {self.paths.decisions}: {e.strerror or e}") from None
 
     # ---------------------------------------------------------------- read-only tools
 
@@ -413,7 +419,7 @@ class DaemonView:
         if service is not None:
             self._check(service, names)
         if decision_id is not None:
-            scan = await self._scan(service=service, limit=1, needle=f'"id":"{decision_id}"'.encode(),
+            scan = await self._scan(service=service, limit=1, needle=json.dumps(decision_id).encode(),
                                     want=lambda r: r.get("id") == decision_id)
             if not scan.records:
                 where = "the decision log" if scan.complete else f"the newest {MAX_SCAN_BYTES // 2**20} MiB of the decision log"
