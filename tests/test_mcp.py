@@ -353,7 +353,7 @@ async def test_apply_scale_acts_inside_the_envelope_and_is_recorded_with_source_
             assert replicas_running(marker) == 2
     finally:
         daemon.stop()
-    assert replicas_running(marker) == 0
+    until(lambda: replicas_running(marker) == 0, "no replica left after the daemon stopped")
 
 
 # --------------------------------------------------------------------------- no daemon, the HTTP listener
