@@ -99,12 +99,12 @@ def test_dependencies_point_inward() -> None:
 
 
 def test_help_imports_no_heavy_module() -> None:
-    """``docktor --help`` must not pay for the LLM client, numpy, pydantic or the Docker SDK."""
+    """``docktor --help`` must not pay for the LLM client, numpy, pydantic, the Docker SDK or the MCP SDK."""
     probe = (
         "import sys\n"
         "from docktor.agent.cli.app import app\n"
         "try:\n    app(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
-        "heavy = {'openai', 'numpy', 'matplotlib', 'pydantic', 'docker', 'nats', 'yaml'}\n"
+        "heavy = {'openai', 'numpy', 'matplotlib', 'pydantic', 'docker', 'nats', 'yaml', 'mcp', 'starlette', 'uvicorn'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy), file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)

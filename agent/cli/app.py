@@ -17,6 +17,7 @@ from docktor.agent.cli import control as control_commands
 from docktor.agent.cli import daemon as daemon_commands
 from docktor.agent.cli import explain as explain_command
 from docktor.agent.cli import llm as llm_commands
+from docktor.agent.cli import mcp as mcp_command
 from docktor.agent.cli import sim as sim_commands
 from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
 
@@ -189,7 +190,9 @@ def demo(
 daemon_commands.register(app)
 explain_command.register(app)
 control_commands.register(app)
+explain_command.register(app)
 llm_commands.register(app)
+mcp_command.register(app)
 sim_commands.register(app)
 
 

@@ -293,6 +293,19 @@ def split_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+class McpConfig(Strict):
+    """``docktor mcp``: what an assistant connected over MCP may do (docs/operations.md, "MCP").
+
+    Both are off by default and take a YAML boolean only (a string such as ``"no"`` is refused,
+    not read as true): reading is always allowed, acting is the operator's decision."""
+
+    #: offer ``apply_scale``: scale through the daemon, inside the guardrails' envelope, recorded
+    #: with source ``mcp`` and the caller's reason
+    allow_apply: bool = Field(default=False, strict=True)
+    #: let ``docktor mcp --http`` listen on an address that is not loopback
+    allow_remote: bool = Field(default=False, strict=True)
+
+
 class DocktorConfig(Strict):
     version: str | int | None = None
     mode: Literal["autonomous", "advisory"] = "autonomous"
@@ -300,6 +313,7 @@ class DocktorConfig(Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    mcp: McpConfig = Field(default_factory=McpConfig)
     services: list[ServiceConfig] = Field(min_length=1)
 
     # Filled in by the loader.

@@ -635,8 +635,15 @@ class Daemon:
             raise ControlRefused("not_allowed", f"the daemon runs in {self.mode} mode: it never acts "
                                                 "(start it without --advisory, or ask with dry_run)")
         svc = runner.svc
-        why = str(reason or "").strip()[:300] or ("docktor scale" if source == "manual" else "no reason given")
+        # One line, bounded: the reason is quoted into the decision log and every reader's table.
+        why = " ".join(str(reason or "").split())[:300] or ("docktor scale" if source == "manual" else "no reason given")
         async with runner.lock:
+            pause = self._active_pause(runner)
+            if pause is not None and source == "mcp" and not dry_run:
+                # An assistant never acts on a paused service (an operator's ``docktor scale`` may: it
+                # is the override a pause during an incident is for).
+                raise ControlRefused("not_allowed", f"{service} is paused {pause.text()}: nothing is executed "
+                                                    f"(docktor resume {service})")
             observations, status, errors = await self.observe(runner)
             runner.last_observations, runner.last_status = observations, status
             if status is None:
@@ -648,7 +655,7 @@ class Daemon:
             mode = "dry-run" if dry_run else self.mode
             record = DecisionRecord.from_decision(decision, mode=mode, ts=self.wall(), errors=errors, id=_decision_id())
             if dry_run:
-                return record
+                return record if pause is None else record.model_copy(update={"paused": pause.as_dict()})
             record = await self._conclude(runner, decision, record, now, decision.changes)
         await self.save_state(runner)
         return record
@@ -752,6 +759,8 @@ class Daemon:
                 },
                 "paused": None if r.pause is None or not r.pause.active(self.wall()) else r.pause.as_dict(),
                 "bounds": {"min": r.svc.min_replicas, "max": r.svc.max_replicas},
+                "policy": r.svc.policy,
+                "clocks": _clocks(r, self.mono()),
                 "restored": None if r.restored is None else r.restored.as_dict(),
                 "state_file_error": r.save_error,
             }
@@ -772,6 +781,20 @@ class Daemon:
             self.status_error = e.strerror or str(e)
         else:
             self.status_error = None
+
+
+def _clocks(runner: ServiceRunner, now: float) -> dict[str, float]:
+    """The clock guardrails holding a direction now, with the seconds each has left (none: absent)."""
+    s, svc = runner.state, runner.svc
+    left: dict[str, float] = {}
+    if s.last_up_at is not None and now - s.last_up_at < svc.cooldown_up:
+        left["cooldown_up_s"] = round(svc.cooldown_up - (now - s.last_up_at), 1)
+    last = s.last_action_at()
+    if last is not None and now - last < svc.cooldown_down:
+        left["cooldown_down_s"] = round(svc.cooldown_down - (now - last), 1)
+    if s.backoff_until is not None and now < s.backoff_until:
+        left["backoff_s"] = round(s.backoff_until - now, 1)
+    return left
 
 
 def _fingerprint(svc: ServiceConfig) -> tuple[Any, ...]:
