@@ -131,6 +131,13 @@ def test_status_is_live_and_read_from_the_file_when_the_daemon_is_stuck(setup_fa
     sock = s.state / "docktor.sock"
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600  # only its owner may talk to it
     st = wait_until("a live status with replicas", lambda: (x := s.status()) and x["services"]["worker"]["replicas"] and x)
+    # The status file is written after each tick: wait until it has seen the replica running,
+    # since that is what the stuck daemon's status is read from below.
+    wait_until(
+        "the status file with the replica running",
+        lambda: (f := s.state / "status.json").exists()
+        and (json.loads(f.read_text()).get("services", {}).get("worker", {}).get("replicas") or {}).get("running") == 1,
+    )
     assert st["live"] is True and st["pid"] == pid and st["phase"] == "running"
     assert st["config"] == str(s.config.resolve()) and st["services"]["worker"]["bounds"] == {"min": 1, "max": 4}
 
