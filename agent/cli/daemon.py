@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, handles_errors, load
+from docktor.agent.cli.common import ConfigOpt, check_executors, handles_errors, load
 from docktor.agent.errors import UsageError
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.runtime import daemon
 
         cfg = load(config, check_llm=True)
+        check_executors(cfg)  # refuses what an executor's backend proves wrong; warnings are validate's
         mode = "advisory" if advisory else None
         try:
             if foreground:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from docktor.agent.config.model import DocktorConfig, ServiceConfig, SourceSpec
+from docktor.agent.config.secrets import secret_env_names
 from docktor.agent.core.decide import Advice, Plan, conclude, plan, remember
 from docktor.agent.core.state import ServiceState
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome
@@ -75,8 +76,9 @@ class Daemon:
     async def open(self) -> None:
         base = self.config.base_dir
         state_dir = self.config.state_dir or base / ".docktor"
+        secrets = secret_env_names(self.config)
         for svc in self.config.services:
-            context = Context(service=svc.name, base_dir=base, state_dir=state_dir)
+            context = Context(service=svc.name, base_dir=base, state_dir=state_dir, secret_env=secrets)
             sources = [(spec, source_plugin(spec.kind)(spec.settings, context)) for spec in svc.sources]
             if svc.executor is None:
                 raise ValueError(f"service {svc.name!r} has no executor")  # the loader always sets one
@@ -190,8 +192,9 @@ class Daemon:
         if act:
             result = await runner.executor.scale(decision.target)
             executed = True
+            removed: dict[str, Any] = {"removed": [r.as_dict() for r in result.removed]} if result.removed else {}
             outcome = Outcome(
-                status="ok" if result.ok else "error", message=result.message, duration_ms=round(result.duration_ms, 1)
+                status="ok" if result.ok else "error", message=result.message, duration_ms=round(result.duration_ms, 1), **removed
             )
         remember(runner.state, decision, now, acted=act, ok=outcome is None or outcome.status == "ok", observations=decision.observations)
         if outcome is not None and outcome.status == "error" and runner.state.backoff_until is not None:
