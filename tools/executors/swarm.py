@@ -255,7 +255,7 @@ class SwarmExecutor(Executor[SwarmSettings]):
     def describe(cls, settings: PluginSettings) -> str:
         assert isinstance(settings, SwarmSettings)
         if settings.stack:
-            return f"swarm {settings.stack}_{settings.service or '<name>'}"
+            return f"swarm {settings.stack}_{settings.service}" if settings.service else f"swarm stack {settings.stack}"
         return f"swarm {settings.service}" if settings.service else "swarm"
 
     @classmethod
