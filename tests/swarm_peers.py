@@ -143,3 +143,132 @@ def wait_for(what: str, cond: Any, timeout: float = 120, every: float = 0.5) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(every)
+
+
+# --------------------------------------------------------------------------- TLS in front of the engine
+
+
+def make_tls_material(folder: Path) -> tuple[Path, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as Docker lays them out.
+
+    Returns (client folder: ca.pem, cert.pem, key.pem for DOCKER_CERT_PATH; server folder).
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key() -> Any:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def name(cn: str) -> Any:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(subject: str, k: Any, issuer: str, ik: Any, *, ca: bool = False, usage: Any = None, ip: str | None = None) -> Any:
+        b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer)).public_key(k.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(k.public_key()), critical=False)
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ik.public_key()), critical=False)
+        if ca:
+            b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                              key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                              encipher_only=False, decipher_only=False), critical=True)
+        if usage is not None:
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if ip is not None:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+        return b.sign(ik, hashes.SHA256())
+
+    def pem(obj: Any) -> bytes:
+        if hasattr(obj, "private_bytes"):
+            return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                     serialization.NoEncryption())
+        return obj.public_bytes(serialization.Encoding.PEM)
+
+    ca_key = key()
+    ca = cert("docktor-test-ca", ca_key, "docktor-test-ca", ca_key, ca=True)
+    server_key, client_key = key(), key()
+    server = cert("127.0.0.1", server_key, "docktor-test-ca", ca_key, usage=ExtendedKeyUsageOID.SERVER_AUTH, ip="127.0.0.1")
+    client_cert = cert("docktor", client_key, "docktor-test-ca", ca_key, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    client_dir, server_dir = folder / "client", folder / "server"
+    client_dir.mkdir()
+    server_dir.mkdir()
+    for d in (client_dir, server_dir):
+        (d / "ca.pem").write_bytes(pem(ca))
+    (client_dir / "cert.pem").write_bytes(pem(client_cert))
+    (client_dir / "key.pem").write_bytes(pem(client_key))
+    (server_dir / "cert.pem").write_bytes(pem(server))
+    (server_dir / "key.pem").write_bytes(pem(server_key))
+    return client_dir, server_dir
+
+
+@contextmanager
+def tls_engine(server_dir: Path) -> Iterator[str]:
+    """Stand-in for a dockerd listening with ``--tlsverify`` (the shared engine cannot be restarted
+    so): a TLS server on loopback that requires a client certificate from the CA and relays every
+    byte to the real engine's unix socket. Yields its ``tcp://127.0.0.1:PORT``."""
+    import asyncio
+    import ssl
+    import threading
+
+    engine = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not engine.startswith("unix://"):
+        raise RuntimeError("the TLS stand-in relays to a unix socket engine")
+    socket_path = engine.removeprefix("unix://")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(server_dir / "ca.pem"))
+    context.load_cert_chain(server_dir / "cert.pem", server_dir / "key.pem")
+    context.verify_mode = ssl.CERT_REQUIRED
+    loop = asyncio.new_event_loop()
+    # a refused handshake (the wrong-CA case) is the client's story to tell, not noise for this log
+    loop.set_exception_handler(lambda _loop, _context: None)
+    ready: list[Any] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(socket_path)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def serve() -> None:
+        server = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=context)
+        ready.append(server)
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
+    server = ready[0]
+    try:
+        yield f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+
+        async def shutdown() -> None:
+            server.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -36,11 +36,13 @@ from tests.peers import free_port
 from tests.swarm_peers import (
     client,
     deploy_stack,
+    make_tls_material,
     remove_stack,
     replicas_spec,
     running_tasks,
     service_tasks,
     swarm_session,
+    tls_engine,
     unique_stack,
     wait_for,
 )
@@ -387,6 +389,37 @@ def test_docker_host_over_ssh_reaches_the_manager_through_the_ssh_binary(stack: 
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "2"]
     assert "-l docktor -p 2222 -- manager.example docker system dial-stdio" in log.read_text()
+
+
+def test_docker_host_over_tls_with_client_certificates(stack: Stack, tmp_path: Path) -> None:
+    """``tcp://`` with ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH``, as the docker SDK reads them, to
+    a TLS stand-in that relays to the real engine (which cannot be restarted with TLS here)."""
+    client_dir, server_dir = make_tls_material(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca, _ = make_tls_material(tmp_path / "other")
+    code = (
+        "import asyncio\n"
+        "from pathlib import Path\n"
+        "from docktor.tools.executors.swarm import SwarmExecutor, SwarmSettings\n"
+        "from docktor.tools.sdk import Context, ExecutorError\n"
+        f"ex = SwarmExecutor(SwarmSettings(kind='swarm', stack='{stack.name}', service='other'), Context('other', Path('.'), Path('.')))\n"
+        "async def main():\n"
+        "    try:\n        s = await ex.status()\n        print(s.desired, s.running)\n"
+        "    except ExecutorError as e:\n        print('error:', e)\n"
+        "    finally:\n        await ex.close()\n"
+        "asyncio.run(main())\n"
+    )
+    with tls_engine(server_dir) as url:
+        def status_with(cert_path: Path) -> str:
+            env = {**os.environ, "DOCKER_HOST": url, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(cert_path)}
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip()
+
+        assert status_with(client_dir).split() == ["2", "2"]
+        # a client whose CA did not sign the server's certificate refuses it: one line, no traceback
+        refused = status_with(other_ca)
+        assert refused.startswith("error: Docker engine") and "CERTIFICATE_VERIFY_FAILED" in refused, refused
 
 
 class FakeWorkerEngine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

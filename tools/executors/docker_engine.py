@@ -61,7 +61,30 @@ def short(e: BaseException) -> str:
 def client_from_env(timeout: float = ENGINE_TIMEOUT_S) -> docker.DockerClient:
     """A client for the engine ``DOCKER_HOST`` names (``ssh://`` through the ``ssh`` binary)."""
     host = os.environ.get("DOCKER_HOST", "")
-    return docker.from_env(timeout=int(timeout), use_ssh_client=host.startswith("ssh://"))
+    client: docker.DockerClient = _EngineClient.from_env(timeout=int(timeout), use_ssh_client=host.startswith("ssh://"))
+    return client
+
+
+class _EngineAPI(docker.APIClient):  # type: ignore[misc]
+    """The SDK's client, verifying a TLS engine with ``DOCKER_CERT_PATH``'s CA whatever
+    ``REQUESTS_CA_BUNDLE`` says.
+
+    The client is a requests session, and requests lets ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``
+    replace the session's CA on every request: with either set (common where a corporate CA is
+    installed), a TLS engine would be checked against the wrong CA and refused. Proxies from the
+    environment still apply.
+    """
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if isinstance(self.verify, str):
+            settings["verify"] = self.verify
+        return settings
+
+
+class _EngineClient(docker.DockerClient):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.api = _EngineAPI(*args, **kwargs)
 
 
 class Engine:
