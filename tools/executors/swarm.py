@@ -61,8 +61,6 @@ WANTED = ("running", "ready", "accepted", "assigned", "preparing", "starting", "
 #: observed states after which a task never runs again
 ENDED = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")
 FAILED = ("failed", "rejected", "orphaned")
-#: desired states of a task being removed (scale-in) or replaced
-LEAVING = ("shutdown", "remove", "orphaned", "complete")
 
 
 class SwarmSettings(PluginSettings):
