@@ -28,9 +28,11 @@ dies at once on SIGTERM without finishing its batch (what a worker without a han
 it is not PID 1). The consumer's ack wait is 10 s, so an unacknowledged message is redelivered
 10 s after its delivery.
 
-Docker executors need ``DOCKER_HOST`` (compose: ``examples/nats-multi``, swarm:
-``examples/nats-swarm``; the engine is turned into a swarm for the run if it is not one, and
-left again if so).
+Docker executors need ``DOCKER_HOST``. They run the examples' own files (compose:
+``examples/nats-multi``, swarm: ``examples/nats-swarm``; the engine is turned into a swarm for the
+run if it is not one, and left again if so), with the consumer image built from this checkout
+under a tag of its own (``docktor-bench/nats-consumer:<hash of its folder>``): the example's tag
+is shared with anything else building the examples on the same engine.
 """
 
 from __future__ import annotations
@@ -203,6 +205,40 @@ async def measure(url: str, executor: Executor[Any], result: Result, *, scale_in
 # --------------------------------------------------------------------------- the executors
 
 
+def consumer_image() -> str:
+    """The example consumer built from this checkout, under a tag naming its content."""
+    import hashlib
+
+    import docker
+
+    folder = CONSUMER_PY.parent
+    digest = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    tag = f"docktor-bench/nats-consumer:{digest.hexdigest()[:12]}"
+    client = docker.from_env(timeout=900)
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        client.images.build(path=str(folder), tag=tag, rm=True)
+    finally:
+        client.close()
+    return tag
+
+
+def example_copy(source: Path, target: Path, image: str, keep: set[str]) -> Path:
+    """The example's Compose/stack file with only ``keep`` services and the consumer on ``image``."""
+    import yaml
+
+    doc = yaml.safe_load(source.read_text())
+    doc["services"] = {name: svc for name, svc in doc["services"].items() if name in keep}
+    doc["services"]["consumer"].pop("build", None)
+    doc["services"]["consumer"].pop("depends_on", None)
+    doc["services"]["consumer"]["image"] = image
+    target.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return target
+
+
 def worker_env(url: str, worker: str) -> dict[str, str]:
     return {"NATS_URL": url, "STREAM": STREAM, "CONSUMER": CONSUMER, "SUBJECT": SUBJECT,
             "PROCESS_TIME_MS": "20", "BATCH_SIZE": "10", "ON_SIGTERM": worker}
@@ -229,7 +265,8 @@ async def compose(worker: str, tmp: Path) -> AsyncIterator[tuple[str, Executor[A
     from docktor.tools.executors.compose import ComposeExecutor, ComposeSettings
     from tests.peers import free_port, unique_project
 
-    file = REPO / "examples" / "nats-multi" / "docker-compose.yaml"
+    file = example_copy(REPO / "examples" / "nats-multi" / "docker-compose.yaml", tmp / "docker-compose.yaml",
+                        await asyncio.to_thread(consumer_image), {"nats", "consumer"})
     project = unique_project("docktor-scalein")
     port, monitor = free_port(), free_port()
     settings = ComposeSettings(kind="compose", compose_file=file, project=project, compose_service="consumer")
@@ -247,7 +284,6 @@ async def _compose_project(ex: Executor[Any], project: str, file: Path, port: in
     from tests.peers import down
 
     try:
-        compose_cli(project, file, "build", "consumer", timeout=900)
         compose_cli(project, file, "up", "-d", "nats", timeout=300)
         url = f"nats://127.0.0.1:{port}"
         await wait_for_nats(url)
@@ -275,8 +311,7 @@ def environ(values: dict[str, str]) -> Any:
 @contextlib.asynccontextmanager
 async def swarm(worker: str, tmp: Path) -> AsyncIterator[tuple[str, Executor[Any]]]:
     from docktor.tools.executors.swarm import SwarmExecutor, SwarmSettings
-    from tests.peers import compose as compose_cli
-    from tests.peers import free_port, unique_project
+    from tests.peers import free_port
     from tests.swarm_peers import deploy_stack, remove_stack, swarm_session, unique_stack
 
     stack = unique_stack("dtk-scalein")
@@ -286,9 +321,9 @@ async def swarm(worker: str, tmp: Path) -> AsyncIterator[tuple[str, Executor[Any
     with swarm_session():
         ex = SwarmExecutor(SwarmSettings(kind="swarm", stack=stack, service="consumer"), Context("consumer", tmp, tmp / "state"))
         try:
-            compose_cli(unique_project("docktor-build"), REPO / "examples" / "nats-multi" / "docker-compose.yaml",
-                        "build", "consumer", "producer", timeout=900)
-            deploy_stack(stack, REPO / "examples" / "nats-swarm" / "stack.yaml", env=env)
+            file = example_copy(REPO / "examples" / "nats-swarm" / "stack.yaml", tmp / "stack.yaml",
+                                await asyncio.to_thread(consumer_image), {"nats", "consumer"})
+            deploy_stack(stack, file, env=env)
             url = f"nats://127.0.0.1:{port}"
             await wait_for_nats(url)
             yield url, ex
