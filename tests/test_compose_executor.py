@@ -61,6 +61,10 @@ services:
   exiter:
     image: python:3.12-slim
     command: ["python", "-c", "import time; time.sleep(0.5); raise SystemExit(4)"]
+  stubborn:  # PID 1 without a handler: SIGTERM does nothing, the engine SIGKILLs after the grace
+    image: python:3.12-slim
+    command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
+    stop_grace_period: 1s
   sick:
     image: python:3.12-slim
     command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
@@ -163,6 +167,51 @@ def test_scale_in_sends_sigterm_and_waits_for_the_worker_to_drain(project: Proje
     assert outcome.ok, outcome.message
     assert sorted(p.name for p in project.drained.iterdir()) == sorted(victims)
     assert numbers(project.name, "worker") == [1]
+    assert [r.replica for r in outcome.removed] == ["3", "2"]
+    assert all(r.stopped.startswith("exited with code 0 ") and r.stopped.endswith("s after SIGTERM") for r in outcome.removed)
+
+
+@pytest.mark.docker
+def test_scale_in_removes_the_idlest_replica_not_the_busy_highest_number(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            assert (await ex.scale(3)).ok
+            busy = containers(project.name, "worker")[2]  # number 3, which used to go first
+            exec_id = busy.client.api.exec_create(busy.id, ["python", "-c", "while True: pass"])["Id"]
+            busy.client.api.exec_start(exec_id, detach=True)
+            for _ in range(60):  # CPU figures need two background readings per container
+                status = await ex.status()
+                if status.metrics.get("cpu.max", 0) > 20 and len(ex._stats.cpu_by_container()) == 3:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                raise AssertionError(f"no CPU figures for every replica: {status.metrics}")
+            return await ex.scale(2)
+        finally:
+            await ex.close()
+
+    outcome = run(scenario())
+    assert outcome.ok, outcome.message
+    assert numbers(project.name, "worker") == [1, 3]
+    assert [r.replica for r in outcome.removed] == ["2"]
+    assert outcome.removed[0].why.startswith("lowest CPU: ") and "3: " in outcome.removed[0].why
+
+
+@pytest.mark.docker
+def test_replica_that_ignores_sigterm_is_killed_after_the_grace_and_the_record_says_so(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("stubborn")
+        try:
+            assert (await ex.scale(2)).ok
+            return await ex.scale(1)
+        finally:
+            await ex.close()
+
+    outcome = run(scenario())
+    assert outcome.ok, outcome.message
+    assert [(r.replica, r.stopped) for r in outcome.removed] == [("2", "ignored SIGTERM for 1 s: SIGKILL")]
+    assert numbers(project.name, "stubborn") == [1]
 
 
 @pytest.mark.docker

@@ -3,16 +3,20 @@
 Each replica runs ``WORKER`` (``python -c``), which writes ``ready-<replica>`` into a folder once
 its SIGTERM handler is installed, ``term-<replica>`` when SIGTERM arrives, and appends a line to
 ``starts-<replica>`` at every start. Nothing here asserts durations; only outcomes and orderings.
+A daemon killed hard and restarted is in test_local_adoption.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +26,7 @@ import pytest
 
 from docktor.tools.executors.local import LocalExecutor, LocalSettings
 from docktor.tools.sdk import Context, ExecutorError
-from tests.peers import REPO
+from tests.peers import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -347,38 +351,178 @@ async def test_close_leaves_no_processes_including_grandchildren_and_is_idempote
     assert not (await ex.scale(1)).ok
 
 
-DAEMON = r"""
-import asyncio, sys, pathlib
-from docktor.tools.executors.local import LocalExecutor, LocalSettings
-from docktor.tools.sdk import Context
+async def test_grandchildren_of_a_crashed_replica_are_stopped_too(make: Callable[..., LocalExecutor], out: Path) -> None:
+    # the replica starts a long-lived child, then crashes: the child must not live on as an orphan
+    crash_after_child = CHILD_SPAWNER.rsplit("time.sleep(600)", 1)[0] + "time.sleep(0.5)\nsys.exit(3)\n"
+    ex = make([sys.executable, "-c", crash_after_child, str(out)], stop_grace_period=0.5, restart_backoff=60)
+    assert (await ex.scale(1)).ok
+    leader, child = (int(p) for p in (await wait_ready(out, 1))[1])
 
-async def main():
-    out = pathlib.Path(sys.argv[1])
-    ex = LocalExecutor(LocalSettings(kind="local", command=sys.argv[2:]), Context("worker", out, out))
-    outcome = await ex.scale(2)
-    print("scaled", outcome.ok, flush=True)
-    await asyncio.sleep(600)
+    async def crashed() -> bool:
+        return (await ex.status()).failed == 1
 
-asyncio.run(main())
+    await eventually(crashed, "the replica to crash")
+    await eventually(lambda: not alive(child), "the crashed replica's child to be stopped")
+    assert not alive(leader)
+    log = (out.parent / "state" / "logs" / "worker.1.log").read_text()
+    assert "processes it started are still running: stopping them" in log
+
+
+# --------------------------------------------------------------------------- the replica's environment
+
+ENV_DUMP = r"""
+import json, os, pathlib, sys, time
+out = pathlib.Path(sys.argv[1])
+tmp = out / "env.tmp"
+tmp.write_text(json.dumps(dict(os.environ)))
+os.replace(tmp, out / ("env-" + os.environ["DOCKTOR_REPLICA"]))
+time.sleep(600)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
-async def test_replicas_die_when_the_daemon_is_killed_hard(out: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    daemon = subprocess.Popen([sys.executable, "-c", DAEMON, str(out), *worker(out)], cwd=REPO, env=env)
+async def test_replica_gets_its_env_and_the_allow_list_never_docktor_secrets(
+    tmp_path: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canaries = {
+        "DOCKTOR_CANARY_LLM_KEY": "canary-llm-9f3b1c",  # llm.api_key_env
+        "DOCKTOR_CANARY_NATS_PASSWORD": "canary-nats-77ad2e",  # a source's password_env
+        "UNLISTED_VARIABLE": "canary-unlisted-5c1e",  # neither allowed nor given
+    }
+    for k, v in {**canaries, "LC_TIME": "C", "TZ": "UTC", "MYAPP_MODE": "fast", "LANG": "C.UTF-8"}.items():
+        monkeypatch.setenv(k, v)
+    settings = LocalSettings(
+        kind="local",
+        command=[sys.executable, "-c", ENV_DUMP, str(out)],
+        env={"GIVEN": "by-config"},
+        # a user who lets a secret's name through by pattern still does not get it
+        env_passthrough=["MYAPP_*", "DOCKTOR_CANARY_*"],
+    )
+    context = Context("worker", tmp_path, tmp_path / "state", secret_env=frozenset(list(canaries)[:2]))
+    ex = LocalExecutor(settings, context)
     try:
-        pids = [int(v[0]) for v in (await wait_ready(out, 1, 2)).values()]
-        assert all(alive(p) for p in pids)
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait(10)
-        await eventually(lambda: not any(alive(p) for p in pids), "replicas to die with their daemon", timeout=10)
+        assert (await ex.scale(1)).ok
+        env_file = await eventually(lambda: (out / "env-1").exists() and out / "env-1", "the replica's environment")
+        seen = json.loads(env_file.read_text())
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(10)
-        for f in out.glob("ready-*"):
-            try:
-                os.kill(int(f.read_text().split()[0]), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+        await ex.close()
+
+    for name, value in canaries.items():
+        assert name not in seen
+        assert value not in json.dumps(seen)
+    assert seen["GIVEN"] == "by-config"
+    assert seen["MYAPP_MODE"] == "fast"
+    assert (seen["LC_TIME"], seen["TZ"], seen["LANG"]) == ("C", "UTC", "C.UTF-8")
+    assert seen["PATH"] == os.environ["PATH"]
+    assert (seen["DOCKTOR_SERVICE"], seen["DOCKTOR_REPLICA"]) == ("worker", "1")
+    allowed = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV",
+               "SSL_CERT_FILE", "SSL_CERT_DIR", "GIVEN", "MYAPP_MODE", "DOCKTOR_SERVICE", "DOCKTOR_REPLICA", "DOCKTOR_OWNER"}
+    unexpected = {k for k in seen if k not in allowed and not k.startswith(("LC_", "PYTHON"))}
+    assert unexpected <= {"LC_CTYPE"}, unexpected  # (Python may set LC_CTYPE itself)
+
+
+def test_check_warns_when_env_passthrough_names_a_secret(tmp_path: Path) -> None:
+    settings = LocalSettings(kind="local", command=["true"], env_passthrough=["OPENAI_*", "MYAPP_*"])
+    context = Context("worker", tmp_path, tmp_path / "state", secret_env=frozenset({"OPENAI_API_KEY"}))
+    warnings = LocalExecutor.check(settings, context)
+    assert len(warnings) == 1
+    assert "'OPENAI_*' matches OPENAI_API_KEY" in warnings[0] and "never passed to replicas" in warnings[0]
+
+
+def test_env_passthrough_rejects_what_is_not_a_name_or_pattern() -> None:
+    with pytest.raises(ValueError, match="not a variable name or a pattern"):
+        LocalSettings(kind="local", command=["true"], env_passthrough=["PATH=/bin"])
+
+
+# --------------------------------------------------------------------------- which replicas go first
+
+BUSY_OR_IDLE = r"""
+import os, pathlib, signal, sys, time
+out, busy = pathlib.Path(sys.argv[1]), sys.argv[2].split(",")
+r = os.environ["DOCKTOR_REPLICA"]
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+(out / ("ready-" + r)).write_text(str(os.getpid()))
+while True:
+    if r in busy:
+        sum(i * i for i in range(10000))  # a replica with work in hand
+    else:
+        time.sleep(0.05)                  # an idle one, waiting for work
+"""
+
+
+async def test_scale_in_removes_the_idlest_replicas_and_says_why(make: Callable[..., LocalExecutor], out: Path) -> None:
+    # replica 3 is busy: the highest number, which the executor used to remove first
+    ex = make([sys.executable, "-c", BUSY_OR_IDLE, str(out), "3"])
+    assert (await ex.scale(3)).ok
+    await wait_ready(out, 1, 2, 3)
+
+    await ex.status()  # each status() is a CPU measurement, as each tick is
+    await asyncio.sleep(1.2)  # a measurement covers at least a second
+    await ex.status()
+
+    outcome = await ex.scale(1)
+
+    assert outcome.ok, outcome.message
+    # the busy replica 3 is kept; of the two idle ones, the higher number goes first
+    assert [r.replica for r in outcome.removed] == ["2", "1"]
+    assert all(r.why.startswith("lowest CPU: ") for r in outcome.removed)
+    assert "3: " in outcome.removed[0].why  # the kept busy one is named with its CPU
+    assert all("after SIGTERM" in r.stopped for r in outcome.removed)
+    remaining = await ex.status()
+    assert (remaining.desired, remaining.running) == (1, 1)
+    assert alive(int((out / "ready-3").read_text()))
+    assert not any(alive(int((out / f"ready-{r}").read_text())) for r in (1, 2))
+
+
+def test_daemon_with_canary_secrets_passes_none_to_its_replicas(tmp_path: Path, out: Path) -> None:
+    """The real daemon, with an LLM key and a NATS password in its environment, starts replicas."""
+    from tests.peers import start_nats
+
+    server = start_nats(tmp_path / "js", "--user", "docktor", "--pass", "canary-nats-pw-41c7")
+    daemon = None
+    try:
+        config = tmp_path / "docktor.yaml"
+        config.write_text(
+            textwrap.dedent(
+                f"""
+                state_dir: {tmp_path / 'state'}
+                llm:
+                  provider: openai-compatible
+                  base_url: http://127.0.0.1:{free_port()}/v1   # nothing listens: the advice falls back
+                  model: none
+                  api_key_env: CANARY_LLM_KEY
+                  timeout: 1s
+                services:
+                  - name: worker
+                    executor: local
+                    command: {json.dumps([sys.executable, "-c", ENV_DUMP, str(out)])}
+                    env: {{GIVEN: by-config}}
+                    min_replicas: 2
+                    check_interval: 0.5s
+                    policy: rules
+                    queue: {{kind: nats, url: "{server.url}", stream: S, consumer: C,
+                             user_env: CANARY_NATS_USER, password_env: CANARY_NATS_PASSWORD}}
+                """
+            )
+        )
+        secrets = {"CANARY_LLM_KEY": "canary-llm-key-8d02", "CANARY_NATS_PASSWORD": "canary-nats-pw-41c7"}
+        env = {**os.environ, **secrets, "CANARY_NATS_USER": "docktor", "MY_UNLISTED": "canary-unlisted-3f"}
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).with_name("docktor")), "daemon", "start", "--config", str(config), "--foreground"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not ((out / "env-1").exists() and (out / "env-2").exists()):
+            assert daemon.poll() is None, "the daemon exited"
+            assert time.monotonic() < deadline, "the replicas never started"
+            time.sleep(0.1)
+        for r in (1, 2):
+            seen = json.loads((out / f"env-{r}").read_text())
+            text = json.dumps(seen)
+            assert not any(v in text for v in [*secrets.values(), "canary-unlisted-3f"])
+            assert not {"CANARY_LLM_KEY", "CANARY_NATS_PASSWORD", "MY_UNLISTED"} & seen.keys()
+            assert seen["GIVEN"] == "by-config" and seen["PATH"] == os.environ["PATH"]
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(60)
+        server.stop()

@@ -65,6 +65,7 @@ __all__ = [
     "Plugin",
     "PluginSettings",
     "PositiveSeconds",
+    "RemovedReplica",
     "ReplicaStatus",
     "ScaleOutcome",
     "Seconds",
@@ -245,6 +246,9 @@ class Context:
     base_dir: Path
     #: a folder the plugin may write to (logs, small files); shared by all plugins of the daemon
     state_dir: Path
+    #: names of environment variables that hold Docktor's own credentials (the LLM key, sources'
+    #: ``*_env`` settings): an executor never hands them to a replica
+    secret_env: frozenset[str] = frozenset()
 
     def path(self, p: Path) -> Path:
         """``p`` resolved against :attr:`base_dir` when relative."""
@@ -332,7 +336,13 @@ class Plugin(ABC, Generic[S]):
 
     @classmethod
     def check(cls, settings: PluginSettings, context: Context) -> list[str]:
-        """Offline checks worth a warning at ``validate`` (a file missing, say); no network I/O."""
+        """Checks worth a warning at ``validate`` (a file missing, say); no network I/O for sources.
+
+        An executor may ask its backend, briefly, when only the backend can tell (a Swarm
+        service's mode); it raises :class:`ExecutorError` when the backend *proves* the settings
+        can never work, and ``validate`` and ``daemon start`` then refuse the config with that line.
+        An unreachable backend is only a warning: the config may be for another machine.
+        """
         return []
 
     async def close(self) -> None:
@@ -400,6 +410,21 @@ class ReplicaStatus:
 
 
 @dataclass(frozen=True)
+class RemovedReplica:
+    """One replica a scale-in removed: which, why that one, and how it ended."""
+
+    #: the replica as the backend names it: ``"3"`` (local slot), a container or task name
+    replica: str
+    #: why this replica rather than another, e.g. ``"idlest: 0.2% CPU over the last 10 s"``
+    why: str
+    #: how it stopped, e.g. ``"exited 0 after SIGTERM in 0.4 s"`` or ``"SIGKILL after 10 s grace"``
+    stopped: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"replica": self.replica, "why": self.why, "stopped": self.stopped}
+
+
+@dataclass(frozen=True)
 class ScaleOutcome:
     """Result of asking an executor for N replicas, after it verified the change."""
 
@@ -407,6 +432,8 @@ class ScaleOutcome:
     message: str
     duration_ms: float
     running: int | None = None  # replicas running once verification ended
+    #: on scale-in, the replicas that were removed (the decision record carries them)
+    removed: tuple[RemovedReplica, ...] = ()
 
 
 class Executor(Plugin[S]):

@@ -19,7 +19,7 @@ from docktor.agent.cli import explain as explain_command
 from docktor.agent.cli import llm as llm_commands
 from docktor.agent.cli import mcp as mcp_command
 from docktor.agent.cli import sim as sim_commands
-from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
+from docktor.agent.cli.common import ConfigOpt, check_executors, group, handles_errors, load
 
 app = group("Scale queue workers on queue depth and throughput, with every decision explained.")
 
@@ -50,19 +50,20 @@ def validate(config: ConfigOpt = Path("docktor.yaml")) -> None:
     """Check a config file: a summary line per service, or one line per problem (exit 2)."""
     from docktor.agent.cli.render import say, warn
     from docktor.agent.config.load import summarize
-    from docktor.tools.registry import executor_plugin, source_plugin
+    from docktor.tools.registry import source_plugin
     from docktor.tools.sdk import Context
 
     cfg = load(config, check_llm=True)
     assert cfg.state_dir is not None
+    # Checks each plugin can make (a file missing, no Compose CLI): warnings, because the config
+    # may be right and this machine not the one it runs on; an executor whose backend proves the
+    # settings wrong (a global Swarm service) refuses the config instead (exit 2).
+    executor_warnings = check_executors(cfg)
     for svc in cfg.services:
         say(summarize(svc))
-        # Offline checks each plugin can make (a file missing, no Compose CLI): warnings, because
-        # the config may be right and this machine not the one it runs on.
         context = Context(service=svc.name, base_dir=cfg.base_dir, state_dir=cfg.state_dir)
-        if svc.executor is not None:
-            for w in executor_plugin(svc.executor.kind).check(svc.executor.settings, context):
-                warn(f"{svc.name}: {w}")
+        for w in executor_warnings.get(svc.name, []):
+            warn(f"{svc.name}: {w}")
         for spec in svc.sources:
             for w in source_plugin(spec.kind).check(spec.settings, context):
                 warn(f"{svc.name}: source {spec.name}: {w}")

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
+from docktor.agent.cli.common import ConfigOpt, check_executors, group, handles_errors, load
 from docktor.agent.errors import UsageError
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.runtime import daemon
 
         cfg = load(config, check_llm=True)
+        check_executors(cfg)  # refuses what an executor's backend proves wrong; warnings are validate's
         mode = "advisory" if advisory else None
         try:
             if foreground:

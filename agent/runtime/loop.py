@@ -22,6 +22,7 @@ from docktor.agent.config.model import DocktorConfig, ServiceConfig, SourceSpec
 from docktor.agent.core.decide import Decision, finish, plan, remember, step
 from docktor.agent.core.guardrails import Envelope
 from docktor.agent.core.policy import Proposal
+from docktor.agent.config.secrets import secret_env_names
 from docktor.agent.core.state import ServiceState
 from docktor.agent.redact import redact, redact_obj
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord
@@ -136,12 +137,18 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _context(self, svc: ServiceConfig) -> Context:
-        return Context(service=svc.name, base_dir=self.config.base_dir, state_dir=self.state_dir)
+    def _context(self, svc: ServiceConfig, config: DocktorConfig) -> Context:
+        # secret_env: Docktor's own credentials, which the local executor keeps from its replicas
+        return Context(
+            service=svc.name, base_dir=config.base_dir, state_dir=self.state_dir, secret_env=secret_env_names(config)
+        )
 
-    def _runner(self, svc: ServiceConfig, reuse: ServiceRunner | None = None) -> ServiceRunner:
-        """A runner for ``svc``; plugins whose kind and settings did not change are taken from ``reuse``."""
-        context = self._context(svc)
+    def _runner(
+        self, svc: ServiceConfig, reuse: ServiceRunner | None = None, config: DocktorConfig | None = None
+    ) -> ServiceRunner:
+        """A runner for ``svc`` of ``config`` (the running one by default); plugins whose kind and
+        settings did not change are taken from ``reuse``."""
+        context = self._context(svc, config or self.config)
         kept: dict[tuple[Any, ...], Source[Any]] = {} if reuse is None else {
             (s.name, s.kind, s.settings, s.primary): src for s, src in reuse.sources
         }
@@ -563,8 +570,9 @@ class Daemon:
             result = await runner.executor.scale(decision.target)
         except Exception as e:  # executors report failures in their outcome; a raise is a bug, logged as one
             result = ScaleOutcome(False, f"executor raised {one_line(e)}", (time.monotonic() - started) * 1000)
+        removed: dict[str, Any] = {"removed": [r.as_dict() for r in result.removed]} if result.removed else {}
         outcome = Outcome(
-            status="ok" if result.ok else "error", message=result.message, duration_ms=round(result.duration_ms, 1)
+            status="ok" if result.ok else "error", message=result.message, duration_ms=round(result.duration_ms, 1), **removed
         )
         remember(runner.state, decision, now, acted=True, ok=result.ok, observations=decision.observations)
         if not result.ok and runner.state.backoff_until is not None:
@@ -688,7 +696,7 @@ class Daemon:
         unchanged = [s.name for s in config.services if s.name in fingerprint and s not in changed]
 
         # Build first, claim the new targets, and only then stop anything: a refused reload changes nothing.
-        fresh = {s.name: self._runner(s, reuse=self.runners.get(s.name)) for s in changed + added}
+        fresh = {s.name: self._runner(s, reuse=self.runners.get(s.name), config=config) for s in changed + added}
         for name, r in fresh.items():
             was = self.runners.get(name)
             if was is not None and was.target_lock is not None and was.target() == r.target():

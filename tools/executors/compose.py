@@ -4,8 +4,10 @@ Changing the count goes through the Compose CLI (so Compose keeps owning names, 
 config hash and container numbers); everything Docktor *reads* comes from the engine via the
 docker SDK and Compose's labels, never from CLI text. ``DOCKER_HOST`` selects the engine for both.
 
-Scale-in stops the highest-numbered replicas first, with the service's grace period, before
-Compose removes them: workers should stop fetching and ack (or nak) what they hold on SIGTERM.
+Scale-in chooses the replicas itself (not running first, then the lowest CPU, ties to the
+highest number), stops them with their stop signal and the grace period, waits for them to exit
+and removes them before Compose sees the new count: workers should stop fetching and ack (or nak)
+what they hold on SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,47 +18,33 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import docker
-import requests
 import yaml
-from docker.errors import APIError, DockerException, NotFound
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+from docker.errors import NotFound
 
-from docktor.tools.executors.docker_stats import Sample, aggregate, sample
+from docktor.tools.executors.docker_engine import CALL_TIMEOUT_S, ContainerStats, Engine
 from docktor.tools.sdk import (
     Context,
     Executor,
     ExecutorError,
     PluginSettings,
     PositiveSeconds,
+    RemovedReplica,
     ReplicaStatus,
     ScaleOutcome,
     Seconds,
     standard,
 )
 
-T = TypeVar("T")
-
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 
-#: HTTP timeout of one engine request; a listing retries on top of it
-ENGINE_TIMEOUT_S = 10.0
-#: overall bound for a listing (retries included) and for one container's stats
-LIST_TIMEOUT_S = 30.0
-STATS_TIMEOUT_S = 8.0
-#: how long status() waits for a metrics refresh before answering with the previous figures
-METRICS_WAIT_S = 0.3
-#: older figures are dropped rather than reported (they describe other replicas by then)
-METRICS_MAX_AGE_S = 30.0
 #: extra time the ``compose up`` command gets beyond scale_timeout (network/volume setup, builds)
 COMPOSE_SLACK_S = 30.0
 CLI_PROBE_TIMEOUT_S = 15.0
@@ -65,22 +53,8 @@ POLL_S = 0.5
 RESTART_LOOP_COUNT = 2
 #: how long all replicas must stay up before a scale counts as done
 STABLE_S = 2.0
-
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, NotFound):
-        return False
-    if isinstance(exc, APIError):
-        return exc.status_code is None or exc.status_code >= 500
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout, DockerException))
-
-
-_engine_retry = retry(
-    retry=retry_if_exception(_transient),
-    stop=stop_after_attempt(3),
-    wait=wait_exponential(multiplier=0.2, max=2.0),
-    reraise=True,
-)
+#: Docker's default stop timeout, when a container has none of its own
+DOCKER_STOP_TIMEOUT_S = 10
 
 
 # --------------------------------------------------------------------------- project name
@@ -191,6 +165,7 @@ class Replica:
     restart_count: int
     oom_killed: bool
     stop_timeout: int | None
+    stop_signal: str
     memory_limit: int
 
     @property
@@ -239,6 +214,7 @@ class Replica:
             restart_count=int(a.get("RestartCount") or 0),
             oom_killed=bool(state.get("OOMKilled")),
             stop_timeout=config.get("StopTimeout"),
+            stop_signal=config.get("StopSignal") or "SIGTERM",
             memory_limit=int((a.get("HostConfig") or {}).get("Memory") or 0),
         )
 
@@ -286,15 +262,9 @@ class ComposeExecutor(Executor[ComposeSettings]):
         self.stop_grace_period = settings.stop_grace_period
         self.collect_metrics = collect_metrics
         self._cli = list(cli) if cli else None
-        self._client: docker.DockerClient | None = None
+        self._engine = Engine()
+        self._stats = ContainerStats(self._engine)
         self._lock = asyncio.Lock()
-        #: each running container's previous cpu_stats, the earlier sample for CPU percent
-        self._cpu_seen: dict[str, dict[str, Any]] = {}
-        self._refresh: asyncio.Task[dict[str, float]] | None = None
-        # stats requests can block ~1 s each in the engine: a pool of their own keeps them from
-        # queueing up the listing calls status() needs at once
-        self._stats_pool = ThreadPoolExecutor(max_workers=10, thread_name_prefix="docktor-stats")
-        self._last_metrics: tuple[float, dict[str, float]] | None = None
 
     @classmethod
     def check(cls, settings: PluginSettings, context: Context) -> list[str]:
@@ -352,21 +322,11 @@ class ComposeExecutor(Executor[ComposeSettings]):
 
     # ----------------------------------------------------------------- engine access
 
-    def _engine(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = docker.from_env(timeout=int(ENGINE_TIMEOUT_S))
-        return self._client
-
-    async def _call(self, fn: Callable[..., T], *args: Any, timeout: float = LIST_TIMEOUT_S) -> T:
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(_engine_retry(fn), *args), timeout)
-        except TimeoutError:
-            raise ExecutorError(f"Docker engine did not answer within {timeout:g}s") from None
-        except (DockerException, requests.RequestException) as e:
-            raise ExecutorError(f"Docker engine: {_short(e)}") from None
+    async def _call(self, fn: Any, *args: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
+        return await self._engine.call(fn, *args, timeout=timeout)
 
     def _list_sync(self) -> list[Replica]:
-        api = self._engine().api
+        api = self._engine.api
         rows = api.containers(
             all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={self.service}"]}
         )
@@ -382,60 +342,13 @@ class ComposeExecutor(Executor[ComposeSettings]):
 
     async def replicas(self) -> list[Replica]:
         """The service's containers (one-off ``run`` containers excluded), by container number."""
-        return await self._call(self._list_sync)
-
-    async def _stats(self, replica: Replica) -> Sample | None:
-        api = self._engine().api
-        # one_shot: the engine may answer without taking a second sample (it does not always);
-        # the earlier sample for CPU is then our previous reading of the same container
-        call = _engine_retry(lambda: api.stats(replica.id, stream=False, one_shot=True))
-        loop = asyncio.get_running_loop()
-        try:
-            raw = await asyncio.wait_for(loop.run_in_executor(self._stats_pool, call), STATS_TIMEOUT_S)
-        except (TimeoutError, DockerException, requests.RequestException):
-            return None
-        previous = self._cpu_seen.get(replica.id)
-        if raw.get("cpu_stats", {}).get("system_cpu_usage") is not None:
-            self._cpu_seen[replica.id] = raw["cpu_stats"]
-        return sample(raw, replica.memory_limit, previous)
-
-    async def _recent_metrics(self, running: Sequence[Replica]) -> dict[str, float]:
-        """The latest figures, refreshed in the background.
-
-        The engine may take a second or more per stats request even when asked for a one-shot
-        reading, which would make status() (and so every tick) that slow; the refresh runs on
-        its own and status() waits for it only briefly, answering with the previous figures
-        (at most :data:`METRICS_MAX_AGE_S` old) when it is not done yet.
-        """
-        if not running:
-            return {}
-        if self._refresh is None or self._refresh.done():
-            started = time.monotonic()
-            self._refresh = asyncio.create_task(self.metrics(running))
-            self._refresh.add_done_callback(lambda t: self._keep_metrics(t, started))
-        try:
-            await asyncio.wait_for(asyncio.shield(self._refresh), METRICS_WAIT_S)
-        except TimeoutError:
-            pass
-        if self._last_metrics is None or time.monotonic() - self._last_metrics[0] > METRICS_MAX_AGE_S:
-            return {}
-        return dict(self._last_metrics[1])
-
-    def _keep_metrics(self, task: asyncio.Task[dict[str, float]], started: float) -> None:
-        if not task.cancelled() and task.exception() is None:
-            self._last_metrics = (started, task.result())
+        result: list[Replica] = await self._call(self._list_sync)
+        return result
 
     async def metrics(self, running: Sequence[Replica]) -> dict[str, float]:
-        """CPU and memory over ``running``, read concurrently; absent when any reading fails."""
-        live = {r.id for r in running}
-        for gone in self._cpu_seen.keys() - live:
-            del self._cpu_seen[gone]
-        if not running:
-            return {}
-        samples = await asyncio.gather(*(self._stats(r) for r in running))
-        if any(s is None for s in samples):
-            return {}
-        return aggregate(s for s in samples if s is not None)
+        """CPU and memory over ``running``, read now; absent when any reading fails."""
+        figures, _ = await self._stats.read([(r.id, r.memory_limit) for r in running])
+        return figures
 
     # ----------------------------------------------------------------- status
 
@@ -446,7 +359,7 @@ class ComposeExecutor(Executor[ComposeSettings]):
         # a user's `docker compose stop` leaves exit code 0: stopped, not failed
         failed = [r for r in replicas if r.problem() is not None and not (r.state == "exited" and r.exit_code == 0)]
         running = [r for r in replicas if r.state == "running"]
-        metrics = await self._recent_metrics(running) if self.collect_metrics else {}
+        metrics = await self._stats.recent([(r.id, r.memory_limit) for r in running]) if self.collect_metrics else {}
         # Compose's replica count is the number of containers it keeps for the service (exited
         # ones included), so this also sees changes made by hand with `docker compose up --scale`
         desired = len(replicas)
@@ -465,23 +378,26 @@ class ComposeExecutor(Executor[ComposeSettings]):
             raise ValueError("replicas must be >= 0")
         async with self._lock:
             started = time.monotonic()
+            removed: list[RemovedReplica] = []
             try:
-                message, ok, running = await self._scale(replicas, started)
+                message, ok, running = await self._scale(replicas, started, removed)
             except ExecutorError as e:
                 message, ok, running = str(e), False, None
-            return ScaleOutcome(ok=ok, message=message, duration_ms=(time.monotonic() - started) * 1000, running=running)
+            return ScaleOutcome(
+                ok=ok, message=message, duration_ms=(time.monotonic() - started) * 1000, running=running, removed=tuple(removed)
+            )
 
-    async def _scale(self, n: int, started: float) -> tuple[str, bool, int | None]:
+    async def _scale(self, n: int, started: float, removed: list[RemovedReplica]) -> tuple[str, bool, int | None]:
         if self._cli is None:
             self._cli = await asyncio.to_thread(find_compose_cli)
         before = await self.replicas()
         baseline = {r.id: r.restart_count for r in before}
 
-        victims = sorted(before, key=lambda r: r.number, reverse=True)[: max(0, len(before) - n)]
+        victims = self.choose_victims(before, len(before) - n) if len(before) > n else []
         if victims:
-            # Compose also removes the highest numbers first, but stopping them ourselves makes the
-            # choice and the grace period explicit whatever the Compose version does
-            await self._stop(victims)
+            # Stopped and removed here, before Compose sees the count: Compose would pick the
+            # highest numbers itself, busy or not, and its grace period would be implicit
+            removed.extend(await self._remove(victims))
 
         code, output = await self._compose(
             ["up", "-d", "--no-deps", "--no-recreate", "--scale", f"{self.service}={n}", self.service],
@@ -505,9 +421,9 @@ class ComposeExecutor(Executor[ComposeSettings]):
                 ready_since = ready_since or time.monotonic()
                 # a worker that crashes on start is "running" for a moment: require it to stay up
                 if time.monotonic() - ready_since >= STABLE_S:
-                    removed = f"; stopped replicas {', '.join(str(v.number) for v in victims)}" if victims else ""
+                    gone = f"; stopped replicas {', '.join(str(v.number) for v, _ in victims)}" if victims else ""
                     took = (ready_since - started) * 1000
-                    return f"{n} running after {took:.0f} ms{removed}", True, n
+                    return f"{n} running after {took:.0f} ms{gone}", True, n
             else:
                 ready_since = None
             if time.monotonic() >= deadline and ready_since is None:
@@ -522,30 +438,65 @@ class ComposeExecutor(Executor[ComposeSettings]):
                 )
             await asyncio.sleep(POLL_S)
 
+    def choose_victims(self, replicas: Sequence[Replica], count: int) -> list[tuple[Replica, str]]:
+        """The ``count`` replicas to remove, each with why: not ready first, then not measured yet,
+        then the lowest CPU (whole percent, from the last background reading), ties to the highest number."""
+        cpu = self._stats.cpu_by_container() if self.collect_metrics else {}
+
+        def rank(r: Replica) -> tuple[int, int, int]:
+            if not r.ready:
+                return (0, 0, -r.number)
+            if r.id not in cpu:
+                return (1, 0, -r.number)
+            return (2, int(cpu[r.id]), -r.number)
+
+        ordered = sorted(replicas, key=rank)
+        chosen, kept = ordered[:count], ordered[count:]
+        kept_cpu = ", ".join(f"{r.number}: {cpu[r.id]:.1f}%" for r in sorted(kept, key=lambda r: r.number) if r.id in cpu)
+        out = []
+        for r in chosen:
+            level = rank(r)[0]
+            if level == 0:
+                why = f"not running ({r.state}{f', {r.health}' if r.health else ''})"
+            elif level == 1:
+                why = "no CPU reading yet (started since the last check)" if self.collect_metrics else "highest number"
+            else:
+                why = f"lowest CPU: {cpu[r.id]:.1f}%" + (f" (kept {kept_cpu})" if kept_cpu else "")
+            out.append((r, why))
+        return out
+
     async def _count_ready(self) -> int | None:
         try:
             return sum(1 for r in await self.replicas() if r.ready)
         except ExecutorError:
             return None
 
-    async def _stop(self, victims: Sequence[Replica]) -> None:
-        api = self._engine().api
+    async def _remove(self, victims: Sequence[tuple[Replica, str]]) -> list[RemovedReplica]:
+        """Stop the victims concurrently (their stop signal, the grace period, then SIGKILL by the
+        engine), wait for each to exit, and remove them; raise when any could not be stopped."""
+        api = self._engine.api
 
-        def stop_one(r: Replica, grace: int) -> None:
+        def stop_and_remove(r: Replica, grace: int) -> tuple[float, dict[str, Any] | None]:
+            began = time.monotonic()
             try:
-                api.stop(r.id, timeout=grace)
+                api.stop(r.id, timeout=grace)  # returns once the container has exited
+                state = api.inspect_container(r.id).get("State") or {}
+                api.remove_container(r.id)
             except NotFound:
-                pass  # already gone: nothing left to drain
+                return time.monotonic() - began, None  # already gone: nothing left to drain
+            return time.monotonic() - began, state
 
-        async def stop(r: Replica) -> None:
-            grace = self.stop_grace_period if self.stop_grace_period is not None else (r.stop_timeout or 10)
+        async def one(r: Replica, why: str) -> RemovedReplica:
+            grace = self.stop_grace_period if self.stop_grace_period is not None else (r.stop_timeout or DOCKER_STOP_TIMEOUT_S)
             # the SDK extends its HTTP timeout by the grace period itself; our bound adds the same
-            await self._call(stop_one, r, int(round(grace)), timeout=grace + LIST_TIMEOUT_S)
+            took, state = await self._call(stop_and_remove, r, int(round(grace)), timeout=grace + CALL_TIMEOUT_S)
+            return RemovedReplica(str(r.number), why, _how_it_stopped(r, state, took, grace))
 
-        results = await asyncio.gather(*(stop(v) for v in victims), return_exceptions=True)
+        results = await asyncio.gather(*(one(r, why) for r, why in victims), return_exceptions=True)
         errors = [str(e) for e in results if isinstance(e, BaseException)]
         if errors:
             raise ExecutorError(f"stopping replicas failed: {'; '.join(errors)}")
+        return [r for r in results if isinstance(r, RemovedReplica)]
 
     async def _compose(self, args: list[str], timeout: float) -> tuple[int, str]:
         assert self._cli is not None
@@ -573,14 +524,17 @@ class ComposeExecutor(Executor[ComposeSettings]):
         return proc.returncode or 0, out.decode(errors="replace")
 
     async def close(self) -> None:
-        if self._refresh is not None and not self._refresh.done():
-            self._refresh.cancel()
-        self._stats_pool.shutdown(wait=False, cancel_futures=True)
-        if self._client is not None:
-            client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
+        self._stats.close()
+        await self._engine.close()
 
 
-def _short(e: BaseException) -> str:
-    text = getattr(e, "explanation", None) or str(e)
-    return str(text).splitlines()[0][:300] if text else type(e).__name__
+def _how_it_stopped(r: Replica, state: dict[str, Any] | None, took: float, grace: float) -> str:
+    if state is None:
+        return "was already gone"
+    if r.state != "running":
+        return f"was {r.state}"
+    code = int(state.get("ExitCode") or 0)
+    # the engine sends SIGKILL once the grace period has passed: exit 137, after (about) the grace
+    if code == 137 and took >= grace - 0.5:
+        return f"ignored {r.stop_signal} for {grace:g} s: SIGKILL"
+    return f"exited with code {code} {took:.1f} s after {r.stop_signal}"

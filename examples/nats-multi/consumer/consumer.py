@@ -3,6 +3,10 @@
 On SIGTERM it stops fetching, finishes and acks the messages it already holds, and exits, so
 scaling in never strands work in flight (give it a stop_grace_period longer than one batch).
 Creates the durable pull consumer when it is missing.
+
+ON_SIGTERM=exit (die at once, as a worker without a handler does) or ON_SIGTERM=ignore (carry on
+until the SIGKILL at the end of the grace period) show what not draining costs: the messages held
+are redelivered once their ack wait expires (``python -m benchmarks.scalein`` measures it).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ CONSUMER = os.environ.get("CONSUMER", "WEB_WORKERS")
 SUBJECT = os.environ.get("SUBJECT", "events.web")
 PROCESS_TIME_MS = float(os.environ.get("PROCESS_TIME_MS", "20"))
 BATCH_SIZE = int(os.environ.get("BATCH_SIZE", "10"))
+ON_SIGTERM = os.environ.get("ON_SIGTERM", "drain")  # drain | exit | ignore
 ME = socket.gethostname()
 
 
@@ -67,8 +72,13 @@ async def ensure_consumer(js, stop: asyncio.Event) -> bool:
 async def main() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if ON_SIGTERM == "exit":
+        loop.add_signal_handler(signal.SIGTERM, os._exit, 143)
+    elif ON_SIGTERM == "ignore":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
 
     nc = await connect()
     js = nc.jetstream()

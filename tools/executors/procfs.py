@@ -1,0 +1,111 @@
+"""What the local executor reads from Linux's ``/proc``: process identity, sessions and CPU time.
+
+A pid alone does not name a process across a daemon restart (pids are reused); the pair
+(pid, start time in clock ticks since boot), within one boot (``boot_id``), does. Replicas run in
+their own session (``start_new_session``), so "everything a replica started" is every process
+whose session id is the replica's pid, unless one of them called ``setsid`` itself.
+
+Everything here answers ``None`` (or nothing) where ``/proc`` is not there: other systems get
+no adoption after a crash and no CPU-based choice at scale-in, and the docs say so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int
+    state: str  # R, S, D, Z (zombie), T ...
+    ppid: int
+    pgid: int
+    sid: int
+    #: user + system time of the process itself, and of its children it has reaped (ticks)
+    cpu_ticks: int
+    #: start time in clock ticks since boot: with the pid, the process's identity
+    start_ticks: int
+
+    @property
+    def zombie(self) -> bool:
+        return self.state in ("Z", "X")
+
+
+def available() -> bool:
+    return (PROC / "self" / "stat").exists()
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """``/proc/<pid>/stat`` parsed, or None when there is no such process (or no /proc)."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return _parse(pid, text)
+
+
+def _parse(pid: int, text: str) -> ProcInfo | None:
+    # the command name (field 2) is in parentheses and may itself contain spaces and parentheses
+    try:
+        rest = text.rsplit(")", 1)[1].split()
+        return ProcInfo(
+            pid=pid,
+            state=rest[0],
+            ppid=int(rest[1]),
+            pgid=int(rest[2]),
+            sid=int(rest[3]),
+            cpu_ticks=int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14]),
+            start_ticks=int(rest[19]),
+        )
+    except (IndexError, ValueError):
+        return None
+
+
+def processes() -> Iterator[ProcInfo]:
+    """Every process this user can see."""
+    try:
+        entries = os.listdir(PROC)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.isdigit() and (info := proc_info(int(entry))) is not None:
+            yield info
+
+
+def by_session(sids: set[int]) -> dict[int, list[ProcInfo]]:
+    """The live (non-zombie) processes of each of these sessions."""
+    found: dict[int, list[ProcInfo]] = {sid: [] for sid in sids}
+    if not sids:
+        return found
+    for p in processes():
+        if p.sid in found and not p.zombie:
+            found[p.sid].append(p)
+    return found
+
+
+def same_process(pid: int, start_ticks: int) -> bool:
+    """``pid`` is still the process that had this start time (and has not exited)."""
+    info = proc_info(pid)
+    return info is not None and info.start_ticks == start_ticks and not info.zombie
+
+
+def boot_id() -> str | None:
+    try:
+        return (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def environ_has(pid: int, entry: str) -> bool:
+    """The process's initial environment contains ``entry`` (``NAME=value``); False if unreadable."""
+    try:
+        data = (PROC / str(pid) / "environ").read_bytes()
+    except OSError:
+        return False
+    return entry.encode() in data.split(b"\0")

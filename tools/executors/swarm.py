@@ -1,0 +1,526 @@
+"""Scale one Docker Swarm service through the Engine API, and verify from its tasks that it worked.
+
+Docktor talks to a manager node (``DOCKER_HOST``: ``unix://``, ``tcp://`` with TLS, ``ssh://``).
+A scale is what ``docker service scale`` does, through the docker SDK: read the service, change
+its replica count in the spec it read, and update it with the version it read (the engine refuses
+an update based on a stale version; the executor reads again and retries). Nothing else in the
+spec changes, so no task is restarted by a scale.
+
+Everything reported comes from the service's tasks: per slot, its newest task that is meant to
+run; a task that is rejected or failed (image missing, no node satisfies the constraints, a
+host-mode port taken, exit at start) makes the scale an error carrying the task's own error text,
+and the daemon then backs off as for Compose.
+
+Scale-in: Swarm chooses the tasks to remove (tasks not running first, then from the nodes with
+the most tasks of the service; among equals on a node, any); the Engine API cannot name one. Each
+removed task's container gets the service's stop signal and ``stop_grace_period`` and is killed
+after it; the executor waits for every removed task to end and records which ended how.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from docker.errors import APIError, DockerException, NotFound
+
+from docktor.tools.executors.docker_engine import ContainerStats, Engine, client_from_env, short
+from docktor.tools.sdk import (
+    Context,
+    Executor,
+    ExecutorError,
+    PluginSettings,
+    PositiveSeconds,
+    RemovedReplica,
+    ReplicaStatus,
+    ScaleOutcome,
+    redact_url,
+    standard,
+)
+
+POLL_S = 0.5
+#: how long every task must stay running before a scale counts as done (a crash at start is
+#: "running" for a moment)
+STABLE_S = 2.0
+#: bound on validate's look at the engine
+CHECK_TIMEOUT_S = 5.0
+#: attempts at an update that the engine refuses because the service changed meanwhile
+UPDATE_ATTEMPTS = 3
+#: Docker's defaults when the service sets none
+DEFAULT_GRACE_S = 10.0
+DEFAULT_STOP_SIGNAL = "SIGTERM"
+
+#: desired states of a task meant to run (``ready``: waiting out a restart delay)
+WANTED = ("running", "ready", "accepted", "assigned", "preparing", "starting", "new", "pending")
+#: observed states after which a task never runs again
+ENDED = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")
+FAILED = ("failed", "rejected", "orphaned")
+
+
+class SwarmSettings(PluginSettings):
+    """``executor: swarm``: one replicated service of a swarm."""
+
+    kind: Literal["swarm"]
+    #: the Swarm service; with ``stack``, its name in the stack file. Default: the Docktor service's name
+    service: str | None = None
+    #: the stack it was deployed as (``docker stack deploy ... STACK``): the service is ``STACK_service``
+    stack: str | None = None
+    #: how long to wait for scaled tasks to run (and be healthy) before calling it an error
+    scale_timeout: PositiveSeconds = 60.0
+
+
+def service_name(settings: SwarmSettings, docktor_service: str) -> str:
+    """The Swarm service's name, as ``docker stack deploy`` names it."""
+    base = settings.service or docktor_service
+    return f"{settings.stack}_{base}" if settings.stack else base
+
+
+def _engine_label() -> str:
+    return redact_url(os.environ.get("DOCKER_HOST") or "the default socket")
+
+
+def node_problem(info: dict[str, Any]) -> str | None:
+    """Why this engine cannot scale services (not in a swarm, a worker node), or None."""
+    swarm = info.get("Swarm") or {}
+    state = swarm.get("LocalNodeState") or "inactive"
+    if state != "active":
+        return (
+            f"the Docker engine at {_engine_label()} is not part of an active swarm (node state {state!r}): "
+            "run `docker swarm init` there, or point DOCKER_HOST at a manager node"
+        )
+    if not swarm.get("ControlAvailable"):
+        return (
+            f"the Docker engine at {_engine_label()} is a Swarm worker node: Docktor needs a manager "
+            "(point DOCKER_HOST at one; `docker node ls` on a manager lists them)"
+        )
+    return None
+
+
+def mode_problem(name: str, spec: dict[str, Any]) -> str | None:
+    mode = spec.get("Mode") or {}
+    if "Replicated" in mode:
+        return None
+    kind = next(iter(mode), "unknown")
+    what = {"Global": "global", "ReplicatedJob": "replicated-job", "GlobalJob": "global-job"}.get(kind, kind)
+    return (
+        f"Swarm service {name!r} is in {what} mode: Docktor scales replicated services only "
+        "(`deploy: {mode: replicated}`); a global service runs one task per node by design"
+    )
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _time(text: str | None) -> float:
+    """An engine timestamp (RFC 3339 with up to 9 fraction digits) as seconds since the epoch."""
+    if not text:
+        return 0.0
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
+    if not m:
+        return 0.0
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    whole = datetime.fromisoformat(m.group(1) + zone).astimezone(UTC).timestamp()
+    return whole + float("0." + (m.group(2) or "0"))
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    name: str  # service.slot, as `docker service ps` shows it
+    slot: int
+    node: str
+    desired: str
+    state: str
+    error: str
+    created: float
+    container: str | None
+    exit_code: int | None
+
+    @property
+    def wanted(self) -> bool:
+        return self.desired in WANTED
+
+    @property
+    def running(self) -> bool:
+        return self.wanted and self.state == "running"
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def failed(self) -> bool:
+        """Rejected or failed, or unschedulable (pending with the scheduler's reason)."""
+        return self.state in FAILED or (self.state == "pending" and bool(self.error))
+
+    def problem(self) -> str:
+        said = self.error or (f"exit code {self.exit_code}" if self.exit_code else "")
+        return f"task {self.name} {self.state}: {said or 'no reason given'}"
+
+    @classmethod
+    def from_api(cls, service: str, t: dict[str, Any]) -> Task:
+        status = t.get("Status") or {}
+        container = status.get("ContainerStatus") or {}
+        slot = int(t.get("Slot") or 0)
+        code = container.get("ExitCode")
+        return cls(
+            id=t["ID"],
+            name=f"{service}.{slot}",
+            slot=slot,
+            node=t.get("NodeID") or "",
+            desired=t.get("DesiredState") or "",
+            state=status.get("State") or "",
+            error=(status.get("Err") or "").strip(),
+            created=_time(t.get("CreatedAt")),
+            container=container.get("ContainerID") or None,
+            exit_code=int(code) if code is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class View:
+    """The service as its tasks show it: per slot, the newest task meant to run."""
+
+    desired: int
+    current: dict[int, Task]
+    tasks: list[Task]
+
+    @classmethod
+    def of(cls, desired: int, tasks: Iterable[Task]) -> View:
+        items = sorted(tasks, key=lambda t: t.created)
+        current: dict[int, Task] = {}
+        for t in items:
+            if t.wanted:
+                current[t.slot] = t  # newest last
+        return cls(desired, current, items)
+
+    @property
+    def running(self) -> list[Task]:
+        return [t for t in self.current.values() if t.running]
+
+    def problems(self, since: set[str] | None = None) -> list[str]:
+        """Why slots are not running: their current task failed, was rejected or cannot be placed,
+        or (``since``: the ids that existed before a scale) a task started since then failed."""
+        found: dict[int, str] = {}
+        for t in self.current.values():
+            if t.failed:
+                found[t.slot] = t.problem()
+        if since is not None:
+            for t in self.tasks:
+                if t.id not in since and t.state in FAILED and t.slot not in found:
+                    found[t.slot] = t.problem()
+        if since is None:
+            # a slot restarting after a failure: its current task waits, the previous one says why
+            for slot, t in self.current.items():
+                if slot in found or t.running:
+                    continue
+                history = [h for h in self.tasks if h.slot == slot and h.state in FAILED]
+                if history:
+                    found[slot] = f"{history[-1].problem()}, restarting"
+        return [found[s] for s in sorted(found)]
+
+
+# --------------------------------------------------------------------------- executor
+
+
+class SwarmExecutor(Executor[SwarmSettings]):
+    """Scales one replicated Swarm service through the Engine API and verifies it from its tasks."""
+
+    kind = "swarm"
+    Settings = SwarmSettings
+    provides = standard("cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb", "mem.avg_pct")
+
+    def __init__(self, settings: SwarmSettings, context: Context, *, collect_metrics: bool = True) -> None:
+        super().__init__(settings, context)
+        self.name = service_name(settings, context.service)
+        self.scale_timeout = settings.scale_timeout
+        self.collect_metrics = collect_metrics
+        self._engine = Engine()
+        self._stats = ContainerStats(self._engine)
+        self._lock = asyncio.Lock()
+        self._node_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"SwarmExecutor(service={self.name!r})"
+
+    @classmethod
+    def describe(cls, settings: PluginSettings) -> str:
+        assert isinstance(settings, SwarmSettings)
+        if settings.stack:
+            return f"swarm {settings.stack}_{settings.service}" if settings.service else f"swarm stack {settings.stack}"
+        return f"swarm {settings.service}" if settings.service else "swarm"
+
+    @classmethod
+    def grace_period(cls, settings: PluginSettings) -> float:
+        return 0.0  # the daemon stopping never stops Swarm tasks
+
+    @classmethod
+    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
+        """Ask the engine, briefly: a worker node or a non-replicated service is refused."""
+        assert isinstance(settings, SwarmSettings)
+        name = service_name(settings, context.service)
+        try:
+            client = client_from_env(CHECK_TIMEOUT_S)
+        except DockerException as e:
+            return [f"cannot check Swarm service {name!r}: Docker engine: {short(e)}"]
+        try:
+            try:
+                info = client.api.info()
+            except (DockerException, OSError) as e:
+                return [f"cannot check Swarm service {name!r}: Docker engine at {_engine_label()}: {short(e)}"]
+            if problem := node_problem(info):
+                raise ExecutorError(problem)
+            try:
+                spec = client.api.inspect_service(name)["Spec"]
+            except NotFound:
+                return [f"no Swarm service {name!r} yet: deploy the stack first (docker stack deploy)"]
+            except (DockerException, OSError) as e:
+                return [f"cannot check Swarm service {name!r}: {short(e)}"]
+            if problem := mode_problem(name, spec):
+                raise ExecutorError(problem)
+            return []
+        finally:
+            client.close()
+
+    # ----------------------------------------------------------------- reading
+
+    async def _manager(self) -> None:
+        """Once: the engine must be a swarm manager (an error per call otherwise)."""
+        if self._node_id is not None:
+            return
+        info = await self._engine.call(lambda: self._engine.api.info())
+        if problem := node_problem(info):
+            raise ExecutorError(problem)
+        self._node_id = (info.get("Swarm") or {}).get("NodeID") or ""
+
+    async def _service(self) -> dict[str, Any]:
+        await self._manager()
+        try:
+            svc: dict[str, Any] = await self._engine.call(lambda: self._engine.api.inspect_service(self.name), answers=True)
+        except NotFound:
+            raise ExecutorError(f"no Swarm service {self.name!r}: deploy the stack first (docker stack deploy)") from None
+        except APIError as e:
+            raise ExecutorError(self._explain(e)) from None
+        if problem := mode_problem(self.name, svc.get("Spec") or {}):
+            raise ExecutorError(problem)
+        return svc
+
+    def _explain(self, e: APIError) -> str:
+        if e.status_code == 503:
+            self._node_id = None  # ask again next time: it may have been demoted
+            return f"Docker engine at {_engine_label()}: {short(e)}"
+        return f"Swarm service {self.name!r}: {short(e)}"
+
+    async def _tasks(self, service_id: str) -> list[Task]:
+        rows: list[dict[str, Any]] = await self._engine.call(lambda: self._engine.api.tasks(filters={"service": service_id}))
+        # the filter matches name prefixes too (`web` matches `web2`): keep only this service's
+        return [Task.from_api(self.name, t) for t in rows if t.get("ServiceID") == service_id]
+
+    async def view(self) -> View:
+        svc = await self._service()
+        replicas = int(((svc["Spec"].get("Mode") or {}).get("Replicated") or {}).get("Replicas") or 0)
+        return View.of(replicas, await self._tasks(svc["ID"]))
+
+    # ----------------------------------------------------------------- status
+
+    async def status(self) -> ReplicaStatus:
+        svc = await self._service()
+        replicas = int(((svc["Spec"].get("Mode") or {}).get("Replicated") or {}).get("Replicas") or 0)
+        view = View.of(replicas, await self._tasks(svc["ID"]))
+        problems = view.problems()
+        pending = [t for t in view.current.values() if not t.running and not t.failed]
+        detail = "; ".join(problems)
+        if pending and len(pending) > len(problems):
+            detail = "; ".join(filter(None, [detail, f"{len(pending)} starting"]))
+        metrics: dict[str, float] = {}
+        if self.collect_metrics:
+            metrics = await self._stats.recent(self._local_containers(svc, view))
+        return ReplicaStatus(
+            desired=replicas, running=len(view.running), failed=len(problems), healthy=True, detail=detail, metrics=metrics
+        )
+
+    def _local_containers(self, svc: dict[str, Any], view: View) -> list[tuple[str, int]]:
+        """Running tasks on the node Docktor talks to: the only ones whose stats it can read."""
+        limits = ((svc["Spec"].get("TaskTemplate") or {}).get("Resources") or {}).get("Limits") or {}
+        memory = int(limits.get("MemoryBytes") or 0)
+        return [(t.container, memory) for t in view.running if t.container and t.node == self._node_id]
+
+    # ----------------------------------------------------------------- scale
+
+    async def scale(self, replicas: int) -> ScaleOutcome:
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        async with self._lock:
+            started = time.monotonic()
+            removed: list[RemovedReplica] = []
+            try:
+                message, ok, running = await self._scale(replicas, started, removed)
+            except ExecutorError as e:
+                message, ok, running = str(e), False, None
+            return ScaleOutcome(
+                ok=ok, message=message, duration_ms=(time.monotonic() - started) * 1000, running=running, removed=tuple(removed)
+            )
+
+    async def _scale(self, n: int, started: float, removed: list[RemovedReplica]) -> tuple[str, bool, int | None]:
+        svc = await self._service()
+        before = View.of(0, await self._tasks(svc["ID"]))
+        known = {t.id for t in before.tasks}
+        was_running = {t.id: t for t in before.running}
+        container_spec = (svc["Spec"].get("TaskTemplate") or {}).get("ContainerSpec") or {}
+        grace = float(container_spec.get("StopGracePeriod") or DEFAULT_GRACE_S * 1e9) / 1e9
+        stop_signal = container_spec.get("StopSignal") or DEFAULT_STOP_SIGNAL
+
+        updated = (time.monotonic(), time.time())
+        warnings = await self._update(n)
+
+        deadline = started + self.scale_timeout
+        stable_since: float | None = None
+        ended_at: dict[str, float] = {}
+        while True:
+            now = time.monotonic()
+            tasks = await self._tasks(svc["ID"])
+            view = View.of(n, tasks)
+            by_id = {t.id: t for t in tasks}
+            # the tasks Swarm took away: were running, no longer meant to
+            leaving = [by_id.get(i) for i in was_running if i not in by_id or not by_id[i].wanted]
+            for tid in was_running:
+                t = by_id.get(tid)
+                if (t is None or (not t.wanted and t.ended)) and tid not in ended_at:
+                    ended_at[tid] = now
+            problems = view.problems(since=known)
+            if problems:
+                await self._note_removed(removed, was_running, by_id, ended_at, updated, grace, stop_signal)
+                return f"scaling to {n} failed: {'; '.join(problems)}", False, len(view.running)
+            still_stopping = [t for t in leaving if t is not None and not t.ended]
+            settled = len(view.running) == n and len(view.current) == n and not still_stopping
+            if settled:
+                stable_since = stable_since or now
+                if now - stable_since >= STABLE_S:
+                    await self._note_removed(removed, was_running, by_id, ended_at, updated, grace, stop_signal)
+                    took = (stable_since - started) * 1000
+                    gone = f"; removed tasks {', '.join(r.replica for r in removed)}" if removed else ""
+                    note = f"; engine: {'; '.join(warnings)}" if warnings else ""
+                    return f"{n} running after {took:.0f} ms{gone}{note}", True, n
+            else:
+                stable_since = None
+            if now >= deadline and stable_since is None:
+                await self._note_removed(removed, was_running, by_id, ended_at, updated, grace, stop_signal)
+                waiting = [t for t in view.current.values() if not t.running]
+                why = ", ".join(f"{t.name} {t.state}" for t in sorted(waiting, key=lambda t: t.slot))
+                stopping = f"; {len(still_stopping)} removed task(s) still stopping" if still_stopping else ""
+                return (
+                    f"scaling to {n} not done after {self.scale_timeout:g}s: {len(view.running)}/{n} running"
+                    f"{f' ({why})' if why else ''}{stopping}",
+                    False,
+                    len(view.running),
+                )
+            await asyncio.sleep(POLL_S)
+
+    async def _update(self, n: int) -> list[str]:
+        """Set the replica count in the spec as read, with the version read; retry a stale version."""
+        api = self._engine.api
+
+        def update() -> list[str]:
+            for attempt in range(UPDATE_ATTEMPTS):
+                svc = api.inspect_service(self.name)
+                spec = svc["Spec"]
+                if problem := mode_problem(self.name, spec):
+                    raise ExecutorError(problem)
+                mode = {**spec["Mode"], "Replicated": {**spec["Mode"]["Replicated"], "Replicas": n}}
+                try:
+                    answer = api.update_service(
+                        svc["ID"], svc["Version"]["Index"],
+                        task_template=spec.get("TaskTemplate"), name=spec.get("Name"), labels=spec.get("Labels"),
+                        mode=mode, update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
+                        endpoint_spec=spec.get("EndpointSpec"),
+                    )
+                except APIError as e:
+                    # someone (a deploy, a person) updated the service between our read and write
+                    if "out of sequence" in str(e) and attempt + 1 < UPDATE_ATTEMPTS:
+                        continue
+                    raise
+                return [str(w) for w in (answer or {}).get("Warnings") or []]
+            raise AssertionError("unreachable")
+
+        try:
+            return await self._engine.call(update, answers=True)
+        except NotFound:
+            raise ExecutorError(f"no Swarm service {self.name!r}: deploy the stack first (docker stack deploy)") from None
+        except APIError as e:
+            raise ExecutorError(f"updating Swarm service {self.name!r} failed: {short(e)}") from None
+
+    async def _note_removed(
+        self,
+        removed: list[RemovedReplica],
+        was_running: dict[str, Task],
+        by_id: dict[str, Task],
+        ended_at: dict[str, float],
+        updated: tuple[float, float],
+        grace: float,
+        stop_signal: str,
+    ) -> None:
+        """Which tasks Swarm removed and how each ended.
+
+        Swarm deletes a removed task moments after it ends, exit code and all; for tasks on the
+        node Docktor talks to, the engine's events tell (``kill`` with the signal, ``die`` with
+        the exit code). For tasks elsewhere only the time it took is known.
+        """
+        why = "chosen by Swarm (tasks not running first, then the node with the most; the Engine API cannot name one)"
+        gone = [t for tid, t in sorted(was_running.items(), key=lambda kv: kv[1].slot) if not (tid in by_id and by_id[tid].wanted)]
+        local = [t.container for t in gone if t.container and t.node == self._node_id]
+        events = await self._stop_events(local, updated[1]) if local else {}
+        for before in gone:
+            if before.id not in ended_at:
+                removed.append(RemovedReplica(before.name, why, "still stopping"))
+                continue
+            seen = events.get(before.container or "")
+            if seen is not None and seen.get("killed"):
+                how = f"ignored {stop_signal} for {grace:g} s: SIGKILL"
+            elif seen is not None and "exit" in seen:
+                took = f"{seen['took']:.1f} s after" if "took" in seen else "after"
+                how = f"exited with code {seen['exit']} {took} {stop_signal}"
+            else:
+                how = f"gone within {max(0.0, ended_at[before.id] - updated[0]):.1f} s of {stop_signal}"
+            removed.append(RemovedReplica(before.name, why, how))
+
+    async def _stop_events(self, containers: list[str], since_wall: float) -> dict[str, dict[str, Any]]:
+        """Per container: whether it was SIGKILLed, its exit code, seconds from the first signal to exit."""
+        api = self._engine.api
+        wanted = set(containers)
+
+        def read() -> list[dict[str, Any]]:
+            stream = api.events(
+                since=int(since_wall) - 1, until=int(time.time()) + 1,
+                filters={"type": "container", "event": ["kill", "die"]}, decode=True,
+            )
+            return [e for e in stream if (e.get("Actor") or {}).get("ID") in wanted]
+
+        try:
+            events = await self._engine.call(read, timeout=10.0)
+        except ExecutorError:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for e in sorted(events, key=lambda e: e.get("timeNano") or 0):
+            cid = e["Actor"]["ID"]
+            attrs = e["Actor"].get("Attributes") or {}
+            info = out.setdefault(cid, {})
+            at = (e.get("timeNano") or 0) / 1e9
+            if e.get("Action") == "kill":
+                info.setdefault("signalled", at)
+                if attrs.get("signal") in ("9", "SIGKILL", "KILL"):
+                    info["killed"] = True
+            elif e.get("Action") == "die":
+                info["exit"] = attrs.get("exitCode", "?")
+                if "signalled" in info:
+                    info["took"] = max(0.0, at - info["signalled"])
+        return out
+
+    async def close(self) -> None:
+        self._stats.close()
+        await self._engine.close()
