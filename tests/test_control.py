@@ -437,7 +437,7 @@ def test_stop_says_what_still_runs_and_force_kills_it(setup_factory: Any) -> Non
         r = s.cli("daemon", "stop", "--timeout", "1", "--force")
         assert r.returncode == 0 and r.stdout.startswith(f"killed docktor (pid {pid}) with SIGKILL: it had not stopped after 1 s")
         assert not process_alive(pid)
-        # whatever of it is still alive afterwards is named (here its replicas die with it: PR_SET_PDEATHSIG)
+        # whatever of it is still alive afterwards is named (its local replicas outlive it, to be adopted)
         left = [p for p in [replica] if process_alive(p)]
         assert all(f"still running: pid {p}: " in r.stdout for p in left)
     finally:

@@ -121,8 +121,8 @@ def replicas_match_what_the_daemon_counts(daemon: Running, marker: str) -> bool:
 def test_kill_9_local_daemon_at_random_points_keeps_cooldown_up(tmp_path: Path, nats_server: NatsServer) -> None:
     """min_replicas 0, so a restart that forgot the cooldown would scale up again at once (with
     min 1 the restart's 0 -> 1 correction is allowed whatever the cooldown, and would hide it).
-    The local executor's replicas are children of the daemon: on this branch they die with it
-    (PR_SET_PDEATHSIG), so each restart finds 0 and must hold there until the cooldown ends."""
+    The local executor's replicas outlive the killed daemon and are adopted by the next one, which
+    must hold at the adopted count (never start one twice) until the cooldown ends."""
     seed = seed_for_this_run()
     rng = random.Random(seed)
     asyncio.run(make_streams(nats_server.url, {"JOBS": 700}))

@@ -226,6 +226,25 @@ def test_scale_up_and_down_verified_by_the_engine_leaves_other_services_and_kept
     assert task_ids(other) == other_before  # same two tasks, never restarted
 
 
+def test_last_scaled_is_the_services_update_that_changed_its_count_and_target_names_it(stack: Stack) -> None:
+    async def scale_then_ask(ex: SwarmExecutor, n: int) -> Any:
+        try:
+            before = time.time()
+            outcome = await ex.scale(n)
+            assert outcome.ok, outcome.message
+            return before, await ex.last_scaled()
+        finally:
+            await ex.close()
+
+    ex = stack.executor("worker")
+    assert ex.target().endswith(f"/swarm/{stack.service('worker')}")
+    current = replicas_spec(stack.service("worker"))
+    before, up = run(scale_then_ask(ex, current + 1))
+    assert up is not None and up.direction == "up" and before - 2 <= up.at <= time.time() + 1
+    before, down = run(scale_then_ask(stack.executor("worker"), current))
+    assert down is not None and down.direction == "down" and before - 2 <= down.at <= time.time() + 1
+
+
 def test_scale_to_zero_and_back(stack: Stack) -> None:
     zero, one = run(scale(stack.executor("healthy"), 0, 1))
     assert zero.ok and one.ok, (zero.message, one.message)

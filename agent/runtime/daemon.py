@@ -419,7 +419,7 @@ def stop(paths: Paths, *, wait: float | None = None, force: bool = False) -> Sto
     end = time.monotonic() + 10
     while process_alive(pid) and time.monotonic() < end:
         time.sleep(0.05)
-    time.sleep(0.2)  # children the kernel signals when their parent dies (PR_SET_PDEATHSIG) get a moment
+    time.sleep(0.2)  # helpers that exit with their parent get a moment before we list what is left
     alive = [p for p in tree if p != pid and process_alive(p)]
     return Stopped(pid, killed=True, waited=wait, left=describe_processes(alive, pid))
 

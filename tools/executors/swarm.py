@@ -35,6 +35,7 @@ from docktor.tools.sdk import (
     Context,
     Executor,
     ExecutorError,
+    LastScale,
     PluginSettings,
     PositiveSeconds,
     RemovedReplica,
@@ -287,6 +288,25 @@ class SwarmExecutor(Executor[SwarmSettings]):
             return []
         finally:
             client.close()
+
+    def target(self) -> str:
+        """The engine and the Swarm service: two daemons (any configs) never scale the same one."""
+        return f"{os.environ.get('DOCKER_HOST') or 'unix:///var/run/docker.sock'}/swarm/{self.name}"
+
+    async def last_scaled(self) -> LastScale | None:
+        """The service's ``UpdatedAt`` when its last update changed the replica count (its
+        ``PreviousSpec`` had another one): an update of the image or the environment is not a
+        scale, and a service never updated has no last scale."""
+        svc = await self._service()
+
+        def replicas(spec: dict[str, Any] | None) -> int | None:
+            value = (((spec or {}).get("Mode") or {}).get("Replicated") or {}).get("Replicas")
+            return None if value is None else int(value)
+
+        now, before = replicas(svc.get("Spec")), replicas(svc.get("PreviousSpec"))
+        if now is None or before is None or now == before or not svc.get("UpdatedAt"):
+            return None
+        return LastScale(at=_time(svc["UpdatedAt"]), direction="up" if now > before else "down")
 
     # ----------------------------------------------------------------- reading
 
