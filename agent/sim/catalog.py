@@ -6,7 +6,8 @@ from pathlib import Path
 
 #: every policy ``docktor bench`` can run; ``oracle`` is a bound, not a controller
 POLICY_NAMES = (
-    "docktor", "docktor-forecast", "rules", "target", "hpa", "keda", "threshold-percent", "static", "oracle",
+    "docktor", "docktor-forecast", "rules", "target", "hpa", "hpa-tuned", "keda", "threshold-percent", "static",
+    "oracle",
 )
 #: advisors ``--advisor`` can put on a production policy
 ADVISORS = ("none", "adversarial", "llm")
