@@ -51,10 +51,11 @@ HPA_TARGET = KEDA_LAG_THRESHOLD
 
 
 def docktor_service(scenario: Scenario, policy: str = "docktor") -> ServiceConfig:
-    """The recommended guardrails for the sizing policies (examples/ and docs/policy.md show them).
+    """A service as a user would write it for the scenario, with the policy's default guardrails.
 
-    Scale-up may double per tick (or add 4), like HPA's default behavior; scale-in is limited
-    by a 60 s stabilization window and a 30 s cooldown, at most half the replicas per step.
+    Only what the scenario says is set (bounds, check interval, SLO, start-up delay, and the
+    ``target`` policy's per-replica target); step limits, cooldowns and stabilization are the
+    policy's defaults (``POLICY_DEFAULTS``), so the benchmarks measure exactly what users get.
     """
     return ServiceConfig(
         name="sim",
@@ -65,13 +66,6 @@ def docktor_service(scenario: Scenario, policy: str = "docktor") -> ServiceConfi
         target_wait=scenario.slo_s,
         target_per_replica=HPA_TARGET,
         startup_delay=scenario.startup_s,
-        scale_up_by=4,
-        scale_up_percent=100,
-        scale_down_by=1,
-        scale_down_percent=50,
-        cooldown_up=0,
-        cooldown_down=30,
-        scale_down_stabilization=60,
     )
 
 
@@ -136,7 +130,7 @@ class HPAController:
         behavior: Behavior | None = Behavior(),  # frozen: one shared default is safe
     ) -> None:
         self.name = name
-        self.interval = HPA_SYNC_S
+        self.interval = scenario.peer_period_s or HPA_SYNC_S
         self.target = target
         self.hpa = HorizontalController(
             min_replicas=max(1, scenario.min_replicas),  # minReplicas 0 needs the alpha HPAScaleToZero gate
@@ -165,7 +159,9 @@ class KEDAController:
 
     def __init__(self, scenario: Scenario) -> None:
         self.name = "keda"
-        self.interval = HPA_SYNC_S  # the HPA's sync; KEDA polls on every other one
+        # the HPA's sync; KEDA polls on every other one (or, with a common period, on each)
+        self.interval = scenario.peer_period_s or HPA_SYNC_S
+        self.polling = scenario.peer_period_s or KEDA_POLLING_S
         self.scaled_object = ScaledObject(min_replica_count=scenario.min_replicas)
         self.hpa = HorizontalController(
             min_replicas=self.scaled_object.hpa_min_replicas,
@@ -179,7 +175,7 @@ class KEDAController:
 
     def tick(self, obs: dict[str, float], current: int, now: float) -> int:
         backlog = obs.get("queue.backlog")
-        if _on_period(now, KEDA_POLLING_S):
+        if _on_period(now, self.polling):
             active = backlog is not None and backlog > KEDA_ACTIVATION_LAG_THRESHOLD
             keda = self.scaled_object.request_scale(current, active, now, error=backlog is None)
             if keda is not None and keda != current:
@@ -376,9 +372,6 @@ def run_policy(name: str, trace: Trace, scenario: Scenario, load: Workload, advi
 def make_controller(name: str, scenario: Scenario, advisor: Advisor | None = None) -> object:
     if name in ("docktor", "target"):
         return ProductionController(name, docktor_service(scenario, name), advisor)
-    if name == "docktor-forecast":  # the docktor policy with `prediction: forecast`
-        svc = docktor_service(scenario).model_copy(update={"prediction": "forecast"})
-        return ProductionController(name, svc, advisor)
     if name == "rules":
         return ProductionController(name, rules_service(scenario), advisor)
     if advisor is not None:

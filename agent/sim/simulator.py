@@ -129,6 +129,8 @@ class Scenario:
     min_replicas: int = 1
     max_replicas: int = 50
     seed: int = 1
+    #: the HPA's sync period and KEDA's polling interval; None: their defaults (15 s, 30 s)
+    peer_period_s: float | None = None
 
     def check(self) -> None:
         problems = []
@@ -142,6 +144,8 @@ class Scenario:
             problems.append(Problem("--slo-s", "must be > 0"))
         if not self.interval_s > 0:
             problems.append(Problem("--interval-s", "must be > 0"))
+        if self.peer_period_s is not None and not self.peer_period_s > 0:
+            problems.append(Problem("--peer-period-s", "must be > 0"))
         if self.min_replicas < 0:
             problems.append(Problem("--min", "must be >= 0"))
         if self.max_replicas < max(1, self.min_replicas):
