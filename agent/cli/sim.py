@@ -27,6 +27,10 @@ Cv = Annotated[float, typer.Option("--cv", help="Coefficient of variation of pro
 StartupS = Annotated[float, typer.Option("--startup-s", help="Seconds before a new replica takes work.")]
 SloS = Annotated[float, typer.Option("--slo-s", help="Wait SLO: seconds a message may wait in the queue.")]
 IntervalS = Annotated[float, typer.Option("--interval-s", help="Check interval of docktor, rules and target.")]
+PeerPeriodS = Annotated[
+    float | None,
+    typer.Option("--peer-period-s", help="Sync period of the HPA and polling interval of KEDA (default: theirs, 15 s and 30 s)."),
+]
 MinR = Annotated[int, typer.Option("--min", help="Minimum replicas.")]
 MaxR = Annotated[int, typer.Option("--max", help="Maximum replicas.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (arrival times within a second, service times).")]
@@ -48,10 +52,14 @@ def _llm(path: Path | None) -> LLMConfig | None:
     return load_config(path).llm
 
 
-def _scenario(service_ms: float, cv: float, startup_s: float, slo_s: float, interval_s: float, lo: int, hi: int, seed: int) -> Scenario:
+def _scenario(
+    service_ms: float, cv: float, startup_s: float, slo_s: float, interval_s: float, lo: int, hi: int, seed: int,
+    peer_period_s: float | None = None,
+) -> Scenario:
     from docktor.agent.sim.simulator import Scenario
 
     s = Scenario(
+        peer_period_s=peer_period_s,
         service_s=service_ms / 1000.0,
         cv=cv,
         startup_s=startup_s,
@@ -88,6 +96,7 @@ def register(app: typer.Typer) -> None:
         startup_s: StartupS = 10.0,
         slo_s: SloS = 30.0,
         interval_s: IntervalS = 5.0,
+        peer_period_s: PeerPeriodS = None,
         min_replicas: MinR = 1,
         max_replicas: MaxR = 50,
         seed: Seed = 1,
@@ -100,7 +109,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.sim.bench import parse_policies, run_suite, table
         from docktor.agent.sim.simulator import load_trace
 
-        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
         names = parse_policies(policy, "--policy")
         if len(names) != 1:
             raise UsageError([Problem("--policy", "simulate takes one policy (bench runs several)")])
@@ -139,6 +148,7 @@ def register(app: typer.Typer) -> None:
         startup_s: StartupS = 10.0,
         slo_s: SloS = 30.0,
         interval_s: IntervalS = 5.0,
+        peer_period_s: PeerPeriodS = None,
         min_replicas: MinR = 1,
         max_replicas: MaxR = 50,
         seed: Seed = 1,
@@ -162,7 +172,7 @@ def register(app: typer.Typer) -> None:
         """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
         from docktor.agent.sim.bench import parse_policies, plot, run_suite, table
 
-        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
         names = parse_policies(policies if policies or not grid else ",".join(GRID_POLICIES))
         loaded = _load(traces if public else None, held_out)
         if grid:

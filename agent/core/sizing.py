@@ -26,8 +26,10 @@ Per tick:
    the following checks scale out as fast as the guardrails allow. Where the SLO leaves time to
    react (the SLO exceeds one check plus one start-up) this costs little; where it does not,
    this is the spare capacity that meeting the SLO takes.
-6. **Scale-in** follows the plan with no smoothing of its own, except while queued messages are
-   already too late for any count to save: then no replica is removed.
+6. **Scale-in** goes only as far as a longer plan (``SCALE_IN_EXTRA`` more start-ups, at the
+   higher of today's and the smoothed rate) allows: a replica removed and needed again soon
+   costs a start-up delay of capacity. No replica is removed while queued messages are already
+   too late for any count to save.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ LEVEL_TAU = 0.5
 SURGE_MEMORY = 1800.0
 #: later checks the robustness check counts on to scale out
 RECOURSE_CHECKS = 6
+#: scale-in is planned over this many more (check interval + start-up delay): a replica removed
+#: and needed again soon costs a start-up delay of capacity, so it goes only if not needed soon
+SCALE_IN_EXTRA = 6.0
 
 
 def _series(state: ServiceState, obs: Mapping[str, float], now: float) -> list[tuple[float, Mapping[str, float]]]:
@@ -249,6 +254,16 @@ def docktor_policy(
             n = n_robust
             why += f"; {n} to absorb {burst:.0f} at once then {peak:.4g}/s (the peak of the last {SURGE_MEMORY / 60:.0f} min)"
 
+    if n < running and feasible:
+        # Scale-in: only what a longer plan, at the higher of today's and the smoothed rate,
+        # would not bring back soon.
+        longer = dl.demand(
+            q_at, q_due, slo, rate_now, max(level, rate_now), step, horizon + SCALE_IN_EXTRA * (lag + step), step, marks
+        )
+        keep = min(dl.fewest_replicas(cap, longer, ceiling, 0.0)[0], int(running))
+        if keep > n:
+            n = keep
+            why += f"; {keep} kept: needed again within {horizon + SCALE_IN_EXTRA * (lag + step):.0f}s"
     if not feasible and n < running:
         held = max(current, int(running))
         return Proposal(held, f"needs {n}: {why}; some queued messages are late whatever the count: keeping all {held}")

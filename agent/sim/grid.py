@@ -180,7 +180,12 @@ def report(rows: Sequence[dict[str, Any]], cells: Sequence[Scenario], traces: Se
     if "docktor" in policies and versus and all(v in policies for v in versus):
         worse = below_all(rows, "docktor", versus)
         lines.append("")
-        lines.append(f"cells where docktor's SLO attainment is below both {' and '.join(versus)}: {len(worse)}")
+        which = " and ".join(versus)
+        if len(versus) == 2:
+            which = "both " + which
+        elif len(versus) > 2:
+            which = "each of " + ", ".join(versus)
+        lines.append(f"cells where docktor's SLO attainment is below {which}: {len(worse)}")
         for r in worse:
             lines.append(f"  {_where(r)}: docktor {100 * r['slo_attainment']:.2f}%")
     return "\n".join(lines)
