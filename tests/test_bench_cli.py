@@ -89,6 +89,13 @@ def test_simulate_one_policy_with_the_adversarial_advisor(traces: Path, tmp_path
         (["simulate", "no-such-trace"], "TRACE"),
         (["simulate", "step", "--policy", "docktor,hpa"], "--policy"),
         (["simulate", "step", "--policy", "nope"], "--policy:"),
+        (["bench", "--grid", "--grid-slo", "fast"], "--grid-slo"),
+        (["bench", "--grid", "--grid-cv", "-1"], "--grid-cv"),
+        (["bench", "--grid", "--jobs", "0"], "--jobs"),
+        (["bench", "--grid", "--versus", "magic"], "--versus"),
+        (["bench", "--held-out", "seven"], "--held-out"),
+        (["bench", "--no-public"], "--no-public"),
+        (["bench", "--peer-period-s", "0"], "--peer-period-s"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], names: str) -> None:
@@ -136,3 +143,40 @@ def test_simulate_with_the_real_llm_advisor(tmp_path: Path) -> None:
     assert row["advisor"] == "llm" and row["messages"] == 10 * 200 + 30 * 30
     # whatever the model said, the count stayed inside the bounds the guardrails enforce
     assert 0 < row["replica_seconds"] <= 6 * 40
+
+
+def test_hpa_tuned_reports_the_target_it_chose(traces: Path) -> None:
+    r = runner.invoke(app(), ["bench", "--traces", str(traces), "--policies", "hpa-tuned", "--json", "--max", "20"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(row["target_per_replica"] > 0 for row in rows)
+    table = runner.invoke(app(), ["bench", "--traces", str(traces), "--policies", "hpa-tuned", "--max", "20"])
+    assert "hpa-tuned (" in table.stdout and "/replica)" in table.stdout
+
+
+def test_held_out_traces_are_generated_in_memory() -> None:
+    r = runner.invoke(app(), ["bench", "--held-out", "7", "--no-public", "--policies", "static", "--json"])
+    assert r.exit_code == 0, r.output
+    names = [json.loads(line)["trace"] for line in r.stdout.splitlines()]
+    assert names == [f"{shape}@7" for shape in (
+        "spikes", "sawtooth", "random-walk", "flash-crowd", "bursts-a", "bursts-b", "noisy-diurnal", "on-off",
+    )]
+
+
+def test_grid_reports_the_worst_case_and_the_cells_below_the_peers(traces: Path) -> None:
+    args = [
+        "bench", "--traces", str(traces), "--grid", "--grid-startup", "2", "--grid-slo", "15", "--grid-cv", "0",
+        "--grid-interval", "10", "--policies", "docktor,keda,oracle", "--versus", "keda", "--max", "20",
+    ]
+    r = runner.invoke(app(), args)
+    assert r.exit_code == 0, r.output
+    # the base scenario plus one cell per axis value: 5 scenarios, 2 traces
+    assert "5 scenarios x 2 traces = 10 cells" in r.stdout
+    assert "| docktor | 10 |" in r.stdout and "| keda | 10 |" in r.stdout
+    assert "cells where docktor's SLO attainment is below keda:" in r.stdout
+    rows = [json.loads(line) for line in runner.invoke(app(), [*args, "--json"]).stdout.splitlines()]
+    cells = {(row["trace"], row["startup_s"], row["slo_s"], row["cv"], row["interval_s"], row["peer_period_s"]) for row in rows}
+    assert len(cells) == 10
+    # along the interval axis every controller shares the period; elsewhere the peers keep theirs
+    assert {row["peer_period_s"] for row in rows if row["interval_s"] == 10} == {10}
+    assert {row["peer_period_s"] for row in rows if row["interval_s"] == 5} == {None}

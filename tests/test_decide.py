@@ -271,7 +271,8 @@ def test_guardrail_defaults_follow_the_policy_unless_set() -> None:
     assert (rules.scale_up_by, rules.scale_up_percent, rules.cooldown_up, rules.cooldown_down) == (2, None, 15, 60)
     sizing = svc_for("")  # the default policy, docktor
     assert sizing.policy == "docktor"
-    assert (sizing.scale_up_by, sizing.scale_up_percent, sizing.scale_down_percent, sizing.cooldown_up) == (4, 100, 50, 0)
+    assert (sizing.scale_up_by, sizing.scale_up_percent, sizing.scale_down_percent, sizing.cooldown_up) == (4, 900, 50, 0)
+    assert (sizing.cooldown_down, sizing.scale_down_stabilization) == (0, 0)  # the docktor policy plans scale-in
     assert svc_for("    cooldown_up: 45s\n").cooldown_up == 45
 
 

@@ -17,13 +17,20 @@ from docktor.agent.sim.catalog import ADVISORS, DEFAULT_TRACES, POLICY_NAMES
 
 if TYPE_CHECKING:
     from docktor.agent.config.model import LLMConfig
-    from docktor.agent.sim.simulator import Scenario
+    from docktor.agent.sim.simulator import Scenario, Trace
+
+#: what ``bench --grid`` runs unless --policies says otherwise (the grid is long: hundreds of cells)
+GRID_POLICIES = ("docktor", "hpa-tuned", "keda", "oracle")
 
 ServiceMs = Annotated[float, typer.Option("--service-ms", help="Mean processing time per message, ms.")]
 Cv = Annotated[float, typer.Option("--cv", help="Coefficient of variation of processing times (0: constant).")]
 StartupS = Annotated[float, typer.Option("--startup-s", help="Seconds before a new replica takes work.")]
 SloS = Annotated[float, typer.Option("--slo-s", help="Wait SLO: seconds a message may wait in the queue.")]
 IntervalS = Annotated[float, typer.Option("--interval-s", help="Check interval of docktor, rules and target.")]
+PeerPeriodS = Annotated[
+    float | None,
+    typer.Option("--peer-period-s", help="Sync period of the HPA and polling interval of KEDA (default: theirs, 15 s and 30 s)."),
+]
 MinR = Annotated[int, typer.Option("--min", help="Minimum replicas.")]
 MaxR = Annotated[int, typer.Option("--max", help="Maximum replicas.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (arrival times within a second, service times).")]
@@ -45,10 +52,14 @@ def _llm(path: Path | None) -> LLMConfig | None:
     return load_config(path).llm
 
 
-def _scenario(service_ms: float, cv: float, startup_s: float, slo_s: float, interval_s: float, lo: int, hi: int, seed: int) -> Scenario:
+def _scenario(
+    service_ms: float, cv: float, startup_s: float, slo_s: float, interval_s: float, lo: int, hi: int, seed: int,
+    peer_period_s: float | None = None,
+) -> Scenario:
     from docktor.agent.sim.simulator import Scenario
 
     s = Scenario(
+        peer_period_s=peer_period_s,
         service_s=service_ms / 1000.0,
         cv=cv,
         startup_s=startup_s,
@@ -85,6 +96,7 @@ def register(app: typer.Typer) -> None:
         startup_s: StartupS = 10.0,
         slo_s: SloS = 30.0,
         interval_s: IntervalS = 5.0,
+        peer_period_s: PeerPeriodS = None,
         min_replicas: MinR = 1,
         max_replicas: MaxR = 50,
         seed: Seed = 1,
@@ -97,7 +109,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.sim.bench import parse_policies, run_suite, table
         from docktor.agent.sim.simulator import load_trace
 
-        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
         names = parse_policies(policy, "--policy")
         if len(names) != 1:
             raise UsageError([Problem("--policy", "simulate takes one policy (bench runs several)")])
@@ -119,8 +131,15 @@ def register(app: typer.Typer) -> None:
     @handles_errors
     def bench(
         traces: Annotated[Path, typer.Option("--traces", help="Directory of t,rate CSV traces (default: the public traces shipped with Docktor).")] = DEFAULT_TRACES,
+        public: Annotated[
+            bool, typer.Option("--public/--no-public", help="Include the traces of --traces (--no-public: only --held-out).")
+        ] = True,
+        held_out: Annotated[
+            str | None,
+            typer.Option("--held-out", help="Comma-separated seeds: add the held-out traces the generator draws for each (docktor.agent.sim.trace_gen)."),
+        ] = None,
         policies: Annotated[
-            str | None, typer.Option("--policies", help=f"Comma-separated; default all: {','.join(POLICY_NAMES)}.")
+            str | None, typer.Option("--policies", help=f"Comma-separated; default all: {','.join(POLICY_NAMES)} (with --grid: {','.join(GRID_POLICIES)}).")
         ] = None,
         advisor: AdvisorOpt = "none",
         llm_config: LLMConfigOpt = None,
@@ -129,19 +148,36 @@ def register(app: typer.Typer) -> None:
         startup_s: StartupS = 10.0,
         slo_s: SloS = 30.0,
         interval_s: IntervalS = 5.0,
+        peer_period_s: PeerPeriodS = None,
         min_replicas: MinR = 1,
         max_replicas: MaxR = 50,
         seed: Seed = 1,
         as_json: JsonOpt = False,
         plot_dir: Annotated[Path | None, typer.Option("--plot", help="Write one PNG per trace into this directory.")] = None,
+        grid: Annotated[
+            bool,
+            typer.Option("--grid", help="Run every trace in a grid of scenarios (each axis varied around the options above) and report the worst case."),
+        ] = False,
+        grid_startup: Annotated[str | None, typer.Option("--grid-startup", help="Start-up delays of the grid, s (default 2,10,30,60).")] = None,
+        grid_slo: Annotated[str | None, typer.Option("--grid-slo", help="Wait SLOs of the grid, s (default 5,15,30,60,120).")] = None,
+        grid_cv: Annotated[str | None, typer.Option("--grid-cv", help="Service-time cvs of the grid (default 0,0.5,1,2).")] = None,
+        grid_interval: Annotated[
+            str | None, typer.Option("--grid-interval", help="Check intervals of the grid, s (default 1,5,15,30).")
+        ] = None,
+        versus: Annotated[
+            str, typer.Option("--versus", help="--grid: list the cells where docktor's attainment is below all of these.")
+        ] = "hpa-tuned,keda",
+        jobs: Annotated[int, typer.Option("--jobs", help="--grid: cells simulated in parallel processes.")] = 1,
     ) -> None:
         """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
         from docktor.agent.sim.bench import parse_policies, plot, run_suite, table
-        from docktor.agent.sim.simulator import load_traces
 
-        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed)
-        names = parse_policies(policies)
-        loaded = load_traces(traces)
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
+        names = parse_policies(policies if policies or not grid else ",".join(GRID_POLICIES))
+        loaded = _load(traces if public else None, held_out)
+        if grid:
+            _grid(loaded, scenario, names, (grid_startup, grid_slo, grid_cv, grid_interval), versus, jobs, as_json)
+            return
         results, elapsed = run_suite(loaded, scenario, names, advisor, _llm(llm_config))
         rows = [r for res in results for r in res.rows]
         if as_json:
@@ -149,7 +185,8 @@ def register(app: typer.Typer) -> None:
                 print(json.dumps(r))
         else:
             print(table(rows))
-            print(f"\n{len(loaded)} traces x {len(names)} policies simulated in {elapsed:.1f} s")
+            count = f"{len(loaded)} trace{'s' if len(loaded) != 1 else ''}"
+            print(f"\n{count} x {len(names)} policies simulated in {elapsed:.1f} s")
         if plot_dir is not None:
             try:
                 for res in results:
@@ -158,6 +195,56 @@ def register(app: typer.Typer) -> None:
                         print(f"wrote {out}")
             except OSError as e:
                 raise UsageError([Problem("--plot", f"cannot write into {plot_dir}: {e}")]) from None
+
+
+def _load(directory: Path | None, held_out: str | None) -> list[Trace]:
+    from docktor.agent.sim.simulator import load_traces
+
+    loaded = load_traces(directory) if directory is not None else []
+    if held_out:
+        from docktor.agent.sim.trace_gen import held_out_traces
+
+        try:
+            seeds = [int(x) for x in held_out.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError([Problem("--held-out", f"expected comma-separated integer seeds, got {held_out!r}")]) from None
+        loaded += [t for s in seeds for t in held_out_traces(s)]
+    if not loaded:
+        raise UsageError([Problem("--no-public", "no traces left: add --held-out SEEDS")])
+    return loaded
+
+
+def _grid(
+    loaded: list[Trace],
+    scenario: Scenario,
+    names: list[str],
+    axes_text: tuple[str | None, str | None, str | None, str | None],
+    versus_text: str,
+    jobs: int,
+    as_json: bool,
+) -> None:
+    import time
+
+    from docktor.agent.sim.bench import parse_policies
+    from docktor.agent.sim.grid import AXIS_OPTIONS, DEFAULT_AXES, parse_values, report, run_grid, scenarios
+
+    axes = {
+        field: parse_values(text, AXIS_OPTIONS[field], DEFAULT_AXES[field])
+        for field, text in zip(DEFAULT_AXES, axes_text, strict=True)
+    }
+    versus = parse_policies(versus_text, "--versus") if versus_text else []
+    if jobs < 1:
+        raise UsageError([Problem("--jobs", "must be >= 1")])
+    cells = scenarios(scenario, axes)
+    started = time.perf_counter()
+    rows = run_grid(loaded, cells, names, jobs)
+    elapsed = time.perf_counter() - started
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    print(report(rows, cells, loaded, versus))
+    print(f"\nsimulated in {elapsed:.0f} s ({jobs} job{'s' if jobs != 1 else ''})")
 
 
 __all__ = ["register"]

@@ -151,17 +151,25 @@ class SourceSpec:
 Policy = Literal["rules", "target", "docktor"]
 
 #: Guardrail defaults per policy, applied to keys the service leaves unset. Threshold rules move
-#: by small fixed steps with cooldowns (the Go Docktor's +2/-1). Sizing policies compute the count
-#: they need, so they may follow it like HPA's default behavior: up by the larger of 4 replicas
-#: and 100 % per tick, down by at most half, after a 60 s stabilization window and 30 s cooldown.
-_SIZING_DEFAULTS: dict[str, Any] = {
+#: by small fixed steps with cooldowns (the Go Docktor's +2/-1). ``target`` follows its count like
+#: HPA's default behavior: up by the larger of 4 replicas and 100 % per tick, down by at most
+#: half, after a 60 s stabilization window and 30 s cooldown. ``docktor`` plans its count over the
+#: start-up delay from deadlines, so the guardrails leave it room: up to 10x per tick (a check
+#: interval long against the SLO must catch up in one step) and scale-in as soon as the plan
+#: allows (at most half per tick); a stabilization window would only keep replicas the deadlines
+#: do not need (docs/benchmarks.md measures both).
+_TARGET_DEFAULTS: dict[str, Any] = {
     "scale_up_by": 4, "scale_up_percent": 100, "scale_down_by": 1, "scale_down_percent": 50,
     "cooldown_up": 0, "cooldown_down": 30, "scale_down_stabilization": 60,
 }
+_DOCKTOR_DEFAULTS: dict[str, Any] = {
+    "scale_up_by": 4, "scale_up_percent": 900, "scale_down_by": 1, "scale_down_percent": 50,
+    "cooldown_up": 0, "cooldown_down": 0, "scale_down_stabilization": 0,
+}
 POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
     "rules": {"scale_up_by": 2, "scale_down_by": 1, "cooldown_up": 15, "cooldown_down": 60, "scale_down_stabilization": 60},
-    "target": _SIZING_DEFAULTS,
-    "docktor": _SIZING_DEFAULTS,
+    "target": _TARGET_DEFAULTS,
+    "docktor": _DOCKTOR_DEFAULTS,
 }
 
 
@@ -187,10 +195,6 @@ class ServiceConfig(Strict):
     processing_time: PositiveSeconds | None = None
     #: seconds a new replica needs before it takes work
     startup_delay: Seconds = 5.0
-    #: docktor policy: how a periodic prediction is used. ``floor``: it may only raise the target
-    #: (never lower it); ``forecast``: when it fit the recent past it replaces the current rate,
-    #: so a recurring burst is expected to end (cheaper, but trusts the pattern)
-    prediction: Literal["floor", "forecast"] = "floor"
 
     # Step limits and cooldowns. Unset ones take the defaults of the service's policy
     # (POLICY_DEFAULTS): threshold rules step slowly, sizing policies may jump like HPA does.

@@ -1,92 +1,90 @@
-"""The ``docktor`` sizing policy: replicas from what the queue needs to meet a wait target.
+"""The ``docktor`` sizing policy: the fewest replicas that start every message within ``target_wait``.
 
 A pure function of (config, observations, current replicas, state, rules evaluation, time). All
 estimates are recomputed from ``state.history`` (the loop and the simulator append every tick's
-observations with :func:`docktor.agent.core.state.remember`), so the daemon and the simulator run exactly the
-same code and nothing hides in mutable memory. See docs/policy.md for the reasoning.
+observations with :func:`docktor.agent.core.decide.remember`), so the daemon and the simulator
+run exactly the same code and nothing hides in mutable memory. docs/policy.md has the long form.
 
 Per tick:
 
-1. **Service rate** ``mu`` (messages/s one replica completes): the larger of Little's law
-   (``sum(rate_out) / sum(ack_pending)`` over recent ticks) and the upper quartile of
-   ``rate_out / running`` on saturated ticks (messages pending at both ends of the interval,
-   replica count unchanged); both read low, never high (prefetching workers, a queue that emptied
-   between ticks). Before either: ``1 / processing_time`` if configured, else the best
-   unsaturated per-replica rate, a lower bound, with which only the backlog is sized.
-2. **Arrival rate**: exponentially smoothed ``rate_in`` with a time constant equal to the wait
-   budget (bursts shorter than the budget are the queue's job, not new replicas'), its spread
-   around the smoothed value, and its trend.
-3. **Deadline sizing**: with ``n_now`` replicas serving until new ones are ready after
-   ``startup_delay`` (L), every message must start within the wait budget W
-   (``target_wait`` minus a quarter for measurement noise minus one check interval, the age a
-   message may have before we see it). For each horizon h > L:
-   ``n_now*mu*L + n*mu*(h-L) >= backlog + arrivals(h - W)``. The largest n over the horizons,
-   and at least ``forecast / mu`` so the queue does not grow, is the target.
-4. **Prediction**: a positive trend raises the forecast over the start-up lag. When the rate
-   history is periodic (autocorrelation), the arrivals one and two periods ago predict the next
-   window. With ``prediction: floor`` (the default) the smaller of the two is sized with the same
-   deadline rule and may only raise the target. With ``prediction: forecast``, if the prediction
-   held for the last start-up delay plus wait budget (the arrivals exceeded it by no more than
-   noise), it *is* the forecast: it knows that a burst ends, so the queue absorbs what it can and
-   no replicas are added for a burst the deadlines do not need; otherwise it is a floor as above.
-
-Scale-out is as fast as the step guardrails allow; scale-in is slow and hysteretic through the
-guardrails (scale-down stabilization keeps the highest recommendation of the window).
+1. **Throughput per replica** ``mu``: the larger of Little's law (``sum(rate_out) /
+   sum(ack_pending)`` over recent ticks) and the upper quartile of ``rate_out / running`` on
+   saturated ticks; both read low rather than high. Before either: ``1 / processing_time`` if
+   configured, else the best ``rate_out / running`` seen, a lower bound that only sizes the queue.
+2. **Deadlines of the queue**: the queue is FIFO, so the ``pending`` messages are the last ones
+   that arrived; walking the ``rate_in`` history back says when each arrived, hence by when it
+   must start (:func:`docktor.agent.core.deadlines.queue_deadlines`).
+3. **Capacity over time**: the replicas ready now serve from now; those still starting (the
+   running count's history says which) and any added now serve after ``startup_delay``.
+4. **The plan**: the fewest replicas so that every queued message, and every message forecast to
+   arrive (the current rate until the next check, then the smoothed rate), starts in time up to
+   a horizon of the SLO plus one check and one start-up. A queue that the replicas already
+   running can drain in time needs no more; a standing queue lets the count sit below the
+   arrival rate for a while (the queue absorbs the difference), which is where the cost goes.
+5. **Robustness**: the count must also absorb the largest volume that arrived within one check
+   interval in the last ``SURGE_MEMORY`` seconds, all at once, then the peak rate, given that
+   the following checks scale out as fast as the guardrails allow. Where the SLO leaves time to
+   react (the SLO exceeds one check plus one start-up) this costs little; where it does not,
+   this is the spare capacity that meeting the SLO takes.
+6. **Scale-in** goes only as far as a longer plan (``SCALE_IN_EXTRA`` more start-ups, at the
+   higher of today's and the smoothed rate) allows: a replica removed and needed again soon
+   costs a start-up delay of capacity. No replica is removed while queued messages are already
+   too late for any count to save.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core import deadlines as dl
 from docktor.agent.core.policy import Proposal
 from docktor.agent.core.rules import Evaluation
 from docktor.agent.core.state import ServiceState
 
-#: fraction of target_wait kept back for measurement noise and sampling lag
-WAIT_MARGIN = 0.25
 #: saturated throughput samples kept, and the quantile taken (start-up bias is downward)
 MU_SAMPLES = 20
 MU_QUANTILE = 0.75
+#: intervals looked back through for saturated samples (a count that keeps changing has few)
+MU_SCAN = 120
 #: a per-replica service rate below this (messages/s) is noise, not a measurement
 MIN_RATE = 1e-6
-#: the trend is fitted over this many times the lag it projects over
-TREND_SPAN = 3.0
 #: in-flight messages summed over the recent ticks before Little's law is trusted
 LITTLE_MIN_IN_FLIGHT = 20.0
-#: minimum autocorrelation for the rate history to count as periodic
-PERIODIC_MIN_CORR = 0.6
-#: horizons examined past the start-up lag, in check intervals
-HORIZON_STEPS = 24
-#: a periodic prediction becomes the forecast when the recent arrivals exceeded what it predicted
-#: for them by at most this fraction (plus three Poisson standard deviations)
-FIT_TOLERANCE = 0.1
-
-
-
-@dataclass(frozen=True)
-class Estimates:
-    mu: float | None  # messages/s per replica
-    mu_source: str  # "measured", "processing_time", "lower_bound", "unknown"
-    rate: float  # smoothed arrival rate, messages/s
-    spread: float  # standard deviation of rate_in around the smoothed rate
-    trend: float  # messages/s per second (least squares over the wait budget)
-    period: float | None  # seconds, when the rate history is periodic
-
-
-def wait_budget(svc: ServiceConfig) -> float:
-    return max(svc.check_interval, svc.target_wait * (1 - WAIT_MARGIN) - svc.check_interval)
+#: fraction of target_wait kept back for measurement noise and the fluid model's optimism
+SLO_MARGIN = 0.1
+#: time constant of the smoothed arrival rate, in target_waits
+LEVEL_TAU = 0.5
+#: the surge the count must absorb: the largest of this trailing window, seconds
+SURGE_MEMORY = 1800.0
+#: later checks the robustness check counts on to scale out
+RECOURSE_CHECKS = 6
+#: scale-in is planned over this many more (check interval + start-up delay): a replica removed
+#: and needed again soon costs a start-up delay of capacity, so it goes only if not needed soon
+SCALE_IN_EXTRA = 6.0
 
 
 def _series(state: ServiceState, obs: Mapping[str, float], now: float) -> list[tuple[float, Mapping[str, float]]]:
     points: list[tuple[float, Mapping[str, float]]] = [(t, o) for t, o in state.history if t < now]
     points.append((now, obs))
     return points
+
+
+def _time(point: tuple[float, Mapping[str, float]]) -> float:
+    return point[0]
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    """``numpy.quantile``'s default (linear) on a short list, without numpy's per-call overhead."""
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _pending(o: Mapping[str, float]) -> float | None:
@@ -99,25 +97,24 @@ def _pending(o: Mapping[str, float]) -> float | None:
 
 def estimate_mu(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, float]]]) -> tuple[float | None, str]:
     saturated: list[float] = []
-    best_unsaturated = 0.0
-    times = [t for t, _ in points]
-    for k in range(1, len(points)):
+    # newest first: only the last MU_SAMPLES saturated intervals of the last MU_SCAN are used
+    for k in range(len(points) - 1, max(0, len(points) - 1 - MU_SCAN), -1):
+        if len(saturated) >= MU_SAMPLES:
+            break
         (t0, prev), (_, cur) = points[k - 1], points[k]
-        running = cur.get("replicas.running")
-        rate_out = cur.get("queue.rate_out")
+        running, rate_out = cur.get("replicas.running"), cur.get("queue.rate_out")
         if not running or rate_out is None or running <= 0:
             continue
-        per_replica = rate_out / running
         p0, p1 = _pending(prev), _pending(cur)
+        if p0 is None or p1 is None or p0 <= 0 or p1 <= 0:
+            continue
         # Clean only if every replica counted was ready for the whole interval: the count did not
         # change since start-up delay before the interval began.
-        since = t0 - svc.startup_delay
-        j = bisect.bisect_left(times, since)
-        steady = j < k and times[j] <= t0 and all(points[m][1].get("replicas.running") == running for m in range(max(0, j - 1), k))
-        if p0 is not None and p1 is not None and p0 > 0 and p1 > 0 and steady:
-            saturated.append(per_replica)
-        else:
-            best_unsaturated = max(best_unsaturated, per_replica)
+        j = bisect.bisect_left(points, t0 - svc.startup_delay, hi=k, key=_time)
+        if j < k and points[j][0] <= t0 and all(
+            points[m][1].get("replicas.running") == running for m in range(k - 1, max(0, j - 1) - 1, -1)
+        ):
+            saturated.append(rate_out / running)
     # Little's law: messages in flight = throughput x time each takes, so the per-replica service
     # rate is rate_out / ack_pending, averaged over recent ticks. It holds loaded or not, which
     # the saturated samples do not guarantee (a momentary queue at two ticks is not saturation).
@@ -137,20 +134,19 @@ def estimate_mu(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, f
     # Both are lower bounds in practice: workers that prefetch a batch keep more messages in
     # flight than they serve (Little's law reads low), and a queue seen at two ticks need not
     # have kept every replica busy in between (saturated samples read low). Take the better one.
-    busy = float(np.quantile(saturated[-MU_SAMPLES:], MU_QUANTILE)) if saturated else 0.0
+    busy = _quantile(saturated, MU_QUANTILE) if saturated else 0.0
     if max(little, busy) > MIN_RATE:
         return (little, "littles_law") if little >= busy else (busy, "saturated")
     if svc.processing_time:
         return 1.0 / svc.processing_time, "processing_time"
+    best_unsaturated = max(
+        (o["queue.rate_out"] / o["replicas.running"] for _, o in points[1:]
+         if o.get("replicas.running") and o["replicas.running"] > 0 and "queue.rate_out" in o),
+        default=0.0,
+    )
     if best_unsaturated > MIN_RATE:
         return best_unsaturated, "lower_bound"
     return None, "unknown"
-
-
-def ready_replicas(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, float]]], now: float) -> float:
-    """Replicas surely past their start-up delay: the fewest running over the last start-up delay."""
-    counts = [o["replicas.running"] for t, o in points if t >= now - svc.startup_delay and "replicas.running" in o]
-    return min(counts) if counts else 0.0
 
 
 def _smooth(times: np.ndarray, values: np.ndarray, tau: float) -> np.ndarray:
@@ -164,216 +160,113 @@ def _smooth(times: np.ndarray, values: np.ndarray, tau: float) -> np.ndarray:
     return out
 
 
-def detect_period(times: np.ndarray, rates: np.ndarray) -> float | None:
-    """The dominant period of the rate history, if it has repeated at least twice."""
-    n = len(rates)
-    if n < 8:
-        return None
-    span = times[-1] - times[0]
-    idx = np.arange(n, dtype=float)
-    x = rates - np.polyval(np.polyfit(idx, rates, 1), idx)  # a trend is not a period
-    var = float(np.dot(x, x))
-    if var <= 0:
-        return None
-    size = 1 << (2 * n - 1).bit_length()
-    f = np.fft.rfft(x, size)
-    ac = np.fft.irfft(f * np.conj(f), size)[:n] / var
-    # lags of at least 3 samples, at most a third of the history: two full repeats must be seen
-    lo, hi = 3, int(n / 3)
-    if hi <= lo:
-        return None
-    # normalize by the overlap so long lags are not penalized; a period shows as the correlation
-    # falling below zero (half a period out of phase) and then peaking again
-    overlap = n / (n - np.arange(n))
-    score = ac * overlap
-    negative = np.nonzero(score[1:hi] < 0)[0]
-    if negative.size == 0:
-        return None
-    lo = max(lo, int(negative[0]) + 1)
-    if hi <= lo:
-        return None
-    lag = lo + int(np.argmax(score[lo:hi]))
-    if score[lag] < PERIODIC_MIN_CORR:
-        return None
-    step = span / (n - 1)
-    return float(lag * step)
+def ready_steps(
+    points: Sequence[tuple[float, Mapping[str, float]]], now: float, startup: float, running: float
+) -> list[tuple[float, int]]:
+    """Replicas surely ready u seconds from now, for u within the start-up delay: (u, count) steps.
 
-
-def estimate(svc: ServiceConfig, obs: Mapping[str, float], state: ServiceState, now: float) -> Estimates:
-    points = _series(state, obs, now)
-    mu, mu_source = estimate_mu(svc, points)
-    rp = [(t, o["queue.rate_in"]) for t, o in points if "queue.rate_in" in o]
-    budget = wait_budget(svc)
-    if not rp:
-        return Estimates(mu, mu_source, 0.0, 0.0, 0.0, None)
-    times = np.array([t for t, _ in rp], dtype=float)
-    rates = np.array([r for _, r in rp], dtype=float)
-    smooth = _smooth(times, rates, tau=budget)
-    recent = times > now - max(budget, 4 * svc.check_interval)
-    resid = rates[recent] - smooth[recent]
-    spread = float(np.sqrt(np.mean(resid**2))) if resid.size > 1 else 0.0
-    # Trend: least-squares slope of the raw rate over a window three times the lag it must
-    # bridge (smoothing plus start-up), long enough that a short burst does not read as a ramp.
-    trend = 0.0
-    longer = times > now - max(TREND_SPAN * (budget + svc.startup_delay), 6 * svc.check_interval)
-    if longer.sum() >= 4:
-        t0 = times[longer] - times[longer].mean()
-        denom = float(np.dot(t0, t0))
-        if denom > 0:
-            trend = float(np.dot(t0, rates[longer] - rates[longer].mean()) / denom)
-    period = detect_period(times, rates)
-    return Estimates(mu, mu_source, float(smooth[-1]), spread, trend, period)
-
-
-def deadline_replicas(
-    backlog: float,
-    arrivals: Sequence[float],
-    step: float,
-    mu: float,
-    n_now: float,
-    lag: float,
-    budget: float,
-) -> float:
-    """Fewest replicas (fractional) so that every message, queued or arriving, starts within ``budget``.
-
-    ``arrivals[k]`` is the forecast of messages arriving in ``[k*step, (k+1)*step)`` from now.
-    ``n_now`` replicas serve until ``lag``; the target count serves after it.
+    A replica counted at time t was started by t, so it is ready by t + startup; the count ready
+    at now + u is the fewest running seen since now + u - startup.
     """
-    need = 0.0
-    cumulative = np.concatenate([[0.0], np.cumsum(arrivals)])
-    horizons = [lag + k * step for k in range(1, len(cumulative) + 1)]
-    if budget > lag:
-        horizons.append(budget)  # the tightest deadline, whether or not it falls on a tick
-    for h in horizons:
-        if h < budget:
-            continue
-        # messages that arrived by h - budget must have started by h
-        idx = (h - budget) / step
-        i = int(idx)
-        if i >= len(cumulative) - 1:
-            due_arrivals = cumulative[-1]
-        else:
-            due_arrivals = cumulative[i] + (idx - i) * (cumulative[i + 1] - cumulative[i])
-        due = backlog + due_arrivals - n_now * mu * lag
-        need = max(need, due / (mu * (h - lag)))
-    return need
+    recent = [(t, o["replicas.running"]) for t, o in points if t > now - startup and "replicas.running" in o]
+    if not recent or recent[-1][0] < now:
+        recent.append((now, running))
+    lowest = [0.0] * len(recent)
+    low = math.inf
+    for j in range(len(recent) - 1, -1, -1):
+        low = min(low, recent[j][1])
+        lowest[j] = low
+    steps = [(0.0, int(lowest[0]))]
+    for j in range(len(recent) - 1):
+        steps.append((max(0.0, recent[j][0] - now + startup), int(lowest[j + 1])))
+    return steps
 
 
-def _rate_history(state: ServiceState, obs: Mapping[str, float], now: float) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(t, o["queue.rate_in"]) for t, o in _series(state, obs, now) if "queue.rate_in" in o]
-    return np.array([t for t, _ in pts], dtype=float), np.array([r for _, r in pts], dtype=float)
+def _step_up(svc: ServiceConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """The step guardrail (:func:`docktor.agent.core.guardrails.step_up`) over an array of counts."""
+    by, pct = float(svc.scale_up_by), float(svc.scale_up_percent or 0.0)
 
+    def step_up(counts: np.ndarray) -> np.ndarray:
+        out: np.ndarray = np.maximum(by, np.ceil(counts * pct / 100.0))
+        return out
 
-def _periods_back(times: np.ndarray, rates: np.ndarray, end: float, period: float, step: float) -> list[float] | None:
-    """rate_in one and two periods before the step ending at ``end`` (None: not in the history)."""
-    # rate_in at tick t describes the interval ending at t
-    guesses = []
-    for back in (period, 2 * period):
-        when = end - back
-        if when < times[0] or when > times[-1] + step:
-            return None
-        guesses.append(float(np.interp(when, times, rates)))
-    return guesses
-
-
-def _periodic_arrivals(
-    state: ServiceState, obs: Mapping[str, float], now: float, period: float, step: float, count: int
-) -> tuple[list[float], list[float]] | None:
-    """Arrivals per step predicted from one and two periods ago: (the smaller, the larger) of the two."""
-    times, rates = _rate_history(state, obs, now)
-    low: list[float] = []
-    high: list[float] = []
-    for k in range(count):
-        guesses = _periods_back(times, rates, now + (k + 1) * step, period, step)
-        if guesses is None:
-            return None
-        low.append(min(guesses) * step)
-        high.append(max(guesses) * step)
-    return low, high
-
-
-def prediction_fits(
-    state: ServiceState, obs: Mapping[str, float], now: float, period: float, step: float, window: float
-) -> bool:
-    """Whether the arrivals of the last ``window`` seconds stayed within what the period predicted for them.
-
-    The prediction for each past tick is the larger of the rates one and two periods before it.
-    The arrivals may exceed it by ``FIT_TOLERANCE`` plus three Poisson standard deviations; more
-    means the load is not repeating (a new burst, a higher level), and then the period must not
-    be trusted to say when load ends.
-    """
-    times, rates = _rate_history(state, obs, now)
-    recent = np.nonzero(times > now - window)[0]
-    if recent.size == 0:
-        return False
-    observed = predicted = 0.0
-    for i in recent:
-        guesses = _periods_back(times, rates, float(times[i]), period, step)
-        if guesses is None:
-            return False
-        dt = float(times[i] - times[i - 1]) if i > 0 else step
-        observed += float(rates[i]) * dt
-        predicted += max(guesses) * dt
-    return observed <= predicted * (1 + FIT_TOLERANCE) + 3 * math.sqrt(predicted)
+    return step_up
 
 
 def docktor_policy(
     svc: ServiceConfig, obs: Mapping[str, float], current: int, state: ServiceState, ev: Evaluation, now: float
 ) -> Proposal:
-    from docktor.agent.core.policy import Proposal
-
-    est = estimate(svc, obs, state, now)
+    points = _series(state, obs, now)
+    mu, mu_source = estimate_mu(svc, points)
     backlog = obs["queue.backlog"]
     running = obs.get("replicas.running", float(current))
-    if est.mu is None or not est.mu > MIN_RATE:
+    if mu is None or not mu > MIN_RATE:
         # Nothing measured and nothing configured: all we know is whether work is waiting.
         if backlog > 0 and running == 0:
             return Proposal(max(1, svc.min_replicas), "work waiting and no replica running")
         return Proposal(current, "no throughput measured yet and no processing_time configured: holding")
 
-    mu = est.mu
-    step = svc.check_interval
-    lag = svc.startup_delay
-    budget = wait_budget(svc)
-    count = HORIZON_STEPS + int(math.ceil((lag + budget) / step))
-    ready = ready_replicas(svc, _series(state, obs, now), now)
+    step, lag = svc.check_interval, svc.startup_delay
+    slo = svc.target_wait * (1 - SLO_MARGIN)
+    pending = _pending(obs)
+    queued = max(0.0, backlog if pending is None else pending)
+    with_rate = [(t, o["queue.rate_in"]) for t, o in points if "queue.rate_in" in o]
+    times = np.array([t for t, _ in with_rate], dtype=float)
+    rates = np.array([r for _, r in with_rate], dtype=float)
+    q_at, q_due = dl.queue_deadlines(queued, times, rates, now, slo)
+    ready = ready_steps(points, now, lag, running)
+    cap = dl.Capacity(mu, ready, int(running), lag)
+    ceiling = 2 * max(svc.max_replicas, int(running), 1)
 
-    # The smoothed rate lags a trend by its time constant; project it over that lag plus start-up.
-    forecast = est.rate + max(0.0, est.trend) * (budget + lag)
-    if est.mu_source == "lower_bound":
-        # A lower bound on throughput (no queue, too little in flight to measure) would make the
-        # rate term self-fulfilling: size from the backlog alone until a real measurement exists.
-        n_rate = 0.0
-        n_deadline = deadline_replicas(backlog, [0.0] * count, step, mu, ready, lag, budget)
-    else:
-        n_rate = forecast / mu
-        n_deadline = deadline_replicas(backlog, [forecast * step] * count, step, mu, ready, lag, budget)
-    need = max(n_rate, n_deadline)
-    why = f"rate {forecast:.4g}/s, backlog {backlog:g}, {mu:.4g}/s per replica ({est.mu_source})"
+    # The expected load: today's rate until the next check, then the smoothed rate (the next
+    # checks see what really comes). A lower bound on throughput (nothing was ever queued) sizes
+    # the queue alone: a rate term would keep whatever count happens to run.
+    rate_now = float(obs.get("queue.rate_in", 0.0))
+    level = rate_now
+    if rates.size:
+        tau = max(step, LEVEL_TAU * svc.target_wait)
+        window = times > now - 8 * tau  # older samples weigh less than e^-8
+        level = float(_smooth(times[window], rates[window], tau)[-1]) if window.any() else rate_now
+    if mu_source == "lower_bound":
+        rate_now = level = 0.0
+    horizon = slo + step + lag
+    marks = [u for u, _ in ready] + [lag, lag + step]
+    expected = dl.demand(q_at, q_due, slo, rate_now, level, step, horizon, step, marks)
+    n, feasible = dl.fewest_replicas(cap, expected, ceiling, 0.0)
+    why = f"{queued:g} queued, {rate_now:.4g}/s now and {level:.4g}/s smoothed, {mu:.4g}/s per replica ({mu_source})"
 
-    if est.period is not None:
-        predicted = _periodic_arrivals(state, obs, now, est.period, step, count)
-        if predicted is not None:
-            low, high = predicted
-            window = max(lag + budget, 2 * step)
-            if (
-                svc.prediction == "forecast"
-                and est.mu_source != "lower_bound"
-                and prediction_fits(state, obs, now, est.period, step, window)
-            ):
-                # The load has been repeating itself: the period says when a burst ends as well as
-                # when it starts, so it replaces the assumption that today's rate persists.
-                n_rate = sum(high) / (count * step) / mu
-                need = max(n_rate, deadline_replicas(backlog, high, step, mu, ready, lag, budget))
-                why += f"; forecast from the load {est.period:.0f}s and {2 * est.period:.0f}s ago (it fit the last {window:.0f}s)"
-            else:
-                n_pred = deadline_replicas(backlog, low, step, mu, ready, lag, budget)
-                if n_pred > need:
-                    need = n_pred
-                    why += f"; recurring load every {est.period:.0f}s"
+    # Robustness: the largest volume one check interval brought lately, all at once, then the
+    # peak rate; later checks may scale out as fast as the guardrails allow.
+    if mu_source != "lower_bound" and rates.size:
+        recent = times > now - SURGE_MEMORY
+        spans = np.diff(times, prepend=times[0] - step)[recent]
+        peak = float(rates[recent].max())
+        burst = float((rates[recent] * spans).max())
+        gap = max(step, svc.cooldown_up)
+        checks = np.arange(1, RECOURSE_CHECKS + 1) * gap
+        surge = dl.demand(
+            q_at, q_due, slo, peak, peak, step, slo + float(checks[-1]) + lag, step,
+            marks + [float(c) + lag for c in checks], burst=burst,
+        )
+        added = dl.growth(np.arange(ceiling + 1, dtype=float), RECOURSE_CHECKS, _step_up(svc), float(svc.max_replicas))
+        n_robust, _ = dl.with_recourse(cap, surge, ceiling, 0.0, checks, added)
+        if n_robust > n:
+            n = n_robust
+            why += f"; {n} to absorb {burst:.0f} at once then {peak:.4g}/s (the peak of the last {SURGE_MEMORY / 60:.0f} min)"
 
-    # Far beyond max_replicas means the same as max_replicas to the guardrails; keep it an int.
-    ceiling = 10 * max(1, svc.max_replicas)
-    target = ceiling if not math.isfinite(need) or need > ceiling else max(0, math.ceil(need - 1e-9))
-    return Proposal(target, f"needs {need:.2f} replicas: {why}")
-
+    if n < running and feasible:
+        # Scale-in: only what a longer plan, at the higher of today's and the smoothed rate,
+        # would not bring back soon.
+        longer = dl.demand(
+            q_at, q_due, slo, rate_now, max(level, rate_now), step, horizon + SCALE_IN_EXTRA * (lag + step), step, marks
+        )
+        keep = min(dl.fewest_replicas(cap, longer, ceiling, 0.0)[0], int(running))
+        if keep > n:
+            n = keep
+            why += f"; {keep} kept: needed again within {horizon + SCALE_IN_EXTRA * (lag + step):.0f}s"
+    if not feasible and n < running:
+        held = max(current, int(running))
+        return Proposal(held, f"needs {n}: {why}; some queued messages are late whatever the count: keeping all {held}")
+    if not feasible:
+        why += "; some queued messages are late whatever the count"
+    return Proposal(n, f"needs {n}: {why}")

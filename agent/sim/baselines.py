@@ -1,13 +1,19 @@
 """Controllers the simulator can drive: Docktor's own policies and faithful baselines, plus the oracle.
 
 ``docktor``, ``rules`` and ``target`` run the production code: :func:`docktor.agent.core.decide.step`
-and :func:`docktor.agent.core.decide.remember`, the decision the daemon makes. The others re-implement other autoscalers' documented math (docs/policy.md lists it):
+and :func:`docktor.agent.core.decide.remember`, the decision the daemon makes. The others model
+other autoscalers (docs/policy.md lists their math):
 
-- ``hpa``: Kubernetes HPA on an external AverageValue metric (queue backlog per replica, target
-  ``HPA_TARGET``), 15 s sync, tolerance 0.1, default behavior: scale-up limited per 15 s to the
-  larger of +100 % and +4 pods, no scale-up stabilization; scale-down stabilization 300 s.
-- ``keda``: the HPA above as KEDA builds it, plus activation (``activationLagThreshold`` 0 polled
-  every 30 s) and ``cooldownPeriod`` 300 s back to zero when ``--min`` is 0.
+- ``hpa``: the Kubernetes HPA controller (:mod:`docktor.agent.sim.kube`) on an external
+  AverageValue metric (queue backlog, ``HPA_TARGET`` per replica), 15 s sync, tolerance 0.1, with
+  the default behavior written out: scale-up per 15 s by the larger of +100 % and +4 pods, no
+  scale-up stabilization, scale-down stabilization 300 s.
+- ``hpa-tuned``: the same HPA with, per trace, the cheapest per-replica target that still reaches
+  the attainment goal in hindsight (:func:`tune_hpa`).
+- ``keda``: KEDA as it runs: its HPA without ``spec.behavior`` (the legacy path: max(2 x current,
+  4) per sync, the 300 s maximum recommendation taken before that cap), plus the ScaledObject's
+  activation (``activationLagThreshold`` 0, polled every 30 s) and ``cooldownPeriod`` 300 s back
+  to zero when ``--min`` is 0.
 - ``threshold-percent``: every 5 min, backlog > 1000 adds max(1, 20 %), backlog < 100 removes
   max(1, 10 %).
 - ``static``: peak provisioning, ``ceil(peak rate * mean service time)`` replicas all along.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,28 +32,30 @@ from docktor.agent.config.model import Rule, Rules, ServiceConfig
 from docktor.agent.core.decide import remember, step
 from docktor.agent.core.state import ServiceState
 from docktor.agent.sim.advisors import Advisor
-from docktor.agent.sim.simulator import Scenario, Trace, Workload
+from docktor.agent.sim.kube import (
+    HPA_SYNC_S,
+    KEDA_ACTIVATION_LAG_THRESHOLD,
+    KEDA_LAG_THRESHOLD,
+    KEDA_POLLING_S,
+    Behavior,
+    HorizontalController,
+    ScaledObject,
+)
+from docktor.agent.sim.simulator import Limits, Run, Scenario, Trace, Workload, remaining_work_floor, simulate
 
 #: AverageValue target (backlog per replica) of the hpa, keda and target policies: the value of
 #: KEDA's nats-jetstream documentation example (lagThreshold: "10")
-HPA_TARGET = 10.0
-HPA_SYNC_S = 15.0
-HPA_TOLERANCE = 0.1
-HPA_UP_PERCENT = 100.0
-HPA_UP_PODS = 4
-HPA_DOWN_STABILIZATION_S = 300.0
-KEDA_POLLING_S = 30.0
-KEDA_COOLDOWN_S = 300.0
-KEDA_ACTIVATION = 0.0
+HPA_TARGET = KEDA_LAG_THRESHOLD
 
 # ------------------------------------------------------------------ service configs per policy
 
 
 def docktor_service(scenario: Scenario, policy: str = "docktor") -> ServiceConfig:
-    """The recommended guardrails for the sizing policies (examples/ and docs/policy.md show them).
+    """A service as a user would write it for the scenario, with the policy's default guardrails.
 
-    Scale-up may double per tick (or add 4), like HPA's default behavior; scale-in is limited
-    by a 60 s stabilization window and a 30 s cooldown, at most half the replicas per step.
+    Only what the scenario says is set (bounds, check interval, SLO, start-up delay, and the
+    ``target`` policy's per-replica target); step limits, cooldowns and stabilization are the
+    policy's defaults (``POLICY_DEFAULTS``), so the benchmarks measure exactly what users get.
     """
     return ServiceConfig(
         name="sim",
@@ -57,13 +66,6 @@ def docktor_service(scenario: Scenario, policy: str = "docktor") -> ServiceConfi
         target_wait=scenario.slo_s,
         target_per_replica=HPA_TARGET,
         startup_delay=scenario.startup_s,
-        scale_up_by=4,
-        scale_up_percent=100,
-        scale_down_by=1,
-        scale_down_percent=50,
-        cooldown_up=0,
-        cooldown_down=30,
-        scale_down_stabilization=60,
     )
 
 
@@ -113,72 +115,77 @@ class ProductionController:
 
 
 class HPAController:
-    """Kubernetes HPA with an AverageValue external metric and the default behavior."""
+    """A Kubernetes HPA on the queue's backlog as an external ``AverageValue`` metric.
 
-    def __init__(self, scenario: Scenario, name: str = "hpa", min_replicas: int | None = None) -> None:
+    ``behavior`` None is the legacy path (``normalizeDesiredReplicas``): what an HPA without
+    ``spec.behavior`` does, which is how KEDA creates it. A :class:`~docktor.agent.sim.kube.Behavior`
+    is the behavior path; ``Behavior()`` is the API server's defaults written out (the ``hpa`` row).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        name: str = "hpa",
+        target: float = HPA_TARGET,
+        behavior: Behavior | None = Behavior(),  # frozen: one shared default is safe
+    ) -> None:
         self.name = name
-        self.interval = HPA_SYNC_S
-        self.min = scenario.min_replicas if min_replicas is None else min_replicas
-        self.max = scenario.max_replicas
-        self.rec: deque[tuple[float, int]] = deque()
+        self.interval = scenario.peer_period_s or HPA_SYNC_S
+        self.target = target
+        self.hpa = HorizontalController(
+            min_replicas=max(1, scenario.min_replicas),  # minReplicas 0 needs the alpha HPAScaleToZero gate
+            max_replicas=scenario.max_replicas,
+            target_per_pod=target,
+            behavior=behavior,
+        )
 
     def initial(self, scenario: Scenario, trace: Trace) -> int:
-        return max(1, self.min)
-
-    def desired(self, backlog: float, current: int) -> int:
-        if current == 0:
-            return 0  # the HPA never scales from zero; KEDA's activation does
-        ratio = (backlog / current) / HPA_TARGET
-        if abs(ratio - 1) <= HPA_TOLERANCE:
-            return current
-        return math.ceil(backlog / HPA_TARGET)
-
-    def hpa_step(self, obs: dict[str, float], current: int, now: float, floor: int) -> int:
-        if "queue.backlog" not in obs:
-            return current
-        want = self.desired(obs["queue.backlog"], current)
-        # scale-down stabilization: the highest recommendation of the last 300 s
-        self.rec.append((now, want))
-        while self.rec and self.rec[0][0] <= now - HPA_DOWN_STABILIZATION_S:
-            self.rec.popleft()
-        if want < current:
-            want = min(current, max(r for _, r in self.rec))
-        # scale-up policies, selectPolicy Max, one sync period each
-        limit = max(current + math.ceil(current * HPA_UP_PERCENT / 100), current + HPA_UP_PODS)
-        want = min(want, limit)
-        return max(floor, min(self.max, want))
+        return self.hpa.min_replicas
 
     def tick(self, obs: dict[str, float], current: int, now: float) -> int:
-        return self.hpa_step(obs, current, now, max(1, self.min))
+        # spec and status replicas agree: the simulated executor creates every replica at once
+        return self.hpa.reconcile(current, current, obs.get("queue.backlog"), now)
 
 
-class KEDAController(HPAController):
-    """KEDA: the HPA for 1..N, plus activation to and from zero when the minimum is 0."""
+class KEDAController:
+    """KEDA with its defaults: a ScaledObject polled every 30 s and the HPA it creates (legacy path).
+
+    KEDA creates its HPA without ``spec.behavior`` unless the user sets one, so the HPA runs
+    ``normalizeDesiredReplicas``: at most max(2 x current, 4) per 15 s sync, and the highest
+    recommendation of the last 300 s taken before that cap. With ``--min 0`` KEDA activates from
+    zero when the lag exceeds ``activationLagThreshold`` (0) and returns to zero ``cooldownPeriod``
+    (300 s) after the last active poll; ``initialCooldownPeriod`` is 0.
+    """
 
     def __init__(self, scenario: Scenario) -> None:
-        super().__init__(scenario, name="keda")
-        self.last_active = 0.0
+        self.name = "keda"
+        # the HPA's sync; KEDA polls on every other one (or, with a common period, on each)
+        self.interval = scenario.peer_period_s or HPA_SYNC_S
+        self.polling = scenario.peer_period_s or KEDA_POLLING_S
+        self.scaled_object = ScaledObject(min_replica_count=scenario.min_replicas)
+        self.hpa = HorizontalController(
+            min_replicas=self.scaled_object.hpa_min_replicas,
+            max_replicas=scenario.max_replicas,
+            target_per_pod=KEDA_LAG_THRESHOLD,
+            behavior=None,
+        )
 
     def initial(self, scenario: Scenario, trace: Trace) -> int:
-        return self.min if self.min > 0 else 0
+        return scenario.min_replicas
 
     def tick(self, obs: dict[str, float], current: int, now: float) -> int:
-        if self.min > 0:
-            return self.hpa_step(obs, current, now, self.min)
-        if "queue.backlog" not in obs:
-            return current
-        polled = math.isclose(now % KEDA_POLLING_S, 0.0, abs_tol=1e-9) or math.isclose(
-            now % KEDA_POLLING_S, KEDA_POLLING_S, abs_tol=1e-9
-        )
-        active = obs["queue.backlog"] > KEDA_ACTIVATION
-        if polled and active:
-            self.last_active = now
-        if current == 0:
-            return 1 if polled and active else 0
-        if polled and not active and now - self.last_active >= KEDA_COOLDOWN_S:
-            self.rec.clear()
-            return 0
-        return self.hpa_step(obs, current, now, 1)
+        backlog = obs.get("queue.backlog")
+        if _on_period(now, self.polling):
+            active = backlog is not None and backlog > KEDA_ACTIVATION_LAG_THRESHOLD
+            keda = self.scaled_object.request_scale(current, active, now, error=backlog is None)
+            if keda is not None and keda != current:
+                return keda  # the HPA sees KEDA's change at its next sync
+        return self.hpa.reconcile(current, current, backlog, now)
+
+
+def _on_period(now: float, period: float) -> bool:
+    phase = now % period
+    return math.isclose(phase, 0.0, abs_tol=1e-9) or math.isclose(phase, period, abs_tol=1e-9)
 
 
 class ThresholdPercentController:
@@ -264,16 +271,107 @@ def oracle_replica_seconds(trace: Trace, scenario: Scenario, load: Workload) -> 
     return base * duration + extra
 
 
+# ------------------------------------------------------------------ hpa-tuned
+
+#: the attainment ``hpa-tuned`` must reach (the issue's bar for every policy)
+TUNE_GOAL = 0.995
+#: per-replica targets ``hpa-tuned`` chooses from: 1 to 20,000 messages, 25 % apart
+TUNE_GRID: tuple[float, ...] = tuple(float(f"{x:.3g}") for x in np.geomspace(1.0, 20_000.0, 45))
+
+
+@dataclass
+class Tuning:
+    """What :func:`tune_hpa` chose and everything it simulated to choose it."""
+
+    target: float
+    run: Run
+    #: target -> (attainment, replica-seconds) of every target simulated to its end; None: a
+    #: run stopped early because it could no longer be the choice (over the cost of a better
+    #: one, or past the misses the goal allows)
+    tried: dict[float, tuple[float, float] | None]
+
+
+def tune_hpa(trace: Trace, scenario: Scenario, load: Workload, goal: float = TUNE_GOAL) -> Tuning:
+    """The HPA's per-replica target an operator tuning in hindsight would pick for this trace.
+
+    Every target on :data:`TUNE_GRID` is considered (a sweep): the cheapest whose run reaches
+    ``goal`` wins; if none does, the one with the best attainment, then the cheapest. Cost and
+    attainment are not monotone in the target, so nothing is assumed about their shape. To keep
+    the sweep fast, runs stop early once they cannot win (:class:`Limits`): a bisection first
+    finds feasible targets cheaply, and each later run stops as soon as its replica-seconds pass
+    the cheapest feasible run's, or its late messages pass what the goal allows. The result is
+    exactly the full sweep's.
+    """
+    allowed = math.floor((1.0 - goal) * load.arrivals.size + 1e-9)
+    floor = remaining_work_floor(trace, scenario, load, allowed)
+    runs: dict[int, Run] = {}
+
+    def attempt(i: int, limits: Limits) -> Run:
+        ctl = HPAController(scenario, name="hpa-tuned", target=TUNE_GRID[i])
+        run = simulate(trace, scenario, ctl, load=load, limits=limits)
+        runs[i] = run
+        return run
+
+    def feasible(run: Run) -> bool:
+        return not run.aborted and _misses(run) <= allowed
+
+    # 1. Bisect for the feasibility boundary (runs past the allowed misses stop early).
+    lo, hi = -1, len(TUNE_GRID)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if feasible(attempt(mid, Limits(max_misses=allowed))):
+            lo = mid
+        else:
+            hi = mid
+    # 2. Sweep the rest, cheapest-looking (largest targets) first, bounded by the best so far.
+    def best_cost() -> float:
+        return min((r.replica_seconds for r in runs.values() if feasible(r)), default=math.inf)
+
+    for i in reversed(range(len(TUNE_GRID))):
+        if i not in runs:
+            attempt(i, Limits(max_cost=best_cost(), max_misses=allowed, cost_floor=floor))
+    candidates = [i for i, r in runs.items() if feasible(r)]
+    if candidates:
+        best = min(candidates, key=lambda i: (runs[i].replica_seconds, -TUNE_GRID[i]))
+    else:
+        # 3. Nothing reaches the goal: the best attainment, then the cheapest, from full runs.
+        for i in reversed(range(len(TUNE_GRID))):
+            done = [r for r in runs.values() if not r.aborted]
+            fewest = min((_misses(r) for r in done), default=math.inf)
+            if runs[i].aborted:
+                attempt(i, Limits(max_misses=fewest))
+        done_i = [i for i, r in runs.items() if not r.aborted]
+        best = min(done_i, key=lambda i: (_misses(runs[i]), runs[i].replica_seconds, -TUNE_GRID[i]))
+    run = runs[best]
+    run.params["target_per_replica"] = TUNE_GRID[best]
+    tried = {TUNE_GRID[i]: None if r.aborted else (_attainment(r), r.replica_seconds) for i, r in sorted(runs.items())}
+    return Tuning(TUNE_GRID[best], run, tried)
+
+
+def _misses(run: Run) -> int:
+    return int(np.count_nonzero(run.waits > run.scenario.slo_s))
+
+
+def _attainment(run: Run) -> float:
+    return float(np.mean(run.waits <= run.scenario.slo_s)) if run.messages else 1.0
+
+
 # ------------------------------------------------------------------ registry
 
+
+
+def run_policy(name: str, trace: Trace, scenario: Scenario, load: Workload, advisor: Advisor | None = None) -> Run:
+    """One policy on one trace: a controller's run, or for ``hpa-tuned`` the tuned HPA's."""
+    if name == "hpa-tuned":
+        if advisor is not None:
+            raise ValueError("advisors apply to docktor, rules and target, not hpa-tuned")
+        return tune_hpa(trace, scenario, load).run
+    return simulate(trace, scenario, make_controller(name, scenario, advisor), load=load)  # type: ignore[arg-type]
 
 
 def make_controller(name: str, scenario: Scenario, advisor: Advisor | None = None) -> object:
     if name in ("docktor", "target"):
         return ProductionController(name, docktor_service(scenario, name), advisor)
-    if name == "docktor-forecast":  # the docktor policy with `prediction: forecast`
-        svc = docktor_service(scenario).model_copy(update={"prediction": "forecast"})
-        return ProductionController(name, svc, advisor)
     if name == "rules":
         return ProductionController(name, rules_service(scenario), advisor)
     if advisor is not None:

@@ -12,9 +12,9 @@ from typing import Any
 from docktor.agent.config.model import LLMConfig
 from docktor.agent.errors import Problem, UsageError
 from docktor.agent.sim.advisors import Advisor, LLMAdvisor, adversarial_advisor
-from docktor.agent.sim.baselines import make_controller, oracle_replica_seconds
+from docktor.agent.sim.baselines import oracle_replica_seconds, run_policy
 from docktor.agent.sim.catalog import ADVISABLE, ADVISORS, POLICY_NAMES
-from docktor.agent.sim.simulator import Run, Scenario, Trace, simulate, workload
+from docktor.agent.sim.simulator import Run, Scenario, Trace, workload
 
 
 def parse_policies(text: str | None, arg: str = "--policies") -> list[str]:
@@ -87,7 +87,7 @@ def run_trace(
             continue
         adv = make_advisor(advisor, llm) if advisor != "none" and name in ADVISABLE else None
         try:
-            run = simulate(trace, scenario, make_controller(name, scenario, adv), load=load)  # type: ignore[arg-type]
+            run = run_policy(name, trace, scenario, load, adv)
         finally:
             if isinstance(adv, LLMAdvisor):
                 adv.close()
@@ -152,6 +152,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         policy = r["policy"] + (f"+{r['advisor']}" if r.get("advisor", "none") != "none" else "")
+        if "target_per_replica" in r:
+            policy += f" ({r['target_per_replica']:g}/replica)"
         cells = []
         for key, _, kind in COLUMNS:
             cells.append(policy if key == "policy" else _fmt(r.get(key), kind))

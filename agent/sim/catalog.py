@@ -6,11 +6,11 @@ from pathlib import Path
 
 #: every policy ``docktor bench`` can run; ``oracle`` is a bound, not a controller
 POLICY_NAMES = (
-    "docktor", "docktor-forecast", "rules", "target", "hpa", "keda", "threshold-percent", "static", "oracle",
+    "docktor", "rules", "target", "hpa", "hpa-tuned", "keda", "threshold-percent", "static", "oracle",
 )
 #: advisors ``--advisor`` can put on a production policy
 ADVISORS = ("none", "adversarial", "llm")
 #: policies an advisor can sit on: the ones that run the production decision
-ADVISABLE = ("docktor", "docktor-forecast", "rules", "target")
+ADVISABLE = ("docktor", "rules", "target")
 #: the public load traces, shipped with Docktor (package data)
 DEFAULT_TRACES = Path(__file__).resolve().parent / "traces"

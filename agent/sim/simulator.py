@@ -26,6 +26,7 @@ Model (docs/policy.md has the long form):
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -128,6 +129,8 @@ class Scenario:
     min_replicas: int = 1
     max_replicas: int = 50
     seed: int = 1
+    #: the HPA's sync period and KEDA's polling interval; None: their defaults (15 s, 30 s)
+    peer_period_s: float | None = None
 
     def check(self) -> None:
         problems = []
@@ -141,6 +144,8 @@ class Scenario:
             problems.append(Problem("--slo-s", "must be > 0"))
         if not self.interval_s > 0:
             problems.append(Problem("--interval-s", "must be > 0"))
+        if self.peer_period_s is not None and not self.peer_period_s > 0:
+            problems.append(Problem("--peer-period-s", "must be > 0"))
         if self.min_replicas < 0:
             problems.append(Problem("--min", "must be >= 0"))
         if self.max_replicas < max(1, self.min_replicas):
@@ -153,6 +158,16 @@ class Scenario:
 class Workload:
     arrivals: np.ndarray  # sorted arrival times, seconds
     service: np.ndarray  # service time of message i (FIFO order)
+
+    # The simulation loop indexes Python lists (much faster per element than numpy arrays);
+    # converted once per workload, since a bench or a tuning sweep replays it many times.
+    @functools.cached_property
+    def arrival_list(self) -> list[float]:
+        return list(self.arrivals.tolist())
+
+    @functools.cached_property
+    def service_list(self) -> list[float]:
+        return list(self.service.tolist())
 
 
 def workload(trace: Trace, scenario: Scenario) -> Workload:
@@ -236,6 +251,10 @@ class Run:
     #: backlog (arrived - completed) at each whole second of the trace
     backlog: np.ndarray = field(default_factory=lambda: np.zeros(0))
     decisions: list[dict[str, object]] = field(default_factory=list)
+    #: what a tuned baseline chose (hpa-tuned: target_per_replica), reported with the summary
+    params: dict[str, float] = field(default_factory=dict)
+    #: stopped early by :class:`Limits`: the figures cover only part of the trace
+    aborted: bool = False
 
     @property
     def messages(self) -> int:
@@ -264,8 +283,48 @@ class Run:
             else round(self.replica_seconds / oracle_replica_seconds, 3),
             "actions": self.actions,
             "reversals": self.reversals,
+            **self.params,
         }
         return out
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a run can stop early because it can no longer matter (a search over settings).
+
+    It stops as soon as its replica-seconds exceed ``max_cost`` or more than ``max_misses``
+    messages have waited (or are already waiting) longer than the SLO. Both only grow during a
+    run, so an aborted run would have ended above the limit too.
+    """
+
+    max_cost: float = math.inf
+    max_misses: float = math.inf
+    #: cost_floor[t]: replica-seconds any run within ``max_misses`` must still spend after second t
+    #: (see :func:`remaining_work_floor`); with it a run stops as soon as it cannot end below max_cost
+    cost_floor: np.ndarray | None = None
+
+    def floor_after(self, now: float) -> float:
+        if self.cost_floor is None or not self.cost_floor.size:
+            return 0.0
+        return float(self.cost_floor[min(int(math.ceil(now)), self.cost_floor.size - 1)])
+
+
+def remaining_work_floor(trace: Trace, scenario: Scenario, load: Workload, misses: int) -> np.ndarray:
+    """Per second t: a lower bound on the replica-seconds any run with at most ``misses`` late messages spends after t.
+
+    A message arriving at a >= t that starts within the SLO and would finish inside the trace
+    (a + slo + s <= end) is served entirely inside [t, end], and a replica costs while it serves.
+    At most ``misses`` of them may be late, and those cannot do more than ``misses`` times the
+    longest service time of work. (The minimum replicas' own cost is a second floor.)
+    """
+    end = trace.duration
+    due_inside = load.arrivals + scenario.slo_s + load.service <= end
+    per_second = np.bincount(load.arrivals[due_inside].astype(int), weights=load.service[due_inside], minlength=int(end) + 1)
+    after = np.cumsum(per_second[::-1])[::-1]
+    slack = misses * (float(load.service.max()) if load.service.size else 0.0)
+    idle = scenario.min_replicas * np.maximum(0.0, end - np.arange(after.size, dtype=float))
+    floor: np.ndarray = np.maximum(after - slack, idle)
+    return floor
 
 
 def simulate(
@@ -275,11 +334,12 @@ def simulate(
     *,
     load: Workload | None = None,
     record_decisions: bool = False,
+    limits: Limits | None = None,
 ) -> Run:
     scenario.check()
     w = load if load is not None else workload(trace, scenario)
-    arr = w.arrivals.tolist()
-    svc = w.service.tolist()
+    arr = w.arrival_list
+    svc = w.service_list
     n = len(arr)
     starts = [0.0] * n
     end_of_trace = trace.duration
@@ -301,12 +361,20 @@ def simulate(
     i = 0
     tick = 0
     hpush, hreplace = heapq.heappush, heapq.heapreplace
+    slo = scenario.slo_s
+    missed = 0  # started after waiting longer than the SLO (counted only under limits)
+    aborted = False
     while True:
         now = tick * interval
         if now >= end_of_trace and i >= n:
             break
         if now > end_of_trace + DRAIN_LIMIT_S:
             break
+        if limits is not None:
+            overdue = bisect.bisect_left(arr, now - slo) - i  # not started, already late
+            if cost + limits.floor_after(now) > limits.max_cost or missed + max(0, overdue) > limits.max_misses:
+                aborted = True
+                break
         # --- observe
         arrived = bisect.bisect_right(arr, now)
         while starting and starting[0] <= now:
@@ -351,6 +419,7 @@ def simulate(
         timeline.append((now, desired, len(heap) + len(draining)))
         # --- serve every message that starts before the next check
         if heap:
+            first = i
             while i < n:
                 a = arr[i]
                 f = heap[0]
@@ -360,14 +429,20 @@ def simulate(
                 hreplace(heap, s + svc[i])
                 starts[i] = s
                 i += 1
+            if limits is not None and i > first:
+                missed += sum(1 for k in range(first, i) if starts[k] - arr[k] > slo)
         tick += 1
 
-    start_arr = np.array(starts)
-    if i < n:
-        # never started within the drain limit: their wait is at least until the end
-        start_arr[i:] = max(now, end_of_trace)
-    waits = start_arr - w.arrivals
-    backlog = _backlog_per_second(w, start_arr, end_of_trace)
+    if aborted:
+        # whoever set the limits discards this run: skip the per-message figures
+        waits = backlog = np.zeros(0)
+    else:
+        start_arr = np.array(starts)
+        if i < n:
+            # never started within the drain limit: their wait is at least until the end
+            start_arr[i:] = max(now, end_of_trace)
+        waits = start_arr - w.arrivals
+        backlog = _backlog_per_second(w, start_arr, end_of_trace)
     return Run(
         trace=trace.name,
         policy=controller.name,
@@ -379,6 +454,7 @@ def simulate(
         timeline=timeline,
         backlog=backlog,
         decisions=decisions,
+        aborted=aborted,
     )
 
 

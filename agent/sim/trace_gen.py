@@ -15,8 +15,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from docktor.agent.sim.simulator import Trace
 
 Shape = Callable[[np.random.Generator], tuple[np.ndarray, str]]
 
@@ -126,6 +130,13 @@ def generate(seed: int) -> dict[str, tuple[np.ndarray, str]]:
         rate, what = shape(rng)
         out[name] = (rng.poisson(np.maximum(rate, 0.0)).astype(np.int64), what)
     return out
+
+
+def held_out_traces(seed: int) -> list[Trace]:
+    """The seed's traces in memory, named ``shape@seed`` (what ``docktor bench --held-out`` runs)."""
+    from docktor.agent.sim.simulator import Trace
+
+    return [Trace(f"{name}@{seed}", counts) for name, (counts, _) in generate(seed).items()]
 
 
 def write(directory: Path, seed: int) -> list[Path]:
