@@ -487,8 +487,10 @@ def test_decide_once_acts_on_compose_records_the_outcome_and_keeps_the_cooldown(
     compose_file.write_text('services:\n  worker:\n    image: python:3.12-slim\n    command: ["python", "-c", '
                             '"import time\\nwhile True: time.sleep(1)"]\n    stop_grace_period: 1s\n')
     cfg = tmp_path / "docktor.yaml"
-    cfg.write_text(COMPOSE_CONFIG.format(state=tmp_path / "state", compose_file=compose_file, project=project, url=nats_server.url)
-                   + "    scale_up_by: 1\n    cooldown_up: 300s\n")
+    config = COMPOSE_CONFIG.format(state=tmp_path / "state", compose_file=compose_file, project=project, url=nats_server.url)
+    # The container the test creates is a scale-up to the Compose executor (last_scaled), so the
+    # first run has no cooldown to wait out; the second gets 300 s, counted from the first's action.
+    cfg.write_text(config + "    scale_up_by: 1\n    cooldown_up: 0s\n")
     env = {"DOCKTOR_RUN_DIR": str(tmp_path / "run")}
     try:
         compose(project, compose_file, "up", "-d", "--scale", "worker=1")
@@ -501,6 +503,7 @@ def test_decide_once_acts_on_compose_records_the_outcome_and_keeps_the_cooldown(
         assert [x.get("phase") for x in lines] == ["intent", "outcome"]
         assert json.loads((tmp_path / "state" / "state" / "worker.json").read_text())["last_up_at"] is not None
 
+        cfg.write_text(config + "    scale_up_by: 1\n    cooldown_up: 300s\n")  # a new length keeps the saved clock
         second = json.loads(docktor("decide", "--once", "--json", "--window", "0", "--config", str(cfg), env=env).stdout)
         assert (second["decision"], second["current_replicas"], second["executed"]) == ("hold", 2, False)
         assert second["envelope"]["hi_by"] == "cooldown_up" and second["matched_rules"]

@@ -10,26 +10,28 @@ JetStream, not from Docktor's word. The stack is always removed.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
 import yaml
 
+from tests.examples import daemon, executed, outcomes_logged
 from tests.peers import REPO, compose, free_port, unique_project, wait_for_consumer
-from tests.swarm_peers import deploy_stack, remove_stack, replicas_spec, running_tasks, swarm_session, unique_stack, wait_for
+from tests.swarm_peers import (
+    deploy_stack,
+    remove_stack,
+    replicas_spec,
+    running_tasks,
+    service_tasks,
+    swarm_session,
+    unique_stack,
+    wait_for,
+)
 
 EXAMPLE = REPO / "examples" / "nats-swarm"
-DOCKTOR = Path(sys.executable).with_name("docktor")
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(480)]
 
@@ -120,44 +122,11 @@ def write_config(stack: Stack) -> Path:
     return path
 
 
-@contextmanager
-def daemon(stack: Stack, config: Path, *args: str) -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    out = (stack.tmp / "daemon.out").open("wb")
-    proc = subprocess.Popen(
-        [str(DOCKTOR), "daemon", "start", "--config", str(config), "--foreground", *args],
-        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **stack.env},
-    )
-    decisions = stack.tmp / "state" / "decisions.jsonl"
-
-    def read() -> list[dict[str, Any]]:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode}:\n{(stack.tmp / 'daemon.out').read_text()}")
-        if not decisions.exists():
-            return []
-        return [json.loads(line) for line in decisions.read_text().splitlines() if line.strip()]
-
-    try:
-        yield read
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        out.close()
-
-
-def executed(records: list[dict[str, Any]], decision: str) -> list[dict[str, Any]]:
-    return [r for r in records if r["decision"] == decision and r["executed"]]
-
-
 def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -> None:
     web_before = stack.web()
     peak = 1
 
-    with daemon(stack, write_config(stack)) as decisions:
+    with daemon(write_config(stack), stack.env) as decisions:
         wait_for("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
         asyncio.run(_publish(stack.nats_url, 4000))
         assert backlog(stack) > 500  # JetStream confirms the backlog the rules should see
@@ -173,7 +142,9 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
             nonlocal peak
             running = stack.consumers_running()
             peak = max(peak, running)
-            return running == 1 and replicas_spec(stack.service("consumer")) == 1 and bool(executed(decisions(), "scale_down"))
+            records = decisions()
+            return (running == 1 and replicas_spec(stack.service("consumer")) == 1
+                    and bool(executed(records, "scale_down")) and outcomes_logged(records))
 
         wait_for("the idle consumer scaled back down to min_replicas", back_to_one, 240)
         records = decisions()
@@ -195,7 +166,7 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
 
 def test_advisory_mode_logs_decisions_and_never_changes_replicas(stack: Stack) -> None:
     counts: list[int] = []
-    with daemon(stack, write_config(stack), "--advisory") as decisions:
+    with daemon(write_config(stack), stack.env, "--advisory") as decisions:
         wait_for("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
         asyncio.run(_publish(stack.nats_url, 3000))
 
@@ -210,5 +181,7 @@ def test_advisory_mode_logs_decisions_and_never_changes_replicas(stack: Stack) -
     ups = [r for r in records if r["decision"] == "scale_up"]
     assert all(r["mode"] == "advisory" and r["executed"] is False and r["outcome"] is None for r in records)
     assert all(r["current_replicas"] == 1 and r["target_replicas"] > 1 for r in ups)
-    assert set(counts) == {1}
+    tasks = [(t["Slot"], t["Status"]["State"], t["Status"].get("Err") or t["Status"].get("Message")) for t in
+             service_tasks(stack.service("consumer"))]
+    assert set(counts) == {1}, f"consumer tasks while advised: {counts}; tasks now: {tasks}"
     assert stack.consumers_running() == 1 and replicas_spec(stack.service("consumer")) == 1
