@@ -363,7 +363,8 @@ def test_validate_warns_about_a_service_not_deployed_yet(stack: Stack, tmp_path:
     done = subprocess.run([str(DOCKTOR), "validate", "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert f"no Swarm service '{stack.name}_later' yet" in done.stderr
-    assert f"later: swarm {stack.name}_later executor" in done.stdout
+    # the plugin's one-line description knows its settings only (the stack); the warning above names the service
+    assert f"later: swarm stack {stack.name} executor" in done.stdout
 
 
 def test_service_names_follow_docker_stack_deploy() -> None:
