@@ -273,27 +273,30 @@ class MetricsConfig(Strict):
         return split_listen(self.listen)[1]
 
 
-def split_listen(text: str) -> tuple[str, int]:
+def split_listen(text: str, *, example: str = "127.0.0.1:9464", lowest_port: int = 1) -> tuple[str, int]:
     """``host:port`` -> (IP address, port). A bare port means 127.0.0.1, ``:port`` every address
     (Prometheus's own convention), ``localhost`` 127.0.0.1; other host names are refused, since
-    what they resolve to decides who can reach the endpoint."""
+    what they resolve to decides who can reach the endpoint. ``metrics.listen`` and ``docktor mcp
+    --http`` (where port 0 means any free port) read addresses the same way."""
     text = text.strip()
     if text.isdigit():
         host, port_text = DEFAULT_METRICS_HOST, text
     else:
         m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
         if m is None:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:9464 or [::1]:9464")
+            port = example.rsplit(":", 1)[1]
+            raise ValueError(f"must be host:port, e.g. {example} or [::1]:{port}")
         host = m.group(1) or m.group(3) or ""
         port_text = m.group(2) or m.group(4)
         host = {"": "0.0.0.0", "localhost": DEFAULT_METRICS_HOST}.get(host, host)
     try:
         host = str(ipaddress.ip_address(host))
     except ValueError:
-        raise ValueError("the host must be an IP address or localhost, e.g. 127.0.0.1:9464") from None
+        raise ValueError(f"the host must be an IP address or localhost, e.g. {example}") from None
     port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError("the port must be between 1 and 65535")
+    if not lowest_port <= port <= 65535:
+        what = "0 (any free port)" if lowest_port == 0 else str(lowest_port)
+        raise ValueError(f"the port must be between {what} and 65535")
     return host, port
 
 

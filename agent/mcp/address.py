@@ -9,11 +9,9 @@ free port (the server prints the URL it got).
 from __future__ import annotations
 
 import ipaddress
-import re
 
+from docktor.agent.config.model import split_listen
 from docktor.agent.errors import Problem, UsageError
-
-DEFAULT_HOST = "127.0.0.1"
 
 
 def http_address(text: str, *, allow_remote: bool, allow_apply: bool) -> tuple[str, int]:
@@ -21,23 +19,11 @@ def http_address(text: str, *, allow_remote: bool, allow_apply: bool) -> tuple[s
     def refuse(why: str) -> UsageError:
         return UsageError([Problem("--http", f"{why}, got {text!r}")])
 
-    raw = text.strip()
-    if raw.isdigit():
-        host, port_text = DEFAULT_HOST, raw
-    else:
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", raw)
-        if m is None:
-            raise refuse("must be host:port, e.g. 127.0.0.1:8765 or [::1]:8765")
-        host = m.group(1) or m.group(3) or ""
-        port_text = m.group(2) or m.group(4)
-        host = {"": "0.0.0.0", "localhost": DEFAULT_HOST}.get(host, host)
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise refuse("the host must be an IP address or localhost") from None
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise refuse("the port must be between 0 (any free port) and 65535")
+        host, port = split_listen(text, example="127.0.0.1:8765", lowest_port=0)
+    except ValueError as e:
+        raise refuse(str(e)) from None
+    ip = ipaddress.ip_address(host)
     if not ip.is_loopback:
         if not allow_remote:
             raise refuse("not a loopback address: the MCP server would answer beyond this host, without "

@@ -413,7 +413,7 @@ class DaemonView:
         return fit(answer, "decisions")
 
     async def explain(self, service: str | None, decision_id: str | None, count: int) -> dict[str, Any]:
-        from docktor.agent.cli.explain import explain_one  # the prose of ``docktor explain``, word for word
+        from docktor.agent.runtime.explain import explain_one  # the prose of ``docktor explain``, word for word
 
         names, note = await self._names()
         if service is not None:
@@ -441,7 +441,7 @@ class DaemonView:
 
     async def propose(self, service: str, n: int, reason: str) -> dict[str, Any]:
         """What the daemon would execute for ``n`` now, and why: its guardrails' verdict, not acted on."""
-        from docktor.agent.cli.explain import explain_one
+        from docktor.agent.runtime.explain import explain_one
 
         why = one_line_reason(reason)
         st = await self.status()
