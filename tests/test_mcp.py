@@ -327,7 +327,8 @@ async def test_apply_scale_acts_inside_the_envelope_and_is_recorded_with_source_
             assert done["clamped_by"] == [{"guardrail": "step_limit", "from": 4, "to": 2}]
             assert done["outcome"]["status"] == "ok"
             until(lambda: replicas_running(marker) == 2, "2 replicas")
-            assert daemon.desired() == 2
+            # status shows the executor as of the daemon's last tick: the next one sees the new count
+            until(lambda: daemon.desired() == 2, "the daemon's status to show 2 desired")
 
             (rec,) = [r for r in daemon.records("mcp") if r["id"] == done["decision_id"]]
             assert rec["executed"] and rec["outcome"]["status"] == "ok"
