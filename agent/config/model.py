@@ -284,8 +284,7 @@ def split_listen(text: str, *, example: str = "127.0.0.1:9464", lowest_port: int
     else:
         m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
         if m is None:
-            port = example.rsplit(":", 1)[1]
-            raise ValueError(f"must be host:port, e.g. {example} or [::1]:{port}")
+            raise ValueError(f"must be host:port, e.g. {example} or [::1]:{example.rsplit(':', 1)[1]}")
         host = m.group(1) or m.group(3) or ""
         port_text = m.group(2) or m.group(4)
         host = {"": "0.0.0.0", "localhost": DEFAULT_METRICS_HOST}.get(host, host)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from docker.errors import NotFound
 
-from docktor.tools.executors.docker_engine import CALL_TIMEOUT_S, ContainerStats, Engine
+from docktor.tools.executors.docker_engine import CALL_TIMEOUT_S, ContainerStats, Engine, timed_scale
 from docktor.tools.sdk import (
     Context,
     Executor,
@@ -374,18 +374,7 @@ class ComposeExecutor(Executor[ComposeSettings]):
     # ----------------------------------------------------------------- scale
 
     async def scale(self, replicas: int) -> ScaleOutcome:
-        if replicas < 0:
-            raise ValueError("replicas must be >= 0")
-        async with self._lock:
-            started = time.monotonic()
-            removed: list[RemovedReplica] = []
-            try:
-                message, ok, running = await self._scale(replicas, started, removed)
-            except ExecutorError as e:
-                message, ok, running = str(e), False, None
-            return ScaleOutcome(
-                ok=ok, message=message, duration_ms=(time.monotonic() - started) * 1000, running=running, removed=tuple(removed)
-            )
+        return await timed_scale(self._lock, replicas, self._scale)
 
     async def _scale(self, n: int, started: float, removed: list[RemovedReplica]) -> tuple[str, bool, int | None]:
         if self._cli is None:

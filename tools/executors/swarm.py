@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from docker.errors import APIError, DockerException, NotFound
 
-from docktor.tools.executors.docker_engine import ContainerStats, Engine, client_from_env, short
+from docktor.tools.executors.docker_engine import ContainerStats, Engine, client_from_env, short, timed_scale
 from docktor.tools.sdk import (
     Context,
     Executor,
@@ -374,18 +374,7 @@ class SwarmExecutor(Executor[SwarmSettings]):
     # ----------------------------------------------------------------- scale
 
     async def scale(self, replicas: int) -> ScaleOutcome:
-        if replicas < 0:
-            raise ValueError("replicas must be >= 0")
-        async with self._lock:
-            started = time.monotonic()
-            removed: list[RemovedReplica] = []
-            try:
-                message, ok, running = await self._scale(replicas, started, removed)
-            except ExecutorError as e:
-                message, ok, running = str(e), False, None
-            return ScaleOutcome(
-                ok=ok, message=message, duration_ms=(time.monotonic() - started) * 1000, running=running, removed=tuple(removed)
-            )
+        return await timed_scale(self._lock, replicas, self._scale)
 
     async def _scale(self, n: int, started: float, removed: list[RemovedReplica]) -> tuple[str, bool, int | None]:
         svc = await self._service()
