@@ -68,7 +68,7 @@ def test_littles_law_measures_throughput_without_saturation() -> None:
     o = obs(backlog=4, rate_in=100, running=6, ack=4)
     measured = propose(svc(processing_time=0.001), o, 6, state, 100.0)
     guessed = propose(svc(processing_time=0.001), o, 6, ServiceState(), 100.0)
-    assert "(littles_law)" in measured.reason and "(processing_time)" in guessed.reason
+    assert "(by Little's law)" in measured.reason and "(from processing_time)" in guessed.reason
     assert measured.target > guessed.target
 
 
@@ -78,6 +78,23 @@ def test_prefetching_workers_are_measured_by_saturated_throughput() -> None:
     pts = [(float(t), obs(backlog=540, rate_in=200, rate_out=200, running=4, ack=40)) for t in range(0, 100, 5)]
     mu, source = sizing.estimate_mu(svc(), pts)
     assert source == "saturated" and mu == pytest.approx(50.0)
+
+
+def test_an_idle_queue_reads_as_prose_through_the_whole_decision() -> None:
+    """Not ``needs 0.00 replicas (saturated)``: what was seen, what it needs, what held it."""
+    state = steady(100, 2, 300)  # throughput measured (50/s each), then the work stopped
+    idle = obs(backlog=0, rate_in=0, rate_out=0, running=1, ack=0)
+    d = decide(svc(), idle, 1, state, 300.0)
+    # right after, the smoothed rate still remembers the 100/s: that is what the count is for
+    assert d.reason.startswith("needs 1: queue empty and nothing arriving (") and "/s smoothed)" in d.reason, d.reason
+    assert "saturated" not in d.reason and "0 queued" not in d.reason
+    # long after, the smoothed rate has decayed too and the reason is only the prose
+    quiet = steady(0, 1, 900, start=305.0)
+    late = decide(svc(), idle, 1, history([*state.history, *quiet.history]), 900.0)
+    assert late.reason == "queue empty and nothing arriving: needs 0 replicas; held at 1 by min_replicas (asked 0)"
+    # scaling in from 3 on an idle queue says the same, then how far the step limit let it go
+    down = decide(svc(), {**idle, "replicas.running": 3.0}, 3, history([*state.history, *quiet.history]), 900.0)
+    assert down.decision == "scale_down" and down.reason.startswith("queue empty and nothing arriving: needs 0 replicas")
 
 
 def test_no_throughput_information_holds_rather_than_guessing() -> None:

@@ -67,6 +67,14 @@ RECOURSE_CHECKS = 6
 #: and needed again soon costs a start-up delay of capacity, so it goes only if not needed soon
 SCALE_IN_EXTRA = 6.0
 
+#: how each throughput estimate reads in a decision's reason
+MU_WORDS = {
+    "littles_law": "by Little's law",
+    "saturated": "measured while busy",
+    "processing_time": "from processing_time",
+    "lower_bound": "at least: the best seen",
+}
+
 
 def _series(state: ServiceState, obs: Mapping[str, float], now: float) -> list[tuple[float, Mapping[str, float]]]:
     points: list[tuple[float, Mapping[str, float]]] = [(t, o) for t, o in state.history if t < now]
@@ -233,7 +241,13 @@ def docktor_policy(
     marks = [u for u, _ in ready] + [lag, lag + step]
     expected = dl.demand(q_at, q_due, slo, rate_now, level, step, horizon, step, marks)
     n, feasible = dl.fewest_replicas(cap, expected, ceiling, 0.0)
-    why = f"{queued:g} queued, {rate_now:.4g}/s now and {level:.4g}/s smoothed, {mu:.4g}/s per replica ({mu_source})"
+    idle = queued <= 0 and rate_now <= 0
+    if idle:
+        # the numbers that size an idle queue are zeros: say so in words (the smoothed rate may
+        # still be decaying from the last messages)
+        why = "queue empty and nothing arriving" + (f" ({level:.3g}/s smoothed)" if level >= 0.005 else "")
+    else:
+        why = f"{queued:g} queued, {rate_now:.4g}/s now and {level:.4g}/s smoothed, {mu:.4g}/s per replica ({MU_WORDS[mu_source]})"
 
     # Robustness: the largest volume one check interval brought lately, all at once, then the
     # peak rate; later checks may scale out as fast as the guardrails allow.
@@ -269,4 +283,6 @@ def docktor_policy(
         return Proposal(held, f"needs {n}: {why}; some queued messages are late whatever the count: keeping all {held}")
     if not feasible:
         why += "; some queued messages are late whatever the count"
+    if idle and n == 0:
+        return Proposal(0, f"{why}: needs 0 replicas")
     return Proposal(n, f"needs {n}: {why}")
