@@ -267,3 +267,26 @@ def test_docktor_is_the_default_policy_and_plans_scale_in_itself() -> None:
     # the target policy keeps HPA-like defaults
     t = ServiceConfig(name="w", policy="target", target_per_replica=10)
     assert (t.scale_down_stabilization, t.cooldown_down, t.scale_up_percent) == (60, 30, 100)
+
+
+def test_a_late_read_does_not_count_its_whole_span_as_one_surge() -> None:
+    """A tick spent in a slow scale command makes the next read span two checks: its volume came
+    over ten seconds, not at once. Seen on examples/nats-multi: 4,388 messages over a 10 s read
+    kept 6 consumers (the base load needs 2) to absorb them at once, until the next burst."""
+    config = svc(target_wait=15, startup_delay=5, max_replicas=10)
+
+    def after_a_burst(read_every: float) -> ServiceState:
+        # 80/s on 2 replicas (50/s each, by Little's law), 440/s for 20 s, then 80/s for a minute
+        pts = [(float(t), obs(backlog=2, rate_in=80, running=2, ack=1.6)) for t in range(0, 305, 5)]
+        t = 300.0
+        while t < 320.0:
+            t += read_every
+            pts.append((t, obs(backlog=400, rate_in=440, rate_out=400, running=10, ack=8)))
+        pts += [(t + k, obs(backlog=2, rate_in=80, running=2, ack=1.6)) for k in range(5, 65, 5)]
+        return history(pts)
+
+    o = obs(backlog=2, rate_in=80, running=2, ack=1.6)
+    regular, late = after_a_burst(5.0), after_a_burst(10.0)
+    now = regular.history[-1][0] + 5
+    assert propose(config, o, 2, regular, now).target == 2
+    assert propose(config, o, 2, late, now).target == propose(config, o, 2, regular, now).target

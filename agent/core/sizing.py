@@ -253,10 +253,13 @@ def docktor_policy(
     # peak rate; later checks may scale out as fast as the guardrails allow.
     if mu_source != "lower_bound" and rates.size:
         recent = times > now - SURGE_MEMORY
-        spans = np.diff(times, prepend=times[0] - step)[recent]
+        gap = max(step, svc.cooldown_up)
+        # A read that came late (a tick spent in a slow scale command, a failed read) spans more
+        # than one check: its rate, spread evenly as the queue's deadlines read it, brought
+        # rate x one check interval within any one check, not the whole span's volume at once.
+        spans = np.minimum(np.diff(times, prepend=times[0] - step), gap)[recent]
         peak = float(rates[recent].max())
         burst = float((rates[recent] * spans).max())
-        gap = max(step, svc.cooldown_up)
         checks = np.arange(1, RECOURSE_CHECKS + 1) * gap
         surge = dl.demand(
             q_at, q_due, slo, peak, peak, step, slo + float(checks[-1]) + lag, step,
