@@ -45,6 +45,15 @@ SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 
+
+def replica_filters(project: str, service: str) -> dict[str, list[str]]:
+    """The engine filter for a service's replicas, as Compose itself lists them (its
+    ``projectFilter`` + ``serviceFilter`` + ``oneOffFilter(false)``). The ``oneoff=False`` label
+    matters: an image Compose built carries the project and service labels, so every container
+    run from it (``docker run``, a Swarm task, another project) inherits them, but only Compose
+    sets ``oneoff`` on the containers it creates. ``docker compose run`` ones say ``True``."""
+    return {"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}", f"{ONEOFF_LABEL}=False"]}
+
 #: extra time the ``compose up`` command gets beyond scale_timeout (network/volume setup, builds)
 COMPOSE_SLACK_S = 30.0
 CLI_PROBE_TIMEOUT_S = 15.0
@@ -305,13 +314,10 @@ class ComposeExecutor(Executor[ComposeSettings]):
 
             client = docker.from_env(timeout=10)
             try:
-                rows = client.api.containers(
-                    all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={self.service}"]}
-                )
+                rows = client.api.containers(all=True, filters=replica_filters(self.project, self.service))
             finally:
                 client.close()
-            created = [float(r["Created"]) for r in rows
-                       if isinstance(r.get("Created"), int | float) and (r.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
+            created = [float(r["Created"]) for r in rows if isinstance(r.get("Created"), int | float)]
             return max(created) if created else None
 
         at = await asyncio.to_thread(newest)
@@ -327,13 +333,9 @@ class ComposeExecutor(Executor[ComposeSettings]):
 
     def _list_sync(self) -> list[Replica]:
         api = self._engine.api
-        rows = api.containers(
-            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={self.service}"]}
-        )
+        rows = api.containers(all=True, filters=replica_filters(self.project, self.service))
         out: list[Replica] = []
         for row in rows:
-            if (row.get("Labels") or {}).get(ONEOFF_LABEL, "False") == "True":
-                continue  # `docker compose run` containers are not replicas
             try:
                 out.append(Replica.from_attrs(api.inspect_container(row["Id"])))
             except NotFound:
