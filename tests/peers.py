@@ -202,7 +202,8 @@ def containers(project: str, service: str, *, all: bool = True) -> list[Any]:
 
     client = docker.from_env(timeout=30)
     found = client.containers.list(
-        all=all, filters={"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}", f"{ONEOFF_LABEL}=False"]}
+        all=all, filters={"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}", f"{ONEOFF_LABEL}=False"]},
+        ignore_removed=True,  # a replica scaled in between the listing and its inspection is gone, not an error
     )
     return sorted(found, key=lambda c: int(c.labels.get(NUMBER_LABEL, "0")))
 
