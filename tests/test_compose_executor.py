@@ -284,6 +284,40 @@ def docker_time(text: str) -> float:
     return parse_rfc3339(text[:26].rstrip("Z") + "Z")
 
 
+@pytest.mark.docker
+def test_validate_warns_about_what_the_engine_says_and_never_fails_without_one(project: Project, tmp_path: Path) -> None:
+    """Offline checks say the file and the service are right; only the engine can say the stack
+    is not up (or was started under another project name). Warnings, never a refusal."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "docktor.yaml"
+    config.write_text(f"compose_file: {project.file}\nservices:\n  - name: worker\n    project: {project.name}\n    policy: rules\n")
+
+    def validate(**env: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "validate", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return [line for line in done.stderr.splitlines() if project.name in line or "Docker engine" in line]
+
+    up = f"docker compose -p {project.name} -f {project.file} up -d"
+    assert validate() == [f"warning: worker: project '{project.name}' has no containers on the Docker engine at "
+                          f"{os.environ.get('DOCKER_HOST') or 'the default socket'} yet: start the stack ({up}), "
+                          "or set project: to the name it was started under"]
+    compose(project.name, project.file, "up", "-d", "other")
+    assert validate() == [f"warning: worker: service 'worker' of project '{project.name}' has no running container "
+                          f"(to start it: {up} worker)"]
+    compose(project.name, project.file, "up", "-d", "worker")
+    compose(project.name, project.file, "stop", "worker")
+    assert "(1 stopped)" in validate()[0]
+    compose(project.name, project.file, "start", "worker")
+    assert validate() == []
+    nowhere = f"unix://{tmp_path}/no-engine.sock"
+    assert validate(DOCKER_HOST=nowhere) == [f"warning: worker: cannot check project '{project.name}': "
+                                             f"no Docker engine answers at {nowhere}"]
+
+
 # --------------------------------------------------------------------------- failures
 
 
