@@ -22,7 +22,8 @@ Per tick:
    running can drain in time needs no more; a standing queue lets the count sit below the
    arrival rate for a while (the queue absorbs the difference), which is where the cost goes.
 5. **Robustness**: the count must also absorb the largest volume that arrived within one check
-   interval in the last ``SURGE_MEMORY`` seconds, all at once, then the peak rate, given that
+   interval in the last ``SURGE_MEMORY`` seconds (a late read counts one interval of its rate),
+   all at once, then the peak rate, given that
    the following checks scale out as fast as the guardrails allow. Where the SLO leaves time to
    react (the SLO exceeds one check plus one start-up) this costs little; where it does not,
    this is the spare capacity that meeting the SLO takes.
