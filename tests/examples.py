@@ -1,15 +1,22 @@
 """Helpers for the examples' end-to-end tests: the real daemon on an example's own docktor.yaml,
-its decision log, and waiting on conditions (never on sleeps)."""
+its decision log, waiting on conditions (never on sleeps), and watching a stack under bursts.
+
+The burst helpers are shared with ``benchmarks/compose.py``: the test asserts on what the
+benchmark reports, from the same samples, computed the same way.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +27,9 @@ from docktor.agent.runtime.decision_log import read_records
 DOCKTOR = Path(sys.executable).with_name("docktor")
 
 
-def example_config(example: Path, tmp: Path, **overrides: Any) -> Path:
-    """The example's docktor.yaml, unchanged but for where its state and compose file live."""
-    doc = yaml.safe_load((example / "docktor.yaml").read_text())
+def example_config(example: Path, tmp: Path, *, name: str = "docktor.yaml", **overrides: Any) -> Path:
+    """The example's ``name`` (its docktor.yaml), unchanged but for where its state and compose file live."""
+    doc = yaml.safe_load((example / name).read_text())
     doc["state_dir"] = str(tmp / "state")
     doc["compose_file"] = str(example / "docker-compose.yaml")
     doc.update(overrides)
@@ -81,3 +88,132 @@ def outcomes_logged(records: list[dict[str, Any]]) -> bool:
 
 def errors(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if (r.get("outcome") or {}).get("status") == "error"]
+
+
+# --------------------------------------------------------------------------- a stack under bursts
+
+
+@dataclass
+class Sample:
+    """What the stack looked like at ``t`` (time.time()), measured apart from Docktor."""
+
+    t: float
+    last_seq: int  # the stream's last sequence: arrivals so far
+    backlog: int  # the consumer's pending + ack pending
+    running: int  # the scaled service's running containers, from Docker
+
+
+async def sample_stack(
+    url: str,
+    project: str,
+    samples: list[Sample],
+    stop: asyncio.Event | threading.Event,
+    *,
+    service: str = "consumer",
+    stream: str = "EVENTS",
+    consumer: str = "WEB_WORKERS",
+    every: float = 0.25,
+) -> int:
+    """Append a :class:`Sample` every ``every`` seconds until ``stop``; returns the samples missed.
+
+    JetStream's own counts and Docker's own container list: what happened, not Docktor's word. A
+    missed sample (a slow engine on a shared machine) is a gap in the series, never a zero.
+    """
+    import docker
+    import nats
+
+    from tests.peers import ONEOFF_LABEL, PROJECT_LABEL, SERVICE_LABEL
+
+    client = docker.from_env(timeout=10)
+    filters = {"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}", f"{ONEOFF_LABEL}=False"]}
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    missed = 0
+    try:
+        while not stop.is_set():
+            t = time.time()
+            try:
+                info = await asyncio.wait_for(js.stream_info(stream), 2)
+                cons = await js.consumer_info(stream, consumer, timeout=2)
+                running = await asyncio.to_thread(lambda: len(client.containers.list(filters=filters, sparse=True)))
+            except Exception as e:
+                missed += 1
+                if missed == 1:
+                    print(f"{project}: a sample failed: {type(e).__name__}: {e}", file=sys.stderr)
+            else:
+                backlog = int(cons.num_pending or 0) + int(cons.num_ack_pending or 0)
+                samples.append(Sample(t, int(info.state.last_seq), backlog, running))
+            await asyncio.sleep(max(0.0, every - (time.time() - t)))
+    finally:
+        await nc.close()
+        client.close()
+    return missed
+
+
+@contextmanager
+def sampling(url: str, project: str, **kwargs: Any) -> Iterator[list[Sample]]:
+    """:func:`sample_stack` in a thread of its own, for synchronous tests; yields the growing list."""
+    samples: list[Sample] = []
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(sample_stack(url, project, samples, stop, **kwargs))
+        except BaseException as e:  # surfaced to the test below, not lost in the thread
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name=f"sample-{project}", daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join(30)
+    if failed:
+        raise failed[0]
+
+
+def arrival_rates(samples: list[Sample]) -> list[tuple[float, float]]:
+    """(time, messages/s over the preceding ~1 s) from the stream's last sequence."""
+    out = []
+    j = 0
+    for i, s in enumerate(samples):
+        while j < i and s.t - samples[j].t > 1.0:
+            j += 1
+        if j < i and s.t > samples[j].t:
+            out.append((s.t, (s.last_seq - samples[j].last_seq) / (s.t - samples[j].t)))
+    return out
+
+
+def burst_starts(samples: list[Sample], threshold: float) -> list[float]:
+    """Bursts: the arrival rate above ``threshold`` for at least 3 s, after at least 5 s below it."""
+    starts: list[float] = []
+    below_since: float | None = None
+    above_since: float | None = None
+    counted = False
+    for t, r in arrival_rates(samples):
+        if r < threshold:
+            if below_since is None:
+                below_since = t
+            above_since, counted = None, False
+            continue
+        if above_since is None:
+            above_since = t if below_since is not None and t - below_since >= 5 else None
+        below_since = None
+        if above_since is not None and not counted and t - above_since >= 3:
+            starts.append(above_since - 1.0)  # the 1 s window that first crossed began a second earlier
+            counted = True
+    return starts
+
+
+def settled_at(samples: list[Sample], start: float, end: float, level: int) -> float | None:
+    """When, in the cycle [start, end), the running count came down to ``level`` or fewer for the
+    rest of it: ``start`` if it never rose above ``level``, None if it had not come down by ``end``."""
+    window = [x for x in samples if start <= x.t < end]
+    if not window:
+        return None
+    if max(x.running for x in window) <= level:
+        return start
+    last_above = max(i for i, x in enumerate(window) if x.running > level)
+    return window[last_above + 1].t if last_above + 1 < len(window) else None

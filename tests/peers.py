@@ -130,6 +130,9 @@ DOCKER_SKIP_REASON = "no Docker engine reachable (set DOCKER_HOST; CI starts one
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
+#: only Compose sets it on the containers it creates; the project and service labels are also on
+#: every container run from an image Compose built (a Swarm task of another test, a `docker run`)
+ONEOFF_LABEL = "com.docker.compose.oneoff"
 
 
 @lru_cache(maxsize=1)
@@ -183,10 +186,11 @@ def down(project: str, file: Path, env: dict[str, str] | None = None) -> None:
         )
     except (OSError, subprocess.TimeoutExpired, ExecutorError):
         pass
-    # anything Compose missed (e.g. containers created by hand with the labels)
+    # anything Compose missed, never a container that only inherited the project's labels from
+    # an image it built (another test's Swarm task running that image)
     try:
         client = docker.from_env(timeout=30)
-        for c in client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
+        for c in client.containers.list(all=True, filters={"label": [f"{PROJECT_LABEL}={project}", ONEOFF_LABEL]}):
             c.remove(force=True)
     except docker.errors.DockerException:
         pass
@@ -198,7 +202,8 @@ def containers(project: str, service: str, *, all: bool = True) -> list[Any]:
 
     client = docker.from_env(timeout=30)
     found = client.containers.list(
-        all=all, filters={"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]}
+        all=all, filters={"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}", f"{ONEOFF_LABEL}=False"]},
+        ignore_removed=True,  # a replica scaled in between the listing and its inspection is gone, not an error
     )
     return sorted(found, key=lambda c: int(c.labels.get(NUMBER_LABEL, "0")))
 

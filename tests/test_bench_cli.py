@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,11 +57,18 @@ def test_bench_json_has_every_field(traces: Path) -> None:
             assert row["actions"] >= row["reversals"] >= 0
 
 
-def test_bench_table_and_plots(traces: Path, tmp_path: Path) -> None:
+def test_bench_markdown_table_and_plots(traces: Path, tmp_path: Path) -> None:
     plots = tmp_path / "plots"
-    r = runner.invoke(app(), ["bench", "--traces", str(traces), "--policies", "docktor,rules", "--plot", str(plots)])
+    r = runner.invoke(app(), ["bench", "--traces", str(traces), "--policies", "docktor,rules", "--plot", str(plots), "--markdown"])
     assert r.exit_code == 0, r.output
-    assert "| spike" in r.stdout and "docktor" in r.stdout and "SLO met" in r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("| trace ") and "| SLO met |" in lines[0]
+    assert lines[1].startswith("|---") and lines[1].endswith(":|")  # numbers right-aligned
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert [row.split("|")[1:3] for row in rows] == [
+        [" flat  ", " docktor "], [" flat  ", " rules   "], [" spike ", " docktor "], [" spike ", " rules   "],
+    ]
+    assert "2 traces x 2 policies simulated in" in r.stdout
     for name in ("spike", "flat"):
         png = plots / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -81,7 +92,7 @@ def test_simulate_one_policy_with_the_adversarial_advisor(traces: Path, tmp_path
 @pytest.mark.parametrize(
     "args, names",
     [
-        (["bench", "--traces", "/nonexistent/dir"], "--traces"),
+        (["bench", "--traces", "/nonexistent/dir"], "--traces: /nonexistent/dir: no such file or directory"),
         (["bench", "--policies", "docktor,magic"], "--policies"),
         (["bench", "--advisor", "psychic"], "--advisor"),
         (["bench", "--max", "0"], "--max"),
@@ -180,3 +191,82 @@ def test_grid_reports_the_worst_case_and_the_cells_below_the_peers(traces: Path)
     # along the interval axis every controller shares the period; elsewhere the peers keep theirs
     assert {row["peer_period_s"] for row in rows if row["interval_s"] == 10} == {10}
     assert {row["peer_period_s"] for row in rows if row["interval_s"] == 5} == {None}
+
+
+# ------------------------------------------------------------------ how the table looks, through the real CLI
+
+#: what would make rich treat a pipe as a terminal, or a terminal as plain
+TERMINAL_OVERRIDES = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR", "COLUMNS")
+
+
+def real_cli(*args: str, terminal: bool, columns: int = 200) -> str:
+    """``docktor ARGS`` with its stdout a pipe, or the slave side of a pseudo-terminal."""
+    env = {k: v for k, v in os.environ.items() if k not in TERMINAL_OVERRIDES}
+    env.update(TERM="xterm-256color", COLUMNS=str(columns))
+    cmd = [sys.executable, "-m", "docktor.agent.cli", *args]
+    if not terminal:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=env)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(120) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        os.close(master)
+    return b"".join(chunks).decode()
+
+
+def test_bench_prints_a_rich_table_on_a_terminal(traces: Path) -> None:
+    out = real_cli("bench", "--traces", str(traces), "--policies", "docktor,oracle", terminal=True)
+    assert "\x1b[" in out  # styled: the docktor rows stand out
+    assert "─" in out and "|" not in out  # a drawn header rule, not Markdown
+    header = next(line for line in out.splitlines() if "trace" in line)
+    assert "SLO met" in header and "max backlog" in header
+    assert "2 traces x 2 policies simulated in" in out
+
+
+def test_a_narrow_terminal_wraps_headers_and_never_drops_a_column(traces: Path) -> None:
+    out = real_cli("bench", "--traces", str(traces / "spike.csv"), "--policies", "docktor,oracle", terminal=True, columns=60)
+    plain = [line for line in out.replace("\x1b[1m", "").replace("\x1b[0m", "").splitlines() if line.strip()]
+    assert any(line.split()[-1] == "reversals" for line in plain)  # the last column is still there
+    spike = [line.split() for line in plain if line.lstrip().startswith("spike")]
+    assert [row[1] for row in spike] == ["docktor", "oracle"] and all(len(row) == 10 for row in spike)
+
+
+def test_bench_piped_is_plain_aligned_columns(traces: Path) -> None:
+    out = real_cli("bench", "--traces", str(traces), "--policies", "docktor,oracle", terminal=False)
+    lines = out.splitlines()
+    assert "\x1b[" not in out and "|" not in out and "─" not in out
+    assert lines[0].split()[:4] == ["trace", "policy", "SLO", "met"]
+    rows = [line.split() for line in lines[1:5]]
+    assert [r[:2] for r in rows] == [["flat", "docktor"], ["flat", "oracle"], ["spike", "docktor"], ["spike", "oracle"]]
+    assert all(len(r) == 10 for r in rows)  # one cell per column, '-' where there is nothing
+    # aligned: every number column ends at the same offset on every line
+    assert len({len(line) for line in lines[:5]}) == 1
+
+
+def test_bench_takes_a_single_trace_file_and_counts_in_the_singular(traces: Path) -> None:
+    r = runner.invoke(app(), ["bench", "--traces", str(traces / "spike.csv"), "--policies", "docktor"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.rstrip().splitlines()[-1].startswith("1 trace x 1 policy simulated in ")
+    rows = [json.loads(x) for x in runner.invoke(app(), ["bench", "--traces", str(traces / "spike.csv"), "--json"]).stdout.splitlines()]
+    assert {row["trace"] for row in rows} == {"spike"}
+
+
+def test_simulate_prints_the_same_table_plain_and_markdown(traces: Path) -> None:
+    plain = runner.invoke(app(), ["simulate", str(traces / "flat.csv"), "--policy", "docktor"])
+    md = runner.invoke(app(), ["simulate", str(traces / "flat.csv"), "--policy", "docktor", "--markdown"])
+    assert plain.exit_code == md.exit_code == 0, plain.output + md.output
+    assert plain.stdout.splitlines()[1].split()[:2] == ["flat", "docktor"] and "|" not in plain.stdout
+    assert md.stdout.splitlines()[2].startswith("| flat  | docktor |")

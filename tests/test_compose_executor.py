@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,94 @@ def test_scale_to_zero_and_back(project: Project) -> None:
     assert one.ok and zero.ok and again.ok, (one, zero, again)
     assert (status.desired, status.running) == (0, 0)
     assert numbers(project.name, "worker") == [1]
+
+
+@pytest.mark.docker
+def test_a_container_run_from_an_image_compose_built_is_not_a_replica(project: Project, tmp_path: Path) -> None:
+    """An image Compose builds carries the project's and service's labels, so a container started
+    from it outside Compose (``docker run``, a Swarm task) inherits them. Seen in the end-to-end
+    tests: another test's Swarm tasks running the example's consumer image were counted as this
+    project's consumers, and scaled in. Like Compose, only containers Compose created count."""
+    import docker
+
+    context = tmp_path / "built"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM python:3.12-slim\n")
+    tag = f"docktor-test/built-{project.name}:1"
+    file = tmp_path / "built.yaml"
+    file.write_text(f"services:\n  worker:\n    build: {context}\n    image: {tag}\n"
+                    "    command: [\"python\", \"-c\", \"import time\\nwhile True: time.sleep(1)\"]\n")
+    client = docker.from_env(timeout=30)
+    outsider = None
+    try:
+        compose(project.name, file, "up", "-d", "--build", "worker")
+        image_labels = client.images.get(tag).labels
+        assert image_labels["com.docker.compose.project"] == project.name  # what every container of it inherits
+        replica = containers(project.name, "worker")[0]
+        created = docker_time(client.api.inspect_container(replica.id)["Created"])
+        while time.time() < created + 1.5:  # the engine lists creation times in whole seconds
+            time.sleep(0.1)
+        outsider = client.containers.run(tag, ["python", "-c", "import time\nwhile True: time.sleep(1)"], detach=True)
+        assert outsider.labels["com.docker.compose.service"] == "worker"
+
+        async def scenario():
+            ex = make_executor(file, project.name, "worker", collect_metrics=False)
+            try:
+                return await ex.status(), await ex.last_scaled(), await ex.scale(0), await ex.status()
+            finally:
+                await ex.close()
+
+        before, last, zero, after = run(scenario())
+        assert (before.desired, before.running) == (1, 1)
+        assert last is not None and int(last.at) == int(created)  # the replica's creation, not the outsider's
+        assert zero.ok and (after.desired, after.running) == (0, 0)
+        outsider.reload()
+        assert outsider.status == "running"  # never scaled in: not one of the service's replicas
+    finally:
+        if outsider is not None:
+            outsider.remove(force=True)
+        down(project.name, file)
+        client.images.remove(tag, force=True)
+
+
+def docker_time(text: str) -> float:
+    from docktor.agent.timestamps import parse_rfc3339
+
+    return parse_rfc3339(text[:26].rstrip("Z") + "Z")
+
+
+@pytest.mark.docker
+def test_validate_warns_about_what_the_engine_says_and_never_fails_without_one(project: Project, tmp_path: Path) -> None:
+    """Offline checks say the file and the service are right; only the engine can say the stack
+    is not up (or was started under another project name). Warnings, never a refusal."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "docktor.yaml"
+    config.write_text(f"compose_file: {project.file}\nservices:\n  - name: worker\n    project: {project.name}\n    policy: rules\n")
+
+    def validate(**env: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "validate", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return [line for line in done.stderr.splitlines() if project.name in line or "Docker engine" in line]
+
+    up = f"docker compose -p {project.name} -f {project.file} up -d"
+    assert validate() == [f"warning: worker: project '{project.name}' has no containers on the Docker engine at "
+                          f"{os.environ.get('DOCKER_HOST') or 'the default socket'} yet: start the stack ({up}), "
+                          "or set project: to the name it was started under"]
+    compose(project.name, project.file, "up", "-d", "other")
+    assert validate() == [f"warning: worker: service 'worker' of project '{project.name}' has no running container "
+                          f"(to start it: {up} worker)"]
+    compose(project.name, project.file, "up", "-d", "worker")
+    compose(project.name, project.file, "stop", "worker")
+    assert "(1 stopped)" in validate()[0]
+    compose(project.name, project.file, "start", "worker")
+    assert validate() == []
+    nowhere = f"unix://{tmp_path}/no-engine.sock"
+    assert validate(DOCKER_HOST=nowhere) == [f"warning: worker: cannot check project '{project.name}': "
+                                             f"no Docker engine answers at {nowhere}"]
 
 
 # --------------------------------------------------------------------------- failures

@@ -30,9 +30,12 @@ def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
     ups = [x for x in recs if x["decision"] == "scale_up" and x["executed"]]
     downs = [x for x in recs if x["decision"] == "scale_down" and x["executed"]]
     assert all(x["outcome"]["status"] == "ok" for x in ups + downs)
-    # the burst (500 msg/s from t=25 s) drives the consumer well past the base-load size ...
-    assert max(x["target_replicas"] for x in ups) >= 7
-    assert any("queue.rate_in" in rule for x in ups for rule in x["matched_rules"])
-    # ... and once it has drained, the consumer is scaled back down
-    assert downs and downs[0]["ts"] > max(x["ts"] for x in ups if x["target_replicas"] >= 7)
-    assert all(x["observations"]["queue.backlog"] <= 100 for x in downs)
+    # the burst (500 msg/s for 10 s from t=25 s: 5,000 messages, each to start within the 10 s
+    # target_wait, at ~59/s per replica) drives the consumer well past the base load's 2 ...
+    assert max(x["target_replicas"] for x in ups) >= 5
+    assert all(x["source"] == "policy" for x in ups)
+    assert any("queue.rate_in" in rule for x in ups for rule in x["matched_rules"])  # the Go rules, as guardrails
+    # ... and once it has drained, the consumer is scaled back down, to the base load by the end
+    assert downs and downs[0]["ts"] > max(x["ts"] for x in ups if x["target_replicas"] >= 5)
+    assert all(x["observations"]["queue.backlog"] <= 100 for x in downs)  # scale_down_when holds
+    assert final <= 3, summary

@@ -1,29 +1,26 @@
 """examples/nats-multi end to end: the real stack on a real engine, the real daemon, real JetStream.
 
 Each test brings the example up under a unique project name with free host ports, runs
-``docktor daemon start --foreground`` on the example's own docktor.yaml (short intervals through
-the environment variables it reads), and checks the outcome from Docker and from JetStream, not
-from Docktor's word. The stack is always torn down.
+``docktor daemon start --foreground`` on one of the example's own configs (short intervals through
+the environment variables they read, where the test needs them), and checks the outcome from
+Docker and from JetStream, not from Docktor's word. The stack is always torn down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
 import yaml
 
+from docktor.agent.timestamps import parse_rfc3339
+from tests.examples import burst_starts, daemon, example_config, executed, sampling, settled_at, wait_until
 from tests.peers import (
     DOCKER_SKIP_REASON,
     REPO,
@@ -38,7 +35,6 @@ from tests.peers import (
 )
 
 EXAMPLE = REPO / "examples" / "nats-multi"
-DOCKTOR = Path(sys.executable).with_name("docktor")
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(420)]
 
@@ -50,7 +46,6 @@ class Stack:
     compose_file: Path
     nats_url: str
     tmp: Path
-    samples: list[dict[str, Any]] = field(default_factory=list)
 
     def consumers_running(self) -> int:
         return len(containers(self.project, "consumer", all=False))
@@ -59,8 +54,10 @@ class Stack:
         return {c.id: c.attrs["State"]["StartedAt"] for c in containers(self.project, "web")}
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+@contextmanager
+def started(tmp: Path, **env: str) -> Iterator[Stack]:
+    """The example's stack under a unique project name and free host ports; ``env`` for Compose
+    and for the example's configs (they read the same variables)."""
     need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
     project = unique_project("docktor-e2e")
     port, monitor = free_port(), free_port()
@@ -69,24 +66,26 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "NATS_PORT": str(port),
         "NATS_MONITOR_PORT": str(monitor),
         "DOCKTOR_METRICS_PORT": str(free_port()),  # the example's metrics.listen, never a port another run holds
-        # the producer stays idle: the tests make the backlog themselves, so it is known
-        "RATE": "0",
-        "BURST_INTERVAL": "0",
         "PROCESS_TIME_MS": "20",
-        # Docktor's intervals, read by the example's docktor.yaml
-        "CHECK_INTERVAL": "1s",
-        "COOLDOWN_UP": "2s",
-        "COOLDOWN_DOWN": "2s",
-        "STABILIZATION": "2s",
+        **env,
     }
     file = EXAMPLE / "docker-compose.yaml"
-    s = Stack(project, env, file, f"nats://127.0.0.1:{port}", tmp_path)
+    s = Stack(project, env, file, f"nats://127.0.0.1:{port}", tmp)
     try:
         compose(project, file, "up", "-d", "--build", env=env, timeout=600)
         asyncio.run(wait_for_consumer(s.nats_url))
         yield s
     finally:
         down(project, file, env=env)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """The producer idle (the tests make the backlog themselves, so it is known) and Docktor's
+    intervals short."""
+    with started(tmp_path, RATE="0", BURST_INTERVAL="0", CHECK_INTERVAL="1s", COOLDOWN_UP="2s",
+                 COOLDOWN_DOWN="2s", STABILIZATION="2s") as s:
+        yield s
 
 
 async def _backlog(url: str) -> int:
@@ -117,71 +116,22 @@ def publish(stack: Stack, n: int) -> None:
     asyncio.run(_publish(stack.nats_url, n))
 
 
-def write_config(stack: Stack, *, mode: str, compose_file: Path | None = None) -> Path:
-    """The example's docktor.yaml, unchanged but for where its state and compose file live."""
-    doc = yaml.safe_load((EXAMPLE / "docktor.yaml").read_text())
-    doc["mode"] = mode
-    doc["state_dir"] = str(stack.tmp / "state")
-    doc["compose_file"] = str(compose_file or stack.compose_file)
-    path = stack.tmp / "docktor.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-@contextmanager
-def daemon(stack: Stack, config: Path, *args: str) -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """``docktor daemon start --foreground``; yields a reader of its decision log; stops it on exit."""
-    log = (stack.tmp / "daemon.out").open("wb")
-    proc = subprocess.Popen(
-        [str(DOCKTOR), "daemon", "start", "--config", str(config), "--foreground", *args],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **stack.env},
-    )
-    decisions = stack.tmp / "state" / "decisions.jsonl"
-
-    def read() -> list[dict[str, Any]]:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode}:\n{(stack.tmp / 'daemon.out').read_text()}")
-        if not decisions.exists():
-            return []
-        from docktor.agent.runtime.decision_log import read_records
-
-        return list(read_records(decisions))  # one per decision: intent and outcome lines merged
-
-    try:
-        yield read
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
-
-
-def wait_until(what: str, cond: Callable[[], bool], timeout: float, every: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting until {what}")
-        time.sleep(every)
-
-
-def executed(records: list[dict[str, Any]], decision: str) -> list[dict[str, Any]]:
-    return [r for r in records if r["decision"] == decision and r["executed"]]
+def write_config(stack: Stack, *, mode: str, name: str = "docktor.yaml", compose_file: Path | None = None) -> Path:
+    """The example's config ``name``, unchanged but for where its state and compose file live."""
+    return example_config(EXAMPLE, stack.tmp, name=name, mode=mode, compose_file=str(compose_file or stack.compose_file))
 
 
 # --------------------------------------------------------------------------- tests
 
 
-def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -> None:
+@pytest.mark.parametrize("config", ["docktor.yaml", "docktor-go-rules.yaml"])
+def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack, config: str) -> None:
     web_before = stack.web()
     assert len(web_before) == 2
     assert stack.consumers_running() == 1
     peak = 1
 
-    with daemon(stack, write_config(stack, mode="autonomous")) as decisions:
+    with daemon(write_config(stack, mode="autonomous", name=config), stack.env) as decisions:
         wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
         publish(stack, 4000)
         assert backlog(stack) > 500  # JetStream confirms the backlog the rules should see
@@ -207,7 +157,10 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")
     assert ups and all(r["outcome"]["status"] == "ok" for r in ups), ups
-    assert any("queue.backlog" in rule for r in ups for rule in r["matched_rules"])
+    if config == "docktor-go-rules.yaml":
+        assert any("queue.backlog" in rule for r in ups for rule in r["matched_rules"])
+    else:  # the docktor policy sized it from what it measured
+        assert all(r["source"] == "policy" and r["reason"].startswith("needs ") for r in ups), ups
     assert downs and all(r["outcome"]["status"] == "ok" for r in downs), downs
     assert max(r["target_replicas"] for r in ups) == peak  # Docker saw what Docktor asked for
     assert not [r for r in records if (r.get("outcome") or {}).get("status") == "error"]
@@ -217,7 +170,7 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
 
 def test_advisory_mode_logs_decisions_and_never_changes_replicas(stack: Stack) -> None:
     counts: list[int] = []
-    with daemon(stack, write_config(stack, mode="autonomous"), "--advisory") as decisions:
+    with daemon(write_config(stack, mode="autonomous"), stack.env, "--advisory") as decisions:
         wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
         publish(stack, 3000)
 
@@ -247,7 +200,7 @@ def test_broken_image_is_an_error_outcome_and_backs_off_instead_of_looping(stack
     broken.write_text(yaml.safe_dump(doc, sort_keys=False))
     web_before = stack.web()
 
-    with daemon(stack, write_config(stack, mode="autonomous", compose_file=broken)) as decisions:
+    with daemon(write_config(stack, mode="autonomous", compose_file=broken), stack.env) as decisions:
         wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
         publish(stack, 3000)
         wait_until("a scale-up was tried", lambda: bool(executed(decisions(), "scale_up")), 60)
@@ -268,3 +221,51 @@ def test_broken_image_is_an_error_outcome_and_backs_off_instead_of_looping(stack
     assert held, "no later decision was held back by the back-off"
     assert stack.consumers_running() == 1  # the healthy replica kept running
     assert stack.web() == web_before
+
+
+#: the producer's load in the bursts test and benchmarks/compose.py: base, bursts, their period
+BASE_RATE, BURST_RATE, BURST_EVERY, BURST_FOR = 80, 450, 60.0, 15.0
+#: what the base load needs: one consumer handles about 48 msg/s (PROCESS_TIME_MS=20, BATCH_SIZE=10)
+BASE_NEED = 2
+
+
+def test_between_bursts_the_consumers_settle_near_the_base_load(tmp_path: Path) -> None:
+    """docktor.yaml as shipped (the docktor policy, 5 s checks) under the producer's bursts: it
+    rises for each burst and is back at the base load's 2 consumers before the next one, where the
+    Go rules flap between 1 and 4 and, with Docktor's cooldowns, still hold 8-9 (docs/benchmarks.md,
+    "Compose end to end", has the figures)."""
+    load = {"RATE": str(BASE_RATE), "BURST_RATE": str(BURST_RATE), "BURST_INTERVAL": f"{BURST_EVERY:g}",
+            "BURST_DURATION": f"{BURST_FOR:g}"}
+    with started(tmp_path, **load) as stack, \
+            daemon(write_config(stack, mode="autonomous"), stack.env) as decisions, \
+            sampling(stack.nats_url, stack.project) as samples:
+        def bursts() -> list[float]:
+            decisions()  # raises if the daemon died
+            return burst_starts(samples, (BASE_RATE + BURST_RATE) / 2)
+
+        # the producer's first burst comes one period after it starts, then one per period
+        wait_until("two bursts have begun", lambda: len(bursts()) >= 2, 3 * BURST_EVERY + 60)
+        first, second = bursts()[:2]
+        wait_until("the consumers rose for the second burst",
+                   lambda: any(x.running > BASE_NEED for x in samples if x.t >= second), BURST_FOR + 30)
+        records = decisions()
+        consumer_logs = compose(stack.project, stack.compose_file, "logs", "--no-color", "--tail", "4", "consumer",
+                                env=stack.env)
+
+    cycle = [x for x in samples if first <= x.t < second]
+
+    def why() -> str:
+        """What happened, second by second, what Docktor said, and what the consumers printed."""
+        seen = "\n".join(f"+{x.t - first:5.1f}s running {x.running} backlog {x.backlog}" for x in cycle[::4])
+        said = "\n".join(f"{r['ts'][11:19]} {r['current_replicas']}->{r['target_replicas']} {r['reason']}"
+                         for r in records if first - 5 <= parse_rfc3339(r["ts"]) < second)
+        return f"\n{seen}\n{said}\n{consumer_logs}"
+
+    assert max(x.running for x in cycle) >= 6, "the first burst needed about 10 consumers' worth" + why()
+    settled = settled_at(samples, first, second, BASE_NEED)
+    assert settled is not None, "not back at the base load when the second burst began" + why()
+    # back at the base load's need well before the next burst (the cycle is BURST_EVERY long)
+    assert settled - first <= BURST_EVERY - 10, f"settled {settled - first:.1f} s after the burst began" + why()
+    held = [x.running for x in cycle if x.t >= settled]
+    assert held and max(held) <= BASE_NEED
+    assert not [r for r in records if (r.get("outcome") or {}).get("status") == "error"]

@@ -68,7 +68,7 @@ def test_littles_law_measures_throughput_without_saturation() -> None:
     o = obs(backlog=4, rate_in=100, running=6, ack=4)
     measured = propose(svc(processing_time=0.001), o, 6, state, 100.0)
     guessed = propose(svc(processing_time=0.001), o, 6, ServiceState(), 100.0)
-    assert "(littles_law)" in measured.reason and "(processing_time)" in guessed.reason
+    assert "(by Little's law)" in measured.reason and "(from processing_time)" in guessed.reason
     assert measured.target > guessed.target
 
 
@@ -78,6 +78,23 @@ def test_prefetching_workers_are_measured_by_saturated_throughput() -> None:
     pts = [(float(t), obs(backlog=540, rate_in=200, rate_out=200, running=4, ack=40)) for t in range(0, 100, 5)]
     mu, source = sizing.estimate_mu(svc(), pts)
     assert source == "saturated" and mu == pytest.approx(50.0)
+
+
+def test_an_idle_queue_reads_as_prose_through_the_whole_decision() -> None:
+    """Not ``needs 0.00 replicas (saturated)``: what was seen, what it needs, what held it."""
+    state = steady(100, 2, 300)  # throughput measured (50/s each), then the work stopped
+    idle = obs(backlog=0, rate_in=0, rate_out=0, running=1, ack=0)
+    d = decide(svc(), idle, 1, state, 300.0)
+    # right after, the smoothed rate still remembers the 100/s: that is what the count is for
+    assert d.reason.startswith("needs 1: queue empty and nothing arriving (") and "/s smoothed)" in d.reason, d.reason
+    assert "saturated" not in d.reason and "0 queued" not in d.reason
+    # long after, the smoothed rate has decayed too and the reason is only the prose
+    quiet = steady(0, 1, 900, start=305.0)
+    late = decide(svc(), idle, 1, history([*state.history, *quiet.history]), 900.0)
+    assert late.reason == "queue empty and nothing arriving: needs 0 replicas; held at 1 by min_replicas (asked 0)"
+    # scaling in from 3 on an idle queue says the same, then how far the step limit let it go
+    down = decide(svc(), {**idle, "replicas.running": 3.0}, 3, history([*state.history, *quiet.history]), 900.0)
+    assert down.decision == "scale_down" and down.reason.startswith("queue empty and nothing arriving: needs 0 replicas")
 
 
 def test_no_throughput_information_holds_rather_than_guessing() -> None:
@@ -250,3 +267,26 @@ def test_docktor_is_the_default_policy_and_plans_scale_in_itself() -> None:
     # the target policy keeps HPA-like defaults
     t = ServiceConfig(name="w", policy="target", target_per_replica=10)
     assert (t.scale_down_stabilization, t.cooldown_down, t.scale_up_percent) == (60, 30, 100)
+
+
+def test_a_late_read_does_not_count_its_whole_span_as_one_surge() -> None:
+    """A tick spent in a slow scale command makes the next read span two checks: its volume came
+    over ten seconds, not at once. Seen on examples/nats-multi: 4,388 messages over a 10 s read
+    kept 6 consumers (the base load needs 2) to absorb them at once, until the next burst."""
+    config = svc(target_wait=15, startup_delay=5, max_replicas=10)
+
+    def after_a_burst(read_every: float) -> ServiceState:
+        # 80/s on 2 replicas (50/s each, by Little's law), 440/s for 20 s, then 80/s for a minute
+        pts = [(float(t), obs(backlog=2, rate_in=80, running=2, ack=1.6)) for t in range(0, 305, 5)]
+        t = 300.0
+        while t < 320.0:
+            t += read_every
+            pts.append((t, obs(backlog=400, rate_in=440, rate_out=400, running=10, ack=8)))
+        pts += [(t + k, obs(backlog=2, rate_in=80, running=2, ack=1.6)) for k in range(5, 65, 5)]
+        return history(pts)
+
+    o = obs(backlog=2, rate_in=80, running=2, ack=1.6)
+    regular, late = after_a_burst(5.0), after_a_burst(10.0)
+    now = regular.history[-1][0] + 5
+    assert propose(config, o, 2, regular, now).target == 2
+    assert propose(config, o, 2, late, now).target == propose(config, o, 2, regular, now).target

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -38,6 +38,7 @@ AdvisorOpt = Annotated[
     str, typer.Option("--advisor", help=f"Advisor on docktor/rules/target: {'|'.join(ADVISORS)}.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")]
+MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="A Markdown table (as in docs/benchmarks.md) instead of the terminal's.")]
 LLMConfigOpt = Annotated[
     Path | None,
     typer.Option("--llm-config", help="--advisor llm: a docktor.yaml whose llm: block names the endpoint."),
@@ -101,12 +102,13 @@ def register(app: typer.Typer) -> None:
         max_replicas: MaxR = 50,
         seed: Seed = 1,
         as_json: JsonOpt = False,
+        markdown: MarkdownOpt = False,
         timeline: Annotated[
             Path | None, typer.Option("--timeline", help="Write t,desired,alive per check to this CSV.")
         ] = None,
     ) -> None:
         """Replay one trace against one policy and print its score."""
-        from docktor.agent.sim.bench import parse_policies, run_suite, table
+        from docktor.agent.sim.bench import parse_policies, run_suite
         from docktor.agent.sim.simulator import load_trace
 
         scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
@@ -119,7 +121,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(row))
         else:
-            print(table([row]))
+            print_rows([row], markdown)
         if timeline is not None and names[0] in result.runs:
             lines = ["t,desired,alive"] + [f"{t:g},{d},{a}" for t, d, a in result.runs[names[0]].timeline]
             try:
@@ -130,7 +132,10 @@ def register(app: typer.Typer) -> None:
     @app.command(short_help="Every policy on every trace, vs an oracle.")
     @handles_errors
     def bench(
-        traces: Annotated[Path, typer.Option("--traces", help="Directory of t,rate CSV traces (default: the public traces shipped with Docktor).")] = DEFAULT_TRACES,
+        traces: Annotated[
+            Path,
+            typer.Option("--traces", help="A t,rate CSV trace, or a directory of them (default: the public traces shipped with Docktor)."),
+        ] = DEFAULT_TRACES,
         public: Annotated[
             bool, typer.Option("--public/--no-public", help="Include the traces of --traces (--no-public: only --held-out).")
         ] = True,
@@ -153,6 +158,7 @@ def register(app: typer.Typer) -> None:
         max_replicas: MaxR = 50,
         seed: Seed = 1,
         as_json: JsonOpt = False,
+        markdown: MarkdownOpt = False,
         plot_dir: Annotated[Path | None, typer.Option("--plot", help="Write one PNG per trace into this directory.")] = None,
         grid: Annotated[
             bool,
@@ -170,7 +176,7 @@ def register(app: typer.Typer) -> None:
         jobs: Annotated[int, typer.Option("--jobs", help="--grid: cells simulated in parallel processes.")] = 1,
     ) -> None:
         """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
-        from docktor.agent.sim.bench import parse_policies, plot, run_suite, table
+        from docktor.agent.sim.bench import parse_policies, plot, run_suite
 
         scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
         names = parse_policies(policies if policies or not grid else ",".join(GRID_POLICIES))
@@ -184,9 +190,8 @@ def register(app: typer.Typer) -> None:
             for r in rows:
                 print(json.dumps(r))
         else:
-            print(table(rows))
-            count = f"{len(loaded)} trace{'s' if len(loaded) != 1 else ''}"
-            print(f"\n{count} x {len(names)} policies simulated in {elapsed:.1f} s")
+            print_rows(rows, markdown)
+            print(f"\n{counted(len(loaded), 'trace')} x {counted(len(names), 'policy', 'policies')} simulated in {elapsed:.1f} s")
         if plot_dir is not None:
             try:
                 for res in results:
@@ -197,10 +202,59 @@ def register(app: typer.Typer) -> None:
                 raise UsageError([Problem("--plot", f"cannot write into {plot_dir}: {e}")]) from None
 
 
-def _load(directory: Path | None, held_out: str | None) -> list[Trace]:
-    from docktor.agent.sim.simulator import load_traces
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """``1 trace``, ``4 traces``, ``1 policy``, ``9 policies``."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
-    loaded = load_traces(directory) if directory is not None else []
+
+def print_rows(rows: list[dict[str, Any]], markdown: bool) -> None:
+    """The score table: Markdown with ``--markdown``; else a rich table on a terminal, and plain
+    aligned columns (no box characters, nothing to strip) when piped into a file or a tool."""
+    from docktor.agent.sim.bench import cells, table
+
+    if markdown:
+        print(table(rows))
+        return
+    from rich.console import Console
+
+    console = Console()
+    header, body, numeric = cells(rows)
+    if not console.is_terminal:
+        widths = [max(len(x) for x in col) for col in zip(header, *body)]
+        for line in [header, *body]:
+            print("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(line, widths, numeric)).rstrip())
+        return
+    from rich import box
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    def laid_out(widths: list[int]) -> tuple[Table, int]:
+        grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for name, num, width in zip(header, numeric, widths, strict=True):
+            grid.add_column(name, justify="right" if num else "left", width=width)
+        for i, line in enumerate(body):
+            last_of_trace = i + 1 == len(body) or body[i + 1][0] != line[0]  # a rule between traces
+            grid.add_row(*line, style="bold" if line[1] == "docktor" else None, end_section=last_of_trace)
+        return grid, Measurement.get(console, console.options.update_width(10_000), grid).maximum
+
+    # Fixed widths, so rich never cuts a number: the headers' on one line if that fits the
+    # terminal, else headers wrapped at their spaces ("max backlog" over two lines); a terminal
+    # too narrow even for that gets long lines it wraps itself, never a column dropped.
+    columns = list(zip(header, *body))
+    grid, width = laid_out([max(len(c) for c in col) for col in columns])
+    if width > console.width:
+        grid, width = laid_out([max(len(w) for w in [*col[0].split(), *col[1:]]) for col in columns])
+        if width > console.width:
+            console = Console(width=width)  # print() caps a width at the console's own
+    console.print(grid)
+
+
+def _load(source: Path | None, held_out: str | None) -> list[Trace]:
+    from docktor.agent.sim.simulator import load_trace, load_traces
+
+    if source is not None and not source.exists():
+        raise UsageError([Problem("--traces", f"{source}: no such file or directory")])
+    loaded = [] if source is None else [load_trace(source)] if source.is_file() else load_traces(source)
     if held_out:
         from docktor.agent.sim.trace_gen import held_out_traces
 

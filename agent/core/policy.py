@@ -58,6 +58,8 @@ def target_policy(
     assert svc.target_per_replica is not None  # the config loader enforces it for this policy
     backlog = obs["queue.backlog"]
     desired = math.ceil(backlog / svc.target_per_replica)
+    if backlog <= 0:
+        return Proposal(0, "queue empty: needs 0 replicas")
     if current > 0 and abs(backlog / (current * svc.target_per_replica) - 1) <= HPA_TOLERANCE:
         return Proposal(current, f"queue.backlog {backlog:g} within 10% of {svc.target_per_replica:g}/replica")
     return Proposal(desired, f"queue.backlog {backlog:g} / {svc.target_per_replica:g} per replica = {desired}")

@@ -22,7 +22,8 @@ Per tick:
    running can drain in time needs no more; a standing queue lets the count sit below the
    arrival rate for a while (the queue absorbs the difference), which is where the cost goes.
 5. **Robustness**: the count must also absorb the largest volume that arrived within one check
-   interval in the last ``SURGE_MEMORY`` seconds, all at once, then the peak rate, given that
+   interval in the last ``SURGE_MEMORY`` seconds (a late read counts one interval of its rate),
+   all at once, then the peak rate, given that
    the following checks scale out as fast as the guardrails allow. Where the SLO leaves time to
    react (the SLO exceeds one check plus one start-up) this costs little; where it does not,
    this is the spare capacity that meeting the SLO takes.
@@ -66,6 +67,14 @@ RECOURSE_CHECKS = 6
 #: scale-in is planned over this many more (check interval + start-up delay): a replica removed
 #: and needed again soon costs a start-up delay of capacity, so it goes only if not needed soon
 SCALE_IN_EXTRA = 6.0
+
+#: how each throughput estimate reads in a decision's reason
+MU_WORDS = {
+    "littles_law": "by Little's law",
+    "saturated": "measured while busy",
+    "processing_time": "from processing_time",
+    "lower_bound": "at least: the best seen",
+}
 
 
 def _series(state: ServiceState, obs: Mapping[str, float], now: float) -> list[tuple[float, Mapping[str, float]]]:
@@ -233,16 +242,25 @@ def docktor_policy(
     marks = [u for u, _ in ready] + [lag, lag + step]
     expected = dl.demand(q_at, q_due, slo, rate_now, level, step, horizon, step, marks)
     n, feasible = dl.fewest_replicas(cap, expected, ceiling, 0.0)
-    why = f"{queued:g} queued, {rate_now:.4g}/s now and {level:.4g}/s smoothed, {mu:.4g}/s per replica ({mu_source})"
+    idle = queued <= 0 and rate_now <= 0
+    if idle:
+        # the numbers that size an idle queue are zeros: say so in words (the smoothed rate may
+        # still be decaying from the last messages)
+        why = "queue empty and nothing arriving" + (f" ({level:.3g}/s smoothed)" if level >= 0.005 else "")
+    else:
+        why = f"{queued:g} queued, {rate_now:.4g}/s now and {level:.4g}/s smoothed, {mu:.4g}/s per replica ({MU_WORDS[mu_source]})"
 
     # Robustness: the largest volume one check interval brought lately, all at once, then the
     # peak rate; later checks may scale out as fast as the guardrails allow.
     if mu_source != "lower_bound" and rates.size:
         recent = times > now - SURGE_MEMORY
-        spans = np.diff(times, prepend=times[0] - step)[recent]
+        gap = max(step, svc.cooldown_up)
+        # A read that came late (a tick spent in a slow scale command, a failed read) spans more
+        # than one check: its rate, spread evenly as the queue's deadlines read it, brought
+        # rate x one check interval within any one check, not the whole span's volume at once.
+        spans = np.minimum(np.diff(times, prepend=times[0] - step), gap)[recent]
         peak = float(rates[recent].max())
         burst = float((rates[recent] * spans).max())
-        gap = max(step, svc.cooldown_up)
         checks = np.arange(1, RECOURSE_CHECKS + 1) * gap
         surge = dl.demand(
             q_at, q_due, slo, peak, peak, step, slo + float(checks[-1]) + lag, step,
@@ -269,4 +287,6 @@ def docktor_policy(
         return Proposal(held, f"needs {n}: {why}; some queued messages are late whatever the count: keeping all {held}")
     if not feasible:
         why += "; some queued messages are late whatever the count"
+    if idle and n == 0:
+        return Proposal(0, f"{why}: needs 0 replicas")
     return Proposal(n, f"needs {n}: {why}")

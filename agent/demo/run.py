@@ -3,7 +3,9 @@
 Starts ``nats-server`` on a free loopback port, a producer at 100 msg/s with 10 s bursts of
 500 msg/s every 60 s (the Go Docktor example's load), and a consumer service run by the local
 executor whose replicas each handle about 60 msg/s, so the base load needs about 2 replicas and a
-burst about 10. The daemon (rules only) scales the consumer; a live view shows what it sees.
+burst about 9. The daemon scales the consumer with the ``docktor`` policy (the fewest replicas
+that start every message within 10 s), the Go Docktor example's rules as guardrails; a live
+view shows what it sees.
 
 The consumer replica itself is :mod:`docktor.agent.demo.worker`.
 """
@@ -52,7 +54,11 @@ def rate_at(t: float) -> int:
 
 
 def demo_config(url: str, state_dir: Path) -> str:
-    """The docktor.yaml the demo runs: the Go Docktor example's rules on a local-executor consumer."""
+    """The docktor.yaml the demo runs: the docktor policy on a local-executor consumer, with the
+    Go Docktor example's rules as guardrails (no scale-in while one fires, none unless both
+    down rules hold)."""
+    from docktor.agent.demo.worker import PROCESS_TIME_S
+
     worker = [sys.executable, "-m", "docktor.agent.demo.worker", "--url", url, "--stream", STREAM, "--consumer", CONSUMER]
     command = "[" + ", ".join(f'"{a}"' for a in worker) + "]"
     return f"""
@@ -66,7 +72,10 @@ services:
     min_replicas: 1
     max_replicas: {MAX_REPLICAS}
     check_interval: 2s
-    policy: rules
+    policy: docktor
+    target_wait: 10s
+    startup_delay: 2s              # a local replica: a Python process connecting to NATS
+    processing_time: {PROCESS_TIME_S * 1000:g}ms
     queue: {{kind: nats, url: "{url}", stream: {STREAM}, consumer: {CONSUMER}}}
     rules:
       scale_up_when:
@@ -75,11 +84,6 @@ services:
       scale_down_when:
         - {{metric: queue.backlog, op: "<=", value: 100}}
         - {{metric: queue.rate_in, op: "<", value: 150}}
-    scale_up_by: 2
-    scale_down_by: 1
-    cooldown_up: 4s
-    cooldown_down: 10s
-    scale_down_stabilization: 10s
 """
 
 

@@ -146,20 +146,23 @@ COLUMNS = [
 ]
 
 
-def table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain, aligned table (also valid Markdown)."""
+def cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[bool]]:
+    """The table's header, its rows as formatted cells, and which columns are numbers."""
     header = [h for _, h, _ in COLUMNS]
     body = []
     for r in rows:
         policy = r["policy"] + (f"+{r['advisor']}" if r.get("advisor", "none") != "none" else "")
         if "target_per_replica" in r:
             policy += f" ({r['target_per_replica']:g}/replica)"
-        cells = []
-        for key, _, kind in COLUMNS:
-            cells.append(policy if key == "policy" else _fmt(r.get(key), kind))
-        body.append(cells)
+        body.append([policy if key == "policy" else _fmt(r.get(key), kind) for key, _, kind in COLUMNS])
+    numeric = [kind != "str" for _, _, kind in COLUMNS]
+    return header, body, numeric
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """The Markdown table the docs paste (aligned, so it also reads as plain text)."""
+    header, body, numeric = cells(rows)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    numeric = [kind not in ("str",) for _, _, kind in COLUMNS]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)) + " |"

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from docker.errors import NotFound
+from docker.errors import DockerException, NotFound
 
-from docktor.tools.executors.docker_engine import CALL_TIMEOUT_S, ContainerStats, Engine, timed_scale
+from docktor.tools.executors.docker_engine import CALL_TIMEOUT_S, ContainerStats, Engine, client_from_env, short, timed_scale
 from docktor.tools.sdk import (
     Context,
     Executor,
@@ -37,6 +37,7 @@ from docktor.tools.sdk import (
     ReplicaStatus,
     ScaleOutcome,
     Seconds,
+    redact_url,
     standard,
 )
 
@@ -44,6 +45,49 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
+
+
+#: how long ``validate`` waits for the engine before saying it could not ask
+CHECK_TIMEOUT_S = 5.0
+
+
+def engine_warnings(project: str, service: str, compose_file: Path) -> list[str]:
+    """What the engine says about the project, briefly: no containers yet, the service not running.
+
+    Only warnings: the config may be for another machine, or checked before the stack is up,
+    and an engine that cannot be reached is said once and never fails ``validate``.
+    """
+    engine = redact_url(os.environ.get("DOCKER_HOST") or "the default socket")
+    up = f"docker compose -p {project} -f {compose_file} up -d"
+    try:
+        client = client_from_env(CHECK_TIMEOUT_S)  # asks the engine its API version: fails here when none answers
+    except DockerException:
+        return [f"cannot check project {project!r}: no Docker engine answers at {engine}"]
+    try:
+        rows = client.api.containers(all=True, filters={"label": [f"{PROJECT_LABEL}={project}", f"{ONEOFF_LABEL}=False"]})
+    except (DockerException, OSError) as e:
+        return [f"cannot check project {project!r}: Docker engine at {engine}: {short(e)}"]
+    finally:
+        client.close()
+    if not rows:
+        return [f"project {project!r} has no containers on the Docker engine at {engine} yet: start the stack "
+                f"({up}), or set project: to the name it was started under"]
+    mine = [r for r in rows if (r.get("Labels") or {}).get(SERVICE_LABEL) == service]
+    running = sum(1 for r in mine if r.get("State") == "running")
+    if running == 0:
+        stopped = f" ({len(mine)} stopped)" if mine else ""
+        return [f"service {service!r} of project {project!r} has no running container{stopped} "
+                f"(to start it: {up} {service})"]
+    return []
+
+
+def replica_filters(project: str, service: str) -> dict[str, list[str]]:
+    """The engine filter for a service's replicas, as Compose itself lists them (its
+    ``projectFilter`` + ``serviceFilter`` + ``oneOffFilter(false)``). The ``oneoff=False`` label
+    matters: an image Compose built carries the project and service labels, so every container
+    run from it (``docker run``, a Swarm task, another project) inherits them, but only Compose
+    sets ``oneoff`` on the containers it creates. ``docker compose run`` ones say ``True``."""
+    return {"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}", f"{ONEOFF_LABEL}=False"]}
 
 #: extra time the ``compose up`` command gets beyond scale_timeout (network/volume setup, builds)
 COMPOSE_SLACK_S = 30.0
@@ -288,6 +332,8 @@ class ComposeExecutor(Executor[ComposeSettings]):
             find_compose_cli()
         except ExecutorError as e:
             found.append(str(e))
+        project = settings.project or default_project(path)
+        found += engine_warnings(project, service, path)
         return found
 
     def target(self) -> str:
@@ -305,13 +351,10 @@ class ComposeExecutor(Executor[ComposeSettings]):
 
             client = docker.from_env(timeout=10)
             try:
-                rows = client.api.containers(
-                    all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={self.service}"]}
-                )
+                rows = client.api.containers(all=True, filters=replica_filters(self.project, self.service))
             finally:
                 client.close()
-            created = [float(r["Created"]) for r in rows
-                       if isinstance(r.get("Created"), int | float) and (r.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
+            created = [float(r["Created"]) for r in rows if isinstance(r.get("Created"), int | float)]
             return max(created) if created else None
 
         at = await asyncio.to_thread(newest)
@@ -327,13 +370,9 @@ class ComposeExecutor(Executor[ComposeSettings]):
 
     def _list_sync(self) -> list[Replica]:
         api = self._engine.api
-        rows = api.containers(
-            all=True, filters={"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={self.service}"]}
-        )
+        rows = api.containers(all=True, filters=replica_filters(self.project, self.service))
         out: list[Replica] = []
         for row in rows:
-            if (row.get("Labels") or {}).get(ONEOFF_LABEL, "False") == "True":
-                continue  # `docker compose run` containers are not replicas
             try:
                 out.append(Replica.from_attrs(api.inspect_container(row["Id"])))
             except NotFound:
