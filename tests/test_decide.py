@@ -139,6 +139,11 @@ def test_missing_metrics_the_hpa_way_up_on_what_is_known_never_in() -> None:
     d = decide(service(), {"queue.rate_in": 20.0}, 4, ServiceState(), now=100)
     assert (d.decision, d.missing) == ("hold", ["queue.backlog"])
     assert d.reason == "missing queue.backlog: holding (never scaling in blind)"
+    # below min_replicas (a first start: rates need a second read), the minimum is started and said so
+    d = decide(service(), {"queue.backlog": 0.0}, 0, ServiceState(), now=100)
+    assert (d.decision, d.target, d.missing, d.guardrails) == ("scale_up", 1, ["queue.rate_in"], [])
+    assert d.reason == ("0 running, below min_replicas 1: starting the minimum "
+                        "(missing queue.rate_in, so nothing more is sized yet)")
 
 
 def test_a_sizing_policy_sizes_from_what_is_known_only_to_grow() -> None:

@@ -174,6 +174,14 @@ def propose_from_what_is_known(
     if known.target > current:
         counted = f" (counting {', '.join(absent)} as 0, the least it can be)" if absent else ""
         return Proposal(known.target, f"{label}: scaling up on what is known{counted}: {known.reason}")
+    if current < svc.min_replicas:
+        # Below the floor (a first start, replicas that died): the minimum is owed whatever the
+        # data says, so say that rather than "holding" and then being raised by a guardrail.
+        return Proposal(
+            svc.min_replicas,
+            f"{current} running, below min_replicas {svc.min_replicas}: starting the minimum "
+            f"({label}, so nothing more is sized yet)",
+        )
     return Proposal(current, f"{label}: holding (never scaling in blind)")
 
 
