@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats
 import yaml
 
 from docktor.agent.runtime.decision_log import read_records
@@ -217,3 +218,31 @@ def settled_at(samples: list[Sample], start: float, end: float, level: int) -> f
         return start
     last_above = max(i for i, x in enumerate(window) if x.running > level)
     return window[last_above + 1].t if last_above + 1 < len(window) else None
+
+
+# ----------------------------------------------------------------------- examples/nats-multi's queue
+
+
+async def _nats_multi_backlog(url: str) -> int:
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
+    try:
+        info = await nc.jetstream().consumer_info("EVENTS", "WEB_WORKERS", timeout=5)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    finally:
+        await nc.close()
+
+
+def nats_multi_backlog(url: str) -> int:
+    """JetStream's own count of unfinished work (pending + in flight) for nats-multi's WEB_WORKERS."""
+    return asyncio.run(_nats_multi_backlog(url))
+
+
+async def publish_events(url: str, n: int) -> None:
+    """``n`` messages on nats-multi's ``events.web``, 250 in flight at a time."""
+    nc = await nats.connect(url, connect_timeout=2)
+    try:
+        js = nc.jetstream()
+        for start in range(0, n, 250):
+            await asyncio.gather(*(js.publish("events.web", b'{"test": true}') for _ in range(start, min(n, start + 250))))
+    finally:
+        await nc.close()

@@ -15,12 +15,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import pytest
 import yaml
 
 from docktor.agent.timestamps import parse_rfc3339
-from tests.examples import burst_starts, daemon, example_config, executed, sampling, settled_at, wait_until
+from tests.examples import (
+    burst_starts,
+    daemon,
+    example_config,
+    executed,
+    nats_multi_backlog,
+    publish_events,
+    sampling,
+    settled_at,
+    wait_until,
+)
 from tests.peers import (
     DOCKER_SKIP_REASON,
     REPO,
@@ -88,32 +97,13 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield s
 
 
-async def _backlog(url: str) -> int:
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        info = await nc.jetstream().consumer_info("EVENTS", "WEB_WORKERS", timeout=5)
-        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-    finally:
-        await nc.close()
-
-
 def backlog(stack: Stack) -> int:
     """JetStream's own count of unfinished work for WEB_WORKERS."""
-    return asyncio.run(_backlog(stack.nats_url))
-
-
-async def _publish(url: str, n: int) -> None:
-    nc = await nats.connect(url, connect_timeout=2)
-    try:
-        js = nc.jetstream()
-        for start in range(0, n, 250):
-            await asyncio.gather(*(js.publish("events.web", b'{"test": true}') for _ in range(start, min(n, start + 250))))
-    finally:
-        await nc.close()
+    return nats_multi_backlog(stack.nats_url)
 
 
 def publish(stack: Stack, n: int) -> None:
-    asyncio.run(_publish(stack.nats_url, n))
+    asyncio.run(publish_events(stack.nats_url, n))
 
 
 def write_config(stack: Stack, *, mode: str, name: str = "docktor.yaml", compose_file: Path | None = None) -> Path:

@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import pytest
 import yaml
 
-from tests.examples import daemon, executed, outcomes_logged
+from tests.examples import daemon, executed, nats_multi_backlog, outcomes_logged, publish_events
 from tests.peers import REPO, compose, free_port, unique_project, wait_for_consumer
 from tests.swarm_peers import (
     deploy_stack,
@@ -89,28 +88,9 @@ def stack(swarm: None, tmp_path: Path) -> Iterator[Stack]:
         remove_stack(name)
 
 
-async def _backlog(url: str) -> int:
-    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        info = await nc.jetstream().consumer_info("EVENTS", "WEB_WORKERS", timeout=5)
-        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-    finally:
-        await nc.close()
-
-
 def backlog(stack: Stack) -> int:
     """JetStream's own count of unfinished work for WEB_WORKERS."""
-    return asyncio.run(_backlog(stack.nats_url))
-
-
-async def _publish(url: str, n: int) -> None:
-    nc = await nats.connect(url, connect_timeout=2)
-    try:
-        js = nc.jetstream()
-        for start in range(0, n, 250):
-            await asyncio.gather(*(js.publish("events.web", b'{"test": true}') for _ in range(start, min(n, start + 250))))
-    finally:
-        await nc.close()
+    return nats_multi_backlog(stack.nats_url)
 
 
 def write_config(stack: Stack) -> Path:
@@ -128,7 +108,7 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
 
     with daemon(write_config(stack), stack.env) as decisions:
         wait_for("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
-        asyncio.run(_publish(stack.nats_url, 4000))
+        asyncio.run(publish_events(stack.nats_url, 4000))
         assert backlog(stack) > 500  # JetStream confirms the backlog the rules should see
 
         def drained_after_scale_up() -> bool:
@@ -168,7 +148,7 @@ def test_advisory_mode_logs_decisions_and_never_changes_replicas(stack: Stack) -
     counts: list[int] = []
     with daemon(write_config(stack), stack.env, "--advisory") as decisions:
         wait_for("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
-        asyncio.run(_publish(stack.nats_url, 3000))
+        asyncio.run(publish_events(stack.nats_url, 3000))
 
         def advised_up_a_few_times() -> bool:
             counts.append(stack.consumers_running())
