@@ -7,6 +7,7 @@ turn "skip: no engine / no model" into a failure, so CI cannot pass by skipping.
 from __future__ import annotations
 
 import ast
+import gc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,18 +18,26 @@ import pytest
 from tests.peers import NatsServer, start_nats
 
 # CPython 3.11 keeps the AST constructor's recursion counter in per-interpreter state, not per
-# call: when two threads build an AST at the same time (pytest parsing a test file to show a
-# failure while a test's thread formats a traceback, which 3.11 does with ast.parse for its
-# carets), one resets the other's counter and pytest stops the whole run with "INTERNALERROR ...
-# SystemError: AST constructor recursion depth mismatch" (python/cpython#106905, pytest#10763).
-# Every ast.parse in this process goes through one lock, so only one AST is built at a time.
-_AST_LOCK = threading.RLock()
+# call (python/cpython#106905; pytest#10763). Any AST built while another is being built resets
+# it, and the outer one then fails with "SystemError: AST constructor recursion depth mismatch",
+# which pytest turns into an INTERNALERROR that ends the whole run. Seen here: the garbage
+# collector, run in the middle of pytest's assertion rewriting, freed an asyncio task whose
+# exception nobody had retrieved; asyncio logged it with a traceback, and 3.11's traceback
+# calls ast.parse for its carets. So in the test process one AST is built at a time (a lock,
+# for threads) and no collection runs meanwhile (for finalizers in the same thread).
+_AST_LOCK = threading.RLock()  # re-entrant: a nested parse must never hang the run
 _ast_parse = ast.parse
 
 
 def _parse_one_at_a_time(*args: Any, **kwargs: Any) -> Any:
     with _AST_LOCK:
-        return _ast_parse(*args, **kwargs)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return _ast_parse(*args, **kwargs)
+        finally:
+            if collecting:
+                gc.enable()
 
 
 ast.parse = _parse_one_at_a_time

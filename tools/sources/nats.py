@@ -373,16 +373,21 @@ class NatsSource(Source[NatsSettings]):
         jsm = await self._connected()
         stream_task = asyncio.ensure_future(jsm.stream_info(s.stream))
         consumer_task = asyncio.ensure_future(jsm.consumer_info(s.stream, s.consumer, timeout=t))
+        tasks = (stream_task, consumer_task)
         try:
             async with asyncio.timeout(t):
-                await asyncio.wait({stream_task, consumer_task})
+                await asyncio.wait(tasks)
         except TimeoutError:
-            stream_task.cancel()
-            consumer_task.cancel()
+            for task in tasks:
+                task.cancel()
+            # Collect both, so that neither leaves an exception nobody retrieved: asyncio logs
+            # those, with a traceback, whenever the garbage collector frees the task.
+            await asyncio.gather(*tasks, return_exceptions=True)
             raise _Transient(f"JetStream API timed out after {t:g}s ({self._where()})") from None
+        errors = [task.exception() for task in tasks]  # both retrieved, for the same reason
         # stream errors first: a missing stream also fails the consumer call
-        for task in (stream_task, consumer_task):
-            if (error := task.exception()) is not None:
+        for error in errors:
+            if error is not None:
                 raise self._classify(error)
         si, ci = stream_task.result(), consumer_task.result()
         delivered = ci.delivered or SequenceInfo(consumer_seq=0, stream_seq=0)
