@@ -29,7 +29,8 @@ Per tick:
 6. **Scale-in** goes only as far as a longer plan (``SCALE_IN_EXTRA`` more start-ups, at the
    higher of today's and the smoothed rate) allows: a replica removed and needed again soon
    costs a start-up delay of capacity. No replica is removed while queued messages are already
-   too late for any count to save.
+   too late for any count to save, or could be if each check interval's arrivals came at its
+   start (the source counts them per interval, not when within it).
 """
 
 from __future__ import annotations
@@ -264,6 +265,22 @@ def docktor_policy(
         if keep > n:
             n = keep
             why += f"; {keep} kept: needed again within {horizon + SCALE_IN_EXTRA * (lag + step):.0f}s"
+    if feasible and n < running and queued > 0:
+        # The source says how many messages arrived per check interval, not when within it, and
+        # the plan spreads them evenly. After a spike that ended early in an interval the queue
+        # is older than that (with 15 s checks, a queue left by a 7 s spike looked 6 s younger
+        # than it was, and replicas went while its head was due). So no replica is removed
+        # unless the plan still holds with each interval's arrivals at its start, the oldest
+        # the queue can be. Scale-out keeps the even spread: the next check corrects it.
+        e_at, e_due = dl.queue_deadlines(queued, times, rates, now, slo, earliest=True)
+        oldest = dl.demand(e_at, e_due, slo, rate_now, level, step, horizon, step, marks)
+        if not dl.fewest_replicas(cap, oldest, ceiling, 0.0)[1]:
+            held = max(current, int(running))
+            return Proposal(
+                held,
+                f"needs {n}: {why}; queued messages may be late whatever the count if they came early in "
+                f"their {step:g}s interval: keeping all {held}",
+            )
     if not feasible and n < running:
         held = max(current, int(running))
         return Proposal(held, f"needs {n}: {why}; some queued messages are late whatever the count: keeping all {held}")
