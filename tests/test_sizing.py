@@ -72,6 +72,21 @@ def test_littles_law_measures_throughput_without_saturation() -> None:
     assert measured.target > guessed.target
 
 
+def test_a_queue_drained_between_two_ticks_does_not_inflate_littles_law() -> None:
+    """Little's law needs the interval's average in flight; a tick after a drain samples idle replicas.
+
+    2 replicas do 100/s (2 in flight, 50/s each). At 100 s 3,000 messages wait for 10 new
+    replicas; by 105 s the 12 have drained them (700/s over the interval) and sit idle with 2 in
+    flight again. Counting that interval reads (19 x 100 + 700) / (20 x 2) = 65/s per replica.
+    """
+    pts = [(float(t), obs(backlog=2, rate_in=100, running=2, ack=2)) for t in range(0, 100, 5)]
+    pts.append((100.0, obs(backlog=3002, rate_in=700, rate_out=100, running=12, ack=2)))
+    pts.append((105.0, obs(backlog=2, rate_in=100, rate_out=700, running=12, ack=2)))
+    pts += [(float(t), obs(backlog=2, rate_in=100, running=12, ack=2)) for t in range(110, 155, 5)]
+    mu, source = sizing.estimate_mu(svc(), pts)
+    assert source == "littles_law" and mu == pytest.approx(50.0)
+
+
 def test_prefetching_workers_are_measured_by_saturated_throughput() -> None:
     # Each of 4 replicas holds a prefetched batch of 10 (ack_pending 40) while a queue waits:
     # Little's law alone would read 200/40 = 5/s per replica; saturated ticks show 200/4 = 50/s.
