@@ -139,15 +139,17 @@ def with_recourse(
 
 
 def queue_deadlines(
-    pending: float, times: np.ndarray, rates: np.ndarray, now: float, slo: float
+    pending: float, times: np.ndarray, rates: np.ndarray, now: float, slo: float, earliest: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deadlines of the queued messages (seconds from now, oldest first) and how many are due by each.
 
     The queue is FIFO, so the ``pending`` messages are the last ones to arrive. ``rates[k]`` is
     the arrival rate over ``(times[k-1], times[k]]``; walking back from now, each interval holds
-    its share, spread evenly across it. Messages older than the history are taken to have
-    arrived when it begins (older is the safe side). Between two points the count due grows
-    linearly, as ``numpy.interp`` reads it.
+    its share, spread evenly across it, or with ``earliest`` all at the interval's start (the
+    oldest they can be: the source counts arrivals per interval, not when within it). Messages
+    older than the history are taken to have arrived when it begins (older is the safe side).
+    Between two points the count due grows linearly, as ``numpy.interp`` reads it; a point
+    given twice is a step, and ``numpy.interp`` reads the higher count there.
     """
     chunks: list[tuple[float, float, float]] = []  # (oldest arrival, newest arrival, count), newest first
     left = pending
@@ -159,7 +161,10 @@ def queue_deadlines(
         if span <= 0 or arrived <= 0:
             continue
         take = min(arrived, left)
-        chunks.append((float(times[k]) - span * take / arrived, float(times[k]), take))
+        if earliest:
+            chunks.append((float(times[k - 1]), float(times[k - 1]), take))
+        else:
+            chunks.append((float(times[k]) - span * take / arrived, float(times[k]), take))
         left -= take
     if left > 1e-9:
         first = float(times[0]) if len(times) else now

@@ -8,8 +8,8 @@ run exactly the same code and nothing hides in mutable memory. docs/policy.md ha
 Per tick:
 
 1. **Throughput per replica** ``mu``: the larger of Little's law (``sum(rate_out) /
-   sum(ack_pending)`` over recent ticks) and the upper quartile of ``rate_out / running`` on
-   saturated ticks; both read low rather than high. Before either: ``1 / processing_time`` if
+   sum(ack_pending)`` over recent ticks, skipping intervals in which the queue drained) and the
+   upper quartile of ``rate_out / running`` on saturated ticks; both read low rather than high. Before either: ``1 / processing_time`` if
    configured, else the best ``rate_out / running`` seen, a lower bound that only sizes the queue.
 2. **Deadlines of the queue**: the queue is FIFO, so the ``pending`` messages are the last ones
    that arrived; walking the ``rate_in`` history back says when each arrived, hence by when it
@@ -30,7 +30,8 @@ Per tick:
 6. **Scale-in** goes only as far as a longer plan (``SCALE_IN_EXTRA`` more start-ups, at the
    higher of today's and the smoothed rate) allows: a replica removed and needed again soon
    costs a start-up delay of capacity. No replica is removed while queued messages are already
-   too late for any count to save.
+   too late for any count to save, or could be if each check interval's arrivals came at its
+   start (the source counts them per interval, not when within it).
 """
 
 from __future__ import annotations
@@ -104,6 +105,20 @@ def _pending(o: Mapping[str, float]) -> float | None:
     return None
 
 
+def _drained(prev: Mapping[str, float], cur: Mapping[str, float]) -> bool:
+    """Whether the queue emptied during the interval: messages waited at its start and none at its end.
+
+    Little's law needs the interval's *average* in-flight count, and a tick only samples it at
+    the interval's end. When a queue drains mid-interval, the replicas were all busy for part
+    of it and idle at the end, so the sample is far below the average and the throughput per
+    replica reads high: on diurnal with the adversarial advisor, 50 replicas draining 9,434
+    messages left 5 in flight at the tick, and for the next 20 ticks the estimate read 70/s per
+    replica for 50/s of work (68 messages late).
+    """
+    p0, p1 = _pending(prev), _pending(cur)
+    return p0 is not None and p1 is not None and p0 > 0 and p1 <= 0
+
+
 def estimate_mu(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, float]]]) -> tuple[float | None, str]:
     saturated: list[float] = []
     # newest first: only the last MU_SAMPLES saturated intervals of the last MU_SCAN are used
@@ -131,8 +146,11 @@ def estimate_mu(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, f
     # The window reaches back (newest first) until it holds enough in-flight samples to trust.
     out_sum = in_flight = 0.0
     used = 0
-    for _, o in reversed(points):
+    for k in range(len(points) - 1, -1, -1):
+        o = points[k][1]
         if "queue.rate_out" not in o or "queue.ack_pending" not in o:
+            continue
+        if k > 0 and _drained(points[k - 1][1], o):
             continue
         out_sum += o["queue.rate_out"]
         in_flight += o["queue.ack_pending"]
@@ -282,6 +300,22 @@ def docktor_policy(
         if keep > n:
             n = keep
             why += f"; {keep} kept: needed again within {horizon + SCALE_IN_EXTRA * (lag + step):.0f}s"
+    if feasible and n < running and queued > 0:
+        # The source says how many messages arrived per check interval, not when within it, and
+        # the plan spreads them evenly. After a spike that ended early in an interval the queue
+        # is older than that (with 15 s checks, a queue left by a 7 s spike looked 6 s younger
+        # than it was, and replicas went while its head was due). So no replica is removed
+        # unless the plan still holds with each interval's arrivals at its start, the oldest
+        # the queue can be. Scale-out keeps the even spread: the next check corrects it.
+        e_at, e_due = dl.queue_deadlines(queued, times, rates, now, slo, earliest=True)
+        oldest = dl.demand(e_at, e_due, slo, rate_now, level, step, horizon, step, marks)
+        if not dl.fewest_replicas(cap, oldest, ceiling, 0.0)[1]:
+            held = max(current, int(running))
+            return Proposal(
+                held,
+                f"needs {n}: {why}; queued messages may be late whatever the count if they came early in "
+                f"their {step:g}s interval: keeping all {held}",
+            )
     if not feasible and n < running:
         held = max(current, int(running))
         return Proposal(held, f"needs {n}: {why}; some queued messages are late whatever the count: keeping all {held}")
