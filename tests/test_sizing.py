@@ -243,7 +243,7 @@ def test_a_spike_early_in_a_long_check_interval_loses_no_message() -> None:
 def test_a_recent_surge_is_provisioned_for_when_the_next_check_could_not_react() -> None:
     # SLO 15 s, start-up 30 s: a surge is late before any new replica is ready, so the count must
     # hold it. The same calm load with a 600/s minute ten minutes ago needs more replicas.
-    config = svc(target_wait=15, startup_delay=30)
+    config = svc(target_wait=15, startup_delay=30, max_replicas=200)
     calm = steady(100, 4, 1200)
     surged = steady(100, 4, 1200)
     surged.history = type(surged.history)(
@@ -253,6 +253,22 @@ def test_a_recent_surge_is_provisioned_for_when_the_next_check_could_not_react()
     o = obs(backlog=0, rate_in=100, running=4, ack=2)
     assert propose(config, o, 4, surged, 1200.0).target > propose(config, o, 4, calm, 1200.0).target
     assert "to absorb" in propose(config, o, 4, surged, 1200.0).reason
+
+
+def test_a_surge_beyond_what_max_replicas_could_absorb_holds_nothing_back() -> None:
+    # The same surge with max_replicas 50: no allowed count absorbs it in time, so holding the
+    # maximum for SURGE_MEMORY on a calm queue would only cost (the rabbitmq example sat at its
+    # max of 8 on an idle queue for 30 min after one burst).
+    config = svc(target_wait=15, startup_delay=30, max_replicas=50)
+    calm = steady(100, 4, 1200)
+    surged = steady(100, 4, 1200)
+    surged.history = type(surged.history)(
+        [(t, obs(backlog=0, rate_in=600 if 600 <= t < 660 else 100, running=4, ack=2)) for t, _ in surged.history],
+        maxlen=surged.history.maxlen,
+    )
+    o = obs(backlog=0, rate_in=100, running=4, ack=2)
+    assert propose(config, o, 4, surged, 1200.0).target == propose(config, o, 4, calm, 1200.0).target
+    assert "to absorb" not in propose(config, o, 4, surged, 1200.0).reason
 
 
 def test_with_time_to_react_a_past_surge_costs_nothing_now() -> None:

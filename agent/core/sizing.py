@@ -286,7 +286,9 @@ def docktor_policy(
         )
         added = dl.growth(np.arange(ceiling + 1, dtype=float), RECOURSE_CHECKS, _step_up(svc), float(svc.max_replicas))
         n_robust, _ = dl.with_recourse(cap, surge, ceiling, 0.0, checks, added)
-        if n_robust > n:
+        # A surge that more than max_replicas could not absorb in time is past insurance: holding
+        # the maximum for SURGE_MEMORY on an idle queue would not meet the SLO either, only cost.
+        if n < n_robust <= svc.max_replicas:
             n = n_robust
             why += f"; {n} to absorb {burst:.0f} at once then {peak:.4g}/s (the peak of the last {SURGE_MEMORY / 60:.0f} min)"
 
