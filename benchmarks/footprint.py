@@ -47,6 +47,26 @@ services:
 """
 
 
+def services_yaml(url: str, n: int, interval: float) -> str:
+    """``n`` services on one NATS server, each with its own stream and one local replica."""
+    return "".join(
+        f"""
+  - name: svc{i}
+    executor: local
+    command: ["sleep", "3600"]
+    min_replicas: 1
+    max_replicas: 1
+    check_interval: {interval}
+    policy: rules
+    queue: {{kind: nats, url: "{url}", stream: S{i}, consumer: C{i}}}
+    rules:
+      scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
+      scale_down_when: [{{metric: queue.backlog, op: "<=", value: 100}}]
+"""
+        for i in range(n)
+    )
+
+
 def decision_throughput(policy: str, seconds: float = 2.0) -> float:
     svc = parse_config(RULES_SERVICE.format(policy=policy), Path("/tmp/bench.yaml"), {}).services[0]
     state = ServiceState()
@@ -97,22 +117,7 @@ def daemon_footprint(services: int = 10, interval: float = 1.0, seconds: float =
     daemon = None
     try:
         asyncio.run(_make_streams(url, services))
-        svc_yaml = "".join(
-            f"""
-  - name: svc{i}
-    executor: local
-    command: ["sleep", "3600"]
-    min_replicas: 1
-    max_replicas: 1
-    check_interval: {interval}
-    policy: rules
-    queue: {{kind: nats, url: "{url}", stream: S{i}, consumer: C{i}}}
-    rules:
-      scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
-      scale_down_when: [{{metric: queue.backlog, op: "<=", value: 100}}]
-"""
-            for i in range(services)
-        )
+        svc_yaml = services_yaml(url, services, interval)
         cfg = tmp / "docktor.yaml"
         cfg.write_text(f"state_dir: {tmp / 'state'}\nservices:{svc_yaml}")
         daemon = subprocess.Popen([sys.executable, "-m", "docktor.agent.cli", "daemon", "start", "--config", str(cfg), "--foreground"],

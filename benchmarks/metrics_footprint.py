@@ -25,27 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.footprint import _make_streams, _proc_sample
+from benchmarks.footprint import _make_streams, _proc_sample, services_yaml
 from docktor.agent.demo.nats_server import NatsServer, free_port
-
-
-def services_yaml(url: str, n: int, interval: float) -> str:
-    return "".join(
-        f"""
-  - name: svc{i}
-    executor: local
-    command: ["sleep", "3600"]
-    min_replicas: 1
-    max_replicas: 1
-    check_interval: {interval}
-    policy: rules
-    queue: {{kind: nats, url: "{url}", stream: S{i}, consumer: C{i}}}
-    rules:
-      scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
-      scale_down_when: [{{metric: queue.backlog, op: "<=", value: 100}}]
-"""
-        for i in range(n)
-    )
 
 
 def start_daemon(dir: Path, services: str, metrics_port: int | None) -> subprocess.Popen[bytes]:

@@ -240,16 +240,22 @@ def test_a_spike_early_in_a_long_check_interval_loses_no_message() -> None:
 # ------------------------------------------------------------------ robustness
 
 
+def surged_minute_ago(running: int) -> ServiceState:
+    """Twenty minutes of 100/s on ``running`` replicas, with one minute at 600/s ten minutes ago."""
+    state = steady(100, running, 1200)
+    state.history = type(state.history)(
+        [(t, obs(backlog=0, rate_in=600 if 600 <= t < 660 else 100, running=running, ack=2)) for t, _ in state.history],
+        maxlen=state.history.maxlen,
+    )
+    return state
+
+
 def test_a_recent_surge_is_provisioned_for_when_the_next_check_could_not_react() -> None:
     # SLO 15 s, start-up 30 s: a surge is late before any new replica is ready, so the count must
     # hold it. The same calm load with a 600/s minute ten minutes ago needs more replicas.
     config = svc(target_wait=15, startup_delay=30, max_replicas=200)
     calm = steady(100, 4, 1200)
-    surged = steady(100, 4, 1200)
-    surged.history = type(surged.history)(
-        [(t, obs(backlog=0, rate_in=600 if 600 <= t < 660 else 100, running=4, ack=2)) for t, _ in surged.history],
-        maxlen=surged.history.maxlen,
-    )
+    surged = surged_minute_ago(4)
     o = obs(backlog=0, rate_in=100, running=4, ack=2)
     assert propose(config, o, 4, surged, 1200.0).target > propose(config, o, 4, calm, 1200.0).target
     assert "to absorb" in propose(config, o, 4, surged, 1200.0).reason
@@ -261,11 +267,7 @@ def test_a_surge_beyond_what_max_replicas_could_absorb_holds_nothing_back() -> N
     # max of 8 on an idle queue for 30 min after one burst).
     config = svc(target_wait=15, startup_delay=30, max_replicas=50)
     calm = steady(100, 4, 1200)
-    surged = steady(100, 4, 1200)
-    surged.history = type(surged.history)(
-        [(t, obs(backlog=0, rate_in=600 if 600 <= t < 660 else 100, running=4, ack=2)) for t, _ in surged.history],
-        maxlen=surged.history.maxlen,
-    )
+    surged = surged_minute_ago(4)
     o = obs(backlog=0, rate_in=100, running=4, ack=2)
     assert propose(config, o, 4, surged, 1200.0).target == propose(config, o, 4, calm, 1200.0).target
     assert "to absorb" not in propose(config, o, 4, surged, 1200.0).reason
@@ -275,11 +277,7 @@ def test_with_time_to_react_a_past_surge_costs_nothing_now() -> None:
     # SLO 60 s, start-up 5 s, checks every 5 s: later checks can scale out long before a surge's
     # first message is due, so the same history needs no spare replicas
     config = svc(target_wait=60, startup_delay=5)
-    state = steady(100, 2, 1200)
-    state.history = type(state.history)(
-        [(t, obs(backlog=0, rate_in=600 if 600 <= t < 660 else 100, running=2, ack=2)) for t, _ in state.history],
-        maxlen=state.history.maxlen,
-    )
+    state = surged_minute_ago(2)
     assert propose(config, obs(backlog=0, rate_in=100, running=2, ack=2), 2, state, 1200.0).target <= 2
 
 
