@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers import NatsServer, start_nats
+from tests.peers import NatsServer, SmallDisk, small_disk, start_nats
 
 # CPython 3.11 keeps the AST constructor's recursion counter in per-interpreter state, not per
 # call (python/cpython#106905; pytest#10763). Any AST built while another is being built resets
@@ -51,3 +51,13 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A real 1 MiB file system mounted at ``tmp_path/state`` (skips without the rights to mount)."""
+    d = small_disk(tmp_path / "state", 1024 * 1024)
+    try:
+        yield d
+    finally:
+        d.umount()

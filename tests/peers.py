@@ -284,7 +284,7 @@ class SmallDisk:
 
 def small_disk(path: Path, size: int = 1024 * 1024) -> SmallDisk:
     """A mounted :class:`SmallDisk`; skips with the reason when mounting is impossible. Unmount it
-    in a ``finally`` (the ``small_disk`` fixture of the tests that use it does)."""
+    in a ``finally`` (the ``disk`` fixture in tests/conftest.py does)."""
     disk = SmallDisk(path, size)
     disk.mount()
     return disk

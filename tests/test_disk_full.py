@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,8 @@ import pytest
 from docktor.agent.config.load import parse_config
 from docktor.agent.runtime.decision_log import log_files, read_records
 from docktor.agent.runtime.loop import Daemon
-from tests.peers import NatsServer, SmallDisk, small_disk
+from tests.peers import NatsServer, SmallDisk
 from tests.test_loop import make_stream, publish
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    d = small_disk(tmp_path / "state", 1024 * 1024)
-    try:
-        yield d
-    finally:
-        d.umount()
 
 
 def config_text(state_dir: Path, url: str, marker: str, interval: float = 0.3) -> str:

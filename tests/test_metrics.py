@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, read
 from docktor.agent.runtime.loop import Daemon
 from docktor.agent.runtime.metrics import DaemonMetrics, MetricsServer, llm_outcome, serve
 from docktor.agent.runtime.recorder import Recorder
-from tests.peers import NatsServer, SmallDisk, free_port, small_disk
+from tests.peers import NatsServer, SmallDisk, free_port
 from tests.test_loop import make_stream, publish
 
 SERVICE = """
@@ -438,15 +438,6 @@ async def test_a_running_daemon_counts_each_decision_once(tmp_path: Path, nats_s
     ticks = value(samples, "docktor_tick_duration_seconds_count", service="worker")
     assert ticks is not None and ticks >= len(records)
     assert value(samples, "docktor_decision_log_writable") == 1
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    d = small_disk(tmp_path / "state", 1024 * 1024)
-    try:
-        yield d
-    finally:
-        d.umount()
 
 
 async def test_a_full_disk_shows_in_metrics_and_clears(tmp_path: Path, nats_server: NatsServer, disk: SmallDisk) -> None:

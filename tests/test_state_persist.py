@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from docktor.agent.core.guardrails import Gate, envelope
 from docktor.agent.core.state import ServiceState
 from docktor.agent.runtime.loop import Daemon
 from docktor.agent.runtime.persist import Breaker, Identity, Snapshot, StateStore, capture, fold, logged_events, restore
-from tests.peers import NatsServer, SmallDisk, small_disk
+from tests.peers import NatsServer, SmallDisk
 from tests.test_loop import make_stream, publish
 
 SERVICE = """
@@ -194,15 +193,6 @@ def test_an_intent_without_its_outcome_counts_as_done(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the file on a full disk
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    d = small_disk(tmp_path / "state", 1024 * 1024)
-    try:
-        yield d
-    finally:
-        d.umount()
 
 
 def test_the_state_file_is_replaced_whole_or_not_at_all(disk: SmallDisk) -> None:
