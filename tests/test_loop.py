@@ -7,9 +7,12 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.loop import Daemon, next_tick
 from tests.peers import NatsServer
 
 
@@ -132,11 +135,49 @@ async def test_ticks_follow_the_interval_without_drift(tmp_path: Path, nats_serv
     daemon.on_record.append(lambda rec: stamps.append(asyncio.get_running_loop().time()))
     await run_for(daemon, 2.1)
     # Each tick is scheduled at start + k*interval; a slow tick (the first one starts a replica)
-    # skips slots rather than shifting every later tick.
-    gaps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
+    # is followed at once by one more, and the rest stay on the grid rather than shifting.
+    gaps = [b - a for a, b in zip(stamps[2:], stamps[3:])]
     assert gaps and sorted(gaps)[len(gaps) // 2] < 0.3
-    offsets = [(s - stamps[1]) % 0.2 for s in stamps[2:]]
+    offsets = [(s - stamps[2]) % 0.2 for s in stamps[3:]]
     assert all(min(o, 0.2 - o) < 0.1 for o in offsets)
+
+
+def test_a_tick_that_overran_is_followed_at_once_then_the_grid() -> None:
+    # interval 5 s, loop started at 100: tick 0 due at 100, tick 1 at 105, ...
+    assert next_tick(100.0, 5.0, 0, 101.5) == (1, pytest.approx(3.5))  # on time: wait for the next slot
+    assert next_tick(100.0, 5.0, 0, 106.0) == (1, pytest.approx(0.0))  # overran slot 1: run it now
+    assert next_tick(100.0, 5.0, 1, 106.2) == (2, pytest.approx(3.8))  # ... and tick 2 is still due at 110
+    # A scale command that took 13 s: slots 1 and 2 missed; one tick now, the next at 115.
+    assert next_tick(100.0, 5.0, 0, 113.0) == (2, pytest.approx(0.0))
+    assert next_tick(100.0, 5.0, 2, 113.1) == (3, pytest.approx(1.9))
+    # Exactly at the slot counts as overrun by nothing: run it now.
+    assert next_tick(100.0, 5.0, 0, 105.0) == (1, pytest.approx(0.0))
+
+
+class SlowFirstTick(Daemon):
+    """A scripted stand-in for a slow scale command: the first tick takes 1.2 s."""
+
+    stamps: list[float]
+
+    async def tick(self, runner: Any, *, dry_run: bool = False) -> Any:
+        self.stamps.append(asyncio.get_running_loop().time())
+        if len(self.stamps) == 1:
+            await asyncio.sleep(1.2)
+
+
+async def test_the_loop_ticks_at_once_after_an_overrun(tmp_path: Path, nats_server: NatsServer) -> None:
+    await make_stream(nats_server.url)
+    cfg = parse_config(f"state_dir: {tmp_path}\nservices:" + service_yaml("w", nats_server.url, 0.5),
+                       tmp_path / "docktor.yaml")
+    daemon = SlowFirstTick(cfg)
+    daemon.stamps = []
+    await run_for(daemon, 2.3)
+    t0, *later = daemon.stamps
+    # The slow tick ended at 1.2 s: one tick then (not at the 1.5 s slot) ...
+    assert 1.2 <= later[0] - t0 < 1.45, daemon.stamps
+    # ... and the ticks after it on the 0.5 s grid: 1.5 s, 2.0 s (not 1.7 s, 2.2 s).
+    assert len(later) >= 3, daemon.stamps
+    assert all(abs(s - t0 - due) < 0.1 for s, due in zip(later[1:3], (1.5, 2.0))), daemon.stamps
 
 
 async def publish(url: str, subject: str, n: int) -> None:

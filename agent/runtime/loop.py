@@ -52,6 +52,23 @@ StateMode = Literal["off", "read", "write"]
 LAST_SCALED_TIMEOUT_S = 10.0
 
 
+def next_tick(start: float, interval: float, k: int, now: float) -> tuple[int, float]:
+    """After tick ``k`` (due at ``start + k*interval``) ended at ``now``: the next tick's index
+    and how long to wait for it.
+
+    Drift-free: tick ``k`` is due at ``start + k*interval``, so a slow tick never shifts the
+    later ones. A tick that overran its successor's slot (a slow scale command) is followed at
+    once by one more, as Go's ``time.Ticker`` delivers the one tick it kept: what changed while
+    the tick was busy is seen now, not up to an interval later. The other missed slots are
+    dropped, never run back to back to catch up.
+    """
+    due = start + (k + 1) * interval
+    if now < due:
+        return k + 1, due - now
+    # The slot that just passed is run now; the next one after it stays on the grid.
+    return math.floor((now - start) / interval), 0.0
+
+
 class ControlRefused(Exception):
     """A control request that cannot be done as asked (``code`` for the control channel)."""
 
@@ -308,9 +325,7 @@ class Daemon:
                 log.exception("tick of %s failed: %s", runner.svc.name, e)
             for hook in self.on_tick:
                 hook(runner.svc.name, time.monotonic() - started)
-            # Drift-free: the k-th tick is due at start + k*interval; overrun ticks are skipped.
-            k = max(k + 1, math.floor((self.mono() - start) / interval) + 1)
-            delay = start + k * interval - self.mono()
+            k, delay = next_tick(start, interval, k, self.mono())
             try:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, delay))
             except TimeoutError:
