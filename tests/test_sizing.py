@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -273,12 +275,75 @@ def test_a_surge_beyond_what_max_replicas_could_absorb_holds_nothing_back() -> N
     assert "to absorb" not in propose(config, o, 4, surged, 1200.0).reason
 
 
+def test_a_surge_beyond_max_replicas_that_came_back_is_softened_with_at_most_the_maximum() -> None:
+    # Two such minutes, five minutes apart: a pattern, not a one-off. max_replicas cannot absorb
+    # it in time, but spare replicas make fewer messages late when it comes again.
+    config = svc(target_wait=15, startup_delay=30, max_replicas=50)
+    calm = steady(100, 4, 1200)
+    twice = surged_minute_ago(4)
+    twice.history = type(twice.history)(
+        [(t, obs(backlog=0, rate_in=600 if 300 <= t < 360 or 600 <= t < 660 else 100, running=4, ack=2))
+         for t, _ in twice.history],
+        maxlen=twice.history.maxlen,
+    )
+    o = obs(backlog=0, rate_in=100, running=4, ack=2)
+    p = propose(config, o, 4, twice, 1200.0)
+    assert propose(config, o, 4, calm, 1200.0).target < p.target <= 50
+    assert "a surge seen again in the last 30 min" in p.reason
+
+
 def test_with_time_to_react_a_past_surge_costs_nothing_now() -> None:
     # SLO 60 s, start-up 5 s, checks every 5 s: later checks can scale out long before a surge's
     # first message is due, so the same history needs no spare replicas
     config = svc(target_wait=60, startup_delay=5)
     state = surged_minute_ago(2)
     assert propose(config, obs(backlog=0, rate_in=100, running=2, ack=2), 2, state, 1200.0).target <= 2
+
+
+def rising(from_rate: float, per_s: float, running: int, until: float, noise: float = 0.0) -> ServiceState:
+    """Ticks every 5 s: the rate rises by ``per_s`` each second (plus alternating ``noise``)."""
+    pts = []
+    for k, t in enumerate(range(0, int(until), 5)):
+        rate = from_rate + per_s * t + (noise if k % 2 else -noise)
+        pts.append((float(t), obs(backlog=0, rate_in=rate, running=running, ack=rate / 50.0)))
+    return history(pts)
+
+
+def test_a_steady_rise_is_planned_ahead_when_a_start_up_outlasts_the_wait_budget() -> None:
+    # 60 s start-up, 30 s SLO: replicas started at the next checks serve too late for the
+    # messages the rise brings meanwhile, so plan for the rate it reaches in 60 s (now 400/s,
+    # +5/s per s: 700/s), not today's, which the 8 running replicas of 50/s just serve.
+    config = svc(startup_delay=60, max_replicas=100)
+    state = rising(100, 5.0, 8, 60)
+    o = obs(backlog=0, rate_in=400, running=8, ack=8)
+    p = propose(config, o, 8, state, 60.0)
+    assert "700/s in 60s (rising 5/s per s)" in p.reason
+    # The 8 serve 400/s for the whole plan (92 s), the ones added now only its last 32 s: the
+    # 2,000 + 700 x 60 messages due by then need 5 more.
+    assert p.target >= 8 + math.ceil((2_000 + 700 * 60 - 400 * 92) / (50 * 32)), p.reason
+    flat = propose(config, o, 8, steady(400, 8, 60), 60.0)
+    assert flat.target == 8 and "rising" not in flat.reason
+
+
+def test_noise_without_a_rise_adds_nothing() -> None:
+    # +-60/s around a flat 400/s: the fitted slope is within its error, so no rise is planned.
+    noisy = rising(400, 0.0, 8, 180, noise=60.0)
+    assert sizing.rise_per_second(*rates_of(noisy), 180.0 - 65) == 0.0
+    o = obs(backlog=0, rate_in=400, running=8, ack=8)
+    assert "rising" not in propose(svc(startup_delay=60, max_replicas=100), o, 8, noisy, 180.0).reason
+
+
+def test_with_time_to_react_a_rise_is_left_to_the_next_checks() -> None:
+    # 10 s start-up, 30 s SLO: the next checks follow the rise in time; no extrapolation.
+    config = svc(startup_delay=10, max_replicas=100)
+    state = rising(100, 5.0, 8, 60)
+    o = obs(backlog=0, rate_in=400, running=8, ack=8)
+    assert "rising" not in propose(config, o, 8, state, 60.0).reason
+
+
+def rates_of(state: ServiceState) -> tuple[np.ndarray, np.ndarray]:
+    pts = list(state.history)
+    return np.array([t for t, _ in pts]), np.array([o["queue.rate_in"] for _, o in pts])
 
 
 # ------------------------------------------------------------------ contract
