@@ -81,7 +81,7 @@ class RabbitMQ:
         need_binary("rabbitmq-server")
         script = SHARED / "env" / "rabbitmq-local.sh"
         need(script.is_file(), f"{script} missing (the RabbitMQ launcher lives in ../shared)", REQUIRE)
-        broker = cls(dir, free_port(), free_port())
+        broker = cls(dir, _amqp_port(), free_port())
         broker.launch()
         return broker
 
@@ -122,6 +122,23 @@ class RabbitMQ:
         with urllib.request.urlopen(req, timeout=10) as r:
             data = r.read()
             return json.loads(data) if data else None
+
+
+def _amqp_port() -> int:
+    """A free AMQP port whose Erlang distribution port is free too.
+
+    rabbitmq-local.sh derives the node's distribution port from the AMQP port (+-20000); a
+    broker whose distribution port another process holds fails to start, so both must be free.
+    """
+    while True:
+        port = free_port()
+        dist = port - 20000 if port + 20000 > 65000 else port + 20000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", dist))
+            except OSError:
+                continue
+        return port
 
 
 def _listening(port: int) -> bool:
