@@ -14,8 +14,10 @@ from typing import Any
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import ServiceUnavailableError
 
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.nats import NatsSettings, NatsSource
@@ -52,6 +54,24 @@ async def _leader(js: JetStreamContext, consumer: bool) -> str | None:
     return info.cluster.leader if info.cluster else None
 
 
+async def fetch(sub: JetStreamContext.PullSubscription, n: int) -> list[Msg]:
+    """``n`` messages from the replicated consumer, once it can serve them.
+
+    A pull is answered by the consumer's leader. Right after the consumer is created, or after
+    its leader stepped down, the server this client talks to may know of no leader's interest
+    yet and answers 503 (no responders) at once; no message is handed out then, so asking again
+    until one answers loses and duplicates nothing.
+    """
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        try:
+            return await sub.fetch(n, timeout=5)
+        except ServiceUnavailableError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def step_down(nc: Client, js: JetStreamContext, consumer: bool) -> tuple[str, str]:
     """Ask the stream's (or the consumer's) leader to step down; wait until another one leads."""
     before = await _leader(js, consumer)
@@ -81,7 +101,7 @@ async def test_leader_step_downs_keep_figures_exact_and_rates_continuous(cluster
         for i in range(20):
             await js.publish(SUBJECT, f"order {i}".encode())
         sub = await js.pull_subscribe_bind(CONSUMER, stream=STREAM)
-        taken = await sub.fetch(8, timeout=5)
+        taken = await fetch(sub, 8)
         for m in taken[:5]:
             await m.ack_sync()
         held = taken[5:]  # 3 in flight, acked oldest first later so the ack floor moves by exactly that
@@ -96,7 +116,7 @@ async def test_leader_step_downs_keep_figures_exact_and_rates_continuous(cluster
             leaders.append(await step_down(nc, js, consumer=round_ % 2 == 0))
             for i in range(4):
                 await js.publish(SUBJECT, f"round {round_} order {i}".encode())
-            held += await sub.fetch(2, timeout=5)
+            held += await fetch(sub, 2)
             for m in held[:2]:
                 await m.ack_sync()
             held = held[2:]
@@ -133,7 +153,7 @@ async def test_reading_through_any_single_server_agrees(cluster: list[NatsServer
         for i in range(9):
             await js.publish(SUBJECT, f"order {i}".encode())
         sub = await js.pull_subscribe_bind(CONSUMER, stream=STREAM)
-        for m in (await sub.fetch(4, timeout=5))[:1]:
+        for m in (await fetch(sub, 4))[:1]:
             await m.ack_sync()
         readings = []
         for server in cluster:
