@@ -33,10 +33,14 @@ lint: $(STAMP)
 # The project's own figures (docs/benchmarks.md): start-up, decision throughput and daemon
 # footprint, and the policies on the shipped load traces. Also, with their peers:
 #   python -m benchmarks.llm (the llama.cpp peer), python -m benchmarks.compose (Docker).
+# The figures that need only this machine (no Docker, no LLM, no ../shared), a few minutes;
+# the rest of docs/benchmarks.md names its own command each.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.startup
 	$(BIN)/python -m benchmarks.footprint
 	$(BIN)/docktor bench
+	$(BIN)/python -m benchmarks.policy_defaults
+	$(BIN)/python -m benchmarks.nats_multi_sim
 
 lock: $(STAMP)
 	$(BIN)/pip freeze --all --exclude-editable | sed '1i # Exact versions the Makefile installs (pip install -r requirements.lock, then docktor itself with --no-deps).\n# Regenerate with: make lock' > requirements.lock
