@@ -155,29 +155,29 @@ def test_a_tick_that_overran_is_followed_at_once_then_the_grid() -> None:
 
 
 class SlowFirstTick(Daemon):
-    """A scripted stand-in for a slow scale command: the first tick takes 1.2 s."""
+    """A scripted stand-in for a slow scale command: the first tick takes 2.4 s."""
 
     stamps: list[float]
 
     async def tick(self, runner: Any, *, dry_run: bool = False) -> Any:
         self.stamps.append(asyncio.get_running_loop().time())
         if len(self.stamps) == 1:
-            await asyncio.sleep(1.2)
+            await asyncio.sleep(2.4)
 
 
 async def test_the_loop_ticks_at_once_after_an_overrun(tmp_path: Path, nats_server: NatsServer) -> None:
     await make_stream(nats_server.url)
-    cfg = parse_config(f"state_dir: {tmp_path}\nservices:" + service_yaml("w", nats_server.url, 0.5),
+    cfg = parse_config(f"state_dir: {tmp_path}\nservices:" + service_yaml("w", nats_server.url, 1.0),
                        tmp_path / "docktor.yaml")
     daemon = SlowFirstTick(cfg)
     daemon.stamps = []
-    await run_for(daemon, 2.3)
+    await run_for(daemon, 4.6)
     t0, *later = daemon.stamps
-    # The slow tick ended at 1.2 s: one tick then (not at the 1.5 s slot) ...
-    assert 1.2 <= later[0] - t0 < 1.45, daemon.stamps
-    # ... and the ticks after it on the 0.5 s grid: 1.5 s, 2.0 s (not 1.7 s, 2.2 s).
+    # The slow tick ended at 2.4 s: one tick then (not at the 3 s slot) ...
+    assert 2.4 <= later[0] - t0 < 2.9, daemon.stamps
+    # ... and the ticks after it on the 1 s grid: 3 s, 4 s (not 3.4 s, 4.4 s).
     assert len(later) >= 3, daemon.stamps
-    assert all(abs(s - t0 - due) < 0.1 for s, due in zip(later[1:3], (1.5, 2.0))), daemon.stamps
+    assert all(abs(s - t0 - due) < 0.2 for s, due in zip(later[1:3], (3.0, 4.0))), daemon.stamps
 
 
 async def publish(url: str, subject: str, n: int) -> None:
