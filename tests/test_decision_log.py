@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from docktor.agent.runtime.decision_log import (
     read_records,
     rfc3339,
 )
-from tests.peers import SmallDisk, small_disk
+from tests.peers import SmallDisk
 
 
 def record(service: str = "w", ts: float = 1_700_000_000.0, reason: str = "r", **extra: object) -> DecisionRecord:
@@ -152,13 +151,8 @@ def test_killing_the_writer_never_leaves_a_torn_line(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a full disk, for real
 
 
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    d = small_disk(tmp_path / "disk", 256 * 1024)
-    try:
-        yield d
-    finally:
-        d.umount()
+# ``disk`` (tests/conftest.py): a real tmpfs; its size does not matter here, ``leave`` fills it
+# and gives back only the bytes a test asks for.
 
 
 def whole_lines(path: Path) -> list[dict[str, object]]:
