@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -44,14 +45,22 @@ def history(points: list[tuple[float, dict[str, float]]]) -> ServiceState:
     return state
 
 
-def steady(rate: float, running: int, until: float, backlog: float = 0.0, start: float = 0.0) -> ServiceState:
-    """Ticks every 5 s at a constant arrival rate, each replica doing 50/s (Little's law reads it)."""
+def ticks(rate_at: Callable[[int, float], float], running: int, until: float, backlog: float = 0.0,
+          start: float = 0.0) -> ServiceState:
+    """Ticks every 5 s, the k-th at time t with arrival rate ``rate_at(k, t)``, each replica doing
+    50/s (Little's law reads it)."""
     pts = []
-    t = start
+    t, k = start, 0
     while t < until:
+        rate = rate_at(k, t)
         pts.append((t, obs(backlog=backlog, rate_in=rate, rate_out=rate, running=running, ack=rate / 50.0)))
-        t += 5.0
+        t, k = t + 5.0, k + 1
     return history(pts)
+
+
+def steady(rate: float, running: int, until: float, backlog: float = 0.0, start: float = 0.0) -> ServiceState:
+    """Ticks every 5 s at a constant arrival rate."""
+    return ticks(lambda k, t: rate, running, until, backlog, start)
 
 
 def propose(config: ServiceConfig, o: dict[str, float], current: int, state: ServiceState, now: float) -> sizing.Proposal:
@@ -242,14 +251,14 @@ def test_a_spike_early_in_a_long_check_interval_loses_no_message() -> None:
 # ------------------------------------------------------------------ robustness
 
 
-def surged_minute_ago(running: int) -> ServiceState:
-    """Twenty minutes of 100/s on ``running`` replicas, with one minute at 600/s ten minutes ago."""
-    state = steady(100, running, 1200)
-    state.history = type(state.history)(
-        [(t, obs(backlog=0, rate_in=600 if 600 <= t < 660 else 100, running=running, ack=2)) for t, _ in state.history],
-        maxlen=state.history.maxlen,
-    )
-    return state
+def surged_minute_ago(running: int, *also_at: float) -> ServiceState:
+    """Twenty minutes of 100/s on ``running`` replicas, with one minute at 600/s ten minutes ago
+    (and one more from each of ``also_at`` seconds)."""
+    starts = (600.0, *also_at)
+    return history([
+        (t, obs(backlog=0, rate_in=600 if any(s <= t < s + 60 for s in starts) else 100, running=running, ack=2))
+        for t, _ in steady(100, running, 1200).history
+    ])
 
 
 def test_a_recent_surge_is_provisioned_for_when_the_next_check_could_not_react() -> None:
@@ -280,12 +289,7 @@ def test_a_surge_beyond_max_replicas_that_came_back_is_softened_with_at_most_the
     # it in time, but spare replicas make fewer messages late when it comes again.
     config = svc(target_wait=15, startup_delay=30, max_replicas=50)
     calm = steady(100, 4, 1200)
-    twice = surged_minute_ago(4)
-    twice.history = type(twice.history)(
-        [(t, obs(backlog=0, rate_in=600 if 300 <= t < 360 or 600 <= t < 660 else 100, running=4, ack=2))
-         for t, _ in twice.history],
-        maxlen=twice.history.maxlen,
-    )
+    twice = surged_minute_ago(4, 300.0)
     o = obs(backlog=0, rate_in=100, running=4, ack=2)
     p = propose(config, o, 4, twice, 1200.0)
     assert propose(config, o, 4, calm, 1200.0).target < p.target <= 50
@@ -302,11 +306,7 @@ def test_with_time_to_react_a_past_surge_costs_nothing_now() -> None:
 
 def rising(from_rate: float, per_s: float, running: int, until: float, noise: float = 0.0) -> ServiceState:
     """Ticks every 5 s: the rate rises by ``per_s`` each second (plus alternating ``noise``)."""
-    pts = []
-    for k, t in enumerate(range(0, int(until), 5)):
-        rate = from_rate + per_s * t + (noise if k % 2 else -noise)
-        pts.append((float(t), obs(backlog=0, rate_in=rate, running=running, ack=rate / 50.0)))
-    return history(pts)
+    return ticks(lambda k, t: from_rate + per_s * t + (noise if k % 2 else -noise), running, until)
 
 
 def test_a_steady_rise_is_planned_ahead_when_a_start_up_outlasts_the_wait_budget() -> None:
