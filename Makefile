@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/docktor bench
 	$(BIN)/python -m benchmarks.policy_defaults
 	$(BIN)/python -m benchmarks.nats_multi_sim
+	$(BIN)/python -m benchmarks.versus_hpa_tuned
 
 lock: $(STAMP)
 	$(BIN)/pip freeze --all --exclude-editable | sed '1i # Exact versions the Makefile installs (pip install -r requirements.lock, then docktor itself with --no-deps).\n# Regenerate with: make lock' > requirements.lock
