@@ -10,7 +10,8 @@ import json
 import time
 
 from docktor.agent.advisor.advisor import Advisor
-from docktor.agent.core.decide import finish
+from docktor.agent.config.model import Rules
+from docktor.agent.core.decide import conclude, finish
 from docktor.agent.core.state import ServiceState
 from tests.advisor_helpers import StaticTools, llm_config, make_plan, service
 from tests.scripted_openai_server import HANG, ScriptedOpenAIServer, answer, completion, error
@@ -79,6 +80,23 @@ async def test_scripted_server_target_10000_is_clamped_to_the_envelope():
     assert decision.proposal == 10000
     assert decision.target == p.envelope.hi == 4  # step limit: 2 + scale_up_by 2
     assert [g.name for g in decision.guardrails] == ["step_limit"]
+
+
+async def test_scripted_server_answer_past_the_llm_allowance_is_limited_by_llm_extra():
+    """The allowance of the llm: block reaches conclude through the advisor's advice."""
+    svc = service(policy="target", target_per_replica=100, rules=Rules(), scale_up_percent=900, max_replicas=100)
+    p = make_plan(svc, backlog=800, current=4)  # the policy wants 8, the step limit allows 40
+    async with ScriptedOpenAIServer([answer("scale_up", 10000)]) as s:
+        advisor = Advisor(llm_config(s.base_url, max_extra_replicas=3, max_extra_percent=0), env={})
+        try:
+            advice = await advisor.advise(svc, p, ServiceState(), StaticTools(), 1000.0)
+        finally:
+            await advisor.close()
+    assert advice.source == "llm" and advice.record["proposal"] == 10000
+    assert advice.record["envelope"] == [4, 40]  # the direction rule's, as asked
+    decision = conclude(svc, p, advice)
+    assert (decision.target, decision.source) == (11, "llm")  # 8 + 3
+    assert [g.as_dict() for g in decision.guardrails] == [{"name": "llm_extra", "from": 10000, "to": 11}]
 
 
 async def test_scripted_server_negative_target_falls_back():

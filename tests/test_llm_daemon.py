@@ -102,10 +102,12 @@ def assert_inside_envelope(rec: dict[str, Any]) -> None:
     llm = rec["llm"]
     if rec["source"] == "llm":
         # the LLM's own (direction-narrowed) envelope, recorded in its record, holds too; the
-        # decision's is the same, or narrower when the deterministic side scaled up this tick
+        # decision's is the same, or narrower: never below a deterministic scale-up or scale-in,
+        # never more than the allowance above the deterministic target
         lo, hi = llm["envelope"]
         assert lo <= env["lo"] <= rec["target_replicas"] <= env["hi"] <= hi, rec
-        assert env["lo"] == lo or env["lo_by"] == "deterministic_scale_up", rec
+        assert env["lo"] == lo or env["lo_by"] in ("deterministic_scale_up", "deterministic_scale_down"), rec
+        assert env["hi"] == hi or env["hi_by"] in ("llm_extra", "deterministic_scale_down"), rec
 
 
 def deterministic_target(daemon: Daemon, rec: dict[str, Any], now: float) -> int:

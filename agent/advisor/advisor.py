@@ -37,7 +37,7 @@ from docktor.agent.advisor.protocol import (
 )
 from docktor.agent.advisor.server import ServerInfo, count_tokens, estimate_tokens, is_context_overflow, probe
 from docktor.agent.config.model import LLMConfig, ServiceConfig
-from docktor.agent.core.decide import Advice, Plan, Source, deterministic_source
+from docktor.agent.core.decide import Advice, Allowance, Plan, Source, deterministic_source
 from docktor.agent.core.guardrails import Envelope
 from docktor.agent.core.policy import Proposal
 from docktor.agent.core.state import ServiceState
@@ -125,6 +125,8 @@ class Advisor:
         self._server: ServerInfo | None = None
         self._probing = asyncio.Lock()
         self._chars_per_token = 3.0  # until the server's usage figures say otherwise
+        #: how far above the deterministic target an answer may go (applied by ``conclude``)
+        self.allowance = Allowance.of(config)
 
     async def server_info(self) -> ServerInfo:
         """What the server says about its context and tools, asked once (``server.probe``)."""
@@ -175,7 +177,7 @@ class Advisor:
                     return Advice(None, deterministic, record), None
                 # reuse: the last advice, clamped anew into this tick's envelope by finish()
                 record.update(self._answer_fields(mem.answer), reused=True, latency_ms=0.0)
-                return Advice(self._proposal(mem.answer, reused=True), "llm", record, env), None
+                return Advice(self._proposal(mem.answer, reused=True), "llm", record, env, self.allowance), None
             return Advice(None, deterministic, record), env
         except Exception as e:  # never raise: a bug here is a logged fallback, not a crashed tick
             record["error"] = describe_error(e, self.client)
@@ -213,7 +215,7 @@ class Advisor:
                 record["breaker_closed_after"] = mem.failures  # this call was the probe that succeeded
             mem.failures, mem.open_until, mem.last_error = 0, None, ""
             record.update(self._answer_fields(answer))
-            return Advice(self._proposal(answer), "llm", record, env)
+            return Advice(self._proposal(answer), "llm", record, env, self.allowance)
         except asyncio.CancelledError:
             # our own timeout surfaces as TimeoutError; a cancel from outside must propagate
             raise

@@ -71,6 +71,11 @@ class LLMConfig(Strict):
     heartbeat: PositiveSeconds = 300.0
     #: tools offered to the model (default: all); fewer tools make a shorter prompt for small contexts
     tools: list[ToolName] | None = None
+    #: how far the LLM may go above the deterministic count (the current one when that holds):
+    #: the larger of these replicas and this percentage of it, rounded up. The advisor only ever
+    #: adds capacity to the deterministic decision; this bounds what a wrong answer can cost.
+    max_extra_replicas: int = Field(default=2, ge=0)
+    max_extra_percent: float = Field(default=50.0, ge=0, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- plugins

@@ -6,7 +6,9 @@
    what is missing, the direction gate, the guardrail envelope and the policy's own proposal;
 2. an optional advisor (the LLM, or a test's adversary) looks at the plan and may return
    :class:`Advice`: another proposal and the narrower envelope it must stay in;
-3. :func:`conclude` clamps whichever proposal wins into the envelope and says why.
+3. :func:`conclude` clamps whichever proposal wins into the envelope and says why. An advice
+   only ever adds capacity to the deterministic decision, and at most its :class:`Allowance`
+   (:func:`advice_envelope`).
 
 All of these are pure. The caller acts on the decision (or not) and then advances the state
 with :func:`docktor.agent.core.state.remember`.
@@ -14,11 +16,12 @@ with :func:`docktor.agent.core.state.remember`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from docktor.agent.config.model import ServiceConfig
+from docktor.agent.config.model import LLMConfig, ServiceConfig
 from docktor.agent.core.guardrails import Envelope, Gate, GuardrailNote, clamp, envelope
 from docktor.agent.core.metrics import derive
 from docktor.agent.core.policies import LOWER_BOUNDS, POLICIES
@@ -66,6 +69,29 @@ class Plan:
 
 
 @dataclass(frozen=True)
+class Allowance:
+    """How far an advice may go above the deterministic target (``llm.max_extra_replicas``,
+    ``llm.max_extra_percent``): the larger of ``replicas`` and ``percent`` of that target."""
+
+    replicas: int
+    percent: float
+
+    @classmethod
+    def of(cls, llm: LLMConfig) -> Allowance:
+        return cls(llm.max_extra_replicas, llm.max_extra_percent)
+
+    def above(self, base: int) -> int:
+        """Replicas an advice may add to ``base`` (the deterministic target)."""
+        # a share past any real fleet is capped before rounding, so a huge percentage cannot overflow
+        share = min(max(base, 0) * self.percent / 100, 1e12)
+        return max(self.replicas, math.ceil(share))
+
+
+#: the allowance of an ``llm:`` block that sets none, and of an advisor that names none
+DEFAULT_ALLOWANCE = Allowance.of(LLMConfig())
+
+
+@dataclass(frozen=True)
 class Advice:
     """What an advisor says about a plan."""
 
@@ -76,6 +102,8 @@ class Advice:
     record: Mapping[str, Any] | None = None
     #: the envelope the proposal must stay in; None: the plan's
     envelope: Envelope | None = None
+    #: how far above the deterministic target the proposal may go (the advisor's ``llm:`` block)
+    allowance: Allowance = DEFAULT_ALLOWANCE
 
 
 #: an advisor as :func:`step` calls it
@@ -244,21 +272,56 @@ def finish(
     )
 
 
+def advice_envelope(env: Envelope, deterministic: Decision, allowance: Allowance) -> Envelope:
+    """The part of an advice's envelope ``env`` it may land in, given the deterministic decision.
+
+    The advisor only ever adds capacity to what the deterministic side does, and only so much:
+
+    * when the deterministic decision scales up, no lower than its target: an advice never stops
+      a scale-up short (``deterministic_scale_up``);
+    * when it scales in, no lower than its target and no higher than the current count: an advice
+      may keep replicas it would remove, never remove more, never turn it into a scale-up
+      (``deterministic_scale_down``). For a sizing policy the target is the fewest replicas its
+      plan says meet the SLO, so fewer would be a predicted miss;
+    * always, no higher than the target plus the allowance (``llm_extra``); when the deterministic
+      decision holds, its target is the current count. The lower side is then ``env``'s: with
+      ``may_act_without_rules`` the user let the advice scale in, inside the guardrails.
+
+    The guardrails in ``env`` (bounds, step limits, cooldowns...) still apply: the result is the
+    intersection, and it always holds the deterministic target, so keeping it is always possible.
+    """
+    d, current, action = deterministic.target, deterministic.current, deterministic.decision
+    # llm_envelope narrows this plan's envelope, which holds d; an envelope that does not is
+    # widened to d rather than trusted to rule the deterministic decision out
+    lo, lo_by, lo_left = (env.lo, env.lo_by, env.lo_left) if env.lo <= d else (d, env.lo_by, None)
+    hi, hi_by, hi_left = (env.hi, env.hi_by, env.hi_left) if env.hi >= d else (d, env.hi_by, None)
+    if action != "hold":
+        # named so even where a guardrail's side is already there (the plan's stabilization side
+        # starts at the policy's own proposal): for an advice, the deterministic target is why
+        lo, lo_by, lo_left = d, f"deterministic_{action}", None
+    if action == "scale_down" and hi > current:
+        hi, hi_by, hi_left = current, "deterministic_scale_down", None
+    top = d + allowance.above(d)
+    if hi > top:
+        hi, hi_by, hi_left = top, "llm_extra", None
+    return Envelope(lo, hi, lo_by, hi_by, lo_left=lo_left, hi_left=hi_left)
+
+
 def conclude(svc: ServiceConfig, p: Plan, advice: Advice | None = None) -> Decision:
     """The decision for ``p``: the advice's proposal when it has one, else the policy's, clamped.
 
-    An advisor never delays a scale-up: when the deterministic decision scales up, the advice may
-    go further (inside its envelope) but not stop short of it (``deterministic_scale_up``).
+    An advice's proposal is clamped into its envelope narrowed by :func:`advice_envelope`: never
+    short of a deterministic scale-up, never below a deterministic scale-in, never more than its
+    allowance above the deterministic target. An advice without a proposal is the deterministic
+    decision, recorded with the advice's source and record.
     """
     deterministic = finish(svc, p, p.proposal, deterministic_source(svc))
     if advice is None:
         return deterministic
     if advice.proposal is None:
-        return finish(svc, p, p.proposal, advice.source, envelope=advice.envelope, advice=advice.record)
-    env = advice.envelope or p.envelope
-    if deterministic.decision == "scale_up" and env.lo < deterministic.target:
-        env = Envelope(deterministic.target, max(env.hi, deterministic.target), "deterministic_scale_up", env.hi_by,
-                       hi_left=env.hi_left)
+        # the plan's envelope, not the advice's: an advisor that declined must not change the decision
+        return finish(svc, p, p.proposal, advice.source, advice=advice.record)
+    env = advice_envelope(advice.envelope or p.envelope, deterministic, advice.allowance)
     return finish(svc, p, advice.proposal, advice.source, envelope=env, advice=advice.record)
 
 

@@ -53,6 +53,8 @@ _GUARDRAIL_WORDS: dict[str, str] = {
     "direction": "the rules (no scale rule fired that way)",
     "llm_direction": "the direction the rules allow",
     "deterministic_scale_up": "the deterministic scale-up",
+    "deterministic_scale_down": "the deterministic scale-down",
+    "llm_extra": "the LLM's allowance above the deterministic count",
 }
 
 

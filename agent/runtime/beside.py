@@ -95,7 +95,7 @@ class AdvisorBeside:
         env = llm_envelope(svc, plan, state, now, self.advisor.config.may_act_without_rules)
         record["envelope_asked"] = record.get("envelope")
         record["envelope"] = [env.lo, env.hi]
-        return Advice(advice.proposal, "llm", record, env)
+        return Advice(advice.proposal, "llm", record, env, self.advisor.allowance)
 
     def _who(self) -> dict[str, Any]:
         return {"provider": self.advisor.endpoint.provider, "model": self.advisor.endpoint.model}

@@ -54,7 +54,8 @@ MAX_OBSERVATION_SERIES = 200
 #: their counters start at 0 so the first clamp shows in rate() and increase()
 GUARDRAILS = (
     "min_replicas", "max_replicas", "step_limit", "cooldown_up", "cooldown_down", "stabilization", "backoff",
-    "direction", "rules", "missing_metrics", "deterministic_scale_up", "llm_direction",
+    "direction", "rules", "missing_metrics", "deterministic_scale_up", "deterministic_scale_down", "llm_direction",
+    "llm_extra",
 )
 DECISIONS = ("scale_up", "scale_down", "hold")
 LLM_OUTCOMES = ("ok", "timeout", "http_error", "connection_error", "cancelled", "error")

@@ -13,7 +13,7 @@ from typing import Any
 
 from docktor.agent.advisor.gate import llm_envelope
 from docktor.agent.config.model import LLMConfig, ServiceConfig
-from docktor.agent.core.decide import Advice, Decision, Plan
+from docktor.agent.core.decide import DEFAULT_ALLOWANCE, Advice, Decision, Plan
 from docktor.agent.core.policy import Proposal
 from docktor.agent.core.state import ServiceState
 from docktor.agent.errors import Problem, UsageError
@@ -28,7 +28,9 @@ def adversarial_advisor() -> Advisor:
     Alternating maximizes both harms the guardrails must contain: over-provisioning cost and
     starvation, plus the churn of every reversal they let through. The proposal goes through the
     same envelope an LLM's does (:func:`docktor.agent.advisor.gate.llm_envelope`, the direction rule with
-    ``may_act_without_rules: false``), then :func:`docktor.agent.core.decide.conclude`.
+    ``may_act_without_rules: false``), then :func:`docktor.agent.core.decide.conclude`, with the
+    default ``llm:`` allowance above the deterministic target (``max_extra_replicas: 2``,
+    ``max_extra_percent: 50``).
     """
     flip = {"up": True}
 
@@ -36,7 +38,8 @@ def adversarial_advisor() -> Advisor:
         up = flip["up"]
         flip["up"] = not up
         env = llm_envelope(svc, p, state, now, False)
-        return Advice(Proposal(svc.max_replicas * 10 if up else 0, "adversarial: " + ("max" if up else "zero")), "llm", None, env)
+        return Advice(Proposal(svc.max_replicas * 10 if up else 0, "adversarial: " + ("max" if up else "zero")), "llm", None, env,
+                      DEFAULT_ALLOWANCE)
 
     return advise
 
@@ -97,7 +100,7 @@ class LLMAdvisor:
             self.calls += 1
         if advice.proposal is None:
             return None
-        return Advice(advice.proposal, "llm", advice.record, advice.envelope)
+        return Advice(advice.proposal, "llm", advice.record, advice.envelope, advice.allowance)
 
     def close(self) -> None:
         self.loop.close()

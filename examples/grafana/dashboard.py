@@ -201,7 +201,7 @@ def panels() -> list[dict[str, Any]]:
     lay.add(timeseries(
         "Guardrail clamps per minute",
         "Proposals a guardrail changed, by guardrail: step_limit, cooldown_up/down, stabilization, min/max_replicas, "
-        "backoff, direction, missing_metrics, llm_direction, deterministic_scale_up.",
+        "backoff, direction, missing_metrics, llm_direction, deterministic_scale_up/down, llm_extra.",
         [target(f"sum by (guardrail) (rate(docktor_guardrail_clamps_total{{{SVC}}}[{RATE}])) * 60", "{{guardrail}}", "A")],
         "short", stack=True,
     ), w=12)
