@@ -80,6 +80,26 @@ def test_negative_interval_and_wrong_type() -> None:
     assert any(p.startswith("services[0].max_replicas:") and "'ten'" in p for p in found)
 
 
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ("    scale_up_percent: .inf", "services[0].scale_up_percent"),
+        ("    scale_up_percent: 1e308", "services[0].scale_up_percent"),
+        ("    cooldown_up: .inf", "services[0].cooldown_up"),
+        ("    startup_delay: .nan", "services[0].startup_delay"),
+        ("    target_wait: -.inf", "services[0].target_wait"),
+        ('    queue: {kind: nats, url: "nats://127.0.0.1:4222", stream: JOBS, consumer: WORKERS, timeout: .inf}',
+         "services[0].queue.timeout"),
+    ],
+)
+def test_infinities_and_nans_are_refused_where_they_are_written(setting: str, field: str) -> None:
+    # `.inf` is a YAML float: a step of .inf percent used to pass and then crash every decision
+    # (math.ceil of infinity); 1e308 percent overflowed to infinity the same way
+    base = VALID.replace('    queue: {kind: nats, url: "nats://127.0.0.1:4222", stream: JOBS, consumer: WORKERS}\n', "")
+    found = problems(base + setting + "\n")
+    assert len(found) == 1 and found[0].startswith(field + ": "), found
+
+
 def test_duplicate_service_names() -> None:
     doubled = VALID + VALID.split("services:\n", 1)[1]
     assert "services[1].name: duplicate service name 'worker' (also services[0])" in problems(doubled)

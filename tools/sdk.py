@@ -131,9 +131,9 @@ def parse_duration(value: Any) -> Any:
 
 
 #: A duration field: ``>= 0`` seconds, written as a number or ``10s``/``5m``/``500ms``.
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, allow_inf_nan=False)]
 #: A duration that must be ``> 0``.
-PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, allow_inf_nan=False)]
 
 
 # --------------------------------------------------------------------------- secrets
@@ -214,7 +214,7 @@ class PluginSettings(BaseModel):
     :data:`Seconds` / :data:`PositiveSeconds`; secrets are the *names* of environment variables.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: str
 

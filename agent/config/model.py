@@ -20,7 +20,9 @@ from docktor.tools.sdk import PluginSettings, PositiveSeconds, Seconds
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no infinities or NaNs anywhere in a config: `.inf` is valid YAML for a float, and a step of
+    # `.inf` percent passed validation only to crash every decision (math.ceil(inf))
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- rules
@@ -206,7 +208,7 @@ class ServiceConfig(Strict):
     scale_up_by: int = Field(default=2, ge=1)
     scale_down_by: int = Field(default=1, ge=1)
     #: optional percent steps; the larger of replicas and percent wins (HPA selectPolicy: Max)
-    scale_up_percent: float | None = Field(default=None, gt=0)
+    scale_up_percent: float | None = Field(default=None, gt=0, le=1_000_000)
     scale_down_percent: float | None = Field(default=None, gt=0, le=100)
     cooldown_up: Seconds = 15.0
     cooldown_down: Seconds = 60.0
