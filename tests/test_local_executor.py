@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from docktor.tools.executors import procfs
 from docktor.tools.executors.local import LocalExecutor, LocalSettings
 from docktor.tools.sdk import Context, ExecutorError
 from tests.peers import free_port
@@ -471,6 +472,23 @@ async def test_scale_in_removes_the_idlest_replicas_and_says_why(make: Callable[
     assert (remaining.desired, remaining.running) == (1, 1)
     assert alive(int((out / "ready-3").read_text()))
     assert not any(alive(int((out / f"ready-{r}").read_text())) for r in (1, 2))
+
+
+def test_one_scan_of_proc_serves_the_measurements_made_within_its_age() -> None:
+    # every service's executor measures at the same instants: one scan of /proc serves them all
+    made, scan = procfs.recent_scan(60.0)
+    assert procfs.recent_scan(60.0) == (made, scan)
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        # the shared scan predates the process, a fresh one (no age allowed) sees it
+        assert procfs.by_session({sleeper.pid}, scan)[sleeper.pid] == []
+        fresh_at, fresh = procfs.recent_scan(0.0)
+        assert fresh_at > made
+        assert [p.pid for p in procfs.by_session({sleeper.pid}, fresh)[sleeper.pid]] == [sleeper.pid]
+        assert [p.pid for p in procfs.by_session({sleeper.pid})[sleeper.pid]] == [sleeper.pid]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_daemon_with_canary_secrets_passes_none_to_its_replicas(tmp_path: Path, out: Path) -> None:

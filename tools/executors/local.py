@@ -101,6 +101,8 @@ STABLE_AFTER_S = 10.0
 ADOPTED_POLL_S = 0.5
 #: shortest interval a CPU figure is measured over (the daemon's ticks are at least this far apart)
 CPU_WINDOW_S = 1.0
+#: a scan of /proc this recent serves every service's measurement (they tick at the same instants)
+SCAN_REUSE_S = 0.25
 #: how often a stop looks for processes left in a replica's group once the replica itself exited
 GROUP_POLL_S = 0.1
 STATE_VERSION = 1
@@ -519,8 +521,10 @@ class LocalExecutor(Executor[LocalSettings]):
         """Per running slot: CPU percent of its session since the last measurement, and the longest
         interval measured over (None when nothing was measured yet)."""
         live = {s.index: s.process for s in self._slots.values() if s.process is not None and s.process.alive}
-        sessions = procfs.by_session({p.pid for p in live.values()})
-        now = time.monotonic()
+        # a scan of /proc another service's executor made a moment ago is as good as a fresh one,
+        # timed by when it was made
+        now, scan = procfs.recent_scan(SCAN_REUSE_S)
+        sessions = procfs.by_session({p.pid for p in live.values()}, scan)
         cpu: dict[int, float] = {}
         interval: float | None = None
         for index, p in live.items():
