@@ -1,7 +1,8 @@
 """``make bench`` / ``python -m benchmarks.footprint``: the backbone's figures, printed.
 
-1. Rules + guardrail evaluation throughput: service-decisions per second on one core, through
-   the same ``docktor.agent.core.decide.decide`` the daemon calls.
+1. Decision throughput: service-decisions per second on one core, through the same
+   ``docktor.agent.core.decide.decide`` the daemon calls, for each policy (``docktor`` plans over
+   its history with numpy, so it is the slowest).
 2. The daemon's RSS and CPU while managing 10 services at a 1 s interval: a real ``docktor daemon
    start --foreground`` against a real nats-server (10 streams and consumers) and the local
    executor (one ``sleep`` replica per service), sampled from /proc.
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "decisions_per_s_rules": round(decision_throughput("rules")),
         "decisions_per_s_target": round(decision_throughput("target")),
+        "decisions_per_s_docktor": round(decision_throughput("docktor")),
         "daemon": daemon_footprint(seconds=args.seconds),
     }
     if args.json:
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"rules+guardrails, policy rules : {results['decisions_per_s_rules']:>9,} service-decisions/s (one core)")
         print(f"rules+guardrails, policy target: {results['decisions_per_s_target']:>9,} service-decisions/s (one core)")
+        print(f"rules+guardrails, policy docktor: {results['decisions_per_s_docktor']:>8,} service-decisions/s (one core)")
         d = results["daemon"]
         print(f"daemon, {d['services']} services @ {d['interval_s']:g} s for {d['window_s']:g} s: "
               f"CPU {d['cpu_percent']}% of one core, RSS {d['rss_mib']} MiB (max {d['rss_max_mib']} MiB), "
