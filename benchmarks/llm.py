@@ -58,10 +58,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def service() -> ServiceConfig:
+def service(policy: str = "rules") -> ServiceConfig:
+    """``rules``: the share of ticks asking is about the rules' direction gate, whatever the default
+    policy. ``target`` (300 per replica): at 900-939 queued on 3 replicas it holds at 3 (inside the
+    HPA's 10 % tolerance) while the scale-up rule fires, so an answer has room (3..5) and every
+    decision asks. Under ``rules`` a scale-up is its step limit: no answer could change it, and
+    no model is asked."""
     return ServiceConfig(
         name="worker",
-        policy="rules",  # the figures are about the rules' direction gate, whatever the default policy
+        policy=policy,
+        target_per_replica=300 if policy == "target" else None,
         min_replicas=1,
         max_replicas=20,
         scale_up_by=2,
@@ -76,8 +82,8 @@ def service() -> ServiceConfig:
 
 
 async def decisions(base_url: str, n: int, cfg: dict[str, Any]) -> dict[str, Any]:
-    """n decisions that all ask (a scale-up rule fires each time)."""
-    svc = service()
+    """n decisions that all ask (a scale-up rule fires each time, and the answer has room)."""
+    svc = service("target")
     advisor = Advisor(LLMConfig(provider="dmr", base_url=base_url, **cfg), env={})
     lat, prompt, completion, requests, sources = [], [], [], [], Counter()
     try:
@@ -115,7 +121,7 @@ async def hanging(n: int, timeout: float) -> list[float]:
 
     server = await asyncio.start_server(never, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    svc = service()
+    svc = service("target")
     advisor = Advisor(LLMConfig(provider="openai-compatible", base_url=f"http://127.0.0.1:{port}/v1", model="m", timeout=timeout), env={})
     lat = []
     try:
@@ -171,7 +177,7 @@ def _kind(why: str, asked: bool) -> str:
 
 def prompt_chars() -> int:
     """Size of the first request's text with every tool offered (what a full-featured call sends)."""
-    svc = service()
+    svc = service("target")
     state = ServiceState()
     for i in range(5):
         state.history.append((990.0 + i, {"queue.backlog": 900.0, "queue.rate_in": 30.0, "replicas.running": 3.0}))

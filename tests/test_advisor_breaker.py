@@ -18,7 +18,10 @@ from tests.advisor_helpers import StaticTools, llm_config, make_plan, service
 from tests.scripted_openai_server import HANG, ScriptedOpenAIServer, answer, completion, error
 
 INTERVAL = 10.0
-SVC = service(check_interval=INTERVAL)
+#: a sizing policy under the helper's scale-up rule: at 500 queued and 2 running it holds at 2 and
+#: the advice has room (2..4), so every tick wants to ask. (Under the rules policy a scale-up is
+#: its step limit: no answer could change it, and none is asked.)
+SVC = service(check_interval=INTERVAL, policy="target", target_per_replica=250)
 
 
 async def tick(advisor: Advisor, now: float, backlog: float = 500.0, current: int = 2):
@@ -51,7 +54,7 @@ async def test_scripted_server_http_500_opens_the_breaker_and_a_success_closes_i
             # next tick: the rule still fires, but the breaker holds the call back
             held, d2, p2 = await tick(advisor, 1000.0 + INTERVAL)
             assert len(s.requests) == sent  # nothing was sent
-            assert held.source == "rules" and held.proposal is None and held.envelope is None
+            assert held.source == "policy" and held.proposal is None and held.envelope is None
             assert held.record["asked"] is False
             why = held.record["why"]
             assert why.startswith("circuit breaker open after 1 failed call (last: HTTP 500")
@@ -106,7 +109,7 @@ async def test_scripted_server_other_failures_open_the_breaker_too(script, timeo
 
 
 async def test_scripted_server_breaker_is_per_service():
-    other = service(name="billing", check_interval=INTERVAL)
+    other = service(name="billing", check_interval=INTERVAL, policy="target", target_per_replica=250)
     async with ScriptedOpenAIServer([error(500, "boom")] * 3 + [answer("scale_up", 4)]) as s:
         advisor = Advisor(llm_config(s.base_url), env={})
         try:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from docktor.agent.advisor.advisor import make_advisor
 from docktor.agent.advisor.client import resolve_endpoint
-from docktor.agent.advisor.gate import Memory, ask_reason, llm_envelope, moved
+from docktor.agent.advisor.gate import Memory, ask_reason, direction_envelope, llm_envelope, moved
 from docktor.agent.advisor.protocol import InvalidAnswer, parse_answer
 from docktor.agent.config.load import parse_config
 from docktor.agent.config.model import LLMConfig, Rule, Rules
@@ -31,7 +31,7 @@ SVC = service()
 
 
 def env_of(p, may_act=False, svc=SVC, state=None, now=1000.0):
-    e = llm_envelope(svc, p, state or ServiceState(), now, may_act)
+    e = direction_envelope(svc, p, state or ServiceState(), now, may_act)
     return e.lo, e.hi
 
 
@@ -122,7 +122,7 @@ def scenarios(draw):
 def test_property_executed_target_stays_within_the_envelope(scenario, proposal, may_act):
     svc, state, now, observations, current = scenario
     p = plan(svc, observations, current, state, now)
-    narrow = llm_envelope(svc, p, state, now, may_act)
+    narrow = direction_envelope(svc, p, state, now, may_act)
     d = finish(svc, p, Proposal(proposal, "llm"), "llm", envelope=narrow)
     assert narrow.lo <= d.target <= narrow.hi
     assert svc.min_replicas <= d.target <= svc.max_replicas or current < svc.min_replicas or current > svc.max_replicas
@@ -173,7 +173,7 @@ ALLOWANCES = st.builds(Allowance, st.integers(0, 5), st.sampled_from([0.0, 10.0,
 def test_property_an_advice_only_adds_capacity_and_at_most_its_allowance(scenario, proposal, may_act, allowance):
     svc, state, now, observations, current = scenario
     p = plan(svc, observations, current, state, now)
-    narrow = llm_envelope(svc, p, state, now, may_act)
+    narrow = direction_envelope(svc, p, state, now, may_act)
     det = conclude(svc, p)  # the deterministic decision
     d, extra = det.target, allowance.above(det.target)
 
@@ -212,7 +212,7 @@ def test_an_advice_never_scales_in_further_than_the_deterministic_decision():
     """The sizing policy wants 7 of 8: the step limit (-50 %) would let an advice of 0 execute 4."""
     svc = service(policy="target", target_per_replica=100, rules=Rules(), scale_down_percent=50, min_replicas=0)
     p = make_plan(svc, backlog=700, current=8)
-    narrow = llm_envelope(svc, p, ServiceState(), 1000.0, False)
+    narrow = direction_envelope(svc, p, ServiceState(), 1000.0, False)
     # the plan's scale-down side starts at the policy's own proposal (the stabilization floor)
     assert (narrow.lo, narrow.hi, narrow.lo_by) == (7, 8, "stabilization")
     zero = conclude(svc, p, Advice(Proposal(0, "llm: none needed"), "llm", None, narrow))
@@ -235,7 +235,7 @@ def test_a_scale_in_with_missing_data_never_becomes_a_scale_up():
         state.note_reads([], [svc.sources[0].name])
     p = plan(svc, {}, 3, state, 1000.0)
     assert p.missing and p.proposal.target == 2 and p.envelope.hi > 3
-    narrow = llm_envelope(svc, p, state, 1000.0, False)
+    narrow = direction_envelope(svc, p, state, 1000.0, False)
     assert (narrow.lo, narrow.hi) == (p.envelope.lo, p.envelope.hi)  # missing data: the plan's
     out = conclude(svc, p, Advice(Proposal(100, "llm"), "llm", None, narrow))
     assert (out.target, [g.name for g in out.guardrails]) == (3, ["deterministic_scale_down"])
@@ -246,7 +246,7 @@ def test_an_advice_goes_at_most_its_allowance_above_a_scale_up():
     """docktor's step limit allows x10 per check; the allowance, not the step, bounds an advice."""
     svc = service(policy="target", target_per_replica=100, rules=Rules(), scale_up_percent=900, max_replicas=100)
     p = make_plan(svc, backlog=800, current=4)  # the policy wants 8; the step allows 40
-    narrow = llm_envelope(svc, p, ServiceState(), 1000.0, False)
+    narrow = direction_envelope(svc, p, ServiceState(), 1000.0, False)
     assert (narrow.lo, narrow.hi) == (4, 40)
 
     def advised(n: int, allowance: Allowance = DEFAULT_ALLOWANCE):
@@ -270,7 +270,7 @@ def test_an_advice_goes_at_most_its_allowance_above_a_scale_up():
 def test_when_the_deterministic_decision_holds_the_allowance_counts_from_current():
     svc = service(scale_up_by=6)
     quiet = make_plan(svc, backlog=50, current=4)  # no rule fired: the rules hold
-    narrow = llm_envelope(svc, quiet, ServiceState(), 1000.0, True)  # may_act_without_rules
+    narrow = direction_envelope(svc, quiet, ServiceState(), 1000.0, True)  # may_act_without_rules
     assert (narrow.lo, narrow.hi) == (3, 10)
     up = conclude(svc, quiet, Advice(Proposal(10, "llm"), "llm", None, narrow))
     assert (up.target, [g.name for g in up.guardrails]) == (6, ["llm_extra"])  # 4 + max(2, ceil(2))
@@ -361,10 +361,39 @@ def test_ask_reason_prefers_no_call_when_the_envelope_is_a_single_point():
     assert not ask and "envelope allows only 4" in why and "cooldown_up" in why
 
 
+def test_the_model_is_not_asked_when_no_answer_could_change_the_scale_up():
+    # the rule's +2 is the step limit: the advice may not stop short of it nor go past the step,
+    # so whatever the model says, 6 executes; asking would only cost a call
+    p = make_plan(SVC, backlog=500, current=4)
+    e = llm_envelope(SVC, p, ServiceState(), 1000.0, False)
+    assert (e.lo, e.hi, e.lo_by, e.hi_by) == (6, 6, "deterministic_scale_up", "step_limit")
+    ask, why = ask_reason(LLMConfig(provider="dmr"), p, e, Memory(), 1000.0)
+    assert not ask and why == "envelope allows only 6 (deterministic_scale_up/step_limit)"
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.integers(-10_000, 10_000), st.booleans(), ALLOWANCES)
+def test_property_the_model_is_shown_exactly_what_can_execute(scenario, proposal, may_act, allowance):
+    # the range in the prompt (and in ask_reason) is what conclude lets through: any count in it
+    # executes as proposed, any count outside it is clamped to its nearest side
+    svc, state, now, observations, current = scenario
+    p = plan(svc, observations, current, state, now)
+    shown = llm_envelope(svc, p, state, now, may_act, allowance)
+    direction = direction_envelope(svc, p, state, now, may_act)
+    out = conclude(svc, p, Advice(Proposal(proposal, "llm"), "llm", None, direction, allowance))
+    assert out.target == min(max(proposal, shown.lo), shown.hi)
+    assert (out.envelope.lo, out.envelope.hi) == (shown.lo, shown.hi)
+    assert shown.contains(conclude(svc, p).target)  # keeping the deterministic decision is shown too
+
+
 def test_ask_reason_on_rules_and_heartbeat():
     cfg = LLMConfig(provider="dmr", heartbeat=100, may_act_without_rules=True)
-    p = make_plan(SVC, backlog=500, current=4)
-    e = llm_envelope(SVC, p, ServiceState(), 1000.0, True)
+    # a sizing policy under a scale-up rule: it wants 5, the step allows x10, the advice may add
+    # max(2, ceil(50 % of 5)) = 3
+    wide = service(policy="target", target_per_replica=100, scale_up_percent=900, max_replicas=50)
+    p = make_plan(wide, backlog=500, current=4)
+    e = llm_envelope(wide, p, ServiceState(), 1000.0, True)
+    assert (e.lo, e.hi) == (5, 8)
     assert ask_reason(cfg, p, e, Memory(asked_at=999.0, observations=dict(p.observations)), 1000.0)[1].startswith("scale-up rule fired")
     quiet = make_plan(SVC, backlog=50, current=4)
     e = llm_envelope(SVC, quiet, ServiceState(), 1000.0, True)

@@ -74,14 +74,14 @@ async def test_gemma_beside_the_loop_scale_up_at_once_answer_lands_parsed_with_l
     try:
         runner = daemon.runners["worker"]
         started = time.monotonic()
-        await daemon.tick(runner)  # the burst: rules fire
+        await daemon.tick(runner)  # the burst: the scale-up rule fires, the policy wants 3
         tick_s = time.monotonic() - started
         await until(lambda: not daemon.beside.in_flight("worker"), "Gemma's answer", timeout=TIMEOUT_S + 30)
         await daemon.tick(runner)  # the answer lands
     finally:
         await daemon.close()
     acted, landed = log_records(log_path)
-    assert acted["decision"] == "scale_up" and acted["executed"] is True and acted["source"] == "rules"
+    assert acted["decision"] == "scale_up" and acted["executed"] is True and acted["source"] == "policy"
     assert acted["llm"]["asked"] is True and "in_flight" in acted["llm"]
     rec = landed["llm"]
     # structured answers parse: the decision is the model's

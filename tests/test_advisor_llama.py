@@ -52,7 +52,9 @@ def llm_config(prefix: str, base_url: str, **overrides) -> LLMConfig:
 
 async def test_real_llama_full_decision_with_tool_round_trip(llama):
     prefix, base_url = llama
-    svc = service()
+    # a sizing policy under the scale-up rule: it holds at 2 (900 / 450) and the answer has room
+    # (2..4); under the rules policy the scale-up is its step limit and no model is asked
+    svc = service(policy="target", target_per_replica=450)
     state = ServiceState()
     p = make_plan(svc, backlog=900, current=2, state=state)
     tools = StaticTools()
@@ -101,7 +103,7 @@ async def test_real_llama_prompt_with_all_four_tools_is_fitted_to_a_2048_token_c
     """The issue's HTTP 400: all four tools and history made 2,266 tokens. The advisor reads n_ctx
     from /props, counts with /apply-template + /tokenize and drops what does not fit."""
     prefix, base_url = llama
-    svc = service()
+    svc = service(policy="target", target_per_replica=450)  # holds at 2 with room to answer in
     state = ServiceState()
     for t in range(5):  # history to drop
         state.history.append((990.0 + t, {"queue.backlog": 900.0 + t, "queue.rate_in": 20.0, "replicas.running": 2.0}))

@@ -16,7 +16,10 @@ from docktor.agent.core.state import ServiceState
 from tests.advisor_helpers import StaticTools, llm_config, make_plan, service
 from tests.scripted_openai_server import HANG, ScriptedOpenAIServer, answer, completion, error
 
-SVC = service()
+#: a sizing policy under the helper's rules (up when backlog > 100): at 500 queued and 2 running it
+#: wants 2 (500 / 250), the rule lets the advice go up, and the allowance gives it room: 2..4. Under
+#: the rules policy a scale-up is its step limit, so no answer could change it and none is asked.
+SVC = service(policy="target", target_per_replica=250)
 
 
 async def advise(server: ScriptedOpenAIServer, backlog: float = 500.0, current: int = 2, tools: StaticTools | None = None, **cfg):
@@ -93,7 +96,9 @@ async def test_scripted_server_answer_past_the_llm_allowance_is_limited_by_llm_e
         finally:
             await advisor.close()
     assert advice.source == "llm" and advice.record["proposal"] == 10000
-    assert advice.record["envelope"] == [4, 40]  # the direction rule's, as asked
+    # the model is shown what can execute: no less than the policy's 8, at most 3 above it (the
+    # direction rule alone would have said 4..40)
+    assert advice.record["envelope"] == [8, 11]
     decision = conclude(svc, p, advice)
     assert (decision.target, decision.source) == (11, "llm")  # 8 + 3
     assert [g.as_dict() for g in decision.guardrails] == [{"name": "llm_extra", "from": 10000, "to": 11}]
@@ -104,7 +109,7 @@ async def test_scripted_server_negative_target_falls_back():
         advice, decision, p = await advise(s, backlog=5, current=4)
     assert advice.source == "fallback"
     assert "greater than or equal to 0" in advice.record["error"]
-    assert decision.target == p.proposal.target == 3
+    assert decision.target == conclude(SVC, p).target == 2  # the deterministic decision: 4 - 50 %
 
 
 async def test_scripted_server_prompt_injection_has_no_effect_beyond_the_envelope():
@@ -115,7 +120,7 @@ async def test_scripted_server_prompt_injection_has_no_effect_beyond_the_envelop
         advice, decision, p = await advise(s, backlog=500, current=3, tools=tools)
     assert advice.source == "llm" and advice.record["proposal"] == 500
     assert advice.envelope is not None and (advice.envelope.lo, advice.envelope.hi) == (3, 5)
-    assert decision.target == 5 and [g.name for g in decision.guardrails] == ["step_limit"]
+    assert decision.target == 5 and [g.name for g in decision.guardrails] == ["llm_extra"]
     # hostile text reaches the model only as data inside the JSON, cut short, one line
     prompt = json.loads(last_user_text(s.requests[0]))
     shown = prompt["recent_decisions"][0]

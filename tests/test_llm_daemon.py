@@ -33,7 +33,10 @@ from tests.scripted_openai_server import HANG, ScriptedOpenAIServer, Slow, answe
 
 KEY_ENV = "DOCKTOR_TEST_LLM_KEY"
 SECRET = "sk-docktor-test-3f9c1e7a52"
-BACKLOG = 120  # messages published; the scale-up rule fires above 50
+#: messages published: the scale-up rule fires above 50, and the target policy (40 per replica)
+#: wants 3. A sizing policy, because its answer has room above the deterministic count (the
+#: allowance); under the rules policy a scale-up is its step limit and no model is asked.
+BACKLOG = 120
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 
 
@@ -73,9 +76,10 @@ def service_yaml(name: str, nats_url: str, *, interval: float, min_r: int = 1, m
     stop_grace_period: 1s
     min_replicas: {min_r}
     max_replicas: {max_r}
-    scale_up_by: 2
+    scale_up_by: 4
     check_interval: {interval}
-    policy: rules
+    policy: target
+    target_per_replica: 40
     cooldown_up: 0
     cooldown_down: 0
     scale_down_stabilization: 0
@@ -162,7 +166,7 @@ async def test_real_llama_scale_up_acts_at_once_and_the_answer_lands_as_its_own_
     assert asked_while_acting is not None  # the call was started by the tick that scaled up
     acted, landed = log_records(log_path)
     # 1. the deterministic scale-up, executed at once, with the call in flight beside it
-    assert acted["ts"] == first.ts and acted["source"] == "rules" and acted["decision"] == "scale_up"
+    assert acted["ts"] == first.ts and acted["source"] == "policy" and acted["decision"] == "scale_up"
     assert acted["executed"] is True and acted["outcome"]["status"] == "ok"
     assert acted["target_replicas"] == deterministic_target(daemon, acted, 0.0)
     assert acted["llm"]["asked"] is True and acted["llm"]["in_flight"]["age_s"] == 0.0
@@ -238,7 +242,7 @@ async def test_scripted_server_hanging_llm_never_holds_a_tick_and_the_breaker_ho
     assert first["ts"] == hung.ts
     # the deterministic decision, clamped by the guardrails, carried out without waiting: the
     # record holds no answer and no error, the timeout lands at the next tick
-    assert first["source"] == "rules" and first["llm"]["asked"] is True and "in_flight" in first["llm"]
+    assert first["source"] == "policy" and first["llm"]["asked"] is True and "in_flight" in first["llm"]
     assert "error" not in first["llm"] and "latency_ms" not in first["llm"]
     assert first["target_replicas"] == deterministic_target(daemon, first, 1000.0)
     assert first["target_replicas"] > first["current_replicas"] and first["executed"] is True
@@ -248,7 +252,7 @@ async def test_scripted_server_hanging_llm_never_holds_a_tick_and_the_breaker_ho
     assert fallback["llm"]["breaker"]["failures"] == 1 and fallback["llm"]["proposal"] is None
     assert fallback["llm"]["landed"]["after_s"] == 2.0
 
-    assert held["source"] == "rules" and held["llm"]["asked"] is False and held_sent == sent
+    assert held["source"] == "policy" and held["llm"]["asked"] is False and held_sent == sent
     assert held["llm"]["why"].startswith("circuit breaker open after 1 failed call (last: timeout)")
 
     assert again["llm"]["asked"] is True and "in_flight" in again["llm"] and len(s.requests) == sent + 1
@@ -320,7 +324,7 @@ async def test_scripted_20s_llm_burst_scales_up_as_fast_as_without_an_llm(nats_s
 
 
 async def test_scripted_slow_answer_lands_at_a_later_tick_inside_that_ticks_envelope(nats_server: NatsServer, tmp_path: Path) -> None:
-    """The model proposes 100 after 1 s; the tick it lands in clamps it (step limit) and records it as its own decision."""
+    """The model proposes 100 after 1 s; the tick it lands in clamps it (the allowance) and records it as its own decision."""
     await publish_backlog(nats_server.url, BACKLOG)
     log_path = tmp_path / "decisions.jsonl"
     async with ScriptedOpenAIServer([Slow(1.0, answer("scale_up", 100, 0.9, "way more"))]) as s:
@@ -341,12 +345,14 @@ async def test_scripted_slow_answer_lands_at_a_later_tick_inside_that_ticks_enve
     records = log_records(log_path)
     i = next(i for i, r in enumerate(records) if r["source"] == "llm")
     asking, waiting, landed = records[0], records[1:i], records[i]
-    assert asking["llm"]["asked"] is True and asking["executed"] is True and asking["source"] == "rules"
+    assert asking["llm"]["asked"] is True and asking["executed"] is True and asking["source"] == "policy"
     assert waiting and all(r["llm"]["in_flight"]["asked_at"] == asking["llm"]["in_flight"]["asked_at"] for r in waiting)
     assert landed["llm"]["proposal"] == 100 and landed["llm"]["latency_ms"] >= 1000
     assert landed["llm"]["landed"]["asked_at"] == asking["llm"]["in_flight"]["asked_at"]
-    # clamped into the envelope of the tick it landed in: +2 from what that tick found, not 100
-    assert landed["target_replicas"] == min(10, landed["current_replicas"] + 2)
+    # clamped into the envelope of the tick it landed in: that tick holds at the 3 the policy
+    # wants, and the allowance is max(2, 50 % of 3) above it, not 100
+    assert landed["current_replicas"] == 3 and landed["decision"] == "scale_up"
+    assert landed["target_replicas"] == 5 and landed["guardrails"][0]["name"] == "llm_extra"
     assert landed["guardrails"] and landed["guardrails"][0]["from"] == 100
     assert_inside_envelope(landed)
     # one call in flight at a time: the ticks in between asked nothing

@@ -129,7 +129,8 @@ services:
     min_replicas: 1
     max_replicas: 3
     check_interval: 0.5
-    policy: rules
+    policy: target            # wants 2 of 120 queued, and the model's answer has room (2..3): it is asked
+    target_per_replica: 60
     queue: {{kind: nats, url: "{nats_url}", stream: JOBS, consumer: WORKERS, user_env: Q_USER, password_env: Q_PASS, timeout: 1s}}
     rules:
       scale_up_when: [{{metric: queue.backlog, op: ">", value: 50}}]

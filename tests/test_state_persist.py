@@ -262,7 +262,9 @@ async def test_the_llm_circuit_breaker_survives_a_restart(tmp_path: Path, nats_s
     await make_stream(nats_server.url)
     await publish(nats_server.url, "jobs.x", 700)
     async with ScriptedOpenAIServer([error(500, "boom")]) as llm:
-        text = SERVICE.format(python=sys.executable, min=1, max=4, policy="rules", cooldown_up="0s", url=nats_server.url)
+        text = SERVICE.format(python=sys.executable, min=1, max=4, policy="target", cooldown_up="0s", url=nats_server.url)
+        # 700 queued at 350 per replica: 2, with room for the model's answer (2..4), so it is asked
+        text = text.replace("    policy: target\n", "    policy: target\n    target_per_replica: 350\n")
         llm_block = json.dumps({"provider": "openai-compatible", "base_url": llm.base_url, "model": "scripted-model",
                                 "timeout": "5s", "heartbeat": "600s"})
         cfg = parse_config(f"state_dir: {tmp_path}\nllm: {llm_block}\n" + text.replace("check_interval: 1s", "check_interval: 30s"),

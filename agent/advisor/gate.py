@@ -1,7 +1,8 @@
 """When the LLM may be asked, and what it may choose from: pure functions, no I/O.
 
 * :func:`llm_envelope`: the part of the guardrail envelope the LLM may choose from (the
-  direction rule: it moves only where the deterministic side allows);
+  direction rule: it moves only where the deterministic side allows; and only adding capacity
+  to the deterministic decision, within the ``llm:`` allowance);
 * :func:`ask_reason`: whether this tick is worth a call (something fired or moved, or the
   heartbeat is due) and why, for the log;
 * the per-service circuit breaker after failed calls (:func:`breaker_backoff`,
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from docktor.agent.advisor.protocol import LLMAnswer
 from docktor.agent.config.model import LLMConfig, ServiceConfig
-from docktor.agent.core.decide import Plan
+from docktor.agent.core.decide import DEFAULT_ALLOWANCE, Allowance, Plan, advice_envelope, deterministic_source, finish
 from docktor.agent.core.guardrails import Envelope, Gate, envelope
 from docktor.agent.core.policies import POLICIES
 from docktor.agent.core.state import ServiceState
@@ -23,8 +24,27 @@ from docktor.agent.core.state import ServiceState
 # --------------------------------------------------------------------------- the direction rule
 
 
-def llm_envelope(svc: ServiceConfig, plan: Plan, state: ServiceState, now: float, may_act_without_rules: bool) -> Envelope:
-    """The part of the guardrail envelope the LLM may choose from.
+def llm_envelope(
+    svc: ServiceConfig,
+    plan: Plan,
+    state: ServiceState,
+    now: float,
+    may_act_without_rules: bool,
+    allowance: Allowance = DEFAULT_ALLOWANCE,
+) -> Envelope:
+    """What an LLM's answer can execute: the direction rule's envelope (:func:`direction_envelope`)
+    narrowed as :func:`docktor.agent.core.decide.conclude` will narrow it (an advice only adds
+    capacity to the deterministic decision, at most ``allowance`` above it).
+
+    This is the range the model is shown and the one :func:`ask_reason` looks at, so the model
+    is never told of counts that cannot happen, nor asked when only one count can.
+    """
+    deterministic = finish(svc, plan, plan.proposal, deterministic_source(svc))
+    return advice_envelope(direction_envelope(svc, plan, state, now, may_act_without_rules), deterministic, allowance)
+
+
+def direction_envelope(svc: ServiceConfig, plan: Plan, state: ServiceState, now: float, may_act_without_rules: bool) -> Envelope:
+    """The part of the guardrail envelope the LLM may choose from, by direction.
 
     The LLM moves only in a direction the deterministic side allows: a scale-up rule fired (or,
     for a sizing policy, the policy wants more) -> no lower than current; the scale-down rules all

@@ -92,7 +92,7 @@ class AdvisorBeside:
         if advice.proposal is None:
             return Advice(None, advice.source, record)
         # Applied inside the envelope of the tick it lands in: this plan's direction rule.
-        env = llm_envelope(svc, plan, state, now, self.advisor.config.may_act_without_rules)
+        env = llm_envelope(svc, plan, state, now, self.advisor.config.may_act_without_rules, self.advisor.allowance)
         record["envelope_asked"] = record.get("envelope")
         record["envelope"] = [env.lo, env.hi]
         return Advice(advice.proposal, "llm", record, env, self.advisor.allowance)

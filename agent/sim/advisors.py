@@ -37,7 +37,7 @@ def adversarial_advisor() -> Advisor:
     def advise(svc: ServiceConfig, p: Plan, state: ServiceState, now: float) -> Advice:
         up = flip["up"]
         flip["up"] = not up
-        env = llm_envelope(svc, p, state, now, False)
+        env = llm_envelope(svc, p, state, now, False, DEFAULT_ALLOWANCE)
         return Advice(Proposal(svc.max_replicas * 10 if up else 0, "adversarial: " + ("max" if up else "zero")), "llm", None, env,
                       DEFAULT_ALLOWANCE)
 
