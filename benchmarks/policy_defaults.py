@@ -15,10 +15,9 @@ import argparse
 import math
 from typing import Any
 
+from benchmarks import public_and_held_out
 from docktor.agent.sim.baselines import ProductionController, docktor_service, oracle_replica_seconds
-from docktor.agent.sim.catalog import DEFAULT_TRACES
-from docktor.agent.sim.simulator import Scenario, load_traces, simulate, workload
-from docktor.agent.sim.trace_gen import held_out_traces
+from docktor.agent.sim.simulator import Scenario, simulate, workload
 
 #: each variant changes one of docktor's defaults (docktor.agent.config.model.POLICY_DEFAULTS)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -33,9 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--held-out", default="7,8", help="comma-separated seeds of the held-out traces")
     args = parser.parse_args()
-    traces = load_traces(DEFAULT_TRACES)
-    for seed in (int(s) for s in args.held_out.split(",") if s.strip()):
-        traces += held_out_traces(seed)
+    traces = public_and_held_out(args.held_out)
     print(f"docktor with one default changed, on {len(traces)} traces")
     for label, scenario in SCENARIOS.items():
         for name, change in VARIANTS.items():

@@ -19,10 +19,9 @@ import argparse
 
 import numpy as np
 
+from benchmarks import public_and_held_out
 from docktor.agent.sim.baselines import oracle_replica_seconds, run_policy, tune_hpa
-from docktor.agent.sim.catalog import DEFAULT_TRACES
-from docktor.agent.sim.simulator import Scenario, load_traces, workload
-from docktor.agent.sim.trace_gen import held_out_traces
+from docktor.agent.sim.simulator import Scenario, workload
 
 #: the issue's bar: this much fewer replica-seconds than hpa-tuned
 SAVING = 0.25
@@ -37,9 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--held-out", default="7,8", help="comma-separated seeds of the held-out traces")
     args = parser.parse_args()
-    traces = load_traces(DEFAULT_TRACES)
-    for seed in (int(s) for s in args.held_out.split(",") if s.strip()):
-        traces += held_out_traces(seed)
+    traces = public_and_held_out(args.held_out)
     scenario = Scenario()
     print(HEADER)
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
