@@ -77,7 +77,7 @@ class LLMConfig(Strict):
     #: the larger of these replicas and this percentage of it, rounded up. The advisor only ever
     #: adds capacity to the deterministic decision; this bounds what a wrong answer can cost.
     max_extra_replicas: int = Field(default=2, ge=0)
-    max_extra_percent: float = Field(default=50.0, ge=0, allow_inf_nan=False)
+    max_extra_percent: float = Field(default=50.0, ge=0)  # finite: Strict refuses .inf and .nan
 
 
 # --------------------------------------------------------------------------- plugins
