@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.nats import NatsSettings, NatsSource
@@ -72,6 +72,26 @@ async def fetch(sub: JetStreamContext.PullSubscription, n: int) -> list[Msg]:
             await asyncio.sleep(0.1)
 
 
+async def publish(js: JetStreamContext, data: bytes) -> None:
+    """Publish one message to the replicated stream, once it can store it.
+
+    A publish is answered by the stream's leader. Right after the stream is created, or after its
+    leader stepped down, the server this client talks to may not yet have heard of the new
+    leader's interest in the subject (it travels over the cluster's routes) and answers "no
+    responders" at once; nothing was stored then, so publishing again loses and duplicates
+    nothing. (CI saw this on the very first publish of a run.)
+    """
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        try:
+            await js.publish(SUBJECT, data)
+            return
+        except NoStreamResponseError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def step_down(nc: Client, js: JetStreamContext, consumer: bool) -> tuple[str, str]:
     """Ask the stream's (or the consumer's) leader to step down; wait until another one leads."""
     before = await _leader(js, consumer)
@@ -99,7 +119,7 @@ async def test_leader_step_downs_keep_figures_exact_and_rates_continuous(cluster
         await js.add_stream(name=STREAM, subjects=["orders.>"], num_replicas=3)
         await js.add_consumer(STREAM, ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=120))
         for i in range(20):
-            await js.publish(SUBJECT, f"order {i}".encode())
+            await publish(js, f"order {i}".encode())
         sub = await js.pull_subscribe_bind(CONSUMER, stream=STREAM)
         taken = await fetch(sub, 8)
         for m in taken[:5]:
@@ -115,7 +135,7 @@ async def test_leader_step_downs_keep_figures_exact_and_rates_continuous(cluster
         for round_ in range(1, 5):
             leaders.append(await step_down(nc, js, consumer=round_ % 2 == 0))
             for i in range(4):
-                await js.publish(SUBJECT, f"round {round_} order {i}".encode())
+                await publish(js, f"round {round_} order {i}".encode())
             held += await fetch(sub, 2)
             for m in held[:2]:
                 await m.ack_sync()
@@ -151,7 +171,7 @@ async def test_reading_through_any_single_server_agrees(cluster: list[NatsServer
         await js.add_stream(name=STREAM, subjects=["orders.>"], num_replicas=3)
         await js.add_consumer(STREAM, ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=120))
         for i in range(9):
-            await js.publish(SUBJECT, f"order {i}".encode())
+            await publish(js, f"order {i}".encode())
         sub = await js.pull_subscribe_bind(CONSUMER, stream=STREAM)
         for m in (await fetch(sub, 4))[:1]:
             await m.ack_sync()
