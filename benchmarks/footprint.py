@@ -3,9 +3,10 @@
 1. Decision throughput: service-decisions per second on one core, through the same
    ``docktor.agent.core.decide.decide`` the daemon calls, for each policy (``docktor`` plans over
    its history with numpy, so it is the slowest).
-2. The daemon's RSS and CPU while managing 10 services at a 1 s interval: a real ``docktor daemon
-   start --foreground`` against a real nats-server (10 streams and consumers) and the local
-   executor (one ``sleep`` replica per service), sampled from /proc.
+2. The daemon's RSS and CPU while managing 10 and 100 services at a 1 s interval: a real
+   ``docktor daemon start --foreground`` against a real nats-server (a stream and consumer per
+   service) and the local executor (one ``sleep`` replica per service), sampled from /proc.
+   Ten times the services should cost about ten times the CPU, not more.
 """
 
 from __future__ import annotations
@@ -153,13 +154,15 @@ def daemon_footprint(services: int = 10, interval: float = 1.0, seconds: float =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.footprint", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="daemon sampling window")
+    parser.add_argument("--services", type=int, nargs="+", default=[10, 100], metavar="N",
+                        help="daemon footprints to measure, one per number of services (default: 10 100)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results = {
         "decisions_per_s_rules": round(decision_throughput("rules")),
         "decisions_per_s_target": round(decision_throughput("target")),
         "decisions_per_s_docktor": round(decision_throughput("docktor")),
-        "daemon": daemon_footprint(seconds=args.seconds),
+        "daemon": [daemon_footprint(services=n, seconds=args.seconds) for n in args.services],
     }
     if args.json:
         print(json.dumps(results))
@@ -167,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rules+guardrails, policy rules : {results['decisions_per_s_rules']:>9,} service-decisions/s (one core)")
         print(f"rules+guardrails, policy target: {results['decisions_per_s_target']:>9,} service-decisions/s (one core)")
         print(f"rules+guardrails, policy docktor: {results['decisions_per_s_docktor']:>8,} service-decisions/s (one core)")
-        d = results["daemon"]
-        print(f"daemon, {d['services']} services @ {d['interval_s']:g} s for {d['window_s']:g} s: "
-              f"CPU {d['cpu_percent']}% of one core, RSS {d['rss_mib']} MiB (max {d['rss_max_mib']} MiB), "
-              f"{d['decisions_logged']} decisions logged")
+        for d in results["daemon"]:
+            print(f"daemon, {d['services']} services @ {d['interval_s']:g} s for {d['window_s']:g} s: "
+                  f"CPU {d['cpu_percent']}% of one core, RSS {d['rss_mib']} MiB (max {d['rss_max_mib']} MiB), "
+                  f"{d['decisions_logged']} decisions logged")
     return 0
 
 

@@ -264,3 +264,46 @@ async def test_a_long_source_outage_applies_its_on_missing_fallback(tmp_path: Pa
         assert second.missing == ["queue.backlog"] and second.errors[0].startswith("source:")
     finally:
         await daemon.close()
+
+
+class CountingWrites(Daemon):
+    """The daemon, counting its status-file writes (the file itself is real)."""
+
+    writes = 0
+
+    def write_status(self) -> None:
+        self.writes += 1
+        super().write_status()
+
+
+async def test_a_burst_of_decisions_shares_status_file_writes(tmp_path: Path, nats_server: NatsServer) -> None:
+    """Eight services deciding at once: the status file shows every last decision, written a
+    couple of times rather than once per decision (each write serializes every service)."""
+    import json
+
+    from docktor.agent.runtime.loop import STATUS_EVERY_S
+
+    names = [f"s{i}" for i in range(8)]
+    for name in names:
+        await make_stream(nats_server.url, name.upper())
+    text = "".join(service_yaml(n, nats_server.url, 1.0, stream=n.upper()) for n in names)
+    status = tmp_path / "status.json"
+    daemon = CountingWrites(parse_config(f"state_dir: {tmp_path}\nservices:" + text, tmp_path / "docktor.yaml"),
+                            status_path=status)
+    await daemon.open()
+    try:
+        for _ in range(2):
+            records = await daemon.run_once()
+            await asyncio.sleep(STATUS_EVERY_S + 0.2)  # the write that carries the last of them
+            shown = json.loads(status.read_text())["services"]
+            assert {n: shown[n]["last_decision"]["ts"] for n in names} == {r.service: r.ts for r in records}
+        assert 2 <= daemon.writes <= 4, daemon.writes  # 16 decisions
+
+        # stopping writes the decisions still waiting for their write
+        records = await daemon.run_once()
+        writes = daemon.writes
+    finally:
+        await daemon.close()
+    assert daemon.writes == writes + 1
+    shown = json.loads(status.read_text())["services"]
+    assert {n: shown[n]["last_decision"]["ts"] for n in names} == {r.service: r.ts for r in records}

@@ -50,6 +50,9 @@ log = logging.getLogger("docktor")
 StateMode = Literal["off", "read", "write"]
 #: how long the executor's own record of its last scale may take to read at start
 LAST_SCALED_TIMEOUT_S = 10.0
+#: the status file is rewritten at most this often while decisions come in (``daemon status``
+#: reads it); a write serializes every service, so one per decision grows with services squared
+STATUS_EVERY_S = 0.25
 
 
 def next_tick(start: float, interval: float, k: int, now: float) -> tuple[int, float]:
@@ -139,6 +142,8 @@ class Daemon:
         self.recorder = Recorder(self.log, wall=wall, mono=mono)
         self.status_path = status_path
         self.status_error: str | None = None  # the last failed status-file write, for the log
+        self._status_due: asyncio.TimerHandle | None = None  # the write that will carry the latest decisions
+        self._status_written = -math.inf  # time.monotonic() of the last write
         self.wall, self.mono = wall, mono
         self.started_at = wall()
         self.runners: dict[str, ServiceRunner] = {}
@@ -234,6 +239,8 @@ class Daemon:
 
     async def close(self) -> None:
         self.phase = "stopping"
+        if self._status_due is not None:  # the last decisions, before the loop that would write them ends
+            self.write_status()
         await self._close_advisor()
         closers: list[Awaitable[None]] = []
         for r in self.runners.values():
@@ -606,7 +613,7 @@ class Daemon:
         for hook in self.on_record:
             hook(record)
         if self.status_path is not None:
-            self.write_status()
+            self._status_soon()
         return record
 
     # ------------------------------------------------------------------ control
@@ -793,9 +800,25 @@ class Daemon:
             "decision_log": self.recorder.health(), "status_file_error": self.status_error, "services": services,
         }
 
+    def _status_soon(self) -> None:
+        """Have the status file show the latest decisions within :data:`STATUS_EVERY_S`.
+
+        The first decision after a quiet spell is written at once (on the loop's next turn); the
+        ones that follow it within the interval share the next write. One write per decision made
+        the status file most of a many-service daemon's CPU: each write serializes every service.
+        """
+        if self._status_due is not None:
+            return
+        delay = max(0.0, self._status_written + STATUS_EVERY_S - time.monotonic())
+        self._status_due = asyncio.get_running_loop().call_later(delay, self.write_status)
+
     def write_status(self) -> None:
-        """Refresh the status file; on a full disk in place, and never at the cost of a tick."""
+        """Refresh the status file now; on a full disk in place, and never at the cost of a tick."""
         assert self.status_path is not None
+        if self._status_due is not None:  # this write carries what that one would have
+            self._status_due.cancel()
+            self._status_due = None
+        self._status_written = time.monotonic()
         try:
             write_status_file(self.status_path, self.status())
         except OSError as e:
