@@ -17,8 +17,10 @@ from docktor.agent.config.load import parse_config
 from docktor.agent.config.model import DocktorConfig, LLMConfig, ServiceConfig
 from docktor.agent.core.guardrails import Gate, envelope
 from docktor.agent.core.state import ServiceState
+from docktor.agent.runtime import loop
 from docktor.agent.runtime.loop import Daemon
 from docktor.agent.runtime.persist import Breaker, Identity, Snapshot, StateStore, capture, fold, logged_events, restore
+from docktor.agent.timestamps import rfc3339
 from tests.peers import NatsServer, SmallDisk
 from tests.test_loop import make_stream, publish
 
@@ -209,8 +211,10 @@ def test_the_state_file_is_replaced_whole_or_not_at_all(disk: SmallDisk) -> None
 
 
 async def test_a_full_disk_never_stops_a_tick_and_a_garbage_file_starts_afresh(
-    disk: SmallDisk, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+    disk: SmallDisk, nats_server: NatsServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # every tick writes the file here (not only every STATE_EVERY_S): the full disk is met at once
+    monkeypatch.setattr(loop, "STATE_EVERY_S", 0.0)
     await make_stream(nats_server.url)
     await publish(nats_server.url, "jobs.x", 700)
     state_dir = disk.path
@@ -297,3 +301,100 @@ async def test_the_llm_circuit_breaker_survives_a_restart(tmp_path: Path, nats_s
             assert len(llm.requests) == sent  # the restarted daemon did not call the failing endpoint
         finally:
             await second.close()
+
+
+# --------------------------------------------------------------------------- how often the file is written
+
+
+class Clock:
+    """The daemon's two clocks, moved by the test: wall = 1.9e9 + monotonic."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def mono(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return 1_900_000_000.0 + self.t
+
+
+async def test_the_file_is_written_when_a_clock_moves_and_every_few_seconds_otherwise(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A tick that changes what a restart needs exactly (here: a scale-up's clock) is saved at once;
+    ticks that only add to the stabilization window share a write every STATE_EVERY_S; stopping
+    writes the last of them."""
+    await make_stream(nats_server.url)
+    await publish(nats_server.url, "jobs.x", 700)
+    cfg = parse_config(f"state_dir: {tmp_path}\n" + SERVICE.format(python=sys.executable, min=0, max=4, policy="rules",
+                                                                   cooldown_up="120s", url=nats_server.url),
+                       tmp_path / "docktor.yaml", {})
+    clock = Clock()
+    daemon = Daemon(cfg, state="write", wall=clock.wall, mono=clock.mono)
+    file = tmp_path / "state" / "worker.json"
+
+    def saved_at() -> float:
+        return float(json.loads(file.read_text())["saved_at"])
+
+    await daemon.open()
+    try:
+        runner = daemon.runners["worker"]
+        first = await daemon.tick(runner)
+        assert first.decision == "scale_up" and first.executed
+        assert saved_at() == clock.wall()  # the scale-up's clock, at once
+        written = [saved_at()]
+        for _ in range(12):  # held by cooldown_up: nothing a restart needs exactly changes
+            clock.t += 1.0
+            rec = await daemon.tick(runner)
+            assert rec.decision == "hold"
+            if saved_at() != written[-1]:
+                written.append(saved_at())
+        # 12 ticks, one a second: written 5 and 10 s after the scale-up, not at every tick
+        assert [w - written[0] for w in written] == [0.0, loop.STATE_EVERY_S, 2 * loop.STATE_EVERY_S]
+        assert saved_at() != clock.wall()
+    finally:
+        await daemon.close()
+    doc = json.loads(file.read_text())
+    assert doc["saved_at"] == clock.wall() and len(doc["recommendations"]) == 13  # close() wrote the last ticks
+
+
+def test_a_restart_takes_the_window_newer_than_the_file_from_the_decision_log(tmp_path: Path) -> None:
+    """The daemon died 4 s after its last write: its last four decisions, in the log, recommended
+    more than anything in the file; the restarted daemon's window holds them."""
+    cfg = parse_config(f"state_dir: {tmp_path}\n" + SERVICE.format(python=sys.executable, min=1, max=10, policy="rules",
+                                                                   cooldown_up="120s", url="nats://127.0.0.1:1"),
+                       tmp_path / "docktor.yaml", {})
+    svc = svc_of(cfg)
+    state = ServiceState()
+    for t, n in [(10.0, 3), (11.0, 3)]:
+        state.recommendations.append((t, n))
+    wall0 = 1_900_000_000.0
+    StateStore(tmp_path).save("worker", saved(svc, state, wall=wall0 + 11.0, mono=11.0))
+    lines = [{"ts": rfc3339(wall0 + t), "service": "worker", "decision": "hold", "recommendation": n}
+             for t, n in [(10.0, 3), (11.0, 3), (12.0, 7), (13.0, 8), (14.0, 8), (15.0, 6)]]
+    lines.append({"ts": rfc3339(wall0 + 14.5), "service": "other", "decision": "hold", "recommendation": 9})
+    (tmp_path / "decisions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    async def restart() -> Daemon:
+        daemon = Daemon(cfg, state="write", wall=lambda: wall0 + 20.0, mono=lambda: 500.0)  # back 5 s after the last
+        await daemon.open()
+        await daemon.close()  # it never ticked: the file stays as the dead daemon left it
+        return daemon
+
+    daemon = asyncio.run(restart())
+    runner = daemon.runners["worker"]
+    assert [n for _, n in runner.state.recommendations] == [3, 3, 7, 8, 8, 6]
+    assert runner.state.recommendations[-1][0] == pytest.approx(495.0)  # 5 s before the restart, in its clock
+    assert runner.restored is not None
+    assert "4 newer stabilization recommendation(s) from the decision log (highest 8)" in runner.restored.kept
+    env = envelope(svc, runner.state, 8, OPEN, 500.0, proposal=2)
+    assert (env.lo, env.lo_by) == (8, "stabilization")
+    assert json.loads(StateStore(tmp_path).path("worker").read_text())["saved_at"] == wall0 + 11.0
+
+    # other bounds: the window means nothing any more, from the file or from the log
+    cfg = parse_config(f"state_dir: {tmp_path}\n" + SERVICE.format(python=sys.executable, min=1, max=12, policy="rules",
+                                                                   cooldown_up="120s", url="nats://127.0.0.1:1"),
+                       tmp_path / "docktor.yaml", {})
+    daemon = asyncio.run(restart())
+    assert not daemon.runners["worker"].state.recommendations

@@ -57,6 +57,9 @@ class DecisionRecord(BaseModel):
     decision: Literal["scale_up", "scale_down", "hold"]
     target_replicas: int | None
     proposal: int | None = None
+    #: the policy's own count within min/max, before the guardrails: what the scale-down
+    #: stabilization window remembers (a restart reads the newest back from the log's tail)
+    recommendation: int | None = None
     reason: str
     policy: str | None = None
     source: Literal["rules", "policy", "llm", "fallback", "manual", "mcp", "none"]
@@ -104,6 +107,7 @@ class DecisionRecord(BaseModel):
             decision=d.decision,
             target_replicas=d.target,
             proposal=d.proposal,
+            recommendation=d.recommendation,
             reason=d.reason,
             policy=d.policy,
             source=d.source,

@@ -36,7 +36,7 @@ from docktor.agent.runtime.persist import (
     capture,
     describe_ids,
     fold,
-    logged_events,
+    read_log_tail,
     restore,
 )
 from docktor.agent.runtime.recorder import Recorder, write_status_file
@@ -53,6 +53,10 @@ LAST_SCALED_TIMEOUT_S = 10.0
 #: the status file is rewritten at most this often while decisions come in (``daemon status``
 #: reads it); a write serializes every service, so one per decision grows with services squared
 STATUS_EVERY_S = 0.25
+#: a service's state file is rewritten at once when a cooldown clock, the back-off, failed reads,
+#: the breaker or a pause changed, and otherwise at most this often: what changes every tick
+#: (the stabilization window, the rate baselines) a restart rebuilds (persist.py says how)
+STATE_EVERY_S = 5.0
 
 
 def next_tick(start: float, interval: float, k: int, now: float) -> tuple[int, float]:
@@ -104,6 +108,9 @@ class ServiceRunner:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     save_error: str | None = None
+    #: what the state file last written holds that a restart needs exactly (Snapshot.durable), and when
+    saved_durable: tuple[Any, ...] | None = None
+    saved_mono: float = -math.inf
     #: the service's own loop and its stop signal (a reload stops one service alone)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -239,6 +246,9 @@ class Daemon:
 
     async def close(self) -> None:
         self.phase = "stopping"
+        # what the last ticks learnt, for the next start (they wrote it every few seconds only);
+        # a daemon that never ticked (refused to start) leaves the file as the last one wrote it
+        await asyncio.gather(*(self.save_state(r, force=True) for r in self.runners.values() if r.ticks and r.task is None))
         if self._status_due is not None:  # the last decisions, before the loop that would write them ends
             self.write_status()
         await self._close_advisor()
@@ -360,15 +370,19 @@ class Daemon:
         assert runner.identity is not None
         return Snapshot(runner.identity, runner.state, sources, breaker, runner.pause)
 
-    async def save_state(self, runner: ServiceRunner) -> None:
-        """Write the service's state file; a failure (a full disk) is logged, never raised."""
+    async def save_state(self, runner: ServiceRunner, *, force: bool = False) -> None:
+        """Write the service's state file if it is due (:data:`STATE_EVERY_S`) or ``force``; a
+        failure (a full disk) is logged, never raised."""
         if self.state_mode != "write":
             return
         if runner.identity is None:
             runner.identity = self._identity(runner)
         async with runner.save_lock:
-            doc = capture(self._snapshot(runner), service=runner.svc.name, window=runner.svc.scale_down_stabilization,
-                          wall=self.wall(), mono=self.mono())
+            snap, mono = self._snapshot(runner), self.mono()
+            durable = snap.durable()
+            if not force and durable == runner.saved_durable and mono - runner.saved_mono < STATE_EVERY_S:
+                return
+            doc = capture(snap, service=runner.svc.name, window=runner.svc.scale_down_stabilization, wall=self.wall(), mono=mono)
             try:
                 await asyncio.to_thread(self.store.save, runner.svc.name, doc)
             except OSError as e:
@@ -379,6 +393,7 @@ class Daemon:
                               self.store.path(runner.svc.name), text)
                 runner.save_error = text
                 return
+            runner.saved_durable, runner.saved_mono = durable, mono
             if runner.save_error is not None:
                 log.warning("%s: state file writable again", runner.svc.name)
                 runner.save_error = None
@@ -418,7 +433,10 @@ class Daemon:
                 self.advisor.restore_breaker(r.svc.name, snap.breaker.failures, snap.breaker.open_until, snap.breaker.last_error)
         # Write-ahead: an action whose intent is in the log but not in the state file (the daemon
         # died before saving it, maybe while the executor acted) counts from its decision's time.
-        events = logged_events(self.log.path)
+        tail = read_log_tail(self.log.path)
+        events = tail.events
+        for r in runners:
+            self._apply_logged_recommendations(r, tail.recommendations.get(r.svc.name, []), wall, mono)
         for r in runners:
             assert r.restored is not None
             if r.svc.name not in events or not r.restored.same_executor:
@@ -437,6 +455,24 @@ class Daemon:
                 for d in r.restored.discarded:  # a one-shot dry run only reads: no need to shout
                     log.log(logging.WARNING if self.state_mode == "write" else logging.INFO,
                             "%s: saved state discarded: %s", r.svc.name, d)
+
+    def _apply_logged_recommendations(self, r: ServiceRunner, logged: list[tuple[float, int]], wall: float, mono: float) -> None:
+        """The stabilization window's part newer than the state file, from the decision log: the
+        file is rewritten every few seconds only (:data:`STATE_EVERY_S`), every decision line
+        carries its recommendation. Only beside a state file whose window still means something
+        (the same executor, bounds and policy: its identity says so)."""
+        restored = r.restored
+        assert restored is not None
+        if restored.saved_at is None or not restored.same_window:
+            return
+        oldest = mono - r.svc.scale_down_stabilization
+        newer = [(mono - max(0.0, wall - ts), n) for ts, n in logged if ts > restored.saved_at]
+        newer = [(t, n) for t, n in newer if t > oldest]
+        if not newer:
+            return
+        r.state.recommendations.extend(sorted(newer))
+        restored.kept.append(f"{len(newer)} newer stabilization recommendation(s) from the decision log "
+                             f"(highest {max(n for _, n in newer)})")
 
     def _apply_logged(self, r: ServiceRunner, acts: Any, wall: float, mono: float) -> None:
         assert r.restored is not None
@@ -736,7 +772,7 @@ class Daemon:
         stopping = [self.runners[n] for n in removed] + [self.runners[s.name] for s in changed]
         await self._halt(stopping)
         for r in stopping:
-            await self.save_state(r)
+            await self.save_state(r, force=True)
         self.config = config
         self.mode = self.mode_override or config.mode
         self.log.max_bytes, self.log.backups = config.log.max_bytes, config.log.backups

@@ -1,4 +1,4 @@
-"""Each service's state, saved after every tick and restored when the daemon starts again.
+"""Each service's state, saved as it changes and restored when the daemon starts again.
 
 A restart must not reset the guardrails: a daemon killed a second after a scale-up that comes
 back and scales up again at once has broken ``cooldown_up`` as surely as one that never had it.
@@ -21,7 +21,11 @@ atomically (temporary file, ``fsync``, ``rename``, ``fsync`` of the folder); a f
 
 The file is written after the decision log, so a daemon killed between its intent line and its
 state file (or while its executor acted) left a newer record in the log than in the file:
-:func:`logged_actions` reads the log's tail back at start for exactly that.
+:func:`read_log_tail` reads the log's tail back at start for exactly that. The same tail gives
+back the stabilization window's newest recommendations (each decision line carries its
+``recommendation``), which is why the daemon need not rewrite the file every tick: only when
+something a tick cannot rebuild changed (:meth:`Snapshot.durable`), and otherwise every few
+seconds.
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ VERSION = 1
 #: dropped: a rate averaged over a long outage would hide what the queue did meanwhile
 BASELINE_MAX_INTERVALS = 5
 BASELINE_MIN_AGE_S = 60.0
-#: how much of the decision log's tail is read back at start (per file)
-LOG_TAIL_BYTES = 256 * 1024
+#: how much of the decision log's tail is read back at start (per file): at about 800 bytes a
+#: decision, the last 5 s of 500 services deciding every second
+LOG_TAIL_BYTES = 2 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- identity
@@ -173,6 +178,18 @@ class Snapshot:
     breaker: Breaker | None = None
     pause: Pause | None = None
 
+    def durable(self) -> tuple[Any, ...]:
+        """What a restart must find exactly as it was, from the state file alone: the cooldown
+        clocks, the back-off, failed reads, the breaker, a pause, the identity. The rest (the
+        stabilization window, the rate baselines) changes every tick, and a restart rebuilds it:
+        the window's newest part from the decision log, the rates over a slightly longer span."""
+        s, b, p = self.state, self.breaker, self.pause
+        return (
+            self.identity, s.last_up_at, s.last_down_at, s.failures, s.backoff_until, tuple(sorted(s.failed_reads.items())),
+            None if b is None else (b.failures, b.open_until, b.last_error),
+            None if p is None else (p.since, p.until, p.reason),
+        )
+
 
 def capture(snap: Snapshot, *, service: str, window: float, wall: float, mono: float) -> dict[str, Any]:
     """``snap`` as the JSON document of the state file."""
@@ -214,6 +231,8 @@ class Restored:
     discarded: list[str] = field(default_factory=list)
     #: the executor's clocks are from the deployment now configured (log records may be applied)
     same_executor: bool = True
+    #: the stabilization recommendations still mean something (the log's newer ones may be added)
+    same_window: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {"saved_at": None if self.saved_at is None else rfc3339(self.saved_at),
@@ -279,6 +298,7 @@ def restore(
             out.kept.append(f"back-off after {state.failures} failed scale(s), {state.backoff_until - mono:.0f} s left")
 
     why = old.window_changed(identity)
+    out.same_window = why is None
     recs = [(past(t), int(n)) for t, n in doc.get("recommendations") or []]
     window = [(t, n) for t, n in recs if t is not None and t > mono - svc.scale_down_stabilization]
     if window and why is not None:
@@ -414,10 +434,19 @@ class LoggedEvent:
     retry_at: float | None = None
 
 
-def logged_events(log_path: Path, tail_bytes: int = LOG_TAIL_BYTES) -> dict[str, list[LoggedEvent]]:
-    """Per service, the decisions in the decision log's tail that called the executor, oldest
-    first. An intent without its outcome is ``unknown``: the executor may have acted before the
-    daemon died (write-ahead: the intent is written first)."""
+@dataclass
+class LogTail:
+    """What the decision log's tail tells of each service, oldest first."""
+
+    #: the decisions that called the executor
+    events: dict[str, list[LoggedEvent]] = field(default_factory=dict)
+    #: ``(wall clock, recommendation)`` of every decision that carries one
+    recommendations: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+
+
+def read_log_tail(log_path: Path, tail_bytes: int = LOG_TAIL_BYTES) -> LogTail:
+    """The decision log's tail, per service. An intent without its outcome is ``unknown``: the
+    executor may have acted before the daemon died (write-ahead: the intent is written first)."""
     lines: list[bytes] = []
     try:
         small = log_path.stat().st_size < tail_bytes
@@ -426,6 +455,7 @@ def logged_events(log_path: Path, tail_bytes: int = LOG_TAIL_BYTES) -> dict[str,
     if small:  # a rotation may just have moved the latest decisions into .1
         lines += _tail_lines(log_path.with_name(log_path.name + ".1"), tail_bytes)
     lines += _tail_lines(log_path, tail_bytes)
+    tail = LogTail()
     intents: dict[str, dict[str, Any]] = {}
     outcomes: dict[str, dict[str, Any]] = {}
     for line in lines:
@@ -433,13 +463,22 @@ def logged_events(log_path: Path, tail_bytes: int = LOG_TAIL_BYTES) -> dict[str,
             rec = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(rec, dict) or rec.get("id") is None:
+        if not isinstance(rec, dict):
             continue
-        if rec.get("phase") == "intent":
+        phase = rec.get("phase")
+        if phase == "outcome":
+            if rec.get("id") is not None:
+                outcomes[str(rec["id"])] = rec
+            continue
+        if phase == "intent" and rec.get("id") is not None:
             intents[str(rec["id"])] = rec
-        elif rec.get("phase") == "outcome":
-            outcomes[str(rec["id"])] = rec
-    found: dict[str, list[LoggedEvent]] = {}
+        n = rec.get("recommendation")
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+            try:
+                ts = parse_rfc3339(str(rec["ts"]))
+            except (KeyError, ValueError):
+                continue
+            tail.recommendations.setdefault(str(rec.get("service")), []).append((ts, n))
     for key, rec in intents.items():
         try:
             ts = parse_rfc3339(str(rec["ts"]))
@@ -453,8 +492,13 @@ def logged_events(log_path: Path, tail_bytes: int = LOG_TAIL_BYTES) -> dict[str,
             except ValueError:
                 pass
         status = str(outcome.get("status") or "unknown")
-        found.setdefault(str(rec.get("service")), []).append(LoggedEvent(ts, key, str(rec.get("decision")), status, retry_at))
-    return found
+        tail.events.setdefault(str(rec.get("service")), []).append(LoggedEvent(ts, key, str(rec.get("decision")), status, retry_at))
+    return tail
+
+
+def logged_events(log_path: Path, tail_bytes: int = LOG_TAIL_BYTES) -> dict[str, list[LoggedEvent]]:
+    """Per service, the decisions in the decision log's tail that called the executor, oldest first."""
+    return read_log_tail(log_path, tail_bytes).events
 
 
 def fold(events: Iterable[LoggedEvent], since: float | None) -> LoggedActions:
