@@ -6,6 +6,7 @@ import asyncio
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -293,17 +294,19 @@ async def test_a_burst_of_decisions_shares_status_file_writes(tmp_path: Path, na
     await daemon.open()
     try:
         for _ in range(2):
+            before, began = daemon.writes, time.monotonic()
             records = await daemon.run_once()
+            took = time.monotonic() - began
             await asyncio.sleep(STATUS_EVERY_S + 0.2)  # the write that carries the last of them
             shown = json.loads(status.read_text())["services"]
             assert {n: shown[n]["last_decision"]["ts"] for n in names} == {r.service: r.ts for r in records}
-        assert 2 <= daemon.writes <= 4, daemon.writes  # 16 decisions
+            # 8 decisions: one write at once, then one per STATUS_EVERY_S while they come in (a
+            # loaded machine spreads them out; each starts a replica)
+            assert 1 <= daemon.writes - before <= 2 + took / STATUS_EVERY_S, (daemon.writes - before, took)
 
-        # stopping writes the decisions still waiting for their write
+        # stopping writes the decisions still waiting for their write (none waits a loop's turn)
         records = await daemon.run_once()
-        writes = daemon.writes
     finally:
         await daemon.close()
-    assert daemon.writes == writes + 1
     shown = json.loads(status.read_text())["services"]
     assert {n: shown[n]["last_decision"]["ts"] for n in names} == {r.service: r.ts for r in records}

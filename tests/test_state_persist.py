@@ -328,7 +328,8 @@ async def test_the_file_is_written_when_a_clock_moves_and_every_few_seconds_othe
     await make_stream(nats_server.url)
     await publish(nats_server.url, "jobs.x", 700)
     cfg = parse_config(f"state_dir: {tmp_path}\n" + SERVICE.format(python=sys.executable, min=0, max=4, policy="rules",
-                                                                   cooldown_up="120s", url=nats_server.url),
+                                                                   cooldown_up="120s", url=nats_server.url)
+                       .replace("timeout: 1s", "timeout: 10s"),  # a slow read on a loaded machine is not a failed one
                        tmp_path / "docktor.yaml", {})
     clock = Clock()
     daemon = Daemon(cfg, state="write", wall=clock.wall, mono=clock.mono)
