@@ -688,9 +688,11 @@ class Daemon:
 
         ``manual``: an operator's override, clamped by min/max only (like ``kubectl scale`` on a
         workload an autoscaler also drives: the next automatic decisions may move it again, so
-        pause first to keep it). ``mcp``: an assistant's proposal, clamped into the same envelope
-        as the LLM advisor's (bounds, step limits, cooldowns, stabilization, back-off, the rules'
-        direction). Recorded with that ``source``; with ``dry_run``, only returned.
+        pause first to keep it). ``mcp``: an assistant's proposal, clamped into the envelope every
+        decision is (bounds, step limits, cooldowns, stabilization, back-off, the rules'
+        direction), but not into the LLM advisor's narrower one (this tick's direction, the
+        ``llm:`` allowance): an assistant speaks for a person (docs/operations.md, "MCP").
+        Recorded with that ``source``; with ``dry_run``, only returned.
         """
         runner = self.runner_for(service)
         if source not in ("manual", "mcp"):
