@@ -61,12 +61,28 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @dataclass
 class RabbitMQ:
-    """A private broker (../shared/env/rabbitmq-local.sh: statistics every second) on loopback."""
+    """A private broker (../shared/env/rabbitmq-local.sh: statistics every second) on loopback.
+
+    With ``tls``, it also serves the management API over HTTPS and AMQP over TLS (AMQPS) with the
+    certificates' server certificate, on ports of their own: a conf.d file beside the launcher's
+    own configuration (``RABBITMQ_CONFIG_FILES``), which the broker reads after it.
+    """
 
     dir: Path
     amqp_port: int
     mgmt_port: int
     pid: int | None = None
+    tls: Certificates | None = None
+    mgmt_tls_port: int = 0
+    amqps_port: int = 0
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.mgmt_tls_port}"
+
+    @property
+    def amqps_url(self) -> str:
+        return f"amqps://127.0.0.1:{self.amqps_port}"
 
     @property
     def url(self) -> str:
@@ -77,19 +93,41 @@ class RabbitMQ:
         return f"amqp://127.0.0.1:{self.amqp_port}"
 
     @classmethod
-    def start(cls, dir: Path) -> RabbitMQ:
+    def start(cls, dir: Path, tls: Certificates | None = None) -> RabbitMQ:
         need_binary("rabbitmq-server")
         script = SHARED / "env" / "rabbitmq-local.sh"
         need(script.is_file(), f"{script} missing (the RabbitMQ launcher lives in ../shared)", REQUIRE)
         broker = cls(dir, _amqp_port(), free_port())
+        if tls is not None:
+            broker.tls, broker.mgmt_tls_port, broker.amqps_port = tls, free_port(), free_port()
         broker.launch()
         return broker
+
+    def _tls_config(self) -> dict[str, str]:
+        """The conf.d file for ``tls`` (its certificates copied in: the broker's user must read them)."""
+        if self.tls is None:
+            return {}
+        import shutil
+
+        conf_d, own = self.dir / "conf.d", self.dir / "tls"
+        conf_d.mkdir(parents=True, exist_ok=True)
+        own.mkdir(exist_ok=True)
+        files = {}
+        for name, src in (("cacertfile", self.tls.ca), ("certfile", self.tls.server_cert), ("keyfile", self.tls.server_key)):
+            files[name] = own / src.name
+            shutil.copyfile(src, files[name])
+        lines = ["management.ssl.ip = 127.0.0.1", f"management.ssl.port = {self.mgmt_tls_port}",
+                 f"listeners.ssl.default = 127.0.0.1:{self.amqps_port}", "ssl_options.verify = verify_none"]
+        for name, path in files.items():
+            lines += [f"management.ssl.{name} = {path}", f"ssl_options.{name} = {path}"]
+        (conf_d / "10-tls.conf").write_text("\n".join(lines) + "\n")
+        return {"RABBITMQ_CONFIG_FILES": str(conf_d)}
 
     def launch(self) -> None:
         """(Re)start the broker in its folder on its ports: durable queues survive a restart."""
         done = subprocess.run(
             ["bash", str(SHARED / "env" / "rabbitmq-local.sh"), str(self.dir), str(self.amqp_port), str(self.mgmt_port)],
-            capture_output=True, text=True, timeout=180, check=False,
+            capture_output=True, text=True, timeout=180, check=False, env={**os.environ, **self._tls_config()},
         )
         if done.returncode != 0:
             raise RuntimeError(f"rabbitmq-local.sh failed ({done.returncode}): {done.stderr[-2000:]}")

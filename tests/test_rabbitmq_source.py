@@ -1,6 +1,7 @@
 """The RabbitMQ source against a real broker (Debian's rabbitmq-server, management plugin on,
 statistics every second): exact figures, rates from counters, re-created queues, a restart,
-credentials, vhost/queue names that need URL-encoding, and the AMQP-only mode."""
+credentials, vhost/queue names that need URL-encoding, the AMQP-only mode, and both over TLS
+with a private CA."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from docktor.tools.sdk import SourceError
 from docktor.tools.sources.rabbitmq import AMQP_METRICS, MANAGEMENT_METRICS, RabbitMQSource
 from docktor.tools.sources.rabbitmq import RabbitMQSettings as Settings
 from tests.peers import free_port
-from tests.servers import RabbitMQ
+from tests.servers import Certificates, RabbitMQ, make_certificates
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-5f1e"  # a password that must never show up in an error
@@ -485,3 +486,45 @@ async def test_scripted_same_statistics_sample_is_not_a_rate_of_zero(scripted_ap
     clock.advance(10.0)
     idle = await src.read()
     assert (idle["queue.rate_in"], idle["queue.rate_out"]) == (0.0, 0.0)
+
+
+# --------------------------------------------------------------------------- TLS: HTTPS and AMQPS
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RabbitMQ, Certificates]]:
+    """A broker serving the management API over HTTPS and AMQPS too, with a private CA's certificate."""
+    certs = make_certificates(tmp_path_factory.mktemp("rabbit-ca"))
+    b = RabbitMQ.start(tmp_path_factory.mktemp("rabbit-tls"), tls=certs)
+    try:
+        yield b, certs
+    finally:
+        b.stop()
+
+
+async def test_https_and_amqps_with_a_private_ca(tls_broker: tuple[RabbitMQ, Certificates], queue: str, guest: Any,
+                                                 make_source: Any) -> None:
+    broker, certs = tls_broker
+    amqp = await Amqp.open(broker)
+    try:
+        await amqp.declare(queue)
+        await amqp.publish(queue, 6)
+        held = await amqp.get(queue, 2, ack=False)
+        assert len(held) == 2
+        trusted = {"tls": {"ca_file": str(certs.ca)}}
+
+        src = make_source(settings(broker.https_url, queue, **guest, **trusted))
+        expected = {"queue.pending": 4.0, "queue.ack_pending": 2.0, "queue.backlog": 6.0}
+        metrics = await eventually(src.read, lambda m: {k: m.get(k) for k in expected} == expected)
+        assert {k: metrics[k] for k in expected} == expected
+        # AMQP answers from the queue itself, over TLS as well
+        assert await make_source(settings(broker.amqps_url, queue, **guest, **trusted)).read() == {
+            "queue.pending": 4.0, "queue.consumers": 0.0}
+
+        # a CA that did not sign the broker's certificate, or none (the system's): refused, said so
+        for url in (broker.https_url, broker.amqps_url):
+            for tls in ({"tls": {"ca_file": str(certs.other_ca)}}, {}):
+                with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+                    await make_source(settings(url, queue, **guest, **tls)).read()
+    finally:
+        await amqp.close()
