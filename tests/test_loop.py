@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sys
 import threading
@@ -280,8 +281,6 @@ class CountingWrites(Daemon):
 async def test_a_burst_of_decisions_shares_status_file_writes(tmp_path: Path, nats_server: NatsServer) -> None:
     """Eight services deciding at once: the status file shows every last decision, written a
     couple of times rather than once per decision (each write serializes every service)."""
-    import json
-
     from docktor.agent.runtime.loop import STATUS_EVERY_S
 
     names = [f"s{i}" for i in range(8)]
@@ -310,3 +309,32 @@ async def test_a_burst_of_decisions_shares_status_file_writes(tmp_path: Path, na
         await daemon.close()
     shown = json.loads(status.read_text())["services"]
     assert {n: shown[n]["last_decision"]["ts"] for n in names} == {r.service: r.ts for r in records}
+
+
+async def test_a_reload_that_changes_only_what_advice_may_do_restarts_nothing(tmp_path: Path, nats_server: NatsServer) -> None:
+    """The llm: allowance and asking rules change in place (the advisor, its breakers and every
+    service go on); a new endpoint starts a new advisor and every service again."""
+    await make_stream(nats_server.url)
+
+    def config(**llm: Any) -> Any:
+        block = {"provider": "openai-compatible", "base_url": "http://127.0.0.1:9/v1", "model": "m", **llm}
+        text = f"state_dir: {tmp_path}\nllm: {json.dumps(block)}\nservices:" + service_yaml("w", nats_server.url, 1.0)
+        return parse_config(text, tmp_path / "docktor.yaml")
+
+    daemon = Daemon(config())
+    await daemon.open()
+    try:
+        advisor, runner = daemon.advisor, daemon.runners["w"]
+        assert advisor is not None and advisor.allowance.replicas == 2
+        report = await daemon.reload(config(max_extra_replicas=5, heartbeat=60))
+        assert report["changed"] == {} and report["unchanged"] == ["w"]
+        assert report["llm_retuned"] == ["heartbeat", "max_extra_replicas"]
+        assert daemon.advisor is advisor and daemon.runners["w"] is runner
+        assert (advisor.allowance.replicas, advisor.config.heartbeat) == (5, 60.0)
+
+        report = await daemon.reload(config(max_extra_replicas=5, heartbeat=60, model="another"))
+        assert report["changed"] == {"w": "llm"} and report["llm_retuned"] == []
+        assert daemon.advisor is not advisor and daemon.runners["w"] is not runner
+        assert daemon.advisor.allowance.replicas == 5
+    finally:
+        await daemon.close()

@@ -128,6 +128,12 @@ class Advisor:
         #: how far above the deterministic target an answer may go (applied by ``conclude``)
         self.allowance = Allowance.of(config)
 
+    def retune(self, config: LLMConfig) -> None:
+        """Take ``config``'s allowance, asking rules and prompt budget from the next decision on.
+        Only for a config that reaches the same endpoint the same way (the client is kept)."""
+        self.config = config
+        self.allowance = Allowance.of(config)
+
     async def server_info(self) -> ServerInfo:
         """What the server says about its context and tools, asked once (``server.probe``)."""
         async with self._probing:

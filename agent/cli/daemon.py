@@ -217,6 +217,8 @@ def register(app: typer.Typer) -> None:
             say(f"stopped {name}")
         if report.get("unchanged"):
             say(f"unchanged: {', '.join(report['unchanged'])}")
+        if report.get("llm_retuned"):
+            say(f"llm: {', '.join(report['llm_retuned'])} changed in place (same endpoint: no service restarted)")
         say(f"reloaded {config} (mode {report.get('mode')})")
 
     @daemon_app.command("logs", short_help="The decisions, as a table or JSON lines.")

@@ -57,6 +57,11 @@ STATUS_EVERY_S = 0.25
 #: the breaker or a pause changed, and otherwise at most this often: what changes every tick
 #: (the stabilization window, the rate baselines) a restart rebuilds (persist.py says how)
 STATE_EVERY_S = 5.0
+#: the ``llm:`` keys that say where and how the model is reached: a reload that changes one starts
+#: a new advisor, and every service again (their breakers and advice belong to the old endpoint).
+#: The others (the allowance, when to ask, the prompt's budget) are read at every decision: a
+#: reload changes them in place.
+LLM_ENDPOINT_KEYS = ("provider", "base_url", "model", "api_key_env", "timeout")
 
 
 def next_tick(start: float, interval: float, k: int, now: float) -> tuple[int, float]:
@@ -747,7 +752,9 @@ class Daemon:
                                                    f"{self.config.state_dir}); stop and start the daemon to move it")
         old = self.config
         fingerprint = {s.name: _fingerprint(s) for s in old.services}
-        llm_changed = old.llm != config.llm
+        llm_changed = any(getattr(old.llm, k) != getattr(config.llm, k) for k in LLM_ENDPOINT_KEYS)
+        retuned = [] if llm_changed else [k for k in type(config.llm).model_fields
+                                          if getattr(old.llm, k) != getattr(config.llm, k)]
         changed = [s for s in config.services if s.name in fingerprint and _fingerprint(s) != fingerprint[s.name]]
         if llm_changed:  # every service's breaker and advice belong to the old endpoint
             changed += [s for s in config.services if s.name in fingerprint and s not in changed]
@@ -781,6 +788,8 @@ class Daemon:
         if llm_changed:
             await self._close_advisor()
             self._open_advisor()
+        elif retuned and self.advisor is not None:
+            self.advisor.retune(config.llm)
         closers: list[Awaitable[None]] = []
         for name in removed:
             r = self.runners.pop(name)
@@ -808,6 +817,7 @@ class Daemon:
         report = {
             "changed": {s.name: _what_changed(old.service(s.name), s) or "llm" for s in changed},
             "added": [s.name for s in added], "removed": removed, "unchanged": unchanged, "mode": self.mode,
+            "llm_retuned": retuned,
             "restored": {r.svc.name: r.restored.as_dict() for r in restarted if r.restored is not None},
         }
         log.info("reloaded %s: %s", config.path, _report_line(report))
@@ -911,6 +921,8 @@ def _report_line(report: dict[str, Any]) -> str:
         parts.append("stopped " + ", ".join(report["removed"]))
     if report["unchanged"]:
         parts.append("unchanged " + ", ".join(report["unchanged"]))
+    if report.get("llm_retuned"):
+        parts.append("llm " + ", ".join(report["llm_retuned"]) + " changed in place")
     return "; ".join(parts) or "nothing to do"
 
 
