@@ -19,7 +19,7 @@ from docktor.agent.core.guardrails import Gate, envelope
 from docktor.agent.core.state import ServiceState
 from docktor.agent.runtime import loop
 from docktor.agent.runtime.loop import Daemon
-from docktor.agent.runtime.persist import Breaker, Identity, Snapshot, StateStore, capture, fold, logged_events, restore
+from docktor.agent.runtime.persist import Breaker, Identity, Snapshot, StateStore, capture, fold, read_log_tail, restore
 from docktor.agent.timestamps import rfc3339
 from tests.peers import NatsServer, SmallDisk
 from tests.test_loop import make_stream, publish
@@ -184,7 +184,7 @@ def test_an_intent_without_its_outcome_counts_as_done(tmp_path: Path) -> None:
         {"ts": "2026-01-01T00:00:22.000Z", "service": "worker", "decision": "hold"},
     ]
     log.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"torn line')
-    events = logged_events(log)
+    events = read_log_tail(log).events
     worker = fold(events["worker"], None)
     assert worker.ids == ["a", "b"]
     assert worker.last_up_at is not None and worker.last_down_at == worker.last_up_at + 10  # b: no outcome, counted

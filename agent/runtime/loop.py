@@ -405,13 +405,15 @@ class Daemon:
 
     async def restore_state(self, runners: list[ServiceRunner]) -> None:
         """Each runner's saved state, as far as it still means something; then the decision log's
-        newer actions and the executor's own last scale, whichever is latest."""
+        newer actions (and, in :func:`restore`, its newer recommendations) and the executor's own
+        last scale, whichever is latest."""
         wall, mono = self.wall(), self.mono()
+        tail = read_log_tail(self.log.path)  # the newest decisions, which the state files may not have yet
         for r in runners:
             r.identity = self._identity(r)
             try:
                 doc = self.store.load(r.svc.name)
-                restored = restore(doc, r.identity, r.svc, wall=wall, mono=mono)
+                restored = restore(doc, r.identity, r.svc, wall=wall, mono=mono, logged=tail.recommendations.get(r.svc.name, ()))
             except (ValueError, KeyError, TypeError) as e:
                 log.warning("%s: state file %s unusable (%s): starting without it", r.svc.name, self.store.path(r.svc.name), e)
                 restored = restore(None, r.identity, r.svc, wall=wall, mono=mono)
@@ -438,10 +440,7 @@ class Daemon:
                 self.advisor.restore_breaker(r.svc.name, snap.breaker.failures, snap.breaker.open_until, snap.breaker.last_error)
         # Write-ahead: an action whose intent is in the log but not in the state file (the daemon
         # died before saving it, maybe while the executor acted) counts from its decision's time.
-        tail = read_log_tail(self.log.path)
         events = tail.events
-        for r in runners:
-            self._apply_logged_recommendations(r, tail.recommendations.get(r.svc.name, []), wall, mono)
         for r in runners:
             assert r.restored is not None
             if r.svc.name not in events or not r.restored.same_executor:
@@ -460,24 +459,6 @@ class Daemon:
                 for d in r.restored.discarded:  # a one-shot dry run only reads: no need to shout
                     log.log(logging.WARNING if self.state_mode == "write" else logging.INFO,
                             "%s: saved state discarded: %s", r.svc.name, d)
-
-    def _apply_logged_recommendations(self, r: ServiceRunner, logged: list[tuple[float, int]], wall: float, mono: float) -> None:
-        """The stabilization window's part newer than the state file, from the decision log: the
-        file is rewritten every few seconds only (:data:`STATE_EVERY_S`), every decision line
-        carries its recommendation. Only beside a state file whose window still means something
-        (the same executor, bounds and policy: its identity says so)."""
-        restored = r.restored
-        assert restored is not None
-        if restored.saved_at is None or not restored.same_window:
-            return
-        oldest = mono - r.svc.scale_down_stabilization
-        newer = [(mono - max(0.0, wall - ts), n) for ts, n in logged if ts > restored.saved_at]
-        newer = [(t, n) for t, n in newer if t > oldest]
-        if not newer:
-            return
-        r.state.recommendations.extend(sorted(newer))
-        restored.kept.append(f"{len(newer)} newer stabilization recommendation(s) from the decision log "
-                             f"(highest {max(n for _, n in newer)})")
 
     def _apply_logged(self, r: ServiceRunner, acts: Any, wall: float, mono: float) -> None:
         assert r.restored is not None

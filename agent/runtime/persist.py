@@ -231,8 +231,6 @@ class Restored:
     discarded: list[str] = field(default_factory=list)
     #: the executor's clocks are from the deployment now configured (log records may be applied)
     same_executor: bool = True
-    #: the stabilization recommendations still mean something (the log's newer ones may be added)
-    same_window: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {"saved_at": None if self.saved_at is None else rfc3339(self.saved_at),
@@ -246,8 +244,13 @@ def restore(
     *,
     wall: float,
     mono: float,
+    logged: Iterable[tuple[float, int]] = (),
 ) -> Restored:
     """The state a previous daemon saved for ``svc``, as far as it still means something.
+
+    ``logged``: the service's ``(wall clock, recommendation)`` pairs from the decision log's tail
+    (:func:`read_log_tail`); those newer than the file complete its stabilization window, which
+    the daemon writes every few seconds only, on the same condition as the file's own.
 
     Raises ValueError (or KeyError/TypeError) for a document that does not parse; the caller
     logs it and starts afresh.
@@ -298,14 +301,22 @@ def restore(
             out.kept.append(f"back-off after {state.failures} failed scale(s), {state.backoff_until - mono:.0f} s left")
 
     why = old.window_changed(identity)
-    out.same_window = why is None
-    recs = [(past(t), int(n)) for t, n in doc.get("recommendations") or []]
-    window = [(t, n) for t, n in recs if t is not None and t > mono - svc.scale_down_stabilization]
+
+    def in_window(pairs: Iterable[tuple[Any, Any]]) -> list[tuple[float, int]]:
+        recs = [(past(t), int(n)) for t, n in pairs]
+        return [(t, n) for t, n in recs if t is not None and t > mono - svc.scale_down_stabilization]
+
+    window = in_window(doc.get("recommendations") or [])
     if window and why is not None:
         out.discarded.append(f"{len(window)} stabilization recommendation(s): {why}")
     elif window:
-        state.recommendations = deque(((t, n) for t, n in window if t is not None), maxlen=HISTORY_POINTS)
+        state.recommendations = deque(window, maxlen=HISTORY_POINTS)
         out.kept.append(f"{len(window)} stabilization recommendation(s) (highest {max(n for _, n in window)})")
+    newer = sorted(in_window((t, n) for t, n in logged if t > saved_at))
+    if newer and why is None:
+        state.recommendations.extend(newer)
+        out.kept.append(f"{len(newer)} newer stabilization recommendation(s) from the decision log "
+                        f"(highest {max(n for _, n in newer)})")
 
     max_age = max(BASELINE_MIN_AGE_S, BASELINE_MAX_INTERVALS * svc.check_interval)
     age = max(0.0, wall - saved_at)
@@ -494,11 +505,6 @@ def read_log_tail(log_path: Path, tail_bytes: int = LOG_TAIL_BYTES) -> LogTail:
         status = str(outcome.get("status") or "unknown")
         tail.events.setdefault(str(rec.get("service")), []).append(LoggedEvent(ts, key, str(rec.get("decision")), status, retry_at))
     return tail
-
-
-def logged_events(log_path: Path, tail_bytes: int = LOG_TAIL_BYTES) -> dict[str, list[LoggedEvent]]:
-    """Per service, the decisions in the decision log's tail that called the executor, oldest first."""
-    return read_log_tail(log_path, tail_bytes).events
 
 
 def fold(events: Iterable[LoggedEvent], since: float | None) -> LoggedActions:
