@@ -13,7 +13,7 @@ project names, free loopback ports), side by side, and runs the real daemon on e
 
 The producer adds its periodic bursts to the base load. Every 0.25 s the benchmark samples, on
 its own, the stream's arrivals and the consumer's backlog from JetStream and the running
-consumers from Docker (``tests/examples.py``, shared with the example's end-to-end test). Per
+consumers from Docker (``tests/support/examples.py``, shared with the example's end-to-end test). Per
 burst it reports: the consumers running when it began (what the previous cycle settled at),
 burst start -> scale-up issued (the decision's intent, logged just before the scale command), scale command
 -> all requested consumers running (from Docker), burst start -> backlog back under the rules'
@@ -45,8 +45,8 @@ import yaml
 from docktor.agent.runtime.decision_log import read_records
 from docktor.agent.timestamps import parse_rfc3339
 from docktor.tools.executors.compose import find_compose_cli
-from tests.examples import Sample, burst_starts, sample_stack, settled_at
-from tests.peers import free_port, wait_for_consumer
+from tests.support.examples import Sample, burst_starts, sample_stack, settled_at
+from tests.support.peers import free_port, wait_for_consumer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "nats-multi"

@@ -28,7 +28,7 @@ from typing import Any
 from docktor.agent.config.load import parse_config
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, log_files, read_records
 from docktor.agent.runtime.loop import Daemon
-from tests.peers import NatsServer, SmallDisk
+from tests.support.peers import NatsServer, SmallDisk
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "35abe63"

@@ -2,7 +2,7 @@
 
     python -m benchmarks.hostile_yaml [--cases 1000] [--seed 12] [--baseline 35abe63] [--limit 10]
 
-Runs the named attacks of ``tests/hostile_yaml.py`` and ``--cases`` seeded random mutations of a
+Runs the named attacks of ``tests/support/hostile_yaml.py`` and ``--cases`` seeded random mutations of a
 valid config through ``load_config`` — what ``docktor validate`` and ``daemon start`` run — in a
 worker process per revision (the baseline extracted with ``git archive``, run with the same
 interpreter and packages). Each case is classified as the CLI would end: ``exit 0`` (loaded),
@@ -24,7 +24,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from tests.hostile_yaml import NAMED, VALID, mutate, random_ops
+from tests.support.hostile_yaml import NAMED, VALID, mutate, random_ops
 
 REPO = Path(__file__).resolve().parents[1]
 #: main before issue 12 (write-ahead log, bounded YAML, secrets)

@@ -26,10 +26,10 @@ from docktor.agent.advisor.protocol import tool_specs
 from docktor.agent.config.model import LLMConfig, Rule, Rules, ServiceConfig
 from docktor.agent.core.decide import conclude, plan, remember
 from docktor.agent.core.state import ServiceState
-from tests.peers import LLM_MODEL as MODEL
-from tests.peers import serve_llama
+from tests.support.peers import LLM_MODEL as MODEL
+from tests.support.peers import serve_llama
 
-#: the tiny model's context is 2048 byte-level tokens: two tools fit (see tests/test_advisor_llama.py)
+#: the tiny model's context is 2048 byte-level tokens: two tools fit (see tests/advisor/test_advisor_llama.py)
 TOOLS = ["get_queue_metrics", "get_metric_history"]
 BOUND_MS = 50.0
 

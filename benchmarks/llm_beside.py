@@ -28,8 +28,8 @@ from typing import Any
 
 from docktor.agent.config.load import parse_config
 from docktor.agent.runtime.loop import Daemon
-from tests.peers import NatsServer, serve_llama
-from tests.scripted_openai_server import ScriptedOpenAIServer, Slow, answer
+from tests.support.peers import NatsServer, serve_llama
+from tests.support.scripted_openai_server import ScriptedOpenAIServer, Slow, answer
 
 SERVICE = """
 state_dir: {state}

@@ -263,7 +263,7 @@ async def local(worker: str, tmp: Path) -> AsyncIterator[tuple[str, Executor[Any
 @contextlib.asynccontextmanager
 async def compose(worker: str, tmp: Path) -> AsyncIterator[tuple[str, Executor[Any]]]:
     from docktor.tools.executors.compose import ComposeExecutor, ComposeSettings
-    from tests.peers import free_port, unique_project
+    from tests.support.peers import free_port, unique_project
 
     file = example_copy(REPO / "examples" / "nats-multi" / "docker-compose.yaml", tmp / "docker-compose.yaml",
                         await asyncio.to_thread(consumer_image), {"nats", "consumer"})
@@ -280,8 +280,8 @@ async def compose(worker: str, tmp: Path) -> AsyncIterator[tuple[str, Executor[A
 
 @contextlib.asynccontextmanager
 async def _compose_project(ex: Executor[Any], project: str, file: Path, port: int) -> AsyncIterator[str]:
-    from tests.peers import compose as compose_cli
-    from tests.peers import down
+    from tests.support.peers import compose as compose_cli
+    from tests.support.peers import down
 
     try:
         compose_cli(project, file, "up", "-d", "nats", timeout=300)
@@ -311,8 +311,8 @@ def environ(values: dict[str, str]) -> Any:
 @contextlib.asynccontextmanager
 async def swarm(worker: str, tmp: Path) -> AsyncIterator[tuple[str, Executor[Any]]]:
     from docktor.tools.executors.swarm import SwarmExecutor, SwarmSettings
-    from tests.peers import free_port
-    from tests.swarm_peers import deploy_stack, remove_stack, swarm_session, unique_stack
+    from tests.support.peers import free_port
+    from tests.support.swarm_peers import deploy_stack, remove_stack, swarm_session, unique_stack
 
     stack = unique_stack("dtk-scalein")
     port, monitor = free_port(), free_port()

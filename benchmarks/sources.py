@@ -57,7 +57,7 @@ async def nats_case(tmp: Path) -> tuple[Callable[[], Source[Any]], Callable[[], 
     from nats.js.api import AckPolicy, ConsumerConfig
 
     from docktor.tools.sources.nats import NatsSettings, NatsSource
-    from tests.peers import start_nats
+    from tests.support.peers import start_nats
 
     server = start_nats(tmp / "nats")
     nc = await nats.connect(server.url)
@@ -78,7 +78,7 @@ async def rabbitmq_cases(tmp: Path) -> tuple[list[tuple[str, Callable[[], Source
     import aiormq
 
     from docktor.tools.sources.rabbitmq import RabbitMQSettings, RabbitMQSource
-    from tests.servers import RabbitMQ
+    from tests.support.servers import RabbitMQ
 
     broker = RabbitMQ.start(tmp / "rabbit")
     conn = await aiormq.connect(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/")
@@ -108,7 +108,7 @@ def redis_cases(tmp: Path) -> tuple[list[tuple[str, Callable[[], Source[Any]]]],
     import redis
 
     from docktor.tools.sources.redis import CELERY_PRIORITY_SEP, RedisSettings, RedisSource
-    from tests.servers import RedisServer
+    from tests.support.servers import RedisServer
 
     server = RedisServer.start(tmp / "redis")
     r = redis.Redis(port=server.port)
@@ -137,7 +137,7 @@ def redis_cases(tmp: Path) -> tuple[list[tuple[str, Callable[[], Source[Any]]]],
 
 async def prometheus_case(tmp: Path) -> tuple[Callable[[], Source[Any]], Callable[[], None]]:
     from docktor.tools.sources.prometheus import PrometheusSettings, PrometheusSource
-    from tests.servers import Exporter, PrometheusServer
+    from tests.support.servers import Exporter, PrometheusServer
 
     exporter = Exporter('jobs_waiting{queue="a"} 7\njobs_waiting{queue="b"} 3\njobs_done_total 42\n')
     prom = PrometheusServer.start(tmp / "prom", [exporter.target])

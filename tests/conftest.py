@@ -1,4 +1,4 @@
-"""Shared fixtures: real peers started by the tests themselves (see tests/peers.py), always stopped.
+"""Shared fixtures: real peers started by the tests themselves (see tests/support/peers.py), always stopped.
 
 Environment switches set by ``.ci/run``: ``DOCKTOR_REQUIRE_DOCKER=1`` and ``DOCKTOR_REQUIRE_LLM=1``
 turn "skip: no engine / no model" into a failure, so CI cannot pass by skipping.
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers import NatsServer, SmallDisk, small_disk, start_nats
+from tests.support.peers import NatsServer, SmallDisk, small_disk, start_nats
 
 # CPython 3.11 keeps the AST constructor's recursion counter in per-interpreter state, not per
 # call (python/cpython#106905; pytest#10763). Any AST built while another is being built resets

@@ -13,7 +13,7 @@ These are models of the upstream code, written from reading it (not copied), so 
 
 Time is the simulator's clock in seconds. Go compares instants strictly (``Before``/``After``),
 and so do these models, so an event exactly one period old no longer counts, as upstream.
-``tests/test_baselines_upstream.py`` replays the upstream unit-test tables against them.
+``tests/unit/test_baselines_upstream.py`` replays the upstream unit-test tables against them.
 """
 
 from __future__ import annotations

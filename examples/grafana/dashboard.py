@@ -1,6 +1,6 @@
 """Write the Docktor Grafana dashboard: ``python examples/grafana/dashboard.py`` -> dashboards/docktor.json.
 
-The JSON is generated so that every panel is written the same way; tests/test_metrics_prometheus.py
+The JSON is generated so that every panel is written the same way; tests/e2e/test_metrics_prometheus.py
 checks that the committed file is this script's output and that every PromQL expression in it
 returns data from a real Prometheus scraping a real daemon. Plain Python, no Docktor import.
 """

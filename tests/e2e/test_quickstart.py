@@ -1,0 +1,75 @@
+"""examples/quickstart/README.md followed literally: real nats-server, real daemon, real workers.
+
+The example folder is copied to a temporary one (the daemon keeps its state beside the config),
+and NATS runs on a free port told through NATS_URL, as the README says to do when 4222 is taken.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docktor.agent.demo.nats_server import find_nats_server, free_port
+from docktor.agent.runtime.decision_log import read_records
+from tests.support.peers import REPO
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stdout}\n{done.stderr}"
+    return done
+
+
+def records(folder: Path) -> list[dict[str, Any]]:
+    """One record per decision (an action's intent and outcome lines merged)."""
+    return list(read_records(folder / ".docktor" / "decisions.jsonl"))
+
+
+def test_quickstart_scales_the_worker_up_under_load_and_back_to_one(tmp_path: Path) -> None:
+    folder = tmp_path / "quickstart"
+    shutil.copytree(REPO / "examples" / "quickstart", folder)
+    port = free_port()
+    # `. .venv/bin/activate`: the venv's bin first on PATH (python, docktor, nats-server)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+           "NATS_URL": f"nats://127.0.0.1:{port}"}
+    nats = subprocess.Popen([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path / "js")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run(["docktor", "validate", "--config", "docktor.yaml"], folder, env)
+        run(["docktor", "daemon", "start", "--config", "docktor.yaml"], folder, env)
+        try:
+            published = run(["python", "publish.py", "--rate", "300", "--seconds", "20"], folder, env, timeout=90)
+            assert published.stdout.startswith("published ")
+            # once the load is gone: the backlog drains and the worker goes back to one replica
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                recs = records(folder)
+                last = recs[-1] if recs else {}
+                if last.get("current_replicas") == 1 and last.get("observations", {}).get("queue.backlog") == 0:
+                    break
+                time.sleep(1)
+            recs = records(folder)
+        finally:
+            stop = run(["docktor", "daemon", "stop", "--config", "docktor.yaml"], folder, env)
+            assert stop.stdout.startswith("stopped docktor")
+        ups = [r for r in recs if r["decision"] == "scale_up" and r["executed"]]
+        downs = [r for r in recs if r["decision"] == "scale_down" and r["executed"]]
+        assert max(int(r["target_replicas"]) for r in ups) >= 4, ups
+        assert downs and int(downs[-1]["target_replicas"]) == 1
+        assert recs[-1]["current_replicas"] == 1 and recs[-1]["observations"]["queue.backlog"] == 0
+        assert all(r["outcome"]["status"] == "ok" for r in ups + downs)
+        # no worker is left behind by `daemon stop`
+        left = subprocess.run(["pgrep", "-f", f"{folder}.*worker.py|worker.py"], capture_output=True, text=True, check=False)
+        assert not [p for p in left.stdout.split() if Path(f"/proc/{p}/cwd").resolve() == folder.resolve()]
+    finally:
+        nats.terminate()
+        nats.wait(10)

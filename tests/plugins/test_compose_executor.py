@@ -1,0 +1,506 @@
+"""The Compose executor against a real Docker engine and Compose v2.
+
+Each test owns a throwaway project under a unique name and always tears it down. The services
+are tiny (python:3.12-slim sleeping), plus ones that fail in the ways the executor must report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from docktor.agent.config.load import load_config
+from docktor.tools.executors.compose import ComposeExecutor, ComposeSettings, default_project, find_compose_cli
+from docktor.tools.sdk import Context, ExecutorError
+from tests.support.peers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, need, numbers, unique_project
+
+# On SIGTERM a worker writes a marker into a bind-mounted folder, then exits: proof that scale-in
+# delivered SIGTERM and waited for the worker rather than killing it.
+WORKER = textwrap.dedent(
+    """
+    import os, signal, socket, sys, time
+    def bye(*_):
+        time.sleep(0.3)  # "finishing the batch in hand"
+        open(f"/drained/{socket.gethostname()}", "w").write("drained")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, bye)
+    while True:
+        time.sleep(0.2)
+    """
+)
+
+COMPOSE = """
+services:
+  worker:
+    image: python:3.12-slim
+    command: ["python", "-c", {worker}]
+    stop_grace_period: 5s
+    mem_limit: 256m
+    volumes:
+      - {drained}:/drained
+  other:
+    image: python:3.12-slim
+    command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
+    deploy:
+      replicas: 2
+  burner:
+    image: python:3.12-slim
+    command: ["python", "-c", "while True: pass"]
+  broken:
+    image: docktor-test/no-such-image:never
+  crasher:
+    image: python:3.12-slim
+    command: ["python", "-c", "raise SystemExit(3)"]
+    restart: always
+  exiter:
+    image: python:3.12-slim
+    command: ["python", "-c", "import time; time.sleep(0.5); raise SystemExit(4)"]
+  stubborn:  # PID 1 without a handler: SIGTERM does nothing, the engine SIGKILLs after the grace
+    image: python:3.12-slim
+    command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
+    stop_grace_period: 1s
+  sick:
+    image: python:3.12-slim
+    command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
+    healthcheck:  # the first probe is due after 30 s: "starting" for the whole test
+      test: ["CMD", "python", "-c", "raise SystemExit(1)"]
+      interval: 30s
+"""
+
+
+@dataclass
+class Project:
+    name: str
+    file: Path
+    drained: Path
+
+    def executor(self, service: str, collect_metrics: bool = True, **settings: object) -> ComposeExecutor:
+        return make_executor(self.file, self.name, service, collect_metrics=collect_metrics, **settings)
+
+
+def make_executor(file: Path, project: str, service: str, collect_metrics: bool = True, **settings: object) -> ComposeExecutor:
+    settings.setdefault("scale_timeout", 30.0)
+    s = ComposeSettings.model_validate({"kind": "compose", "compose_file": file, "project": project, **settings})
+    return ComposeExecutor(s, Context(service, file.parent, file.parent / "state"), collect_metrics=collect_metrics)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
+    drained = tmp_path / "drained"
+    drained.mkdir()
+    file = tmp_path / "docker-compose.yaml"
+    file.write_text(COMPOSE.format(worker=json.dumps(WORKER), drained=drained))
+    p = Project(unique_project(), file, drained)
+    try:
+        yield p
+    finally:
+        down(p.name, file)
+
+
+def run(coro):  # the executor is async; these tests drive one call at a time
+    return asyncio.run(coro)
+
+
+async def scale_and_close(ex: ComposeExecutor, n: int):
+    try:
+        return await ex.scale(n)
+    finally:
+        await ex.close()
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+@pytest.mark.docker
+def test_scale_up_then_in_removes_highest_numbers_and_leaves_other_service_alone(project: Project) -> None:
+    compose(project.name, project.file, "up", "-d", "other")
+    other_before = {c.id: c.attrs["State"]["StartedAt"] for c in containers(project.name, "other")}
+    assert len(other_before) == 2
+
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            up = await ex.scale(4)
+            status_up = await ex.status()
+            down_ = await ex.scale(2)
+            status_down = await ex.status()
+            return up, status_up, down_, status_down
+        finally:
+            await ex.close()
+
+    up, status_up, down_, status_down = run(scenario())
+    assert up.ok, up.message
+    assert up.running == 4
+    assert (status_up.desired, status_up.running, status_up.failed) == (4, 4, 0)
+
+    assert down_.ok, down_.message
+    assert down_.running == 2
+    assert numbers(project.name, "worker") == [1, 2]  # 3 and 4 went, the lowest stayed
+    assert len(containers(project.name, "worker")) == 2  # removed, not just stopped
+    assert (status_down.desired, status_down.running) == (2, 2)
+    assert "3" in down_.message and "4" in down_.message
+
+    other_after = {c.id: c.attrs["State"]["StartedAt"] for c in containers(project.name, "other")}
+    assert other_after == other_before  # same containers, never restarted
+
+
+@pytest.mark.docker
+def test_scale_in_sends_sigterm_and_waits_for_the_worker_to_drain(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            assert (await ex.scale(3)).ok
+            victims = [c.attrs["Config"]["Hostname"] for c in containers(project.name, "worker")[1:]]
+            outcome = await ex.scale(1)
+            return victims, outcome
+        finally:
+            await ex.close()
+
+    victims, outcome = run(scenario())
+    assert outcome.ok, outcome.message
+    assert sorted(p.name for p in project.drained.iterdir()) == sorted(victims)
+    assert numbers(project.name, "worker") == [1]
+    assert [r.replica for r in outcome.removed] == ["3", "2"]
+    assert all(r.stopped.startswith("exited with code 0 ") and r.stopped.endswith("s after SIGTERM") for r in outcome.removed)
+
+
+@pytest.mark.docker
+def test_scale_in_removes_the_idlest_replica_not_the_busy_highest_number(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            assert (await ex.scale(3)).ok
+            busy = containers(project.name, "worker")[2]  # number 3, which used to go first
+            exec_id = busy.client.api.exec_create(busy.id, ["python", "-c", "while True: pass"])["Id"]
+            busy.client.api.exec_start(exec_id, detach=True)
+            for _ in range(60):  # CPU figures need two background readings per container
+                status = await ex.status()
+                if status.metrics.get("cpu.max", 0) > 20 and len(ex._stats.cpu_by_container()) == 3:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                raise AssertionError(f"no CPU figures for every replica: {status.metrics}")
+            return await ex.scale(2)
+        finally:
+            await ex.close()
+
+    outcome = run(scenario())
+    assert outcome.ok, outcome.message
+    assert numbers(project.name, "worker") == [1, 3]
+    assert [r.replica for r in outcome.removed] == ["2"]
+    assert outcome.removed[0].why.startswith("lowest CPU: ") and "3: " in outcome.removed[0].why
+
+
+@pytest.mark.docker
+def test_replica_that_ignores_sigterm_is_killed_after_the_grace_and_the_record_says_so(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("stubborn")
+        try:
+            assert (await ex.scale(2)).ok
+            return await ex.scale(1)
+        finally:
+            await ex.close()
+
+    outcome = run(scenario())
+    assert outcome.ok, outcome.message
+    assert [(r.replica, r.stopped) for r in outcome.removed] == [("2", "ignored SIGTERM for 1 s: SIGKILL")]
+    assert numbers(project.name, "stubborn") == [1]
+
+
+@pytest.mark.docker
+def test_scale_to_zero_and_back(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            return await ex.scale(1), await ex.scale(0), await ex.status(), await ex.scale(1)
+        finally:
+            await ex.close()
+
+    one, zero, status, again = run(scenario())
+    assert one.ok and zero.ok and again.ok, (one, zero, again)
+    assert (status.desired, status.running) == (0, 0)
+    assert numbers(project.name, "worker") == [1]
+
+
+@pytest.mark.docker
+def test_a_container_run_from_an_image_compose_built_is_not_a_replica(project: Project, tmp_path: Path) -> None:
+    """An image Compose builds carries the project's and service's labels, so a container started
+    from it outside Compose (``docker run``, a Swarm task) inherits them. Seen in the end-to-end
+    tests: another test's Swarm tasks running the example's consumer image were counted as this
+    project's consumers, and scaled in. Like Compose, only containers Compose created count."""
+    import docker
+
+    context = tmp_path / "built"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM python:3.12-slim\n")
+    tag = f"docktor-test/built-{project.name}:1"
+    file = tmp_path / "built.yaml"
+    file.write_text(f"services:\n  worker:\n    build: {context}\n    image: {tag}\n"
+                    "    command: [\"python\", \"-c\", \"import time\\nwhile True: time.sleep(1)\"]\n")
+    client = docker.from_env(timeout=30)
+    outsider = None
+    try:
+        compose(project.name, file, "up", "-d", "--build", "worker")
+        image_labels = client.images.get(tag).labels
+        assert image_labels["com.docker.compose.project"] == project.name  # what every container of it inherits
+        replica = containers(project.name, "worker")[0]
+        created = docker_time(client.api.inspect_container(replica.id)["Created"])
+        while time.time() < created + 1.5:  # the engine lists creation times in whole seconds
+            time.sleep(0.1)
+        outsider = client.containers.run(tag, ["python", "-c", "import time\nwhile True: time.sleep(1)"], detach=True)
+        assert outsider.labels["com.docker.compose.service"] == "worker"
+
+        async def scenario():
+            ex = make_executor(file, project.name, "worker", collect_metrics=False)
+            try:
+                return await ex.status(), await ex.last_scaled(), await ex.scale(0), await ex.status()
+            finally:
+                await ex.close()
+
+        before, last, zero, after = run(scenario())
+        assert (before.desired, before.running) == (1, 1)
+        assert last is not None and int(last.at) == int(created)  # the replica's creation, not the outsider's
+        assert zero.ok and (after.desired, after.running) == (0, 0)
+        outsider.reload()
+        assert outsider.status == "running"  # never scaled in: not one of the service's replicas
+    finally:
+        if outsider is not None:
+            outsider.remove(force=True)
+        down(project.name, file)
+        client.images.remove(tag, force=True)
+
+
+def docker_time(text: str) -> float:
+    from docktor.agent.timestamps import parse_rfc3339
+
+    return parse_rfc3339(text[:26].rstrip("Z") + "Z")
+
+
+@pytest.mark.docker
+def test_validate_warns_about_what_the_engine_says_and_never_fails_without_one(project: Project, tmp_path: Path) -> None:
+    """Offline checks say the file and the service are right; only the engine can say the stack
+    is not up (or was started under another project name). Warnings, never a refusal."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "docktor.yaml"
+    config.write_text(f"compose_file: {project.file}\nservices:\n  - name: worker\n    project: {project.name}\n    policy: rules\n")
+
+    def validate(**env: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "validate", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return [line for line in done.stderr.splitlines() if project.name in line or "Docker engine" in line]
+
+    up = f"docker compose -p {project.name} -f {project.file} up -d"
+    assert validate() == [f"warning: worker: project '{project.name}' has no containers on the Docker engine at "
+                          f"{os.environ.get('DOCKER_HOST') or 'the default socket'} yet: start the stack ({up}), "
+                          "or set project: to the name it was started under"]
+    compose(project.name, project.file, "up", "-d", "other")
+    assert validate() == [f"warning: worker: service 'worker' of project '{project.name}' has no running container "
+                          f"(to start it: {up} worker)"]
+    compose(project.name, project.file, "up", "-d", "worker")
+    compose(project.name, project.file, "stop", "worker")
+    assert "(1 stopped)" in validate()[0]
+    compose(project.name, project.file, "start", "worker")
+    assert validate() == []
+    nowhere = f"unix://{tmp_path}/no-engine.sock"
+    assert validate(DOCKER_HOST=nowhere) == [f"warning: worker: cannot check project '{project.name}': "
+                                             f"no Docker engine answers at {nowhere}"]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.docker
+def test_image_that_cannot_be_pulled_is_an_error_with_the_reason(project: Project) -> None:
+    outcome = run(scale_and_close(project.executor("broken"), 2))
+    assert not outcome.ok
+    assert "cannot be pulled" in outcome.message
+    assert "no-such-image" in outcome.message or "registry" in outcome.message or "denied" in outcome.message
+    assert outcome.running == 0
+    assert containers(project.name, "broken", all=False) == []
+
+
+@pytest.mark.docker
+def test_restart_looping_replicas_are_an_error(project: Project) -> None:
+    outcome = run(scale_and_close(project.executor("crasher"), 2))
+    assert not outcome.ok
+    assert "restart-looping" in outcome.message
+    assert "exit code 3" in outcome.message
+    assert (outcome.running or 0) < 2
+
+
+@pytest.mark.docker
+def test_replica_that_exits_after_starting_is_an_error(project: Project) -> None:
+    # it is "running" when Compose returns and exits half a second later
+    outcome = run(scale_and_close(project.executor("exiter"), 1))
+    assert not outcome.ok
+    assert "exited with code 4" in outcome.message
+
+    async def status():
+        ex = project.executor("exiter")
+        try:
+            return await ex.status()
+        finally:
+            await ex.close()
+
+    st = run(status())
+    assert (st.desired, st.running, st.failed) == (1, 0, 1)
+    assert "exited with code 4" in st.detail
+
+
+@pytest.mark.docker
+def test_timeout_when_replicas_never_become_healthy(project: Project) -> None:
+    # running, but never healthy within scale_timeout
+    outcome = run(scale_and_close(project.executor("sick", scale_timeout=4.0), 1))
+    assert not outcome.ok
+    assert "not done after 4s" in outcome.message
+    assert "0/1 running and healthy" in outcome.message
+    assert "starting" in outcome.message
+
+
+# --------------------------------------------------------------------------- metrics and status
+
+
+@pytest.mark.docker
+def test_status_reports_cpu_and_memory_of_running_replicas(project: Project) -> None:
+    async def until_cpu(ex: ComposeExecutor):
+        # figures are refreshed in the background; CPU needs two readings per container
+        for _ in range(40):
+            st = await ex.status()
+            if "cpu.max" in st.metrics:
+                return st
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"no CPU figures from {ex}: {st.metrics}")
+
+    async def scenario():
+        idle, busy = project.executor("worker"), project.executor("burner")
+        try:
+            assert (await idle.scale(2)).ok
+            assert (await busy.scale(1)).ok
+            return await until_cpu(idle), await until_cpu(busy)
+        finally:
+            await idle.close()
+            await busy.close()
+
+    idle, busy = run(scenario())
+    for st in (idle, busy):
+        assert {"cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb"} <= st.metrics.keys(), st.metrics
+        assert 0 < st.metrics["mem.avg_mb"] <= st.metrics["mem.max_mb"] < 256
+        assert 0 <= st.metrics["cpu.avg"] <= st.metrics["cpu.max"]
+    # a busy loop uses a good part of a core; a sleeping worker almost nothing
+    assert busy.metrics["cpu.max"] > 20
+    assert idle.metrics["cpu.max"] < busy.metrics["cpu.max"]
+    # percent of limit only where a limit is set (worker: mem_limit 256m; burner: none)
+    assert 0 < idle.metrics["mem.avg_pct"] < 100
+    assert "mem.avg_pct" not in busy.metrics
+
+
+@pytest.mark.docker
+def test_status_without_containers_is_zero_not_an_error(project: Project) -> None:
+    async def scenario():
+        ex = project.executor("worker")
+        try:
+            return await ex.status()
+        finally:
+            await ex.close()
+
+    st = run(scenario())
+    assert (st.desired, st.running, st.failed) == (0, 0, 0)
+    assert st.metrics == {}
+
+
+def test_unreachable_engine_raises_executor_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    ex = make_executor(tmp_path / "docker-compose.yaml", "nothing", "worker")
+
+    async def scenario():
+        try:
+            await ex.status()
+        finally:
+            await ex.close()
+
+    with pytest.raises(ExecutorError, match="Docker engine"):
+        run(scenario())
+
+
+def test_no_compose_cli_error_names_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: neither docker nor docker-compose
+    with pytest.raises(ExecutorError) as err:
+        find_compose_cli()
+    assert "`docker compose`" in str(err.value)
+    assert "`docker-compose`" in str(err.value)
+
+
+def test_scale_without_compose_cli_is_an_error_outcome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    outcome = run(scale_and_close(make_executor(tmp_path / "x.yaml", "nothing", "worker"), 2))
+    assert not outcome.ok
+    assert "no Docker Compose CLI found" in outcome.message
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("folder", ["My Stack.v2", "-under_score"])
+def test_default_project_matches_what_compose_derives(tmp_path: Path, folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
+    monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
+    d = tmp_path / folder
+    d.mkdir()
+    f = d / "docker-compose.yaml"
+    f.write_text("services:\n  a:\n    image: python:3.12-slim\n")
+    import subprocess
+
+    def compose_says() -> str:
+        out = subprocess.run([*find_compose_cli(), "-f", str(f), "config", "--format", "json"],
+                             capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(out.stdout)["name"]
+
+    assert default_project(f) == compose_says()
+    f.write_text("name: Named-Project\nservices:\n  a:\n    image: python:3.12-slim\n")
+    assert default_project(f) == compose_says() == "named-project"
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", "fromenv")
+    assert default_project(f) == compose_says() == "fromenv"
+
+
+def test_create_executor_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
+    (tmp_path / "stack").mkdir()
+    (tmp_path / "stack" / "docker-compose.yaml").write_text("services:\n  consumer:\n    image: x\n")
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(
+        textwrap.dedent(
+            """
+            compose_file: stack/docker-compose.yaml
+            services:
+              - name: consumer
+                policy: rules
+              - name: workers
+                policy: rules
+                compose_service: consumer
+                project: explicit
+                stop_grace_period: 3s
+                scale_timeout: 12s
+            """
+        )
+    )
+    config = load_config(cfg, env={})
+    a, b = (
+        ComposeExecutor(svc.executor.settings, Context(svc.name, config.base_dir, tmp_path / "state"))  # type: ignore[union-attr,arg-type]
+        for svc in config.services
+    )
+    assert a.compose_file == (tmp_path / "stack" / "docker-compose.yaml").resolve()
+    assert (a.project, a.service, a.stop_grace_period, a.scale_timeout) == ("stack", "consumer", None, 60.0)
+    assert (b.project, b.service, b.stop_grace_period, b.scale_timeout) == ("explicit", "consumer", 3.0, 12.0)

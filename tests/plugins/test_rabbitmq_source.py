@@ -1,0 +1,530 @@
+"""The RabbitMQ source against a real broker (Debian's rabbitmq-server, management plugin on,
+statistics every second): exact figures, rates from counters, re-created queues, a restart,
+credentials, vhost/queue names that need URL-encoding, the AMQP-only mode, and both over TLS
+with a private CA."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiormq
+import pytest
+from aiormq.abc import DeliveredMessage
+from pydantic import ValidationError
+
+from docktor.tools.sdk import SourceError
+from docktor.tools.sources.rabbitmq import AMQP_METRICS, MANAGEMENT_METRICS, RabbitMQSource
+from docktor.tools.sources.rabbitmq import RabbitMQSettings as Settings
+from tests.support.peers import free_port
+from tests.support.servers import Certificates, RabbitMQ, make_certificates
+
+RATES = ("queue.rate_in", "queue.rate_out")
+CANARY = "canary-pw-5f1e"  # a password that must never show up in an error
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """One broker for the module (it takes seconds to start); each test uses its own queue."""
+    b = RabbitMQ.start(tmp_path_factory.mktemp("rabbit"))
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def queue(request: pytest.FixtureRequest) -> str:
+    return f"q-{request.node.name[:60]}"
+
+
+@pytest.fixture
+def guest(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("RMQ_USER", "guest")
+    monkeypatch.setenv("RMQ_PASS", "guest")
+    return {"username_env": "RMQ_USER", "password_env": "RMQ_PASS"}
+
+
+def settings(url: str, queue: str, **extra: Any) -> Settings:
+    return Settings.model_validate({"kind": "rabbitmq", "url": url, "queue": queue, "timeout": 1, **extra})
+
+
+@pytest.fixture
+async def make_source() -> AsyncIterator[Callable[..., RabbitMQSource]]:
+    made: list[RabbitMQSource] = []
+
+    def make(s: Settings, clock: Callable[[], float] = time.monotonic) -> RabbitMQSource:
+        src = RabbitMQSource(s, clock=clock)
+        made.append(src)
+        return src
+
+    yield make
+    for src in made:
+        await src.close()
+
+
+class Amqp:
+    """The test's own AMQP client (aiormq): declare, publish, get with and without ack."""
+
+    def __init__(self, conn: aiormq.abc.AbstractConnection, channel: aiormq.abc.AbstractChannel) -> None:
+        self.conn, self.channel = conn, channel
+
+    @classmethod
+    async def open(cls, broker: RabbitMQ, vhost: str = "/") -> Amqp:
+        path = "" if vhost == "/" else quote(vhost, safe="")
+        conn = await aiormq.connect(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/{path}")
+        return cls(conn, await conn.channel())
+
+    async def declare(self, queue: str) -> None:
+        await self.channel.queue_declare(queue, durable=True)
+
+    async def publish(self, queue: str, n: int) -> None:
+        for i in range(n):
+            await self.channel.basic_publish(
+                f"job {i}".encode(), routing_key=queue, properties=aiormq.spec.Basic.Properties(delivery_mode=2)
+            )
+
+    async def get(self, queue: str, n: int, *, ack: bool) -> list[DeliveredMessage]:
+        got = []
+        for _ in range(n):
+            m = await self.channel.basic_get(queue, no_ack=False)
+            assert m.delivery_tag is not None, "queue ran dry"
+            if ack:
+                await self.channel.basic_ack(m.delivery_tag)
+            got.append(m)
+        return got
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+@pytest.fixture
+async def amqp(broker: RabbitMQ) -> AsyncIterator[Amqp]:
+    client = await Amqp.open(broker)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def eventually(
+    read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool], within: float = 20
+) -> dict[str, float]:
+    """Poll until ``ok`` holds: the management API publishes statistics every second (a bound for
+    slow machines, not a timing assertion)."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await read()
+            if ok(last):
+                return last
+        except SourceError as e:
+            last = e
+        await asyncio.sleep(0.2)
+    pytest.fail(f"condition not met within {within}s; last reading: {last!r}")
+
+
+async def settled(broker: RabbitMQ, queue: str, vhost: str = "/", **expected: int) -> None:
+    """Until the broker's own statistics show ``expected`` (e.g. publish=10, messages_ready=3):
+    the test's independent view of what the source must then report."""
+    path = f"queues/{quote(vhost, safe='')}/{quote(queue, safe='')}"
+
+    def now() -> dict[str, Any]:
+        q: Any = broker.api("GET", path)
+        return {k: (q.get("message_stats") or {}).get(k, 0) if k in ("publish", "ack", "deliver_get") else q.get(k) for k in expected}
+
+    deadline = time.monotonic() + 20
+    while (seen := await asyncio.to_thread(now)) != expected:
+        if time.monotonic() > deadline:
+            pytest.fail(f"broker statistics never showed {expected}; last {seen}")
+        await asyncio.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_defaults() -> None:
+    s = Settings.model_validate({"kind": "rabbitmq", "queue": "jobs"})
+    assert (s.url, s.vhost, s.timeout, s.amqp) == ("http://127.0.0.1:15672", "/", 2.0, False)
+    assert RabbitMQSource.metrics_for(s) == MANAGEMENT_METRICS
+    amqp = Settings.model_validate({"kind": "rabbitmq", "queue": "jobs", "url": "amqp://10.0.0.5"})
+    assert amqp.amqp and RabbitMQSource.metrics_for(amqp) == AMQP_METRICS
+    assert set(AMQP_METRICS) == {"queue.pending", "queue.consumers"}  # no backlog, no rates: the weaker mode
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "fragment"),
+    [
+        ({"url": f"http://guest:{CANARY}@host:15672"}, "url", "no credentials in the URL"),
+        ({"url": "ftp://host"}, "url", "management API"),
+        ({"url": "amqp://host/vh"}, "url", "vhost goes in vhost:"),
+        ({"username_env": "U"}, None, "go together"),
+        ({"username_env": "U", "password_env": CANARY + " x"}, "password_env", "must be the name of an environment variable"),
+        ({"tls": {"ca_file": "ca.pem"}}, None, "https:// or amqps://"),
+        ({"url": "https://h", "tls": {"cert_file": "c.pem"}}, "tls", "go together"),
+        ({"queue": ""}, "queue", "1 to 255 bytes"),
+        ({"timeout": 0}, "timeout", "greater than 0"),
+        ({"prefetch": 3}, "prefetch", "Extra inputs"),
+    ],
+)
+def test_settings_reject_bad_input(extra: dict[str, Any], field: str | None, fragment: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings.model_validate({"kind": "rabbitmq", "queue": "jobs", **extra})
+    errors = info.value.errors()
+    assert any(fragment in e["msg"] for e in errors), errors
+    assert all(CANARY not in e["msg"] for e in errors)
+    if field is not None:
+        assert any(e["loc"] and e["loc"][0] == field for e in errors), errors
+
+
+# --------------------------------------------------------------------------- figures
+
+
+async def test_publish_take_and_ack_give_exact_figures(broker: RabbitMQ, amqp: Amqp, queue: str, guest: Any, make_source: Any) -> None:
+    await amqp.declare(queue)
+    await amqp.publish(queue, 10)
+    await amqp.get(queue, 3, ack=True)  # K = 3 done
+    held = await amqp.get(queue, 4, ack=False)  # M = 4 in flight, unacknowledged
+    assert len(held) == 4
+    src = make_source(settings(broker.url, queue, **guest))
+    expected = {"queue.pending": 3.0, "queue.ack_pending": 4.0, "queue.backlog": 7.0, "queue.consumers": 0.0}
+    # polled only because the management API publishes statistics every few seconds
+    metrics = await eventually(src.read, lambda m: {k: m.get(k) for k in expected} == expected)
+    assert {k: metrics[k] for k in expected} == expected
+    assert set(metrics) <= set(MANAGEMENT_METRICS)
+
+
+async def test_consumers_and_utilisation_are_read(broker: RabbitMQ, amqp: Amqp, queue: str, guest: Any, make_source: Any) -> None:
+    await amqp.declare(queue)
+    worker = await amqp.conn.channel()
+    await worker.basic_qos(prefetch_count=1)
+    await worker.basic_consume(queue, lambda m: asyncio.sleep(0))  # holds one, never acks
+    await amqp.publish(queue, 5)
+    src = make_source(settings(broker.url, queue, **guest))
+    metrics = await eventually(src.read, lambda m: m.get("queue.consumers") == 1.0 and m.get("queue.ack_pending") == 1.0)
+    assert metrics["queue.pending"] == 4.0 and metrics["queue.backlog"] == 5.0
+    assert 0.0 <= metrics["queue.consumer_utilisation"] <= 1.0
+    await worker.close()
+
+
+async def test_vhost_and_queue_names_are_url_encoded(broker: RabbitMQ, guest: Any, make_source: Any) -> None:
+    # AMQP clients refuse such names (pamqp checks the spec's charset); RabbitMQ and its API do not.
+    vhost, name = "team/a b", "jobs/with space?&#"
+    v, q = quote(vhost, safe=""), quote(name, safe="")
+    broker.api("PUT", f"vhosts/{v}")
+    broker.api("PUT", f"permissions/{v}/guest", b'{"configure":".*","write":".*","read":".*"}')
+    broker.api("PUT", f"queues/{v}/{q}", b'{"durable":true}')
+    for _ in range(6):
+        broker.api("POST", f"exchanges/{v}/amq.default/publish",
+                   json.dumps({"properties": {}, "routing_key": name, "payload": "x", "payload_encoding": "string"}).encode())
+    src = make_source(settings(broker.url, name, vhost=vhost, **guest))
+    metrics = await eventually(src.read, lambda m: m.get("queue.pending") == 6.0)
+    assert metrics["queue.backlog"] == 6.0
+    with pytest.raises(SourceError, match="queue 'jobs/with space' not found in vhost 'team/a b'"):
+        await make_source(settings(broker.url, "jobs/with space", vhost=vhost, **guest)).read()
+
+
+# --------------------------------------------------------------------------- rates
+
+
+async def test_rates_come_from_counters_over_a_known_interval(
+    broker: RabbitMQ, amqp: Amqp, queue: str, guest: Any, make_source: Any
+) -> None:
+    clock = FakeClock()
+    await amqp.declare(queue)
+    await amqp.publish(queue, 4)
+    await settled(broker, queue, publish=4, messages_ready=4)
+    src = make_source(settings(broker.url, queue, **guest), clock)
+    first = await src.read()
+    assert not set(RATES) & first.keys()  # absent, not zero
+    assert src.last_reset == "first reading"
+
+    await amqp.publish(queue, 6)
+    await settled(broker, queue, publish=10, messages_ready=10)
+    clock.advance(2.0)
+    second = await src.read()
+    assert (second["queue.rate_in"], second["queue.rate_out"]) == (3.0, 0.0)
+
+    await amqp.get(queue, 8, ack=True)
+    await settled(broker, queue, publish=10, ack=8, messages_ready=2)
+    clock.advance(4.0)
+    third = await src.read()
+    assert (third["queue.rate_in"], third["queue.rate_out"]) == (0.0, 2.0)
+    assert third["queue.backlog"] == 2.0
+
+
+async def test_no_ack_deliveries_count_as_rate_out(broker: RabbitMQ, amqp: Amqp, queue: str, guest: Any, make_source: Any) -> None:
+    # Workers in no-ack mode finish a message on delivery: rate_out counts those deliveries.
+    clock = FakeClock()
+    await amqp.declare(queue)
+    await amqp.publish(queue, 6)
+    await settled(broker, queue, publish=6, messages_ready=6)
+    src = make_source(settings(broker.url, queue, **guest), clock)
+    await src.read()
+    for _ in range(6):
+        await amqp.channel.basic_get(queue, no_ack=True)
+    await settled(broker, queue, deliver_get=6, messages_ready=0)
+    clock.advance(3.0)
+    assert (await src.read())["queue.rate_out"] == 2.0
+
+
+async def test_deleted_queue_is_named_and_recreated_queue_omits_rates(
+    broker: RabbitMQ, amqp: Amqp, queue: str, guest: Any, make_source: Any
+) -> None:
+    clock = FakeClock()
+    await amqp.declare(queue)
+    await amqp.publish(queue, 10)
+    await settled(broker, queue, publish=10, messages_ready=10)
+    src = make_source(settings(broker.url, queue, **guest), clock)
+    await src.read()
+
+    await amqp.channel.queue_delete(queue)
+    with pytest.raises(SourceError, match=f"queue '{queue}' not found in vhost '/'"):
+        await src.read()
+
+    # more messages than before: only the gap tells that the counters are a new queue's
+    await amqp.declare(queue)
+    await amqp.publish(queue, 12)
+    await settled(broker, queue, publish=12, messages_ready=12)
+    clock.advance(2.0)
+    after = await src.read()
+    assert not set(RATES) & after.keys()
+    assert after["queue.pending"] == 12.0 and src.last_reset == "queue re-created"
+
+    await amqp.publish(queue, 2)
+    await settled(broker, queue, publish=14)
+    clock.advance(2.0)
+    assert (await src.read())["queue.rate_in"] == 1.0
+
+
+async def test_queue_recreated_between_two_reads_never_gives_a_negative_rate(
+    broker: RabbitMQ, amqp: Amqp, queue: str, guest: Any, make_source: Any
+) -> None:
+    clock = FakeClock()
+    await amqp.declare(queue)
+    await amqp.publish(queue, 9)
+    await amqp.get(queue, 5, ack=True)
+    await settled(broker, queue, publish=9, ack=5, messages_ready=4)
+    src = make_source(settings(broker.url, queue, **guest), clock)
+    await src.read()
+
+    await amqp.channel.queue_delete(queue)  # the source does not see the gap
+    await amqp.declare(queue)
+    await amqp.publish(queue, 3)
+    await settled(broker, queue, publish=3, messages_ready=3)
+    clock.advance(2.0)
+    after = await src.read()
+    assert not set(RATES) & after.keys()
+    assert src.last_reset is not None and "re-created" in src.last_reset
+    assert after["queue.backlog"] == 3.0
+
+
+# --------------------------------------------------------------------------- credentials and faults
+
+
+async def test_rejected_password_is_a_clear_error_without_the_secret(
+    broker: RabbitMQ, amqp: Amqp, queue: str, make_source: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await amqp.declare(queue)
+    monkeypatch.setenv("RMQ_USER", "guest")
+    monkeypatch.setenv("RMQ_PASS", CANARY)
+    src = make_source(settings(broker.url, queue, username_env="RMQ_USER", password_env="RMQ_PASS"))
+    with pytest.raises(SourceError, match="refused the user in RMQ_USER: HTTP 401") as info:
+        await src.read()
+    assert CANARY not in str(info.value)
+
+
+async def test_unset_password_variable_is_named(broker: RabbitMQ, queue: str, make_source: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMQ_USER", "guest")
+    monkeypatch.delenv("RMQ_NO_PASS", raising=False)
+    src = make_source(settings(broker.url, queue, username_env="RMQ_USER", password_env="RMQ_NO_PASS"))
+    with pytest.raises(SourceError, match=r"environment variable RMQ_NO_PASS \(password_env\) is not set"):
+        await src.read()
+
+
+async def test_nothing_listening_raises_source_error(make_source: Any) -> None:
+    src = make_source(settings(f"http://127.0.0.1:{free_port()}", "jobs"))
+    with pytest.raises(SourceError, match="cannot reach the management API at http://127.0.0.1"):
+        await src.read()
+
+
+async def test_broker_restart_reads_missing_then_exact_again(tmp_path: Path, guest: Any, make_source: Any) -> None:
+    b = RabbitMQ.start(tmp_path / "rabbit")
+    try:
+        client = await Amqp.open(b)
+        await client.declare("durable-jobs")
+        await client.publish("durable-jobs", 7)
+        await client.get("durable-jobs", 2, ack=True)
+        await client.close()
+        clock = FakeClock()
+        src = make_source(settings(b.url, "durable-jobs", **guest), clock)
+        before = await eventually(src.read, lambda m: m.get("queue.backlog") == 5.0)
+
+        b.stop()
+        with pytest.raises(SourceError):
+            await src.read()
+
+        b.launch()  # same folder, same ports: the durable queue and its persistent messages come back
+        clock.advance(10.0)
+        after = await eventually(src.read, lambda m: m.get("queue.backlog") == 5.0, within=60)
+        assert after["queue.pending"] == before["queue.pending"] == 5.0
+        # the broker's counters restarted from zero: no rate, and certainly no negative one
+        assert all(after.get(r, 0.0) >= 0.0 for r in RATES)
+        client = await Amqp.open(b)
+        await client.publish("durable-jobs", 4)
+        await client.close()
+        await settled(b, "durable-jobs", messages_ready=9)
+        clock.advance(2.0)
+        resumed = await eventually(src.read, lambda m: "queue.rate_in" in m)
+        assert resumed["queue.rate_in"] >= 0.0 and resumed["queue.backlog"] == 9.0
+    finally:
+        b.stop()
+
+
+# --------------------------------------------------------------------------- AMQP-only mode
+
+
+async def test_amqp_mode_reads_ready_count_and_consumers(broker: RabbitMQ, amqp: Amqp, queue: str, guest: Any, make_source: Any) -> None:
+    await amqp.declare(queue)
+    await amqp.publish(queue, 8)
+    await amqp.get(queue, 3, ack=False)  # in flight: invisible to a passive declare
+    src = make_source(settings(broker.amqp_url, queue, **guest))
+    # AMQP answers from the queue itself: exact at once, no statistics lag
+    assert await src.read() == {"queue.pending": 5.0, "queue.consumers": 0.0}
+
+
+async def test_amqp_mode_missing_queue_and_bad_password(
+    broker: RabbitMQ, make_source: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RMQ_USER", "guest")
+    monkeypatch.setenv("RMQ_PASS", "guest")
+    creds = {"username_env": "RMQ_USER", "password_env": "RMQ_PASS"}
+    with pytest.raises(SourceError, match="queue 'nowhere' not found in vhost '/'"):
+        await make_source(settings(broker.amqp_url, "nowhere", **creds)).read()
+    monkeypatch.setenv("RMQ_PASS", CANARY)
+    with pytest.raises(SourceError, match="refused the credentials") as info:
+        await make_source(settings(broker.amqp_url, "nowhere", **creds)).read()
+    assert CANARY not in str(info.value)
+
+
+# --------------------------------------------------------------------------- the statistics lag (scripted stand-in)
+
+
+@pytest.fixture
+def scripted_api() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A scripted stand-in for the management API: answers every queue request with ``state["queue"]``,
+    so a test decides when the "broker" publishes a new statistics sample (a real broker cannot be
+    made to skip or delay one on demand)."""
+    import http.server
+    import threading
+
+    state: dict[str, Any] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(state["queue"]).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+    server.server_close()
+
+
+def _queue(ready: int, published: int, acked: int, reductions: int) -> dict[str, Any]:
+    return {"name": "jobs", "messages_ready": ready, "messages_unacknowledged": 0, "consumers": 1,
+            "reductions": reductions, "message_stats": {"publish": published, "ack": acked}}
+
+
+async def test_scripted_same_statistics_sample_is_not_a_rate_of_zero(scripted_api: Any, make_source: Any) -> None:
+    url, state = scripted_api
+    clock = FakeClock()
+    src = make_source(settings(url, "jobs", statistics_interval=5), clock)
+    state["queue"] = _queue(100, 1000, 900, 5000)
+    await src.read()
+    state["queue"] = _queue(110, 1050, 940, 5100)  # the broker's next sample, seen 5 s later
+    clock.advance(5.0)
+    assert {k: v for k, v in (await src.read()).items() if k in RATES} == {"queue.rate_in": 10.0, "queue.rate_out": 8.0}
+
+    # ticks faster than the statistics: the same sample again keeps the last period's rates
+    for _ in range(3):
+        clock.advance(1.0)
+        again = await src.read()
+        assert (again["queue.rate_in"], again["queue.rate_out"]) == (10.0, 8.0)
+        assert src.last_reset == "no new statistics since the previous reading"
+    state["queue"] = _queue(100, 1070, 970, 5200)  # the next sample: the rate spans both periods' ticks
+    clock.advance(2.0)
+    nxt = await src.read()
+    assert (nxt["queue.rate_in"], nxt["queue.rate_out"]) == (4.0, 6.0)  # 20 and 30 over 5 s
+
+    # an idle queue stops emitting statistics: unchanged for two periods is a real zero
+    clock.advance(10.0)
+    idle = await src.read()
+    assert (idle["queue.rate_in"], idle["queue.rate_out"]) == (0.0, 0.0)
+
+
+# --------------------------------------------------------------------------- TLS: HTTPS and AMQPS
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RabbitMQ, Certificates]]:
+    """A broker serving the management API over HTTPS and AMQPS too, with a private CA's certificate."""
+    certs = make_certificates(tmp_path_factory.mktemp("rabbit-ca"))
+    b = RabbitMQ.start(tmp_path_factory.mktemp("rabbit-tls"), tls=certs)
+    try:
+        yield b, certs
+    finally:
+        b.stop()
+
+
+async def test_https_and_amqps_with_a_private_ca(tls_broker: tuple[RabbitMQ, Certificates], queue: str, guest: Any,
+                                                 make_source: Any) -> None:
+    broker, certs = tls_broker
+    amqp = await Amqp.open(broker)
+    try:
+        await amqp.declare(queue)
+        await amqp.publish(queue, 6)
+        held = await amqp.get(queue, 2, ack=False)
+        assert len(held) == 2
+        trusted = {"tls": {"ca_file": str(certs.ca)}}
+
+        src = make_source(settings(broker.https_url, queue, **guest, **trusted))
+        expected = {"queue.pending": 4.0, "queue.ack_pending": 2.0, "queue.backlog": 6.0}
+        metrics = await eventually(src.read, lambda m: {k: m.get(k) for k in expected} == expected)
+        assert {k: metrics[k] for k in expected} == expected
+        # AMQP answers from the queue itself, over TLS as well
+        assert await make_source(settings(broker.amqps_url, queue, **guest, **trusted)).read() == {
+            "queue.pending": 4.0, "queue.consumers": 0.0}
+
+        # a CA that did not sign the broker's certificate, or none (the system's): refused, said so
+        for url in (broker.https_url, broker.amqps_url):
+            for tls in ({"tls": {"ca_file": str(certs.other_ca)}}, {}):
+                with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+                    await make_source(settings(url, queue, **guest, **tls)).read()
+    finally:
+        await amqp.close()

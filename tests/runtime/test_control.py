@@ -1,0 +1,512 @@
+"""The control channel through the real CLI and real daemons: live status (and the status file when
+the daemon is stuck), pause/resume, a manual scale, reload and SIGHUP, the protocol and its Python
+client; decide --once and a second daemon refused behind a running daemon's back; stop --force;
+stop and status with a broken config.
+
+Replicas are the local executor's child processes (counted by a marker in their command line),
+or a Compose service whose engine is deliberately unreachable (the locks are about who may act,
+not about the engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docktor.agent.runtime.control import AsyncControlClient, ControlClient, ControlError
+from docktor.agent.runtime.daemon import process_alive
+from tests.support.daemons import docktor, kill_marked, marked_processes, raw_lines, records, wait_until
+from tests.support.peers import NatsServer
+from tests.runtime.test_restart import make_streams
+
+SERVICE = """
+  - name: {name}
+    executor: local
+    command: ["{python}", "-c", "import time; time.sleep(600)", "{marker}-{name}"]
+    stop_grace_period: 1s
+    min_replicas: 1
+    max_replicas: {max}
+    check_interval: 0.5s
+    policy: rules
+    scale_up_by: 1
+    cooldown_up: 0s
+    cooldown_down: 0s
+    scale_down_stabilization: 0s
+    queue: {{kind: nats, url: "{url}", stream: {stream}, consumer: WORKERS, timeout: 1s}}
+    rules:
+      scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
+"""
+
+
+class Setup:
+    """A config of local-executor services over one nats-server, its own run folder, and the CLI."""
+
+    def __init__(self, tmp: Path, nats: NatsServer, services: dict[str, int], mode: str = "autonomous"):
+        self.tmp = tmp
+        self.nats = nats
+        self.marker = f"docktor-ctl-{uuid.uuid4().hex[:8]}"
+        self.config = tmp / "docktor.yaml"
+        self.state = tmp / ".docktor"
+        self.env = {"DOCKTOR_RUN_DIR": str(tmp / "run")}
+        self.mode = mode
+        self.write(services)
+
+    def write(self, services: dict[str, int], **extra: str) -> None:
+        body = "".join(SERVICE.format(name=n, python=sys.executable, marker=self.marker, max=m, url=self.nats.url,
+                                      stream=n.upper()) for n, m in services.items())
+        self.config.write_text(f"mode: {self.mode}\nservices:{body}")
+
+    def cli(self, *args: str, timeout: float = 120) -> Any:
+        return docktor(*args, "--config", str(self.config), env=self.env, timeout=timeout)
+
+    def start(self) -> int:
+        r = self.cli("daemon", "start")
+        assert r.returncode == 0, r.stderr
+        return int(self.status()["pid"])
+
+    def status(self) -> dict[str, Any]:
+        r = self.cli("daemon", "status", "--json")
+        return json.loads(r.stdout)
+
+    def replicas(self, name: str) -> list[int]:
+        return sorted(marked_processes(f"{self.marker}-{name}"))
+
+    def decisions(self, name: str, since: float = 0.0) -> list[dict[str, Any]]:
+        from docktor.agent.timestamps import parse_rfc3339
+
+        log = self.state / "decisions.jsonl"
+        return [r for r in records(log, name) if parse_rfc3339(r["ts"]) >= since] if log.exists() else []
+
+    def stop(self) -> None:
+        self.cli("daemon", "stop", "--force", "-t", "30")
+        kill_marked(self.marker)
+
+
+@pytest.fixture
+def setup_factory(tmp_path: Path, nats_server: NatsServer) -> Iterator[Any]:
+    made: list[Setup] = []
+
+    def make(services: dict[str, int], backlog: dict[str, int] | None = None, **kw: Any) -> Setup:
+        asyncio.run(make_streams(nats_server.url, {n.upper(): (backlog or {}).get(n, 0) for n in services}))
+        s = Setup(tmp_path, nats_server, services, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def publish(url: str, stream: str, n: int) -> None:
+    async def run() -> None:
+        import nats
+
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        for _ in range(n):
+            await js.publish(f"{stream.lower()}.x", b"m")
+        await nc.close()
+
+    asyncio.run(run())
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_is_live_and_read_from_the_file_when_the_daemon_is_stuck(setup_factory: Any) -> None:
+    s = setup_factory({"worker": 4})
+    pid = s.start()
+    sock = s.state / "docktor.sock"
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600  # only its owner may talk to it
+    st = wait_until("a live status with replicas", lambda: (x := s.status()) and x["services"]["worker"]["replicas"] and x)
+    # The status file is written after each tick: wait until it has seen the replica running,
+    # since that is what the stuck daemon's status is read from below.
+    wait_until(
+        "the status file with the replica running",
+        lambda: (f := s.state / "status.json").exists()
+        and (json.loads(f.read_text()).get("services", {}).get("worker", {}).get("replicas") or {}).get("running") == 1,
+    )
+    assert st["live"] is True and st["pid"] == pid and st["phase"] == "running"
+    assert st["config"] == str(s.config.resolve()) and st["services"]["worker"]["bounds"] == {"min": 1, "max": 4}
+
+    os.kill(pid, signal.SIGSTOP)  # stuck: it cannot answer
+    try:
+        began = time.monotonic()
+        r = s.cli("daemon", "status")
+        assert time.monotonic() - began < 20
+        assert r.returncode == 0 and f"docktor is running: pid {pid}" in r.stdout
+        assert r.stderr.startswith("warning: the daemon does not answer on ") and "showing its status file (written" in r.stderr
+        st = json.loads(s.cli("daemon", "status", "--json").stdout)
+        assert st["live"] is False and st["services"]["worker"]["replicas"]["running"] == 1
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert s.status()["live"] is True
+
+
+# --------------------------------------------------------------------------- pause, resume
+
+
+def test_pause_logs_every_decision_and_acts_on_nothing_until_resumed(setup_factory: Any) -> None:
+    s = setup_factory({"worker": 4})
+    s.start()
+    wait_until("one replica", lambda: len(s.replicas("worker")) == 1 and s.status()["services"]["worker"]["replicas"]["running"] == 1)
+
+    r = s.cli("pause", "worker", "--for", "30m", "--reason", "incident 42")
+    assert r.returncode == 0 and r.stdout.startswith("paused worker until ") and "nothing is executed" in r.stdout
+    paused_at = time.time()
+    publish(s.nats.url, "WORKER", 700)
+    wanted = wait_until("paused decisions that would scale up", lambda: [
+        d for d in s.decisions("worker", paused_at) if d["decision"] == "scale_up"] if len(
+        [d for d in s.decisions("worker", paused_at) if d["decision"] == "scale_up"]) >= 3 else None)
+    for d in wanted:
+        assert d["executed"] is False and d["outcome"] is None
+        assert d["paused"]["reason"] == "incident 42" and d["paused"]["until"] is not None
+        assert "; paused until " in d["reason"] and d["reason"].endswith(": not acting")
+    assert len(s.replicas("worker")) == 1
+    table = s.cli("daemon", "status").stdout
+    assert "paused" in table and "until 20" in table
+    logs = s.cli("daemon", "logs", "-n", "3").stdout
+    assert "│ paused " in logs  # the outcome column says why nothing was executed
+    prose = s.cli("explain", "-n", "1", "--changes").stdout
+    assert "not executed: the service is paused until 20" in prose and "(docktor pause: incident 42)" in prose
+
+    # a restart keeps the pause
+    assert s.cli("daemon", "stop").returncode == 0
+    s.start()
+    restarted = time.time()
+    wait_until("decisions of the restarted daemon", lambda: len(s.decisions("worker", restarted)) >= 3)
+    assert s.status()["services"]["worker"]["paused"]["reason"] == "incident 42"
+    assert all(not d["executed"] or d["decision"] != "scale_up" for d in s.decisions("worker", restarted))
+    assert all(d.get("paused") for d in s.decisions("worker", restarted))
+
+    r = s.cli("resume", "worker")
+    assert r.returncode == 0 and r.stdout.strip() == "resumed worker"
+    wait_until("a scale-up executed after resume", lambda: any(
+        d["decision"] == "scale_up" and d["executed"] and "paused" not in d for d in s.decisions("worker", restarted)))
+    assert s.cli("resume", "worker").stdout.strip() == "worker was not paused"
+    bad = s.cli("pause", "worker", "--for", "soon")
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --for: 'soon' is not a duration (e.g. 30m, 2h, 90s)"
+
+
+def test_a_pause_for_a_while_ends_by_itself(setup_factory: Any) -> None:
+    s = setup_factory({"worker": 4}, backlog={"worker": 700})
+    s.start()
+    wait_until("the first scale-up", lambda: any(d["executed"] for d in s.decisions("worker")))
+    r = s.cli("pause", "worker", "--for", "2s")
+    assert r.returncode == 0
+    t = time.time()
+    wait_until("a paused decision", lambda: any(d.get("paused") for d in s.decisions("worker", t)))
+    wait_until("a decision after the pause ended", lambda: any(
+        not d.get("paused") for d in s.decisions("worker", t + 2.5)), timeout=30)
+    assert s.status()["services"]["worker"]["paused"] is None
+    assert "worker: pause ended" in (s.state / "daemon.log").read_text()
+
+
+# --------------------------------------------------------------------------- manual scale
+
+
+def test_scale_is_a_manual_decision_clamped_by_min_and_max(setup_factory: Any) -> None:
+    s = setup_factory({"worker": 4})
+    s.start()
+    wait_until("one replica", lambda: len(s.replicas("worker")) == 1)
+    s.cli("pause", "worker")  # keep the count where the operator puts it
+
+    r = s.cli("scale", "worker", "--to", "99", "--reason", "load test")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("worker: scale_up 1 -> 4 (manual: load test; capped at 4 by max_replicas (asked 99)): ok: ")
+    rec = next(d for d in reversed(s.decisions("worker")) if d["source"] == "manual")
+    assert (rec["current_replicas"], rec["target_replicas"], rec["proposal"]) == (1, 4, 99)
+    assert rec["guardrails"] == [{"name": "max_replicas", "from": 99, "to": 4}] and rec["executed"] is True
+    assert rec["outcome"]["status"] == "ok" and rec["envelope"] == {"lo": 1, "hi": 4, "lo_by": "min_replicas", "hi_by": "max_replicas"}
+    assert len(s.replicas("worker")) == 4
+    # the intent was written before the executor acted, like every decision that acts
+    lines = [x for x in raw_lines(s.state / "decisions.jsonl") if x.get("id") == rec["id"]]
+    assert [x.get("phase") for x in lines] == ["intent", "outcome"]
+
+    down = json.loads(s.cli("scale", "worker", "--to", "0", "--json").stdout)
+    assert (down["target_replicas"], down["guardrails"]) == (1, [{"name": "min_replicas", "from": 0, "to": 1}])
+    assert down["reason"].startswith("manual: docktor scale")
+    wait_until("one replica again", lambda: len(s.replicas("worker")) == 1)
+
+    unknown = s.cli("scale", "nope", "--to", "2")
+    assert unknown.returncode == 2 and unknown.stderr.strip() == "error: no service named 'nope' (services: worker)"
+    negative = s.cli("scale", "worker", "--to", "-1")
+    assert negative.returncode == 2 and "--to" in negative.stderr
+
+
+def test_an_advisory_daemon_refuses_a_manual_scale(setup_factory: Any) -> None:
+    s = setup_factory({"worker": 4}, mode="advisory")
+    s.start()
+    r = s.cli("scale", "worker", "--to", "3")
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("error: the daemon runs in advisory mode: it never acts (start it without --advisory, "
+                                "or ask with dry_run)")
+    assert s.replicas("worker") == []
+
+
+# --------------------------------------------------------------------------- reload
+
+
+def test_reload_keeps_what_did_not_change_and_refuses_a_bad_config(setup_factory: Any) -> None:
+    s = setup_factory({"a": 4, "b": 4})
+    pid = s.start()
+    wait_until("a replica each", lambda: len(s.replicas("a")) == 1 and len(s.replicas("b")) == 1)
+    a_before, b_before = s.replicas("a"), s.replicas("b")
+
+    s.write({"a": 4, "b": 6})
+    r = s.cli("daemon", "reload")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "restarted b (max_replicas changed)"
+    assert "unchanged: a" in r.stdout
+    st = s.status()
+    assert st["services"]["b"]["bounds"] == {"min": 1, "max": 6} and st["pid"] == pid
+    # b's executor settings did not change: its replicas are the same processes; a was not touched at all
+    assert s.replicas("a") == a_before and s.replicas("b") == b_before
+
+    # a bad config: the same one-line errors as validate, exit 2, and the daemon runs on
+    s.config.write_text(s.config.read_text().replace("max_replicas: 6", "max_replicas: many"))
+    validate = s.cli("validate")
+    refused = s.cli("daemon", "reload")
+    assert refused.returncode == 2 and validate.returncode == 2
+    assert refused.stderr.splitlines()[:-1] == validate.stderr.splitlines()
+    assert refused.stderr.splitlines()[-1] == "the daemon keeps running the previous config"
+    t = time.time()
+    wait_until("the daemon to go on deciding", lambda: len(s.decisions("b", t)) >= 2)
+    assert s.status()["services"]["b"]["bounds"]["max"] == 6
+
+    # SIGHUP: the same, from a signal; a new service starts, a changed command restarts its replicas
+    asyncio.run(make_streams(s.nats.url, {"C": 0}))
+    s.write({"a": 4, "b": 6, "c": 2})
+    s.config.write_text(s.config.read_text().replace(f"{s.marker}-b", f"{s.marker}-b2"))
+    os.kill(pid, signal.SIGHUP)
+    wait_until("the reload in the daemon's log", lambda: "reloaded" in (s.state / "daemon.log").read_text()
+               and "started c" in (s.state / "daemon.log").read_text())
+    wait_until("c's replica and b's new one", lambda: len(s.replicas("c")) == 1 and len(s.replicas("b2")) == 1)
+    assert s.replicas("a") == a_before
+    wait_until("b's old replica stopped", lambda: not any(process_alive(p) for p in b_before))
+    log = (s.state / "daemon.log").read_text()
+    assert "b: saved state discarded: cooldown clocks and back-off: the executor changed" in log
+
+
+# --------------------------------------------------------------------------- the protocol and its client
+
+
+def test_the_protocol_and_its_python_client(tmp_path: Path, nats_server: NatsServer) -> None:
+    """What a later ``docktor mcp`` builds on: a proposal through the whole envelope without acting,
+    errors as codes, a socket path longer than a Unix address allows."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    asyncio.run(make_streams(nats_server.url, {"WORKER": 700}))
+    s = Setup(tmp_path, nats_server, {"worker": 4})
+    s.config.write_text(f"state_dir: {deep}\n" + s.config.read_text().replace("cooldown_up: 0s", "cooldown_up: 300s"))
+    s.state = deep
+    assert len(str(deep / "docktor.sock")) > 108
+    try:
+        s.start()
+        wait_until("the first scale-up", lambda: any(d["executed"] for d in s.decisions("worker")))
+        client = ControlClient(deep / "docktor.sock")
+        assert client.ping()["pid"] == s.status()["pid"]
+
+        async def ask() -> dict[str, Any]:
+            return await AsyncControlClient(deep / "docktor.sock").scale("worker", 9, reason="the queue grows", source="mcp", dry_run=True)
+
+        before = len(raw_lines(deep / "decisions.jsonl"))
+        proposal = asyncio.run(ask())["record"]
+        assert proposal["source"] == "mcp" and proposal["mode"] == "dry-run" and proposal["proposal"] == 9
+        # the same envelope as the LLM's: held by cooldown_up, which a manual scale would ignore
+        assert proposal["target_replicas"] == proposal["current_replicas"] and proposal["envelope"]["hi_by"] == "cooldown_up"
+        assert proposal["reason"].startswith("mcp: the queue grows; held at 1 by cooldown_up (")
+        assert not any(x.get("source") == "mcp" for x in raw_lines(deep / "decisions.jsonl")[before:])  # nothing recorded
+
+        with pytest.raises(ControlError) as e:
+            client.call("explode")
+        assert e.value.code == "bad_request" and "unknown command 'explode'" in e.value.message
+        with pytest.raises(ControlError) as e:
+            client.pause("worker", for_s=-5)
+        assert e.value.code == "bad_request"
+        with pytest.raises(ControlError) as e:
+            client.scale("worker", 2, source="root")
+        assert e.value.code == "bad_request"
+
+        # garbage on the raw socket: an error answer, and the daemon carries on
+        fd = os.open(deep, os.O_PATH)
+        try:
+            with socket.socket(socket.AF_UNIX) as raw:
+                raw.settimeout(10)
+                raw.connect(f"/proc/self/fd/{fd}/docktor.sock")
+                raw.sendall(b"{not json\n")
+                answer = json.loads(raw.makefile().readline())
+        finally:
+            os.close(fd)
+        assert answer["ok"] is False and answer["error"]["code"] == "bad_request"
+        assert client.status()["services"]["worker"]["replicas"] is not None
+    finally:
+        s.stop()
+
+
+# --------------------------------------------------------------------------- nobody acts behind a daemon's back
+
+COMPOSE_CONFIG = """
+state_dir: {state}
+services:
+  - name: worker
+    compose_file: {compose_file}
+    project: {project}
+    check_interval: 0.5s
+    policy: rules
+    queue: {{kind: nats, url: "{url}", stream: WORKER, consumer: WORKERS, timeout: 1s}}
+    rules:
+      scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
+"""
+
+
+def test_decide_once_and_a_second_daemon_refuse_to_act_behind_a_running_daemon(tmp_path: Path, nats_server: NatsServer) -> None:
+    """The Compose engine is deliberately unreachable: what is checked is who may act on the
+    service (the config's lock, then the target lock across configs), not the engine."""
+    asyncio.run(make_streams(nats_server.url, {"WORKER": 0}))
+    compose_file = tmp_path / "compose.yaml"
+    compose_file.write_text("services:\n  worker:\n    image: python:3.12-slim\n")
+    project = f"docktor-ctl-{uuid.uuid4().hex[:8]}"
+    env = {"DOCKTOR_RUN_DIR": str(tmp_path / "run"), "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    for cfg, state in ((first, tmp_path / "s1"), (second, tmp_path / "s2")):
+        cfg.write_text(COMPOSE_CONFIG.format(state=state, compose_file=compose_file, project=project, url=nats_server.url))
+
+    started = docktor("daemon", "start", "--config", str(first), env=env)
+    assert started.returncode == 0, started.stderr
+    pid = int(started.stdout.split("(pid ")[1].split(")")[0])
+    try:
+        same = docktor("decide", "--once", "--config", str(first), env=env)
+        assert same.returncode == 1 and same.stdout == ""
+        assert same.stderr.splitlines() == [
+            f"error: a daemon is already running for this config (pid {pid}): it owns the scaling; ask it "
+            f"(docktor scale SERVICE --to N --config {first}) or use --dry-run"
+        ]
+        assert docktor("decide", "--once", "--dry-run", "--window", "0", "--config", str(first), env=env).returncode == 0
+
+        other = docktor("decide", "--once", "--config", str(second), env=env)
+        target = f"{env['DOCKER_HOST']}/{project}/worker"
+        assert other.returncode == 1
+        assert other.stderr.splitlines() == [
+            f"error: service worker: {target} is already scaled by daemon (pid {pid}, config {first}): it owns the "
+            f"scaling; ask it (docktor scale SERVICE --to N --config {first}) or use --dry-run"
+        ]
+        twin = docktor("daemon", "start", "--config", str(second), env=env)
+        assert twin.returncode == 2
+        assert twin.stderr.strip() == (f"error: service worker: {target} is already scaled by daemon (pid {pid}, config "
+                                       f"{first}); refusing to start a second daemon on it")
+        second_log = tmp_path / "s2" / "decisions.jsonl"
+        assert not second_log.exists() or second_log.read_text() == ""  # neither decided nor acted
+    finally:
+        docktor("daemon", "stop", "--config", str(first), env=env)
+    # once the first is gone, the second may run
+    again = docktor("daemon", "start", "--config", str(second), env=env)
+    assert again.returncode == 0, again.stderr
+    docktor("daemon", "stop", "--config", str(second), env=env)
+
+
+# --------------------------------------------------------------------------- stop
+
+
+def test_stop_says_what_still_runs_and_force_kills_it(setup_factory: Any) -> None:
+    s = setup_factory({"worker": 4})
+    pid = s.start()
+    wait_until("one replica", lambda: len(s.replicas("worker")) == 1)
+    replica = s.replicas("worker")[0]
+    os.kill(pid, signal.SIGSTOP)  # a daemon that does not stop
+    try:
+        r = s.cli("daemon", "stop", "--timeout", "1")
+        assert r.returncode == 1
+        lines = r.stderr.splitlines()
+        assert lines[0] == f"error: docktor (pid {pid}) did not stop within 1 s; still running:"
+        assert f"  pid {pid}: docktor daemon" in lines and any(line.startswith(f"  pid {replica}: ") for line in lines)
+        assert "--force" in lines[-1]
+        assert process_alive(pid)
+
+        r = s.cli("daemon", "stop", "--timeout", "1", "--force")
+        assert r.returncode == 0 and r.stdout.startswith(f"killed docktor (pid {pid}) with SIGKILL: it had not stopped after 1 s")
+        assert not process_alive(pid)
+        # whatever of it is still alive afterwards is named (its local replicas outlive it, to be adopted)
+        left = [p for p in [replica] if process_alive(p)]
+        assert all(f"still running: pid {p}: " in r.stdout for p in left)
+    finally:
+        if process_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert s.cli("daemon", "status").returncode == 3
+
+
+def test_stop_and_status_work_with_a_broken_config(setup_factory: Any) -> None:
+    s = setup_factory({"worker": 4})
+    original = s.config.read_text()
+    s.config.write_text(f"state_dir: {s.tmp / 'elsewhere'}\n" + original)
+    s.state = s.tmp / "elsewhere"
+    pid = s.start()
+    wait_until("one replica", lambda: len(s.replicas("worker")) == 1)
+
+    s.config.write_text("services: [this is: not: valid\n")  # someone is editing it
+    st = s.cli("daemon", "status")
+    assert st.returncode == 0 and f"docktor is running: pid {pid}" in st.stdout
+    down = s.cli("daemon", "stop")
+    assert down.returncode == 0 and down.stdout.strip() == f"stopped docktor (pid {pid})"
+    assert not process_alive(pid)
+    wait_until("no replica left", lambda: not s.replicas("worker"))
+
+    # without the running daemon's pointer, state_dir is read from the file even when it does not validate
+    for p in (s.tmp / "run" / "configs").iterdir():
+        p.unlink()
+    s.config.write_text(f"state_dir: {s.tmp / 'elsewhere'}\nservices: [{{name: worker, max_replicas: lots}}]\n")
+    st = s.cli("daemon", "status")
+    assert st.returncode == 3 and st.stdout.strip() == "docktor is not running"
+    assert st.stderr.startswith("warning: services[0]") and f"using the state in {s.tmp / 'elsewhere'} (state_dir read from the file)" in st.stderr
+    s.config.write_text(original)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+def test_decide_once_acts_on_compose_records_the_outcome_and_keeps_the_cooldown(tmp_path: Path, nats_server: NatsServer) -> None:
+    """Without a daemon, decide --once acts (Compose replicas outlive it), records intent and
+    outcome, and saves the state it leaves: the next decide --once (or a daemon started next)
+    honours the cooldown it started."""
+    from tests.support.peers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, need, unique_project
+
+    need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
+    asyncio.run(make_streams(nats_server.url, {"WORKER": 700}))
+    project = unique_project("docktor-decide")
+    compose_file = tmp_path / "compose.yaml"
+    compose_file.write_text('services:\n  worker:\n    image: python:3.12-slim\n    command: ["python", "-c", '
+                            '"import time\\nwhile True: time.sleep(1)"]\n    stop_grace_period: 1s\n')
+    cfg = tmp_path / "docktor.yaml"
+    config = COMPOSE_CONFIG.format(state=tmp_path / "state", compose_file=compose_file, project=project, url=nats_server.url)
+    # The container the test creates is a scale-up to the Compose executor (last_scaled), so the
+    # first run has no cooldown to wait out; the second gets 300 s, counted from the first's action.
+    cfg.write_text(config + "    scale_up_by: 1\n    cooldown_up: 0s\n")
+    env = {"DOCKTOR_RUN_DIR": str(tmp_path / "run")}
+    try:
+        compose(project, compose_file, "up", "-d", "--scale", "worker=1")
+        first = docktor("decide", "--once", "--json", "--window", "0", "--config", str(cfg), env=env)
+        assert first.returncode == 0, first.stderr
+        rec = json.loads(first.stdout)
+        assert (rec["decision"], rec["current_replicas"], rec["target_replicas"], rec["executed"]) == ("scale_up", 1, 2, True)
+        assert rec["outcome"]["status"] == "ok" and len(containers(project, "worker", all=False)) == 2
+        lines = [x for x in raw_lines(tmp_path / "state" / "decisions.jsonl") if x.get("id") == rec["id"]]
+        assert [x.get("phase") for x in lines] == ["intent", "outcome"]
+        assert json.loads((tmp_path / "state" / "state" / "worker.json").read_text())["last_up_at"] is not None
+
+        cfg.write_text(config + "    scale_up_by: 1\n    cooldown_up: 300s\n")  # a new length keeps the saved clock
+        second = json.loads(docktor("decide", "--once", "--json", "--window", "0", "--config", str(cfg), env=env).stdout)
+        assert (second["decision"], second["current_replicas"], second["executed"]) == ("hold", 2, False)
+        assert second["envelope"]["hi_by"] == "cooldown_up" and second["matched_rules"]
+        assert len(containers(project, "worker", all=False)) == 2
+    finally:
+        down(project, compose_file)

@@ -1,0 +1,534 @@
+"""``/metrics``: the config key, the metric names and values for known records, and the endpoint
+of a real daemon (nats-server, the local executor's processes, the decision log on disk).
+
+The Prometheus server itself and the Grafana dashboard's queries: tests/e2e/test_metrics_prometheus.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from docktor.agent.config.load import parse_config
+from docktor.agent.errors import UsageError
+from docktor.agent.runtime import metrics as metrics_module
+from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, read_records
+from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.metrics import DaemonMetrics, MetricsServer, llm_outcome, serve
+from docktor.agent.runtime.recorder import Recorder
+from tests.support.peers import NatsServer, SmallDisk, free_port
+from tests.runtime.test_loop import make_stream, publish
+
+SERVICE = """
+services:
+  - name: w
+    command: ['true']
+    policy: rules
+    queue: {kind: nats, url: 'nats://127.0.0.1:1', stream: S, consumer: C}
+    rules:
+      scale_up_when: [{metric: queue.backlog, op: ">", value: 500}]
+      scale_down_when: [{metric: queue.backlog, op: "<=", value: 10}, {metric: queue.rate_in, op: "<", value: 1}]
+"""
+LLM = 'llm: {provider: openai-compatible, base_url: "http://127.0.0.1:9/v1", model: m}\n'
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> tuple[Samples, dict[str, Any]]:
+    """Samples by (name, labels), and the families (type, help) by name, via prometheus-client's parser."""
+    samples: Samples = {}
+    families: dict[str, Any] = {}
+    for fam in text_string_to_metric_families(text):
+        families[fam.name] = fam
+        for s in fam.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples, families
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def scrape(url: str, timeout: float = 10) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        assert r.status == 200
+        return r.read().decode()
+
+
+# --------------------------------------------------------------------------- the config key
+
+
+@pytest.mark.parametrize(("written", "listen"), [
+    ("{listen: 127.0.0.1:9464}", "127.0.0.1:9464"),
+    ("{listen: 9464}", "127.0.0.1:9464"),  # a bare port: loopback
+    ("{listen: localhost:9464}", "127.0.0.1:9464"),
+    ("{listen: '[::1]:9464'}", "[::1]:9464"),
+    ("{listen: '0.0.0.0:9464', allow_remote: true}", "0.0.0.0:9464"),
+    ("{listen: ':9464', allow_remote: true}", "0.0.0.0:9464"),  # Prometheus's ':port': every address
+    ("{}", None),
+])
+def test_metrics_listen_accepted(written: str, listen: str | None) -> None:
+    cfg = parse_config(f"metrics: {written}\n{SERVICE}")
+    assert cfg.metrics.listen == listen
+
+
+def test_metrics_are_off_by_default() -> None:
+    assert parse_config(SERVICE).metrics.listen is None
+
+
+@pytest.mark.parametrize(("written", "says"), [
+    ("{listen: 0.0.0.0:9464}", "metrics.listen: not a loopback address"),
+    ("{listen: ':9464'}", "metrics.listen: not a loopback address"),
+    ("{listen: '[::]:9464'}", "metrics.listen: not a loopback address"),
+    ("{listen: 192.168.1.4:9464}", "metrics.listen: not a loopback address"),
+    ("{listen: example.com:9464}", "metrics.listen: the host must be an IP address or localhost"),
+    ("{listen: 127.0.0.1:0}", "metrics.listen: the port must be between 1 and 65535"),
+    ("{listen: 127.0.0.1}", "metrics.listen: must be host:port"),
+    ("{listen: [1, 2]}", "metrics.listen: must be host:port"),
+    ("{listen: 127.0.0.1:9464, alow_remote: true}", "metrics.alow_remote: unknown key (did you mean 'allow_remote'?)"),
+])
+def test_metrics_listen_refused_with_the_field_named(written: str, says: str) -> None:
+    with pytest.raises(UsageError) as e:
+        parse_config(f"metrics: {written}\n{SERVICE}")
+    assert str(e.value).startswith(says), str(e.value)
+
+
+def test_validate_refuses_a_remote_address_in_one_line_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "docktor.yaml"
+    config.write_text(f"metrics: {{listen: 0.0.0.0:9464}}\n{SERVICE}")
+    done = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "validate", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: metrics.listen: not a loopback address"), done.stderr
+    assert "allow_remote: true" in lines[0] and "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- names and values for known records
+
+
+def record(**kw: Any) -> DecisionRecord:
+    base: dict[str, Any] = dict(
+        ts="2026-11-30T09:54:05.102Z", service="w", mode="autonomous", current_replicas=1, decision="hold",
+        target_replicas=1, reason="r", source="rules", observations={"queue.backlog": 5.0, "queue.rate_in": 0.0},
+        envelope={"lo": 1, "hi": 3, "lo_by": "min_replicas", "hi_by": "step_limit"}, id="a",
+    )
+    base.update(kw)
+    return DecisionRecord(**base)
+
+
+def exported(m: DaemonMetrics) -> tuple[Samples, dict[str, Any]]:
+    server = MetricsServer("127.0.0.1", 0, m.registry).start()
+    try:
+        return parse(scrape(server.url))
+    finally:
+        server.close()
+
+
+def test_names_types_and_help_follow_prometheus_conventions() -> None:
+    m = DaemonMetrics(parse_config(LLM + SERVICE), health=lambda: {"writable": True})
+    _, families = exported(m)
+    ours = {name: fam for name, fam in families.items() if name.startswith("docktor_")}
+    assert len(ours) >= 30
+    for name, fam in ours.items():
+        assert fam.documentation.strip(), f"{name} has no HELP"
+        if fam.type == "counter":
+            # the parser strips _total from a counter family's name; every sample carries it
+            assert all(s.name == f"{name}_total" for s in fam.samples), name
+        if fam.type == "histogram":
+            assert name.endswith(("_seconds", "_tokens")), f"{name}: a histogram names its unit"
+        labels = {k for s in fam.samples for k in s.labels if k != "le"}
+        assert labels <= {"service", "metric", "decision", "source", "executed", "direction", "rule", "guardrail",
+                          "operation", "outcome", "type", "version", "mode"}, (name, labels)
+    types = {name: fam.type for name, fam in ours.items()}
+    assert types["docktor_decisions"] == "counter" and types["docktor_tick_duration_seconds"] == "histogram"
+    assert types["docktor_llm_call_duration_seconds"] == "histogram" and types["docktor_llm_call_tokens"] == "histogram"
+    assert types["docktor_observation"] == "gauge" and types["docktor_decision_log_writable"] == "gauge"
+    # no *_created series: Prometheus does not read them
+    assert not any(s.name.endswith("_created") for fam in ours.values() for s in fam.samples)
+
+
+def test_values_from_known_records() -> None:
+    health = {"writable": True, "write_failures_total": 0, "refused_actions_total": 0}
+    m = DaemonMetrics(parse_config(LLM + SERVICE), health=lambda: health, in_flight=lambda name: name == "w")
+    samples, _ = exported(m)
+    # before any decision: the configured figures, and counters at 0 for what the config makes possible
+    assert value(samples, "docktor_replicas_min", service="w") == 1 and value(samples, "docktor_replicas_max", service="w") == 10
+    assert value(samples, "docktor_decisions_total", service="w", decision="scale_up", source="rules", executed="true") == 0
+    assert value(samples, "docktor_decisions_total", service="w", decision="hold", source="fallback", executed="false") == 0
+    assert value(samples, "docktor_guardrail_clamps_total", service="w", guardrail="cooldown_up") == 0
+    assert value(samples, "docktor_rule_matches_total", service="w", direction="up", rule="queue.backlog > 500") == 0
+    assert value(samples, "docktor_llm_calls_total", service="w", outcome="timeout") == 0
+    assert value(samples, "docktor_replicas_current", service="w") is None  # nothing read yet: absent, not 0
+
+    # a scale-up the executor carried out (intent and outcome lines, one record in memory)
+    m.record(record(
+        decision="scale_up", current_replicas=1, target_replicas=3, proposal=5,
+        observations={"queue.backlog": 900.0, "queue.rate_in": 12.5, "replicas.running": 1.0},
+        matched_rules=["queue.backlog 900 > 500"], guardrails=[{"name": "step_limit", "from": 5, "to": 3}],
+        executed=True, outcome={"status": "ok", "message": "3 running", "duration_ms": 1500.0},
+        llm={"asked": True, "in_flight": {"asked_at": "x", "age_s": 0.0}},
+    ))
+    # a hold while the source failed, the LLM's failed call landing, its breaker open
+    m.record(record(
+        current_replicas=3, target_replicas=3, source="fallback", observations={"replicas.running": 3.0},
+        missing=["queue.backlog"], errors=["source: TimeoutError: no answer in 1s", "executor: 1 replica(s) failed"],
+        llm={"asked": True, "landed": {"asked_at": "x", "after_s": 2.0}, "error": "timeout", "latency_ms": 2000.0,
+             "prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "breaker": {"failures": 1, "until": "x"}},
+    ))
+    # a scale-down the LLM proposed, its call answered; the executor failed to carry it out
+    m.record(record(
+        decision="scale_down", current_replicas=3, target_replicas=2, source="llm",
+        observations={"queue.backlog": 0.0, "queue.rate_in": 0.0, "replicas.running": 3.0},
+        matched_rules=["queue.backlog 0 <= 10", "queue.rate_in 0 < 1"], executed=True,
+        outcome={"status": "error", "message": "no", "duration_ms": 300.0},
+        llm={"asked": True, "landed": {"asked_at": "x", "after_s": 0.4}, "error": None, "latency_ms": 400.0,
+             "prompt_tokens": 700, "completion_tokens": 40, "requests": 2},
+    ))
+    m.tick("w", 0.004)
+    m.tick("w", 0.2)
+    health.update(writable=False, unrecorded=2, waiting_outcomes=1, write_failures_total=3, refused_actions_total=2)
+    m.log_health()
+    samples, _ = exported(m)
+
+    def v(name: str, **labels: str) -> float | None:
+        return value(samples, name, service="w", **labels)
+
+    assert v("docktor_decisions_total", decision="scale_up", source="rules", executed="true") == 1
+    assert v("docktor_decisions_total", decision="hold", source="fallback", executed="false") == 1
+    assert v("docktor_decisions_total", decision="scale_down", source="llm", executed="true") == 1
+    assert sum(val for (name, _), val in samples.items() if name == "docktor_decisions_total") == 3
+    # the last decision's figures
+    assert v("docktor_replicas_current") == 3 and v("docktor_replicas_target") == 2
+    assert v("docktor_envelope_lower_replicas") == 1 and v("docktor_envelope_upper_replicas") == 3
+    assert v("docktor_observation", metric="queue.backlog") == 0 and v("docktor_observation", metric="replicas.running") == 3
+    # queue.backlog was missing in the second record: its series went away, then came back
+    assert v("docktor_rule_matches_total", direction="up", rule="queue.backlog > 500") == 1
+    assert v("docktor_rule_matches_total", direction="down", rule="queue.backlog <= 10") == 1
+    assert v("docktor_rule_matches_total", direction="down", rule="queue.rate_in < 1") == 1
+    assert v("docktor_guardrail_clamps_total", guardrail="step_limit") == 1
+    assert v("docktor_missing_metric_decisions_total", metric="queue.backlog") == 1
+    assert v("docktor_source_errors_total", source="nats") == 1  # a queue: block is named after its kind
+    assert v("docktor_executor_errors_total", operation="status") == 1
+    assert v("docktor_executor_errors_total", operation="scale") == 1
+    assert v("docktor_scale_duration_seconds_count") == 2 and v("docktor_scale_duration_seconds_sum") == pytest.approx(1.8)
+    assert v("docktor_tick_duration_seconds_count") == 2 and v("docktor_tick_duration_seconds_bucket", le="0.005") == 1
+    # LLM: two calls ended (the first decision only started one), one ok, one timed out
+    assert v("docktor_llm_calls_total", outcome="ok") == 1 and v("docktor_llm_calls_total", outcome="timeout") == 1
+    assert v("docktor_llm_http_requests_total") == 2
+    assert v("docktor_llm_call_duration_seconds_count") == 2 and v("docktor_llm_call_duration_seconds_sum") == pytest.approx(2.4)
+    # tokens only for the call that got an answer
+    assert v("docktor_llm_call_tokens_count", type="prompt") == 1 and v("docktor_llm_call_tokens_sum", type="prompt") == 700
+    assert v("docktor_llm_call_tokens_sum", type="completion") == 40
+    assert v("docktor_llm_breaker_open") == 0 and v("docktor_llm_consecutive_failures") == 0  # closed by the answer
+    assert v("docktor_llm_calls_in_flight") == 1
+    # the decision log's state
+    assert value(samples, "docktor_decision_log_writable") == 0
+    assert value(samples, "docktor_decision_log_unrecorded_decisions") == 2
+    assert value(samples, "docktor_decision_log_waiting_outcomes") == 1
+    assert value(samples, "docktor_decision_log_write_failures_total") == 3
+    assert value(samples, "docktor_decision_log_refused_actions_total") == 2
+
+
+def test_breaker_open_while_it_holds_calls_back() -> None:
+    m = DaemonMetrics(parse_config(LLM + SERVICE))
+    m.record(record(llm={"asked": False, "why": "circuit breaker open after 3 failed calls",
+                         "breaker": {"failures": 3, "until": "x", "last_error": "timeout"}}))
+    samples, _ = exported(m)
+    assert value(samples, "docktor_llm_breaker_open", service="w") == 1
+    assert value(samples, "docktor_llm_consecutive_failures", service="w") == 3
+    assert value(samples, "docktor_llm_calls_total", service="w", outcome="timeout") == 0  # no call ended here
+
+
+@pytest.mark.parametrize(("error", "outcome"), [
+    (None, "ok"), ("timeout", "timeout"), ("HTTP 500: boom", "http_error"), ("connection failed: ConnectError", "connection_error"),
+    ("call ended: CancelledError", "cancelled"), ("ValidationError: 1 validation error", "error"),
+])
+def test_llm_outcome_labels_are_a_handful(error: str | None, outcome: str) -> None:
+    assert llm_outcome(error) == outcome
+
+
+def test_label_values_stay_bounded_by_the_config() -> None:
+    """Observations past the cap, a guardrail the code does not know and a missing metric nobody
+    configured add no series; a metric not read this tick is removed, not left stale."""
+    m = DaemonMetrics(parse_config(SERVICE))
+    many = {f"plugin.m{i}": float(i) for i in range(metrics_module.MAX_OBSERVATION_SERIES + 50)}
+    m.record(record(observations=many, guardrails=[{"name": "made_up", "from": 1, "to": 2}], missing=["nobody.asked"]))
+    samples, _ = exported(m)
+    observed = [k for k in samples if k[0] == "docktor_observation"]
+    assert len(observed) == metrics_module.MAX_OBSERVATION_SERIES
+    assert value(samples, "docktor_guardrail_clamps_total", service="w", guardrail="other") == 1
+    assert not any(k[0] == "docktor_missing_metric_decisions_total" and ("metric", "nobody.asked") in k[1] for k in samples)
+    m.record(record(observations={"queue.backlog": 1.0}))
+    samples, _ = exported(m)
+    assert [dict(k[1])["metric"] for k in samples if k[0] == "docktor_observation"] == ["queue.backlog"]
+
+
+def test_a_bug_while_updating_never_reaches_the_tick(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("health exploded")
+
+    m = DaemonMetrics(parse_config(SERVICE))
+    m._health = broken
+    m.record(record())  # does not raise
+    m.record(record())
+    assert sum("health exploded" in r.getMessage() for r in caplog.records) == 1  # said once
+    samples, _ = exported(m)
+    assert value(samples, "docktor_decisions_total", service="w", decision="hold", source="rules", executed="false") == 2
+
+
+def test_recorder_on_a_full_device_reads_unwritable() -> None:
+    """A real Recorder writing to /dev/full (every write: ENOSPC) reports it through /metrics."""
+    recorder = Recorder(DecisionLog(Path("/dev/full")))
+    m = DaemonMetrics(parse_config(SERVICE), health=recorder.health)
+    assert recorder.write(record()) is False
+    recorder.refuse()
+    m.record(record())
+    samples, _ = exported(m)
+    assert value(samples, "docktor_decision_log_writable") == 0
+    assert value(samples, "docktor_decision_log_write_failures_total") == 1
+    assert value(samples, "docktor_decision_log_refused_actions_total") == 1
+    assert value(samples, "docktor_decision_log_unrecorded_decisions") == 1
+
+
+# --------------------------------------------------------------------------- the endpoint
+
+
+def test_endpoint_paths_gzip_and_openmetrics() -> None:
+    m = DaemonMetrics(parse_config(SERVICE))
+    server = MetricsServer("127.0.0.1", 0, m.registry).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+        r = conn.getresponse()
+        import gzip
+
+        assert r.status == 200 and r.getheader("Content-Encoding") == "gzip"
+        assert b"docktor_replicas_max" in gzip.decompress(r.read())
+        conn.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Content-Type", "").startswith("application/openmetrics-text")
+        assert r.read().rstrip().endswith(b"# EOF")
+        for path, status in (("/", 200), ("/nope", 404)):
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            assert r.status == status
+        conn.close()
+    finally:
+        server.close()
+
+
+def test_clients_that_never_send_are_bounded_and_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scripted stand-in for a hostile client: connections that send nothing. At most
+    MAX_CONCURRENT_SCRAPES are served at once (more are closed at once), each is dropped after
+    the timeout, and the endpoint serves again."""
+    monkeypatch.setattr(metrics_module, "SCRAPE_TIMEOUT_S", 5.0)  # long enough that none is dropped before the extra one is turned away
+    m = DaemonMetrics(parse_config(SERVICE))
+    server = MetricsServer("127.0.0.1", 0, m.registry).start()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(metrics_module.MAX_CONCURRENT_SCRAPES)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        assert extra.recv(100) == b""  # closed unanswered: every slot is taken
+        extra.close()
+        for s in idle:  # each is cut after the timeout: the server closes it (recv returns b"")
+            s.settimeout(30)
+            assert s.recv(100) == b""
+        wait_until(lambda: b"docktor_" in _try_scrape(server.url), "a scrape succeeds once the idle clients are dropped")
+    finally:
+        for s in idle:
+            s.close()
+        server.close()
+
+
+def _try_scrape(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return bytes(r.read())
+    except OSError:
+        return b""
+
+
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+async def until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.05)
+
+
+def daemon_config(tmp: Path, url: str, port: int, marker: str, state: Path | None = None) -> str:
+    return f"""
+state_dir: {state or tmp / 'state'}
+metrics: {{listen: 127.0.0.1:{port}}}
+services:
+  - name: worker
+    executor: local
+    command: ["{sys.executable}", "-c", "import time; time.sleep(600)", "{marker}"]
+    stop_grace_period: 1s
+    min_replicas: 1
+    max_replicas: 6
+    check_interval: 0.3
+    policy: rules
+    scale_up_by: 1
+    cooldown_up: 0
+    queue: {{kind: nats, url: "{url}", stream: JOBS, consumer: WORKERS, timeout: 1s}}
+    rules:
+      scale_up_when: [{{metric: queue.backlog_per_replica, op: ">", value: 50}}]
+"""
+
+
+async def test_a_running_daemon_counts_each_decision_once(tmp_path: Path, nats_server: NatsServer) -> None:
+    """The real loop: its acting decisions are two lines in the log, one decision in /metrics."""
+    await make_stream(nats_server.url)
+    port = free_port()
+    cfg = parse_config(daemon_config(tmp_path, nats_server.url, port, f"docktor-metrics-{id(tmp_path)}"), tmp_path / "d.yaml", {})
+    daemon = Daemon(cfg, log_path=tmp_path / "state" / "decisions.jsonl")
+    exporter = serve(cfg, daemon)
+    stop = asyncio.Event()
+    try:
+        await daemon.open()
+        task = asyncio.create_task(daemon.run(stop))
+        await publish(nats_server.url, "jobs.a", 250)  # 250 waiting: one step per tick up to 5
+        runner = daemon.runners["worker"]
+        await until(lambda: runner.last_status is not None and runner.last_status.desired == 5, "5 replicas")
+        live = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")  # served while it ticks
+        assert "docktor_decisions_total" in live
+        stop.set()
+        await task
+        samples, _ = parse(await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics"))
+    finally:
+        stop.set()
+        await daemon.close()
+        exporter.close()
+    records = list(read_records(tmp_path / "state" / "decisions.jsonl"))
+    lines = (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()
+    executed = [r for r in records if r["executed"]]
+    assert len(executed) == 5 and len(lines) == len(records) + len(executed)  # each acting decision: 2 lines
+
+    def total(**labels: str) -> float:
+        return sum(v for (name, ls), v in samples.items()
+                   if name == "docktor_decisions_total" and set(labels.items()) <= set(ls))
+
+    assert total() == len(records)
+    assert total(executed="true") == len(executed) == total(decision="scale_up", executed="true")
+    assert value(samples, "docktor_replicas_current", service="worker") == 5
+    assert value(samples, "docktor_observation", service="worker", metric="queue.backlog") == 250
+    assert value(samples, "docktor_scale_duration_seconds_count", service="worker") == 5
+    ticks = value(samples, "docktor_tick_duration_seconds_count", service="worker")
+    assert ticks is not None and ticks >= len(records)
+    assert value(samples, "docktor_decision_log_writable") == 1
+
+
+async def test_a_full_disk_shows_in_metrics_and_clears(tmp_path: Path, nats_server: NatsServer, disk: SmallDisk) -> None:
+    """issue 12: when the log cannot be written the daemon says so in /metrics (a real 1 MiB tmpfs)."""
+    await make_stream(nats_server.url)
+    port = free_port()
+    cfg = parse_config(daemon_config(tmp_path, nats_server.url, port, f"docktor-metrics-disk-{id(tmp_path)}", disk.path),
+                       tmp_path / "d.yaml", {})
+    daemon = Daemon(cfg, log_path=disk.path / "decisions.jsonl")
+    exporter = serve(cfg, daemon)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    async def sample(name: str) -> float | None:
+        return value(parse(await asyncio.to_thread(scrape, url))[0], name)
+
+    stop = asyncio.Event()
+    try:
+        await daemon.open()
+        task = asyncio.create_task(daemon.run(stop))
+        await until(lambda: daemon.runners["worker"].ticks >= 2, "two ticks")
+        assert await sample("docktor_decision_log_writable") == 1
+        disk.fill()
+        await publish(nats_server.url, "jobs.a", 200)  # the rules want more replicas: refused on the full disk
+        await until(lambda: daemon.recorder.refused >= 2, "scale-ups refused on the full disk")
+        t = daemon.runners["worker"].ticks
+        await until(lambda: daemon.runners["worker"].ticks > t, "one more tick (its record fed the metrics)")
+        samples, _ = parse(await asyncio.to_thread(scrape, url))
+        assert value(samples, "docktor_decision_log_writable") == 0
+        refused = value(samples, "docktor_decision_log_refused_actions_total")
+        assert refused is not None and refused >= 2
+        assert (value(samples, "docktor_decision_log_unrecorded_decisions") or 0) >= 2
+        disk.free()
+        await until(lambda: daemon.recorder.writable, "the log writable again")
+        t = daemon.runners["worker"].ticks
+        await until(lambda: daemon.runners["worker"].ticks > t, "a tick after it")
+        assert await sample("docktor_decision_log_writable") == 1
+        stop.set()
+        await task
+    finally:
+        stop.set()
+        await daemon.close()
+        exporter.close()
+
+
+def test_daemon_refuses_to_start_when_its_metrics_port_is_taken(tmp_path: Path) -> None:
+    """``docktor daemon start --foreground``: one line naming metrics.listen, exit 2, before any tick."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = tmp_path / "docktor.yaml"
+    config.write_text(daemon_config(tmp_path, "nats://127.0.0.1:1", port, "unused"))
+    try:
+        done = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "daemon", "start", "--foreground", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        taken.close()
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: metrics.listen: cannot listen on 127.0.0.1:{port}: Address already in use"], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state" / "decisions.jsonl").exists() or not (tmp_path / "state" / "decisions.jsonl").read_text()
+
+
+def test_series_follow_a_reloaded_config() -> None:
+    """A reload (Daemon.config replaced): a removed service's series go, a new one's come, a
+    changed one's start afresh, an unchanged one keeps its counts."""
+    two = SERVICE + SERVICE.replace("name: w", "name: keep").split("services:", 1)[1]
+    before = parse_config(two)
+    current = [before]
+    m = DaemonMetrics(before, current_config=lambda: current[0])
+    m.record(record(service="w"))
+    m.record(record(service="keep"))
+    after = parse_config(
+        SERVICE.replace("name: w", "name: keep")
+        + SERVICE.replace("name: w", "name: added").split("services:", 1)[1]
+    )
+    current[0] = after
+    m.record(record(service="added"))
+    samples, _ = exported(m)
+    services = {dict(labels).get("service") for (name, labels) in samples if name.startswith("docktor_")} - {None}
+    assert services == {"keep", "added"}  # w went away
+    held = dict(decision="hold", source="rules", executed="false")
+    assert value(samples, "docktor_decisions_total", service="keep", **held) == 1  # unchanged: kept
+    assert value(samples, "docktor_decisions_total", service="added", **held) == 1
+    # changed: max_replicas 10 -> 20, its counters start afresh
+    changed = parse_config(SERVICE.replace("name: w", "name: keep").replace("policy: rules", "policy: rules\n    max_replicas: 20")
+                           + SERVICE.replace("name: w", "name: added").split("services:", 1)[1])
+    current[0] = changed
+    m.record(record(service="added"))
+    samples, _ = exported(m)
+    assert value(samples, "docktor_replicas_max", service="keep") == 20
+    assert value(samples, "docktor_decisions_total", service="keep", **held) == 0
+    assert value(samples, "docktor_decisions_total", service="added", **held) == 2
