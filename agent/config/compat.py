@@ -11,7 +11,7 @@ Every config the Go Docktor accepts loads unchanged:
   compose file of every service that does not choose another executor, ``metrics_window`` is
   ignored (rates come from consecutive ticks), and the metric name ``cpu.avg_pct`` means
   ``cpu.avg``. Source plugins translate their own deprecated keys (``queue.jetstream``,
-  ``queue.metrics``) through ``deprecated_keys``.
+  ``queue.metrics``) load with a warning through :data:`DEPRECATED_SOURCE_KEYS`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,23 @@ from docktor.agent.errors import Problem
 DEPRECATED_SERVICE_KEYS = {
     "metrics_window": "rates come from consecutive ticks; metrics_window is ignored",
 }
+
+#: keys of the Go Docktor's ``queue:`` block, per source kind, that load with a warning (key -> why
+#: it is ignored); migration is Docktor's concern, not a plugin's
+DEPRECATED_SOURCE_KEYS: dict[str, dict[str, str]] = {
+    "nats": {
+        "jetstream": "this source always reads NATS through JetStream",
+        "metrics": "all queue.* metrics are always produced",
+    },
+}
+
+
+def deprecated_source_key_problem(kind: str, key: str, value: object) -> str | None:
+    """Why a deprecated key's value cannot be honoured (an error, not a warning), or None."""
+    if kind == "nats" and key == "jetstream" and value is not True:
+        return f"must be true (got {value!r}): this source reads NATS through JetStream only"
+    return None
+
 
 #: metric names of the Go Docktor and what they are called here
 METRIC_ALIASES = {

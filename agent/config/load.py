@@ -307,10 +307,10 @@ def _source(
     if name in RESERVED_SOURCE_NAMES and not primary:
         problems.append(Problem(f"{where}.name", f"{name!r} is a metric group; choose another name"))
         return None
-    for key, why in plugin.deprecated_keys.items():
+    for key, why in compat.DEPRECATED_SOURCE_KEYS.get(plugin.kind, {}).items():
         if key in block:
             value = block.pop(key)
-            if (problem := plugin.check_deprecated(key, value)) is not None:
+            if (problem := compat.deprecated_source_key_problem(plugin.kind, key, value)) is not None:
                 problems.append(Problem(f"{where}.{key}", problem))
                 return None
             warnings.append(f"{where}.{key}: deprecated, {why}")

@@ -25,8 +25,8 @@ import pytest
 
 from docktor.agent.config.load import parse_config
 from docktor.agent.runtime.loop import Daemon
-from tests.support.peers import NatsServer, start_gemma
 from tests.runtime.test_llm_daemon import config_yaml, log_records, publish_backlog, service_yaml, until
+from tests.support.peers import NatsServer, start_gemma
 
 pytestmark = pytest.mark.llm
 

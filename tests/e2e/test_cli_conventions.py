@@ -13,8 +13,8 @@ import pytest
 
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord
 from docktor.agent.timestamps import rfc3339
-from tests.support.peers import NatsServer
 from tests.e2e.test_cli import docktor, write_config
+from tests.support.peers import NatsServer
 
 
 def test_version_and_short_help() -> None:

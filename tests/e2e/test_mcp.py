@@ -29,8 +29,8 @@ from mcp.types import CallToolResult
 
 from docktor.agent.runtime.control import ControlClient, ControlError, ControlUnavailable
 from docktor.agent.runtime.decision_log import read_records
-from tests.support.peers import NatsServer, start_nats
 from tests.runtime.test_loop import make_stream
+from tests.support.peers import NatsServer, start_nats
 
 CONFIG = """
 state_dir: {state}

@@ -24,8 +24,8 @@ import pytest
 from docktor.agent.config.load import parse_config
 from docktor.agent.runtime.decision_log import log_files, read_records
 from docktor.agent.runtime.loop import Daemon
-from tests.support.peers import NatsServer, SmallDisk
 from tests.runtime.test_loop import make_stream, publish
+from tests.support.peers import NatsServer, SmallDisk
 
 
 def config_text(state_dir: Path, url: str, marker: str, interval: float = 0.3) -> str:

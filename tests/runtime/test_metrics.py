@@ -27,8 +27,8 @@ from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, read
 from docktor.agent.runtime.loop import Daemon
 from docktor.agent.runtime.metrics import DaemonMetrics, MetricsServer, llm_outcome, serve
 from docktor.agent.runtime.recorder import Recorder
-from tests.support.peers import NatsServer, SmallDisk, free_port
 from tests.runtime.test_loop import make_stream, publish
+from tests.support.peers import NatsServer, SmallDisk, free_port
 
 SERVICE = """
 services:

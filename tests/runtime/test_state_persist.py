@@ -21,8 +21,8 @@ from docktor.agent.runtime import loop
 from docktor.agent.runtime.loop import Daemon
 from docktor.agent.runtime.persist import Breaker, Identity, Snapshot, StateStore, capture, fold, read_log_tail, restore
 from docktor.agent.timestamps import rfc3339
-from tests.support.peers import NatsServer, SmallDisk
 from tests.runtime.test_loop import make_stream, publish
+from tests.support.peers import NatsServer, SmallDisk
 
 SERVICE = """
 services:

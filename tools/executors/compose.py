@@ -285,7 +285,6 @@ class ComposeSettings(PluginSettings):
 class ComposeExecutor(Executor[ComposeSettings]):
     """Scales one Compose service through the Compose CLI and verifies it through the engine."""
 
-    kind = "compose"
     Settings = ComposeSettings
     provides = standard("cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb", "mem.avg_pct")
 
@@ -311,9 +310,8 @@ class ComposeExecutor(Executor[ComposeSettings]):
         self._lock = asyncio.Lock()
 
     @classmethod
-    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
+    def check(cls, settings: ComposeSettings, context: Context) -> list[str]:
         """The compose file exists, parses and has the service; a Compose CLI is installed."""
-        assert isinstance(settings, ComposeSettings)
         found: list[str] = []
         path = context.path(settings.compose_file)
         service = settings.compose_service or context.service

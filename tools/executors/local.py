@@ -212,7 +212,6 @@ def _describe_exit(code: int | None) -> str:
 class LocalExecutor(Executor[LocalSettings]):
     """Replicas of one service as processes of the daemon. Not thread-safe; one event loop."""
 
-    kind = "local"
     Settings = LocalSettings
     in_process = True
 
@@ -262,8 +261,7 @@ class LocalExecutor(Executor[LocalSettings]):
         self._closed = False
 
     @classmethod
-    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
-        assert isinstance(settings, LocalSettings)
+    def check(cls, settings: LocalSettings, context: Context) -> list[str]:
         found = []
         for pattern in settings.env_passthrough:
             secrets = sorted(n for n in context.secret_env if fnmatchcase(n, pattern))

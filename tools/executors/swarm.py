@@ -233,7 +233,6 @@ class View:
 class SwarmExecutor(Executor[SwarmSettings]):
     """Scales one replicated Swarm service through the Engine API and verifies it from its tasks."""
 
-    kind = "swarm"
     Settings = SwarmSettings
     provides = standard("cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb", "mem.avg_pct")
 
@@ -251,20 +250,18 @@ class SwarmExecutor(Executor[SwarmSettings]):
         return f"SwarmExecutor(service={self.name!r})"
 
     @classmethod
-    def describe(cls, settings: PluginSettings) -> str:
-        assert isinstance(settings, SwarmSettings)
+    def describe(cls, settings: SwarmSettings) -> str:
         if settings.stack:
             return f"swarm {settings.stack}_{settings.service}" if settings.service else f"swarm stack {settings.stack}"
         return f"swarm {settings.service}" if settings.service else "swarm"
 
     @classmethod
-    def grace_period(cls, settings: PluginSettings) -> float:
+    def grace_period(cls, settings: SwarmSettings) -> float:
         return 0.0  # the daemon stopping never stops Swarm tasks
 
     @classmethod
-    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
+    def check(cls, settings: SwarmSettings, context: Context) -> list[str]:
         """Ask the engine, briefly: a worker node or a non-replicated service is refused."""
-        assert isinstance(settings, SwarmSettings)
         name = service_name(settings, context.service)
         try:
             client = client_from_env(CHECK_TIMEOUT_S)

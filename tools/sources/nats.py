@@ -49,12 +49,6 @@ from docktor.tools.sdk import (
 
 log = logging.getLogger("docktor.nats")
 
-#: Keys of Go Docktor's ``queue:`` block that load with a warning and are otherwise ignored.
-DEPRECATED_KEYS: dict[str, str] = {
-    "jetstream": "this source always reads NATS through JetStream",
-    "metrics": "all queue.* metrics are always produced",
-}
-
 # JetStream API error codes (nats-server errors.json).
 _STREAM_NOT_FOUND = 10059
 _CONSUMER_NOT_FOUND = 10014
@@ -216,13 +210,11 @@ class _Permanent(Exception):
 class NatsSource(Source[NatsSettings]):
     """``queue.*`` metrics for one JetStream stream and durable consumer."""
 
-    kind = "nats"
     Settings = NatsSettings
     provides = standard(
         "queue.pending", "queue.ack_pending", "queue.backlog", "queue.redelivered", "queue.waiting",
         "queue.lag", "queue.rate_in", "queue.rate_out",
     )
-    deprecated_keys = DEPRECATED_KEYS
 
     def __init__(self, settings: NatsSettings, context: Context | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(settings, context or Context(service="", base_dir=Path.cwd(), state_dir=Path.cwd()))
@@ -241,20 +233,11 @@ class NatsSource(Source[NatsSettings]):
         self.last_reset: str | None = None
 
     @classmethod
-    def check_deprecated(cls, key: str, value: object) -> str | None:
-        """``jetstream: false`` cannot be honoured: an error, not a warning."""
-        if key == "jetstream" and value is not True:
-            return f"must be true (got {value!r}): this source reads NATS through JetStream only"
-        return None
-
-    @classmethod
-    def describe(cls, settings: PluginSettings) -> str:
-        assert isinstance(settings, NatsSettings)
+    def describe(cls, settings: NatsSettings) -> str:
         return f"nats {settings.stream}/{settings.consumer}"
 
     @classmethod
-    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
-        assert isinstance(settings, NatsSettings)
+    def check(cls, settings: NatsSettings, context: Context) -> list[str]:
         return settings.tls.missing(context) if settings.tls else []
 
     # ------------------------------------------------------------------ public

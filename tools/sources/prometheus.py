@@ -121,7 +121,6 @@ class _Permanent(Exception):
 class PrometheusSource(Source[PrometheusSettings]):
     """One number per configured PromQL query."""
 
-    kind = "prometheus"
     Settings = PrometheusSettings
 
     def __init__(self, settings: PrometheusSettings, context: Context | None = None) -> None:
@@ -131,20 +130,17 @@ class PrometheusSource(Source[PrometheusSettings]):
         self.last_missing: dict[str, str] = {}
 
     @classmethod
-    def metrics_for(cls, settings: PluginSettings) -> Mapping[str, MetricInfo]:
-        assert isinstance(settings, PrometheusSettings)
+    def metrics_for(cls, settings: PrometheusSettings) -> Mapping[str, MetricInfo]:
         return {
             name: STANDARD_METRICS.get(name) or MetricInfo("", f"PromQL: {query}") for name, query in settings.queries.items()
         }
 
     @classmethod
-    def describe(cls, settings: PluginSettings) -> str:
-        assert isinstance(settings, PrometheusSettings)
+    def describe(cls, settings: PrometheusSettings) -> str:
         return f"prometheus {redact_url(settings.url)} ({', '.join(settings.queries)})"
 
     @classmethod
-    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
-        assert isinstance(settings, PrometheusSettings)
+    def check(cls, settings: PrometheusSettings, context: Context) -> list[str]:
         return settings.tls.missing(context) if settings.tls else []
 
     async def read(self) -> Metrics:

@@ -151,7 +151,6 @@ class QueueNotFound(SourceError):
 class RabbitMQSource(Source[RabbitMQSettings]):
     """``queue.*`` metrics for one RabbitMQ queue."""
 
-    kind = "rabbitmq"
     Settings = RabbitMQSettings
     provides = MANAGEMENT_METRICS
 
@@ -171,19 +170,16 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         self.last_reset: str | None = None
 
     @classmethod
-    def metrics_for(cls, settings: PluginSettings) -> Mapping[str, MetricInfo]:
-        assert isinstance(settings, RabbitMQSettings)
+    def metrics_for(cls, settings: RabbitMQSettings) -> Mapping[str, MetricInfo]:
         return AMQP_METRICS if settings.amqp else MANAGEMENT_METRICS
 
     @classmethod
-    def describe(cls, settings: PluginSettings) -> str:
-        assert isinstance(settings, RabbitMQSettings)
+    def describe(cls, settings: RabbitMQSettings) -> str:
         via = "AMQP, counts only" if settings.amqp else "management API"
         return f"rabbitmq queue {settings.queue} in vhost {settings.vhost} ({via})"
 
     @classmethod
-    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
-        assert isinstance(settings, RabbitMQSettings)
+    def check(cls, settings: RabbitMQSettings, context: Context) -> list[str]:
         warnings = settings.tls.missing(context) if settings.tls else []
         if settings.amqp:
             warnings.append(

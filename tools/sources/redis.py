@@ -169,7 +169,6 @@ class _Permanent(Exception):
 class RedisSource(Source[RedisSettings]):
     """``queue.*`` metrics for Redis lists, a Celery queue, or a stream's consumer group."""
 
-    kind = "redis"
     Settings = RedisSettings
 
     def __init__(self, settings: RedisSettings, context: Context | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -184,13 +183,11 @@ class RedisSource(Source[RedisSettings]):
         self.last_reset: str | None = None
 
     @classmethod
-    def metrics_for(cls, settings: PluginSettings) -> Mapping[str, MetricInfo]:
-        assert isinstance(settings, RedisSettings)
+    def metrics_for(cls, settings: RedisSettings) -> Mapping[str, MetricInfo]:
         return {"list": LIST_METRICS, "celery": CELERY_METRICS, "stream": STREAM_METRICS}[settings.mode]
 
     @classmethod
-    def describe(cls, settings: PluginSettings) -> str:
-        assert isinstance(settings, RedisSettings)
+    def describe(cls, settings: RedisSettings) -> str:
         if settings.mode == "stream":
             return f"redis stream {settings.stream}/{settings.group}"
         if settings.mode == "celery":
@@ -198,8 +195,7 @@ class RedisSource(Source[RedisSettings]):
         return f"redis list {', '.join(settings.keys)}"
 
     @classmethod
-    def check(cls, settings: PluginSettings, context: Context) -> list[str]:
-        assert isinstance(settings, RedisSettings)
+    def check(cls, settings: RedisSettings, context: Context) -> list[str]:
         return settings.tls.missing(context) if settings.tls else []
 
     # ------------------------------------------------------------------ public

@@ -23,7 +23,6 @@ class TextfileSettings(PluginSettings):
 
 
 class TextfileSource(Source[TextfileSettings]):
-    kind = "textfile"
     Settings = TextfileSettings
 
     def __init__(self, settings: TextfileSettings, context: Context) -> None:
@@ -31,13 +30,11 @@ class TextfileSource(Source[TextfileSettings]):
         self.path = context.path(settings.path)
 
     @classmethod
-    def metrics_for(cls, settings: PluginSettings) -> Mapping[str, MetricInfo]:
-        assert isinstance(settings, TextfileSettings)
+    def metrics_for(cls, settings: TextfileSettings) -> Mapping[str, MetricInfo]:
         return {name: MetricInfo("", meaning) for name, meaning in settings.metrics.items()}
 
     @classmethod
-    def describe(cls, settings: PluginSettings) -> str:
-        assert isinstance(settings, TextfileSettings)
+    def describe(cls, settings: TextfileSettings) -> str:
         return f"textfile {settings.path}"
 
     async def read(self) -> Metrics:
