@@ -32,7 +32,7 @@ lint: $(STAMP)
 
 # The project's own figures (docs/benchmarks.md): start-up, decision throughput and daemon
 # footprint, and the policies on the shipped load traces. Also, with their peers:
-#   python -m benchmarks.llm (the llama.cpp peer), python -m benchmarks.compose (Docker).
+#   python -m benchmarks.llm_latency (the llama.cpp peer), python -m benchmarks.compose_stack (Docker).
 # The figures that need only this machine (no Docker, no LLM, no ../shared), a few minutes;
 # the rest of docs/benchmarks.md names its own command each.
 bench: $(STAMP)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterable
 from typing import Any
 
 MASK = "***"
@@ -49,11 +48,6 @@ def register(value: str | None) -> None:
         _secrets.update(f for f in forms if len(f) >= MIN_SECRET_LEN)
         # longest first, so a secret containing another is masked whole
         _pattern = re.compile("|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True)))
-
-
-def register_all(values: Iterable[str | None]) -> None:
-    for v in values:
-        register(v)
 
 
 def forget_all() -> None:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.nats_multi_sim [--target-wait 12,13,14,15] [--startup 3,4,5]
 
-What ``benchmarks/compose.py`` measures on the real stack in four minutes, replayed in seconds
+What ``benchmarks/compose_stack.py`` measures on the real stack in four minutes, replayed in seconds
 to choose the example's settings: the producer's load (80 msg/s, 450 msg/s for 15 s every 60 s,
 the first burst after 60 s, 3 bursts), 48 msg/s per consumer (``PROCESS_TIME_MS=20`` with its
 batches), 1 to 10 consumers, 5 s checks. The service is the example's own ``docktor.yaml`` (its

@@ -21,6 +21,7 @@ from typing import Any
 
 import openai
 
+from docktor.agent.advisor.capabilities import ServerInfo, count_tokens, estimate_tokens, is_context_overflow, probe
 from docktor.agent.advisor.client import Endpoint, LLMClient, describe_error, resolve_endpoint
 from docktor.agent.advisor.gate import Memory, ask_reason, breaker_backoff, breaker_open, llm_envelope
 from docktor.agent.advisor.protocol import (
@@ -35,11 +36,10 @@ from docktor.agent.advisor.protocol import (
     run_tool,
     tool_specs,
 )
-from docktor.agent.advisor.server import ServerInfo, count_tokens, estimate_tokens, is_context_overflow, probe
 from docktor.agent.config.model import LLMConfig, ServiceConfig
-from docktor.agent.core.decide import Advice, Allowance, Plan, Source, deterministic_source
+from docktor.agent.core.decide import Advice, Allowance, Plan, Proposer, deterministic_source
 from docktor.agent.core.guardrails import Envelope
-from docktor.agent.core.policy import Proposal
+from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.state import ServiceState
 from docktor.agent.timestamps import rfc3339
 
@@ -161,7 +161,7 @@ class Advisor:
         making, the envelope to ask within (else None). Never raises, never waits.
         """
         record: dict[str, Any] = {"provider": self.endpoint.provider, "model": self.endpoint.model, "asked": False, "why": ""}
-        deterministic: Source = deterministic_source(svc)
+        deterministic: Proposer = deterministic_source(svc)
         try:
             env = llm_envelope(svc, plan, state, now, self.config.may_act_without_rules, self.allowance)
             record["envelope"] = [env.lo, env.hi]

@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_before_delay, wait_exponential
 
 from docktor.agent.config.model import LLMConfig
-from docktor.agent.errors import Problem, UsageError
+from docktor.agent.problems import Problem, UsageError
 from docktor.agent.redact import redact, register
 
 #: provider -> (base_url, model, environment variable holding the key)

@@ -93,7 +93,7 @@ def decide(
     """Observe, decide and (unless --dry-run or advisory) act, once for every service."""
     import asyncio
 
-    from docktor.agent.errors import UsageError
+    from docktor.agent.problems import UsageError
     from docktor.tools.sdk import parse_duration
 
     try:
@@ -102,8 +102,8 @@ def decide(
         raise UsageError(f"--window: {window!r} is not a duration (e.g. 5s, 500ms, 0)") from None
 
     from docktor.agent.cli.render import print_table
-    from docktor.agent.runtime.daemon import AlreadyRunning, acquire_lock, paths_for
     from docktor.agent.runtime.loop import Daemon
+    from docktor.agent.runtime.process import AlreadyRunning, acquire_lock, paths_for
     from docktor.agent.runtime.rundir import TargetBusy
 
     cfg = load(config, check_llm=True)
@@ -149,7 +149,7 @@ def decide(
 def _refuse_in_process(cfg: Any) -> None:
     """``decide --once`` cannot act on replicas that live inside a daemon process (``in_process``
     executors): they would stop when the command exits."""
-    from docktor.agent.errors import Problem, UsageError
+    from docktor.agent.problems import Problem, UsageError
     from docktor.tools.registry import executor_plugin
 
     problems = [

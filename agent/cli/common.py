@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 
 if TYPE_CHECKING:
     from docktor.agent.config.model import DocktorConfig
@@ -87,7 +87,7 @@ def check_executors(config: DocktorConfig) -> dict[str, list[str]]:
     prints the warnings; ``daemon start`` only refuses.
     """
     from docktor.agent.config.secrets import secret_env_names
-    from docktor.agent.errors import Problem
+    from docktor.agent.problems import Problem
     from docktor.tools.registry import executor_plugin
     from docktor.tools.sdk import Context, ExecutorError
 

@@ -10,7 +10,7 @@ import typer
 
 from docktor.agent.cli.common import ConfigOpt, handles_errors
 from docktor.agent.cli.daemon import call_daemon
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 
 ServiceArg = Annotated[str, typer.Argument(metavar="SERVICE", help="The service, as named in the config.")]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded with the decision or the pause).")]

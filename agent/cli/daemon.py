@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from docktor.agent.cli.common import ConfigOpt, check_executors, group, handles_errors, load
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 
@@ -49,7 +49,7 @@ def locate(config: Path) -> Any:
     """Where the daemon of ``config`` keeps its state, valid config or not (a warning says how it
     was found when the config does not load)."""
     from docktor.agent.cli.render import warn
-    from docktor.agent.runtime.daemon import locate as find
+    from docktor.agent.runtime.process import locate as find
 
     located = find(config)
     if located.problems:
@@ -61,8 +61,8 @@ def locate(config: Path) -> Any:
 def call_daemon(config: Path, ask: Callable[[Any], Any]) -> Any:
     """``ask(client)`` on the running daemon of ``config``: its errors as ``error:`` lines (exit 2 for
     bad input, 1 otherwise); exit 1 when no daemon runs or it does not answer."""
-    from docktor.agent.runtime.control import ControlClient, ControlError, ControlUnavailable
-    from docktor.agent.runtime.daemon import running_pid
+    from docktor.agent.runtime.control_socket import ControlClient, ControlError, ControlUnavailable
+    from docktor.agent.runtime.process import running_pid
 
     located = locate(config)
     pid = running_pid(located.paths)
@@ -96,19 +96,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start the daemon (in the background unless --foreground)."""
         from docktor.agent.cli.render import err, say
-        from docktor.agent.runtime import daemon
+        from docktor.agent.runtime import process
 
         cfg = load(config, check_llm=True)
         check_executors(cfg)  # refuses what an executor's backend proves wrong; warnings are validate's
         mode = "advisory" if advisory else None
         try:
             if foreground:
-                raise typer.Exit(daemon.run_foreground(cfg, mode=mode))
-            pid = daemon.start_background(config, cfg, advisory=advisory)
-        except daemon.AlreadyRunning as e:
+                raise typer.Exit(process.run_foreground(cfg, mode=mode))
+            pid = process.start_background(config, cfg, advisory=advisory)
+        except process.AlreadyRunning as e:
             err.print(f"error: {e}; stop it with: docktor daemon stop --config {config}", markup=False)
             raise typer.Exit(1) from None
-        paths = daemon.paths_for(cfg)
+        paths = process.paths_for(cfg)
         say(f"started docktor (pid {pid}); decisions in {paths.decisions}; logs: docktor daemon logs --config {config} -f")
 
     @daemon_app.command("stop", short_help="Stop the daemon after its current tick.")
@@ -124,12 +124,12 @@ def register(app: typer.Typer) -> None:
 
         Works when the config file has since been broken: a running daemon records where its state is."""
         from docktor.agent.cli.render import err, say
-        from docktor.agent.runtime import daemon
+        from docktor.agent.runtime import process
 
         located = locate(config)
         try:
-            stopped = daemon.stop(located.paths, wait=timeout, force=force)
-        except daemon.StillRunning as e:
+            stopped = process.stop(located.paths, wait=timeout, force=force)
+        except process.StillRunning as e:
             err.print(f"error: {e}; still running:", markup=False)
             for line in e.left:
                 err.print(f"  {line}", markup=False)
@@ -157,9 +157,9 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from docktor.agent.cli.render import out, warn
-        from docktor.agent.runtime import daemon
+        from docktor.agent.runtime import process
 
-        st = daemon.status(locate(config).paths)
+        st = process.status(locate(config).paths)
         if st.get("running") and not st.get("live"):
             age = st.get("status_file_age_s")
             warn(f"{st.get('not_live_because')}; showing its status file"
@@ -241,8 +241,8 @@ def register(app: typer.Typer) -> None:
 
         from docktor.agent.cli.render import print_table, stream_header, stream_row
         from docktor.agent.redact import redact
-        from docktor.agent.runtime.daemon import paths_for
         from docktor.agent.runtime.decision_log import follow, log_files, raw_lines_of, read_records
+        from docktor.agent.runtime.process import paths_for
 
         last = parse_tail(tail)
         cfg = load(config)

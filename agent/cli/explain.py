@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from docktor.agent.cli.common import ConfigOpt, handles_errors, load
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -36,9 +36,9 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.cli.daemon import parse_since
         from docktor.agent.cli.render import say
         from docktor.agent.redact import redact_obj
-        from docktor.agent.runtime.daemon import paths_for
         from docktor.agent.runtime.decision_log import read_records
-        from docktor.agent.runtime.explain import explain_one
+        from docktor.agent.runtime.process import paths_for
+        from docktor.agent.runtime.prose import explain_one
 
         cfg = load(config)
         if service is not None and service not in {s.name for s in cfg.services}:

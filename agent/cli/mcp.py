@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from docktor.agent.cli.common import ConfigOpt, handles_errors, load
-from docktor.agent.errors import Problem, UsageError
+from docktor.agent.problems import Problem, UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.mcp.address import http_address
         from docktor.agent.mcp.server import bind, build, serve_http, serve_stdio
         from docktor.agent.mcp.views import DaemonView
-        from docktor.agent.runtime.daemon import RedactingFilter, locate
+        from docktor.agent.runtime.process import RedactingFilter, locate
 
         cfg = load(config)
         sock = None

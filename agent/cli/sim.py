@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from docktor.agent.cli.common import handles_errors
-from docktor.agent.errors import Problem, UsageError
+from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.catalog import ADVISORS, DEFAULT_TRACES, POLICY_NAMES
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from docktor.agent.errors import Problem
+from docktor.agent.problems import Problem
 
 #: service keys that load but mean nothing here
 DEPRECATED_SERVICE_KEYS = {

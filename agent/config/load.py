@@ -1,6 +1,6 @@
 """Load ``docktor.yaml``: YAML -> ``${VAR}`` interpolation -> older formats -> models and plugins.
 
-Whatever the input, the loader raises nothing but :class:`~docktor.agent.errors.UsageError`, with
+Whatever the input, the loader raises nothing but :class:`~docktor.agent.problems.UsageError`, with
 every problem it can find at once (not one round per fix), each naming its path
 (``services[0].rules.scale_up_when[1].op``) so the CLI prints one line per problem and exits 2.
 
@@ -27,9 +27,9 @@ from pydantic import BaseModel, Field, ValidationError
 from docktor.agent.config import compat
 from docktor.agent.config.model import DocktorConfig, ExecutorSpec, OnMissing, ServiceConfig, SourceSpec
 from docktor.agent.config.safe_yaml import MAX_BYTES, YAMLTooBig, load_yaml
-from docktor.agent.core.metrics import REPLICA_METRICS, derivable
+from docktor.agent.core.derived import REPLICA_METRICS, derivable
 from docktor.agent.core.policies import POLICIES
-from docktor.agent.errors import Problem, UsageError
+from docktor.agent.problems import Problem, UsageError
 from docktor.agent.redact import register, secret_names
 from docktor.tools.registry import PluginError, executor_kinds, executor_plugin, source_kinds, source_plugin
 from docktor.tools.sdk import SECRET_ERROR, Context

@@ -229,10 +229,6 @@ class ServiceConfig(Strict):
                 data = {**defaults, **data}
         return data
 
-    @property
-    def executor_kind(self) -> str | None:
-        return None if self.executor is None else self.executor.kind
-
     def rule_metrics(self) -> set[str]:
         return {r.metric for r in self.rules.scale_up_when + self.rules.scale_down_when}
 

@@ -16,7 +16,6 @@ checkpoints, tens of candidate counts), vectorized with numpy.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -213,7 +212,3 @@ def demand(
     arrivals = rate_now * np.minimum(v, switch) + rate_later * np.maximum(v - switch, 0.0)
     arrivals += np.where(at >= slo, burst, 0.0)
     return Demand(at, queued + arrivals)
-
-
-def ceil_count(x: float) -> int:
-    return 0 if x <= 0 else math.ceil(x - 1e-9)

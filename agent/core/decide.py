@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from docktor.agent.config.model import LLMConfig, ServiceConfig
+from docktor.agent.core.derived import derive
 from docktor.agent.core.guardrails import Envelope, Gate, GuardrailNote, clamp, envelope
-from docktor.agent.core.metrics import derive
 from docktor.agent.core.policies import LOWER_BOUNDS, POLICIES
-from docktor.agent.core.policy import PolicySpec, Proposal
+from docktor.agent.core.proposal import PolicySpec, Proposal
 from docktor.agent.core.rules import Evaluation, evaluate
 from docktor.agent.core.state import ServiceState, backoff_delay
 
 Action = Literal["scale_up", "scale_down", "hold"]
 #: who proposed: the rules, the sizing policy, the LLM, a fallback; or from outside the loop,
 #: an operator (``docktor scale``) or an assistant over MCP
-Source = Literal["rules", "policy", "llm", "fallback", "manual", "mcp"]
+Proposer = Literal["rules", "policy", "llm", "fallback", "manual", "mcp"]
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Advice:
 
     #: None: keep the deterministic proposal (the advisor declined, failed or was not asked)
     proposal: Proposal | None
-    source: Source
+    source: Proposer
     #: the advisor's record for the decision log (the LLM's latency, tokens, reason); never a secret
     record: Mapping[str, Any] | None = None
     #: the envelope the proposal must stay in; None: the plan's
@@ -121,7 +121,7 @@ class Decision:
     matched_rules: list[str]
     guardrails: list[GuardrailNote]
     envelope: Envelope
-    source: Source
+    source: Proposer
     policy: str
     observations: dict[str, float] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
@@ -137,7 +137,7 @@ class Decision:
         return self.target != self.current
 
 
-def deterministic_source(svc: ServiceConfig) -> Source:
+def deterministic_source(svc: ServiceConfig) -> Proposer:
     """Who proposes when no advisor does: the rules (threshold policy) or the sizing policy."""
     return "rules" if svc.policy == "rules" else "policy"
 
@@ -240,7 +240,7 @@ def finish(
     svc: ServiceConfig,
     p: Plan,
     proposal: Proposal,
-    source: Source,
+    source: Proposer,
     *,
     envelope: Envelope | None = None,
     advice: Mapping[str, Any] | None = None,

@@ -48,7 +48,7 @@ import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
-from docktor.agent.core.policy import Proposal
+from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.rules import Evaluation
 from docktor.agent.core.state import ServiceState
 

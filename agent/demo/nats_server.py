@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 
 
 def free_port() -> int:

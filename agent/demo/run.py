@@ -30,7 +30,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from docktor.agent.demo.nats_server import NatsServer
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 
 if TYPE_CHECKING:
     from docktor.agent.runtime.decision_log import DecisionRecord
@@ -125,8 +125,8 @@ def sum_rate(t: float) -> float:
 
 def run_demo(*, duration: float, state_dir: Path | None, console: Console) -> int:
     from docktor.agent.config.load import parse_config
-    from docktor.agent.runtime.daemon import Paths
     from docktor.agent.runtime.loop import Daemon
+    from docktor.agent.runtime.process import Paths
 
     tmp = Path(tempfile.mkdtemp(prefix="docktor-demo-"))
     state = (state_dir or tmp / "state").resolve()

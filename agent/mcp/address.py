@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 
 from docktor.agent.config.model import split_listen
-from docktor.agent.errors import Problem, UsageError
+from docktor.agent.problems import Problem, UsageError
 
 
 def http_address(text: str, *, allow_remote: bool, allow_apply: bool) -> tuple[str, int]:

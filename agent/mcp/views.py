@@ -2,7 +2,7 @@
 
 Two places hold the truth, and each answer says which it came from:
 
-* the running daemon, through its control socket (:mod:`docktor.agent.runtime.control`): the
+* the running daemon, through its control socket (:mod:`docktor.agent.runtime.control_socket`): the
   services' live state, and proposals and scale requests, which the daemon clamps into the same
   envelope as its own decisions. With no daemon running these fail with one line saying so;
 * the decision log in ``state_dir``, read from its end (never whole): the last tick's
@@ -30,9 +30,9 @@ from typing import Any
 
 from docktor.agent.config.model import DocktorConfig
 from docktor.agent.redact import redact_obj
-from docktor.agent.runtime.control import AsyncControlClient, ControlError, ControlUnavailable
-from docktor.agent.runtime.daemon import Paths, running_pid
+from docktor.agent.runtime.control_socket import AsyncControlClient, ControlError, ControlUnavailable
 from docktor.agent.runtime.decision_log import log_files, merge_phases
+from docktor.agent.runtime.process import Paths, running_pid
 from docktor.agent.timestamps import parse_rfc3339
 
 #: one tool answer, as JSON text: a model's context is the budget
@@ -413,7 +413,7 @@ class DaemonView:
         return fit(answer, "decisions")
 
     async def explain(self, service: str | None, decision_id: str | None, count: int) -> dict[str, Any]:
-        from docktor.agent.runtime.explain import explain_one  # the prose of ``docktor explain``, word for word
+        from docktor.agent.runtime.prose import explain_one  # the prose of ``docktor explain``, word for word
 
         names, note = await self._names()
         if service is not None:
@@ -441,7 +441,7 @@ class DaemonView:
 
     async def propose(self, service: str, n: int, reason: str) -> dict[str, Any]:
         """What the daemon would execute for ``n`` now, and why: its guardrails' verdict, not acted on."""
-        from docktor.agent.runtime.explain import explain_one
+        from docktor.agent.runtime.prose import explain_one
 
         why = one_line_reason(reason)
         st = await self.status()

@@ -394,11 +394,6 @@ def read_records(path: Path, *, since: float | None = None, service: str | None 
     yield from merge_phases(_filtered(lines, since, service))
 
 
-def read_records_in(file: Path, *, since: float | None = None, service: str | None = None) -> Iterator[dict[str, Any]]:
-    """The decisions of one file."""
-    yield from merge_phases(_filtered(_raw_lines(file), since, service))
-
-
 def follow_lines(
     path: Path,
     *,

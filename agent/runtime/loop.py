@@ -22,7 +22,7 @@ from docktor.agent.config.model import DocktorConfig, ServiceConfig, SourceSpec
 from docktor.agent.config.secrets import secret_env_names
 from docktor.agent.core.decide import Decision, finish, plan, remember, step
 from docktor.agent.core.guardrails import Envelope
-from docktor.agent.core.policy import Proposal
+from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.state import ServiceState
 from docktor.agent.redact import redact, redact_obj
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord

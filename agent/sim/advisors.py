@@ -14,9 +14,9 @@ from typing import Any
 from docktor.agent.advisor.gate import llm_envelope
 from docktor.agent.config.model import LLMConfig, ServiceConfig
 from docktor.agent.core.decide import DEFAULT_ALLOWANCE, Advice, Decision, Plan
-from docktor.agent.core.policy import Proposal
+from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.state import ServiceState
-from docktor.agent.errors import Problem, UsageError
+from docktor.agent.problems import Problem, UsageError
 
 #: an advisor in the simulator: advice for a plan (None keeps the policy's own proposal)
 Advisor = Callable[[ServiceConfig, Plan, ServiceState, float], "Advice | None"]

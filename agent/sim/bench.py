@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from docktor.agent.config.model import LLMConfig
-from docktor.agent.errors import Problem, UsageError
+from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.advisors import Advisor, LLMAdvisor, adversarial_advisor
 from docktor.agent.sim.baselines import oracle_replica_seconds, run_policy
 from docktor.agent.sim.catalog import ADVISABLE, ADVISORS, POLICY_NAMES

@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from docktor.agent.errors import Problem, UsageError
+from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.simulator import Scenario, Trace
 
 #: the axes the issue asks for: start-up 2-60 s, SLO 5-120 s, cv 0-2, check interval 1-30 s

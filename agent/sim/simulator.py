@@ -35,7 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
-from docktor.agent.errors import Problem, UsageError
+from docktor.agent.problems import Problem, UsageError
 
 #: direction changes closer together than this count as reversals (ServiceConfig's cooldown_down default)
 REVERSAL_WINDOW_S = 60.0

@@ -20,10 +20,10 @@ from docktor.agent.config.load import parse_config
 from docktor.agent.config.model import LLMConfig, Rule, Rules
 from docktor.agent.core.decide import DEFAULT_ALLOWANCE, Advice, Allowance, conclude, finish, plan
 from docktor.agent.core.guardrails import Envelope, Gate, envelope
-from docktor.agent.core.policy import Proposal
+from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.state import ServiceState
-from docktor.agent.errors import UsageError
-from docktor.agent.runtime.metrics import GUARDRAILS
+from docktor.agent.problems import UsageError
+from docktor.agent.runtime.exporter import GUARDRAILS
 from docktor.agent.sim.advisors import adversarial_advisor
 from tests.support.advisor_plans import make_plan, service
 

@@ -213,7 +213,7 @@ def test_broken_image_is_an_error_outcome_and_backs_off_instead_of_looping(stack
     assert stack.web() == web_before
 
 
-#: the producer's load in the bursts test and benchmarks/compose.py: base, bursts, their period
+#: the producer's load in the bursts test and benchmarks/compose_stack.py: base, bursts, their period
 BASE_RATE, BURST_RATE, BURST_EVERY, BURST_FOR = 80, 450, 60.0, 15.0
 #: what the base load needs: one consumer handles about 48 msg/s (PROCESS_TIME_MS=20, BATCH_SIZE=10)
 BASE_NEED = 2

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from docktor.agent import redact
-from docktor.agent.runtime.daemon import RedactingFilter
 from docktor.agent.runtime.decision_log import DecisionRecord
+from docktor.agent.runtime.process import RedactingFilter
 from tests.support.peers import free_port, launch_nats
 from tests.support.scripted_openai_server import ScriptedOpenAIServer, error
 

@@ -18,7 +18,7 @@ import redis
 from pydantic import ValidationError
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.redis import CELERY_METRICS, CELERY_PRIORITY_SEP, LIST_METRICS, STREAM_METRICS, RedisSource
 from docktor.tools.sources.redis import RedisSettings as Settings

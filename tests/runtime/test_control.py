@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from docktor.agent.runtime.control import AsyncControlClient, ControlClient, ControlError
-from docktor.agent.runtime.daemon import process_alive
+from docktor.agent.runtime.control_socket import AsyncControlClient, ControlClient, ControlError
+from docktor.agent.runtime.process import process_alive
 from tests.runtime.test_restart import make_streams
 from tests.support.daemons import docktor, kill_marked, marked_processes, raw_lines, records, wait_until
 from tests.support.peers import NatsServer

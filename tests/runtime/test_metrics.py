@@ -21,11 +21,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.errors import UsageError
-from docktor.agent.runtime import metrics as metrics_module
+from docktor.agent.problems import UsageError
+from docktor.agent.runtime import exporter as metrics_module
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, read_records
+from docktor.agent.runtime.exporter import DaemonMetrics, MetricsServer, llm_outcome, serve
 from docktor.agent.runtime.loop import Daemon
-from docktor.agent.runtime.metrics import DaemonMetrics, MetricsServer, llm_outcome, serve
 from docktor.agent.runtime.recorder import Recorder
 from tests.runtime.test_loop import make_stream, publish
 from tests.support.peers import NatsServer, SmallDisk, free_port

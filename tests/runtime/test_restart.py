@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from docktor.agent.runtime.control import ControlClient
+from docktor.agent.runtime.control_socket import ControlClient
 from docktor.agent.timestamps import parse_rfc3339
 from tests.support.daemons import Running, kill_marked, marked_processes, raw_lines, records, start_foreground, wait_until
 from tests.support.peers import DOCKER_SKIP_REASON, NatsServer, compose, containers, docker_ok, down, need, unique_project

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docktor.agent.runtime.daemon import process_alive
+from docktor.agent.runtime.process import process_alive
 
 __all__ = ["Running", "docktor", "kill_marked", "marked_processes", "raw_lines", "records", "start_foreground", "wait_until"]
 
@@ -115,7 +115,7 @@ class Running:
 
 def start_foreground(config: Path, state_dir: Path, *, env: dict[str, str] | None = None, ready_timeout: float = 60) -> Running:
     """Start ``docktor daemon start --foreground`` and return once it answers on its control socket."""
-    from docktor.agent.runtime.control import ControlClient, ControlUnavailable
+    from docktor.agent.runtime.control_socket import ControlClient, ControlUnavailable
 
     state_dir.mkdir(parents=True, exist_ok=True)
     n = len(list(state_dir.glob("foreground-*.out")))

@@ -1,7 +1,7 @@
 """Helpers for the examples' end-to-end tests: the real daemon on an example's own docktor.yaml,
 its decision log, waiting on conditions (never on sleeps), and watching a stack under bursts.
 
-The burst helpers are shared with ``benchmarks/compose.py``: the test asserts on what the
+The burst helpers are shared with ``benchmarks/compose_stack.py``: the test asserts on what the
 benchmark reports, from the same samples, computed the same way.
 """
 

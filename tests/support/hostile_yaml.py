@@ -1,7 +1,7 @@
 """Hostile and broken ``docktor.yaml`` inputs: the named attacks, and mutations of a valid config.
 
 Shared by ``tests/unit/test_config_hostile.py`` (hypothesis drives the mutations) and
-``benchmarks/hostile_yaml.py`` (a seeded random run that prints the outcome figures).
+``benchmarks/config_fuzz.py`` (a seeded random run that prints the outcome figures).
 """
 
 from __future__ import annotations

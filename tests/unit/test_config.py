@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from docktor.agent.config.load import load_config, parse_config
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 
 VALID = """
 mode: advisory

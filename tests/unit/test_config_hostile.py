@@ -4,7 +4,7 @@ The named attacks (nesting 1,000 deep, a self-referencing alias, billion laughs,
 files) through the real CLI (``validate`` and ``daemon start``, the two commands that load a
 config; a later ``reload`` goes through the same loader), and a hypothesis search over mutations
 of a valid config, in-process. The subprocess timeout is a hang detector, not a speed target
-(figures: ``python -m benchmarks.hostile_yaml``, docs/benchmarks.md).
+(figures: ``python -m benchmarks.config_fuzz``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from docktor.agent.config.load import load_config, parse_config
 from docktor.agent.config.safe_yaml import MAX_VALUES, expanded_size, load_yaml
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 from tests.support.hostile_yaml import NAMED, VALID, billion_laughs, mutate
 
 #: far beyond any honest parse of a 2 MiB file; only a hang gets near it

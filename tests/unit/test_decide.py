@@ -283,7 +283,7 @@ def test_guardrail_defaults_follow_the_policy_unless_set() -> None:
 
 def test_stabilization_remembers_the_policy_recommendation_not_a_wild_proposal() -> None:
     from docktor.agent.core.decide import finish, plan
-    from docktor.agent.core.policy import Proposal
+    from docktor.agent.core.proposal import Proposal
 
     svc = service(stab=60, max=10)
     state = ServiceState()
@@ -299,7 +299,7 @@ def test_stabilization_remembers_the_policy_recommendation_not_a_wild_proposal()
 def test_an_advisor_never_stops_a_scale_up_short() -> None:
     """Whatever an advisor says, a deterministic scale-up happens in full (it may go further)."""
     from docktor.agent.core.decide import Advice, conclude, plan
-    from docktor.agent.core.policy import Proposal
+    from docktor.agent.core.proposal import Proposal
 
     svc = service(max=10)
     p = plan(svc, BUSY, 3, ServiceState(), 100)  # the rules want 5

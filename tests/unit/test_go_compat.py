@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 from docktor.agent.runtime.loop import Daemon
 from tests.support.peers import compose, down, need_docker, unique_project
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.errors import UsageError
 from docktor.agent.mcp.address import http_address
 from docktor.agent.mcp.views import (
     MAX_ANSWER_CHARS,
@@ -25,6 +24,7 @@ from docktor.agent.mcp.views import (
     one_line_reason,
     scan_log,
 )
+from docktor.agent.problems import UsageError
 from docktor.agent.redact import forget_all, register
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord, read_records, rfc3339
 

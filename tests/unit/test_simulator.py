@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 from docktor.agent.sim.baselines import HPAController, make_controller, oracle_replica_seconds, run_policy
 from docktor.agent.sim.catalog import POLICY_NAMES
 from docktor.agent.sim.simulator import Scenario, Trace, Workload, parse_trace, simulate, workload

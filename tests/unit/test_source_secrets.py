@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 
 CANARY = "canary-secret-7e4a"
 

@@ -54,8 +54,3 @@ def derive(observations: Mapping[str, float]) -> dict[str, float]:
         if "queue.rate_out" in out:
             out["queue.rate_out_per_replica"] = out["queue.rate_out"] / running
     return out
-
-
-def namespaced(source: str, metric: str) -> str:
-    """The name a secondary source's metric has in a service's observations."""
-    return f"{source}.{metric}"

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.state``: what saving each service's state costs.
+"""``python -m benchmarks.state_writes``: what saving each service's state costs.
 
 Two daemons run side by side on the same machine, at the same time, against the same nats-server:
 10 services each at a 1 s interval with the local executor (one ``sleep`` replica per service),
@@ -78,7 +78,7 @@ async def _run(config: Path, mode: str, seconds: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.state", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.state_writes", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--run", choices=["write", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             body = "".join(SERVICE.format(i=i + 10 * k, url=server.url).replace(f"svc{i + 10 * k}", f"svc{i}") for i in range(10))
             configs[mode] = tmp / f"{mode}.yaml"
             configs[mode].write_text(f"state_dir: {tmp / mode}\nservices:{body}")
-        procs = {mode: subprocess.Popen([sys.executable, "-m", "benchmarks.state", "--run", mode, "--config", str(path),
+        procs = {mode: subprocess.Popen([sys.executable, "-m", "benchmarks.state_writes", "--run", mode, "--config", str(path),
                                          "--seconds", str(args.seconds)], stdout=subprocess.PIPE, text=True)
                  for mode, path in configs.items()}
         results = {mode: json.loads(p.communicate(timeout=args.seconds + 120)[0]) for mode, p in procs.items()}
-        again = json.loads(subprocess.run([sys.executable, "-m", "benchmarks.state", "--run", "write", "--config",
+        again = json.loads(subprocess.run([sys.executable, "-m", "benchmarks.state_writes", "--run", "write", "--config",
                                            str(configs["write"]), "--seconds", "1"], capture_output=True, text=True,
                                           check=True).stdout)
     finally:

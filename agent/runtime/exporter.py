@@ -37,7 +37,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from docktor.agent.config.model import DocktorConfig, ServiceConfig
 from docktor.agent.core.decide import deterministic_source
 from docktor.agent.core.policies import POLICIES
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 from docktor.agent.runtime.decision_log import DecisionRecord
 
 log = logging.getLogger("docktor")

@@ -2,7 +2,7 @@
 
 The lock, not the pid file, is the truth: the kernel drops an flock when its holder dies, so a
 stale pid file after a crash never blocks the next start. A running daemon answers on its control
-socket (``state_dir/docktor.sock``, :mod:`docktor.agent.runtime.control`), records what ``stop``
+socket (``state_dir/docktor.sock``, :mod:`docktor.agent.runtime.control_socket`), records what ``stop``
 needs in ``state_dir/daemon.json``, and leaves a pointer from its config's path to its state
 (:mod:`docktor.agent.runtime.rundir`), so ``daemon stop`` and ``daemon status`` work when the
 config file has since been broken.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from docktor.agent.config.model import DocktorConfig
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,8 @@ def load_for_run(path: Path) -> DocktorConfig:
 
 def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
-    from docktor.agent.runtime import metrics
-    from docktor.agent.runtime.control import ControlServer
+    from docktor.agent.runtime import exporter as metrics_exporter
+    from docktor.agent.runtime.control_socket import ControlServer
     from docktor.agent.runtime.loop import Daemon
     from docktor.agent.runtime.rundir import TargetBusy
 
@@ -173,7 +173,7 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     async def main() -> None:
         nonlocal code
         daemon = Daemon(config, mode=mode, log_path=paths.decisions, status_path=paths.status, state="write")
-        exporter = metrics.serve(config, daemon)  # /metrics when metrics.listen is set; binds before any tick
+        exporter = metrics_exporter.serve(config, daemon)  # /metrics when metrics.listen is set; binds before any tick
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -259,7 +259,7 @@ async def reload_daemon(daemon: Any, path: Path) -> dict[str, Any]:
 
 def control_handler(daemon: Any, reload: Any) -> Any:
     """The control channel's commands, on ``daemon`` (a :class:`~docktor.agent.runtime.loop.Daemon`)."""
-    from docktor.agent.runtime.control import ControlError
+    from docktor.agent.runtime.control_socket import ControlError
     from docktor.agent.runtime.loop import ControlRefused
 
     async def handle(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -337,7 +337,7 @@ def start_background(config_path: Path, config: DocktorConfig, *, advisory: bool
 
 
 def _answers(paths: Paths, pid: int) -> bool:
-    from docktor.agent.runtime.control import ControlClient, ControlError, ControlUnavailable
+    from docktor.agent.runtime.control_socket import ControlClient, ControlError, ControlUnavailable
 
     try:
         return bool(ControlClient(paths.socket, timeout=1.0).ping().get("pid") == pid)
@@ -425,7 +425,7 @@ def stop(paths: Paths, *, wait: float | None = None, force: bool = False) -> Sto
 
 
 def _doing(paths: Paths) -> str | None:
-    from docktor.agent.runtime.control import ControlClient, ControlError, ControlUnavailable
+    from docktor.agent.runtime.control_socket import ControlClient, ControlError, ControlUnavailable
 
     try:
         st = ControlClient(paths.socket, timeout=1.0).status()
@@ -484,7 +484,7 @@ STATUS_TIMEOUT_S = 3.0
 def status(paths: Paths, *, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]:
     """The daemon's own answer on its control socket (``live: true``); from a daemon that does not
     answer (stuck, or too old to have a socket), its status file (``live: false`` and why)."""
-    from docktor.agent.runtime.control import ControlClient, ControlError, ControlUnavailable
+    from docktor.agent.runtime.control_socket import ControlClient, ControlError, ControlUnavailable
 
     pid = running_pid(paths)
     out: dict[str, Any] = {"running": pid is not None, "pid": pid, "state_dir": str(paths.state_dir)}

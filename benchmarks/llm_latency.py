@@ -1,4 +1,4 @@
-"""Benchmark of the LLM advisor: ``python -m benchmarks.llm [--decisions N] [--timeout S]``.
+"""Benchmark of the LLM advisor: ``python -m benchmarks.llm_latency [--decisions N] [--timeout S]``.
 
 Prints decision latency (p50/p99) against a real llama.cpp peer (xllamacpp in-process, serving
 ../shared/llm-peer/tiny-hermes.gguf) and against an endpoint that never answers (the bound is
@@ -190,7 +190,7 @@ def prompt_chars() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.llm", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.llm_latency", description=__doc__.splitlines()[0])
     ap.add_argument("--decisions", type=int, default=40, help="decisions per latency run (default 40)")
     ap.add_argument("--timeout", type=float, default=0.5, help="llm.timeout for the hanging endpoint, s (default 0.5)")
     args = ap.parse_args(argv)

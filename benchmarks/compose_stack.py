@@ -1,6 +1,6 @@
 """Benchmark: examples/nats-multi under bursts, Docktor vs the Go Docktor's behaviour, in one run.
 
-    python -m benchmarks.compose [--bursts 3] [--burst-interval 60] [--burst-duration 15] [--with-rules] [--json]
+    python -m benchmarks.compose_stack [--bursts 3] [--burst-interval 60] [--burst-duration 15] [--with-rules] [--json]
 
 Brings the example up once per system on the Docker engine ``DOCKER_HOST`` points at (unique
 project names, free loopback ports), side by side, and runs the real daemon on each:
@@ -231,7 +231,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.compose", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compose_stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--bursts", type=int, default=3)
     p.add_argument("--burst-interval", type=float, default=60.0, help="seconds between burst starts")
     p.add_argument("--burst-duration", type=float, default=15.0)

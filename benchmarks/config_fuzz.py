@@ -1,6 +1,6 @@
 """Hostile and broken docktor.yaml: outcomes and times, now and at an older revision, side by side.
 
-    python -m benchmarks.hostile_yaml [--cases 1000] [--seed 12] [--baseline 35abe63] [--limit 10]
+    python -m benchmarks.config_fuzz [--cases 1000] [--seed 12] [--baseline 35abe63] [--limit 10]
 
 Runs the named attacks of ``tests/support/hostile_yaml.py`` and ``--cases`` seeded random mutations of a
 valid config through ``load_config`` — what ``docktor validate`` and ``daemon start`` run — in a
@@ -41,7 +41,7 @@ if old_root:
     sys.path.insert(0, old_root)
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 from docktor.agent.config.load import load_config
-from docktor.agent.errors import UsageError
+from docktor.agent.problems import UsageError
 import docktor.agent.config.load as loaded
 limit = float(sys.argv[3])
 
@@ -100,7 +100,7 @@ def summary(results: list[dict[str, object]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.hostile_yaml", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.config_fuzz", description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=1000, help="random mutations (default 1000)")
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--baseline", default=BASELINE, help=f"git revision to compare with (default {BASELINE}); '' for none")

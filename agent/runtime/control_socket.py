@@ -30,7 +30,6 @@ from typing import Any
 log = logging.getLogger("docktor")
 
 PROTOCOL_VERSION = 1
-SOCKET_NAME = "docktor.sock"
 #: a request line longer than this is refused (the connection is closed)
 MAX_LINE = 64 * 1024
 #: a connection that sends nothing for this long is closed

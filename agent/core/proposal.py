@@ -1,0 +1,29 @@
+"""What every policy returns (a :class:`Proposal`), and what the registry knows of a policy (:class:`PolicySpec`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core.rules import Evaluation
+from docktor.agent.core.state import ServiceState
+
+
+@dataclass(frozen=True)
+class Proposal:
+    target: int
+    reason: str
+
+
+ProposeFn = Callable[[ServiceConfig, Mapping[str, float], int, ServiceState, Evaluation, float], Proposal]
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    propose: ProposeFn
+    #: metrics the policy cannot decide without, beyond those the rules name
+    required: Callable[[ServiceConfig], set[str]]
+    #: True: the rules alone choose the direction (threshold autoscaler). False: the policy sizes,
+    #: and the rules act as vetoes (no scale-in unless scale_down_when holds, none while an up rule fires).
+    rules_drive: bool
