@@ -42,7 +42,7 @@ from typing import Any
 import docker
 import yaml
 
-from docktor.agent.runtime.decision_log import read_records
+from docktor.agent.runtime.log_reader import read_records
 from docktor.agent.timestamps import parse_rfc3339
 from docktor.tools.executors.compose import find_compose_cli
 from tests.support.examples import Sample, burst_starts, sample_stack, settled_at

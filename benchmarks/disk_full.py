@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, log_files, read_records
-from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord
+from docktor.agent.runtime.log_reader import log_files, read_records
+from docktor.agent.runtime.supervisor import Supervisor
 from tests.support.peers import NatsServer, SmallDisk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,10 +96,10 @@ async def full_disk_run(tmp: Path) -> list[str]:
         js = nc.jetstream()
         await js.add_stream(StreamConfig(name="JOBS", subjects=["jobs.>"]))
         await js.add_consumer("JOBS", ConsumerConfig(durable_name="WORKERS"))
-        daemon = Daemon(parse_config(CONFIG.format(state=disk.path, python=sys.executable, url=server.url), disk.path / "d.yaml", {}),
+        daemon = Supervisor(parse_config(CONFIG.format(state=disk.path, python=sys.executable, url=server.url), disk.path / "d.yaml", {}),
                         log_path=disk.path / "decisions.jsonl", status_path=disk.path / "status.json")
         await daemon.open()
-        runner = daemon.runners["worker"]
+        runner = daemon.loops["worker"]
         asked: list[int] = []
         real = runner.executor.scale
 

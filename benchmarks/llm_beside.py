@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.supervisor import Supervisor
 from tests.support.peers import NatsServer, serve_llama
 from tests.support.scripted_openai_server import ScriptedOpenAIServer, Slow, answer
 
@@ -83,13 +83,13 @@ async def one_round(n: int, args: argparse.Namespace, tmp: Path, gemma_url: str 
             }
             if gemma_url:
                 llms["gemma"] = f"{{provider: openai-compatible, base_url: '{gemma_url}', model: ai/llama3.2, timeout: 150s, max_tokens: 120}}"
-            daemons: dict[str, Daemon] = {}
+            daemons: dict[str, Supervisor] = {}
             for name, llm in llms.items():
                 stream = f"R{n}{name.upper()}"
                 await make_stream(nats.url, stream)
                 text = SERVICE.format(state=tmp / f"r{n}-{name}", llm=llm, name=name, python=sys.executable,
                                       interval=args.interval, url=nats.url, stream=stream)
-                daemons[name] = Daemon(parse_config(text, tmp / f"r{n}-{name}.yaml", {}))
+                daemons[name] = Supervisor(parse_config(text, tmp / f"r{n}-{name}.yaml", {}))
             scaled: dict[str, float] = {}
             busy: dict[str, bool] = {}
             landed: dict[str, Any] = {}
@@ -111,7 +111,7 @@ async def one_round(n: int, args: argparse.Namespace, tmp: Path, gemma_url: str 
             tasks = [asyncio.create_task(d.run(stop)) for d in daemons.values()]
             try:
                 deadline = time.monotonic() + 60
-                while not all(d.runners[k].last_status is not None and d.runners[k].last_status.desired == 1
+                while not all(d.loops[k].last_status is not None and d.loops[k].last_status.desired == 1
                               for k, d in daemons.items()):
                     if time.monotonic() > deadline:
                         raise SystemExit("the daemons did not settle at one replica")

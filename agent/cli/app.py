@@ -102,9 +102,9 @@ def decide(
         raise UsageError(f"--window: {window!r} is not a duration (e.g. 5s, 500ms, 0)") from None
 
     from docktor.agent.cli.render import print_table
-    from docktor.agent.runtime.loop import Daemon
     from docktor.agent.runtime.process import AlreadyRunning, acquire_lock, paths_for
     from docktor.agent.runtime.rundir import TargetBusy
+    from docktor.agent.runtime.supervisor import Supervisor
 
     cfg = load(config, check_llm=True)
     acts = not dry_run and not advisory and cfg.mode == "autonomous"
@@ -119,8 +119,8 @@ def decide(
                                       "or use --dry-run")) from None
 
     async def run() -> list[Any]:
-        daemon = Daemon(cfg, mode="advisory" if advisory else None, log_path=paths_for(cfg).decisions,
-                        state="write" if acts else "read")
+        daemon = Supervisor(cfg, mode="advisory" if advisory else None, log_path=paths_for(cfg).decisions,
+                            state="write" if acts else "read")
         try:
             await daemon.open()
             if acts:

@@ -103,7 +103,9 @@ def register(app: typer.Typer) -> None:
         mode = "advisory" if advisory else None
         try:
             if foreground:
-                raise typer.Exit(process.run_foreground(cfg, mode=mode))
+                from docktor.agent.runtime.foreground import run_foreground
+
+                raise typer.Exit(run_foreground(cfg, mode=mode))
             pid = process.start_background(config, cfg, advisory=advisory)
         except process.AlreadyRunning as e:
             err.print(f"error: {e}; stop it with: docktor daemon stop --config {config}", markup=False)
@@ -241,7 +243,7 @@ def register(app: typer.Typer) -> None:
 
         from docktor.agent.cli.render import print_table, stream_header, stream_row
         from docktor.agent.redact import redact
-        from docktor.agent.runtime.decision_log import follow, log_files, raw_lines_of, read_records
+        from docktor.agent.runtime.log_reader import follow, log_files, raw_lines_of, read_records
         from docktor.agent.runtime.process import paths_for
 
         last = parse_tail(tail)

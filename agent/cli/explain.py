@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.cli.daemon import parse_since
         from docktor.agent.cli.render import say
         from docktor.agent.redact import redact_obj
-        from docktor.agent.runtime.decision_log import read_records
+        from docktor.agent.runtime.log_reader import read_records
         from docktor.agent.runtime.process import paths_for
         from docktor.agent.runtime.prose import explain_one
 

@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.mcp.address import http_address
         from docktor.agent.mcp.server import bind, build, serve_http, serve_stdio
         from docktor.agent.mcp.views import DaemonView
-        from docktor.agent.runtime.process import RedactingFilter, locate
+        from docktor.agent.runtime.foreground import RedactingFilter
+        from docktor.agent.runtime.process import locate
 
         cfg = load(config)
         sock = None

@@ -34,7 +34,7 @@ from docktor.agent.problems import UsageError
 
 if TYPE_CHECKING:
     from docktor.agent.runtime.decision_log import DecisionRecord
-    from docktor.agent.runtime.loop import Daemon
+    from docktor.agent.runtime.supervisor import Supervisor
 
 STREAM, SUBJECT, CONSUMER = "DEMO", "demo.work", "WORKERS"
 BASE_RATE, BURST_RATE = 100, 500
@@ -125,8 +125,8 @@ def sum_rate(t: float) -> float:
 
 def run_demo(*, duration: float, state_dir: Path | None, console: Console) -> int:
     from docktor.agent.config.load import parse_config
-    from docktor.agent.runtime.loop import Daemon
     from docktor.agent.runtime.process import Paths
+    from docktor.agent.runtime.supervisor import Supervisor
 
     tmp = Path(tempfile.mkdtemp(prefix="docktor-demo-"))
     state = (state_dir or tmp / "state").resolve()
@@ -145,7 +145,7 @@ def run_demo(*, duration: float, state_dir: Path | None, console: Console) -> in
     async def main() -> Summary:
         await _setup_stream(url)  # the server is healthy: this connects at the first try
         stop = asyncio.Event()
-        daemon = Daemon(config, log_path=paths.decisions)
+        daemon = Supervisor(config, log_path=paths.decisions)
         summary = Summary()
         live_view = console.is_terminal
 
@@ -241,13 +241,13 @@ def sparkline(values: Iterable[int], top: int) -> str:
     return "".join(SPARK[min(len(SPARK) - 1, round((len(SPARK) - 1) * v / max(1, top)))] for v in values)
 
 
-def _view(daemon: Daemon, summary: Summary, elapsed: float, duration: float) -> Group:
+def _view(daemon: Supervisor, summary: Summary, elapsed: float, duration: float) -> Group:
     # Fixed widths so the view does not jump as numbers and reasons change length.
     table = Table(expand=False, width=VIEW_WIDTH)
     for name, width in (("service", 9), ("in/s", 5), ("out/s", 5), ("backlog", 7), ("replicas", 8)):
         table.add_column(name, width=width, no_wrap=True, justify="left" if name == "service" else "right")
     table.add_column("last decision", ratio=1, no_wrap=True, overflow="ellipsis")
-    for name, r in daemon.runners.items():
+    for name, r in daemon.loops.items():
         o = r.last_observations
         rec = r.last_record
 

@@ -20,18 +20,16 @@ import asyncio
 import difflib
 import json
 import math
-import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from docktor.agent.config.model import DocktorConfig
 from docktor.agent.redact import redact_obj
 from docktor.agent.runtime.control_socket import AsyncControlClient, ControlError, ControlUnavailable
-from docktor.agent.runtime.decision_log import log_files, merge_phases
+from docktor.agent.runtime.log_reader import Scan, scan_log
 from docktor.agent.runtime.process import Paths, running_pid
 from docktor.agent.timestamps import parse_rfc3339
 
@@ -49,7 +47,6 @@ MAX_MINUTES = 24 * 60
 MAX_POINTS = 500
 #: how much of the log (current file and rotations, newest first) one answer may read
 MAX_SCAN_BYTES = 64 * 1024 * 1024
-_BLOCK = 256 * 1024
 
 STATUS_TIMEOUT_S = 5.0
 #: a proposal waits for the service's tick in progress, then reads its sources once
@@ -140,98 +137,6 @@ def one_line_reason(text: str) -> str:
     return clip(reason)
 
 
-# --------------------------------------------------------------------------- the decision log, from its end
-
-
-def _lines_backwards(files: list[Path], budget: int) -> Iterator[bytes | None]:
-    """The lines of ``files`` (newest file first), last line first; ``None`` once, then stops,
-    when ``budget`` bytes were read before the start of the oldest file."""
-    spent = 0
-    for file in files:
-        try:
-            f = file.open("rb")
-        except FileNotFoundError:  # rotated away since it was listed
-            continue
-        with f:
-            end = f.seek(0, os.SEEK_END)
-            head = b""
-            while end > 0:
-                if spent >= budget:
-                    yield None
-                    return
-                size = min(_BLOCK, end)
-                end -= size
-                f.seek(end)
-                lines = (f.read(size) + head).split(b"\n")
-                spent += size
-                head = lines[0]  # maybe the end of a line that starts in the block before
-                for line in reversed(lines[1:]):
-                    if line:
-                        yield line
-            if head:
-                yield head
-
-
-@dataclass
-class Scan:
-    records: list[dict[str, Any]]  # oldest first, each intent merged with its outcome
-    #: False: the byte budget ran out before the limit or the window's start was reached
-    complete: bool
-
-
-def scan_log(
-    path: Path,
-    *,
-    service: str | None = None,
-    limit: int | None = None,
-    since: float | None = None,
-    want: Callable[[dict[str, Any]], bool] | None = None,
-    needle: bytes | None = None,
-    budget: int = MAX_SCAN_BYTES,
-) -> Scan:
-    """The newest decisions of the log (``limit`` of them, or all since ``since``) matching
-    ``service`` and ``want``, read backwards from the end of the log and its rotations.
-
-    Lines that do not contain ``needle`` (or the service's name, quoted) are skipped without
-    parsing: a byte search is far cheaper than JSON, and what is parsed is checked field by field.
-    """
-    needles = [n for n in (needle, json.dumps(service).encode() if service else None) if n]
-    raw: list[dict[str, Any]] = []  # newest first
-    found = 0
-    complete = True
-    for line in _lines_backwards(list(reversed(log_files(path))), budget):
-        if line is None:
-            complete = False
-            break
-        if any(n not in line for n in needles):
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a torn line (a power cut) is skipped, as every reader of the log does
-        if not isinstance(rec, dict) or (service is not None and rec.get("service") != service):
-            continue
-        if rec.get("phase") == "outcome":
-            raw.append(rec)  # joins its intent, which is older
-            continue
-        if since is not None:
-            try:
-                if parse_rfc3339(str(rec.get("ts"))) < since:
-                    break
-            except ValueError:
-                continue
-        raw.append(rec)
-        if want is None or want(rec):
-            found += 1
-            if limit is not None and found >= limit:
-                break
-    raw.reverse()
-    records = [r for r in merge_phases(raw) if want is None or want(r)]
-    if limit is not None:
-        records = records[-limit:]
-    return Scan(records, complete)
-
-
 def downsample(points: list[Any], n: int) -> list[Any]:
     """``n`` of ``points``, evenly spaced, the first and the newest kept."""
     if len(points) <= n:
@@ -311,7 +216,7 @@ class DaemonView:
 
     async def _scan(self, **kwargs: Any) -> Scan:
         try:
-            return await asyncio.to_thread(scan_log, self.paths.decisions, **kwargs)
+            return await asyncio.to_thread(scan_log, self.paths.decisions, **{"budget": MAX_SCAN_BYTES, **kwargs})
         except OSError as e:
             raise ToolFailure(f"cannot read the decision log {self.paths.decisions}: {e.strerror or e}") from None
 

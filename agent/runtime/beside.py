@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from docktor.agent.advisor.advisor import Advisor
 from docktor.agent.advisor.gate import llm_envelope
@@ -32,7 +32,12 @@ from docktor.agent.advisor.protocol import ToolContext
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core.decide import Advice, Plan, deterministic_source
 from docktor.agent.core.state import ServiceState
+from docktor.agent.redact import redact
 from docktor.agent.timestamps import rfc3339
+
+if TYPE_CHECKING:
+    from docktor.agent.runtime.service_loop import ServiceLoop
+    from docktor.agent.runtime.supervisor import Supervisor
 
 log = logging.getLogger("docktor")
 
@@ -118,3 +123,34 @@ class AdvisorBeside:
             with contextlib.suppress(BaseException):
                 await call.task
         self.calls.clear()
+
+
+class AdvisorTools:
+    """What the LLM advisor's tool calls may see: read-only views of the daemon's service loops."""
+
+    def __init__(self, daemon: Supervisor):
+        self._d = daemon
+
+    def _loop(self, service: str) -> ServiceLoop:
+        if service not in self._d.loops:
+            raise KeyError(f"unknown service {service!r}")
+        return self._d.loops[service]
+
+    def queue_metrics(self, service: str) -> dict[str, float]:
+        return dict(self._loop(service).last_observations)
+
+    def service_status(self, service: str) -> dict[str, Any]:
+        loop = self._loop(service)
+        s = loop.last_status
+        if s is None:
+            return {"available": False}
+        return {"available": True, "desired": s.desired, "running": s.running, "failed": s.failed, "healthy": s.healthy,
+                "detail": redact(s.detail or ""), "min_replicas": loop.svc.min_replicas, "max_replicas": loop.svc.max_replicas}
+
+    def recent_decisions(self, service: str, n: int) -> list[dict[str, Any]]:
+        return self._loop(service).recent[-max(0, n):]
+
+    def metric_history(self, service: str, metric: str, minutes: float) -> list[tuple[float, float]]:
+        loop = self._loop(service)
+        since = self._d.mono() - minutes * 60
+        return [(t, obs[metric]) for t, obs in loop.state.history if t >= since and metric in obs]

@@ -2,15 +2,15 @@
 
 What is exported comes from the daemon's memory, never from re-reading the decision log:
 
-* :meth:`DaemonMetrics.record`, hooked on ``Daemon.on_record``, sees each decision once (a decision
-  that acts is written as an intent and an outcome line, but kept in memory as one record);
-* :meth:`DaemonMetrics.tick`, hooked on ``Daemon.on_tick``, times each tick;
+* :meth:`DaemonMetrics.record`, hooked on ``Supervisor.on_record``, sees each decision once (a
+  decision that acts is written as an intent and an outcome line, but kept in memory as one record);
+* :meth:`DaemonMetrics.tick`, hooked on ``Supervisor.on_tick``, times each tick;
+* :meth:`DaemonMetrics.reload`, hooked on ``Supervisor.on_reload``, follows a reload;
 * the decision log's state (``Recorder.health()``) is read after every decision.
 
 Every update runs on the event loop's thread, between ticks, and costs microseconds; a scrape
-runs on the server's own threads (at most :data:`MAX_CONCURRENT_SCRAPES` at once, each bounded
-by :data:`SCRAPE_TIMEOUT_S`) and reads prometheus-client's thread-safe values, so a slow or
-hostile client never delays a tick. A bug in here is logged once and never ends a tick or the
+runs on the endpoint's own threads (:mod:`.metrics_http`) and reads prometheus-client's
+thread-safe values, so a slow or hostile client never delays a tick. A bug in here is logged once and never ends a tick or the
 daemon.
 
 Label values are bounded by the config: services, their sources and rules, the metrics their
@@ -20,33 +20,24 @@ The metric list, with types and labels, is in docs/operations.md ("Metrics").
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import logging
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client import disable_created_metrics as _disable_created_metrics
-from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from docktor.agent.config.model import DocktorConfig, ServiceConfig
 from docktor.agent.core.decide import deterministic_source
 from docktor.agent.core.policies import POLICIES
 from docktor.agent.problems import UsageError
 from docktor.agent.runtime.decision_log import DecisionRecord
+from docktor.agent.runtime.metrics_http import MetricsServer
 
 log = logging.getLogger("docktor")
 
 PREFIX = "docktor"
-#: scrapes served at once; a further connection is closed at once (Prometheus retries next interval)
-MAX_CONCURRENT_SCRAPES = 4
-#: a client that sends its request or reads the answer slower than this is dropped
-SCRAPE_TIMEOUT_S = 10.0
 #: distinct ``metric`` label values per service for ``docktor_observation`` (plugins provide ~20)
 MAX_OBSERVATION_SERIES = 200
 
@@ -94,7 +85,6 @@ class DaemonMetrics:
         mode: str | None = None,
         in_flight: Callable[[str], bool] | None = None,
         health: Callable[[], Mapping[str, Any]] | None = None,
-        current_config: Callable[[], DocktorConfig] | None = None,
         wall: Callable[[], float] = time.time,
     ):
         _disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: Prometheus does not use them, they double the output
@@ -102,7 +92,6 @@ class DaemonMetrics:
         self.services = {svc.name: svc for svc in config.services}
         self._in_flight = in_flight
         self._health = health
-        self._current_config = current_config
         self._wall = wall
         self._observed: dict[str, set[str]] = {name: set() for name in self.services}
         self._complained: set[str] = set()
@@ -232,14 +221,12 @@ class DaemonMetrics:
     # ------------------------------------------------------------------ feeding
 
     def record(self, rec: DecisionRecord) -> None:
-        """One decision (``Daemon.on_record``). Never raises: a bug here must not fail a tick."""
-        if self._current_config is not None:
-            self._guarded("reload", self._follow_config)
+        """One decision (``Supervisor.on_record``). Never raises: a bug here must not fail a tick."""
         self._guarded("record", self._record, rec)
         self._guarded("log health", self.log_health)
 
     def tick(self, service: str, seconds: float) -> None:
-        """One tick's duration (``Daemon.on_tick``)."""
+        """One tick's duration (``Supervisor.on_tick``)."""
         self._guarded("tick", lambda: self.tick_duration.labels(service).observe(seconds))
 
     def log_health(self) -> None:
@@ -257,21 +244,19 @@ class DaemonMetrics:
                 counter.inc(total - self._log_totals[key])
                 self._log_totals[key] = total
 
-    def _follow_config(self) -> None:
-        assert self._current_config is not None
-        config = self._current_config()
-        if config is not self.config:
-            self.reload(config)
+    def reload(self, config: DocktorConfig, restarted: set[str]) -> None:
+        """Follow a reload (``Supervisor.on_reload``): the series of a removed service go away; a
+        new or restarted service's start afresh (counters from 0: ``rate()`` reads that as a
+        reset); an unchanged service keeps its own. ``restarted`` is the reconcile's own verdict
+        (:func:`docktor.agent.runtime.reconcile.fingerprint`), so the two never disagree."""
+        self._guarded("reload", self._reload, config, restarted)
 
-    def reload(self, config: DocktorConfig) -> None:
-        """Follow a new config (a reload): a removed service's series go away; a new or changed
-        service's start afresh (counters from 0: ``rate()`` reads that as a reset); an unchanged
-        service keeps its own."""
-        old, old_llm = self.services, self.config.llm
+    def _reload(self, config: DocktorConfig, restarted: set[str]) -> None:
+        old = self.services
         self.config = config
         self.services = {svc.name: svc for svc in config.services}
-        for name, svc in old.items():
-            if name not in self.services or _fingerprint(self.services[name]) != _fingerprint(svc) or config.llm != old_llm:
+        for name in old:
+            if name not in self.services or name in restarted:
                 self._forget(name)
         for svc in config.services:
             if svc.name not in self._observed:
@@ -381,14 +366,6 @@ class DaemonMetrics:
             log.warning(msg, *args)
 
 
-def _fingerprint(svc: ServiceConfig) -> Any:
-    """What makes a service's series mean the same thing across a reload (not where in the file
-    it was written)."""
-    executor = None if svc.executor is None else (svc.executor.kind, svc.executor.settings.model_dump())
-    sources = [(s.name, s.kind, s.primary, s.settings.model_dump()) for s in svc.sources]
-    return svc.model_dump(), executor, sources
-
-
 def _set_or_remove(gauge: Gauge, service: str, value: float | None) -> None:
     if value is None:
         try:
@@ -416,109 +393,6 @@ def _needed(svc: ServiceConfig) -> set[str]:
     return svc.rule_metrics() | POLICIES[svc.policy].required(svc)
 
 
-# --------------------------------------------------------------------------- the endpoint
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    """A thread per scrape, at most :data:`MAX_CONCURRENT_SCRAPES` at once; more are turned away."""
-
-    daemon_threads = True
-    allow_reuse_address = True  # a restarted daemon gets its port back while old sockets linger
-    request_queue_size = 16
-
-    def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler]):
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_SCRAPES)
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)  # busy: Prometheus records a failed scrape and tries again
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver prints a traceback to stderr by default; a dropped client is not news
-        log.debug("metrics: a request from %s failed", client_address, exc_info=True)
-
-
-_INDEX = (b"<html><head><title>Docktor</title></head><body><h1>Docktor</h1>"
-          b"<p><a href=\"/metrics\">/metrics</a></p></body></html>\n")
-
-
-def _handler(registry: CollectorRegistry) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        timeout = SCRAPE_TIMEOUT_S  # per socket operation: a slow client frees its slot
-        server_version = "docktor"
-
-        def do_GET(self) -> None:
-            path = urlsplit(self.path).path
-            if path == "/metrics":
-                try:
-                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                    body = encoder(registry)
-                except Exception as e:  # never the daemon's problem: this scrape fails, the next may not
-                    log.warning("metrics: could not render /metrics: %s", e)
-                    self._send(500, b"error rendering metrics\n", "text/plain; charset=utf-8")
-                    return
-                encoding = None
-                if gzip_accepted(self.headers.get("Accept-Encoding", "")):
-                    body, encoding = gzip.compress(body, compresslevel=1), "gzip"
-                self._send(200, body, content_type, encoding)
-            elif path == "/":
-                self._send(200, _INDEX, "text/html; charset=utf-8")
-            else:
-                self._send(404, b"not found: try /metrics\n", "text/plain; charset=utf-8")
-
-        def _send(self, status: int, body: bytes, content_type: str, encoding: str | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            if encoding:
-                self.send_header("Content-Encoding", encoding)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # one line per scrape would drown the daemon's own log
-
-    return Handler
-
-
-class MetricsServer:
-    """``/metrics`` on ``host:port``, served from daemon threads (they never keep the process alive)."""
-
-    def __init__(self, host: str, port: int, registry: CollectorRegistry):
-        self._server = _Server((host, port), _handler(registry))  # binds now: an error is the caller's
-        self.host, self.port = host, self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="docktor-metrics", daemon=True)
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
-
-
 class Exporter:
     """What ``run_foreground`` holds: the daemon's metrics and their endpoint (or nothing)."""
 
@@ -535,7 +409,7 @@ def serve(config: DocktorConfig, daemon: Any) -> Exporter:
 
     Binds before the daemon ticks: an address that cannot be taken (in use, not local) is a
     :class:`UsageError` naming ``metrics.listen``, and the daemon does not start. ``daemon`` is a
-    :class:`~docktor.agent.runtime.loop.Daemon` (typed loosely: loop.py imports nothing from here).
+    :class:`~docktor.agent.runtime.supervisor.Supervisor` (typed loosely: the runtime imports nothing from here).
     """
     listen = config.metrics.listen
     if listen is None:
@@ -545,7 +419,6 @@ def serve(config: DocktorConfig, daemon: Any) -> Exporter:
         mode=daemon.mode,
         in_flight=lambda name: daemon.beside is not None and daemon.beside.in_flight(name),
         health=daemon.recorder.health,
-        current_config=lambda: daemon.config,  # a reload replaces it: the series follow
     )
     try:
         server = MetricsServer(config.metrics.host, config.metrics.port, metrics.registry)
@@ -553,6 +426,7 @@ def serve(config: DocktorConfig, daemon: Any) -> Exporter:
         raise UsageError(f"metrics.listen: cannot listen on {listen}: {e.strerror or e}") from None
     daemon.on_record.append(metrics.record)
     daemon.on_tick.append(metrics.tick)
+    daemon.on_reload.append(metrics.reload)
     server.start()
     log.info("metrics: serving %s", server.url)
     return Exporter(metrics, server)

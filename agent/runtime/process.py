@@ -10,7 +10,6 @@ config file has since been broken.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import logging
@@ -64,23 +63,6 @@ class Paths:
 def paths_for(config: DocktorConfig) -> Paths:
     assert config.state_dir is not None  # the loader always resolves it
     return Paths(config.state_dir)
-
-
-class RedactingFilter(logging.Filter):
-    """Scrub credentials from every log line (Docktor's own and its libraries', e.g. nats-py's)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from docktor.agent.redact import redact
-
-        text = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        clean = redact(text)
-        if clean != text:
-            record.msg, record.args = clean, None
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        return True
 
 
 class AlreadyRunning(Exception):
@@ -149,143 +131,6 @@ def load_for_run(path: Path) -> DocktorConfig:
 
         resolve_endpoint(config.llm, os.environ)
     return config
-
-
-def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
-    """Run the daemon in this process until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
-    from docktor.agent.runtime import exporter as metrics_exporter
-    from docktor.agent.runtime.control_socket import ControlServer
-    from docktor.agent.runtime.loop import Daemon
-    from docktor.agent.runtime.rundir import TargetBusy
-
-    paths = paths_for(config)
-    lock_fd = acquire_lock(paths)
-    paths.pid.write_text(f"{os.getpid()}\n")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
-    log = logging.getLogger("docktor")
-    for w in config.warnings:
-        log.warning("config: %s", w)
-    code = 0
-    refusal: list[str] = []  # a one-line reason not to run, printed last
-
-    async def main() -> None:
-        nonlocal code
-        daemon = Daemon(config, mode=mode, log_path=paths.decisions, status_path=paths.status, state="write")
-        exporter = metrics_exporter.serve(config, daemon)  # /metrics when metrics.listen is set; binds before any tick
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        server: ControlServer | None = None
-        reloads: set[asyncio.Task[Any]] = set()
-
-        async def reload() -> dict[str, Any]:
-            result = await reload_daemon(daemon, config.path or Path("docktor.yaml"))
-            record_daemon(paths, daemon.config)
-            return result
-
-        def on_hup() -> None:
-            async def run() -> None:
-                from docktor.agent.runtime.loop import ControlRefused
-
-                try:
-                    await reload()
-                except ControlRefused as e:
-                    log.error("reload refused, still running the previous config: %s", "; ".join(e.problems))
-
-            task = loop.create_task(run())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        try:
-            await daemon.open()
-            try:
-                daemon.claim_targets("daemon")
-            except TargetBusy as e:
-                where = f"service {e.holder.get('service')}: " if e.holder.get("service") else ""
-                refusal.append(f"error: {where}{e}; refusing to start a second daemon on it")
-                code = 2
-                return
-            server = ControlServer(paths.socket, control_handler(daemon, reload))
-            await server.start()
-            loop.add_signal_handler(signal.SIGHUP, on_hup)
-            record_daemon(paths, config)
-            daemon.write_status()
-            log.info("started: %d service(s), mode %s, log %s, control socket %s", len(config.services), daemon.mode,
-                     paths.decisions, paths.socket)
-            await daemon.run(stop)
-        finally:
-            for task in list(reloads):
-                task.cancel()
-            await daemon.close()
-            if server is not None:
-                await server.close()  # last: ``daemon status`` answers while replicas stop
-            exporter.close()
-            if not refusal:
-                log.info("stopped")
-
-    try:
-        asyncio.run(main())
-    finally:
-        paths.pid.unlink(missing_ok=True)
-        paths.status.unlink(missing_ok=True)
-        paths.info.unlink(missing_ok=True)
-        os.close(lock_fd)
-    if refusal:  # last, so that `daemon start` shows it as the reason
-        from docktor.agent.redact import redact
-
-        print(redact(refusal[0]), file=sys.stderr, flush=True)
-    return code
-
-
-async def reload_daemon(daemon: Any, path: Path) -> dict[str, Any]:
-    """Re-read ``path``, validate it as ``daemon start`` does, and hand it to the daemon; a bad
-    config raises ControlRefused(``invalid_config``) with its one-line problems, and the daemon
-    keeps the one it runs."""
-    from docktor.agent.runtime.loop import ControlRefused
-
-    try:
-        config = await asyncio.to_thread(load_for_run, path)
-    except UsageError as e:
-        raise ControlRefused("invalid_config", f"{path}: the config has errors; still running the previous one",
-                             [str(p) for p in e.problems]) from None
-    for w in config.warnings:
-        logging.getLogger("docktor").warning("config: %s", w)
-    result: dict[str, Any] = await daemon.reload(config)
-    return result
-
-
-def control_handler(daemon: Any, reload: Any) -> Any:
-    """The control channel's commands, on ``daemon`` (a :class:`~docktor.agent.runtime.loop.Daemon`)."""
-    from docktor.agent.runtime.control_socket import ControlError
-    from docktor.agent.runtime.loop import ControlRefused
-
-    async def handle(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        try:
-            if cmd == "ping":
-                return {"pid": os.getpid(), "protocol": 1}
-            if cmd == "status":
-                return dict(daemon.status())
-            if cmd == "pause":
-                for_s = args.get("for_s")
-                return dict(await daemon.pause(args.get("service"), for_s, str(args.get("reason") or "")))
-            if cmd == "resume":
-                return dict(await daemon.resume(args.get("service")))
-            if cmd == "scale":
-                record = await daemon.scale_to(
-                    args.get("service"), args.get("replicas"), reason=str(args.get("reason") or ""),
-                    source=str(args.get("source") or "manual"), dry_run=bool(args.get("dry_run", False)),
-                )
-                return {"record": record.model_dump(mode="json", exclude_none=True)}
-            if cmd == "reload":
-                return dict(await reload())
-        except ControlRefused as e:
-            raise ControlError(e.code, e.message, e.problems) from None
-        raise ControlError("bad_request", f"unknown command {cmd!r} (ping, status, pause, resume, scale, reload)")
-
-    return handle
 
 
 def record_daemon(paths: Paths, config: DocktorConfig) -> None:

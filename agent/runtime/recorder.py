@@ -1,4 +1,4 @@
-"""The daemon's side of the decision log: write-ahead, what to do when the disk is full, the status file.
+"""The daemon's side of the decision log: write-ahead, and what to do when the disk is full.
 
 :class:`Recorder` wraps :class:`~docktor.agent.runtime.decision_log.DecisionLog` with the daemon's
 rules (docs/architecture.md, "Record"):
@@ -15,16 +15,12 @@ rules (docs/architecture.md, "Record"):
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from docktor.agent.redact import redact
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, LogWriteError, OutcomeRecord
 from docktor.agent.timestamps import rfc3339
 
@@ -129,40 +125,3 @@ class Recorder:
             "write_failures_total": self.failures_total,
             "refused_actions_total": self.refused_total,
         }
-
-
-# --------------------------------------------------------------------------- the status file
-
-#: the status file is padded to a whole number of these, with one to spare, so that on a full
-#: disk it can still be rewritten in place (overwriting allocated blocks needs no new ones)
-STATUS_BLOCK = 4096
-
-
-def write_status_file(path: Path, status: dict[str, Any]) -> None:
-    """Replace ``path`` atomically with ``status`` as JSON; on a full disk, rewrite it in place.
-
-    Raises OSError only when neither works (the caller logs it; a status file is never worth a
-    crash). Padding with spaces keeps the JSON valid.
-    """
-    text = redact(json.dumps(status)).encode()
-    padded = text + b" " * ((-len(text)) % STATUS_BLOCK + STATUS_BLOCK)
-    tmp = path.with_suffix(".tmp")
-    try:
-        tmp.write_bytes(padded)
-        tmp.replace(path)
-        return
-    except OSError:
-        tmp.unlink(missing_ok=True)
-    # In place, into the blocks the last good write allocated. A reader may catch it half
-    # rewritten for a moment; ``daemon status`` then shows what it can and tries again next time.
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        size = os.fstat(fd).st_size
-        if len(text) > size:
-            # keep what must be seen (the log's state) and drop the per-service detail
-            text = redact(json.dumps({k: v for k, v in status.items() if k != "services"})).encode()
-            if len(text) > size:
-                raise OSError(28, "status does not fit its file on a full disk")
-        os.pwrite(fd, text + b" " * (size - len(text)), 0)
-    finally:
-        os.close(fd)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.supervisor import Supervisor
 from tests.runtime.test_llm_daemon import config_yaml, log_records, publish_backlog, service_yaml, until
 from tests.support.peers import NatsServer, start_gemma
 
@@ -69,15 +69,15 @@ async def test_gemma_beside_the_loop_scale_up_at_once_answer_lands_parsed_with_l
     log_path = tmp_path / "decisions.jsonl"
     cfg = parse_config(config_yaml(tmp_path, llm_block(gemma), service_yaml("worker", nats_server.url, interval=5)),
                        tmp_path / "docktor.yaml")
-    daemon = Daemon(cfg, log_path=log_path)
+    daemon = Supervisor(cfg, log_path=log_path)
     await daemon.open()
     try:
-        runner = daemon.runners["worker"]
+        runner = daemon.loops["worker"]
         started = time.monotonic()
-        await daemon.tick(runner)  # the burst: the scale-up rule fires, the policy wants 3
+        await runner.tick()  # the burst: the scale-up rule fires, the policy wants 3
         tick_s = time.monotonic() - started
         await until(lambda: not daemon.beside.in_flight("worker"), "Gemma's answer", timeout=TIMEOUT_S + 30)
-        await daemon.tick(runner)  # the answer lands
+        await runner.tick()  # the answer lands
     finally:
         await daemon.close()
     acted, landed = log_records(log_path)

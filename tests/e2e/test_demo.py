@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from docktor.agent.runtime.decision_log import read_records
+from docktor.agent.runtime.log_reader import read_records
 
 
 def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:

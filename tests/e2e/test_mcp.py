@@ -28,7 +28,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
 
 from docktor.agent.runtime.control_socket import ControlClient, ControlError, ControlUnavailable
-from docktor.agent.runtime.decision_log import read_records
+from docktor.agent.runtime.log_reader import read_records
 from tests.runtime.test_loop import make_stream
 from tests.support.peers import NatsServer, start_nats
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from docktor.agent.demo.nats_server import find_nats_server, free_port
-from docktor.agent.runtime.decision_log import read_records
+from docktor.agent.runtime.log_reader import read_records
 from tests.support.peers import REPO
 
 pytestmark = pytest.mark.timeout(240)

@@ -24,7 +24,7 @@ import pytest
 
 from docktor.agent import redact
 from docktor.agent.runtime.decision_log import DecisionRecord
-from docktor.agent.runtime.process import RedactingFilter
+from docktor.agent.runtime.foreground import RedactingFilter
 from tests.support.peers import free_port, launch_nats
 from tests.support.scripted_openai_server import ScriptedOpenAIServer, error
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.runtime.decision_log import log_files, read_records
-from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.log_reader import log_files, read_records
+from docktor.agent.runtime.supervisor import Supervisor
 from tests.runtime.test_loop import make_stream, publish
 from tests.support.peers import NatsServer, SmallDisk
 
@@ -74,9 +74,9 @@ async def test_full_state_dir_mid_run_no_unrecorded_action_then_resume(
     await make_stream(nats_server.url)
     state = disk.path
     cfg = parse_config(config_text(state, nats_server.url, "docktor-diskfull-inproc"), state / "docktor.yaml", {})
-    daemon = Daemon(cfg, log_path=state / "decisions.jsonl", status_path=state / "status.json")
+    daemon = Supervisor(cfg, log_path=state / "decisions.jsonl", status_path=state / "status.json")
     await daemon.open()
-    runner = daemon.runners["worker"]
+    runner = daemon.loops["worker"]
     asked: list[int] = []  # every scale the executor was asked for, seen at the executor itself
     real_scale = runner.executor.scale
 

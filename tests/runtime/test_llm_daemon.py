@@ -26,8 +26,8 @@ import pytest
 from docktor.agent.config.load import parse_config
 from docktor.agent.core.decide import decide
 from docktor.agent.core.state import ServiceState
-from docktor.agent.runtime.decision_log import read_records
-from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.log_reader import read_records
+from docktor.agent.runtime.supervisor import Supervisor
 from tests.support.peers import DMR_PREFIX, NatsServer, start_llama
 from tests.support.scripted_openai_server import HANG, ScriptedOpenAIServer, Slow, answer
 
@@ -114,7 +114,7 @@ def assert_inside_envelope(rec: dict[str, Any]) -> None:
         assert env["hi"] == hi or env["hi_by"] in ("llm_extra", "deterministic_scale_down"), rec
 
 
-def deterministic_target(daemon: Daemon, rec: dict[str, Any], now: float) -> int:
+def deterministic_target(daemon: Supervisor, rec: dict[str, Any], now: float) -> int:
     """What rules + guardrails alone decide for the logged observations (first tick: empty state)."""
     svc = daemon.config.service(rec["service"])
     return decide(svc, rec["observations"], rec["current_replicas"], ServiceState(), now).target
@@ -152,14 +152,14 @@ async def test_real_llama_scale_up_acts_at_once_and_the_answer_lands_as_its_own_
     await publish_backlog(nats_server.url, BACKLOG)
     log_path = tmp_path / "decisions.jsonl"
     cfg = parse_config(config_yaml(tmp_path, llm, service_yaml("worker", nats_server.url, interval=1)), tmp_path / "docktor.yaml")
-    daemon = Daemon(cfg, log_path=log_path)
+    daemon = Supervisor(cfg, log_path=log_path)
     await daemon.open()
     try:
-        runner = daemon.runners["worker"]
-        first = await daemon.tick(runner)
+        runner = daemon.loops["worker"]
+        first = await runner.tick()
         asked_while_acting = daemon.beside.calls.get("worker")
         await until(lambda: not daemon.beside.in_flight("worker"), "the LLM's answer")
-        await daemon.tick(runner)  # the answer lands here
+        await runner.tick()  # the answer lands here
     finally:
         await daemon.close()
 
@@ -219,20 +219,20 @@ async def test_scripted_server_hanging_llm_never_holds_a_tick_and_the_breaker_ho
         # room to grow on every tick (at max_replicas the envelope is one count and nobody asks)
         svc = service_yaml("worker", nats_server.url, interval=10, max_r=10)
         cfg = parse_config(config_yaml(tmp_path, llm, svc), tmp_path / "docktor.yaml")
-        daemon = Daemon(cfg, log_path=log_path, mono=clock)
+        daemon = Supervisor(cfg, log_path=log_path, mono=clock)
         await daemon.open()
         try:
-            runner = daemon.runners["worker"]
-            hung = await daemon.tick(runner)  # does not wait: the call hangs beside the loop
+            runner = daemon.loops["worker"]
+            hung = await runner.tick()  # does not wait: the call hangs beside the loop
             await until(lambda: not daemon.beside.in_flight("worker"), "the advisor's own timeout")
             sent = len(s.requests)
             clock.t += 2  # the timeout lands at the next tick: a fallback
-            await daemon.tick(runner)
+            await runner.tick()
             clock.t += 8  # the rule still fires; the breaker (two intervals) holds the call back
-            await daemon.tick(runner)
+            await runner.tick()
             held_sent = len(s.requests)
             clock.t += 20  # past the back-off: asked again (it hangs again, beside the loop)
-            await daemon.tick(runner)
+            await runner.tick()
             await until(lambda: len(s.requests) == sent + 1, "the probe call sent")
         finally:
             await daemon.close()
@@ -277,14 +277,14 @@ async def test_scripted_20s_llm_burst_scales_up_as_fast_as_without_an_llm(nats_s
     async with ScriptedOpenAIServer([Slow(20.0, answer("scale_up", 4, 0.9, "slow model"))]) as s:
         llm = {"provider": "openai-compatible", "base_url": s.base_url, "model": "scripted-model",
                "timeout": "30s", "max_tool_rounds": 0}
-        with_llm = Daemon(parse_config(config_yaml(tmp_path / "a", llm, service_yaml("slow", nats_server.url, interval=interval)
+        with_llm = Supervisor(parse_config(config_yaml(tmp_path / "a", llm, service_yaml("slow", nats_server.url, interval=interval)
                                                    .replace("stream: JOBS", "stream: SLOW")), tmp_path / "a" / "docktor.yaml"))
-        plain = Daemon(parse_config(config_yaml(tmp_path / "b", {"provider": "none"}, service_yaml("plain", nats_server.url, interval=interval)
+        plain = Supervisor(parse_config(config_yaml(tmp_path / "b", {"provider": "none"}, service_yaml("plain", nats_server.url, interval=interval)
                                                 .replace("stream: JOBS", "stream: PLAIN")), tmp_path / "b" / "docktor.yaml"))
         scaled: dict[str, float] = {}
         in_flight_then: list[bool] = []
 
-        def hook(daemon: Daemon) -> Any:
+        def hook(daemon: Supervisor) -> Any:
             def on_record(rec: Any) -> None:
                 if rec.executed and rec.decision == "scale_up" and rec.current_replicas >= 1 and rec.service not in scaled:
                     scaled[rec.service] = asyncio.get_running_loop().time()
@@ -300,7 +300,7 @@ async def test_scripted_20s_llm_burst_scales_up_as_fast_as_without_an_llm(nats_s
         try:
             # both at min_replicas, nothing asked yet (a one-count envelope is not worth a call)
             await until(lambda: all(r.last_status is not None and r.last_status.desired == 1
-                                    for d in (with_llm, plain) for r in d.runners.values()), "both at 1 replica")
+                                    for d in (with_llm, plain) for r in d.loops.values()), "both at 1 replica")
             assert not s.requests
             import nats
 
@@ -332,12 +332,12 @@ async def test_scripted_slow_answer_lands_at_a_later_tick_inside_that_ticks_enve
                "timeout": "10s", "max_tool_rounds": 0}
         cfg = parse_config(config_yaml(tmp_path, llm, service_yaml("worker", nats_server.url, interval=0.3, max_r=10)),
                            tmp_path / "docktor.yaml")
-        daemon = Daemon(cfg, log_path=log_path)
+        daemon = Supervisor(cfg, log_path=log_path)
         stop = asyncio.Event()
         await daemon.open()
         task = asyncio.create_task(daemon.run(stop))
         try:
-            await until(lambda: any(r.get("source") == "llm" for r in daemon.runners["worker"].recent), "the answer applied")
+            await until(lambda: any(r.get("source") == "llm" for r in daemon.loops["worker"].recent), "the answer applied")
         finally:
             stop.set()
             await task

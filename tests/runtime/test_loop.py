@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.runtime.loop import Daemon, next_tick
+from docktor.agent.runtime.service_loop import ServiceLoop, next_tick
+from docktor.agent.runtime.status import StatusFile
+from docktor.agent.runtime.supervisor import Supervisor
 from tests.support.peers import NatsServer
 
 
@@ -74,7 +76,7 @@ async def make_stream(url: str, name: str = "JOBS") -> None:
     await nc.close()
 
 
-async def run_for(daemon: Daemon, seconds: float) -> None:
+async def run_for(daemon: Supervisor, seconds: float) -> None:
     stop = asyncio.Event()
     await daemon.open()
     task = asyncio.create_task(daemon.run(stop))
@@ -94,11 +96,11 @@ async def test_a_hung_source_never_delays_another_service(tmp_path: Path, nats_s
             + service_yaml("stuck", f"nats://127.0.0.1:{hole.port}", 0.25),
             tmp_path / "docktor.yaml",
         )
-        daemon = Daemon(cfg)
+        daemon = Supervisor(cfg)
         await run_for(daemon, 3.0)
     finally:
         hole.close()
-    healthy, stuck = daemon.runners["healthy"], daemon.runners["stuck"]
+    healthy, stuck = daemon.loops["healthy"], daemon.loops["stuck"]
     # 3 s at 0.25 s: 12 slots. The stuck service's reads take up to its whole interval, yet the
     # healthy one keeps (almost) every slot.
     assert healthy.ticks >= 10
@@ -111,15 +113,15 @@ async def test_missing_data_never_scales_in(tmp_path: Path, nats_server: NatsSer
     await make_stream(nats_server.url)
     cfg = parse_config(f"state_dir: {tmp_path}\nservices:" + service_yaml("w", nats_server.url, 0.3, min_r=3),
                        tmp_path / "docktor.yaml")
-    daemon = Daemon(cfg)
+    daemon = Supervisor(cfg)
     await daemon.open()
-    runner = daemon.runners["w"]
-    first = await daemon.tick(runner)
+    runner = daemon.loops["w"]
+    first = await runner.tick()
     assert (first.decision, first.target_replicas, first.executed) == ("scale_up", 3, True)
     # Now lower the floor so that an empty queue *would* scale in, and take the source away.
     runner.svc = runner.svc.model_copy(update={"min_replicas": 1})
     nats_server.stop()
-    records = [await daemon.tick(runner) for _ in range(3)]
+    records = [await runner.tick() for _ in range(3)]
     await daemon.close()
     for rec in records:
         assert rec.decision == "hold", rec.reason
@@ -133,7 +135,7 @@ async def test_ticks_follow_the_interval_without_drift(tmp_path: Path, nats_serv
     cfg = parse_config(f"state_dir: {tmp_path}\nservices:" + service_yaml("w", nats_server.url, 0.2),
                        tmp_path / "docktor.yaml")
     stamps: list[float] = []
-    daemon = Daemon(cfg)
+    daemon = Supervisor(cfg)
     daemon.on_record.append(lambda rec: stamps.append(asyncio.get_running_loop().time()))
     await run_for(daemon, 2.1)
     # Each tick is scheduled at start + k*interval; a slow tick (the first one starts a replica)
@@ -156,12 +158,12 @@ def test_a_tick_that_overran_is_followed_at_once_then_the_grid() -> None:
     assert next_tick(100.0, 5.0, 0, 105.0) == (1, pytest.approx(0.0))
 
 
-class SlowFirstTick(Daemon):
+class SlowFirstTick(ServiceLoop):
     """A scripted stand-in for a slow scale command: the first tick takes 2.4 s."""
 
     stamps: list[float]
 
-    async def tick(self, runner: Any, *, dry_run: bool = False) -> Any:
+    async def tick(self, *, dry_run: bool = False) -> Any:
         self.stamps.append(asyncio.get_running_loop().time())
         if len(self.stamps) == 1:
             await asyncio.sleep(2.4)
@@ -171,15 +173,23 @@ async def test_the_loop_ticks_at_once_after_an_overrun(tmp_path: Path, nats_serv
     await make_stream(nats_server.url)
     cfg = parse_config(f"state_dir: {tmp_path}\nservices:" + service_yaml("w", nats_server.url, 1.0),
                        tmp_path / "docktor.yaml")
-    daemon = SlowFirstTick(cfg)
-    daemon.stamps = []
-    await run_for(daemon, 4.6)
-    t0, *later = daemon.stamps
+    daemon = Supervisor(cfg)
+    await daemon.open()
+    built = daemon.loops["w"]
+    slow = daemon.loops["w"] = SlowFirstTick(built.svc, built.sources, built.executor, daemon)
+    slow.stamps = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    await asyncio.sleep(4.6)
+    stop.set()
+    await task
+    await daemon.close()
+    t0, *later = slow.stamps
     # The slow tick ended at 2.4 s: one tick then (not at the 3 s slot) ...
-    assert 2.4 <= later[0] - t0 < 2.9, daemon.stamps
+    assert 2.4 <= later[0] - t0 < 2.9, slow.stamps
     # ... and the ticks after it on the 1 s grid: 3 s, 4 s (not 3.4 s, 4.4 s).
-    assert len(later) >= 3, daemon.stamps
-    assert all(abs(s - t0 - due) < 0.2 for s, due in zip(later[1:3], (3.0, 4.0))), daemon.stamps
+    assert len(later) >= 3, slow.stamps
+    assert all(abs(s - t0 - due) < 0.2 for s, due in zip(later[1:3], (3.0, 4.0))), slow.stamps
 
 
 async def publish(url: str, subject: str, n: int) -> None:
@@ -222,7 +232,7 @@ async def test_a_service_with_two_sources_decides_on_both(tmp_path: Path, nats_s
     await publish(nats_server.url, "jobs.a", 30)
     await publish(nats_server.url, "urgent.a", 50)
     text = f"state_dir: {tmp_path / 'state'}\n" + TWO_SOURCES.format(python=sys.executable, url=nats_server.url)
-    daemon = Daemon(parse_config(text, tmp_path / "docktor.yaml", {}))
+    daemon = Supervisor(parse_config(text, tmp_path / "docktor.yaml", {}))
     await daemon.open()
     try:
         (first,) = await daemon.run_once()
@@ -252,15 +262,15 @@ async def test_a_long_source_outage_applies_its_on_missing_fallback(tmp_path: Pa
     text = service_yaml("w", nats_server.url, 0.3).replace(
         "timeout: 1s}", "timeout: 1s, on_missing: {action: current-if-higher, replicas: 3, after: 2}}"
     ).replace("cooldown_down: 0", "cooldown_down: 0\n    cooldown_up: 0")
-    daemon = Daemon(parse_config(f"state_dir: {tmp_path}\nservices:" + text, tmp_path / "docktor.yaml"))
+    daemon = Supervisor(parse_config(f"state_dir: {tmp_path}\nservices:" + text, tmp_path / "docktor.yaml"))
     await daemon.open()
-    runner = daemon.runners["w"]
+    runner = daemon.loops["w"]
     try:
-        assert (await daemon.tick(runner)).target_replicas == 1
+        assert (await runner.tick()).target_replicas == 1
         nats_server.stop()
-        first = await daemon.tick(runner)
+        first = await runner.tick()
         assert first.decision == "hold" and first.fallbacks is None  # one failed read: the HPA rule only
-        second = await daemon.tick(runner)
+        second = await runner.tick()
         assert (second.decision, second.target_replicas, second.executed) == ("scale_up", 3, True)
         assert second.fallbacks == [{"source": "nats", "action": "current-if-higher", "replicas": 3, "failed_reads": 2, "target": 3}]
         assert second.missing == ["queue.backlog"] and second.errors[0].startswith("source:")
@@ -268,32 +278,32 @@ async def test_a_long_source_outage_applies_its_on_missing_fallback(tmp_path: Pa
         await daemon.close()
 
 
-class CountingWrites(Daemon):
-    """The daemon, counting its status-file writes (the file itself is real)."""
+class CountingWrites(StatusFile):
+    """The status file, counting its writes (the file itself is real)."""
 
     writes = 0
 
-    def write_status(self) -> None:
+    def write(self) -> None:
         self.writes += 1
-        super().write_status()
+        super().write()
 
 
 async def test_a_burst_of_decisions_shares_status_file_writes(tmp_path: Path, nats_server: NatsServer) -> None:
     """Eight services deciding at once: the status file shows every last decision, written a
     couple of times rather than once per decision (each write serializes every service)."""
-    from docktor.agent.runtime.loop import STATUS_EVERY_S
+    from docktor.agent.runtime.status import STATUS_EVERY_S
 
     names = [f"s{i}" for i in range(8)]
     for name in names:
         await make_stream(nats_server.url, name.upper())
     text = "".join(service_yaml(n, nats_server.url, 1.0, stream=n.upper()) for n in names)
     status = tmp_path / "status.json"
-    daemon = CountingWrites(parse_config(f"state_dir: {tmp_path}\nservices:" + text, tmp_path / "docktor.yaml"),
-                            status_path=status)
+    daemon = Supervisor(parse_config(f"state_dir: {tmp_path}\nservices:" + text, tmp_path / "docktor.yaml"))
+    counted = daemon.status_file = CountingWrites(status, daemon.status)
     await daemon.open()
     try:
         for _ in range(2):
-            before, began = daemon.writes, time.monotonic()
+            before, began = counted.writes, time.monotonic()
             records = await daemon.run_once()
             took = time.monotonic() - began
             await asyncio.sleep(STATUS_EVERY_S + 0.2)  # the write that carries the last of them
@@ -301,7 +311,7 @@ async def test_a_burst_of_decisions_shares_status_file_writes(tmp_path: Path, na
             assert {n: shown[n]["last_decision"]["ts"] for n in names} == {r.service: r.ts for r in records}
             # 8 decisions: one write at once, then one per STATUS_EVERY_S while they come in (a
             # loaded machine spreads them out; each starts a replica)
-            assert 1 <= daemon.writes - before <= 2 + took / STATUS_EVERY_S, (daemon.writes - before, took)
+            assert 1 <= counted.writes - before <= 2 + took / STATUS_EVERY_S, (counted.writes - before, took)
 
         # stopping writes the decisions still waiting for their write (none waits a loop's turn)
         records = await daemon.run_once()
@@ -321,20 +331,20 @@ async def test_a_reload_that_changes_only_what_advice_may_do_restarts_nothing(tm
         text = f"state_dir: {tmp_path}\nllm: {json.dumps(block)}\nservices:" + service_yaml("w", nats_server.url, 1.0)
         return parse_config(text, tmp_path / "docktor.yaml")
 
-    daemon = Daemon(config())
+    daemon = Supervisor(config())
     await daemon.open()
     try:
-        advisor, runner = daemon.advisor, daemon.runners["w"]
+        advisor, runner = daemon.advisor, daemon.loops["w"]
         assert advisor is not None and advisor.allowance.replicas == 2
         report = await daemon.reload(config(max_extra_replicas=5, heartbeat=60))
         assert report["changed"] == {} and report["unchanged"] == ["w"]
         assert report["llm_retuned"] == ["heartbeat", "max_extra_replicas"]
-        assert daemon.advisor is advisor and daemon.runners["w"] is runner
+        assert daemon.advisor is advisor and daemon.loops["w"] is runner
         assert (advisor.allowance.replicas, advisor.config.heartbeat) == (5, 60.0)
 
         report = await daemon.reload(config(max_extra_replicas=5, heartbeat=60, model="another"))
         assert report["changed"] == {"w": "llm"} and report["llm_retuned"] == []
-        assert daemon.advisor is not advisor and daemon.runners["w"] is not runner
+        assert daemon.advisor is not advisor and daemon.loops["w"] is not runner
         assert daemon.advisor.allowance.replicas == 5
     finally:
         await daemon.close()

@@ -23,10 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from docktor.agent.config.load import parse_config
 from docktor.agent.problems import UsageError
 from docktor.agent.runtime import exporter as metrics_module
-from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, read_records
-from docktor.agent.runtime.exporter import DaemonMetrics, MetricsServer, llm_outcome, serve
-from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime import metrics_http
+from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord
+from docktor.agent.runtime.exporter import DaemonMetrics, llm_outcome, serve
+from docktor.agent.runtime.log_reader import read_records
+from docktor.agent.runtime.metrics_http import MetricsServer
 from docktor.agent.runtime.recorder import Recorder
+from docktor.agent.runtime.supervisor import Supervisor
 from tests.runtime.test_loop import make_stream, publish
 from tests.support.peers import NatsServer, SmallDisk, free_port
 
@@ -334,10 +337,10 @@ def test_clients_that_never_send_are_bounded_and_dropped(monkeypatch: pytest.Mon
     """A scripted stand-in for a hostile client: connections that send nothing. At most
     MAX_CONCURRENT_SCRAPES are served at once (more are closed at once), each is dropped after
     the timeout, and the endpoint serves again."""
-    monkeypatch.setattr(metrics_module, "SCRAPE_TIMEOUT_S", 5.0)  # long enough that none is dropped before the extra one is turned away
+    monkeypatch.setattr(metrics_http, "SCRAPE_TIMEOUT_S", 5.0)  # long enough that none is dropped before the extra one is turned away
     m = DaemonMetrics(parse_config(SERVICE))
     server = MetricsServer("127.0.0.1", 0, m.registry).start()
-    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(metrics_module.MAX_CONCURRENT_SCRAPES)]
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(metrics_http.MAX_CONCURRENT_SCRAPES)]
     try:
         extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
@@ -403,14 +406,14 @@ async def test_a_running_daemon_counts_each_decision_once(tmp_path: Path, nats_s
     await make_stream(nats_server.url)
     port = free_port()
     cfg = parse_config(daemon_config(tmp_path, nats_server.url, port, f"docktor-metrics-{id(tmp_path)}"), tmp_path / "d.yaml", {})
-    daemon = Daemon(cfg, log_path=tmp_path / "state" / "decisions.jsonl")
+    daemon = Supervisor(cfg, log_path=tmp_path / "state" / "decisions.jsonl")
     exporter = serve(cfg, daemon)
     stop = asyncio.Event()
     try:
         await daemon.open()
         task = asyncio.create_task(daemon.run(stop))
         await publish(nats_server.url, "jobs.a", 250)  # 250 waiting: one step per tick up to 5
-        runner = daemon.runners["worker"]
+        runner = daemon.loops["worker"]
         await until(lambda: runner.last_status is not None and runner.last_status.desired == 5, "5 replicas")
         live = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")  # served while it ticks
         assert "docktor_decisions_total" in live
@@ -446,7 +449,7 @@ async def test_a_full_disk_shows_in_metrics_and_clears(tmp_path: Path, nats_serv
     port = free_port()
     cfg = parse_config(daemon_config(tmp_path, nats_server.url, port, f"docktor-metrics-disk-{id(tmp_path)}", disk.path),
                        tmp_path / "d.yaml", {})
-    daemon = Daemon(cfg, log_path=disk.path / "decisions.jsonl")
+    daemon = Supervisor(cfg, log_path=disk.path / "decisions.jsonl")
     exporter = serve(cfg, daemon)
     url = f"http://127.0.0.1:{port}/metrics"
 
@@ -457,13 +460,13 @@ async def test_a_full_disk_shows_in_metrics_and_clears(tmp_path: Path, nats_serv
     try:
         await daemon.open()
         task = asyncio.create_task(daemon.run(stop))
-        await until(lambda: daemon.runners["worker"].ticks >= 2, "two ticks")
+        await until(lambda: daemon.loops["worker"].ticks >= 2, "two ticks")
         assert await sample("docktor_decision_log_writable") == 1
         disk.fill()
         await publish(nats_server.url, "jobs.a", 200)  # the rules want more replicas: refused on the full disk
         await until(lambda: daemon.recorder.refused >= 2, "scale-ups refused on the full disk")
-        t = daemon.runners["worker"].ticks
-        await until(lambda: daemon.runners["worker"].ticks > t, "one more tick (its record fed the metrics)")
+        t = daemon.loops["worker"].ticks
+        await until(lambda: daemon.loops["worker"].ticks > t, "one more tick (its record fed the metrics)")
         samples, _ = parse(await asyncio.to_thread(scrape, url))
         assert value(samples, "docktor_decision_log_writable") == 0
         refused = value(samples, "docktor_decision_log_refused_actions_total")
@@ -471,8 +474,8 @@ async def test_a_full_disk_shows_in_metrics_and_clears(tmp_path: Path, nats_serv
         assert (value(samples, "docktor_decision_log_unrecorded_decisions") or 0) >= 2
         disk.free()
         await until(lambda: daemon.recorder.writable, "the log writable again")
-        t = daemon.runners["worker"].ticks
-        await until(lambda: daemon.runners["worker"].ticks > t, "a tick after it")
+        t = daemon.loops["worker"].ticks
+        await until(lambda: daemon.loops["worker"].ticks > t, "a tick after it")
         assert await sample("docktor_decision_log_writable") == 1
         stop.set()
         await task
@@ -503,19 +506,21 @@ def test_daemon_refuses_to_start_when_its_metrics_port_is_taken(tmp_path: Path) 
 
 
 def test_series_follow_a_reloaded_config() -> None:
-    """A reload (Daemon.config replaced): a removed service's series go, a new one's come, a
-    changed one's start afresh, an unchanged one keeps its counts."""
+    """A reload (the supervisor's on_reload hook, with the reconcile's own plan): a removed
+    service's series go, a new one's come, a changed one's start afresh, an unchanged one keeps
+    its counts."""
+    from docktor.agent.runtime.reconcile import plan_reload
+
     two = SERVICE + SERVICE.replace("name: w", "name: keep").split("services:", 1)[1]
     before = parse_config(two)
-    current = [before]
-    m = DaemonMetrics(before, current_config=lambda: current[0])
+    m = DaemonMetrics(before)
     m.record(record(service="w"))
     m.record(record(service="keep"))
     after = parse_config(
         SERVICE.replace("name: w", "name: keep")
         + SERVICE.replace("name: w", "name: added").split("services:", 1)[1]
     )
-    current[0] = after
+    m.reload(after, plan_reload(before, after).restarted)
     m.record(record(service="added"))
     samples, _ = exported(m)
     services = {dict(labels).get("service") for (name, labels) in samples if name.startswith("docktor_")} - {None}
@@ -526,7 +531,7 @@ def test_series_follow_a_reloaded_config() -> None:
     # changed: max_replicas 10 -> 20, its counters start afresh
     changed = parse_config(SERVICE.replace("name: w", "name: keep").replace("policy: rules", "policy: rules\n    max_replicas: 20")
                            + SERVICE.replace("name: w", "name: added").split("services:", 1)[1])
-    current[0] = changed
+    m.reload(changed, plan_reload(after, changed).restarted)
     m.record(record(service="added"))
     samples, _ = exported(m)
     assert value(samples, "docktor_replicas_max", service="keep") == 20

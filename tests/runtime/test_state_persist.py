@@ -17,9 +17,11 @@ from docktor.agent.config.load import parse_config
 from docktor.agent.config.model import DocktorConfig, LLMConfig, ServiceConfig
 from docktor.agent.core.guardrails import Gate, envelope
 from docktor.agent.core.state import ServiceState
-from docktor.agent.runtime import loop
-from docktor.agent.runtime.loop import Daemon
-from docktor.agent.runtime.persist import Breaker, Identity, Snapshot, StateStore, capture, fold, read_log_tail, restore
+from docktor.agent.runtime import service_loop
+from docktor.agent.runtime.identity import Identity
+from docktor.agent.runtime.persist import Breaker, SavedState, StateStore, capture, restore
+from docktor.agent.runtime.restore import fold, read_log_tail
+from docktor.agent.runtime.supervisor import Supervisor
 from docktor.agent.timestamps import rfc3339
 from tests.runtime.test_loop import make_stream, publish
 from tests.support.peers import NatsServer, SmallDisk
@@ -62,7 +64,7 @@ OPEN = Gate(up=True, down=True)
 
 
 def saved(svc: ServiceConfig, state: ServiceState, *, wall: float, mono: float, **extra: Any) -> dict[str, Any]:
-    doc = capture(Snapshot(ident(svc), state, **extra), service=svc.name, window=svc.scale_down_stabilization, wall=wall, mono=mono)
+    doc = capture(SavedState(ident(svc), state, **extra), service=svc.name, window=svc.scale_down_stabilization, wall=wall, mono=mono)
     return json.loads(json.dumps(doc))  # as the file holds it
 
 
@@ -76,15 +78,15 @@ def test_cooldown_counts_the_time_spent_down(tmp_path: Path) -> None:
 
     # the new process: another monotonic clock; 50 s of wall time went by while nothing ran
     back = restore(doc, ident(svc), svc, wall=10_050.0, mono=7.0)
-    env = envelope(svc, back.snapshot.state, 3, OPEN, 7.0)
+    env = envelope(svc, back.saved.state, 3, OPEN, 7.0)
     assert (env.hi, env.hi_by) == (3, "cooldown_up")  # 60 s after the scale-up: 60 s of cooldown left
-    assert back.snapshot.state.last_up_at == pytest.approx(7.0 - 60.0)
-    later = envelope(svc, back.snapshot.state, 3, OPEN, 7.0 + 60.5)
+    assert back.saved.state.last_up_at == pytest.approx(7.0 - 60.0)
+    later = envelope(svc, back.saved.state, 3, OPEN, 7.0 + 60.5)
     assert later.hi_by == "step_limit"  # and not a second longer than that
 
     # down for longer than the cooldown: nothing holds it back any more
     long_after = restore(doc, ident(svc), svc, wall=10_200.0, mono=7.0)
-    assert envelope(svc, long_after.snapshot.state, 3, OPEN, 7.0).hi_by == "step_limit"
+    assert envelope(svc, long_after.saved.state, 3, OPEN, 7.0).hi_by == "step_limit"
 
 
 def test_stabilization_window_survives_a_restart(tmp_path: Path) -> None:
@@ -94,10 +96,10 @@ def test_stabilization_window_survives_a_restart(tmp_path: Path) -> None:
         state.recommendations.append((t, n))
     doc = saved(svc, state, wall=5_000.0, mono=30.0)
     back = restore(doc, ident(svc), svc, wall=5_015.0, mono=1.0)  # 15 s down: the 6s are 45 and 35 s old
-    env = envelope(svc, back.snapshot.state, 6, OPEN, 1.0, proposal=2)
+    env = envelope(svc, back.saved.state, 6, OPEN, 1.0, proposal=2)
     assert (env.lo, env.lo_by) == (6, "stabilization")
     # 61 s after the last 6 was recommended (35 s before the restart), the window lets go
-    env = envelope(svc, back.snapshot.state, 6, OPEN, 1.0 + 26.0, proposal=2)
+    env = envelope(svc, back.saved.state, 6, OPEN, 1.0 + 26.0, proposal=2)
     assert (env.lo, env.lo_by) == (5, "step_limit")  # down one step; the window's 3s no longer hold it at 6
 
 
@@ -106,10 +108,10 @@ def test_backoff_and_breaker_deadlines_survive(tmp_path: Path) -> None:
     state = ServiceState(failures=2, backoff_until=160.0)
     doc = saved(svc, state, wall=1_000.0, mono=100.0, breaker=Breaker(3, 140.0, "HTTP 500"))
     back = restore(doc, ident(svc), svc, wall=1_020.0, mono=0.0)
-    s = back.snapshot.state
+    s = back.saved.state
     assert s.failures == 2 and s.backoff_until == pytest.approx(40.0)  # 60 s left when saved, 20 s spent down
     assert envelope(svc, s, 3, OPEN, 0.0).hi_by == "backoff"
-    assert back.snapshot.breaker == Breaker(3, pytest.approx(20.0), "HTTP 500")
+    assert back.saved.breaker == Breaker(3, pytest.approx(20.0), "HTTP 500")
 
 
 @pytest.mark.parametrize(
@@ -140,9 +142,9 @@ def test_each_piece_is_kept_while_what_gives_it_meaning_is(
     if not discarded:
         assert back.discarded == []
     # the source's baseline is handed back unless that source changed
-    assert ("nats" in back.snapshot.sources) is not any("source nats" in d for d in back.discarded)
+    assert ("nats" in back.saved.sources) is not any("source nats" in d for d in back.discarded)
     if "cooldown clocks" in text:
-        assert back.snapshot.state.last_up_at is None and not back.same_executor
+        assert back.saved.state.last_up_at is None and not back.same_executor
 
 
 def test_a_stale_baseline_is_dropped_and_a_pause_is_kept(tmp_path: Path) -> None:
@@ -152,21 +154,21 @@ def test_a_stale_baseline_is_dropped_and_a_pause_is_kept(tmp_path: Path) -> None
     doc = saved(svc, ServiceState(), wall=1_000.0, mono=0.0, sources={"nats": {"v": 1}}, pause=Pause(990.0, 1_000.0 + 1800, "incident"))
     back = restore(doc, ident(svc), svc, wall=1_000.0 + 600, mono=0.0)  # 10 minutes down
     assert "rate baseline of source nats: 600 s old (kept up to 60 s)" in back.discarded
-    assert back.snapshot.sources == {}
-    assert back.snapshot.pause is not None and back.snapshot.pause.reason == "incident"
+    assert back.saved.sources == {}
+    assert back.saved.pause is not None and back.saved.pause.reason == "incident"
     gone = restore(doc, ident(svc), svc, wall=1_000.0 + 1801, mono=0.0)  # the pause ended while down
-    assert gone.snapshot.pause is None
+    assert gone.saved.pause is None
 
 
 def test_an_llm_change_discards_the_breaker(tmp_path: Path) -> None:
     svc = svc_of(config(tmp_path))
     llm = LLMConfig(provider="ollama", model="a")
-    doc = json.loads(json.dumps(capture(Snapshot(ident(svc, llm), ServiceState(), breaker=Breaker(2, 50.0, "x")),
+    doc = json.loads(json.dumps(capture(SavedState(ident(svc, llm), ServiceState(), breaker=Breaker(2, 50.0, "x")),
                                         service="worker", window=60, wall=100.0, mono=10.0)))
     same = restore(doc, ident(svc, llm), svc, wall=101.0, mono=0.0)
-    assert same.snapshot.breaker is not None and same.snapshot.breaker.failures == 2
+    assert same.saved.breaker is not None and same.saved.breaker.failures == 2
     other = restore(doc, ident(svc, LLMConfig(provider="ollama", model="b")), svc, wall=101.0, mono=0.0)
-    assert other.snapshot.breaker is None and "LLM circuit breaker: the llm endpoint or model changed" in other.discarded
+    assert other.saved.breaker is None and "LLM circuit breaker: the llm endpoint or model changed" in other.discarded
 
 
 # --------------------------------------------------------------------------- the write-ahead log read back
@@ -214,7 +216,7 @@ async def test_a_full_disk_never_stops_a_tick_and_a_garbage_file_starts_afresh(
     disk: SmallDisk, nats_server: NatsServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # every tick writes the file here (not only every STATE_EVERY_S): the full disk is met at once
-    monkeypatch.setattr(loop, "STATE_EVERY_S", 0.0)
+    monkeypatch.setattr(service_loop, "STATE_EVERY_S", 0.0)
     await make_stream(nats_server.url)
     await publish(nats_server.url, "jobs.x", 700)
     state_dir = disk.path
@@ -225,32 +227,32 @@ async def test_a_full_disk_never_stops_a_tick_and_a_garbage_file_starts_afresh(
     text = SERVICE.format(python=sys.executable, min=0, max=4, policy="rules", cooldown_up="120s", url=nats_server.url)
     cfg = parse_config(f"state_dir: {state_dir}\n" + text, state_dir / "docktor.yaml", {})
     caplog.set_level(logging.INFO, logger="docktor")
-    daemon = Daemon(cfg, state="write")
+    daemon = Supervisor(cfg, state="write")
     await daemon.open()
     try:
         assert "state file" in caplog.text and "unusable" in caplog.text
-        runner = daemon.runners["worker"]
-        first = await daemon.tick(runner)
+        runner = daemon.loops["worker"]
+        first = await runner.tick()
         assert first.decision == "scale_up" and first.executed
         assert json.loads((state_dir / "state" / "worker.json").read_text())["last_up_at"] is not None
 
         disk.fill()
         caplog.clear()
-        second = await daemon.tick(runner)  # the log cannot take it either: decided in memory, not acted
+        second = await runner.tick()  # the log cannot take it either: decided in memory, not acted
         assert second.target_replicas == first.target_replicas
         assert runner.save_error is not None and "state file" in caplog.text and "not writable" in caplog.text
         assert daemon.status()["services"]["worker"]["state_file_error"] == runner.save_error
         disk.free()
-        await daemon.tick(runner)
+        await runner.tick()
         assert runner.save_error is None and "state file writable again" in caplog.text
     finally:
         await daemon.close()
 
     # and a new daemon finds the clock the first one saved
-    again = Daemon(cfg, state="write")
+    again = Supervisor(cfg, state="write")
     await again.open()
     try:
-        rec = await again.tick(again.runners["worker"])
+        rec = await again.loops["worker"].tick()
         assert rec.decision == "hold" and rec.envelope is not None and rec.envelope["hi_by"] == "cooldown_up"
     finally:
         await again.close()
@@ -273,28 +275,28 @@ async def test_the_llm_circuit_breaker_survives_a_restart(tmp_path: Path, nats_s
                                 "timeout": "5s", "heartbeat": "600s"})
         cfg = parse_config(f"state_dir: {tmp_path}\nllm: {llm_block}\n" + text.replace("check_interval: 1s", "check_interval: 30s"),
                            tmp_path / "docktor.yaml", {})
-        first = Daemon(cfg, state="write")
+        first = Supervisor(cfg, state="write")
         await first.open()
         try:
-            runner = first.runners["worker"]
-            await first.tick(runner)  # asks beside the loop
+            runner = first.loops["worker"]
+            await runner.tick()  # asks beside the loop
             deadline = asyncio.get_running_loop().time() + 60
             while first.beside.in_flight("worker"):
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.02)
-            landed = await first.tick(runner)
+            landed = await runner.tick()
             assert landed.source == "fallback" and landed.llm is not None and landed.llm["breaker"]["failures"] == 1
         finally:
             await first.close()
         sent = len(llm.requests)
         assert sent >= 1
 
-        second = Daemon(cfg, state="write")
+        second = Supervisor(cfg, state="write")
         await second.open()
         try:
             failures, open_until, last_error = second.advisor.breaker_state("worker")
             assert failures == 1 and open_until is not None and last_error.startswith("HTTP 500")
-            rec = await second.tick(second.runners["worker"])
+            rec = await second.loops["worker"].tick()
             assert rec.llm is not None and rec.llm["asked"] is False
             assert rec.llm["why"].startswith("circuit breaker open after 1 failed call (last: HTTP 500")
             await asyncio.sleep(0.2)
@@ -332,7 +334,7 @@ async def test_the_file_is_written_when_a_clock_moves_and_every_few_seconds_othe
                        .replace("timeout: 1s", "timeout: 10s"),  # a slow read on a loaded machine is not a failed one
                        tmp_path / "docktor.yaml", {})
     clock = Clock()
-    daemon = Daemon(cfg, state="write", wall=clock.wall, mono=clock.mono)
+    daemon = Supervisor(cfg, state="write", wall=clock.wall, mono=clock.mono)
     file = tmp_path / "state" / "worker.json"
 
     def saved_at() -> float:
@@ -340,19 +342,19 @@ async def test_the_file_is_written_when_a_clock_moves_and_every_few_seconds_othe
 
     await daemon.open()
     try:
-        runner = daemon.runners["worker"]
-        first = await daemon.tick(runner)
+        runner = daemon.loops["worker"]
+        first = await runner.tick()
         assert first.decision == "scale_up" and first.executed
         assert saved_at() == clock.wall()  # the scale-up's clock, at once
         written = [saved_at()]
         for _ in range(12):  # held by cooldown_up: nothing a restart needs exactly changes
             clock.t += 1.0
-            rec = await daemon.tick(runner)
+            rec = await runner.tick()
             assert rec.decision == "hold"
             if saved_at() != written[-1]:
                 written.append(saved_at())
         # 12 ticks, one a second: written 5 and 10 s after the scale-up, not at every tick
-        assert [w - written[0] for w in written] == [0.0, loop.STATE_EVERY_S, 2 * loop.STATE_EVERY_S]
+        assert [w - written[0] for w in written] == [0.0, service_loop.STATE_EVERY_S, 2 * service_loop.STATE_EVERY_S]
         assert saved_at() != clock.wall()
     finally:
         await daemon.close()
@@ -377,14 +379,14 @@ def test_a_restart_takes_the_window_newer_than_the_file_from_the_decision_log(tm
     lines.append({"ts": rfc3339(wall0 + 14.5), "service": "other", "decision": "hold", "recommendation": 9})
     (tmp_path / "decisions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
-    async def restart() -> Daemon:
-        daemon = Daemon(cfg, state="write", wall=lambda: wall0 + 20.0, mono=lambda: 500.0)  # back 5 s after the last
+    async def restart() -> Supervisor:
+        daemon = Supervisor(cfg, state="write", wall=lambda: wall0 + 20.0, mono=lambda: 500.0)  # back 5 s after the last
         await daemon.open()
         await daemon.close()  # it never ticked: the file stays as the dead daemon left it
         return daemon
 
     daemon = asyncio.run(restart())
-    runner = daemon.runners["worker"]
+    runner = daemon.loops["worker"]
     assert [n for _, n in runner.state.recommendations] == [3, 3, 7, 8, 8, 6]
     assert runner.state.recommendations[-1][0] == pytest.approx(495.0)  # 5 s before the restart, in its clock
     assert runner.restored is not None
@@ -398,4 +400,4 @@ def test_a_restart_takes_the_window_newer_than_the_file_from_the_decision_log(tm
                                                                    cooldown_up="120s", url="nats://127.0.0.1:1"),
                        tmp_path / "docktor.yaml", {})
     daemon = asyncio.run(restart())
-    assert not daemon.runners["worker"].state.recommendations
+    assert not daemon.loops["worker"].state.recommendations

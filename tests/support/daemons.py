@@ -54,7 +54,7 @@ def raw_lines(path: Path) -> list[dict[str, Any]]:
 
 def records(path: Path, service: str | None = None) -> list[dict[str, Any]]:
     """One record per decision (intent merged with its outcome), as ``daemon logs`` reads them."""
-    from docktor.agent.runtime.decision_log import read_records
+    from docktor.agent.runtime.log_reader import read_records
 
     return list(read_records(path, service=service))
 

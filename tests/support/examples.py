@@ -23,7 +23,7 @@ from typing import Any
 import nats
 import yaml
 
-from docktor.agent.runtime.decision_log import read_records
+from docktor.agent.runtime.log_reader import read_records
 
 DOCKTOR = Path(sys.executable).with_name("docktor")
 

@@ -14,17 +14,8 @@ from typing import Any
 
 import pytest
 
-from docktor.agent.runtime.decision_log import (
-    DecisionLog,
-    DecisionRecord,
-    LogWriteError,
-    Outcome,
-    OutcomeRecord,
-    follow,
-    log_files,
-    read_records,
-    rfc3339,
-)
+from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, LogWriteError, Outcome, OutcomeRecord, rfc3339
+from docktor.agent.runtime.log_reader import follow, log_files, read_records
 from tests.support.peers import SmallDisk
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from docktor.agent.config.load import parse_config
 from docktor.agent.problems import UsageError
-from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.supervisor import Supervisor
 from tests.support.peers import compose, down, need_docker, unique_project
 
 SINGLE = """\
@@ -139,7 +139,7 @@ async def test_single_service_config_decides_on_cpu_percent_from_the_compose_exe
     text += f"state_dir: {tmp_path / 'state'}\n"
     config = parse_config(text, tmp_path / "docktor.yaml", {"COMPOSE_PROJECT_NAME": project})
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", project)  # the executor derives the project as Compose would
-    daemon = Daemon(config)
+    daemon = Supervisor(config)
     try:
         compose(project, compose_file, "up", "-d")
         await daemon.open()

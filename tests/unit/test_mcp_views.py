@@ -22,11 +22,11 @@ from docktor.agent.mcp.views import (
     downsample,
     fit,
     one_line_reason,
-    scan_log,
 )
 from docktor.agent.problems import UsageError
 from docktor.agent.redact import forget_all, register
-from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord, read_records, rfc3339
+from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord, rfc3339
+from docktor.agent.runtime.log_reader import read_records, scan_log
 
 T0 = 1_700_000_000.0
 

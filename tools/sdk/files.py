@@ -29,9 +29,10 @@ _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _OPEN_TO_OTHERS = stat.S_IRWXG | stat.S_IRWXO
 
 
-class UnsafePath(Exception):
+class UnsafePath(PermissionError):
     """A folder or file that another user could have written or redirected; the message is one
-    line naming it, what is wrong, and how to fix it."""
+    line naming it, what is wrong, and how to fix it. A ``PermissionError``: code that meets an
+    unwritable file carries on the same way (logs it), and the daemon's start refuses it."""
 
 
 def _owner(uid: int) -> str:

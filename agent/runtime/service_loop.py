@@ -1,0 +1,368 @@
+"""One service's loop: every ``check_interval``, observe -> decide -> guard -> act -> record.
+
+A :class:`ServiceLoop` owns what one service needs between ticks (its source and executor
+plugins, its decision state, its pause, its state file's bookkeeping) and the asyncio task that
+ticks it on its own drift-free schedule, like Nomad Autoscaler's ``policy.Handler`` runs one
+policy. The :class:`~docktor.agent.runtime.supervisor.Supervisor` starts, stops and reconciles
+the loops; a loop never looks at another. A tick gathers the sources and the executor
+concurrently, each under its own deadline, so a slow source delays nothing but its own reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from docktor.agent.config.model import ServiceConfig, SourceSpec
+from docktor.agent.core.decide import Decision, remember, step
+from docktor.agent.core.state import ServiceState
+from docktor.agent.redact import redact, redact_obj
+from docktor.agent.runtime.decision_log import DecisionRecord, Outcome, OutcomeRecord
+from docktor.agent.runtime.identity import Identity
+from docktor.agent.runtime.persist import Breaker, Pause, Restored, SavedState, capture
+from docktor.agent.timestamps import rfc3339
+from docktor.tools.sdk import Executor, MetricInfo, ReplicaStatus, ScaleOutcome, Source, admit, one_line
+
+if TYPE_CHECKING:
+    from docktor.agent.runtime.rundir import TargetLock
+    from docktor.agent.runtime.supervisor import Supervisor
+
+log = logging.getLogger("docktor")
+
+#: a service's state file is rewritten at once when a cooldown clock, the back-off, failed reads,
+#: the breaker or a pause changed, and otherwise at most this often: what changes every tick
+#: (the stabilization window, the rate baselines) a restart rebuilds (persist.py says how)
+STATE_EVERY_S = 5.0
+#: decisions kept in memory per service, for the LLM's tools
+RECENT_DECISIONS = 50
+
+
+def next_tick(start: float, interval: float, k: int, now: float) -> tuple[int, float]:
+    """After tick ``k`` (due at ``start + k*interval``) ended at ``now``: the next tick's index
+    and how long to wait for it.
+
+    Drift-free: tick ``k`` is due at ``start + k*interval``, so a slow tick never shifts the
+    later ones. A tick that overran its successor's slot (a slow scale command) is followed at
+    once by one more, as Go's ``time.Ticker`` delivers the one tick it kept: what changed while
+    the tick was busy is seen now, not up to an interval later. The other missed slots are
+    dropped, never run back to back to catch up.
+    """
+    due = start + (k + 1) * interval
+    if now < due:
+        return k + 1, due - now
+    # The slot that just passed is run now; the next one after it stays on the grid.
+    return math.floor((now - start) / interval), 0.0
+
+
+def decision_id() -> str:
+    """Unique across services and restarts: an intent and its outcome line share it."""
+    return uuid.uuid4().hex[:16]
+
+
+Observation = tuple[dict[str, float], ReplicaStatus | None, list[str]]
+
+
+class ServiceLoop:
+    """One service: its plugins, what its decisions remember, and the task that ticks it."""
+
+    def __init__(self, svc: ServiceConfig, sources: list[tuple[SourceSpec, Source[Any]]], executor: Executor[Any],
+                 daemon: Supervisor) -> None:
+        self.svc = svc
+        self.sources = sources
+        self.executor = executor
+        self.daemon = daemon
+        #: what each source's metrics, and the executor's, mean (their domain is checked on every reading)
+        self.metric_infos: dict[str, Mapping[str, MetricInfo]] = {
+            spec.name: _metrics_for(type(source), spec.settings, f"source {spec.name}") for spec, source in sources
+        }
+        self.executor_infos = _metrics_for(type(executor), executor.settings, "executor")
+        self.state = ServiceState()
+        self.last_status: ReplicaStatus | None = None
+        self.last_observations: dict[str, float] = {}
+        self.last_record: DecisionRecord | None = None
+        self.recent: list[dict[str, Any]] = []  # newest last, for the LLM's tools
+        self.ticks = 0
+        #: ``docktor pause``: decisions go on and are logged, nothing is executed
+        self.pause: Pause | None = None
+        #: what the state file's pieces were kept or discarded for (set at start and at a reload)
+        self.identity: Identity | None = None
+        self.restored: Restored | None = None
+        #: one tick (or manual scale) at a time; state-file writes one at a time
+        self.lock = asyncio.Lock()
+        self._save_lock = asyncio.Lock()
+        self.save_error: str | None = None
+        #: what the state file last written holds that a restart needs exactly, and when
+        self._saved_durable: tuple[Any, ...] | None = None
+        self._saved_mono = -math.inf
+        self._stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        #: rundir.TargetLock while this process acts on the executor's target
+        self.target_lock: TargetLock | None = None
+
+    @property
+    def name(self) -> str:
+        return self.svc.name
+
+    def target(self) -> str | None:
+        """What the executor scales, named the same from every config (None: no check)."""
+        try:
+            return self.executor.target()
+        except Exception as e:  # a plugin's bug must not stop the daemon; no target: no check
+            log.warning("%s: executor target unknown: %s", self.name, one_line(e))
+            return None
+
+    # ------------------------------------------------------------------ the schedule
+
+    def start(self) -> None:
+        """Tick from now on, every ``check_interval``, until :meth:`halt`."""
+        self._stop = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=self.name)
+
+    async def halt(self) -> None:
+        """Stop ticking once the tick in progress is done."""
+        self._stop.set()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+        self.task = None
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        interval, mono = self.svc.check_interval, self.daemon.mono
+        start, k = mono(), 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except Exception as e:  # a bug in one tick must not end the service's loop
+                log.exception("tick of %s failed: %s", self.name, e)
+            for hook in self.daemon.on_tick:
+                hook(self.name, time.monotonic() - started)
+            k, delay = next_tick(start, interval, k, mono())
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, delay))
+            except TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ observe
+
+    async def observe(self) -> Observation:
+        """Every source and the executor concurrently, each bounded by the check interval.
+
+        A reading's values outside their metric's domain (a negative count, NaN) are missing,
+        with the reason among the errors: they never drive a decision (:func:`admit`)."""
+        bound = max(1.0, self.svc.check_interval)
+        readings = await asyncio.gather(
+            asyncio.wait_for(self.executor.status(), bound),
+            *(asyncio.wait_for(source.read(), bound) for _, source in self.sources),
+            return_exceptions=True,
+        )
+        status, metrics = readings[0], readings[1:]
+        errors: list[str] = []
+        observations: dict[str, float] = {}
+        ok, failed = [], []
+        for (spec, _), reading in zip(self.sources, metrics, strict=True):
+            who = "source" if len(self.sources) == 1 else f"source {spec.name}"
+            if isinstance(reading, BaseException):
+                errors.append(redact(f"{who}: {one_line(reading)}"))
+                failed.append(spec.name)
+                continue
+            if not isinstance(reading, Mapping):
+                errors.append(f"{who}: read() returned {type(reading).__name__}, not a mapping of metrics")
+                failed.append(spec.name)
+                continue
+            kept, refused = admit(reading, self.metric_infos[spec.name])
+            for metric, why in refused.items():
+                errors.append(redact(f"{who}: {metric}: {why}: treated as missing"))
+            observations.update((spec.metric_name(k), v) for k, v in kept.items())
+            ok.append(spec.name)
+        self.state.note_reads(ok, failed)  # for on_missing: failed reads in a row, per source
+        if isinstance(status, BaseException):
+            errors.append(redact(f"executor: {one_line(status)}"))
+            return observations, None, errors
+        assert isinstance(status, ReplicaStatus)
+        executor_metrics, refused = admit(status.metrics, self.executor_infos)
+        for metric, why in refused.items():
+            errors.append(f"executor: {metric}: {why}: treated as missing")
+        observations.update(executor_metrics)
+        observations["replicas.running"] = float(status.running)
+        observations["replicas.desired"] = float(status.desired)
+        observations["replicas.failed"] = float(status.failed)
+        if not status.healthy or status.failed:
+            errors.append(f"executor: {status.detail or 'unhealthy'}")
+        return observations, status, errors
+
+    # ------------------------------------------------------------------ one tick
+
+    async def tick(self, *, dry_run: bool = False) -> DecisionRecord:
+        async with self.lock:
+            record = await self._tick(dry_run)
+        if not dry_run:
+            await self.save_state()
+        return record
+
+    def active_pause(self) -> Pause | None:
+        """The pause in force now (an ended one is dropped, with a line in the log)."""
+        pause = self.pause
+        if pause is not None and not pause.active(self.daemon.wall()):
+            log.info("%s: pause ended (it was %s)", self.name, pause.text())
+            self.pause = pause = None
+        return pause
+
+    async def _tick(self, dry_run: bool) -> DecisionRecord:
+        svc, daemon = self.svc, self.daemon
+        mode = "dry-run" if dry_run else daemon.mode
+        observations, status, errors = await self.observe()
+        self.ticks += 1
+        self.last_observations, self.last_status = observations, status
+        now = daemon.mono()
+        pause = self.active_pause()
+        paused = None if pause is None else pause.as_dict()
+
+        if status is None:
+            # Without a replica count there is nothing to size from: record and wait.
+            record = DecisionRecord(
+                ts=rfc3339(daemon.wall()), service=svc.name, mode=mode, current_replicas=None,  # type: ignore[arg-type]
+                decision="hold", target_replicas=None, reason="replica count unavailable: holding",
+                policy=svc.policy, source="none", observations=observations, errors=errors, id=decision_id(),
+                paused=paused,
+            )
+            daemon.recorder.write(record)
+            return self.keep(record)
+
+        # The same step the simulator runs; the advisor's callback never waits for the model.
+        advise = None if daemon.beside is None else daemon.beside.advise_for(svc, self.state, now)
+        decision = step(svc, observations, status.desired, self.state, now, advise)
+        record = DecisionRecord.from_decision(decision, mode=mode, ts=daemon.wall(), errors=errors, id=decision_id())
+        if pause is not None:
+            record = record.model_copy(update={"paused": paused})
+            if decision.changes and mode == "autonomous":
+                record = record.model_copy(update={"reason": f"{record.reason}; paused {pause.text()}: not acting"})
+        act = decision.changes and mode == "autonomous" and pause is None
+        return await self.conclude(decision, record, now, act)
+
+    # ------------------------------------------------------------------ act and record
+
+    async def conclude(self, decision: Decision, record: DecisionRecord, now: float, act: bool) -> DecisionRecord:
+        """Record ``decision`` and, when ``act``, have the executor carry it out (write-ahead)."""
+        recorder = self.daemon.recorder
+        if act and not recorder.write(record.model_copy(update={"phase": "intent"})):
+            # Write-ahead: an action the log cannot hold is not taken. The decision is kept in
+            # memory (status, the LLM's tools) and the log's first line afterwards names the gap.
+            recorder.refuse()
+            note = f"not acted: the decision log is not writable ({recorder.error})"
+            record = record.model_copy(update={"reason": f"{record.reason}; {note}", "errors": [*record.errors, f"decision log: {note}"]})
+            remember(self.state, decision, now, acted=False, observations=decision.observations)
+            return self.keep(record)
+        if not act:
+            remember(self.state, decision, now, acted=False, observations=decision.observations)
+            recorder.write(record)
+            return self.keep(record)
+
+        started = time.monotonic()
+        try:
+            result = await self.executor.scale(decision.target)
+        except Exception as e:  # executors report failures in their outcome; a raise is a bug, logged as one
+            result = ScaleOutcome(False, f"executor raised {one_line(e)}", (time.monotonic() - started) * 1000)
+        removed: dict[str, Any] = {"removed": [r.as_dict() for r in result.removed]} if result.removed else {}
+        outcome = Outcome(
+            status="ok" if result.ok else "error", message=result.message, duration_ms=round(result.duration_ms, 1), **removed
+        )
+        remember(self.state, decision, now, acted=True, ok=result.ok, observations=decision.observations)
+        if not result.ok and self.state.backoff_until is not None:
+            retry_in = self.state.backoff_until - now
+            outcome.retry_at = rfc3339(self.daemon.wall() + retry_in)
+            outcome.message += f"; backing off, next scale-up not before {outcome.retry_at} (in {retry_in:.0f} s)"
+        assert record.id is not None
+        recorder.write_outcome(OutcomeRecord(ts=rfc3339(self.daemon.wall()), service=self.name, id=record.id, outcome=outcome))
+        return self.keep(record.model_copy(update={"executed": True, "outcome": outcome}))
+
+    def keep(self, record: DecisionRecord) -> DecisionRecord:
+        """The decision in memory (whether or not the log took it): status, hooks, the LLM's tools."""
+        self.last_record = record
+        self.recent.append(redact_obj(record.model_dump(mode="json")))  # the LLM's tools may send it anywhere
+        del self.recent[:-RECENT_DECISIONS]
+        for hook in self.daemon.on_record:
+            hook(record)
+        self.daemon.status_file.soon()
+        return record
+
+    # ------------------------------------------------------------------ the state file
+
+    def saved_state(self) -> SavedState:
+        """What the state file keeps of this service now."""
+        sources: dict[str, dict[str, Any]] = {}
+        for spec, source in self.sources:
+            try:
+                data = source.snapshot()
+            except Exception as e:  # a plugin's bug costs its baseline, never the tick
+                log.warning("%s: source %s: snapshot failed: %s", self.name, spec.name, one_line(e))
+                continue
+            if data is not None:
+                sources[spec.name] = data
+        breaker = None
+        advisor = self.daemon.advisor
+        if advisor is not None:
+            failures, open_until, last_error = advisor.breaker_state(self.name)
+            breaker = Breaker(failures, open_until, last_error) if failures else None
+        if self.identity is None:
+            self.identity = self.daemon.identity_of(self)
+        return SavedState(self.identity, self.state, sources, breaker, self.pause)
+
+    async def save_state(self, *, force: bool = False) -> None:
+        """Write the service's state file if it is due (:data:`STATE_EVERY_S`) or ``force``; a
+        failure (a full disk) is logged, never raised."""
+        daemon = self.daemon
+        if daemon.state_mode != "write":
+            return
+        async with self._save_lock:
+            saved, mono = self.saved_state(), daemon.mono()
+            durable = saved.durable()
+            if not force and durable == self._saved_durable and mono - self._saved_mono < STATE_EVERY_S:
+                return
+            doc = capture(saved, service=self.name, window=self.svc.scale_down_stabilization, wall=daemon.wall(), mono=mono)
+            try:
+                await asyncio.to_thread(daemon.store.save, self.name, doc)
+            except OSError as e:
+                text = e.strerror or str(e)
+                if self.save_error is None:
+                    log.error("%s: state file %s not writable (%s): a restart now would forget the latest "
+                              "cooldowns (the decision log still has them); still deciding", self.name,
+                              daemon.store.path(self.name), text)
+                self.save_error = text
+                return
+            self._saved_durable, self._saved_mono = durable, mono
+            if self.save_error is not None:
+                log.warning("%s: state file writable again", self.name)
+                self.save_error = None
+
+    # ------------------------------------------------------------------ closing
+
+    def close_plugins(self, keep: ServiceLoop | None = None) -> list[Any]:
+        """Coroutines closing this loop's plugins, except those ``keep`` took over."""
+        kept = set() if keep is None else {id(src) for _, src in keep.sources} | {id(keep.executor)}
+        closers = [source.close() for _, source in self.sources if id(source) not in kept]
+        if id(self.executor) not in kept:
+            closers.append(self.executor.close())
+        return closers
+
+    def release_target(self, unless: TargetLock | None = None) -> None:
+        """Let go of the executor's target (unless it is ``unless``, taken over by a new loop)."""
+        if self.target_lock is not None and self.target_lock is not unless:
+            self.target_lock.release()
+        self.target_lock = None
+
+
+def _metrics_for(plugin: type[Source[Any]] | type[Executor[Any]], settings: Any, who: str) -> Mapping[str, MetricInfo]:
+    try:
+        return plugin.metrics_for(settings)
+    except Exception as e:  # a plugin's bug: its metrics are held to the default domain
+        log.warning("%s: metrics_for failed: %s", who, one_line(e))
+        return {}
