@@ -113,9 +113,9 @@ def decide(
         # Never behind a running daemon's back: its replicas, its cooldowns, its log.
         _refuse_in_process(cfg)
         try:
-            lock_fd = acquire_lock(paths_for(cfg), what="decide --once")
+            lock_fd = acquire_lock(paths_for(cfg), what="decide --once", config=config)
         except AlreadyRunning as e:
-            raise typer.Exit(_refused(f"{e}: it owns the scaling; ask it (docktor scale SERVICE --to N --config {config}) "
+            raise typer.Exit(_refused(f"{e}: it owns the scaling; ask it (docktor scale SERVICE --to N --config {e.config or config}) "
                                       "or use --dry-run")) from None
 
     async def run() -> list[Any]:

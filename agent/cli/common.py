@@ -58,8 +58,10 @@ def handles_errors(fn: F) -> F:
             from docktor.agent.redact import redact
             from docktor.tools.sdk import one_line
 
-            print(f"error: {redact(one_line(e))}", file=sys.stderr)
-            raise typer.Exit(1) from None
+            # An error that names the user's own setup (an unsafe state_dir) says so with exit 2.
+            setup = getattr(e, "exit_code", None) == 2
+            print(f"error: {redact(str(e) if setup else one_line(e))}", file=sys.stderr)
+            raise typer.Exit(2 if setup else 1) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -108,7 +108,11 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(run_foreground(cfg, mode=mode))
             pid = process.start_background(config, cfg, advisory=advisory)
         except process.AlreadyRunning as e:
-            err.print(f"error: {e}; stop it with: docktor daemon stop --config {config}", markup=False)
+            # The holder may run another config that shares this state_dir: name its own file, so
+            # that the command suggested stops the daemon that holds it, and says which one that is.
+            holder = e.config or str(config)
+            shared = "" if e.config is None or Path(e.config) == config.resolve() else "; it runs another config with the same state_dir"
+            err.print(f"error: {e}{shared}; stop it with: docktor daemon stop --config {holder}", markup=False)
             raise typer.Exit(1) from None
         paths = process.paths_for(cfg)
         say(f"started docktor (pid {pid}); decisions in {paths.decisions}; logs: docktor daemon logs --config {config} -f")

@@ -136,6 +136,15 @@ class Decision:
     def changes(self) -> bool:
         return self.target != self.current
 
+    @property
+    def to_minimum(self) -> bool:
+        """A scale-up that only brings the service up to ``min_replicas`` (a first start, or a count
+        set below the bound by hand). It is the bound being honoured, not a scaling decision, so it
+        arms no cooldown: a fresh daemon with ``cooldown_up: 600s`` must not hold a service at its
+        minimum for ten minutes under a backlog (KEDA's ``initialCooldownPeriod`` is the explicit
+        opposite wish; Docktor has no such delay)."""
+        return self.decision == "scale_up" and self.envelope.lo_by == "min_replicas" and self.target <= self.envelope.lo
+
 
 def deterministic_source(svc: ServiceConfig) -> Proposer:
     """Who proposes when no advisor does: the rules (threshold policy) or the sizing policy."""
@@ -363,7 +372,7 @@ def remember(
     if ok:
         state.failures = 0
         state.backoff_until = None
-        if decision.decision == "scale_up":
+        if decision.decision == "scale_up" and not decision.to_minimum:
             state.last_up_at = now
         elif decision.decision == "scale_down":
             state.last_down_at = now

@@ -12,7 +12,11 @@ A log that never lies, even on a full disk:
 * **Whole lines only.** Every line is written with one ``write(2)`` on an ``O_APPEND``
   descriptor. A write that fails or comes up short (the disk filled mid-line) is cut back to the
   file's last newline before the error is raised, so no torn line is left for the next record to
-  be glued onto. Readers still skip a line that does not parse (a power cut can truncate a file).
+  be glued onto. A file found ending in a torn line when it is opened (a crash or a power cut
+  mid-write) is cut back the same way, and the bytes cut are set aside in ``path.torn`` with a
+  line in the daemon's log saying how many. Readers still skip a line that does not parse.
+* **Private.** The file is ``0600`` in a ``0700`` folder, never opened through a link
+  (:mod:`docktor.tools.sdk.files`): it names queues, observations and command lines.
 * **Rotation** past ``max_bytes`` to ``path.1`` … ``path.N``: one directory listing per
   rotation, then one rename per backup that exists.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +36,12 @@ from docktor.agent.core.decide import Decision
 from docktor.agent.core.guardrails import Envelope
 from docktor.agent.redact import redact, redact_obj
 from docktor.agent.timestamps import rfc3339
+from docktor.tools.sdk import UnsafePath, open_private, private_dir
+
+log = logging.getLogger("docktor")
+
+#: at most this much of a torn last line is kept aside (the rest of a runaway line is dropped)
+MAX_SET_ASIDE = 1024 * 1024
 
 
 class Outcome(BaseModel):
@@ -164,16 +175,53 @@ class DecisionLog:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self._fd = -1
+        #: what opening the file cut from its end (a torn last line), said once in the daemon's log
+        self.repaired: str | None = None
         try:
             self._fd = self._open()
+        except UnsafePath:
+            raise
         except OSError:
             pass  # e.g. a full disk that cannot take a new inode: the first write says so
+        else:
+            self._set_aside_torn_tail()
 
     def _open(self) -> int:
         # Read-write: after a short write the descriptor reads the tail back to cut it.
-        return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        return open_private(self.path, os.O_RDWR | os.O_APPEND, create=True)
+
+    def _set_aside_torn_tail(self) -> None:
+        """A file that does not end in a newline ends in a torn line (the writer died mid-write):
+        cut it, so the next record is not glued onto it and lost, and keep the bytes in
+        ``path.torn`` (bounded), saying so in the daemon's log."""
+        try:
+            size = os.fstat(self._fd).st_size
+            if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
+                return
+            end = _last_newline_end(self._fd, size)
+            torn = os.pread(self._fd, min(size - end, MAX_SET_ASIDE), end)
+        except OSError:
+            return
+        aside = self.path.with_name(self.path.name + ".torn")
+        try:
+            fd = open_private(aside, os.O_WRONLY | os.O_APPEND, create=True)
+            try:
+                os.write(fd, torn + b"\n")
+            finally:
+                os.close(fd)
+            where = f"set aside in {aside}" + (f" (its first {MAX_SET_ASIDE} bytes)" if size - end > MAX_SET_ASIDE else "")
+        except OSError as e:
+            where = f"not set aside: {aside}: {e.strerror or e}"
+        try:
+            os.ftruncate(self._fd, end)
+        except OSError as e:
+            self.repaired = f"{self.path}: ends in a torn line of {size - end} bytes that could not be cut ({e.strerror or e})"
+        else:
+            self.repaired = (f"{self.path}: its last {size - end} bytes were a torn line (a crash or a full disk "
+                             f"mid-write), cut at open; {where}")
+        log.warning("%s", self.repaired)
 
     def write(self, record: DecisionRecord | OutcomeRecord) -> None:
         """Append one record as one line, or raise :class:`LogWriteError` leaving no part of it."""
@@ -204,14 +252,7 @@ class DecisionLog:
             return
         try:
             size = os.fstat(self._fd).st_size
-            end = size
-            while end > 0:
-                start = max(0, end - 4096)
-                cut = os.pread(self._fd, end - start, start).rfind(b"\n")
-                if cut >= 0:
-                    end = start + cut + 1
-                    break
-                end = start
+            end = _last_newline_end(self._fd, size)
             if end < size:
                 os.ftruncate(self._fd, end)
         except OSError:
@@ -259,6 +300,18 @@ class DecisionLog:
             except OSError:
                 pass  # nothing more can be saved; the lines already written are whole
             self._close_fd()
+
+
+def _last_newline_end(fd: int, size: int) -> int:
+    """The offset just after the last newline among the first ``size`` bytes of ``fd`` (0: none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - 4096)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
 
 
 def _envelope(env: Envelope) -> dict[str, Any]:

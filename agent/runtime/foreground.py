@@ -23,6 +23,7 @@ from docktor.agent.runtime.exporter import serve as serve_metrics
 from docktor.agent.runtime.process import acquire_lock, paths_for, record_daemon
 from docktor.agent.runtime.rundir import TargetBusy
 from docktor.agent.runtime.supervisor import Supervisor
+from docktor.tools.sdk import write_atomic
 
 
 class RedactingFilter(logging.Filter):
@@ -47,8 +48,8 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
 
     paths = paths_for(config)
-    lock_fd = acquire_lock(paths)
-    paths.pid.write_text(f"{os.getpid()}\n")
+    lock_fd = acquire_lock(paths, config=config.path)
+    write_atomic(paths.pid, f"{os.getpid()}\n".encode(), sync=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())

@@ -65,28 +65,76 @@ def paths_for(config: DocktorConfig) -> Paths:
     return Paths(config.state_dir)
 
 
+def trusted(paths: Paths, *, create: bool) -> bool:
+    """Whether ``paths.state_dir`` is a folder only this user controls (created 0700 with
+    ``create``; False when absent). A folder another user owns or can write is refused with a
+    UsageError naming ``state_dir``: from it a planted ``docktor.pid`` link or a forged lock file
+    would have this user's daemon overwrite or signal what that user chose (OpenSSH's StrictModes)."""
+    from docktor.tools.sdk import UnsafePath, private_dir
+
+    if not create and not os.path.lexists(paths.state_dir):
+        return False
+    try:
+        private_dir(paths.state_dir, create=create, what="state_dir")
+    except UnsafePath as e:
+        raise UsageError(str(e)) from None
+    return True
+
+
+def _open_private(path: Path, flags: int, *, create: bool = False) -> int:
+    from docktor.tools.sdk import UnsafePath, open_private
+
+    try:
+        return open_private(path, flags, create=create)
+    except UnsafePath as e:
+        raise UsageError(str(e)) from None
+
+
 class AlreadyRunning(Exception):
-    pass
+    """The config's state folder is held; ``config`` is the holder's own config file, when it said."""
+
+    def __init__(self, message: str, config: str | None = None):
+        super().__init__(message)
+        self.config = config
 
 
-def acquire_lock(paths: Paths, what: str = "daemon") -> int:
+def _holder_text(holder: dict[str, Any], pid: int | None) -> str:
+    config = holder.get("config")
+    return f"pid {pid if pid is not None else holder.get('pid', '?')}" + (f", config {config}" if isinstance(config, str) else "")
+
+
+def acquire_lock(paths: Paths, what: str = "daemon", config: Path | None = None) -> int:
     """Take the config's lock for the life of this process; raise AlreadyRunning if held.
 
-    The lock file says who holds it (``what``: a daemon, or ``decide --once`` acting), for the
-    message the next one gets."""
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    The lock file says who holds it (``what``: a daemon, or ``decide --once`` acting, and from
+    which config file: two configs may share a ``state_dir``), for the message the next one gets."""
+    trusted(paths, create=True)
+    fd = _open_private(paths.lock, os.O_RDWR, create=True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = lock_holder(fd)
         os.close(fd)
+        held_by = holder.get("config") if isinstance(holder.get("config"), str) else None
         if holder.get("what", "daemon") != "daemon":
-            raise AlreadyRunning(f"{holder['what']} (pid {holder.get('pid', '?')}) is acting for this config") from None
-        raise AlreadyRunning(f"a daemon is already running for this config (pid {running_pid(paths)})") from None
+            raise AlreadyRunning(f"{holder['what']} ({_holder_text(holder, None)}) is acting on {paths.state_dir}", held_by) from None
+        raise AlreadyRunning(f"a daemon is already running on {paths.state_dir} ({_holder_text(holder, running_pid(paths))})",
+                             held_by) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what}).encode(), 0)
+    me = {"pid": os.getpid(), "what": what, "config": None if config is None else str(config.resolve())}
+    os.pwrite(fd, json.dumps(me).encode(), 0)
     return fd
+
+
+def _lock_holder_of(paths: Paths) -> dict[str, Any]:
+    try:
+        fd = _open_private(paths.lock, os.O_RDONLY)
+    except (OSError, UsageError):
+        return {}
+    try:
+        return lock_holder(fd)
+    finally:
+        os.close(fd)
 
 
 def lock_holder(fd: int) -> dict[str, Any]:
@@ -98,9 +146,12 @@ def lock_holder(fd: int) -> dict[str, Any]:
 
 
 def running_pid(paths: Paths) -> int | None:
-    """The pid of the live daemon for these paths, or None."""
+    """The pid of the live daemon for these paths, or None. Read only from a state folder and
+    lock file of this user's own (UsageError otherwise): the pid found here may be signalled."""
+    if not trusted(paths, create=False):
+        return None
     try:
-        fd = os.open(paths.lock, os.O_RDWR)
+        fd = _open_private(paths.lock, os.O_RDWR)
     except FileNotFoundError:
         return None
     try:
@@ -110,14 +161,21 @@ def running_pid(paths: Paths) -> int | None:
         if isinstance(holder, int):
             return holder
         try:
-            return int(paths.pid.read_text().strip())
-        except (OSError, ValueError):
+            return int(_read(paths.pid).strip())
+        except (OSError, ValueError, UsageError):
             return -1  # locked, but the pid file is being written
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _read(path: Path) -> str:
+    """A file of the state folder, as text (never through a link, only this user's own)."""
+    fd = _open_private(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode(errors="replace")
 
 
 def load_for_run(path: Path) -> DocktorConfig:
@@ -141,9 +199,9 @@ def record_daemon(paths: Paths, config: DocktorConfig) -> None:
     info = {"pid": os.getpid(), "config": str(config.path.resolve()) if config.path else None,
             "state_dir": str(paths.state_dir), "stop_wait_s": stop_wait(config), "socket": str(paths.socket)}
     try:
-        tmp = paths.info.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(paths.info)
+        from docktor.tools.sdk import write_atomic
+
+        write_atomic(paths.info, json.dumps(info).encode(), sync=False)
     except OSError as e:
         logging.getLogger("docktor").warning("cannot write %s: %s", paths.info, e.strerror or e)
     if config.path is not None:
@@ -159,19 +217,24 @@ def start_background(config_path: Path, config: DocktorConfig, *, advisory: bool
     paths = paths_for(config)
     pid = running_pid(paths)
     if pid is not None:
-        raise AlreadyRunning(f"a daemon is already running for this config (pid {pid})")
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
+        holder = _lock_holder_of(paths)
+        held_by = holder.get("config") if isinstance(holder.get("config"), str) else None
+        raise AlreadyRunning(f"a daemon is already running on {paths.state_dir} ({_holder_text(holder, pid)})", held_by)
+    trusted(paths, create=True)
     args = [sys.executable, "-m", "docktor.agent.cli", "daemon", "start", "--config", str(config_path), "--foreground"]
     if advisory:
         args.append("--advisory")
-    with paths.daemon_log.open("ab") as out:
+    out = _open_private(paths.daemon_log, os.O_WRONLY | os.O_APPEND, create=True)
+    try:
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=os.getcwd()
         )
+    finally:
+        os.close(out)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = paths.daemon_log.read_text(errors="replace").strip().splitlines()[-1:]
+            tail = _read(paths.daemon_log)[-4096:].strip().splitlines()[-1:]
             if proc.returncode == 2 and tail and tail[0].startswith("error: "):
                 raise UsageError(tail[0][len("error: "):])  # the daemon's own one-line refusal
             raise UsageError(f"daemon exited at start (code {proc.returncode}): {tail[0] if tail else 'no output'}")
@@ -208,7 +271,7 @@ DEFAULT_STOP_WAIT_S = 30.0
 
 def recorded_stop_wait(paths: Paths) -> float:
     try:
-        return float(json.loads(paths.info.read_text())["stop_wait_s"])
+        return float(json.loads(_read(paths.info))["stop_wait_s"])
     except (OSError, ValueError, KeyError, TypeError):
         return DEFAULT_STOP_WAIT_S
 
@@ -241,6 +304,10 @@ def stop(paths: Paths, *, wait: float | None = None, force: bool = False) -> Sto
     pid = running_pid(paths)
     if pid is None or pid <= 0:
         return None
+    owner = process_uid(pid)
+    if owner is not None and owner != os.getuid():
+        raise UsageError(f"pid {pid}, recorded in {paths.lock}, runs as uid {owner}, not as you (uid {os.getuid()}): "
+                         "refusing to signal it")
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -307,6 +374,17 @@ def describe_processes(pids: list[int], daemon_pid: int, doing: str | None = Non
     return lines
 
 
+def process_uid(pid: int) -> int | None:
+    """The real uid ``pid`` runs as (Linux /proc), None when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` is a process that has not exited (a zombie waiting to be reaped has)."""
     try:
@@ -350,7 +428,7 @@ def status(paths: Paths, *, timeout: float = STATUS_TIMEOUT_S) -> dict[str, Any]
             out["uptime_s"] = None
         return out
     try:
-        st = json.loads(paths.status.read_text())
+        st = json.loads(_read(paths.status))
         age: float | None = round(time.time() - paths.status.stat().st_mtime, 1)
     except (OSError, ValueError):
         st, age = {}, None

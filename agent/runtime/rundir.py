@@ -24,7 +24,6 @@ import fcntl
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,20 +34,13 @@ class RunDirError(Exception):
 
 
 def _private(path: Path) -> Path | None:
-    """``path`` created (mode 0700) if needed; None unless it is a folder of ours, not a link."""
+    """``path`` created (mode 0700) if needed; None unless it is a folder only this user controls."""
+    from docktor.tools.sdk import private_dir
+
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.lstat(path)
-    except OSError:
+        return private_dir(path)
+    except OSError:  # UnsafePath included: another candidate is tried
         return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        return None
-    if st.st_mode & 0o077:
-        try:
-            os.chmod(path, 0o700)
-        except OSError:
-            return None
-    return path
 
 
 def run_dir() -> Path:
@@ -83,16 +75,19 @@ def pointer_path(config_path: Path) -> Path:
 
 def write_pointer(config_path: Path, info: dict[str, Any]) -> None:
     """Record where the daemon of ``config_path`` keeps its state (atomically)."""
+    from docktor.tools.sdk import private_dir, write_atomic
+
     path = pointer_path(config_path)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"config": str(config_path.resolve()), **info}))
-    os.replace(tmp, path)
+    private_dir(path.parent)
+    write_atomic(path, json.dumps({"config": str(config_path.resolve()), **info}).encode(), sync=False)
 
 
 def read_pointer(config_path: Path) -> dict[str, Any] | None:
+    from docktor.tools.sdk import read_private
+
     try:
-        doc = json.loads(pointer_path(config_path).read_text())
+        data = read_private(pointer_path(config_path))
+        doc = json.loads(data) if data is not None else None
     except (OSError, ValueError, RunDirError):
         return None
     if not isinstance(doc, dict) or doc.get("config") != str(config_path.resolve()) or not doc.get("state_dir"):
@@ -129,10 +124,11 @@ class TargetBusy(Exception):
 
 def lock_target(target: str, holder: dict[str, Any]) -> TargetLock:
     """Hold ``target`` for the life of this process (or until released); TargetBusy if held."""
-    folder = run_dir() / "targets"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    from docktor.tools.sdk import open_private, private_dir
+
+    folder = private_dir(run_dir() / "targets")
     path = folder / f"{_key(target)}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(path, os.O_RDWR, create=True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -311,3 +311,29 @@ def test_an_advisor_never_stops_a_scale_up_short() -> None:
     # when the rules do not scale up, the advisor chooses within its envelope as before
     idle = plan(svc, IDLE, 4, ServiceState(), 100)
     assert conclude(svc, idle, Advice(Proposal(4, "llm: hold"), "llm", {"proposal": 4})).target == 4
+
+
+def test_a_start_up_to_min_replicas_arms_no_cooldown() -> None:
+    """Bringing a service up to min_replicas honours the bound; it is not a scale-up for the
+    cooldowns: a fresh daemon with cooldown_up 600 s scales up at once when the backlog calls."""
+    svc = service(min=2, cu=600)
+    state = ServiceState()
+    first = decide(svc, STEADY, 0, state, now=100)
+    assert (first.decision, first.target, first.to_minimum) == ("scale_up", 2, True)
+    remember(state, first, 100, acted=True)
+    assert state.last_up_at is None
+    burst = decide(svc, BUSY, 2, state, now=101)
+    assert (burst.decision, burst.target) == ("scale_up", 4)
+    remember(state, burst, 101, acted=True)
+    assert state.last_up_at == 101  # a real scale-up arms it
+    held = decide(svc, BUSY, 4, state, now=102)
+    assert (held.target, held.envelope.hi_by) == (4, "cooldown_up")
+
+
+def test_a_scale_up_past_the_minimum_from_below_it_arms_the_cooldown() -> None:
+    svc = service(min=1, up=4, cu=600)
+    state = ServiceState()
+    d = decide(svc, BUSY, 0, state, now=100)
+    assert (d.decision, d.target, d.to_minimum) == ("scale_up", 4, False)
+    remember(state, d, 100, acted=True)
+    assert state.last_up_at == 100

@@ -34,6 +34,9 @@ class UnsafePath(PermissionError):
     line naming it, what is wrong, and how to fix it. A ``PermissionError``: code that meets an
     unwritable file carries on the same way (logs it), and the daemon's start refuses it."""
 
+    #: the CLI's exit code: like a bad config, a setup the user must fix
+    exit_code = 2
+
 
 def _owner(uid: int) -> str:
     try:
