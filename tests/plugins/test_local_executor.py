@@ -416,7 +416,8 @@ async def test_replica_gets_its_env_and_the_allow_list_never_docktor_secrets(
     assert seen["PATH"] == os.environ["PATH"]
     assert (seen["DOCKTOR_SERVICE"], seen["DOCKTOR_REPLICA"]) == ("worker", "1")
     allowed = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV",
-               "SSL_CERT_FILE", "SSL_CERT_DIR", "GIVEN", "MYAPP_MODE", "DOCKTOR_SERVICE", "DOCKTOR_REPLICA", "DOCKTOR_OWNER"}
+               "SSL_CERT_FILE", "SSL_CERT_DIR", "GIVEN", "MYAPP_MODE", "DOCKTOR_SERVICE", "DOCKTOR_REPLICA", "DOCKTOR_OWNER",
+               "DOCKTOR_INSTANCE"}
     unexpected = {k for k in seen if k not in allowed and not k.startswith(("LC_", "PYTHON"))}
     assert unexpected <= {"LC_CTYPE"}, unexpected  # (Python may set LC_CTYPE itself)
 
@@ -604,6 +605,6 @@ async def test_replica_logs_and_records_are_private_and_a_planted_link_is_not_fo
     assert target.read_text() == "untouched\n"
     modes = {p.relative_to(state).as_posix(): p.lstat().st_mode & 0o777 for p in state.rglob("*") if not p.is_symlink()}
     assert modes == {
-        "logs": 0o700, "logs/worker.1.log": 0o600, "logs/worker.log": 0o600,
+        "logs": 0o700, "logs/worker.1.log": 0o600,
         "local": 0o700, "local/worker.json": 0o600, "local/worker.lock": 0o600,
     }
