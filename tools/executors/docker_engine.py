@@ -18,7 +18,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import docker
 import requests
@@ -269,7 +269,7 @@ async def timed_scale(lock: asyncio.Lock, replicas: int, step: ScaleStep) -> Sca
         )
 
 
-class DockerExecutor(Executor[S], Generic[S]):
+class DockerExecutor(Executor[S]):
     """What the Compose and Swarm executors share: an engine, its containers' CPU and memory read in
     the background (``collect_metrics``), and one scale at a time, timed, a failure an outcome."""
 
