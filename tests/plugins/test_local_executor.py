@@ -416,7 +416,8 @@ async def test_replica_gets_its_env_and_the_allow_list_never_docktor_secrets(
     assert seen["PATH"] == os.environ["PATH"]
     assert (seen["DOCKTOR_SERVICE"], seen["DOCKTOR_REPLICA"]) == ("worker", "1")
     allowed = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV",
-               "SSL_CERT_FILE", "SSL_CERT_DIR", "GIVEN", "MYAPP_MODE", "DOCKTOR_SERVICE", "DOCKTOR_REPLICA", "DOCKTOR_OWNER"}
+               "SSL_CERT_FILE", "SSL_CERT_DIR", "GIVEN", "MYAPP_MODE", "DOCKTOR_SERVICE", "DOCKTOR_REPLICA", "DOCKTOR_OWNER",
+               "DOCKTOR_INSTANCE"}
     unexpected = {k for k in seen if k not in allowed and not k.startswith(("LC_", "PYTHON"))}
     assert unexpected <= {"LC_CTYPE"}, unexpected  # (Python may set LC_CTYPE itself)
 
@@ -544,3 +545,66 @@ def test_daemon_with_canary_secrets_passes_none_to_its_replicas(tmp_path: Path, 
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
         server.stop()
+
+
+# --------------------------------------------------------------------------- what leaves the replica's session, and file modes
+
+# Each replica starts a child that calls setsid: it leaves the replica's session and process group,
+# so signalling the group misses it; the marker in its environment finds it.
+SETSID_SPAWNER = r"""
+import os, subprocess, sys, time, pathlib
+out = pathlib.Path(sys.argv[1])
+r = os.environ["DOCKTOR_REPLICA"]
+escaped = subprocess.Popen(["setsid", "sleep", "1000"])
+tmp = out / ("ready-" + r + ".tmp")
+tmp.write_text(f"{os.getpid()} {escaped.pid}")
+os.replace(tmp, out / ("ready-" + r))
+time.sleep(600)
+"""
+
+
+def own_session(pid: int) -> bool:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == pid
+
+
+async def test_setsid_grandchildren_are_stopped_with_their_replica_at_scale_in_and_close(
+    make: Callable[..., LocalExecutor], out: Path
+) -> None:
+    ex = make([sys.executable, "-c", SETSID_SPAWNER, str(out)], stop_grace_period=2.0)
+    assert (await ex.scale(2)).ok
+    (one, one_escaped), (two, two_escaped) = ((int(a), int(b)) for a, b in (await wait_ready(out, 1, 2)).values())
+    assert own_session(one_escaped) and own_session(two_escaped)
+
+    outcome = await ex.scale(1)  # replica 2 goes: its escaped child with it, replica 1's stays
+    assert outcome.ok, outcome.message
+    assert not alive(two) and not alive(two_escaped), "a setsid grandchild outlived its replica's stop"
+    assert alive(one) and alive(one_escaped)
+
+    await ex.close()
+    assert not alive(one) and not alive(one_escaped), "a setsid grandchild outlived the executor's close"
+
+
+async def test_replica_logs_and_records_are_private_and_a_planted_link_is_not_followed(tmp_path: Path, out: Path) -> None:
+    state = tmp_path / "state"
+    # as an older Docktor left them: readable by every user
+    (state / "logs").mkdir(parents=True, mode=0o755)
+    (state / "local").mkdir(mode=0o755)
+    (state / "logs" / "worker.1.log").write_text("an older line\n")
+    (state / "logs" / "worker.1.log").chmod(0o644)
+    target = tmp_path / "not-a-log"
+    target.write_text("untouched\n")
+    (state / "logs" / "worker.2.log").symlink_to(target)
+    ex = LocalExecutor(LocalSettings(kind="local", command=worker(out)), Context("worker", tmp_path, state), settle=0.2)
+    try:
+        outcome = await ex.scale(2)
+        await wait_ready(out, 1)
+    finally:
+        await ex.close()
+
+    assert not outcome.ok and "replica 2: cannot open log file" in outcome.message and "symbolic link" in outcome.message
+    assert target.read_text() == "untouched\n"
+    modes = {p.relative_to(state).as_posix(): p.lstat().st_mode & 0o777 for p in state.rglob("*") if not p.is_symlink()}
+    assert modes == {
+        "logs": 0o700, "logs/worker.1.log": 0o600,
+        "local": 0o700, "local/worker.json": 0o600, "local/worker.lock": 0o600,
+    }

@@ -1,269 +1,51 @@
 """Scale one Docker Compose service, and verify with the engine itself that it worked.
 
-Changing the count goes through the Compose CLI (so Compose keeps owning names, networks, the
-config hash and container numbers); everything Docktor *reads* comes from the engine via the
-docker SDK and Compose's labels, never from CLI text. ``DOCKER_HOST`` selects the engine for both.
+Changing the count goes through the Compose CLI (:mod:`.compose_project`); everything Docktor
+*reads* comes from the engine via the docker SDK and Compose's labels (:mod:`.compose_replicas`).
+``DOCKER_HOST`` selects the engine for both.
 
-Scale-in chooses the replicas itself (not running first, then the lowest CPU, ties to the
-highest number), stops them with their stop signal and the grace period, waits for them to exit
-and removes them before Compose sees the new count: workers should stop fetching and ack (or nak)
-what they hold on SIGTERM.
+Scale-in chooses the replicas itself (:mod:`.scale_in`: not running first, then the lowest CPU,
+ties to the highest number), stops them with their stop signal and the grace period, waits for
+them to exit and removes them before Compose sees the new count: workers should stop fetching and
+ack (or nak) what they hold on SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import shutil
-import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from docker.errors import DockerException, NotFound
+from docker.errors import NotFound
 
-from docktor.tools.executors.docker_engine import CALL_TIMEOUT_S, ContainerStats, Engine, client_from_env, short, timed_scale
+from docktor.tools.executors.compose_project import PULL_FAILURE, default_project, find_compose_cli, run_compose, tail
+from docktor.tools.executors.compose_replicas import Replica, engine_warnings, how_it_stopped, replica_filters
+from docktor.tools.executors.docker_engine import CALL_TIMEOUT_S, DockerExecutor, engine_address
+from docktor.tools.executors.scale_in import idlest_first
 from docktor.tools.sdk import (
     Context,
-    Executor,
     ExecutorError,
+    LastScale,
     PluginSettings,
     PositiveSeconds,
     RemovedReplica,
     ReplicaStatus,
-    ScaleOutcome,
     Seconds,
-    redact_url,
-    standard,
+    one_line,
 )
 
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
-NUMBER_LABEL = "com.docker.compose.container-number"
-ONEOFF_LABEL = "com.docker.compose.oneoff"
-
-
-#: how long ``validate`` waits for the engine before saying it could not ask
-CHECK_TIMEOUT_S = 5.0
-
-
-def engine_warnings(project: str, service: str, compose_file: Path) -> list[str]:
-    """What the engine says about the project, briefly: no containers yet, the service not running.
-
-    Only warnings: the config may be for another machine, or checked before the stack is up,
-    and an engine that cannot be reached is said once and never fails ``validate``.
-    """
-    engine = redact_url(os.environ.get("DOCKER_HOST") or "the default socket")
-    up = f"docker compose -p {project} -f {compose_file} up -d"
-    try:
-        client = client_from_env(CHECK_TIMEOUT_S)  # asks the engine its API version: fails here when none answers
-    except DockerException:
-        return [f"cannot check project {project!r}: no Docker engine answers at {engine}"]
-    try:
-        rows = client.api.containers(all=True, filters={"label": [f"{PROJECT_LABEL}={project}", f"{ONEOFF_LABEL}=False"]})
-    except (DockerException, OSError) as e:
-        return [f"cannot check project {project!r}: Docker engine at {engine}: {short(e)}"]
-    finally:
-        client.close()
-    if not rows:
-        return [f"project {project!r} has no containers on the Docker engine at {engine} yet: start the stack "
-                f"({up}), or set project: to the name it was started under"]
-    mine = [r for r in rows if (r.get("Labels") or {}).get(SERVICE_LABEL) == service]
-    running = sum(1 for r in mine if r.get("State") == "running")
-    if running == 0:
-        stopped = f" ({len(mine)} stopped)" if mine else ""
-        return [f"service {service!r} of project {project!r} has no running container{stopped} "
-                f"(to start it: {up} {service})"]
-    return []
-
-
-def replica_filters(project: str, service: str) -> dict[str, list[str]]:
-    """The engine filter for a service's replicas, as Compose itself lists them (its
-    ``projectFilter`` + ``serviceFilter`` + ``oneOffFilter(false)``). The ``oneoff=False`` label
-    matters: an image Compose built carries the project and service labels, so every container
-    run from it (``docker run``, a Swarm task, another project) inherits them, but only Compose
-    sets ``oneoff`` on the containers it creates. ``docker compose run`` ones say ``True``."""
-    return {"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}", f"{ONEOFF_LABEL}=False"]}
+__all__ = ["ComposeExecutor", "ComposeSettings", "default_project", "find_compose_cli"]
 
 #: extra time the ``compose up`` command gets beyond scale_timeout (network/volume setup, builds)
 COMPOSE_SLACK_S = 30.0
-CLI_PROBE_TIMEOUT_S = 15.0
 POLL_S = 0.5
-#: restarts during one verification that make a replica "restart-looping" (one may be a hiccup)
-RESTART_LOOP_COUNT = 2
 #: how long all replicas must stay up before a scale counts as done
 STABLE_S = 2.0
 #: Docker's default stop timeout, when a container has none of its own
 DOCKER_STOP_TIMEOUT_S = 10
-
-
-# --------------------------------------------------------------------------- project name
-
-
-def normalize_project_name(name: str) -> str:
-    """Compose's rule: lower-case, keep ``[a-z0-9_-]``, start with a letter or digit."""
-    return re.sub(r"[^a-z0-9_-]", "", name.lower()).lstrip("_-")
-
-
-def _dotenv(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            out[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
-    return out
-
-
-def default_project(compose_file: Path, env: dict[str, str] | None = None) -> str:
-    """The project name Compose itself would use for ``-f compose_file`` with no ``-p``.
-
-    Precedence as in Compose: ``COMPOSE_PROJECT_NAME`` (environment, then the project's ``.env``),
-    the file's top-level ``name:``, then the compose file's directory name.
-    """
-    env = dict(os.environ) if env is None else env
-    from_env = env.get("COMPOSE_PROJECT_NAME") or _dotenv(compose_file.parent / ".env").get("COMPOSE_PROJECT_NAME")
-    if from_env:
-        return normalize_project_name(from_env)
-    try:
-        doc = yaml.safe_load(compose_file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        doc = None
-    name = doc.get("name") if isinstance(doc, dict) else None
-    if isinstance(name, str) and name and "$" not in name:
-        return normalize_project_name(name)
-    return normalize_project_name(compose_file.resolve().parent.name)
-
-
-# --------------------------------------------------------------------------- compose CLI
-
-
-def find_compose_cli(timeout: float = CLI_PROBE_TIMEOUT_S) -> list[str]:
-    """``["docker", "compose"]`` when the v2 plugin works, else ``["docker-compose"]``.
-
-    Raises :class:`ExecutorError` naming both when neither is usable.
-    """
-    tried: list[str] = []
-    candidates: list[list[str]] = []
-    if docker_bin := shutil.which("docker"):
-        candidates.append([docker_bin, "compose"])
-    else:
-        tried.append("`docker compose` (no docker CLI on PATH)")
-    if standalone := shutil.which("docker-compose"):
-        candidates.append([standalone])
-    else:
-        tried.append("`docker-compose` (not on PATH)")
-    for cmd in candidates:
-        label = "docker compose" if len(cmd) == 2 else "docker-compose"
-        try:
-            done = subprocess.run([*cmd, "version"], capture_output=True, timeout=timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            tried.append(f"`{label}` ({e})")
-            continue
-        if done.returncode == 0:
-            return cmd
-        tried.append(f"`{label}` (exit {done.returncode}: {_tail(done.stdout + done.stderr, 1) or 'no output'})")
-    raise ExecutorError(
-        "no Docker Compose CLI found: tried the `docker compose` v2 plugin and the standalone "
-        f"`docker-compose`: {'; '.join(tried)}. Install Docker Compose v2."
-    )
-
-
-_PULL_FAILURE = re.compile(
-    r"pull access denied|manifest unknown|manifest for .* not found|no such host|repository does not exist|"
-    r"failed to solve|failed to resolve|no such image|toomanyrequests",
-    re.I,
-)
-
-
-def _tail(output: bytes | str, lines: int = 3) -> str:
-    text = output.decode(errors="replace") if isinstance(output, bytes) else output
-    rows = [r.strip() for r in text.splitlines() if r.strip()]
-    errors = [r for r in rows if re.search(r"error|denied|not found|failed|invalid|no such", r, re.I)]
-    chosen = list(dict.fromkeys(errors or rows))[-lines:]
-    return " | ".join(chosen)[:600]
-
-
-# --------------------------------------------------------------------------- replicas
-
-
-@dataclass(frozen=True)
-class Replica:
-    """One container of the service, as the engine reports it."""
-
-    id: str
-    name: str
-    number: int
-    state: str  # created, running, restarting, exited, dead, paused, removing
-    exit_code: int
-    health: str | None  # None when the service has no healthcheck
-    health_output: str
-    restart_count: int
-    oom_killed: bool
-    stop_timeout: int | None
-    stop_signal: str
-    memory_limit: int
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "running" and self.health in (None, "healthy")
-
-    def problem(self, restarts_since: int | None = None) -> str | None:
-        """Why this replica is failing, or ``None`` while it is fine or still starting.
-
-        ``restarts_since``: the restart count when a scale began; restarts beyond it by
-        :data:`RESTART_LOOP_COUNT` mean a loop even if the replica is up at this instant.
-        """
-        if self.state in ("exited", "dead"):
-            oom = ", OOM-killed" if self.oom_killed else ""
-            return f"replica {self.number} exited with code {self.exit_code}{oom}"
-        looping = restarts_since is not None and self.restart_count - restarts_since >= RESTART_LOOP_COUNT
-        if self.state == "restarting" or looping:
-            return (
-                f"replica {self.number} is restart-looping ({self.restart_count} restarts, "
-                f"last exit code {self.exit_code})"
-            )
-        if self.health == "unhealthy":
-            said = f": {self.health_output}" if self.health_output else ""
-            return f"replica {self.number} is unhealthy{said}"
-        return None
-
-    @classmethod
-    def from_attrs(cls, a: dict[str, Any]) -> Replica:
-        state = a.get("State") or {}
-        config = a.get("Config") or {}
-        labels = config.get("Labels") or {}
-        health = state.get("Health") or None
-        log = (health or {}).get("Log") or []
-        try:
-            number = int(labels.get(NUMBER_LABEL, "0"))
-        except ValueError:
-            number = 0
-        return cls(
-            id=a["Id"],
-            name=a.get("Name", "").lstrip("/"),
-            number=number,
-            state=state.get("Status", "unknown"),
-            exit_code=int(state.get("ExitCode") or 0),
-            health=health.get("Status") if health else None,
-            health_output=(log[-1].get("Output") or "").strip()[:200] if log else "",
-            restart_count=int(a.get("RestartCount") or 0),
-            oom_killed=bool(state.get("OOMKilled")),
-            stop_timeout=config.get("StopTimeout"),
-            stop_signal=config.get("StopSignal") or "SIGTERM",
-            memory_limit=int((a.get("HostConfig") or {}).get("Memory") or 0),
-        )
-
-
-# --------------------------------------------------------------------------- executor
 
 
 class ComposeSettings(PluginSettings):
@@ -282,11 +64,10 @@ class ComposeSettings(PluginSettings):
     stop_grace_period: Seconds | None = None
 
 
-class ComposeExecutor(Executor[ComposeSettings]):
+class ComposeExecutor(DockerExecutor[ComposeSettings]):
     """Scales one Compose service through the Compose CLI and verifies it through the engine."""
 
     Settings = ComposeSettings
-    provides = standard("cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb", "mem.avg_pct")
 
     def __init__(
         self,
@@ -296,18 +77,14 @@ class ComposeExecutor(Executor[ComposeSettings]):
         collect_metrics: bool = True,
         cli: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(settings, context)
+        super().__init__(settings, context, collect_metrics=collect_metrics)
         self.compose_file = context.path(settings.compose_file).resolve()
         self.project = settings.project or default_project(self.compose_file)
         self.service = settings.compose_service or context.service
         self.scale_timeout = settings.scale_timeout
         #: None: each container's own StopTimeout (the compose file's stop_grace_period)
         self.stop_grace_period = settings.stop_grace_period
-        self.collect_metrics = collect_metrics
         self._cli = list(cli) if cli else None
-        self._engine = Engine()
-        self._stats = ContainerStats(self._engine)
-        self._lock = asyncio.Lock()
 
     @classmethod
     def check(cls, settings: ComposeSettings, context: Context) -> list[str]:
@@ -320,7 +97,7 @@ class ComposeExecutor(Executor[ComposeSettings]):
         except FileNotFoundError:
             found.append(f"compose_file {str(path)!r} does not exist")
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            found.append(f"compose_file {str(path)!r} cannot be read as YAML: {str(e).splitlines()[0]}")
+            found.append(f"compose_file {str(path)!r} cannot be read as YAML: {one_line(e)}")
         else:
             services = doc.get("services") if isinstance(doc, dict) else None
             if isinstance(services, dict) and service not in services:
@@ -336,27 +113,15 @@ class ComposeExecutor(Executor[ComposeSettings]):
 
     def target(self) -> str:
         """The engine, project and service: two daemons (any configs) never scale the same one."""
-        return f"{os.environ.get('DOCKER_HOST') or 'unix:///var/run/docker.sock'}/{self.project}/{self.service}"
+        return f"{engine_address()}/{self.project}/{self.service}"
 
-    async def last_scaled(self) -> Any:
+    async def last_scaled(self) -> LastScale | None:
         """The newest container's creation time (a ``LastScale`` going up, or None): Compose creates
         containers when it scales up, so a daemon that starts after a scale it did not record (its
         state lost, or a scale by hand) still waits out ``cooldown_up``. A scale-in leaves no trace."""
-        from docktor.tools.sdk import LastScale
-
-        def newest() -> float | None:
-            import docker  # here, not at the top: read once per start
-
-            client = docker.from_env(timeout=10)
-            try:
-                rows = client.api.containers(all=True, filters=replica_filters(self.project, self.service))
-            finally:
-                client.close()
-            created = [float(r["Created"]) for r in rows if isinstance(r.get("Created"), int | float)]
-            return max(created) if created else None
-
-        at = await asyncio.to_thread(newest)
-        return None if at is None else LastScale(at, "up")
+        rows = await self._call(lambda: self._engine.api.containers(all=True, filters=replica_filters(self.project, self.service)))
+        created = [float(r["Created"]) for r in rows if isinstance(r.get("Created"), int | float)]
+        return LastScale(max(created), "up") if created else None
 
     def __repr__(self) -> str:
         return f"ComposeExecutor(project={self.project!r}, service={self.service!r}, file={str(self.compose_file)!r})"
@@ -410,9 +175,6 @@ class ComposeExecutor(Executor[ComposeSettings]):
 
     # ----------------------------------------------------------------- scale
 
-    async def scale(self, replicas: int) -> ScaleOutcome:
-        return await timed_scale(self._lock, replicas, self._scale)
-
     async def _scale(self, n: int, started: float, removed: list[RemovedReplica]) -> tuple[str, bool, int | None]:
         if self._cli is None:
             self._cli = await asyncio.to_thread(find_compose_cli)
@@ -431,8 +193,8 @@ class ComposeExecutor(Executor[ComposeSettings]):
         )
         if code != 0:
             now = await self._count_ready()
-            hint = " (the image cannot be pulled or built)" if _PULL_FAILURE.search(output) else ""
-            return f"docker compose up failed (exit {code}){hint}: {_tail(output, 2) or 'no output'}", False, now
+            hint = " (the image cannot be pulled or built)" if PULL_FAILURE.search(output) else ""
+            return f"docker compose up failed (exit {code}){hint}: {tail(output, 2) or 'no output'}", False, now
 
         # verify with the engine: at least a short window even if Compose itself was slow
         deadline = max(started + self.scale_timeout, time.monotonic() + 2.0)
@@ -465,31 +227,18 @@ class ComposeExecutor(Executor[ComposeSettings]):
             await asyncio.sleep(POLL_S)
 
     def choose_victims(self, replicas: Sequence[Replica], count: int) -> list[tuple[Replica, str]]:
-        """The ``count`` replicas to remove, each with why: not ready first, then not measured yet,
-        then the lowest CPU (whole percent, from the last background reading), ties to the highest number."""
+        """The ``count`` replicas to remove, each with why (:func:`.scale_in.idlest_first`; CPU from
+        the last background reading)."""
         cpu = self._stats.cpu_by_container() if self.collect_metrics else {}
-
-        def rank(r: Replica) -> tuple[int, int, int]:
-            if not r.ready:
-                return (0, 0, -r.number)
-            if r.id not in cpu:
-                return (1, 0, -r.number)
-            return (2, int(cpu[r.id]), -r.number)
-
-        ordered = sorted(replicas, key=rank)
-        chosen, kept = ordered[:count], ordered[count:]
-        kept_cpu = ", ".join(f"{r.number}: {cpu[r.id]:.1f}%" for r in sorted(kept, key=lambda r: r.number) if r.id in cpu)
-        out = []
-        for r in chosen:
-            level = rank(r)[0]
-            if level == 0:
-                why = f"not running ({r.state}{f', {r.health}' if r.health else ''})"
-            elif level == 1:
-                why = "no CPU reading yet (started since the last check)" if self.collect_metrics else "highest number"
-            else:
-                why = f"lowest CPU: {cpu[r.id]:.1f}%" + (f" (kept {kept_cpu})" if kept_cpu else "")
-            out.append((r, why))
-        return out
+        return idlest_first(
+            replicas,
+            count,
+            number=lambda r: r.number,
+            running=lambda r: r.ready,
+            cpu=lambda r: cpu.get(r.id),
+            not_running=lambda r: f"not running ({r.state}{f', {r.health}' if r.health else ''})",
+            unmeasured="no CPU reading yet (started since the last check)" if self.collect_metrics else "highest number",
+        )
 
     async def _count_ready(self) -> int | None:
         try:
@@ -516,7 +265,7 @@ class ComposeExecutor(Executor[ComposeSettings]):
             grace = self.stop_grace_period if self.stop_grace_period is not None else (r.stop_timeout or DOCKER_STOP_TIMEOUT_S)
             # the SDK extends its HTTP timeout by the grace period itself; our bound adds the same
             took, state = await self._call(stop_and_remove, r, int(round(grace)), timeout=grace + CALL_TIMEOUT_S)
-            return RemovedReplica(str(r.number), why, _how_it_stopped(r, state, took, grace))
+            return RemovedReplica(str(r.number), why, how_it_stopped(r, state, took, grace))
 
         results = await asyncio.gather(*(one(r, why) for r, why in victims), return_exceptions=True)
         errors = [str(e) for e in results if isinstance(e, BaseException)]
@@ -526,41 +275,4 @@ class ComposeExecutor(Executor[ComposeSettings]):
 
     async def _compose(self, args: list[str], timeout: float) -> tuple[int, str]:
         assert self._cli is not None
-        cmd = [*self._cli, "-p", self.project, "-f", str(self.compose_file), *args]
-        env = {**os.environ, "COMPOSE_ANSI": "never"}
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=str(self.compose_file.parent),
-                env=env,
-            )
-        except OSError as e:
-            raise ExecutorError(f"cannot run {cmd[0]}: {e}") from None
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            raise ExecutorError(f"docker compose up did not finish within {timeout:g}s") from None
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        return proc.returncode or 0, out.decode(errors="replace")
-
-    async def close(self) -> None:
-        self._stats.close()
-        await self._engine.close()
-
-
-def _how_it_stopped(r: Replica, state: dict[str, Any] | None, took: float, grace: float) -> str:
-    if state is None:
-        return "was already gone"
-    if r.state != "running":
-        return f"was {r.state}"
-    code = int(state.get("ExitCode") or 0)
-    # the engine sends SIGKILL once the grace period has passed: exit 137, after (about) the grace
-    if code == 137 and took >= grace - 0.5:
-        return f"ignored {r.stop_signal} for {grace:g} s: SIGKILL"
-    return f"exited with code {code} {took:.1f} s after {r.stop_signal}"
+        return await run_compose(self._cli, self.project, self.compose_file, args, timeout)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -25,9 +26,20 @@ from docker.errors import APIError, DockerException, NotFound
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from docktor.tools.executors.docker_stats import Sample, aggregate, sample
-from docktor.tools.sdk import ExecutorError, RemovedReplica, ScaleOutcome
+from docktor.tools.sdk import (
+    Context,
+    Executor,
+    ExecutorError,
+    PluginSettings,
+    RemovedReplica,
+    ScaleOutcome,
+    redact_url,
+    scrub,
+    standard,
+)
 
 T = TypeVar("T")
+S = TypeVar("S", bound=PluginSettings)
 
 #: HTTP timeout of one engine request; a call retries on top of it
 ENGINE_TIMEOUT_S = 10.0
@@ -53,9 +65,21 @@ engine_retry = retry(
 
 
 def short(e: BaseException) -> str:
-    """The engine's own explanation when it gave one, else the first line of the error."""
+    """The engine's own explanation when it gave one, else the first line of the error, with
+    control characters scrubbed (the engine relays text from images and containers)."""
     text = getattr(e, "explanation", None) or str(e)
-    return str(text).splitlines()[0][:300] if text else type(e).__name__
+    lines = [scrub(line) for line in str(text).splitlines() if scrub(line)]
+    return lines[0][:300] if lines else type(e).__name__
+
+
+def engine_address() -> str:
+    """The engine as ``DOCKER_HOST`` names it (the default socket when unset), for ``target()``."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def engine_label() -> str:
+    """The engine, for a message: ``DOCKER_HOST`` without any credential in it."""
+    return redact_url(os.environ.get("DOCKER_HOST") or "the default socket")
 
 
 def client_from_env(timeout: float = ENGINE_TIMEOUT_S) -> docker.DockerClient:
@@ -243,3 +267,28 @@ async def timed_scale(lock: asyncio.Lock, replicas: int, step: ScaleStep) -> Sca
         return ScaleOutcome(
             ok=ok, message=message, duration_ms=(time.monotonic() - started) * 1000, running=running, removed=tuple(removed)
         )
+
+
+class DockerExecutor(Executor[S]):
+    """What the Compose and Swarm executors share: an engine, its containers' CPU and memory read in
+    the background (``collect_metrics``), and one scale at a time, timed, a failure an outcome."""
+
+    provides = standard("cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb", "mem.avg_pct")
+
+    def __init__(self, settings: S, context: Context, *, collect_metrics: bool = True) -> None:
+        super().__init__(settings, context)
+        self.collect_metrics = collect_metrics
+        self._engine = Engine()
+        self._stats = ContainerStats(self._engine)
+        self._lock = asyncio.Lock()
+
+    async def scale(self, replicas: int) -> ScaleOutcome:
+        return await timed_scale(self._lock, replicas, self._scale)
+
+    @abstractmethod
+    async def _scale(self, n: int, started: float, removed: list[RemovedReplica]) -> tuple[str, bool, int | None]:
+        """One scale (a :data:`ScaleStep`), under the lock."""
+
+    async def close(self) -> None:
+        self._stats.close()
+        await self._engine.close()

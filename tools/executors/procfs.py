@@ -1,9 +1,11 @@
-"""What the local executor reads from Linux's ``/proc``: process identity, sessions and CPU time.
+"""What the local executor reads from Linux's ``/proc``: process identity, owner, environment,
+sessions and CPU time.
 
 A pid alone does not name a process across a daemon restart (pids are reused); the pair
 (pid, start time in clock ticks since boot), within one boot (``boot_id``), does. Replicas run in
 their own session (``start_new_session``), so "everything a replica started" is every process
-whose session id is the replica's pid, unless one of them called ``setsid`` itself.
+whose session id is the replica's pid, unless one of them called ``setsid`` itself: those are
+found by the marker in their environment (:func:`carrying`).
 
 Everything here answers ``None`` (or nothing) where ``/proc`` is not there: other systems get
 no adoption after a crash and no CPU-based choice at scale-in, and the docs say so.
@@ -122,10 +124,48 @@ def boot_id() -> str | None:
         return None
 
 
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return (PROC / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def environ_has(pid: int, entry: str) -> bool:
     """The process's initial environment contains ``entry`` (``NAME=value``); False if unreadable."""
+    return entry.encode() in _environ(pid)
+
+
+def environ_value(pid: int, name: str) -> str | None:
+    """``name``'s value in the process's initial environment, None when absent or unreadable."""
+    prefix = name.encode() + b"="
+    found = next((e for e in _environ(pid) if e.startswith(prefix)), None)
+    return None if found is None else found[len(prefix):].decode(errors="replace")
+
+
+def user_ids(pid: int) -> tuple[int, int] | None:
+    """The real and effective user ids ``pid`` runs as (``/proc/<pid>/status``), None when gone."""
     try:
-        data = (PROC / str(pid) / "environ").read_bytes()
-    except OSError:
-        return False
-    return entry.encode() in data.split(b"\0")
+        text = (PROC / str(pid) / "status").read_text()
+    except (OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            real, effective = line.split()[1:3]
+            return int(real), int(effective)
+    return None
+
+
+def carrying(entries: list[str], uid: int) -> list[ProcInfo]:
+    """Every live process running as ``uid`` (real and effective) whose initial environment holds
+    all of ``entries`` (``NAME=value``). The environment is read first: most processes are ruled
+    out by it, or cannot be read at all (another user's), before their status is."""
+    wanted = [e.encode() for e in entries]
+    found = []
+    for info in processes():
+        if info.zombie:
+            continue
+        env = _environ(info.pid)
+        if all(w in env for w in wanted) and user_ids(info.pid) == (uid, uid):
+            found.append(info)
+    return found

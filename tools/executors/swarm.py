@@ -6,8 +6,8 @@ its replica count in the spec it read, and update it with the version it read (t
 an update based on a stale version; the executor reads again and retries). Nothing else in the
 spec changes, so no task is restarted by a scale.
 
-Everything reported comes from the service's tasks: per slot, its newest task that is meant to
-run; a task that is rejected or failed (image missing, no node satisfies the constraints, a
+Everything reported comes from the service's tasks (:mod:`.swarm_tasks`): per slot, its newest
+task that is meant to run; a task that is rejected or failed (image missing, no node satisfies the constraints, a
 host-mode port taken, exit at start) makes the scale an error carrying the task's own error text,
 and the daemon then backs off as for Compose.
 
@@ -20,30 +20,14 @@ after it; the executor waits for every removed task to end and records which end
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from docker.errors import APIError, DockerException, NotFound
 
-from docktor.tools.executors.docker_engine import ContainerStats, Engine, client_from_env, short, timed_scale
-from docktor.tools.sdk import (
-    Context,
-    Executor,
-    ExecutorError,
-    LastScale,
-    PluginSettings,
-    PositiveSeconds,
-    RemovedReplica,
-    ReplicaStatus,
-    ScaleOutcome,
-    redact_url,
-    standard,
-)
+from docktor.tools.executors.docker_engine import DockerExecutor, client_from_env, engine_address, engine_label, short
+from docktor.tools.executors.swarm_tasks import Task, View, engine_time, note_removed
+from docktor.tools.sdk import Context, ExecutorError, LastScale, PluginSettings, PositiveSeconds, RemovedReplica, ReplicaStatus
 
 POLL_S = 0.5
 #: how long every task must stay running before a scale counts as done (a crash at start is
@@ -56,12 +40,6 @@ UPDATE_ATTEMPTS = 3
 #: Docker's defaults when the service sets none
 DEFAULT_GRACE_S = 10.0
 DEFAULT_STOP_SIGNAL = "SIGTERM"
-
-#: desired states of a task meant to run (``ready``: waiting out a restart delay)
-WANTED = ("running", "ready", "accepted", "assigned", "preparing", "starting", "new", "pending")
-#: observed states after which a task never runs again
-ENDED = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")
-FAILED = ("failed", "rejected", "orphaned")
 
 
 class SwarmSettings(PluginSettings):
@@ -82,22 +60,18 @@ def service_name(settings: SwarmSettings, docktor_service: str) -> str:
     return f"{settings.stack}_{base}" if settings.stack else base
 
 
-def _engine_label() -> str:
-    return redact_url(os.environ.get("DOCKER_HOST") or "the default socket")
-
-
 def node_problem(info: dict[str, Any]) -> str | None:
     """Why this engine cannot scale services (not in a swarm, a worker node), or None."""
     swarm = info.get("Swarm") or {}
     state = swarm.get("LocalNodeState") or "inactive"
     if state != "active":
         return (
-            f"the Docker engine at {_engine_label()} is not part of an active swarm (node state {state!r}): "
+            f"the Docker engine at {engine_label()} is not part of an active swarm (node state {state!r}): "
             "run `docker swarm init` there, or point DOCKER_HOST at a manager node"
         )
     if not swarm.get("ControlAvailable"):
         return (
-            f"the Docker engine at {_engine_label()} is a Swarm worker node: Docktor needs a manager "
+            f"the Docker engine at {engine_label()} is a Swarm worker node: Docktor needs a manager "
             "(point DOCKER_HOST at one; `docker node ls` on a manager lists them)"
         )
     return None
@@ -115,135 +89,24 @@ def mode_problem(name: str, spec: dict[str, Any]) -> str | None:
     )
 
 
-# --------------------------------------------------------------------------- tasks
-
-
-def _time(text: str | None) -> float:
-    """An engine timestamp (RFC 3339 with up to 9 fraction digits) as seconds since the epoch."""
-    if not text:
-        return 0.0
-    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
-    if not m:
-        return 0.0
-    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
-    whole = datetime.fromisoformat(m.group(1) + zone).astimezone(UTC).timestamp()
-    return whole + float("0." + (m.group(2) or "0"))
-
-
-@dataclass(frozen=True)
-class Task:
-    id: str
-    name: str  # service.slot, as `docker service ps` shows it
-    slot: int
-    node: str
-    desired: str
-    state: str
-    error: str
-    created: float
-    container: str | None
-    exit_code: int | None
-
-    @property
-    def wanted(self) -> bool:
-        return self.desired in WANTED
-
-    @property
-    def running(self) -> bool:
-        return self.wanted and self.state == "running"
-
-    @property
-    def ended(self) -> bool:
-        return self.state in ENDED
-
-    @property
-    def failed(self) -> bool:
-        """Rejected or failed, or unschedulable (pending with the scheduler's reason)."""
-        return self.state in FAILED or (self.state == "pending" and bool(self.error))
-
-    def problem(self) -> str:
-        said = self.error or (f"exit code {self.exit_code}" if self.exit_code else "")
-        return f"task {self.name} {self.state}: {said or 'no reason given'}"
-
-    @classmethod
-    def from_api(cls, service: str, t: dict[str, Any]) -> Task:
-        status = t.get("Status") or {}
-        container = status.get("ContainerStatus") or {}
-        slot = int(t.get("Slot") or 0)
-        code = container.get("ExitCode")
-        return cls(
-            id=t["ID"],
-            name=f"{service}.{slot}",
-            slot=slot,
-            node=t.get("NodeID") or "",
-            desired=t.get("DesiredState") or "",
-            state=status.get("State") or "",
-            error=(status.get("Err") or "").strip(),
-            created=_time(t.get("CreatedAt")),
-            container=container.get("ContainerID") or None,
-            exit_code=int(code) if code is not None else None,
-        )
-
-
-@dataclass(frozen=True)
-class View:
-    """The service as its tasks show it: per slot, the newest task meant to run."""
-
-    desired: int
-    current: dict[int, Task]
-    tasks: list[Task]
-
-    @classmethod
-    def of(cls, desired: int, tasks: Iterable[Task]) -> View:
-        items = sorted(tasks, key=lambda t: t.created)
-        current: dict[int, Task] = {}
-        for t in items:
-            if t.wanted:
-                current[t.slot] = t  # newest last
-        return cls(desired, current, items)
-
-    @property
-    def running(self) -> list[Task]:
-        return [t for t in self.current.values() if t.running]
-
-    def problems(self, since: set[str] | None = None) -> list[str]:
-        """Why slots are not running: their current task failed, was rejected or cannot be placed,
-        or (``since``: the ids that existed before a scale) a task started since then failed."""
-        found: dict[int, str] = {}
-        for t in self.current.values():
-            if t.failed:
-                found[t.slot] = t.problem()
-        if since is not None:
-            for t in self.tasks:
-                if t.id not in since and t.state in FAILED and t.slot not in found:
-                    found[t.slot] = t.problem()
-        if since is None:
-            # a slot restarting after a failure: its current task waits, the previous one says why
-            for slot, t in self.current.items():
-                if slot in found or t.running:
-                    continue
-                history = [h for h in self.tasks if h.slot == slot and h.state in FAILED]
-                if history:
-                    found[slot] = f"{history[-1].problem()}, restarting"
-        return [found[s] for s in sorted(found)]
+def replica_count(spec: dict[str, Any] | None) -> int | None:
+    """The replica count a service spec asks for (None: not a replicated service's spec)."""
+    value = (((spec or {}).get("Mode") or {}).get("Replicated") or {}).get("Replicas")
+    return None if value is None else int(value)
 
 
 # --------------------------------------------------------------------------- executor
 
 
-class SwarmExecutor(Executor[SwarmSettings]):
+class SwarmExecutor(DockerExecutor[SwarmSettings]):
     """Scales one replicated Swarm service through the Engine API and verifies it from its tasks."""
 
     Settings = SwarmSettings
-    provides = standard("cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb", "mem.avg_pct")
 
     def __init__(self, settings: SwarmSettings, context: Context, *, collect_metrics: bool = True) -> None:
-        super().__init__(settings, context)
+        super().__init__(settings, context, collect_metrics=collect_metrics)
         self.name = service_name(settings, context.service)
         self.scale_timeout = settings.scale_timeout
-        self.collect_metrics = collect_metrics
-        self._engine = Engine()
-        self._stats = ContainerStats(self._engine)
-        self._lock = asyncio.Lock()
         self._node_id: str | None = None
 
     def __repr__(self) -> str:
@@ -271,7 +134,7 @@ class SwarmExecutor(Executor[SwarmSettings]):
             try:
                 info = client.api.info()
             except (DockerException, OSError) as e:
-                return [f"cannot check Swarm service {name!r}: Docker engine at {_engine_label()}: {short(e)}"]
+                return [f"cannot check Swarm service {name!r}: Docker engine at {engine_label()}: {short(e)}"]
             if problem := node_problem(info):
                 raise ExecutorError(problem)
             try:
@@ -288,22 +151,17 @@ class SwarmExecutor(Executor[SwarmSettings]):
 
     def target(self) -> str:
         """The engine and the Swarm service: two daemons (any configs) never scale the same one."""
-        return f"{os.environ.get('DOCKER_HOST') or 'unix:///var/run/docker.sock'}/swarm/{self.name}"
+        return f"{engine_address()}/swarm/{self.name}"
 
     async def last_scaled(self) -> LastScale | None:
         """The service's ``UpdatedAt`` when its last update changed the replica count (its
         ``PreviousSpec`` had another one): an update of the image or the environment is not a
         scale, and a service never updated has no last scale."""
         svc = await self._service()
-
-        def replicas(spec: dict[str, Any] | None) -> int | None:
-            value = (((spec or {}).get("Mode") or {}).get("Replicated") or {}).get("Replicas")
-            return None if value is None else int(value)
-
-        now, before = replicas(svc.get("Spec")), replicas(svc.get("PreviousSpec"))
+        now, before = replica_count(svc.get("Spec")), replica_count(svc.get("PreviousSpec"))
         if now is None or before is None or now == before or not svc.get("UpdatedAt"):
             return None
-        return LastScale(at=_time(svc["UpdatedAt"]), direction="up" if now > before else "down")
+        return LastScale(at=engine_time(svc["UpdatedAt"]), direction="up" if now > before else "down")
 
     # ----------------------------------------------------------------- reading
 
@@ -331,7 +189,7 @@ class SwarmExecutor(Executor[SwarmSettings]):
     def _explain(self, e: APIError) -> str:
         if e.status_code == 503:
             self._node_id = None  # ask again next time: it may have been demoted
-            return f"Docker engine at {_engine_label()}: {short(e)}"
+            return f"Docker engine at {engine_label()}: {short(e)}"
         return f"Swarm service {self.name!r}: {short(e)}"
 
     async def _tasks(self, service_id: str) -> list[Task]:
@@ -339,16 +197,11 @@ class SwarmExecutor(Executor[SwarmSettings]):
         # the filter matches name prefixes too (`web` matches `web2`): keep only this service's
         return [Task.from_api(self.name, t) for t in rows if t.get("ServiceID") == service_id]
 
-    async def view(self) -> View:
-        svc = await self._service()
-        replicas = int(((svc["Spec"].get("Mode") or {}).get("Replicated") or {}).get("Replicas") or 0)
-        return View.of(replicas, await self._tasks(svc["ID"]))
-
     # ----------------------------------------------------------------- status
 
     async def status(self) -> ReplicaStatus:
         svc = await self._service()
-        replicas = int(((svc["Spec"].get("Mode") or {}).get("Replicated") or {}).get("Replicas") or 0)
+        replicas = replica_count(svc["Spec"]) or 0
         view = View.of(replicas, await self._tasks(svc["ID"]))
         problems = view.problems()
         pending = [t for t in view.current.values() if not t.running and not t.failed]
@@ -369,9 +222,6 @@ class SwarmExecutor(Executor[SwarmSettings]):
         return [(t.container, memory) for t in view.running if t.container and t.node == self._node_id]
 
     # ----------------------------------------------------------------- scale
-
-    async def scale(self, replicas: int) -> ScaleOutcome:
-        return await timed_scale(self._lock, replicas, self._scale)
 
     async def _scale(self, n: int, started: float, removed: list[RemovedReplica]) -> tuple[str, bool, int | None]:
         svc = await self._service()
@@ -401,14 +251,14 @@ class SwarmExecutor(Executor[SwarmSettings]):
                     ended_at[tid] = now
             problems = view.problems(since=known)
             if problems:
-                await self._note_removed(removed, was_running, by_id, ended_at, updated, grace, stop_signal)
+                await note_removed(self._engine, self._node_id, removed, was_running, by_id, ended_at, updated, grace, stop_signal)
                 return f"scaling to {n} failed: {'; '.join(problems)}", False, len(view.running)
             still_stopping = [t for t in leaving if t is not None and not t.ended]
             settled = len(view.running) == n and len(view.current) == n and not still_stopping
             if settled:
                 stable_since = stable_since or now
                 if now - stable_since >= STABLE_S:
-                    await self._note_removed(removed, was_running, by_id, ended_at, updated, grace, stop_signal)
+                    await note_removed(self._engine, self._node_id, removed, was_running, by_id, ended_at, updated, grace, stop_signal)
                     took = (stable_since - started) * 1000
                     gone = f"; removed tasks {', '.join(r.replica for r in removed)}" if removed else ""
                     note = f"; engine: {'; '.join(warnings)}" if warnings else ""
@@ -416,7 +266,7 @@ class SwarmExecutor(Executor[SwarmSettings]):
             else:
                 stable_since = None
             if now >= deadline and stable_since is None:
-                await self._note_removed(removed, was_running, by_id, ended_at, updated, grace, stop_signal)
+                await note_removed(self._engine, self._node_id, removed, was_running, by_id, ended_at, updated, grace, stop_signal)
                 waiting = [t for t in view.current.values() if not t.running]
                 why = ", ".join(f"{t.name} {t.state}" for t in sorted(waiting, key=lambda t: t.slot))
                 stopping = f"; {len(still_stopping)} removed task(s) still stopping" if still_stopping else ""
@@ -460,73 +310,3 @@ class SwarmExecutor(Executor[SwarmSettings]):
             raise ExecutorError(f"no Swarm service {self.name!r}: deploy the stack first (docker stack deploy)") from None
         except APIError as e:
             raise ExecutorError(f"updating Swarm service {self.name!r} failed: {short(e)}") from None
-
-    async def _note_removed(
-        self,
-        removed: list[RemovedReplica],
-        was_running: dict[str, Task],
-        by_id: dict[str, Task],
-        ended_at: dict[str, float],
-        updated: tuple[float, float],
-        grace: float,
-        stop_signal: str,
-    ) -> None:
-        """Which tasks Swarm removed and how each ended.
-
-        Swarm deletes a removed task moments after it ends, exit code and all; for tasks on the
-        node Docktor talks to, the engine's events tell (``kill`` with the signal, ``die`` with
-        the exit code). For tasks elsewhere only the time it took is known.
-        """
-        why = "chosen by Swarm (tasks not running first, then the node with the most; the Engine API cannot name one)"
-        gone = [t for tid, t in sorted(was_running.items(), key=lambda kv: kv[1].slot) if not (tid in by_id and by_id[tid].wanted)]
-        local = [t.container for t in gone if t.container and t.node == self._node_id]
-        events = await self._stop_events(local, updated[1]) if local else {}
-        for before in gone:
-            if before.id not in ended_at:
-                removed.append(RemovedReplica(before.name, why, "still stopping"))
-                continue
-            seen = events.get(before.container or "")
-            if seen is not None and seen.get("killed"):
-                how = f"ignored {stop_signal} for {grace:g} s: SIGKILL"
-            elif seen is not None and "exit" in seen:
-                took = f"{seen['took']:.1f} s after" if "took" in seen else "after"
-                how = f"exited with code {seen['exit']} {took} {stop_signal}"
-            else:
-                how = f"gone within {max(0.0, ended_at[before.id] - updated[0]):.1f} s of {stop_signal}"
-            removed.append(RemovedReplica(before.name, why, how))
-
-    async def _stop_events(self, containers: list[str], since_wall: float) -> dict[str, dict[str, Any]]:
-        """Per container: whether it was SIGKILLed, its exit code, seconds from the first signal to exit."""
-        api = self._engine.api
-        wanted = set(containers)
-
-        def read() -> list[dict[str, Any]]:
-            stream = api.events(
-                since=int(since_wall) - 1, until=int(time.time()) + 1,
-                filters={"type": "container", "event": ["kill", "die"]}, decode=True,
-            )
-            return [e for e in stream if (e.get("Actor") or {}).get("ID") in wanted]
-
-        try:
-            events = await self._engine.call(read, timeout=10.0)
-        except ExecutorError:
-            return {}
-        out: dict[str, dict[str, Any]] = {}
-        for e in sorted(events, key=lambda e: e.get("timeNano") or 0):
-            cid = e["Actor"]["ID"]
-            attrs = e["Actor"].get("Attributes") or {}
-            info = out.setdefault(cid, {})
-            at = (e.get("timeNano") or 0) / 1e9
-            if e.get("Action") == "kill":
-                info.setdefault("signalled", at)
-                if attrs.get("signal") in ("9", "SIGKILL", "KILL"):
-                    info["killed"] = True
-            elif e.get("Action") == "die":
-                info["exit"] = attrs.get("exitCode", "?")
-                if "signalled" in info:
-                    info["took"] = max(0.0, at - info["signalled"])
-        return out
-
-    async def close(self) -> None:
-        self._stats.close()
-        await self._engine.close()
