@@ -86,13 +86,18 @@ def test_no_import_cycles() -> None:
 
 
 def test_dependencies_point_inward() -> None:
-    """Plugins import only the SDK; the decision core imports no runtime, advisor, simulator or CLI."""
+    """Plugins import only the SDK and the helper modules of their own folder (never another
+    plugin's module, never the agent); the decision core imports no runtime, advisor, simulator or CLI."""
+    entry_points = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    plugin_modules = {ep.split(":")[0] for group in ("docktor.sources", "docktor.executors") for ep in entry_points[group].values()}
     for name, path in modules().items():
         deps = imports(path, name)
         if name.startswith(("docktor.tools.sources.", "docktor.tools.executors.")):
-            helpers = ("docktor.tools.sdk", *(f"docktor.tools.executors.{m}" for m in ("docker_stats", "docker_engine", "procfs")))
-            outside = {d for d in deps if not d.startswith(helpers)}
-            assert not outside, f"{name} imports {outside}: a plugin may import only docktor.tools.sdk"
+            folder = name.rsplit(".", 1)[0] + "."
+            outside = {d for d in deps if not d.startswith(("docktor.tools.sdk", folder))}
+            assert not outside, f"{name} imports {outside}: a plugin may import only docktor.tools.sdk and its own folder's helpers"
+            others = {d for d in deps if d in plugin_modules and d != name}
+            assert not others, f"{name} imports {others}: a plugin never imports another plugin"
         if name.startswith("docktor.agent.core."):
             allowed = ("docktor.agent.core", "docktor.agent.config.model", "docktor.tools.sdk")
             outside = {d for d in deps if not d.startswith(allowed)}
