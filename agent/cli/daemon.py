@@ -242,12 +242,11 @@ def register(app: typer.Typer) -> None:
         """The decision log: a readable table (the last --tail decisions), or raw JSON lines with --json.
 
         With --follow, the history, then every new decision as it is written, in the same columns."""
-        import collections
         import json
 
         from docktor.agent.cli.render import print_table, stream_header, stream_row
         from docktor.agent.redact import redact
-        from docktor.agent.runtime.log_reader import follow, log_files, raw_lines_of, read_records
+        from docktor.agent.runtime.log_reader import follow, scan_log
         from docktor.agent.runtime.process import paths_for
 
         last = parse_tail(tail)
@@ -264,21 +263,26 @@ def register(app: typer.Typer) -> None:
             else:
                 stream_row(rec)
 
+        # The newest decisions, read from the end of the log (a big log costs what they weigh),
+        # up to where a follower then carries on: nothing is lost or shown twice in between.
+        try:
+            end: int | None = path.stat().st_size
+        except OSError:
+            end = None
+        newest = scan_log(path, service=service, limit=last, since=since_ts, end=end)
         if not follow_:
-            records = collections.deque(read_records(path, since=since_ts, service=service), maxlen=last)
             if as_json:
-                for rec in records:
+                for rec in newest.records:
                     sys.stdout.write(redact(json.dumps(rec, separators=(",", ":"))) + "\n")
             else:
-                print_table(records)
+                print_table(newest.records)
             return
-        # Following: rotated files first, then the live file from its start on one handle, in one
-        # stream so that a decision's intent and outcome are shown as one row even across a rotation.
-        rotated = raw_lines_of(log_files(path)[:-1])
+        # Following: the history's raw lines and the live file on one handle, in one stream, so
+        # that a decision's intent and outcome are shown as one row even across the seam.
         if not as_json:
             stream_header()
         try:
-            for rec in follow(path, service=service, since=since_ts, from_start=True, before=rotated):
+            for rec in follow(path, service=service, since=since_ts, start_at=end, before=newest.lines):
                 show(rec)
         except KeyboardInterrupt:
             pass

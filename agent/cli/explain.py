@@ -9,9 +9,8 @@ decision log, so it explains the daemon's decisions and ``decide``'s alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -31,24 +30,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The last decisions in prose: what was observed, which rules matched, what was proposed,
         which guardrail changed it, what was executed and whether it worked."""
-        import collections
 
         from docktor.agent.cli.daemon import parse_since
         from docktor.agent.cli.render import say
         from docktor.agent.redact import redact_obj
-        from docktor.agent.runtime.log_reader import read_records
+        from docktor.agent.runtime.log_reader import scan_log
         from docktor.agent.runtime.process import paths_for
         from docktor.agent.runtime.prose import explain_one
 
         cfg = load(config)
         if service is not None and service not in {s.name for s in cfg.services}:
             raise UsageError(f"--service: no service named {service!r} in {config}")
-        records: Iterable[dict[str, Any]] = read_records(
-            paths_for(cfg).decisions, since=parse_since(since, time.time()), service=service
-        )
-        if changes:
-            records = (r for r in records if r.get("decision") != "hold")
-        last = collections.deque(records, maxlen=tail)
+        # read from the end of the log: the last few decisions of a big log cost what they weigh
+        want = (lambda r: r.get("decision") != "hold") if changes else None
+        last = scan_log(paths_for(cfg).decisions, service=service, limit=tail, since=parse_since(since, time.time()),
+                        want=want).records
         if not last:
             say("no decisions yet" + (f" for {service}" if service else ""))
             return

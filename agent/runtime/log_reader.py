@@ -154,13 +154,14 @@ def follow_lines(
     path: Path,
     *,
     from_start: bool = False,
+    start_at: int | None = None,
     poll: float = 0.25,
     stop: Any = None,
 ) -> Iterator[dict[str, Any] | None]:
-    """Raw lines appended after the call (or, with ``from_start``, the current file's lines too),
-    across rotations, until ``stop()`` returns True; ``None`` each time it waits for more. One
-    open file handle carries on from the history, so nothing written in between is lost or
-    shown twice."""
+    """Raw lines appended after the call (or, with ``from_start``, the current file's lines too;
+    with ``start_at``, those from that offset of the current file on), across rotations, until
+    ``stop()`` returns True; ``None`` each time it waits for more. One open file handle carries on
+    from the history, so nothing written in between is lost or shown twice."""
     f = None
     inode = None
     buf = b""
@@ -171,7 +172,7 @@ def follow_lines(
                 f = path.open("rb")
                 inode = os.fstat(f.fileno()).st_ino
                 if skip_existing:
-                    f.seek(0, os.SEEK_END)
+                    f.seek(0, os.SEEK_END) if start_at is None else f.seek(min(start_at, os.fstat(f.fileno()).st_size))
             if f is not None:
                 chunk = f.read()
                 if chunk:
@@ -208,15 +209,16 @@ def follow(
     service: str | None = None,
     since: float | None = None,
     from_start: bool = False,
+    start_at: int | None = None,
     poll: float = 0.25,
     stop: Any = None,
     before: Iterable[dict[str, Any]] = (),
 ) -> Iterator[dict[str, Any]]:
     """Decisions appended after the call (see :func:`follow_lines`), each intent merged with its
-    outcome. ``before``: raw lines to show first (the rotated files), merged in the same stream
-    so an intent rotated away from its outcome still finds it."""
+    outcome. ``before``: raw lines to show first (the newest history, :attr:`Scan.lines`),
+    merged in the same stream so an intent shown from the history still finds its outcome."""
     lines: Iterator[dict[str, Any] | None] = iter(before)
-    live = follow_lines(path, from_start=from_start, poll=poll, stop=stop)
+    live = follow_lines(path, from_start=from_start, start_at=start_at, poll=poll, stop=stop)
     yield from merge_phases(_filtered((x for src in (lines, live) for x in src), since, service), grace=FOLLOW_GRACE_S)
 
 
@@ -229,12 +231,13 @@ def raw_lines_of(files: Iterable[Path]) -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------- from the end
 
 
-def lines_backwards(files: list[Path], budget: int | None = None) -> Iterator[bytes | None]:
+def lines_backwards(files: list[Path], budget: int | None = None, end: int | None = None) -> Iterator[bytes | None]:
     """The lines of ``files`` (newest file first), last line first; ``None`` once, then stops,
     when ``budget`` bytes (None: no bound) were read before the start of the oldest file.
 
     Reads blocks from the end, so the newest decisions of a log of any size cost what they
-    weigh, not the whole file (``daemon logs -n 20`` on a 400 MiB log)."""
+    weigh, not the whole file (``daemon logs -n 20`` on a 400 MiB log). ``end``: read the first
+    file only up to that offset (what a follower will read from there on)."""
     spent = 0
     for file in files:
         try:
@@ -242,17 +245,18 @@ def lines_backwards(files: list[Path], budget: int | None = None) -> Iterator[by
         except FileNotFoundError:  # rotated away since it was listed
             continue
         with f:
-            end = f.seek(0, os.SEEK_END)
+            size = f.seek(0, os.SEEK_END)
+            pos = min(size, end) if end is not None and file is files[0] else size
             head = b""
-            while end > 0:
+            while pos > 0:
                 if budget is not None and spent >= budget:
                     yield None
                     return
-                size = min(_BLOCK, end)
-                end -= size
-                f.seek(end)
-                lines = (f.read(size) + head).split(b"\n")
-                spent += size
+                block = min(_BLOCK, pos)
+                pos -= block
+                f.seek(pos)
+                lines = (f.read(block) + head).split(b"\n")
+                spent += block
                 head = lines[0]  # maybe the end of a line that starts in the block before
                 for line in reversed(lines[1:]):
                     if line:
@@ -266,6 +270,8 @@ class Scan:
     records: list[dict[str, Any]]  # oldest first, each intent merged with its outcome
     #: False: the byte budget ran out before the limit or the window's start was reached
     complete: bool
+    #: the raw lines the records were made of, oldest first (for :func:`follow`'s ``before``)
+    lines: list[dict[str, Any]]
 
 
 def scan_log(
@@ -277,6 +283,7 @@ def scan_log(
     want: Callable[[dict[str, Any]], bool] | None = None,
     needle: bytes | None = None,
     budget: int | None = None,
+    end: int | None = None,
 ) -> Scan:
     """The newest decisions of the log (``limit`` of them, or all since ``since``) matching
     ``service`` and ``want``, read backwards from the end of the log and its rotations.
@@ -288,7 +295,7 @@ def scan_log(
     raw: list[dict[str, Any]] = []  # newest first
     found = 0
     complete = True
-    for line in lines_backwards(list(reversed(log_files(path))), budget):
+    for line in lines_backwards(list(reversed(log_files(path))), budget, end):
         if line is None:
             complete = False
             break
@@ -318,4 +325,4 @@ def scan_log(
     records = [r for r in merge_phases(raw) if want is None or want(r)]
     if limit is not None:
         records = records[-limit:]
-    return Scan(records, complete)
+    return Scan(records, complete, raw)

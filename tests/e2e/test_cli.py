@@ -172,7 +172,18 @@ def test_daemon_lifecycle_start_status_logs_refuse_second_stop(tmp_path: Path, n
 
         again = docktor("daemon", "start", "--config", str(cfg))
         assert again.returncode == 1
-        assert f"already running for this config (pid {pid})" in again.stderr
+        assert again.stderr.strip() == (f"error: a daemon is already running on {tmp_path / '.docktor'} (pid {pid}, "
+                                        f"config {cfg}); stop it with: docktor daemon stop --config {cfg}")
+        # Another config on the same state_dir is told which daemon holds it, and how to stop that one
+        # (not `--config other.yaml`, which names the config of no running daemon).
+        other = tmp_path / "other" / "docktor.yaml"
+        other.parent.mkdir()
+        other.write_text(f"state_dir: {tmp_path / '.docktor'}\n" + cfg.read_text())
+        shared = docktor("daemon", "start", "--config", str(other))
+        assert shared.returncode == 1
+        assert shared.stderr.strip() == (
+            f"error: a daemon is already running on {tmp_path / '.docktor'} (pid {pid}, config {cfg}); it runs another "
+            f"config with the same state_dir; stop it with: docktor daemon stop --config {cfg}")
 
         assert _wait(lambda: len((tmp_path / ".docktor" / "decisions.jsonl").read_text().splitlines()) >= 3
                      if (tmp_path / ".docktor" / "decisions.jsonl").exists() else False)

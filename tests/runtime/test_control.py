@@ -326,7 +326,7 @@ def test_the_protocol_and_its_python_client(tmp_path: Path, nats_server: NatsSer
         assert proposal["source"] == "mcp" and proposal["mode"] == "dry-run" and proposal["proposal"] == 9
         # the same envelope as the LLM's: held by cooldown_up, which a manual scale would ignore
         assert proposal["target_replicas"] == proposal["current_replicas"] and proposal["envelope"]["hi_by"] == "cooldown_up"
-        assert proposal["reason"].startswith("mcp: the queue grows; held at 1 by cooldown_up (")
+        assert proposal["reason"].startswith(f"mcp: the queue grows; held at {proposal['current_replicas']} by cooldown_up (")
         assert not any(x.get("source") == "mcp" for x in raw_lines(deep / "decisions.jsonl")[before:])  # nothing recorded
 
         with pytest.raises(ControlError) as e:
@@ -390,8 +390,8 @@ def test_decide_once_and_a_second_daemon_refuse_to_act_behind_a_running_daemon(t
         same = docktor("decide", "--once", "--config", str(first), env=env)
         assert same.returncode == 1 and same.stdout == ""
         assert same.stderr.splitlines() == [
-            f"error: a daemon is already running for this config (pid {pid}): it owns the scaling; ask it "
-            f"(docktor scale SERVICE --to N --config {first}) or use --dry-run"
+            f"error: a daemon is already running on {tmp_path / 's1'} (pid {pid}, config {first}): it owns the scaling; "
+            f"ask it (docktor scale SERVICE --to N --config {first}) or use --dry-run"
         ]
         assert docktor("decide", "--once", "--dry-run", "--window", "0", "--config", str(first), env=env).returncode == 0
 

@@ -83,7 +83,7 @@ def test_the_byte_budget_stops_the_scan_and_says_so(tmp_path: Path) -> None:
     scan = scan_log(path, service="a", since=T0 - 10, budget=4096)
     assert not scan.complete and 0 < len(scan.records) < 100
     assert scan.records[-1]["id"] == "a0099"  # the newest are the ones read
-    assert scan_log(tmp_path / "absent.jsonl", limit=3) == type(scan)([], True)
+    assert scan_log(tmp_path / "absent.jsonl", limit=3) == type(scan)([], True, [])
 
 
 def test_torn_and_foreign_lines_are_skipped(tmp_path: Path) -> None:
