@@ -176,7 +176,10 @@ class LastScaledInTheYear33658(FakeExecutor):
 
 
 class KeepsReplicasItShouldStop(FakeExecutor):
-    in_process = True  # says its replicas live in the daemon, yet close() leaves them running
+    in_process = True  # says its replicas live in the daemon...
+
+    async def close(self) -> None:
+        self.closed = True  # ...yet leaves them running
 
 
 class TellsTheSecret(FakeExecutor):

@@ -262,6 +262,17 @@ async def test_target_and_last_scaled_are_scripted_and_the_fleet_knows_its_execu
     assert executor("unknown").target() is None
 
 
+async def test_an_in_process_fake_stops_its_replicas_when_closed() -> None:
+    class InProcess(FakeExecutor):
+        in_process = True  # replicas that live in the daemon, like the local executor's
+
+    fleet = FakeFleet("inside", replicas=3)
+    await executor("inside").close()
+    assert fleet.running == 3  # the plain fake's replicas outlive it, as a Compose project's do
+    await InProcess(FakeExecutorSettings(kind="fake", script="inside"), Context("svc", Path.cwd(), Path.cwd())).close()
+    assert fleet.replicas == {} and fleet.desired == 0
+
+
 # --------------------------------------------------------------------------- the contract, on the fakes
 
 

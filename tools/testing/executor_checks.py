@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from docktor.tools.sdk import Context, Executor, ExecutorError, LastScale, ReplicaStatus, ScaleOutcome
-from docktor.tools.testing import sockets
 from docktor.tools.testing.cases import (
     SLACK_S,
     ExecutorPeer,
@@ -22,6 +21,7 @@ from docktor.tools.testing.cases import (
     texts_of,
     within,
 )
+from docktor.tools.testing.sockets import connections, left_open
 
 #: the bound of one scale when neither the settings (``scale_timeout``) nor the peer name one
 DEFAULT_SCALE_S = 30.0
@@ -176,13 +176,13 @@ async def close_releases(run: Run) -> None:
     asks the backend at once. An in-process executor's replicas stop with it; others stay."""
     peer: ExecutorPeer = run.peer
     n = max(1, peer.scale[1])
-    before = sockets.held() if sockets.available() else None
+    before = connections()
 
     async def use(executor: Executor[Any]) -> None:
         _verified(await _scale(run, executor, peer.settings, n), await _status(run, executor, peer.settings, f"status() after scale({n})"), n)
 
     await _using(run, peer.settings, use)
-    left = await sockets.left_open(before, _bound(run, peer.settings))
+    left = await left_open(before, _bound(run, peer.settings))
     if left:
         raise Violation(f"close() left {len(left)} connection(s) open: {', '.join(sorted(left.values()))}")
 

@@ -234,6 +234,9 @@ class FakeExecutor(Executor[FakeExecutorSettings]):
             return ScaleOutcome(True, f"{before} -> {replicas} replicas running", _ms(began), fleet.running, removed)
 
     async def close(self) -> None:
+        fleet = _FLEETS.get(self.script)
+        if self.in_process and fleet is not None and not self.closed:
+            fleet.apply(0)  # a subclass whose replicas live in the daemon: they stop with it
         self.closed = True
 
     # ------------------------------------------------------------------ inside

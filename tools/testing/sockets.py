@@ -18,13 +18,15 @@ _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's hex states
 _UNIX_LISTENING = 1 << 16  # __SO_ACCEPTCON in /proc/net/unix's flags
 
 
-def available() -> bool:
-    return (_PROC / "self" / "fd").is_dir() and (_PROC / "net" / "tcp").is_file()
-
-
-def held() -> dict[int, str]:
+def connections() -> dict[int, str] | None:
     """Socket inode -> a description (``tcp 127.0.0.1:40120 -> 127.0.0.1:4222``), for every
-    outgoing connection this process holds now."""
+    outgoing connection this process holds now; None where ``/proc`` cannot tell (not Linux)."""
+    if not ((_PROC / "self" / "fd").is_dir() and (_PROC / "net" / "tcp").is_file()):
+        return None
+    return _held()
+
+
+def _held() -> dict[int, str]:
     ours = _socket_inodes()
     tcp = [row for table in ("tcp", "tcp6") for row in _table(table)]
     listening = {_port(row[1]) for row in tcp if row[3] == _LISTEN and int(row[9]) in ours}
@@ -41,14 +43,14 @@ def held() -> dict[int, str]:
 
 
 async def left_open(before: dict[int, str] | None, bound: float) -> dict[int, str]:
-    """The connections opened since ``before`` (a :func:`held`) that are still open once ``bound``
+    """The connections opened since ``before`` (a :func:`connections`) that are still open once ``bound``
     seconds have passed: a request still in flight when ``close()`` returned may end on its own
     meanwhile (the connection is released then); one never closed stays. Empty without ``/proc``."""
     if before is None:
         return {}
     deadline = time.monotonic() + bound
     while True:
-        left = {k: v for k, v in held().items() if k not in before}
+        left = {k: v for k, v in _held().items() if k not in before}
         if not left or time.monotonic() >= deadline:
             return left
         await asyncio.sleep(0.1)

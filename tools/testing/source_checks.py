@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from docktor.tools.sdk import Metrics, Source, SourceError
-from docktor.tools.testing import sockets
 from docktor.tools.testing.cases import (
     DEFAULT_READ_BOUND_S,
     SLACK_S,
@@ -23,6 +22,7 @@ from docktor.tools.testing.cases import (
     texts_of,
     within,
 )
+from docktor.tools.testing.sockets import connections, left_open
 
 #: what a source's restore() may raise for data it cannot use (anything else is a bug)
 REFUSALS = (ValueError, KeyError, TypeError)
@@ -231,7 +231,7 @@ async def no_secret_leaks(run: Run) -> None:
 async def close_releases(run: Run) -> None:
     """close() returns, on a source that never read and on one that did, and leaves no connection open."""
     peer: SourcePeer = run.peer
-    before = sockets.held() if sockets.available() else None
+    before = connections()
 
     async def nothing(source: Source[Any]) -> None:
         pass
@@ -241,7 +241,7 @@ async def close_releases(run: Run) -> None:
 
     await _using(run, peer.healthy, nothing)
     await _using(run, peer.healthy, read)
-    left = await sockets.left_open(before, _bound(run, peer.healthy))
+    left = await left_open(before, _bound(run, peer.healthy))
     if left:
         raise Violation(f"close() left {len(left)} connection(s) open: {', '.join(sorted(left.values()))}")
 
