@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from docktor.agent.config.load import load_config
-from docktor.agent.runtime.loop import Daemon
+from docktor.agent.runtime.supervisor import Supervisor
 from docktor.tools import registry
 from docktor.tools.sdk import Context, ExecutorError, LastScale, SourceError, admit
 from docktor.tools.testing import (
@@ -309,7 +309,7 @@ async def test_the_daemon_reads_and_scales_the_fakes_a_config_file_names(tmp_pat
     queue = FakeQueue("orders", {"queue.backlog": 45})
     fleet = FakeFleet("orders", replicas=1)
     with registry.installed(FakeSource, FakeExecutor):
-        daemon = Daemon(load_config(tmp_path / "docktor.yaml"))
+        daemon = Supervisor(load_config(tmp_path / "docktor.yaml"))
         await daemon.open()
         try:
             [grown] = await daemon.run_once()
