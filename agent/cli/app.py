@@ -102,11 +102,12 @@ def decide(
         raise UsageError(f"--window: {window!r} is not a duration (e.g. 5s, 500ms, 0)") from None
 
     from docktor.agent.cli.render import print_table
-    from docktor.agent.runtime.process import AlreadyRunning, acquire_lock, paths_for
+    from docktor.agent.runtime.process import AlreadyRunning, acquire_lock, paths_for, trusted
     from docktor.agent.runtime.rundir import TargetBusy
     from docktor.agent.runtime.supervisor import Supervisor
 
     cfg = load(config, check_llm=True)
+    trusted(paths_for(cfg), create=True)  # the log and the state files go there, dry run or not
     acts = not dry_run and not advisory and cfg.mode == "autonomous"
     lock_fd = -1
     if acts:

@@ -284,3 +284,40 @@ def test_follow_shows_a_decision_once_its_outcome_is_written(tmp_path: Path) -> 
     done.set()
     log.close()
     assert [(r["reason"], r["executed"]) for r in seen] == [("acting", True), ("later hold", False)]
+
+
+@pytest.mark.parametrize("tail", [b'{"ts": "2026-12-07T03:00:00.000Z", "service": "w", "decisi', b"\x00\x00\x00\x00", b"garbage with no newline"])
+def test_a_torn_last_line_is_cut_at_open_and_set_aside(tmp_path: Path, tail: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A file ending in a torn line (a power cut mid-write): today the next record was glued onto
+    it and both were lost to every reader."""
+    path = tmp_path / "decisions.jsonl"
+    first = DecisionLog(path)
+    first.write(record(reason="whole"))
+    first.close()
+    with path.open("ab") as f:
+        f.write(tail)
+    caplog.set_level("WARNING", "docktor")
+    again = DecisionLog(path)
+    again.write(record(reason="after"))
+    again.close()
+    assert [r["reason"] for r in read_records(path)] == ["whole", "after"]
+    assert path.read_bytes().count(b"\n") == 2 and path.read_bytes().endswith(b"\n")
+    assert (tmp_path / "decisions.jsonl.torn").read_bytes() == tail + b"\n"
+    assert (tmp_path / "decisions.jsonl.torn").stat().st_mode & 0o777 == 0o600
+    assert again.repaired == (f"{path}: its last {len(tail)} bytes were a torn line (a crash or a full disk mid-write), "
+                              f"cut at open; set aside in {tmp_path / 'decisions.jsonl.torn'}")
+    assert again.repaired in caplog.messages
+
+
+def test_the_log_and_its_folder_are_private(tmp_path: Path) -> None:
+    """Decisions name queues, observations and command lines: 0600 in a 0700 folder, and an older
+    log that others could read is tightened when opened."""
+    folder = tmp_path / "state"
+    log = DecisionLog(folder / "decisions.jsonl")
+    log.write(record())
+    log.close()
+    assert (folder.stat().st_mode & 0o777, (folder / "decisions.jsonl").stat().st_mode & 0o777) == (0o700, 0o600)
+    (folder / "decisions.jsonl").chmod(0o644)
+    folder.chmod(0o755)
+    DecisionLog(folder / "decisions.jsonl").close()
+    assert (folder.stat().st_mode & 0o777, (folder / "decisions.jsonl").stat().st_mode & 0o777) == (0o700, 0o600)

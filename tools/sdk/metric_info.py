@@ -61,7 +61,8 @@ def admit(metrics: Mapping[str, float], infos: Mapping[str, MetricInfo]) -> tupl
     a broken reading, not an empty queue, and must not drive a scale-in. A metric the plugin did
     not declare is held to the default domain (finite, ``>= 0``).
 
-    Returns the admitted metrics and, per refused metric, why (``"-50 is below 0"``).
+    Returns the admitted metrics and, per refused metric, why (``"-50 is negative, which
+    queue.backlog cannot be"``).
     """
     kept: Metrics = {}
     refused: dict[str, str] = {}
@@ -72,7 +73,7 @@ def admit(metrics: Mapping[str, float], infos: Mapping[str, MetricInfo]) -> tupl
         elif not math.isfinite(value):
             refused[name] = f"{value} is not a finite number"
         elif value < 0 and not (info is not None and info.signed):
-            refused[name] = f"{value:g} is below 0 (a {info.unit if info else 'count'} cannot be)"
+            refused[name] = f"{value:g} is negative, which {name} cannot be"
         else:
             kept[name] = float(value)
     return kept, refused
