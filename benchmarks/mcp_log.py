@@ -23,9 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from docktor.agent.mcp.views import scan_log
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord
-from docktor.agent.runtime.log_reader import log_files, read_records
+from docktor.agent.runtime.log_reader import log_files, read_records, scan_log
 from docktor.agent.timestamps import rfc3339
 
 OBSERVATIONS = [
