@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from docktor.agent.config.compat import DEPRECATED_SOURCE_KEYS
 from docktor.agent.config.load import parse_config
 from docktor.tools.sdk import SourceError
-from docktor.tools.sources.nats import NatsSource
 from docktor.tools.sources.nats import NatsSettings as Settings
+from docktor.tools.sources.nats import NatsSource
 from tests.support.peers import NatsServer, free_port, launch_nats
 
 STREAM, CONSUMER, SUBJECT = "ORDERS", "WORKERS", "orders.new"

@@ -51,7 +51,6 @@ def standard(*names: str) -> dict[str, MetricInfo]:
     return {name: STANDARD_METRICS[name] for name in names}
 
 
-
 def admit(metrics: Mapping[str, float], infos: Mapping[str, MetricInfo]) -> tuple[Metrics, dict[str, str]]:
     """Split a plugin's reading into the values a metric can mean and the ones it cannot.
 
@@ -61,7 +60,8 @@ def admit(metrics: Mapping[str, float], infos: Mapping[str, MetricInfo]) -> tupl
     a broken reading, not an empty queue, and must not drive a scale-in. A metric the plugin did
     not declare is held to the default domain (finite, ``>= 0``).
 
-    Returns the admitted metrics and, per refused metric, why (``"-50 is below 0"``).
+    Returns the admitted metrics and, per refused metric, why (``"-50 is below 0 (messages cannot
+    be negative)"``).
     """
     kept: Metrics = {}
     refused: dict[str, str] = {}
@@ -72,7 +72,8 @@ def admit(metrics: Mapping[str, float], infos: Mapping[str, MetricInfo]) -> tupl
         elif not math.isfinite(value):
             refused[name] = f"{value} is not a finite number"
         elif value < 0 and not (info is not None and info.signed):
-            refused[name] = f"{value:g} is below 0 (a {info.unit if info else 'count'} cannot be)"
+            why = f"{info.unit} cannot be negative" if info is not None and info.unit else "the metric is not declared signed"
+            refused[name] = f"{value:g} is below 0 ({why})"
         else:
             kept[name] = float(value)
     return kept, refused
