@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import re
 import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import httpx2
 from nats.aio.client import Client
 from nats.js import JetStreamManager
 from nats.js.api import SequenceInfo
@@ -31,6 +29,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 from pydantic import field_validator, model_validator
 
 from docktor.tools.sdk.errors import SourceError, reason
+from docktor.tools.sdk.http_client import http_client
 from docktor.tools.sdk.metric_info import Metrics, standard
 from docktor.tools.sdk.plugin import Source
 from docktor.tools.sdk.rates import Counters, RateTracker
@@ -176,6 +175,8 @@ class NatsSource(Source[NatsSettings]):
         self._clock = clock
         self._nc: Client | None = None
         self._jsm: JetStreamManager | None = None
+        #: the monitoring endpoint's client, made when the fallback is first needed
+        self._http: httpx2.AsyncClient | None = None
         #: the client's latest error since the connection was lost (or since connecting began)
         self._last_error: str | None = None
         #: an outage was logged and nothing has connected since (say it once, then when it recovers)
@@ -220,6 +221,9 @@ class NatsSource(Source[NatsSettings]):
         return self._rates.restore(data, elapsed, self._clock())
 
     async def close(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
         nc, self._nc, self._jsm = self._nc, None, None
         if nc is not None:
             # close(), not drain(): this connection only sends requests, so there is no
@@ -431,16 +435,17 @@ class NatsSource(Source[NatsSettings]):
     async def _read_monitor(self) -> JetStreamCounters:
         s, t = self.settings, self.settings.timeout
         url = f"{s.monitor_url}/jsz?consumers=true&config=true"
-        # a TLS file that cannot be loaded is a SourceError: final, like a missing credential
-        ctx = s.tls.ssl_context(self.context) if s.tls is not None and url.startswith("https") else None
+        if self._http is None:  # a TLS file that cannot be loaded is a SourceError: final, like a missing credential
+            self._http = http_client(s.tls if url.startswith("https") else None, self.context, t)
         try:
-            # urllib's own timeout bounds the thread; the outer one bounds us if it does not.
-            body = await asyncio.wait_for(asyncio.to_thread(_get_json, url, t, ctx), t + 0.5)
-        except TimeoutError:
+            async with asyncio.timeout(t + 0.5):  # httpx2 bounds each phase; this bounds them all
+                r = await self._http.get(url)
+            if r.status_code != 200:
+                raise Transient(f"{url}: HTTP {r.status_code}")
+            body = r.json()
+        except (TimeoutError, httpx2.TimeoutException):
             raise Transient(f"{url}: timed out after {t:g}s") from None
-        except urllib.error.HTTPError as e:
-            raise Transient(f"{url}: HTTP {e.code}") from None
-        except (OSError, ValueError) as e:
+        except (httpx2.HTTPError, ssl.SSLError, OSError, ValueError) as e:
             raise Transient(f"{url}: {reason(e)}") from None
         return self._from_jsz(body)
 
@@ -495,11 +500,6 @@ async def _close_quietly(nc: Client, timeout: float) -> None:
         log.debug("close of %s interrupted by nats-py", nc.connected_url)
     except Exception as e:
         log.debug("close failed: %s", e)
-
-
-def _get_json(url: str, timeout: float, context: ssl.SSLContext | None = None) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
-        return json.loads(r.read())
 
 
 def _time(value: Any) -> dt.datetime | None:
