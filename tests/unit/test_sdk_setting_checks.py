@@ -4,12 +4,14 @@ that go together (``go_together``). A message never repeats a value that may hol
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Literal
 
 import pytest
-from pydantic import ValidationError, model_validator
+from pydantic import ValidationError
 
-from docktor.tools.sdk import EnvName, PluginSettings, check_url, go_together, url_setting
+from docktor.tools.sdk import PluginSettings, TlsSettings, check_url, go_together, url_setting
 
 SECRET = "hunter2-canary"
 
@@ -19,13 +21,6 @@ class Web(PluginSettings):
 
     kind: Literal["web"] = "web"
     url: Annotated[str, url_setting(("http", "https"), "an http(s) URL such as http://127.0.0.1:9090")] = "http://127.0.0.1:9090"
-    username_env: EnvName | None = None
-    password_env: EnvName | None = None
-
-    @model_validator(mode="after")
-    def _pairs(self) -> Web:
-        go_together(self, "username_env", "password_env")
-        return self
 
 
 @pytest.mark.parametrize(
@@ -67,8 +62,12 @@ def test_a_url_setting_is_checked_where_it_is_declared_and_kept_without_a_traili
 
 
 def test_settings_that_go_together_are_all_given_or_all_left_out() -> None:
-    assert Web.model_validate({}).username_env is None
-    assert Web.model_validate({"username_env": "U", "password_env": "P"}).password_env == "P"
-    for half in ({"username_env": "U"}, {"password_env": "P"}):
-        with pytest.raises(ValidationError, match="username_env and password_env go together"):
-            Web.model_validate(half)
+    go_together(SimpleNamespace(user_env=None, password_env=None), "user_env", "password_env")
+    go_together(SimpleNamespace(user_env="U", password_env="P"), "user_env", "password_env")
+    for half in (SimpleNamespace(user_env="U", password_env=None), SimpleNamespace(user_env=None, password_env="P")):
+        with pytest.raises(ValueError, match="^user_env and password_env go together$"):
+            go_together(half, "user_env", "password_env")
+    # as a settings model uses it: the tls: block's client certificate and key
+    assert TlsSettings.model_validate({"cert_file": "c.pem", "key_file": "k.pem"}).files() == {"cert_file": Path("c.pem"), "key_file": Path("k.pem")}
+    with pytest.raises(ValidationError, match="cert_file and key_file go together"):
+        TlsSettings.model_validate({"cert_file": "c.pem"})

@@ -73,7 +73,7 @@ def env_secret(name: str, setting: str) -> str:
 # --------------------------------------------------------------------------- settings and context
 
 
-def go_together(settings: BaseModel, *names: str) -> None:
+def go_together(settings: object, *names: str) -> None:
     """``ValueError`` ("user_env and password_env go together") unless the settings ``names`` are
     all given or all left out; for a settings model's ``model_validator``."""
     given = [getattr(settings, name) is not None for name in names]
