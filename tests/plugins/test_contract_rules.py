@@ -202,7 +202,7 @@ class NanCpu(FakeExecutor):
     (BlocksTheLoop, "timeout_honoured", r"blocked the event loop for \d"),
     (IgnoresItsTimeout, "timeout_honoured", r"read\(\) of a silent peer did not return within 6 s"),
     (UndeclaredMetric, "reads_known_figures", r"does not declare: queue.secret_sauce"),
-    (NegativeBacklog, "reads_known_figures", r"outside their metric's domain: queue.pending: -3 is below 0"),
+    (NegativeBacklog, "reads_known_figures", r"outside their metric's domain: queue.pending: -3 is negative"),
     (SnapshotNotJson, "snapshot_round_trips", r"snapshot\(\) after a read is not JSON-serialisable"),
     (AcceptsAnySnapshot, "snapshot_round_trips", r"restore\(\) of data it never wrote returned True"),
     (ForgetsTheBaseline, "snapshot_round_trips", r"lacks queue.rate_in, queue.rate_out: the baseline did not survive"),

@@ -161,7 +161,7 @@ async def test_values_pass_through_and_the_sdk_admits_only_what_a_metric_can_mea
     got = await src.read()
     kept, refused = admit(got, FakeSource.metrics_for(src.settings))
     assert kept == {"queue.rate_in": 2.0}
-    assert refused == {"queue.backlog": "-5 is below 0 (a messages cannot be)", "queue.pending": "nan is not a finite number"}
+    assert refused == {"queue.backlog": "-5 is negative, which queue.backlog cannot be", "queue.pending": "nan is not a finite number"}
 
 
 async def test_a_missing_queue_is_unreachable_and_the_queue_knows_its_sources() -> None:

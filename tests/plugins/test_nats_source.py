@@ -16,14 +16,17 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 from pydantic import ValidationError
 
+from docktor.agent.config.compat import DEPRECATED_SOURCE_KEYS
 from docktor.agent.config.load import parse_config
 from docktor.tools.sdk import SourceError
-from docktor.tools.sources.nats import DEPRECATED_KEYS, NatsSource
 from docktor.tools.sources.nats import NatsSettings as Settings
+from docktor.tools.sources.nats import NatsSource
 from tests.support.peers import NatsServer, free_port, launch_nats
 
 STREAM, CONSUMER, SUBJECT = "ORDERS", "WORKERS", "orders.new"
 RATES = ("queue.rate_in", "queue.rate_out")
+#: the Go Docktor's queue keys that load with a warning (migration lives in config/compat)
+DEPRECATED_KEYS = DEPRECATED_SOURCE_KEYS["nats"]
 
 
 class FakeClock:

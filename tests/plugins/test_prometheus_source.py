@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from docktor.tools.sdk import STANDARD_METRICS, SourceError
+from docktor.tools.sdk import STANDARD_METRICS, SourceError, admit
 from docktor.tools.sources.prometheus import PrometheusSettings as Settings
 from docktor.tools.sources.prometheus import PrometheusSource
 from tests.support.peers import free_port
@@ -44,7 +44,7 @@ def prom(tmp_path: Path, exporter: Exporter) -> Iterator[PrometheusServer]:
         p.stop()
 
 
-def settings(url: str, queries: dict[str, str], **extra: Any) -> Settings:
+def settings(url: str, queries: dict[str, Any], **extra: Any) -> Settings:
     return Settings.model_validate({"kind": "prometheus", "url": url, "queries": queries, "timeout": 2, **extra})
 
 
@@ -97,6 +97,10 @@ def test_metrics_are_the_names_the_queries_map_to() -> None:
         ({"queries": {"Backlog": "x"}}, "not a metric name"),
         ({"queries": {"replicas.running": "x"}}, "from the executor"),
         ({"queries": {"queue.backlog": " "}}, "empty query"),
+        ({"queries": {"queue.backlog": {"query": "x", "signed": True}}}, "a standard metric (messages) is never below 0"),
+        ({"queries": {"jobs.delta": 5}}, "must be a PromQL query, or {query: <PromQL>, signed: true}"),
+        ({"queries": {"jobs.delta": {"query": "x", "sign": True}}}, "Extra inputs"),
+        ({"queries": {"jobs.delta": {"signed": True}}}, "Field required"),
         ({"url": f"http://u:{CANARY}@h:9090"}, "no credentials"),
         ({"url": "h:9090"}, "http(s) URL"),
         ({"username_env": "U"}, "go together"),
@@ -110,6 +114,21 @@ def test_settings_reject_bad_input(extra: dict[str, Any], fragment: str) -> None
     errors = info.value.errors()
     assert any(fragment in e["msg"] for e in errors), errors
     assert all(CANARY not in e["msg"] for e in errors)
+
+
+def test_a_query_may_declare_itself_signed() -> None:
+    s = settings("http://h:9090", {"queue.backlog": "sum(x)", "jobs.delta": {"query": "delta(jobs[5m])", "signed": True},
+                                   "jobs.age": {"query": "max(age)"}})
+    provided = PrometheusSource.metrics_for(s)
+    assert provided["jobs.delta"].signed and "delta(jobs[5m])" in provided["jobs.delta"].help
+    assert not provided["jobs.age"].signed and not provided["queue.backlog"].signed
+
+
+def test_plain_queries_dump_as_before_signed_existed() -> None:
+    # the daemon fingerprints a source by its settings' dump: an upgrade must not make it "another source"
+    s = settings("http://h:9090", {"queue.backlog": "sum(x)", "jobs.delta": {"query": "d", "signed": True}})
+    assert s.model_dump()["queries"] == {"queue.backlog": "sum(x)", "jobs.delta": {"query": "d", "signed": True}}
+    assert Settings.model_validate_json(s.model_dump_json()) == s
 
 
 # --------------------------------------------------------------------------- values
@@ -140,6 +159,29 @@ async def test_bad_query_is_missing_with_prometheus_reason(prom: PrometheusServe
     assert "rejected the query" in src.last_missing["jobs.bad"] and "parse error" in src.last_missing["jobs.bad"]
     with pytest.raises(SourceError, match="no query gave a value: jobs.bad: Prometheus rejected the query"):
         await make_source(settings(prom.url, {"jobs.bad": "sum(("})).read()
+
+
+async def test_a_negative_answer_is_refused_by_admit_unless_the_query_is_signed(tmp_path: Path, make_source: Any) -> None:
+    # An exporter gone wrong reports a backlog of -50 (issue 21: it scaled a service from 3 to 1).
+    exporter = Exporter("jobs_backlog -50\nroom_celsius_delta -50\n")
+    prom = PrometheusServer.start(tmp_path / "prom", [exporter.target])
+    try:
+        s = settings(prom.url, {
+            "queue.backlog": "sum(jobs_backlog)",
+            "jobs.delta": "sum(room_celsius_delta)",
+            "temperature.delta": {"query": "sum(room_celsius_delta)", "signed": True},
+        })
+        reading = await eventually(make_source(s).read, lambda m: len(m) == 3)
+        assert reading == {"queue.backlog": -50.0, "jobs.delta": -50.0, "temperature.delta": -50.0}  # what Prometheus says
+        kept, refused = admit(reading, PrometheusSource.metrics_for(s))  # what the daemon does with every reading
+        assert kept == {"temperature.delta": -50.0}
+        assert refused == {
+            "queue.backlog": "-50 is negative, which queue.backlog cannot be",
+            "jobs.delta": "-50 is negative, which jobs.delta cannot be unless declared signed",
+        }
+    finally:
+        prom.stop()
+        exporter.stop()
 
 
 async def test_stopped_target_goes_stale_and_is_missing_never_zero(

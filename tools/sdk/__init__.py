@@ -19,9 +19,12 @@ change to Docktor. ``docs/plugins.md`` walks through writing one, and
 :mod:`docktor.tools.testing` holds in-memory fakes and the contract suite every plugin passes.
 
 The modules: :mod:`.errors` (errors and one-line texts), :mod:`.settings` (the settings base,
-durations, secrets, ``tls:``), :mod:`.metric_info` (units, the standard names, the domain a value
-must be in), :mod:`.plugin` (the plugin classes), :mod:`.files` (private files, no links
-followed). Everything a plugin needs is importable from ``docktor.tools.sdk`` itself.
+durations, secrets, ``tls:``), :mod:`.urls` (the check of a URL setting), :mod:`.metric_info`
+(units, the standard names, the domain a value must be in), :mod:`.plugin` (the plugin classes),
+:mod:`.retry` (attempts within a deadline, transient or permanent failures), :mod:`.rates` (rates
+from cumulative counters, across restarts), :mod:`.http_client` (an HTTP client that trusts only
+what the settings say), :mod:`.files` (private files, no links followed).
+Everything a plugin needs is importable from ``docktor.tools.sdk`` itself.
 
 The failure contract (the same for every plugin):
 
@@ -39,8 +42,9 @@ The failure contract (the same for every plugin):
 
 from __future__ import annotations
 
-from docktor.tools.sdk.errors import ExecutorError, SourceError, one_line, redact_url, scrub
+from docktor.tools.sdk.errors import ExecutorError, SourceError, one_line, reason, redact_url, scrub
 from docktor.tools.sdk.files import UnsafePath, open_private, private_dir, read_private, write_atomic
+from docktor.tools.sdk.http_client import http_client
 from docktor.tools.sdk.metric_info import STANDARD_METRICS, MetricInfo, Metrics, admit, standard
 from docktor.tools.sdk.plugin import (
     Executor,
@@ -52,6 +56,8 @@ from docktor.tools.sdk.plugin import (
     Source,
     settings_kind,
 )
+from docktor.tools.sdk.rates import Counters, RateTracker
+from docktor.tools.sdk.retry import Permanent, Transient, Unavailable, retrying
 from docktor.tools.sdk.settings import (
     SECRET_ERROR,
     Context,
@@ -61,22 +67,27 @@ from docktor.tools.sdk.settings import (
     Seconds,
     TlsSettings,
     env_secret,
+    go_together,
     parse_duration,
 )
+from docktor.tools.sdk.urls import check_url, url_setting
 
 __all__ = [
     "SECRET_ERROR",
     "STANDARD_METRICS",
     "Context",
+    "Counters",
     "EnvName",
     "Executor",
     "ExecutorError",
     "LastScale",
     "MetricInfo",
     "Metrics",
+    "Permanent",
     "Plugin",
     "PluginSettings",
     "PositiveSeconds",
+    "RateTracker",
     "RemovedReplica",
     "ReplicaStatus",
     "ScaleOutcome",
@@ -84,17 +95,25 @@ __all__ = [
     "Source",
     "SourceError",
     "TlsSettings",
+    "Transient",
+    "Unavailable",
     "UnsafePath",
     "admit",
+    "check_url",
     "env_secret",
+    "go_together",
+    "http_client",
     "one_line",
     "open_private",
     "parse_duration",
     "private_dir",
     "read_private",
+    "reason",
     "redact_url",
+    "retrying",
     "scrub",
     "settings_kind",
     "standard",
+    "url_setting",
     "write_atomic",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 
@@ -24,6 +25,18 @@ def one_line(e: BaseException) -> str:
     return lines[0] if isinstance(e, SourceError | ExecutorError) else f"{type(e).__name__}: {lines[0]}"
 
 
+def reason(e: BaseException) -> str:
+    """Why ``e`` happened, in one line, for a message that already says what failed and where
+    (``cannot reach Redis at redis://h:6379/0: Connection refused``): the first line of its own
+    message, scrubbed of control characters and of URLs' user-info; for a refused or reset
+    connection the system's words for its errno (its message would repeat the address the caller
+    already names); :func:`one_line` when it has no message."""
+    if isinstance(e, ConnectionError) and e.errno:
+        return os.strerror(e.errno)
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return scrub(redact_url(lines[0])) if lines else one_line(e)
+
+
 #: the user-info of a URL (``user:password@``), for :func:`redact_url` and the settings' checks
 _USERINFO = re.compile(r"(?<=//)[^/@\s]*@")
 
@@ -31,7 +44,6 @@ _USERINFO = re.compile(r"(?<=//)[^/@\s]*@")
 def redact_url(text: str) -> str:
     """Every ``scheme://user:password@host`` in ``text`` with the user-info replaced by ``***@``."""
     return _USERINFO.sub("***@", text)
-
 
 
 #: C0 control characters and DEL: a peer's text may carry them (a terminal escape, a forged newline)

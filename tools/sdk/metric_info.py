@@ -73,7 +73,9 @@ def admit(metrics: Mapping[str, float], infos: Mapping[str, MetricInfo]) -> tupl
         elif not math.isfinite(value):
             refused[name] = f"{value} is not a finite number"
         elif value < 0 and not (info is not None and info.signed):
-            refused[name] = f"{value:g} is negative, which {name} cannot be"
+            # a standard metric is never signed; any other may be declared so (a difference, a delta)
+            unless = "" if name in STANDARD_METRICS else " unless declared signed"
+            refused[name] = f"{value:g} is negative, which {name} cannot be{unless}"
         else:
             kept[name] = float(value)
     return kept, refused

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 from docktor.tools.sdk.metric_info import MetricInfo, Metrics
-from docktor.tools.sdk.settings import Context, PluginSettings
+from docktor.tools.sdk.settings import Context, PluginSettings, TlsSettings
 
 S = TypeVar("S", bound=PluginSettings)
 
@@ -73,8 +73,11 @@ class Plugin(ABC, Generic[S]):
         service's mode); it raises :class:`ExecutorError` when the backend *proves* the settings
         can never work, and ``validate`` and ``daemon start`` then refuse the config with that line.
         An unreachable backend is only a warning: the config may be for another machine.
+
+        The default: one warning per file of the settings' ``tls:`` block that does not exist.
         """
-        return []
+        tls = getattr(settings, "tls", None)
+        return tls.missing(context) if isinstance(tls, TlsSettings) else []
 
     async def close(self) -> None:
         """Release connections and resources; called once when the daemon stops."""

@@ -73,6 +73,14 @@ def env_secret(name: str, setting: str) -> str:
 # --------------------------------------------------------------------------- settings and context
 
 
+def go_together(settings: object, *names: str) -> None:
+    """``ValueError`` ("user_env and password_env go together") unless the settings ``names`` are
+    all given or all left out; for a settings model's ``model_validator``."""
+    given = [getattr(settings, name) is not None for name in names]
+    if any(given) and not all(given):
+        raise ValueError(f"{' and '.join(names)} go together")
+
+
 #: the type of a settings error whose input may be a secret: never shown back to the user
 SECRET_ERROR = "secret_value"
 
@@ -142,8 +150,7 @@ class TlsSettings(BaseModel):
 
     @model_validator(mode="after")
     def _pairs(self) -> TlsSettings:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
+        go_together(self, "cert_file", "key_file")
         return self
 
     def files(self) -> dict[str, Path]:

@@ -13,55 +13,41 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
-import os
 import re
 import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
+import httpx2
 from nats.aio.client import Client
 from nats.js import JetStreamManager
 from nats.js.api import SequenceInfo
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from pydantic import field_validator, model_validator
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
-from docktor.tools.sdk import (
-    Context,
-    Metrics,
-    PluginSettings,
-    PositiveSeconds,
-    Source,
-    SourceError,
-    TlsSettings,
-    one_line,
-    redact_url,
-    standard,
-)
+from docktor.tools.sdk.errors import SourceError, reason
+from docktor.tools.sdk.http_client import http_client
+from docktor.tools.sdk.metric_info import Metrics, standard
+from docktor.tools.sdk.plugin import Source
+from docktor.tools.sdk.rates import Counters, RateTracker
+from docktor.tools.sdk.retry import Permanent, Transient, Unavailable, retrying
+from docktor.tools.sdk.settings import Context, EnvName, PluginSettings, PositiveSeconds, TlsSettings, env_secret, go_together
+from docktor.tools.sdk.urls import check_url, url_setting
 
 log = logging.getLogger("docktor.nats")
 
-# JetStream API error codes (nats-server errors.json).
-_STREAM_NOT_FOUND = 10059
+# JetStream API error code (nats-server errors.json): the consumer, not the stream, is missing.
 _CONSUMER_NOT_FOUND = 10014
 
-# Short waits between attempts: the whole read must stay well inside one check interval.
-_ATTEMPTS = 3
-_WAIT = wait_exponential(multiplier=0.1, max=0.5)
 # A restarted server is picked up within about a second, i.e. by the next tick.
 _RECONNECT_WAIT = 1
 # Without pings a half-open TCP connection (peer gone without FIN) is noticed only after minutes.
 _PING_INTERVAL = 10
 _NAME = re.compile(r"^[^\s.*>/\\]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 # --------------------------------------------------------------------------- settings
@@ -79,13 +65,13 @@ class NatsSettings(PluginSettings):
     #: informational (Go Docktor config compatibility); the consumer defines what it reads
     subject: str | None = None
     #: HTTP monitoring endpoint, e.g. http://127.0.0.1:8222; used when the JetStream API fails
-    monitor_url: str | None = None
+    monitor_url: Annotated[str, url_setting(("http", "https"), "an http(s) URL such as http://127.0.0.1:8222")] | None = None
     #: per call: connect, each API request, each monitoring request
     timeout: PositiveSeconds = 2.0
     #: names of environment variables holding credentials, never the credentials themselves
-    user_env: str | None = None
-    password_env: str | None = None
-    token_env: str | None = None
+    user_env: EnvName | None = None
+    password_env: EnvName | None = None
+    token_env: EnvName | None = None
     creds_file: Path | None = None
     #: a private CA and/or a client certificate, for the client port and an https monitor_url
     tls: TlsSettings | None = None
@@ -96,27 +82,12 @@ class NatsSettings(PluginSettings):
         servers = [s.strip() for s in value.split(",") if s.strip()]
         if not servers:
             raise ValueError("needs at least one server, e.g. nats://127.0.0.1:4222")
-        for s in servers:
-            parts = urlsplit(s if "://" in s else f"nats://{s}")
-            if parts.scheme not in ("nats", "tls", "ws", "wss"):
-                raise ValueError(f"{s!r}: scheme must be nats://, tls://, ws:// or wss://")
-            if parts.username or parts.password:
-                raise ValueError(f"{redact_url(s)!r}: no credentials in the URL; use user_env/password_env or token_env")
-            if not parts.hostname:
-                raise ValueError(f"{s!r}: no host")
+        for i, server in enumerate(servers, 1):
+            try:
+                check_url(server if "://" in server else f"nats://{server}", _SCHEMES, "nats://host:4222 (scheme nats, tls, ws or wss)")
+            except ValueError as e:
+                raise ValueError(f"server {i} of {len(servers)}: {e}" if len(servers) > 1 else str(e)) from None
         return ",".join(servers)
-
-    @field_validator("monitor_url")
-    @classmethod
-    def _check_monitor_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r}: must be an http(s) URL such as http://127.0.0.1:8222")
-        if parts.username or parts.password:
-            raise ValueError("no credentials in the URL")
-        return value.rstrip("/")
 
     @field_validator("stream", "consumer")
     @classmethod
@@ -125,17 +96,9 @@ class NatsSettings(PluginSettings):
             raise ValueError(f"{value!r} is not a JetStream name (no spaces, '.', '*', '>', '/' or '\\')")
         return value
 
-    @field_validator("user_env", "password_env", "token_env")
-    @classmethod
-    def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.match(value):
-            raise ValueError(f"{value!r} is not an environment variable name (the value goes in the environment)")
-        return value
-
     @model_validator(mode="after")
     def _one_auth_method(self) -> NatsSettings:
-        if (self.user_env is None) != (self.password_env is None):
-            raise ValueError("user_env and password_env go together")
+        go_together(self, "user_env", "password_env")
         methods = [self.user_env is not None, self.token_env is not None, self.creds_file is not None]
         if sum(methods) > 1:
             raise ValueError("use one of user_env/password_env, token_env or creds_file")
@@ -149,9 +112,9 @@ class NatsSettings(PluginSettings):
 # --------------------------------------------------------------------------- one reading
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """The counters of one read, whichever way they were obtained."""
+class JetStreamCounters(Counters):
+    """What one read tells of the stream and the consumer, whichever way it was obtained (the
+    JetStream API or ``/jsz``): the figures and the sequences the rates are measured from."""
 
     stream_created: dt.datetime | None
     consumer_created: dt.datetime | None
@@ -167,44 +130,35 @@ class Snapshot:
     ack_floor_stream_seq: int
     ack_floor_consumer_seq: int
 
+    def totals(self) -> tuple[int, int]:
+        # everything the stream took in; everything acknowledged (the ack floor, in stream terms)
+        return self.last_seq, self.ack_floor_stream_seq
 
-def _discontinuity(prev: Snapshot, cur: Snapshot) -> str | None:
-    """Why the counters between ``prev`` and ``cur`` are not traffic, or None when they are."""
-    if prev.stream_created != cur.stream_created:
-        return "stream re-created"
-    if prev.consumer_created != cur.consumer_created:
-        return "consumer re-created"
-    for name in ("last_seq", "delivered_stream_seq", "delivered_consumer_seq", "ack_floor_stream_seq", "ack_floor_consumer_seq"):
-        if getattr(cur, name) < getattr(prev, name):
-            return f"{name} went backwards"
-    if cur.delivered_stream_seq > prev.delivered_stream_seq and cur.delivered_consumer_seq == prev.delivered_consumer_seq:
-        # The server moved the consumer past messages it never delivered: a purge or limits discard.
-        return "consumer skipped undelivered messages (purge or discard)"
-    if (
-        cur.retention == "limits"
-        and cur.first_seq - 1 > prev.ack_floor_stream_seq
-        and cur.ack_floor_stream_seq > prev.ack_floor_stream_seq
-    ):
-        # Under limits retention an ack never removes a message, so messages above the old ack
-        # floor vanished (purge, discard, delete) and the floor was dragged along, not acked.
-        return "messages above the ack floor were removed (purge or discard)"
-    return None
+    def discontinuity(self, earlier: JetStreamCounters) -> str | None:
+        """Why the change since ``earlier`` is not traffic, or None when it is."""
+        prev, cur = earlier, self
+        if prev.stream_created != cur.stream_created:
+            return "stream re-created"
+        if prev.consumer_created != cur.consumer_created:
+            return "consumer re-created"
+        for name in ("last_seq", "delivered_stream_seq", "delivered_consumer_seq", "ack_floor_stream_seq", "ack_floor_consumer_seq"):
+            if getattr(cur, name) < getattr(prev, name):
+                return f"{name} went backwards"
+        if cur.delivered_stream_seq > prev.delivered_stream_seq and cur.delivered_consumer_seq == prev.delivered_consumer_seq:
+            # The server moved the consumer past messages it never delivered: a purge or limits discard.
+            return "consumer skipped undelivered messages (purge or discard)"
+        if (
+            cur.retention == "limits"
+            and cur.first_seq - 1 > prev.ack_floor_stream_seq
+            and cur.ack_floor_stream_seq > prev.ack_floor_stream_seq
+        ):
+            # Under limits retention an ack never removes a message, so messages above the old ack
+            # floor vanished (purge, discard, delete) and the floor was dragged along, not acked.
+            return "messages above the ack floor were removed (purge or discard)"
+        return None
 
 
 # --------------------------------------------------------------------------- the source
-
-
-class QueueNotReadable(SourceError):
-    """A reading failed in a way retrying or another path cannot fix (missing stream, consumer,
-    credential variable); raised without trying the monitoring fallback."""
-
-
-class _Transient(Exception):
-    """One attempt failed in a way another attempt may fix."""
-
-
-class _Permanent(Exception):
-    """One attempt failed in a way retrying cannot fix (missing stream, consumer or credential)."""
 
 
 class NatsSource(Source[NatsSettings]):
@@ -221,77 +175,55 @@ class NatsSource(Source[NatsSettings]):
         self._clock = clock
         self._nc: Client | None = None
         self._jsm: JetStreamManager | None = None
+        #: the monitoring endpoint's client, made when the fallback is first needed
+        self._http: httpx2.AsyncClient | None = None
+        #: the client's latest error since the connection was lost (or since connecting began)
         self._last_error: str | None = None
-        #: a connection failure was logged and nothing has connected since (say it once, then when it recovers)
-        self._unreachable_logged = False
+        #: an outage was logged and nothing has connected since (say it once, then when it recovers)
+        self._outage_logged = False
+        #: a cancelled read was logged and no read has succeeded since (once per outage, too)
+        self._cancel_logged = False
         self._lock = asyncio.Lock()
-        self._prev: Snapshot | None = None
-        self._prev_at = 0.0
+        self._rates = RateTracker(JetStreamCounters, label=f"{settings.stream}/{settings.consumer}", log=log)
         #: "api" or "monitor": how the latest successful reading was obtained
         self.last_via: str | None = None
-        #: why the latest reading has no rates, when it has none (first read, purge, ...)
-        self.last_reset: str | None = None
+
+    @property
+    def last_reset(self) -> str | None:
+        """Why the latest reading has no rates, when it has none (first read, purge, ...)."""
+        return self._rates.last_reset
 
     @classmethod
     def describe(cls, settings: NatsSettings) -> str:
         return f"nats {settings.stream}/{settings.consumer}"
 
-    @classmethod
-    def check(cls, settings: NatsSettings, context: Context) -> list[str]:
-        return settings.tls.missing(context) if settings.tls else []
-
     # ------------------------------------------------------------------ public
 
     async def read(self) -> Metrics:
         async with self._lock:
+            started = time.monotonic()
             try:
-                snap = await self._retrying(self._read_api)
-                via = "api"
-            except SourceError as api_error:
-                if self.settings.monitor_url is None or isinstance(api_error, QueueNotReadable):
-                    raise
-                if self.last_via != "monitor":  # once per switch, not every tick
-                    log.warning("JetStream API read failed (%s); reading %s/jsz instead", api_error, self.settings.monitor_url)
-                try:
-                    snap = await self._retrying(self._read_monitor)
-                except SourceError as mon_error:
-                    raise SourceError(f"{api_error}; monitoring fallback: {mon_error}") from None
-                via = "monitor"
-            if self.last_via == "monitor" and via == "api":
-                log.warning("JetStream API readable again (%s)", self.settings.url)
-            self.last_via = via
-            return self._metrics(snap, self._clock())
+                metrics = await self._read()
+            except asyncio.CancelledError:
+                self._say_cancelled(time.monotonic() - started)
+                raise
+            self._cancel_logged = False
+            return metrics
 
     def snapshot(self) -> dict[str, Any] | None:
         """The previous read's counters (the rate baseline), for the daemon's state file."""
-        if self._prev is None:
-            return None
-        counters = {f.name: getattr(self._prev, f.name) for f in fields(Snapshot)}
-        for key in ("stream_created", "consumer_created"):
-            if counters[key] is not None:
-                counters[key] = counters[key].isoformat()
-        return {"v": 1, "age_s": self._clock() - self._prev_at, "counters": counters}
+        return self._rates.snapshot(self._clock())
 
     def restore(self, data: Mapping[str, Any], elapsed: float) -> bool:
         """The baseline of a previous daemon: the first read after a restart has rates again,
         over the time since that daemon's last read (a purge or re-creation meanwhile is caught by
         the same checks as between two ticks)."""
-        if data.get("v") != 1:
-            return False
-        c = data["counters"]
-        def when(key: str) -> dt.datetime | None:
-            return None if c[key] is None else dt.datetime.fromisoformat(str(c[key]))
-
-        ints = {f.name: int(c[f.name]) for f in fields(Snapshot) if f.name not in ("stream_created", "consumer_created", "retention")}
-        retention = c["retention"]
-        age = float(data["age_s"]) + elapsed
-        if not (0 <= age < float("inf")) or (retention is not None and not isinstance(retention, str)):
-            return False
-        self._prev = Snapshot(when("stream_created"), when("consumer_created"), retention, **ints)
-        self._prev_at = self._clock() - age
-        return True
+        return self._rates.restore(data, elapsed, self._clock())
 
     async def close(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
         nc, self._nc, self._jsm = self._nc, None, None
         if nc is not None:
             # close(), not drain(): this connection only sends requests, so there is no
@@ -299,9 +231,29 @@ class NatsSource(Source[NatsSettings]):
             # when it times out against a server that is already gone.
             await _close_quietly(nc, self.settings.timeout)
 
-    # ------------------------------------------------------------------ metrics
+    # ------------------------------------------------------------------ one reading
 
-    def _metrics(self, cur: Snapshot, now: float) -> Metrics:
+    async def _read(self) -> Metrics:
+        s = self.settings
+        try:
+            counters = await retrying(self._read_api, deadline=s.timeout)
+            via = "api"
+        except Unavailable as api_error:  # a missing stream, consumer or credential is not tried elsewhere
+            if s.monitor_url is None:
+                raise
+            if self.last_via != "monitor":  # once per switch, not every tick
+                log.warning("JetStream API read failed (%s); reading %s/jsz instead", api_error, s.monitor_url)
+            try:
+                counters = await retrying(self._read_monitor, deadline=s.timeout)
+            except SourceError as mon_error:
+                raise SourceError(f"{api_error}; monitoring fallback: {mon_error}") from None
+            via = "monitor"
+        if self.last_via == "monitor" and via == "api":
+            log.warning("JetStream API readable again (%s)", s.url)
+        self.last_via = via
+        return self._metrics(counters, self._clock())
+
+    def _metrics(self, cur: JetStreamCounters, now: float) -> Metrics:
         out: Metrics = {
             "queue.pending": float(cur.num_pending),
             "queue.ack_pending": float(cur.num_ack_pending),
@@ -310,72 +262,46 @@ class NatsSource(Source[NatsSettings]):
             "queue.waiting": float(cur.num_waiting),
             "queue.lag": float(max(0, cur.last_seq - cur.delivered_stream_seq)),
         }
-        prev, elapsed = self._prev, now - self._prev_at
-        reset = "first reading" if prev is None else _discontinuity(prev, cur)
-        if reset is None and elapsed <= 0:
-            # No time has passed: keep the older baseline so the next rate spans a real interval.
-            self.last_reset = "no time elapsed since the previous reading"
-            return out
-        if reset is None:
-            assert prev is not None
-            out["queue.rate_in"] = (cur.last_seq - prev.last_seq) / elapsed
-            out["queue.rate_out"] = (cur.ack_floor_stream_seq - prev.ack_floor_stream_seq) / elapsed
-        elif prev is not None:
-            log.info("%s/%s: %s; rates resume next tick", self.settings.stream, self.settings.consumer, reset)
-        self.last_reset = reset
-        self._prev, self._prev_at = cur, now
+        out.update(self._rates.update(cur, now))
         return out
 
-    # ------------------------------------------------------------------ retries
-
-    async def _retrying(self, attempt_fn: Callable[[], Any]) -> Snapshot:
-        t = self.settings.timeout
-        retrying = AsyncRetrying(
-            # Quick failures (refused, 503) get three attempts; an attempt that used up the
-            # whole timeout is not repeated: the next tick is the retry, and a read stays
-            # near one timeout per path.
-            stop=stop_after_attempt(_ATTEMPTS) | stop_after_delay(t),
-            wait=_WAIT,
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await attempt_fn()  # type: ignore[no-any-return]
-        except _Permanent as e:
-            raise QueueNotReadable(str(e)) from None
-        except _Transient as e:
-            raise SourceError(str(e)) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _say_cancelled(self, after: float) -> None:
+        """A read cancelled from outside (the daemon bounds each read by the check interval) ends
+        with no error of its own to tell why: say it in the log, once per outage."""
+        if not self._cancel_logged:
+            self._cancel_logged = True
+            log.warning(
+                "nats %s: a read was cancelled after %.1fs with no answer yet (its own timeout is %gs)",
+                self._where(), after, self.settings.timeout,
+            )
 
     # ------------------------------------------------------------------ JetStream API
 
-    async def _read_api(self) -> Snapshot:
+    async def _read_api(self) -> JetStreamCounters:
         s, t = self.settings, self.settings.timeout
         jsm = await self._connected()
-        stream_task = asyncio.ensure_future(jsm.stream_info(s.stream))
-        consumer_task = asyncio.ensure_future(jsm.consumer_info(s.stream, s.consumer, timeout=t))
-        tasks = (stream_task, consumer_task)
+        if self._nc is not None and self._nc.is_reconnecting:
+            # The client would keep the requests until it reconnects or they time out: say now
+            # why nothing can answer (another attempt in a moment may find it reconnected).
+            raise Transient(f"connection to {s.url} lost, reconnecting: {self._last_error or 'no answer yet'}")
         try:
             async with asyncio.timeout(t):
-                await asyncio.wait(tasks)
+                # gather, not separate tasks: however this ends (a time-out, the daemon cancelling
+                # the read), both requests are cancelled and awaited, and no exception is left that
+                # nobody retrieved (asyncio logs those with a traceback when it frees the task).
+                answers = await asyncio.gather(
+                    jsm.stream_info(s.stream), jsm.consumer_info(s.stream, s.consumer, timeout=t), return_exceptions=True
+                )
         except TimeoutError:
-            for task in tasks:
-                task.cancel()
-            # Collect both, so that neither leaves an exception nobody retrieved: asyncio logs
-            # those, with a traceback, whenever the garbage collector frees the task.
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise _Transient(f"JetStream API timed out after {t:g}s ({self._where()})") from None
-        errors = [task.exception() for task in tasks]  # both retrieved, for the same reason
-        # stream errors first: a missing stream also fails the consumer call
-        for error in errors:
-            if error is not None:
-                raise self._classify(error)
-        si, ci = stream_task.result(), consumer_task.result()
+            raise Transient(f"JetStream API timed out after {t:g}s ({self._where()})") from None
+        si, ci = answers
+        if isinstance(si, BaseException):  # stream errors first: a missing stream also fails the consumer call
+            raise self._classify(si)
+        if isinstance(ci, BaseException):
+            raise self._classify(ci)
         delivered = ci.delivered or SequenceInfo(consumer_seq=0, stream_seq=0)
         floor = ci.ack_floor or SequenceInfo(consumer_seq=0, stream_seq=0)
-        return Snapshot(
+        return JetStreamCounters(
             stream_created=si.created,
             consumer_created=ci.created,
             retention=_enum_value(si.config.retention),
@@ -395,17 +321,17 @@ class NatsSource(Source[NatsSettings]):
         s, t = self.settings, self.settings.timeout
         if isinstance(e, NotFoundError):
             if e.err_code == _CONSUMER_NOT_FOUND:
-                return _Permanent(f"consumer {s.consumer!r} not found on stream {s.stream!r}")
-            return _Permanent(f"stream {s.stream!r} not found")
+                return Permanent(f"consumer {s.consumer!r} not found on stream {s.stream!r}")
+            return Permanent(f"stream {s.stream!r} not found")
         if isinstance(e, ServiceUnavailableError):
-            return _Transient(f"JetStream not available ({self._where()})")
+            return Transient(f"JetStream not available ({self._where()})")
         if isinstance(e, BadRequestError):
-            return _Permanent(f"JetStream rejected the request: {e.description}")
+            return Permanent(f"JetStream rejected the request: {e.description}")
         if isinstance(e, APIError):
-            return _Transient(f"JetStream API error {e.code}: {e.description}")
-        if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
-            return _Transient(f"JetStream API timed out after {t:g}s ({self._where()})")
-        return _Transient(f"JetStream API failed: {_one_line(e)} ({self._where()})")
+            return Transient(f"JetStream API error {e.code}: {e.description}")
+        if isinstance(e, TimeoutError):
+            return Transient(f"JetStream API timed out after {t:g}s ({self._where()})")
+        return Transient(f"JetStream API failed: {reason(e)} ({self._where()})")
 
     def _where(self) -> str:
         if self._nc is not None and self._nc.is_reconnecting:
@@ -420,29 +346,33 @@ class NatsSource(Source[NatsSettings]):
         options = self._auth_options()
         if s.tls is not None:
             # with a context nats-py upgrades to TLS whatever the scheme (the server asks for it)
-            options["tls"] = self._ssl_context()
+            options["tls"] = s.tls.ssl_context(self.context)
         self._last_error = None
         failed = asyncio.Event()
         errors = 0
+        established = False
 
         async def on_error(e: Exception) -> None:
             nonlocal errors
             errors += 1
-            self._last_error = _one_line(e)
+            self._last_error = reason(e)
             if errors >= len(s.servers):  # every server of the list has had its chance
                 failed.set()
             log.debug("nats %s: %s", s.url, self._last_error)
-
-        established = False
+            if established and nc.is_reconnecting and not self._outage_logged:  # once per outage
+                log.warning("nats %s: connection lost, reconnecting every %gs: %s", s.url, _RECONNECT_WAIT, self._last_error)
+                self._outage_logged = True
 
         async def on_disconnect() -> None:
             # nats-py also calls this when a first connect that never succeeded is closed: only a
             # connection that was up can be "disconnected"
             if established:
+                self._last_error = None  # the causes of this outage, not of an earlier one
                 log.info("nats %s: disconnected; reconnecting", s.url)
 
         async def on_reconnect() -> None:
-            log.info("nats %s: reconnected", s.url)
+            log.log(logging.WARNING if self._outage_logged else logging.INFO, "nats %s: reconnected", s.url)
+            self._outage_logged = False
 
         nc = Client()
         connect = asyncio.ensure_future(
@@ -476,55 +406,50 @@ class NatsSource(Source[NatsSettings]):
                 connect.cancel()
                 await _close_quietly(nc, t)
         if not ok:
-            reason = self._last_error or (f"no answer within {t:g}s" if connect not in done else "connection failed")
-            if not self._unreachable_logged:  # once per outage, not once per attempt and tick
-                log.warning("nats %s: cannot connect: %s (retrying every tick)", s.url, reason)
-                self._unreachable_logged = True
-            raise _Transient(f"cannot connect to {s.url}: {reason}")
+            cause = self._last_error or (f"no answer within {t:g}s" if connect not in done else "connection failed")
+            if not self._outage_logged:  # once per outage, not once per attempt and tick
+                log.warning("nats %s: cannot connect: %s (retrying every tick)", s.url, cause)
+                self._outage_logged = True
+            raise Transient(f"cannot connect to {s.url}: {cause}")
         established = True
-        if self._unreachable_logged:
+        if self._outage_logged:
             log.warning("nats %s: connected again", s.url)
-            self._unreachable_logged = False
+            self._outage_logged = False
         self._nc, self._jsm = nc, nc.jsm(timeout=t)
         return self._jsm
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        assert self.settings.tls is not None
-        try:
-            return self.settings.tls.ssl_context(self.context)
-        except SourceError as e:
-            raise _Permanent(str(e)) from None
 
     def _auth_options(self) -> dict[str, Any]:
         s = self.settings
         if s.user_env is not None and s.password_env is not None:
-            return {"user": _env(s.user_env, "user_env"), "password": _env(s.password_env, "password_env")}
+            return {"user": env_secret(s.user_env, "user_env"), "password": env_secret(s.password_env, "password_env")}
         if s.token_env is not None:
-            return {"token": _env(s.token_env, "token_env")}
+            return {"token": env_secret(s.token_env, "token_env")}
         if s.creds_file is not None:
             if not s.creds_file.is_file():
-                raise _Permanent(f"creds_file {str(s.creds_file)!r} does not exist")
+                raise Permanent(f"creds_file {str(s.creds_file)!r} does not exist")
             return {"user_credentials": str(s.creds_file)}
         return {}
 
     # ------------------------------------------------------------------ HTTP monitoring
 
-    async def _read_monitor(self) -> Snapshot:
+    async def _read_monitor(self) -> JetStreamCounters:
         s, t = self.settings, self.settings.timeout
         url = f"{s.monitor_url}/jsz?consumers=true&config=true"
+        if self._http is None:  # a TLS file that cannot be loaded is a SourceError: final, like a missing credential
+            self._http = http_client(s.tls if url.startswith("https") else None, self.context, t)
         try:
-            # urllib's own timeout bounds the thread; the outer one bounds us if it does not.
-            ctx = self._ssl_context() if s.tls is not None and url.startswith("https") else None
-            body = await asyncio.wait_for(asyncio.to_thread(_get_json, url, t, ctx), t + 0.5)
-        except TimeoutError:
-            raise _Transient(f"{url}: timed out after {t:g}s") from None
-        except urllib.error.HTTPError as e:
-            raise _Transient(f"{url}: HTTP {e.code}") from None
-        except (OSError, ValueError) as e:
-            raise _Transient(f"{url}: {_one_line(e)}") from None
+            async with asyncio.timeout(t + 0.5):  # httpx2 bounds each phase; this bounds them all
+                r = await self._http.get(url)
+            if r.status_code != 200:
+                raise Transient(f"{url}: HTTP {r.status_code}")
+            body = r.json()
+        except (TimeoutError, httpx2.TimeoutException):
+            raise Transient(f"{url}: timed out after {t:g}s") from None
+        except (httpx2.HTTPError, ssl.SSLError, OSError, ValueError) as e:
+            raise Transient(f"{url}: {reason(e)}") from None
         return self._from_jsz(body)
 
-    def _from_jsz(self, body: Any) -> Snapshot:
+    def _from_jsz(self, body: Any) -> JetStreamCounters:
         s = self.settings
         try:
             streams = [
@@ -534,15 +459,15 @@ class NatsSource(Source[NatsSettings]):
                 if sd.get("name") == s.stream
             ]
             if not streams:
-                raise _Permanent(f"stream {s.stream!r} not found (monitoring)")
+                raise Permanent(f"stream {s.stream!r} not found (monitoring)")
             if len(streams) > 1:
-                raise _Permanent(f"stream {s.stream!r} exists in several accounts (monitoring cannot tell which)")
+                raise Permanent(f"stream {s.stream!r} exists in several accounts (monitoring cannot tell which)")
             sd = streams[0]
             cd = next((c for c in sd.get("consumer_detail") or [] if c.get("name") == s.consumer), None)
             if cd is None:
-                raise _Permanent(f"consumer {s.consumer!r} not found on stream {s.stream!r} (monitoring)")
+                raise Permanent(f"consumer {s.consumer!r} not found on stream {s.stream!r} (monitoring)")
             state, delivered, floor = sd["state"], cd["delivered"], cd["ack_floor"]
-            return Snapshot(
+            return JetStreamCounters(
                 stream_created=_time(sd.get("created")),
                 consumer_created=_time(cd.get("created")),
                 retention=(sd.get("config") or {}).get("retention"),
@@ -558,7 +483,7 @@ class NatsSource(Source[NatsSettings]):
                 ack_floor_consumer_seq=int(floor["consumer_seq"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise _Transient(f"unexpected /jsz answer: {_one_line(e)}") from None
+            raise Transient(f"unexpected /jsz answer: {reason(e)}") from None
 
 
 async def _close_quietly(nc: Client, timeout: float) -> None:
@@ -577,11 +502,6 @@ async def _close_quietly(nc: Client, timeout: float) -> None:
         log.debug("close failed: %s", e)
 
 
-def _get_json(url: str, timeout: float, context: ssl.SSLContext | None = None) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
-        return json.loads(r.read())
-
-
 def _time(value: Any) -> dt.datetime | None:
     # /jsz and the API give the same RFC 3339 instant; both are compared at microsecond precision.
     return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
@@ -590,15 +510,3 @@ def _time(value: Any) -> dt.datetime | None:
 def _enum_value(value: Any) -> str | None:
     return None if value is None else str(getattr(value, "value", value))
 
-
-def _env(name: str, field: str) -> str:
-    value = os.environ.get(name)
-    if value is None:
-        raise _Permanent(f"environment variable {name} ({field}) is not set")
-    return value
-
-
-def _one_line(e: BaseException) -> str:
-    """The first line of the message alone (the callers say what failed)."""
-    text = str(e).strip().splitlines()
-    return text[0] if text and text[0] else one_line(e)

@@ -7,11 +7,13 @@ queue:
   queries:
     queue.backlog: sum(rabbitmq_queue_messages{queue="jobs"})
     latency.p95: histogram_quantile(0.95, sum by (le) (rate(job_seconds_bucket[1m])))
+    temperature.delta: {query: 'delta(room_celsius[10m])', signed: true}
 ```
 
 Each query must give exactly one number. A query that matches no series, matches several (and is
 not aggregated), or gives NaN/Inf leaves its metric *missing*, never zero: the decision log says
-why. Prometheus itself drops a series from instant queries once its target stops answering
+why. A number below 0 is missing too (the daemon's :func:`admit`), unless the query declares
+itself ``signed``: a backlog of -50 is a broken reading, not an empty queue. Prometheus itself drops a series from instant queries once its target stops answering
 (staleness markers, written on the first failed scrape) or after five minutes without samples,
 so a stale figure shows up here as "no sample". Rates are whatever the query computes (e.g.
 ``sum(rate(jobs_done_total[1m]))``): this source keeps no state between reads.
@@ -24,37 +26,47 @@ import logging
 import math
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
 import httpx2
-from pydantic import field_validator, model_validator
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
+from pydantic import BaseModel, BeforeValidator, ConfigDict, field_serializer, field_validator, model_validator
 
-from docktor.tools.sdk import (
-    STANDARD_METRICS,
-    Context,
-    EnvName,
-    MetricInfo,
-    Metrics,
-    PluginSettings,
-    PositiveSeconds,
-    Source,
-    SourceError,
-    TlsSettings,
-    env_secret,
-    redact_url,
-)
+from docktor.tools.sdk.errors import SourceError, reason, redact_url
+from docktor.tools.sdk.http_client import http_client
+from docktor.tools.sdk.metric_info import STANDARD_METRICS, MetricInfo, Metrics
+from docktor.tools.sdk.plugin import Source
+from docktor.tools.sdk.retry import Permanent, Transient, retrying
+from docktor.tools.sdk.settings import Context, EnvName, PluginSettings, PositiveSeconds, TlsSettings, env_secret, go_together
+from docktor.tools.sdk.urls import url_setting
 
 log = logging.getLogger("docktor.prometheus")
 
-_ATTEMPTS = 3
-_WAIT = wait_exponential(multiplier=0.1, max=0.5)
 _METRIC_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z0-9_]+)+$")
 #: names the daemon fills from the executor: a query may not pose as one
 _RESERVED_PREFIXES = ("replicas.",)
+
+
+def _query_or_text(value: Any) -> Any:
+    """A query written as its PromQL alone (the common, older form) is a query with defaults."""
+    if isinstance(value, str):
+        return {"query": value}
+    if not isinstance(value, dict):
+        raise ValueError("must be a PromQL query, or {query: <PromQL>, signed: true}")
+    return value
+
+
+class PrometheusQuery(BaseModel):
+    """One entry of ``queries:``: ``name: <PromQL>``, or ``name: {query: <PromQL>, signed: true}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: an instant query giving one number
+    query: str
+    #: the number may be below 0 (a difference, a trend, a balance); without it a negative answer
+    #: is a broken reading and the metric is missing that tick
+    signed: bool = False
 
 
 class PrometheusSettings(PluginSettings):
@@ -62,9 +74,9 @@ class PrometheusSettings(PluginSettings):
 
     kind: Literal["prometheus"]
     #: the server (or a path prefix behind a proxy), ``http(s)://host:9090``; no credentials
-    url: str = "http://127.0.0.1:9090"
-    #: metric name -> instant PromQL query giving one number
-    queries: dict[str, str]
+    url: Annotated[str, url_setting(("http", "https"), "an http(s) URL such as http://127.0.0.1:9090")] = "http://127.0.0.1:9090"
+    #: metric name -> instant PromQL query giving one number (or ``{query, signed}``)
+    queries: dict[str, Annotated[PrometheusQuery, BeforeValidator(_query_or_text)]]
     #: bound of each request; also sent to Prometheus as the query's own timeout
     timeout: PositiveSeconds = 2.0
     #: names of environment variables: a bearer token, or a basic-auth user and password
@@ -73,49 +85,36 @@ class PrometheusSettings(PluginSettings):
     password_env: EnvName | None = None
     tls: TlsSettings | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as http://127.0.0.1:9090")
-        if parts.username or parts.password:
-            raise ValueError("no credentials in the URL; use bearer_token_env or username_env/password_env")
-        if parts.query or parts.fragment:
-            raise ValueError("no query or fragment in the URL")
-        return value.rstrip("/")
-
-    @field_validator("queries")
-    @classmethod
-    def _check_queries(cls, value: dict[str, str]) -> dict[str, str]:
-        if not value:
-            raise ValueError("map at least one metric name to a query, e.g. queue.backlog: sum(my_queue_depth)")
-        for name, query in value.items():
-            if not _METRIC_NAME.match(name):
-                raise ValueError(f"{name!r} is not a metric name (dotted lower case, e.g. queue.backlog or latency.p95)")
-            if name.startswith(_RESERVED_PREFIXES):
-                raise ValueError(f"{name!r}: replicas.* come from the executor")
-            if not query.strip():
-                raise ValueError(f"{name}: empty query")
-        return value
-
     @model_validator(mode="after")
     def _check_auth(self) -> PrometheusSettings:
-        if (self.username_env is None) != (self.password_env is None):
-            raise ValueError("username_env and password_env go together")
         if self.bearer_token_env is not None and self.username_env is not None:
             raise ValueError("use bearer_token_env or username_env/password_env, not both")
+        go_together(self, "username_env", "password_env")
         if self.tls is not None and not self.url.startswith("https://"):
             raise ValueError("tls: needs an https:// url")
         return self
 
+    @field_validator("queries")
+    @classmethod
+    def _check_queries(cls, value: dict[str, PrometheusQuery]) -> dict[str, PrometheusQuery]:
+        if not value:
+            raise ValueError("map at least one metric name to a query, e.g. queue.backlog: sum(my_queue_depth)")
+        for name, q in value.items():
+            if not _METRIC_NAME.match(name):
+                raise ValueError(f"{name!r} is not a metric name (dotted lower case, e.g. queue.backlog or latency.p95)")
+            if name.startswith(_RESERVED_PREFIXES):
+                raise ValueError(f"{name!r}: replicas.* come from the executor")
+            if not q.query.strip():
+                raise ValueError(f"{name}: empty query")
+            if q.signed and name in STANDARD_METRICS:
+                raise ValueError(f"{name}: a standard metric ({STANDARD_METRICS[name].unit}) is never below 0; give a signed query a name of its own")
+        return value
 
-class _Transient(Exception):
-    """The server could not answer; another attempt may fix it."""
-
-
-class _Permanent(Exception):
-    """Retrying cannot fix it (credentials refused, a setting wrong)."""
+    @field_serializer("queries")
+    def _dump_queries(self, value: dict[str, PrometheusQuery]) -> dict[str, Any]:
+        # a plain query dumps as its text, as before signed existed: the source's fingerprint in a
+        # state file is unchanged by the upgrade
+        return {name: q.model_dump() if q.signed else q.query for name, q in value.items()}
 
 
 class PrometheusSource(Source[PrometheusSettings]):
@@ -132,20 +131,17 @@ class PrometheusSource(Source[PrometheusSettings]):
     @classmethod
     def metrics_for(cls, settings: PrometheusSettings) -> Mapping[str, MetricInfo]:
         return {
-            name: STANDARD_METRICS.get(name) or MetricInfo("", f"PromQL: {query}") for name, query in settings.queries.items()
+            name: STANDARD_METRICS.get(name) or MetricInfo("", f"PromQL: {q.query}", signed=q.signed)
+            for name, q in settings.queries.items()
         }
 
     @classmethod
     def describe(cls, settings: PrometheusSettings) -> str:
         return f"prometheus {redact_url(settings.url)} ({', '.join(settings.queries)})"
 
-    @classmethod
-    def check(cls, settings: PrometheusSettings, context: Context) -> list[str]:
-        return settings.tls.missing(context) if settings.tls else []
-
     async def read(self) -> Metrics:
         s = self.settings
-        results = await self._retrying(self._read_all)
+        results = await retrying(self._read_all, deadline=s.timeout)
         out: Metrics = {}
         missing: dict[str, str] = {}
         for name, result in zip(s.queries, results, strict=True):
@@ -169,10 +165,13 @@ class PrometheusSource(Source[PrometheusSettings]):
     # ------------------------------------------------------------------ requests
 
     async def _read_all(self) -> list[float | str]:
+        s = self.settings
         client, headers, auth = self._client(), *self._auth()
-        async with asyncio.timeout(self.settings.timeout + 0.5):  # httpx2 bounds each phase; this bounds the lot
-            tasks = [self._query(client, query, headers, auth) for query in self.settings.queries.values()]
-            return list(await asyncio.gather(*tasks))
+        try:
+            async with asyncio.timeout(s.timeout + 0.5):  # httpx2 bounds each phase; this bounds the lot
+                return list(await asyncio.gather(*(self._query(client, q.query, headers, auth) for q in s.queries.values())))
+        except TimeoutError:
+            raise Transient(f"Prometheus at {redact_url(s.url)} timed out") from None
 
     async def _query(self, client: httpx2.AsyncClient, query: str, headers: dict[str, str], auth: Any) -> float | str:
         """The query's number, or why it has none; raises when the server itself cannot answer."""
@@ -184,43 +183,34 @@ class PrometheusSource(Source[PrometheusSettings]):
                 f"{s.url}/api/v1/query", data={"query": query, "timeout": f"{s.timeout:g}s"}, headers=headers, auth=auth
             )
         except httpx2.TimeoutException:
-            raise _Transient(f"Prometheus at {where} timed out after {s.timeout:g}s") from None
+            raise Transient(f"Prometheus at {where} timed out after {s.timeout:g}s") from None
         except (httpx2.HTTPError, ssl.SSLError, OSError) as e:
-            raise _Transient(f"cannot reach Prometheus at {where}: {_reason(e)}") from None
+            raise Transient(f"cannot reach Prometheus at {where}: {reason(e)}") from None
         if r.status_code in (401, 403):
-            raise _Permanent(f"Prometheus at {where} refused {self._who()}: HTTP {r.status_code}")
+            raise Permanent(f"Prometheus at {where} refused {self._who()}: HTTP {r.status_code}")
         if r.status_code in (400, 422):  # the query itself is wrong (or cannot be executed)
             return f"Prometheus rejected the query: {_api_error(r)}"
         if r.status_code != 200:
-            raise _Transient(f"Prometheus at {where}: HTTP {r.status_code}{_detail(r)}")
+            raise Transient(f"Prometheus at {where}: HTTP {r.status_code}{_detail(r)}")
         try:
             body = r.json()
             data = body["data"]
             kind, result = data["resultType"], data["result"]
         except (ValueError, KeyError, TypeError):
-            raise _Transient(f"Prometheus at {where}: not a query API answer") from None
+            raise Transient(f"Prometheus at {where}: not a query API answer") from None
         return _one_number(kind, result)
 
     def _client(self) -> httpx2.AsyncClient:
         if self._http is None:
-            s = self.settings
-            try:
-                verify: Any = s.tls.ssl_context(self.context) if s.tls is not None else True
-            except SourceError as e:
-                raise _Permanent(str(e)) from None
-            # trust_env=False: no proxy or CA variables from the environment change what is trusted
-            self._http = httpx2.AsyncClient(verify=verify, timeout=s.timeout, trust_env=False, follow_redirects=False)
+            self._http = http_client(self.settings.tls, self.context, self.settings.timeout)
         return self._http
 
     def _auth(self) -> tuple[dict[str, str], Any]:
         s = self.settings
-        try:
-            if s.bearer_token_env is not None:
-                return {"authorization": f"Bearer {env_secret(s.bearer_token_env, 'bearer_token_env')}"}, None
-            if s.username_env is not None and s.password_env is not None:
-                return {}, (env_secret(s.username_env, "username_env"), env_secret(s.password_env, "password_env"))
-        except SourceError as e:
-            raise _Permanent(str(e)) from None
+        if s.bearer_token_env is not None:
+            return {"authorization": f"Bearer {env_secret(s.bearer_token_env, 'bearer_token_env')}"}, None
+        if s.username_env is not None and s.password_env is not None:
+            return {}, (env_secret(s.username_env, "username_env"), env_secret(s.password_env, "password_env"))
         return {}, None
 
     def _who(self) -> str:
@@ -230,24 +220,6 @@ class PrometheusSource(Source[PrometheusSettings]):
         if s.username_env:
             return f"the user in {s.username_env}"
         return "a request without credentials (set bearer_token_env or username_env/password_env)"
-
-    async def _retrying(self, attempt_fn: Callable[[], Awaitable[Any]]) -> Any:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(_ATTEMPTS) | stop_after_delay(self.settings.timeout),
-            wait=_WAIT,
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    try:
-                        return await attempt_fn()
-                    except TimeoutError:
-                        raise _Transient(f"Prometheus at {redact_url(self.settings.url)} timed out") from None
-        except (_Permanent, _Transient) as e:
-            raise SourceError(str(e)) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _one_number(kind: Any, result: Any) -> float | str:
@@ -286,7 +258,3 @@ def _detail(r: httpx2.Response) -> str:
         return ""
     return f" ({str(error)[:200]})" if error else ""
 
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return redact_url(text[0]) if text and text[0] else type(e).__name__

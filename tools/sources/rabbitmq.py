@@ -21,41 +21,32 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
 import httpx2
 from pydantic import field_validator, model_validator
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
-from docktor.tools.sdk import (
-    Context,
-    EnvName,
-    MetricInfo,
-    Metrics,
-    PluginSettings,
-    PositiveSeconds,
-    Source,
-    SourceError,
-    TlsSettings,
-    env_secret,
-    one_line,
-    redact_url,
-    standard,
-)
+from docktor.tools.sdk.errors import one_line, reason, redact_url
+from docktor.tools.sdk.http_client import http_client
+from docktor.tools.sdk.metric_info import MetricInfo, Metrics, standard
+from docktor.tools.sdk.plugin import Source
+from docktor.tools.sdk.rates import Counters, RateTracker
+from docktor.tools.sdk.retry import Permanent, Transient, retrying
+from docktor.tools.sdk.settings import Context, EnvName, PluginSettings, PositiveSeconds, TlsSettings, env_secret, go_together
+from docktor.tools.sdk.urls import url_setting
 
 log = logging.getLogger("docktor.rabbitmq")
 
-_ATTEMPTS = 3
 #: only the fields read (the full answer lists every consumer and channel: large on busy queues)
 _COLUMNS = ",".join([
     "name", "messages_ready", "messages_unacknowledged", "consumers", "consumer_utilisation", "reductions",
     "message_stats.publish", "message_stats.ack", "message_stats.deliver_no_ack", "message_stats.get_no_ack",
 ])
-_WAIT = wait_exponential(multiplier=0.1, max=0.5)
+
+_EXPECTED_URL = "the management API (http(s)://host:15672) or an AMQP URL (amqp(s)://host:5672)"
 
 #: what the management API adds to the standard metrics
 CONSUMER_UTILISATION = MetricInfo(
@@ -75,7 +66,7 @@ class RabbitMQSettings(PluginSettings):
     kind: Literal["rabbitmq"]
     #: management API (``http(s)://host:15672``, a path prefix allowed) or, without the management
     #: plugin, the AMQP listener (``amqp(s)://host:5672``); never credentials in the URL
-    url: str = "http://127.0.0.1:15672"
+    url: Annotated[str, url_setting(("http", "https", "amqp", "amqps"), _EXPECTED_URL)] = "http://127.0.0.1:15672"
     vhost: str = "/"
     queue: str
     #: names of environment variables holding the user and password
@@ -90,14 +81,8 @@ class RabbitMQSettings(PluginSettings):
 
     @field_validator("url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _vhost_not_in_amqp_path(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https", "amqp", "amqps") or not parts.hostname:
-            raise ValueError("must be the management API (http(s)://host:15672) or an AMQP URL (amqp(s)://host:5672)")
-        if parts.username or parts.password:
-            raise ValueError("no credentials in the URL; use username_env/password_env")
-        if parts.query or parts.fragment:
-            raise ValueError("no query or fragment in the URL")
         if parts.scheme.startswith("amqp") and parts.path not in ("", "/"):
             raise ValueError("the vhost goes in vhost:, not in the AMQP URL's path")
         return value.rstrip("/")
@@ -111,8 +96,7 @@ class RabbitMQSettings(PluginSettings):
 
     @model_validator(mode="after")
     def _check(self) -> RabbitMQSettings:
-        if (self.username_env is None) != (self.password_env is None):
-            raise ValueError("username_env and password_env go together")
+        go_together(self, "username_env", "password_env")
         if self.tls is not None and not self.secure:
             raise ValueError("tls: needs an https:// or amqps:// url")
         return self
@@ -127,24 +111,31 @@ class RabbitMQSettings(PluginSettings):
         return self.url.startswith(("https", "amqps"))
 
 
-@dataclass(frozen=True)
-class Counters:
-    """The cumulative counters of one read (absent ones are 0: the API omits counters never moved)."""
+class QueueCounters(Counters):
+    """The cumulative counters of one answer (absent ones are 0: the API omits counters never
+    moved), and everything else it said: two equal instances are the same statistics sample."""
 
     published: int
-    completed: int  # acknowledged, plus delivered/fetched in no-ack mode (done on delivery)
-    reductions: int | None  # the queue process's reductions: restart from 0 with a new process
+    #: acknowledged, plus delivered/fetched in no-ack mode (done on delivery)
+    done: int
+    #: the queue process's reductions (work done): restart from 0 with a new process
+    reductions: int | None
+    #: the rest of the answer (counts, utilisation, every message_stats counter)
+    sample: tuple[tuple[str, int | float | None], ...]
+
+    def totals(self) -> tuple[int, int]:
+        return self.published, self.done
+
+    def discontinuity(self, earlier: QueueCounters) -> str | None:
+        """Why the change since ``earlier`` is not traffic (queue re-created, broker restarted), or None."""
+        if self.published < earlier.published or self.done < earlier.done:
+            return "counters went backwards (queue re-created or broker restarted)"
+        if earlier.reductions is not None and self.reductions is not None and self.reductions < earlier.reductions:
+            return "queue process restarted (queue re-created or broker restarted)"
+        return None
 
 
-class _Transient(Exception):
-    """One attempt failed in a way another attempt may fix."""
-
-
-class _Permanent(Exception):
-    """Retrying cannot fix it (missing queue, refused credentials, bad answer)."""
-
-
-class QueueNotFound(SourceError):
+class QueueNotFound(Permanent):
     """The queue (or its vhost) does not exist."""
 
 
@@ -160,14 +151,17 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         super().__init__(settings, context or Context(service="", base_dir=Path.cwd(), state_dir=Path.cwd()))
         self._clock = clock
         self._http: httpx2.AsyncClient | None = None
-        self._prev: Counters | None = None
-        self._prev_at = 0.0
-        self._gap: str | None = "first reading"
-        self._sample: tuple[Any, ...] | None = None
-        self._rates: Metrics = {}
+        # The management API's figures move once per statistics interval: an unchanged answer
+        # younger than two of them is the same sample, not a rate of 0.
+        self._rates = RateTracker(
+            QueueCounters, label=f"{settings.vhost}/{settings.queue}", log=log, repeat_same_within=2 * settings.statistics_interval
+        )
         self._lock = asyncio.Lock()
-        #: why the latest reading has no rates, when it has none (first read, re-created queue, ...)
-        self.last_reset: str | None = None
+
+    @property
+    def last_reset(self) -> str | None:
+        """Why the latest reading has no rates, when it has none (first read, re-created queue, ...)."""
+        return self._rates.last_reset
 
     @classmethod
     def metrics_for(cls, settings: RabbitMQSettings) -> Mapping[str, MetricInfo]:
@@ -180,7 +174,7 @@ class RabbitMQSource(Source[RabbitMQSettings]):
 
     @classmethod
     def check(cls, settings: RabbitMQSettings, context: Context) -> list[str]:
-        warnings = settings.tls.missing(context) if settings.tls else []
+        warnings = super().check(settings, context)
         if settings.amqp:
             warnings.append(
                 "AMQP-only mode reads ready messages and consumers only: no in-flight messages, no rates "
@@ -192,47 +186,24 @@ class RabbitMQSource(Source[RabbitMQSettings]):
 
     async def read(self) -> Metrics:
         async with self._lock:
-            fetch = self._read_amqp if self.settings.amqp else self._read_management
             try:
-                body = await self._retrying(fetch)
+                if self.settings.amqp:
+                    return await retrying(self._read_amqp, deadline=self.settings.timeout)  # counts only: no rates
+                body = await retrying(self._read_management, deadline=self.settings.timeout)
             except QueueNotFound:
                 # whatever comes back under this name later is a new queue with new counters
-                self._gap = "queue re-created"
+                self._rates.reset("queue re-created")
                 raise
-            if self.settings.amqp:
-                counts: Metrics = body  # the AMQP mode's figures need no counters
-                return counts
             return self._metrics(body, self._clock())
 
     def snapshot(self) -> dict[str, Any] | None:
         """The previous read's counters and statistics sample (the rate baseline), for the daemon's state file."""
-        if self._prev is None or self._gap is not None:
-            return None
-        sample = self._sample or ()
-        return {
-            "v": 1, "age_s": self._clock() - self._prev_at,
-            "counters": {"published": self._prev.published, "completed": self._prev.completed, "reductions": self._prev.reductions},
-            "sample": {"head": list(sample[:5]), "stats": [list(kv) for kv in sample[5:]]}, "rates": dict(self._rates),
-        }
+        return self._rates.snapshot(self._clock())
 
     def restore(self, data: Mapping[str, Any], elapsed: float) -> bool:
         """The baseline of a previous daemon: the first read after a restart has rates again (a
         broker restart or re-created queue meanwhile is caught like between two ticks)."""
-        if data.get("v") != 1:
-            return False
-        c = data["counters"]
-        reductions = c["reductions"]
-        counters = Counters(int(c["published"]), int(c["completed"]), None if reductions is None else int(reductions))
-        head, stats = data["sample"]["head"], data["sample"]["stats"]
-        if len(head) != 5:
-            return False
-        age = float(data["age_s"]) + elapsed
-        if not (0 <= age < float("inf")):
-            return False
-        self._prev, self._prev_at, self._gap = counters, self._clock() - age, None
-        self._sample = tuple(head) + tuple((str(k), int(v)) for k, v in stats)
-        self._rates = {str(k): float(v) for k, v in data["rates"].items()}
-        return True
+        return self._rates.restore(data, elapsed, self._clock())
 
     async def close(self) -> None:
         http, self._http = self._http, None
@@ -258,82 +229,22 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         if ready is None:
             # A queue just declared (or a node just restarted) has no statistics yet: its counters
             # are unknown, not zero; the next tick starts the baseline.
-            self.last_reset = "no statistics yet"
-            self._prev, self._gap, self._rates = None, self._gap or "no statistics yet", {}
+            self._rates.reset("no statistics yet")
             return out
-        cur, sample = _counters(q), _sample(q)
-        prev, elapsed = self._prev, now - self._prev_at
-        if self._gap is not None or prev is None:
-            reset: str | None = self._gap or "first reading"
-        else:
-            reset = _discontinuity(prev, cur)
-        if reset is None and sample == self._sample and elapsed < 2 * self.settings.statistics_interval:
-            # The broker has published no new statistics since the baseline (it does so every
-            # statistics_interval): the same sample again is no evidence of a rate of 0. Keep the
-            # baseline; the rates stay those of the latest statistics period.
-            self.last_reset = "no new statistics since the previous reading"
-            out.update(self._rates)
-            return out
-        if reset is None and elapsed <= 0:
-            self.last_reset = "no time elapsed since the previous reading"
-            return out
-        self._rates = {}
-        if reset is None:
-            assert prev is not None
-            # the interval runs from when each sample was first seen, so it spans whole
-            # statistics periods however the ticks fall between them
-            self._rates = {
-                "queue.rate_in": (cur.published - prev.published) / elapsed,
-                "queue.rate_out": (cur.completed - prev.completed) / elapsed,
-            }
-            out.update(self._rates)
-        elif prev is not None or reset != "first reading":
-            log.info("%s/%s: %s; rates resume next tick", self.settings.vhost, self.settings.queue, reset)
-        self.last_reset, self._gap = reset, None
-        self._prev, self._prev_at, self._sample = cur, now, sample
+        out.update(self._rates.update(_counters(q), now))
         return out
-
-    # ------------------------------------------------------------------ retries
-
-    async def _retrying(self, attempt_fn: Callable[[], Awaitable[Any]]) -> Any:
-        retrying = AsyncRetrying(
-            # quick failures (refused, 503) get three attempts; one that used the whole timeout
-            # is not repeated in this tick: the next tick is the retry
-            stop=stop_after_attempt(_ATTEMPTS) | stop_after_delay(self.settings.timeout),
-            wait=_WAIT,
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await attempt_fn()
-        except _Permanent as e:
-            raise SourceError(str(e)) from None
-        except _Transient as e:
-            raise SourceError(str(e)) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _credentials(self) -> tuple[str, str] | None:
         s = self.settings
         if s.username_env is None or s.password_env is None:
             return None
-        try:
-            return env_secret(s.username_env, "username_env"), env_secret(s.password_env, "password_env")
-        except SourceError as e:
-            raise _Permanent(str(e)) from None
+        return env_secret(s.username_env, "username_env"), env_secret(s.password_env, "password_env")
 
     # ------------------------------------------------------------------ management API
 
     def _client(self) -> httpx2.AsyncClient:
         if self._http is None:
-            s = self.settings
-            try:
-                verify: Any = s.tls.ssl_context(self.context) if s.tls is not None else True
-            except SourceError as e:
-                raise _Permanent(str(e)) from None
-            # trust_env=False: no proxy or CA variables from the environment change what is trusted
-            self._http = httpx2.AsyncClient(verify=verify, timeout=s.timeout, trust_env=False, follow_redirects=False)
+            self._http = http_client(self.settings.tls, self.context, self.settings.timeout)
         return self._http
 
     async def _read_management(self) -> Mapping[str, Any]:
@@ -345,29 +256,27 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         try:
             async with asyncio.timeout(s.timeout + 0.5):  # httpx2 bounds each phase; this bounds them all
                 r = await client.get(url, auth=auth, headers={"accept": "application/json"})
-        except TimeoutError:
-            raise _Transient(f"management API at {where} timed out after {s.timeout:g}s") from None
-        except httpx2.TimeoutException:
-            raise _Transient(f"management API at {where} timed out after {s.timeout:g}s") from None
+        except (TimeoutError, httpx2.TimeoutException):
+            raise Transient(f"management API at {where} timed out after {s.timeout:g}s") from None
         except (httpx2.HTTPError, ssl.SSLError, OSError) as e:
-            raise _Transient(f"cannot reach the management API at {where}: {_reason(e)}") from None
+            raise Transient(f"cannot reach the management API at {where}: {reason(e)}") from None
         if r.status_code == 404:
             raise QueueNotFound(f"queue {s.queue!r} not found in vhost {s.vhost!r} ({where})")
         if r.status_code == 401:
             who = f"the user in {s.username_env}" if s.username_env else "no credentials (set username_env/password_env)"
-            raise _Permanent(f"management API at {where} refused {who}: HTTP 401")
+            raise Permanent(f"management API at {where} refused {who}: HTTP 401")
         if r.status_code == 403:
-            raise _Permanent(f"management API at {where}: HTTP 403, the user may not read vhost {s.vhost!r}")
+            raise Permanent(f"management API at {where}: HTTP 403, the user may not read vhost {s.vhost!r}")
         if r.status_code >= 500:
-            raise _Transient(f"management API at {where}: HTTP {r.status_code}")
+            raise Transient(f"management API at {where}: HTTP {r.status_code}")
         if r.status_code != 200:
-            raise _Permanent(f"management API at {where}: HTTP {r.status_code}")
+            raise Permanent(f"management API at {where}: HTTP {r.status_code}")
         try:
             body = r.json()
         except ValueError:
-            raise _Transient(f"management API at {where}: answer is not JSON") from None
+            raise Transient(f"management API at {where}: answer is not JSON") from None
         if not isinstance(body, dict) or body.get("name") != s.queue:
-            raise _Transient(f"management API at {where}: unexpected answer (not the queue {s.queue!r})")
+            raise Transient(f"management API at {where}: unexpected answer (not the queue {s.queue!r})")
         return body
 
     # ------------------------------------------------------------------ AMQP-only mode
@@ -384,10 +293,7 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         vhost = "" if s.vhost == "/" else quote(s.vhost, safe="")  # aiormq reads an empty path as "/"
         port = parts.port or (5671 if s.secure else 5672)
         url = f"{parts.scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}:{port}/{vhost}"
-        try:
-            ctx = s.tls.ssl_context(self.context) if s.tls is not None else None
-        except SourceError as e:
-            raise _Permanent(str(e)) from None
+        ctx = s.tls.ssl_context(self.context) if s.tls is not None else None
         connection: Any = None
         try:
             async with asyncio.timeout(s.timeout):
@@ -395,15 +301,15 @@ class RabbitMQSource(Source[RabbitMQSettings]):
                 channel = await connection.channel()
                 ok = await channel.queue_declare(s.queue, passive=True)
         except TimeoutError:
-            raise _Transient(f"AMQP {where} timed out after {s.timeout:g}s") from None
+            raise Transient(f"AMQP {where} timed out after {s.timeout:g}s") from None
         except aiormq.exceptions.ChannelNotFoundEntity:
             raise QueueNotFound(f"queue {s.queue!r} not found in vhost {s.vhost!r} ({where})") from None
         except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError):
-            raise _Permanent(f"AMQP {where} refused the credentials") from None
+            raise Permanent(f"AMQP {where} refused the credentials") from None
         except aiormq.exceptions.ConnectionNotAllowed:
-            raise _Permanent(f"AMQP {where}: the user may not use vhost {s.vhost!r}") from None
+            raise Permanent(f"AMQP {where}: the user may not use vhost {s.vhost!r}") from None
         except (aiormq.exceptions.AMQPError, OSError, ConnectionError) as e:
-            raise _Transient(f"cannot read {s.queue!r} over AMQP at {where}: {_scrub(one_line(e), password)}") from None
+            raise Transient(f"cannot read {s.queue!r} over AMQP at {where}: {_scrub(one_line(e), password)}") from None
         finally:
             if connection is not None:
                 try:
@@ -421,42 +327,33 @@ def _count(q: Mapping[str, Any], key: str) -> float | None:
     return None
 
 
-def _counters(q: Mapping[str, Any]) -> Counters:
-    stats = q.get("message_stats") or {}
+def _counters(q: Mapping[str, Any]) -> QueueCounters:
+    stats = q.get("message_stats")
+    stats = stats if isinstance(stats, dict) else {}
 
     def n(key: str) -> int:
         value = stats.get(key, 0)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        return value if _is_int(value) else 0
 
     reductions = q.get("reductions")
-    return Counters(
+    return QueueCounters(
         published=n("publish"),
-        completed=n("ack") + n("deliver_no_ack") + n("get_no_ack"),
-        reductions=reductions if isinstance(reductions, int) and not isinstance(reductions, bool) else None,
+        done=n("ack") + n("deliver_no_ack") + n("get_no_ack"),
+        reductions=reductions if _is_int(reductions) else None,
+        sample=_sample(q, stats),
     )
 
 
-def _sample(q: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Everything read from one answer: equal tuples are the same statistics sample. ``reductions``
+def _sample(q: Mapping[str, Any], stats: Mapping[str, Any]) -> tuple[tuple[str, int | float | None], ...]:
+    """Everything read from one answer: equal samples are the same statistics sample. ``reductions``
     (work done by the queue process) moves with every sample the queue emits, busy or not."""
-    stats = q.get("message_stats") or {}
-    return tuple(q.get(k) for k in ("messages_ready", "messages_unacknowledged", "consumers", "consumer_utilisation", "reductions")) + tuple(
-        sorted((k, v) for k, v in stats.items() if isinstance(v, int))
-    )
+    head = ("messages_ready", "messages_unacknowledged", "consumers", "consumer_utilisation", "reductions")
+    pairs = [(k, q.get(k)) for k in head] + sorted((f"message_stats.{k}", v) for k, v in stats.items() if _is_int(v))
+    return tuple((k, v if isinstance(v, int | float) and not isinstance(v, bool) else None) for k, v in pairs)
 
 
-def _discontinuity(prev: Counters, cur: Counters) -> str | None:
-    """Why the counters between two reads are not traffic (queue re-created, broker restarted), or None."""
-    if cur.published < prev.published or cur.completed < prev.completed:
-        return "counters went backwards (queue re-created or broker restarted)"
-    if prev.reductions is not None and cur.reductions is not None and cur.reductions < prev.reductions:
-        return "queue process restarted (queue re-created or broker restarted)"
-    return None
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return redact_url(text[0]) if text and text[0] else type(e).__name__
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _scrub(text: str, secret: str) -> str:

@@ -23,10 +23,9 @@ import builtins
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -34,28 +33,17 @@ import redis.exceptions
 from pydantic import field_validator, model_validator
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
-from docktor.tools.sdk import (
-    Context,
-    EnvName,
-    MetricInfo,
-    Metrics,
-    PluginSettings,
-    PositiveSeconds,
-    Source,
-    SourceError,
-    TlsSettings,
-    env_secret,
-    one_line,
-    redact_url,
-    standard,
-)
+from docktor.tools.sdk.errors import reason, redact_url
+from docktor.tools.sdk.metric_info import MetricInfo, Metrics, standard
+from docktor.tools.sdk.plugin import Source
+from docktor.tools.sdk.rates import Counters, RateTracker
+from docktor.tools.sdk.retry import Permanent, Transient, retrying
+from docktor.tools.sdk.settings import Context, EnvName, PluginSettings, PositiveSeconds, TlsSettings, env_secret, go_together
+from docktor.tools.sdk.urls import url_setting
 
 log = logging.getLogger("docktor.redis")
 
-_ATTEMPTS = 3
-_WAIT = wait_exponential(multiplier=0.1, max=0.5)
 #: most entries counted by hand when Redis cannot tell a group's lag (beyond it, lag is missing)
 LAG_SCAN_LIMIT = 1000
 #: kombu's separator between a queue name and its priority (kombu.transport.redis)
@@ -78,7 +66,7 @@ class RedisSettings(PluginSettings):
 
     kind: Literal["redis"]
     #: ``redis://host:6379/0`` or ``rediss://`` (TLS); the path is the database number; no credentials
-    url: str = "redis://127.0.0.1:6379/0"
+    url: Annotated[str, url_setting(("redis", "rediss"), "redis://host:6379/0 or rediss://host:6380/0 (TLS)")] = "redis://127.0.0.1:6379/0"
     #: a plain list, or several whose lengths add up
     list: Keys | None = None
     #: a Celery queue name (the ``-Q`` of your workers, ``celery`` by default)
@@ -98,17 +86,10 @@ class RedisSettings(PluginSettings):
 
     @field_validator("url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError("must be redis://host:6379/0 or rediss://host:6380/0 (TLS)")
-        if parts.username or parts.password:
-            raise ValueError("no credentials in the URL; use username_env/password_env")
-        db = parts.path.strip("/")
+    def _path_is_the_database(cls, value: str) -> str:
+        db = urlsplit(value).path.strip("/")
         if db and not db.isdigit():
             raise ValueError("the URL's path is the database number, e.g. redis://127.0.0.1:6379/0")
-        if parts.query or parts.fragment:
-            raise ValueError("no query or fragment in the URL; use the settings (timeout, tls)")
         return value
 
     @field_validator("list")
@@ -123,8 +104,7 @@ class RedisSettings(PluginSettings):
         modes = [self.list is not None, self.celery_queue is not None, self.stream is not None]
         if sum(modes) != 1:
             raise ValueError("give exactly one of list:, celery_queue: or stream: (with group:)")
-        if (self.stream is None) != (self.group is None):
-            raise ValueError("stream: and group: go together")
+        go_together(self, "stream", "group")
         if self.password_env is None and self.username_env is not None:
             raise ValueError("username_env needs password_env")
         if self.tls is not None and not self.url.startswith("rediss://"):
@@ -151,19 +131,28 @@ class RedisSettings(PluginSettings):
         return int(path) if path else 0
 
 
-@dataclass(frozen=True)
-class StreamCounters:
-    added: int | None  # entries-added of the stream (Redis >= 7)
-    read: int | None  # entries-read of the group (Redis >= 7), None when Redis cannot tell
+class StreamCounters(Counters):
+    """A stream's and its group's counters (Redis >= 7)."""
+
+    #: the stream's entries-added
+    added: int
+    #: the group's entries-read: entries delivered to the group
+    read: int
+    #: delivered and not yet acknowledged
     pending: int
 
+    def totals(self) -> tuple[int, int]:
+        # completed = delivered to the group (entries-read) minus still pending (not acknowledged)
+        return self.added, self.read - self.pending
 
-class _Transient(Exception):
-    """Another attempt may fix it."""
-
-
-class _Permanent(Exception):
-    """Retrying cannot fix it."""
+    def discontinuity(self, earlier: StreamCounters) -> str | None:
+        if self.added < earlier.added:
+            return "entries-added went backwards (stream re-created)"
+        if self.read < earlier.read:
+            return "entries-read went backwards (group re-created or moved with XGROUP SETID)"
+        if self.totals()[1] < earlier.totals()[1]:
+            return "completed count went backwards (group moved with XGROUP SETID)"
+        return None
 
 
 class RedisSource(Source[RedisSettings]):
@@ -176,11 +165,12 @@ class RedisSource(Source[RedisSettings]):
         self._clock = clock
         self._client: aioredis.Redis | None = None
         self._lock = asyncio.Lock()
-        self._prev: StreamCounters | None = None
-        self._prev_at = 0.0
-        self._gap: str | None = "first reading"
-        #: why the latest stream reading has no rates, when it has none
-        self.last_reset: str | None = None
+        self._rates = RateTracker(StreamCounters, label=f"{settings.stream}/{settings.group}", log=log)
+
+    @property
+    def last_reset(self) -> str | None:
+        """Why the latest stream reading has no rates, when it has none."""
+        return self._rates.last_reset
 
     @classmethod
     def metrics_for(cls, settings: RedisSettings) -> Mapping[str, MetricInfo]:
@@ -194,45 +184,28 @@ class RedisSource(Source[RedisSettings]):
             return f"redis celery queue {settings.celery_queue}"
         return f"redis list {', '.join(settings.keys)}"
 
-    @classmethod
-    def check(cls, settings: RedisSettings, context: Context) -> list[str]:
-        return settings.tls.missing(context) if settings.tls else []
-
     # ------------------------------------------------------------------ public
 
     async def read(self) -> Metrics:
         async with self._lock:
             s = self.settings
             if s.mode == "stream":
-                counters, out = await self._retrying(self._read_stream)
-                return self._with_rates(out, counters, self._clock())
-            if s.mode == "celery":
-                return await self._retrying(self._read_celery)  # type: ignore[no-any-return]
-            return await self._retrying(self._read_lists)  # type: ignore[no-any-return]
+                counters, out = await retrying(self._read_stream, deadline=s.timeout)
+                if counters is None:
+                    self._rates.reset("the stream's counters are unknown (Redis < 7, or entries deleted)")
+                    return out
+                return out | self._rates.update(counters, self._clock())
+            return await retrying(self._read_celery if s.mode == "celery" else self._read_lists, deadline=s.timeout)
 
     def snapshot(self) -> dict[str, Any] | None:
         """A stream's previous counters (the rate baseline), for the daemon's state file; lists and
         Celery queues have no rates and nothing to keep."""
-        if self._prev is None or self._gap is not None:
-            return None
-        p = self._prev
-        return {"v": 1, "age_s": self._clock() - self._prev_at, "counters": {"added": p.added, "read": p.read, "pending": p.pending}}
+        return self._rates.snapshot(self._clock())
 
     def restore(self, data: Mapping[str, Any], elapsed: float) -> bool:
         """The baseline of a previous daemon: the first read after a restart has rates again (a
         re-created stream or moved group meanwhile is caught like between two ticks)."""
-        if data.get("v") != 1 or self.settings.mode != "stream":
-            return False
-        c = data["counters"]
-        added, read = c["added"], c["read"]
-        age = float(data["age_s"]) + elapsed
-        if not (0 <= age < float("inf")):
-            return False
-        self._prev = StreamCounters(
-            added=None if added is None else int(added), read=None if read is None else int(read), pending=int(c["pending"])
-        )
-        self._prev_at, self._gap = self._clock() - age, None
-        return True
+        return self.settings.mode == "stream" and self._rates.restore(data, elapsed, self._clock())
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -259,15 +232,15 @@ class RedisSource(Source[RedisSettings]):
         assert s.stream is not None and s.group is not None
         try:
             stream_info, groups = await self._transaction(lambda p: [p.xinfo_stream(s.stream), p.xinfo_groups(s.stream)])
-        except _Permanent as e:
+        except Permanent as e:
             if "no such key" in str(e).lower():
-                self._gap = "stream re-created"
-                raise _Permanent(f"stream {s.stream!r} not found") from None
+                self._rates.reset("stream re-created")
+                raise Permanent(f"stream {s.stream!r} not found") from None
             raise
         group = next((g for g in groups if _text(g.get("name")) == s.group), None)
         if group is None:
-            self._gap = "group re-created"
-            raise _Permanent(f"consumer group {s.group!r} not found on stream {s.stream!r}")
+            self._rates.reset("group re-created")
+            raise Permanent(f"consumer group {s.group!r} not found on stream {s.stream!r}")
         pending = int(group.get("pending") or 0)
         out: Metrics = {"queue.ack_pending": float(pending), "queue.consumers": float(group.get("consumers") or 0)}
         lag = group.get("lag")
@@ -282,10 +255,9 @@ class RedisSource(Source[RedisSettings]):
         # Redis's own relation (lag = entries-added - entries-read) gives the group's delivered
         # count even when it reports entries-read as nil
         read = added - lag if isinstance(added, int) and lag is not None else group.get("entries-read")
-        counters = StreamCounters(
-            added=added if isinstance(added, int) else None, read=read if isinstance(read, int) else None, pending=pending
-        )
-        return counters, out
+        if not isinstance(added, int) or not isinstance(read, int):
+            return None, out
+        return StreamCounters(added=added, read=read, pending=pending), out
 
     async def _count_after(self, stream: str, last_id: Any) -> int | None:
         """Entries after ``last_id`` counted with one bounded XRANGE; None beyond :data:`LAG_SCAN_LIMIT`."""
@@ -294,35 +266,6 @@ class RedisSource(Source[RedisSettings]):
         start = "(" + (last_id.decode() if isinstance(last_id, bytes) else last_id)
         (entries,) = await self._transaction(lambda p: [p.xrange(stream, min=start, max="+", count=LAG_SCAN_LIMIT + 1)])
         return len(entries) if len(entries) <= LAG_SCAN_LIMIT else None
-
-    def _with_rates(self, out: Metrics, cur: StreamCounters | None, now: float) -> Metrics:
-        prev, elapsed = self._prev, now - self._prev_at
-        if cur is None or cur.added is None or cur.read is None:
-            self.last_reset, self._prev = "the stream's counters are unknown (Redis < 7, or entries deleted)", None
-            return out
-        if self._gap is not None or prev is None or prev.added is None or prev.read is None:
-            reset: str | None = self._gap or "first reading"
-        elif cur.added < prev.added:
-            reset = "entries-added went backwards (stream re-created)"
-        elif cur.read < prev.read:
-            reset = "entries-read went backwards (group re-created or moved with XGROUP SETID)"
-        elif cur.read - cur.pending < prev.read - prev.pending:
-            reset = "completed count went backwards (group moved with XGROUP SETID)"
-        else:
-            reset = None
-        if reset is None and elapsed <= 0:
-            self.last_reset = "no time elapsed since the previous reading"
-            return out
-        if reset is None:
-            assert prev is not None and prev.added is not None and prev.read is not None
-            out["queue.rate_in"] = (cur.added - prev.added) / elapsed
-            # completed = delivered to the group (entries-read) minus still pending (not acked)
-            out["queue.rate_out"] = ((cur.read - cur.pending) - (prev.read - prev.pending)) / elapsed
-        elif prev is not None or reset != "first reading":
-            log.info("%s/%s: %s; rates resume next tick", self.settings.stream, self.settings.group, reset)
-        self.last_reset, self._gap = reset, None
-        self._prev, self._prev_at = cur, now
-        return out
 
     # ------------------------------------------------------------------ Redis calls
 
@@ -337,23 +280,23 @@ class RedisSource(Source[RedisSettings]):
                     replies: list[Any] = await pipe.execute(raise_on_error=True)
                     return replies
         except TimeoutError:
-            raise _Transient(f"Redis at {where} timed out after {s.timeout:g}s") from None
+            raise Transient(f"Redis at {where} timed out after {s.timeout:g}s") from None
         except redis.exceptions.AuthenticationError:
-            raise _Permanent(f"Redis at {where} refused the credentials{self._who()}") from None
+            raise Permanent(f"Redis at {where} refused the credentials{self._who()}") from None
         except redis.exceptions.ResponseError as e:
             text = str(e)
             if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
-                raise _Permanent(f"Redis at {where} refused the request{self._who()}: {text.split()[0]}") from None
+                raise Permanent(f"Redis at {where} refused the request{self._who()}: {text.split()[0]}") from None
             if "WRONGTYPE" in text:
-                raise _Permanent(f"a key of {self.describe(s)} holds another type (WRONGTYPE)") from None
+                raise Permanent(f"a key of {self.describe(s)} holds another type (WRONGTYPE)") from None
             if "EXECABORT" in text or "no such key" in text.lower():
-                raise _Permanent(text.splitlines()[0]) from None
-            raise _Transient(f"Redis at {where}: {text.splitlines()[0]}") from None
+                raise Permanent(text.splitlines()[0]) from None
+            raise Transient(f"Redis at {where}: {text.splitlines()[0]}") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
             await self.close()  # a fresh connection next attempt
-            raise _Transient(f"cannot reach Redis at {where}: {_reason(e)}") from None
+            raise Transient(f"cannot reach Redis at {where}: {reason(e)}") from None
         except redis.exceptions.RedisError as e:
-            raise _Transient(f"Redis at {where}: {_reason(e)}") from None
+            raise Transient(f"Redis at {where}: {reason(e)}") from None
 
     def _who(self) -> str:
         s = self.settings
@@ -365,22 +308,19 @@ class RedisSource(Source[RedisSettings]):
         if self._client is not None:
             return self._client
         s = self.settings
-        try:
-            password = env_secret(s.password_env, "password_env") if s.password_env else None
-            username = env_secret(s.username_env, "username_env") if s.username_env else None
-            ssl_options: dict[str, Any] = {}
-            if s.url.startswith("rediss://"):
-                ssl_options = {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
-                if s.tls is not None:
-                    s.tls.ssl_context(self.context)  # loads every file once: a clear error naming the bad one
-                    files = {k: str(self.context.path(v)) for k, v in s.tls.files().items()}
-                    ssl_options |= {
-                        "ssl_ca_certs": files.get("ca_file"),
-                        "ssl_certfile": files.get("cert_file"),
-                        "ssl_keyfile": files.get("key_file"),
-                    }
-        except SourceError as e:
-            raise _Permanent(str(e)) from None
+        password = env_secret(s.password_env, "password_env") if s.password_env else None
+        username = env_secret(s.username_env, "username_env") if s.username_env else None
+        ssl_options: dict[str, Any] = {}
+        if s.url.startswith("rediss://"):
+            ssl_options = {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+            if s.tls is not None:
+                s.tls.ssl_context(self.context)  # loads every file once: a clear error naming the bad one
+                files = {k: str(self.context.path(v)) for k, v in s.tls.files().items()}
+                ssl_options |= {
+                    "ssl_ca_certs": files.get("ca_file"),
+                    "ssl_certfile": files.get("cert_file"),
+                    "ssl_keyfile": files.get("key_file"),
+                }
         parts = urlsplit(s.url)
         self._client = aioredis.Redis(
             host=unquote(parts.hostname or "127.0.0.1"),
@@ -397,21 +337,6 @@ class RedisSource(Source[RedisSettings]):
         )
         return self._client
 
-    async def _retrying(self, attempt_fn: Callable[[], Awaitable[Any]]) -> Any:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(_ATTEMPTS) | stop_after_delay(self.settings.timeout),
-            wait=_WAIT,
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await attempt_fn()
-        except (_Permanent, _Transient) as e:
-            raise SourceError(str(e)) from None
-        raise AssertionError("unreachable")  # pragma: no cover
-
 
 def _routing_key(raw: bytes) -> str | None:
     """The routing key of one kombu ``unacked`` entry: JSON ``[message, exchange, routing_key]``."""
@@ -427,7 +352,3 @@ def _text(value: Any) -> str | None:
         return value.decode(errors="replace")
     return value if isinstance(value, str) else None
 
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return redact_url(text[0]) if text and text[0] else one_line(e)
