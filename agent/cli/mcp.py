@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -19,14 +20,17 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = Path("docktor.yaml"),
         http: Annotated[str | None, typer.Option(
             "--http", metavar="HOST:PORT",
-            help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (loopback unless mcp.allow_remote).",
+            help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (loopback unless mcp.allow_remote); "
+                 "every request needs 'Authorization: Bearer TOKEN' (from $DOCKTOR_MCP_TOKEN, else state_dir/mcp.token, "
+                 "made and shown once when absent).",
         )] = None,
     ) -> None:
         """An MCP server for the daemon of this config: read-only tools (services and their state,
         metrics, metric history, recent decisions, explain), propose_scale (what the guardrails
         would execute, without acting) and, with mcp.allow_apply: true, apply_scale (through the
         daemon, inside the same guardrails, recorded with source mcp). Speaks stdio by default, for
-        an MCP client that starts it (Claude Desktop and the like)."""
+        an MCP client that starts it (Claude Desktop and the like); over --http, only to clients
+        that send its bearer token."""
         import asyncio
         import importlib.util
         import logging
@@ -34,6 +38,7 @@ def register(app: typer.Typer) -> None:
         if importlib.util.find_spec("mcp") is None:
             raise UsageError("the mcp package is not installed: pip install 'mcp>=2.3,<3' (or install docktor with its dependencies)")
         from docktor.agent.mcp.address import http_address
+        from docktor.agent.mcp.auth import resolve_token
         from docktor.agent.mcp.server import bind, build, serve_http, serve_stdio
         from docktor.agent.mcp.views import DaemonView
         from docktor.agent.runtime.foreground import RedactingFilter
@@ -59,10 +64,13 @@ def register(app: typer.Typer) -> None:
         apply = "apply_scale offered" if cfg.mcp.allow_apply else "apply_scale off"
         try:
             if sock is None:
+                # stdio needs no token: the client started this process, as this user
                 print(f"docktor mcp: serving stdio for {config} (state in {view.paths.state_dir}; {apply})", file=sys.stderr, flush=True)
                 asyncio.run(serve_stdio(server))
             else:
-                asyncio.run(serve_http(server, sock))
+                # after the bind: a port in use is refused before a token is made and shown
+                token = resolve_token(cfg, os.environ)
+                asyncio.run(serve_http(server, sock, token))
         except KeyboardInterrupt:
             pass
         finally:

@@ -153,7 +153,7 @@ def _register_secrets(top: _TopLevel, services: list[ServiceConfig], env: Mappin
     """Every credential the config names by environment variable (``password_env``, ``token_env``,
     ``llm.api_key_env``, any ``*_env`` setting): from here on its value is scrubbed from every
     message, record and log line."""
-    names = secret_names(top.llm)
+    names = secret_names(top.llm) + secret_names(top.mcp)  # the LLM's key, the MCP server's token
     for svc in services:
         for spec in (svc.executor, *svc.sources):
             if spec is not None:

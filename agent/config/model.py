@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from docktor.tools.sdk import PluginSettings, PositiveSeconds, Seconds
+from docktor.tools.sdk import SECRET_ERROR, EnvName, PluginSettings, PositiveSeconds, Seconds
 
 
 class Strict(BaseModel):
@@ -302,17 +303,58 @@ def split_listen(text: str, *, example: str = "127.0.0.1:9464", lowest_port: int
     return host, port
 
 
+#: where ``docktor mcp --http`` reads its bearer token first: the NAME of the variable holding it
+DEFAULT_MCP_TOKEN_ENV = "DOCKTOR_MCP_TOKEN"
+#: the token file's name in ``state_dir`` when ``mcp.token_file`` is not set
+DEFAULT_MCP_TOKEN_FILE = "mcp.token"
+#: the SDK's rule for a setting that names an environment variable (``password_env`` ...)
+_ENV_NAME = TypeAdapter(EnvName)
+
+
 class McpConfig(Strict):
     """``docktor mcp``: what an assistant connected over MCP may do (docs/operations.md, "MCP").
 
-    Both are off by default and take a YAML boolean only (a string such as ``"no"`` is refused,
-    not read as true): reading is always allowed, acting is the operator's decision."""
+    The switches are off by default and take a YAML boolean only (a string such as ``"no"`` is
+    refused, not read as true): reading is always allowed, acting is the operator's decision.
+    Over HTTP every request carries a bearer token (:mod:`docktor.agent.mcp.auth`), since the
+    port, unlike the daemon's socket, is open to every local user."""
 
     #: offer ``apply_scale``: scale through the daemon, inside the guardrails' envelope, recorded
-    #: with source ``mcp`` and the caller's reason
+    #: with source ``mcp`` and the caller's reason (declared before ``http_auth``, which checks it)
     allow_apply: bool = Field(default=False, strict=True)
     #: let ``docktor mcp --http`` listen on an address that is not loopback
     allow_remote: bool = Field(default=False, strict=True)
+    #: ``token``: every HTTP request needs ``Authorization: Bearer <token>``; ``none``: no check,
+    #: for read-only tools behind a trusted authenticating proxy (refused with ``allow_apply``)
+    http_auth: Literal["token", "none"] = "token"
+    #: the NAME of the environment variable holding the token (never the token itself)
+    token_env: str = DEFAULT_MCP_TOKEN_ENV
+    #: the token's file when the variable is unset (default ``<state_dir>/mcp.token``; relative
+    #: to the config's folder); created 0600 with a random token when absent
+    token_file: Path | None = None
+
+    @field_validator("http_auth")
+    @classmethod
+    def _no_unauthenticated_apply(cls, value: str, info: ValidationInfo) -> str:
+        if value == "none" and info.data.get("allow_apply", False):
+            raise ValueError(
+                "none serves the MCP tools over HTTP to anyone who reaches the port, and allow_apply is true: "
+                "any local user could scale; use http_auth: token (the default) or set allow_apply: false"
+            )
+        return value
+
+    @field_validator("token_env", mode="before")
+    @classmethod
+    def _a_name_not_the_token(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                _ENV_NAME.validate_python(value)
+            except ValidationError:
+                # of the type the loader never echoes: someone may have pasted the token itself here
+                raise PydanticCustomError(
+                    SECRET_ERROR, "must be the name of an environment variable (the token itself goes in the environment)"
+                ) from None
+        return value
 
 
 class DocktorConfig(Strict):

@@ -2,7 +2,8 @@
 
 Settings never hold a secret, only the *name* of the variable that does: ``llm.api_key_env``
 (or the provider's default, ``OPENAI_API_KEY`` for ``provider: openai``) and every plugin setting
-whose name ends in ``_env`` (``password_env``, ``token_env``, ``user_env`` ...). The daemon passes
+whose name ends in ``_env`` (``password_env``, ``token_env``, ``user_env`` ...), and ``mcp.token_env``
+(the MCP server's bearer token, ``DOCKTOR_MCP_TOKEN`` unless set). The daemon passes
 these names to every plugin in ``Context.secret_env``; the local executor leaves them out of a
 replica's environment whatever ``env_passthrough`` says.
 """
@@ -13,7 +14,7 @@ from docktor.agent.config.model import DocktorConfig
 
 
 def secret_env_names(config: DocktorConfig) -> frozenset[str]:
-    names: set[str] = set()
+    names: set[str] = {config.mcp.token_env}
     if config.llm.api_key_env:
         names.add(config.llm.api_key_env)
     elif config.llm.provider != "none":

@@ -26,12 +26,12 @@ def http_address(text: str, *, allow_remote: bool, allow_apply: bool) -> tuple[s
     ip = ipaddress.ip_address(host)
     if not ip.is_loopback:
         if not allow_remote:
-            raise refuse("not a loopback address: the MCP server would answer beyond this host, without "
-                         "authentication (set mcp.allow_remote: true in the config if that is what you want)")
+            raise refuse("not a loopback address: the MCP server would answer beyond this host, over plain HTTP "
+                         "(set mcp.allow_remote: true in the config if that is what you want)")
         if allow_apply:
-            # Anyone who reaches the port could scale services: keep acting to this host, where the
-            # socket's reach is the machine's users (or put an authenticating proxy in front).
-            raise refuse("mcp.allow_apply is true: apply_scale is never served beyond this host, since the "
-                         "transport has no authentication; listen on loopback (behind an authenticating proxy "
-                         "if remote clients need it) or set allow_apply: false")
+            # Plain HTTP carries the bearer token in clear: whoever sees the traffic could replay it
+            # and scale. Keep acting to this host (or put a TLS-terminating proxy in front).
+            raise refuse("mcp.allow_apply is true: apply_scale is never served beyond this host, since plain HTTP "
+                         "shows its bearer token to anyone on the network path; listen on loopback (behind a TLS "
+                         "proxy if remote clients need it) or set allow_apply: false")
     return str(ip), port

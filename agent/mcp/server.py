@@ -22,6 +22,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from docktor.agent import __version__
+from docktor.agent.mcp.auth import RequireBearer, Token
 from docktor.agent.mcp.views import (
     DECISION_ID_PATTERN,
     MAX_DECISIONS,
@@ -221,8 +222,10 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp"
 
 
-async def serve_http(server: DocktorMCP, sock: socket.socket) -> None:
-    """Streamable HTTP at ``/mcp`` on ``sock``, until SIGINT/SIGTERM."""
+async def serve_http(server: DocktorMCP, sock: socket.socket, token: Token | None) -> None:
+    """Streamable HTTP at ``/mcp`` on ``sock``, until SIGINT/SIGTERM; every request must carry
+    ``token`` as a bearer token (:mod:`docktor.agent.mcp.auth`), unless it is None
+    (``mcp.http_auth: none``, which the config allows only without ``allow_apply``)."""
     import uvicorn
 
     host, port = sock.getsockname()[:2]
@@ -236,8 +239,14 @@ async def serve_http(server: DocktorMCP, sock: socket.socket) -> None:
         allowed_hosts=[f"{h}:*" for h in {host, "127.0.0.1", "localhost", "[::1]"}],
         allowed_origins=[f"http://{h}:*" for h in {host, "127.0.0.1", "localhost", "[::1]"}],
     )
-    app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=str(host))
+    app: Any = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=str(host))
+    if token is not None:
+        app = RequireBearer(app, token.value)
+    elif server.view.allow_apply:  # the config refuses http_auth: none with allow_apply; never serve it anyway
+        raise RuntimeError("refusing to serve apply_scale over HTTP without a bearer token")
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
     apply = "apply_scale offered" if server.view.allow_apply else "apply_scale off"
-    print(f"docktor mcp: serving {url_of(sock)} (streamable HTTP) for {server.view.config_path} ({apply})", file=sys.stderr, flush=True)
+    auth = f"bearer token from {token.origin}" if token is not None else "no authentication: mcp.http_auth is none"
+    print(f"docktor mcp: serving {url_of(sock)} (streamable HTTP; {auth}) for {server.view.config_path} ({apply})",
+          file=sys.stderr, flush=True)
     await uvicorn.Server(config).serve(sockets=[sock])
