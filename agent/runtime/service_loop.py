@@ -81,6 +81,11 @@ class ServiceLoop:
             spec.name: _metrics_for(type(source), spec.settings, f"source {spec.name}") for spec, source in sources
         }
         self.executor_infos = _metrics_for(type(executor), executor.settings, "executor")
+        #: how long the daemon waits for each reading: the check interval, and never less than the
+        #: plugin's own ``timeout`` (plus a second), so a slow server is named by the plugin's own
+        #: error ("JetStream API timed out after 2s (nats://...)") rather than cut short unexplained
+        self.read_bounds = {spec.name: _read_bound(svc.check_interval, spec.settings) for spec, _ in sources}
+        self.status_bound = _read_bound(svc.check_interval, executor.settings)
         self.state = ServiceState()
         self.last_status: ReplicaStatus | None = None
         self.last_observations: dict[str, float] = {}
@@ -154,14 +159,13 @@ class ServiceLoop:
     # ------------------------------------------------------------------ observe
 
     async def observe(self) -> Observation:
-        """Every source and the executor concurrently, each bounded by the check interval.
+        """Every source and the executor concurrently, each bounded (:attr:`read_bounds`).
 
         A reading's values outside their metric's domain (a negative count, NaN) are missing,
         with the reason among the errors: they never drive a decision (:func:`admit`)."""
-        bound = max(1.0, self.svc.check_interval)
         readings = await asyncio.gather(
-            asyncio.wait_for(self.executor.status(), bound),
-            *(asyncio.wait_for(source.read(), bound) for _, source in self.sources),
+            asyncio.wait_for(self.executor.status(), self.status_bound),
+            *(asyncio.wait_for(source.read(), self.read_bounds[spec.name]) for spec, source in self.sources),
             return_exceptions=True,
         )
         status, metrics = readings[0], readings[1:]
@@ -170,6 +174,10 @@ class ServiceLoop:
         ok, failed = [], []
         for (spec, _), reading in zip(self.sources, metrics, strict=True):
             who = "source" if len(self.sources) == 1 else f"source {spec.name}"
+            if isinstance(reading, TimeoutError):  # the plugin ignored its own timeout
+                errors.append(redact(f"{who}: no reading within {self.read_bounds[spec.name]:g} s ({_described(spec)})"))
+                failed.append(spec.name)
+                continue
             if isinstance(reading, BaseException):
                 errors.append(redact(f"{who}: {one_line(reading)}"))
                 failed.append(spec.name)
@@ -184,6 +192,9 @@ class ServiceLoop:
             observations.update((spec.metric_name(k), v) for k, v in kept.items())
             ok.append(spec.name)
         self.state.note_reads(ok, failed)  # for on_missing: failed reads in a row, per source
+        if isinstance(status, TimeoutError):
+            errors.append(f"executor: no status within {self.status_bound:g} s")
+            return observations, None, errors
         if isinstance(status, BaseException):
             errors.append(redact(f"executor: {one_line(status)}"))
             return observations, None, errors
@@ -358,6 +369,21 @@ class ServiceLoop:
         if self.target_lock is not None and self.target_lock is not unless:
             self.target_lock.release()
         self.target_lock = None
+
+
+def _read_bound(check_interval: float, settings: Any) -> float:
+    own = getattr(settings, "timeout", None)  # every built-in plugin has one; the contract suite reads it too
+    floor = own + 1.0 if isinstance(own, int | float) and not isinstance(own, bool) else 0.0
+    return max(1.0, check_interval, floor)
+
+
+def _described(spec: SourceSpec) -> str:
+    from docktor.tools.registry import source_plugin
+
+    try:
+        return str(source_plugin(spec.kind).describe(spec.settings))
+    except Exception:  # a plugin's bug: its kind says enough
+        return spec.kind
 
 
 def _metrics_for(plugin: type[Source[Any]] | type[Executor[Any]], settings: Any, who: str) -> Mapping[str, MetricInfo]:
