@@ -23,7 +23,7 @@ from docktor.agent.runtime.exporter import serve as serve_metrics
 from docktor.agent.runtime.process import acquire_lock, paths_for, record_daemon
 from docktor.agent.runtime.rundir import TargetBusy
 from docktor.agent.runtime.supervisor import Supervisor
-from docktor.tools.sdk import write_atomic
+from docktor.tools.sdk import readable_by_others, write_atomic
 
 
 class RedactingFilter(logging.Filter):
@@ -56,6 +56,9 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
     log = logging.getLogger("docktor")
     for w in config.warnings:
         log.warning("config: %s", w)
+    if readable_by_others(paths.state_dir):  # not changed: it may be a folder the user chose for more than Docktor
+        log.warning("state_dir %s can be listed by other users: its files are 0600, but their names show; "
+                    "chmod 700 it", paths.state_dir)
     code = 0
     refusal: list[str] = []  # a one-line reason not to run, printed last
 

@@ -371,6 +371,6 @@ class StateStore:
         """Replace the service's file with ``doc``, durably (:func:`write_atomic`). Raises OSError
         (the previous file is then untouched)."""
         if not self._checked:
-            private_dir(self.dir, what="state folder")
+            private_dir(self.dir, what="state folder", tighten=True)
             self._checked = True
         write_atomic(self.path(service), json.dumps(doc, separators=(",", ":")).encode())

@@ -33,12 +33,13 @@ class RunDirError(Exception):
     pass
 
 
-def _private(path: Path) -> Path | None:
-    """``path`` created (mode 0700) if needed; None unless it is a folder only this user controls."""
+def _private(path: Path, tighten: bool) -> Path | None:
+    """``path`` created (mode 0700) if needed; None unless it is a folder only this user controls.
+    ``tighten``: a folder Docktor names (``.../docktor``) is made 0700; one the user named is not."""
     from docktor.tools.sdk import private_dir
 
     try:
-        return private_dir(path)
+        return private_dir(path, tighten=tighten)
     except OSError:  # UnsafePath included: another candidate is tried
         return None
 
@@ -56,7 +57,7 @@ def run_dir() -> Path:
             candidates.append(Path.home() / ".cache" / "docktor" / "run")
         candidates.append(Path("/tmp") / f"docktor-{os.getuid()}")
     for c in candidates:
-        found = _private(c)
+        found = _private(c, tighten=not env)
         if found is not None:
             return found
     raise RunDirError(f"no private run folder usable (tried {', '.join(map(str, candidates))})")
@@ -78,7 +79,7 @@ def write_pointer(config_path: Path, info: dict[str, Any]) -> None:
     from docktor.tools.sdk import private_dir, write_atomic
 
     path = pointer_path(config_path)
-    private_dir(path.parent)
+    private_dir(path.parent, tighten=True)
     write_atomic(path, json.dumps({"config": str(config_path.resolve()), **info}).encode(), sync=False)
 
 
@@ -126,7 +127,7 @@ def lock_target(target: str, holder: dict[str, Any]) -> TargetLock:
     """Hold ``target`` for the life of this process (or until released); TargetBusy if held."""
     from docktor.tools.sdk import open_private, private_dir
 
-    folder = private_dir(run_dir() / "targets")
+    folder = private_dir(run_dir() / "targets", tighten=True)
     path = folder / f"{_key(target)}.lock"
     fd = open_private(path, os.O_RDWR, create=True)
     try:

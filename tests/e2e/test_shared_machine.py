@@ -93,7 +93,7 @@ def test_a_state_dir_another_user_created_with_a_planted_link_is_refused(tmp_pat
     assert sorted(p.name for p in state.iterdir()) == ["docktor.pid"]  # nothing of ours was written there
 
 
-def test_a_state_dir_others_can_write_is_refused_and_a_readable_one_tightened(tmp_path: Path) -> None:
+def test_a_state_dir_others_can_write_is_refused_and_a_readable_one_kept_with_private_files(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o777)
     state.chmod(0o777)
@@ -102,10 +102,11 @@ def test_a_state_dir_others_can_write_is_refused_and_a_readable_one_tightened(tm
     assert done.returncode == 2
     assert done.stderr.strip() == (f"error: state_dir {state} is writable by group and others (mode 0777): refusing it; "
                                    "chmod 700 it if its content is yours")
-    state.chmod(0o755)  # an older Docktor's folder: others could only read it
+    state.chmod(0o755)  # others can only list it (a folder the user chose is never chmod'ed)
     done = docktor("decide", "--once", "--dry-run", "--window", "0", "--config", str(cfg))
     assert done.returncode == 0, done.stderr
-    assert state.stat().st_mode & 0o777 == 0o700
+    assert state.stat().st_mode & 0o777 == 0o755
+    assert (state / "decisions.jsonl").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_link_in_the_state_dir_is_never_followed(tmp_path: Path, victim: Path) -> None:

@@ -311,7 +311,8 @@ def test_a_torn_last_line_is_cut_at_open_and_set_aside(tmp_path: Path, tail: byt
 
 def test_the_log_and_its_folder_are_private(tmp_path: Path) -> None:
     """Decisions name queues, observations and command lines: 0600 in a 0700 folder, and an older
-    log that others could read is tightened when opened."""
+    log that others could read is tightened when opened (the folder, which may be one the user
+    chose for more than Docktor, is never chmod'ed)."""
     folder = tmp_path / "state"
     log = DecisionLog(folder / "decisions.jsonl")
     log.write(record())
@@ -320,4 +321,4 @@ def test_the_log_and_its_folder_are_private(tmp_path: Path) -> None:
     (folder / "decisions.jsonl").chmod(0o644)
     folder.chmod(0o755)
     DecisionLog(folder / "decisions.jsonl").close()
-    assert (folder.stat().st_mode & 0o777, (folder / "decisions.jsonl").stat().st_mode & 0o777) == (0o700, 0o600)
+    assert (folder.stat().st_mode & 0o777, (folder / "decisions.jsonl").stat().st_mode & 0o777) == (0o755, 0o600)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from docktor.tools.sdk import UnsafePath, open_private, private_dir, read_private, write_atomic
+from docktor.tools.sdk import UnsafePath, open_private, private_dir, read_private, readable_by_others, write_atomic
 from tests.support.peers import SmallDisk
 
 NOBODY = 65534
@@ -46,12 +46,18 @@ def test_a_new_folder_is_created_0700_with_its_parents(home: Path) -> None:
     assert mode(created) == 0o700
 
 
-def test_an_existing_0755_folder_of_ours_is_tightened_to_0700(home: Path) -> None:
-    d = home / "state"
-    d.mkdir()
-    d.chmod(0o755)  # what an older Docktor left
-    private_dir(d)
-    assert mode(d) == 0o700
+def test_an_existing_0755_folder_of_ours_is_tightened_to_0700_only_when_docktor_names_it(home: Path) -> None:
+    """A folder the user chose (a state_dir of /var/lib, /dev for a log on /dev/full) is never
+    chmod'ed behind their back: a test doing that once left /dev 0700 on this machine, and every
+    other user's /dev/null with it. A folder Docktor names itself (state/, local/) is tightened."""
+    chosen, own = home / "chosen", home / "state"
+    for d in (chosen, own):
+        d.mkdir()
+        d.chmod(0o755)  # what an older Docktor left
+    private_dir(chosen)
+    assert mode(chosen) == 0o755 and readable_by_others(chosen)
+    private_dir(own, tighten=True)
+    assert mode(own) == 0o700 and not readable_by_others(own)
 
 
 def test_without_create_an_absent_folder_is_an_error_and_is_not_made(home: Path) -> None:

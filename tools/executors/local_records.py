@@ -74,7 +74,7 @@ class ReplicaRecords:
         folder or the lock file is unsafe, :class:`ExecutorError` when another process holds the
         lock or the file cannot be opened (one line each)."""
         try:
-            private_dir(self.folder, what="the local executor's folder")
+            private_dir(self.folder, what="the local executor's folder", tighten=True)
             fd = open_private(self.lock_path, os.O_RDWR, create=True)
         except UnsafePath as e:
             raise UnsafeRecords(f"not running the local replicas of {self.service!r}: {e}") from None

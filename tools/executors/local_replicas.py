@@ -127,7 +127,7 @@ class ReplicaLog:
         """A descriptor appending to the log (``0600``, no link followed). Raises
         :class:`~docktor.tools.sdk.UnsafePath` or ``OSError``."""
         if not self._checked:
-            private_dir(self.folder, what="the replicas' log folder")
+            private_dir(self.folder, what="the replicas' log folder", tighten=True)
             self._checked = True
         try:
             return open_private(self.path(index), os.O_WRONLY | os.O_APPEND, create=True)

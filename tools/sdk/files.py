@@ -6,8 +6,10 @@ another user can write lets that user plant a symbolic link (``docktor.pid -> /e
 forge a file (``local/worker.json`` naming a process to stop). So, as OpenSSH's ``StrictModes``
 and systemd's ``StateDirectory=`` do, every folder is created ``0700``, every file ``0600``, and a
 folder or file that another user owns or can write is refused with one line saying what to do;
-files are opened with ``O_NOFOLLOW``, so a link is refused rather than followed. A folder or file
-of this user that others can merely read (an older Docktor's ``0755``/``0644``) is tightened.
+files are opened with ``O_NOFOLLOW``, so a link is refused rather than followed. A file of this
+user that others can merely read (an older Docktor's ``0644``) is tightened when opened; a folder
+only when the caller names it as Docktor's own (``tighten``): a ``state_dir`` may be a folder the
+user chose, and ``chmod 700`` on, say, ``/var/lib`` would break the machine.
 
 One implementation for every writer: the daemon's own files, the decision log, the state files
 and plugins' files under :attr:`Context.state_dir` (the local executor's replica records).
@@ -21,7 +23,7 @@ import secrets
 import stat
 from pathlib import Path
 
-__all__ = ["UnsafePath", "open_private", "private_dir", "read_private", "write_atomic"]
+__all__ = ["UnsafePath", "open_private", "private_dir", "read_private", "readable_by_others", "write_atomic"]
 
 #: group or others may write: another user could replace what is there
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
@@ -82,11 +84,11 @@ def _check_ancestors(path: Path) -> None:
             )
 
 
-def private_dir(path: Path, *, create: bool = True, what: str = "folder") -> Path:
-    """``path`` as a folder only this user can use: created ``0700`` when absent (with ``create``),
-    tightened to ``0700`` when this user's and readable by others, refused (:class:`UnsafePath`)
-    when it is a link, another user's, or writable by others, or when a folder above it lets
-    another user replace it."""
+def private_dir(path: Path, *, create: bool = True, what: str = "folder", tighten: bool = False) -> Path:
+    """``path`` as a folder only this user can change: created ``0700`` when absent (with
+    ``create``), refused (:class:`UnsafePath`) when it is a link, another user's, or writable by
+    others, or when a folder above it lets another user replace it. With ``tighten`` (a folder
+    Docktor names and owns, such as ``state/``), one that others can read is made ``0700``."""
     path = Path(os.path.abspath(path))
     _check_ancestors(path)
     if create:
@@ -99,9 +101,14 @@ def private_dir(path: Path, *, create: bool = True, what: str = "folder") -> Pat
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePath(f"{what} {path} is not a folder")
     _refuse_foreign(path, st, what)
-    if st.st_mode & _OPEN_TO_OTHERS:
-        os.chmod(path, 0o700, follow_symlinks=False)
+    if tighten and st.st_mode & _OPEN_TO_OTHERS:
+        os.chmod(path, 0o700)  # lstat said it is no link
     return path
+
+
+def readable_by_others(path: Path) -> bool:
+    """Whether users other than the owner may list or enter the folder ``path``."""
+    return bool(os.stat(path).st_mode & _OPEN_TO_OTHERS)
 
 
 def open_private(path: Path, flags: int = os.O_RDONLY, *, create: bool = False) -> int:
