@@ -49,7 +49,7 @@ def locate(config: Path) -> Any:
     """Where the daemon of ``config`` keeps its state, valid config or not (a warning says how it
     was found when the config does not load)."""
     from docktor.agent.cli.render import warn
-    from docktor.agent.runtime.process import locate as find
+    from docktor.agent.runtime.locate import locate as find
 
     located = find(config)
     if located.problems:
@@ -163,9 +163,9 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from docktor.agent.cli.render import out, warn
-        from docktor.agent.runtime import process
+        from docktor.agent.runtime.locate import status as daemon_status
 
-        st = process.status(locate(config).paths)
+        st = daemon_status(locate(config).paths)
         if st.get("running") and not st.get("live"):
             age = st.get("status_file_age_s")
             warn(f"{st.get('not_live_because')}; showing its status file"

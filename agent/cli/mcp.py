@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.mcp.server import bind, build, serve_http, serve_stdio
         from docktor.agent.mcp.views import DaemonView
         from docktor.agent.runtime.foreground import RedactingFilter
-        from docktor.agent.runtime.process import locate
+        from docktor.agent.runtime.locate import locate
 
         cfg = load(config)
         sock = None
