@@ -12,7 +12,6 @@ baseline and the rate is omitted for that tick: a missing rate is honest, a spik
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import re
 import ssl
@@ -24,7 +23,6 @@ from typing import Annotated, Any, Literal
 import httpx2
 from nats.aio.client import Client
 from nats.js import JetStreamManager
-from nats.js.api import SequenceInfo
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from pydantic import field_validator, model_validator
 
@@ -32,10 +30,11 @@ from docktor.tools.sdk.errors import SourceError, reason
 from docktor.tools.sdk.http_client import http_client
 from docktor.tools.sdk.metric_info import Metrics, standard
 from docktor.tools.sdk.plugin import Source
-from docktor.tools.sdk.rates import Counters, RateTracker
+from docktor.tools.sdk.rates import RateTracker
 from docktor.tools.sdk.retry import Permanent, Transient, Unavailable, retrying
 from docktor.tools.sdk.settings import Context, EnvName, PluginSettings, PositiveSeconds, TlsSettings, env_secret, go_together
 from docktor.tools.sdk.urls import check_url, url_setting
+from docktor.tools.sources.nats_counters import JetStreamCounters, from_api, from_jsz
 
 log = logging.getLogger("docktor.nats")
 
@@ -107,55 +106,6 @@ class NatsSettings(PluginSettings):
     @property
     def servers(self) -> list[str]:
         return self.url.split(",")
-
-
-# --------------------------------------------------------------------------- one reading
-
-
-class JetStreamCounters(Counters):
-    """What one read tells of the stream and the consumer, whichever way it was obtained (the
-    JetStream API or ``/jsz``): the figures and the sequences the rates are measured from."""
-
-    stream_created: dt.datetime | None
-    consumer_created: dt.datetime | None
-    retention: str | None
-    first_seq: int
-    last_seq: int
-    num_pending: int
-    num_ack_pending: int
-    num_redelivered: int
-    num_waiting: int
-    delivered_stream_seq: int
-    delivered_consumer_seq: int
-    ack_floor_stream_seq: int
-    ack_floor_consumer_seq: int
-
-    def totals(self) -> tuple[int, int]:
-        # everything the stream took in; everything acknowledged (the ack floor, in stream terms)
-        return self.last_seq, self.ack_floor_stream_seq
-
-    def discontinuity(self, earlier: JetStreamCounters) -> str | None:
-        """Why the change since ``earlier`` is not traffic, or None when it is."""
-        prev, cur = earlier, self
-        if prev.stream_created != cur.stream_created:
-            return "stream re-created"
-        if prev.consumer_created != cur.consumer_created:
-            return "consumer re-created"
-        for name in ("last_seq", "delivered_stream_seq", "delivered_consumer_seq", "ack_floor_stream_seq", "ack_floor_consumer_seq"):
-            if getattr(cur, name) < getattr(prev, name):
-                return f"{name} went backwards"
-        if cur.delivered_stream_seq > prev.delivered_stream_seq and cur.delivered_consumer_seq == prev.delivered_consumer_seq:
-            # The server moved the consumer past messages it never delivered: a purge or limits discard.
-            return "consumer skipped undelivered messages (purge or discard)"
-        if (
-            cur.retention == "limits"
-            and cur.first_seq - 1 > prev.ack_floor_stream_seq
-            and cur.ack_floor_stream_seq > prev.ack_floor_stream_seq
-        ):
-            # Under limits retention an ack never removes a message, so messages above the old ack
-            # floor vanished (purge, discard, delete) and the floor was dragged along, not acked.
-            return "messages above the ack floor were removed (purge or discard)"
-        return None
 
 
 # --------------------------------------------------------------------------- the source
@@ -299,23 +249,7 @@ class NatsSource(Source[NatsSettings]):
             raise self._classify(si)
         if isinstance(ci, BaseException):
             raise self._classify(ci)
-        delivered = ci.delivered or SequenceInfo(consumer_seq=0, stream_seq=0)
-        floor = ci.ack_floor or SequenceInfo(consumer_seq=0, stream_seq=0)
-        return JetStreamCounters(
-            stream_created=si.created,
-            consumer_created=ci.created,
-            retention=_enum_value(si.config.retention),
-            first_seq=si.state.first_seq,
-            last_seq=si.state.last_seq,
-            num_pending=ci.num_pending or 0,
-            num_ack_pending=ci.num_ack_pending or 0,
-            num_redelivered=ci.num_redelivered or 0,
-            num_waiting=ci.num_waiting or 0,
-            delivered_stream_seq=delivered.stream_seq,
-            delivered_consumer_seq=delivered.consumer_seq,
-            ack_floor_stream_seq=floor.stream_seq,
-            ack_floor_consumer_seq=floor.consumer_seq,
-        )
+        return from_api(si, ci)
 
     def _classify(self, e: BaseException) -> Exception:
         s, t = self.settings, self.settings.timeout
@@ -447,43 +381,7 @@ class NatsSource(Source[NatsSettings]):
             raise Transient(f"{url}: timed out after {t:g}s") from None
         except (httpx2.HTTPError, ssl.SSLError, OSError, ValueError) as e:
             raise Transient(f"{url}: {reason(e)}") from None
-        return self._from_jsz(body)
-
-    def _from_jsz(self, body: Any) -> JetStreamCounters:
-        s = self.settings
-        try:
-            streams = [
-                sd
-                for acc in body.get("account_details") or []
-                for sd in acc.get("stream_detail") or []
-                if sd.get("name") == s.stream
-            ]
-            if not streams:
-                raise Permanent(f"stream {s.stream!r} not found (monitoring)")
-            if len(streams) > 1:
-                raise Permanent(f"stream {s.stream!r} exists in several accounts (monitoring cannot tell which)")
-            sd = streams[0]
-            cd = next((c for c in sd.get("consumer_detail") or [] if c.get("name") == s.consumer), None)
-            if cd is None:
-                raise Permanent(f"consumer {s.consumer!r} not found on stream {s.stream!r} (monitoring)")
-            state, delivered, floor = sd["state"], cd["delivered"], cd["ack_floor"]
-            return JetStreamCounters(
-                stream_created=_time(sd.get("created")),
-                consumer_created=_time(cd.get("created")),
-                retention=(sd.get("config") or {}).get("retention"),
-                first_seq=int(state["first_seq"]),
-                last_seq=int(state["last_seq"]),
-                num_pending=int(cd.get("num_pending", 0)),
-                num_ack_pending=int(cd.get("num_ack_pending", 0)),
-                num_redelivered=int(cd.get("num_redelivered", 0)),
-                num_waiting=int(cd.get("num_waiting", 0)),
-                delivered_stream_seq=int(delivered["stream_seq"]),
-                delivered_consumer_seq=int(delivered["consumer_seq"]),
-                ack_floor_stream_seq=int(floor["stream_seq"]),
-                ack_floor_consumer_seq=int(floor["consumer_seq"]),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise Transient(f"unexpected /jsz answer: {reason(e)}") from None
+        return from_jsz(body, s.stream, s.consumer)
 
 
 async def _close_quietly(nc: Client, timeout: float) -> None:
@@ -500,13 +398,3 @@ async def _close_quietly(nc: Client, timeout: float) -> None:
         log.debug("close of %s interrupted by nats-py", nc.connected_url)
     except Exception as e:
         log.debug("close failed: %s", e)
-
-
-def _time(value: Any) -> dt.datetime | None:
-    # /jsz and the API give the same RFC 3339 instant; both are compared at microsecond precision.
-    return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
-
-
-def _enum_value(value: Any) -> str | None:
-    return None if value is None else str(getattr(value, "value", value))
-
