@@ -29,14 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from docktor.agent.runtime.decision_log import DecisionRecord, Outcome, OutcomeRecord
-from docktor.agent.timestamps import rfc3339
-
-OBSERVATIONS = [
-    "queue.backlog", "queue.pending", "queue.ack_pending", "queue.lag", "queue.redelivered", "queue.waiting",
-    "queue.rate_in", "queue.rate_out", "queue.backlog_per_replica", "queue.rate_out_per_replica",
-    "replicas.running", "replicas.desired", "replicas.failed", "cpu.avg", "mem.avg_mb",
-]
+from benchmarks.mcp_log import sample
 
 CONFIG = """state_dir: {state}
 log: {{max_bytes: {max_bytes}}}
@@ -51,21 +44,7 @@ SERVICE = """  - name: svc{i}
 
 
 def _lines(service: str, ts: float, rid: str, acting: bool) -> bytes:
-    obs = {k: float((int(ts) * 7 + j) % 500) for j, k in enumerate(OBSERVATIONS)}
-    rec = DecisionRecord(
-        ts=rfc3339(ts), service=service, mode="autonomous", current_replicas=3,
-        decision="scale_up" if acting else "hold", target_replicas=4 if acting else 3, proposal=6,
-        reason="queue.backlog 480 / 100 per replica = 5; limited to 4 by the step limit (asked 6)",
-        policy="target", source="policy", observations=obs, matched_rules=["queue.backlog > 100 (480)"],
-        guardrails=[{"name": "step_limit", "from": 6, "to": 4}],
-        envelope={"lo": 2, "hi": 4, "lo_by": "step_limit", "hi_by": "step_limit"}, id=rid,
-        phase="intent" if acting else None,
-    )
-    out = rec.line()
-    if acting:
-        out += OutcomeRecord(ts=rfc3339(ts + 0.2), service=service, id=rid,
-                             outcome=Outcome(status="ok", message="3 -> 4 replicas", duration_ms=200.0)).line()
-    return out
+    return b"".join(rec.line() for rec in sample(service, ts, rid, acting=acting, i=int(ts)))
 
 
 def write_log(path: Path, mib: int, services: int, t_end: float) -> int:

@@ -34,6 +34,24 @@ OBSERVATIONS = [
 ]
 
 
+def sample(service: str, ts: float, rid: str, *, acting: bool, i: int = 0) -> list[DecisionRecord | OutcomeRecord]:
+    """One decision as the daemon records it (about 1 KB): a hold, or a scale-up's intent and outcome."""
+    obs = {k: float((i * 7 + j) % 500) for j, k in enumerate(OBSERVATIONS)}
+    rec = DecisionRecord(
+        ts=rfc3339(ts), service=service, mode="autonomous", current_replicas=3,
+        decision="scale_up" if acting else "hold", target_replicas=4 if acting else 3, proposal=6,
+        reason="queue.backlog 480 / 100 per replica = 5; limited to 4 by the step limit (asked 6)",
+        policy="target", source="policy", observations=obs, matched_rules=["queue.backlog > 100 (480)"],
+        guardrails=[{"name": "step_limit", "from": 6, "to": 4}],
+        envelope={"lo": 2, "hi": 4, "lo_by": "step_limit", "hi_by": "step_limit"}, id=rid,
+        phase="intent" if acting else None,
+    )
+    if not acting:
+        return [rec]
+    return [rec, OutcomeRecord(ts=rfc3339(ts + 0.2), service=service, id=rid,
+                               outcome=Outcome(status="ok", message="3 -> 4 replicas", duration_ms=200.0))]
+
+
 def fill(path: Path, services: int, t_end: float) -> tuple[int, str, float]:
     """Write decisions ending about ``t_end`` until the log has rotated to its 5 backups; returns the
     number of decisions, the id of the oldest one still in the log, and the time of the newest."""
@@ -46,22 +64,8 @@ def fill(path: Path, services: int, t_end: float) -> tuple[int, str, float]:
     while True:
         for s in range(services):
             ts = t0 + i + s / services
-            rid = f"{n:016x}"
-            obs = {k: float((i * 7 + j) % 500) for j, k in enumerate(OBSERVATIONS)}
-            acting = n % 20 == 0
-            rec = DecisionRecord(
-                ts=rfc3339(ts), service=f"svc{s}", mode="autonomous", current_replicas=3,
-                decision="scale_up" if acting else "hold", target_replicas=4 if acting else 3, proposal=6,
-                reason="queue.backlog 480 / 100 per replica = 5; limited to 4 by the step limit (asked 6)",
-                policy="target", source="policy", observations=obs, matched_rules=["queue.backlog > 100 (480)"],
-                guardrails=[{"name": "step_limit", "from": 6, "to": 4}],
-                envelope={"lo": 2, "hi": 4, "lo_by": "step_limit", "hi_by": "step_limit"}, id=rid,
-                phase="intent" if acting else None,
-            )
-            log.write(rec)
-            if acting:
-                log.write(OutcomeRecord(ts=rfc3339(ts + 0.2), service=f"svc{s}", id=rid,
-                                        outcome=Outcome(status="ok", message="3 -> 4 replicas", duration_ms=200.0)))
+            for rec in sample(f"svc{s}", ts, f"{n:016x}", acting=n % 20 == 0, i=i):
+                log.write(rec)
             n += 1
         i += 1
         if len(log_files(path)) == 6 and path.stat().st_size > per_file * 0.9:
