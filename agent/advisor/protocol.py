@@ -138,7 +138,7 @@ def _short(err: Mapping[str, Any]) -> str:
 
 
 class ToolContext(Protocol):
-    """What the tools may read (the daemon implements it over its runners, the simulator over its state)."""
+    """What the tools may read (the daemon implements it over its service loops, the simulator over its state)."""
 
     def queue_metrics(self, service: str) -> dict[str, float]: ...  # latest observations
 

@@ -287,7 +287,7 @@ class DaemonMetrics:
         s = rec.service
         svc = self.services.get(s)
         if svc is None:
-            return  # not in the config this exporter follows (it follows Daemon.config)
+            return  # not in the config this exporter follows (a reload tells it which, through on_reload)
         self.decisions.labels(s, rec.decision, rec.source, "true" if rec.executed else "false").inc()
         self.last_decision.labels(s).set(self._wall())
         _set_or_remove(self.replicas_current, s, rec.current_replicas)

@@ -1,11 +1,13 @@
-"""Daemon lifecycle: one daemon per config, found through a pid file and an flock in ``state_dir``.
+"""The daemon process, from outside: its state folder, lock and pid; starting it detached and stopping it.
 
-The lock, not the pid file, is the truth: the kernel drops an flock when its holder dies, so a
-stale pid file after a crash never blocks the next start. A running daemon answers on its control
-socket (``state_dir/docktor.sock``, :mod:`docktor.agent.runtime.control_socket`), records what ``stop``
-needs in ``state_dir/daemon.json``, and leaves a pointer from its config's path to its state
-(:mod:`docktor.agent.runtime.rundir`), so ``daemon stop`` and ``daemon status`` work when the
-config file has since been broken.
+One daemon per state folder, found through an flock in ``state_dir``. The lock, not the pid
+file, is the truth: the kernel drops an flock when its holder dies, so a stale pid file after a
+crash never blocks the next start. The folder must be this user's and writable by no one else
+(:func:`trusted`; every file in it opened through :mod:`docktor.tools.sdk.files`). A running
+daemon answers on its control socket (``state_dir/docktor.sock``, :mod:`.control_socket`), records
+what ``stop`` needs in ``state_dir/daemon.json``, and leaves a pointer from its config's path to
+its state (:mod:`.rundir`), so ``daemon stop`` and ``daemon status`` (:mod:`.locate`) work when the
+config file has since been broken. The process's own main is :mod:`.foreground`.
 """
 
 from __future__ import annotations
