@@ -20,8 +20,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from docktor.agent.advisor.advisor import SYSTEM_PROMPT, Advisor, build_prompt
+from docktor.agent.advisor.advisor import Advisor
 from docktor.agent.advisor.gate import llm_envelope
+from docktor.agent.advisor.prompt import SYSTEM_PROMPT, build_prompt
 from docktor.agent.advisor.protocol import tool_specs
 from docktor.agent.config.model import LLMConfig, Rule, Rules, ServiceConfig
 from docktor.agent.core.decide import conclude, plan, remember

@@ -16,9 +16,10 @@ from typing import Any
 
 import openai
 
-from docktor.agent.advisor.advisor import CONTEXT_MARGIN, FORMATS, SYSTEM_PROMPT
+from docktor.agent.advisor.advisor import FORMATS
 from docktor.agent.advisor.capabilities import count_tokens, estimate_tokens, probe
 from docktor.agent.advisor.client import Endpoint, LLMClient, describe_error
+from docktor.agent.advisor.prompt import CONTEXT_MARGIN, SYSTEM_PROMPT
 from docktor.agent.advisor.protocol import InvalidAnswer, answer_schema, parse_answer, run_tool, tool_specs
 from docktor.agent.config.model import LLMConfig
 
