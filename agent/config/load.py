@@ -13,18 +13,17 @@ plugin's own ``Settings`` model.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from docktor.agent.config import compat
+from docktor.agent.config.messages import did_you_mean, join, problems_from, shown
 from docktor.agent.config.model import DocktorConfig, ExecutorSpec, OnMissing, ServiceConfig, SourceSpec
 from docktor.agent.config.safe_yaml import MAX_BYTES, YAMLTooBig, load_yaml
 from docktor.agent.core.derived import REPLICA_METRICS, derivable
@@ -32,7 +31,7 @@ from docktor.agent.core.policies import POLICIES
 from docktor.agent.problems import Problem, UsageError
 from docktor.agent.redact import register, secret_names
 from docktor.tools.registry import PluginError, executor_kinds, executor_plugin, source_kinds, source_plugin
-from docktor.tools.sdk import SECRET_ERROR, Context
+from docktor.tools.sdk import Context
 
 #: source names that would read like a metric group of their own
 RESERVED_SOURCE_NAMES = frozenset({"queue", "replicas", "cpu", "mem"})
@@ -53,7 +52,7 @@ _SECRET_VAR = re.compile(r"(?i)pass|secret|token|key|cred|auth")
 def interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[Problem]) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``."""
     if isinstance(node, dict):
-        return {k: interpolate(v, env, _join(path, k), problems) for k, v in node.items()}
+        return {k: interpolate(v, env, join(path, k), problems) for k, v in node.items()}
     if isinstance(node, list):
         return [interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
@@ -74,10 +73,6 @@ def interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[Pro
         return value
 
     return _VAR.sub(sub, node)
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
 
 
 # --------------------------------------------------------------------------- loading
@@ -130,7 +125,7 @@ def parse_config(text: str, path: Path | None = None, env: Mapping[str, str] | N
     try:
         top = _TopLevel.model_validate(raw)
     except ValidationError as e:
-        problems.extend(_problems_from(e, raw, model=DocktorConfig))
+        problems.extend(problems_from(e, raw, model=DocktorConfig))
         top = None
     raw_services = raw.get("services")
     services: list[ServiceConfig] = []
@@ -188,7 +183,7 @@ def _service(
     try:
         svc: ServiceConfig | None = ServiceConfig.model_validate(data)
     except ValidationError as e:
-        found.extend(_problems_from(e, data, prefix=at, model=ServiceConfig, extra_names=executor_keys))
+        found.extend(problems_from(e, data, prefix=at, model=ServiceConfig, extra_names=executor_keys))
         svc = None
 
     if svc is not None:
@@ -218,7 +213,7 @@ def _executor(at: str, data: dict[str, Any], context: Context, problems: list[Pr
         kind = value or ("compose" if "compose_file" in data else "local")
         block, where, flat = {"kind": kind}, at, True
     else:
-        problems.append(Problem(f"{at}.executor", f"must be an executor name or a mapping with a kind, got {_shown(value)}"))
+        problems.append(Problem(f"{at}.executor", f"must be an executor name or a mapping with a kind, got {shown(value)}"))
         return None
     try:
         plugin = executor_plugin(str(kind))
@@ -232,7 +227,7 @@ def _executor(at: str, data: dict[str, Any], context: Context, problems: list[Pr
     try:
         settings = plugin.Settings.model_validate(block)
     except ValidationError as e:
-        problems.extend(_problems_from(e, block, prefix=where, model=plugin.Settings, hint=_executor_hint(plugin.kind, flat)))
+        problems.extend(problems_from(e, block, prefix=where, model=plugin.Settings, hint=_executor_hint(plugin.kind, flat)))
         return None
     return ExecutorSpec(plugin.kind, settings, where)
 
@@ -290,7 +285,7 @@ def _source(
         try:
             on_missing = OnMissing.model_validate(given)
         except ValidationError as e:
-            problems.extend(_problems_from(e, given, prefix=f"{where}.on_missing", model=OnMissing))
+            problems.extend(problems_from(e, given, prefix=f"{where}.on_missing", model=OnMissing))
             return None
     if kind is None:
         problems.append(Problem(f"{where}.kind", f"required (one of: {', '.join(source_kinds())})"))
@@ -302,7 +297,7 @@ def _source(
         return None
     name = plugin.kind if name is None else name
     if not isinstance(name, str) or not _SOURCE_NAME.match(name):
-        problems.append(Problem(f"{where}.name", f"must be lower-case letters, digits and _ (it prefixes the source's metrics), got {_shown(name)}"))
+        problems.append(Problem(f"{where}.name", f"must be lower-case letters, digits and _ (it prefixes the source's metrics), got {shown(name)}"))
         return None
     if name in RESERVED_SOURCE_NAMES and not primary:
         problems.append(Problem(f"{where}.name", f"{name!r} is a metric group; choose another name"))
@@ -317,7 +312,7 @@ def _source(
     try:
         settings = plugin.Settings.model_validate(block)
     except ValidationError as e:
-        problems.extend(_problems_from(e, block, prefix=where, model=plugin.Settings))
+        problems.extend(problems_from(e, block, prefix=where, model=plugin.Settings))
         return None
     return SourceSpec(name=name, kind=plugin.kind, settings=settings, primary=primary, where=where, on_missing=on_missing)
 
@@ -325,7 +320,7 @@ def _source(
 def _plugin_problem(e: PluginError, what: str, kind: str, known: list[str]) -> str:
     if kind in known:  # installed but broken: the registry's message says how
         return str(e)
-    return f"unknown {what} {kind!r}{_hint(kind, known)} (installed: {', '.join(known) or 'none'})"
+    return f"unknown {what} {kind!r}{did_you_mean(kind, known)} (installed: {', '.join(known) or 'none'})"
 
 
 # --------------------------------------------------------------------------- metrics
@@ -355,7 +350,7 @@ def _check_metrics(at: str, svc: ServiceConfig) -> list[Problem]:
             if rule.metric not in available:
                 found.append(Problem(
                     f"{at}.rules.{group}[{j}].metric",
-                    f"unknown metric {rule.metric!r}{_hint(rule.metric, available)}: not provided by this service's "
+                    f"unknown metric {rule.metric!r}{did_you_mean(rule.metric, available)}: not provided by this service's "
                     f"sources or executor (available: {listing})",
                 ))
     needed = sorted(POLICIES[svc.policy].required(svc) - available.keys())
@@ -379,102 +374,6 @@ def _check_names(raw_services: list[Any], problems: list[Problem]) -> None:
         if name in seen:
             problems.append(Problem(f"services[{i}].name", f"duplicate service name {name!r} (also services[{seen[name]}])"))
         seen.setdefault(name, i)
-
-
-# --------------------------------------------------------------------------- error messages
-
-
-def _shown(value: Any) -> str:
-    """A value echoed in a message: credentials scrubbed (by ``Problem``), long ones cut short."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _hint(word: str, choices: Iterable[str]) -> str:
-    if len(word) > 100:  # nothing that long is a typo of a key, and difflib's cost grows with it
-        return ""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _loc_path(loc: tuple[Any, ...], prefix: str = "") -> str:
-    out = prefix
-    for part in loc:
-        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
-    return out
-
-
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the last key of ``loc``, for did-you-mean hints."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(part)
-        if field is None:
-            return None
-        ann = field.annotation
-        # unwrap list[X], X | None, Annotated[...]
-        for _ in range(4):
-            args = [a for a in typing.get_args(ann) if a is not type(None)]
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                break
-            ann = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0] if args else ann)
-        current = ann
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _input_loc(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
-    """``loc`` without pydantic's own steps (``function-after[...]``, union tags): a step is kept
-    when it is a key (or index) of the input at that point, so a user's key with brackets in it
-    stays in the path."""
-    out: list[Any] = []
-    node = raw
-    for part in loc:
-        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
-            out.append(part)
-            node = node[part]
-        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
-            continue  # pydantic's step, e.g. a validator wrapper or a union member
-        else:
-            out.append(part)  # a key the input lacks (a required field): part of the path
-            node = None
-    return tuple(out)
-
-
-def _problems_from(
-    err: ValidationError,
-    raw: Any,
-    prefix: str = "",
-    model: type[BaseModel] = DocktorConfig,
-    extra_names: Iterable[str] = (),
-    hint: str = "",
-) -> list[Problem]:
-    problems: list[Problem] = []
-    for e in err.errors(include_url=False):
-        loc = _input_loc(e["loc"], raw)
-        path = _loc_path(loc, prefix)
-        kind = e["type"]
-        if kind == "extra_forbidden" and loc:
-            owner = _model_at(model, loc[:-1])
-            names = [n for n, f in owner.model_fields.items() if not f.exclude] if owner else []
-            if owner is model:
-                names += list(extra_names)
-            msg = f"unknown key{_hint(str(loc[-1]), names)}"
-        elif kind == "literal_error":
-            msg = f"{e['msg'].replace('Input should be', 'must be')}, got {_shown(e.get('input'))}"
-        elif kind == "missing":
-            msg = "required" + hint
-        else:
-            msg = e["msg"].replace("Value error, ", "")
-            if "input" in e and not isinstance(e["input"], dict | list) and kind != SECRET_ERROR:
-                msg += f", got {_shown(e['input'])}"
-        problem = Problem(path, msg)
-        if problem not in problems:
-            problems.append(problem)
-    return problems
 
 
 # --------------------------------------------------------------------------- summaries
