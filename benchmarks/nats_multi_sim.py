@@ -25,7 +25,8 @@ import numpy as np
 from docktor.agent.config.load import load_config
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.sim.baselines import ProductionController
-from docktor.agent.sim.simulator import Scenario, Trace, simulate, workload
+from docktor.agent.sim.simulator import Scenario, simulate, workload
+from docktor.agent.sim.trace_file import Trace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nats-multi"
 BASE, BURST, EVERY, FOR, BURSTS = 80, 450, 60, 15, 3

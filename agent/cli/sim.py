@@ -17,7 +17,8 @@ from docktor.agent.sim.catalog import ADVISORS, DEFAULT_TRACES, POLICY_NAMES
 
 if TYPE_CHECKING:
     from docktor.agent.config.model import LLMConfig
-    from docktor.agent.sim.simulator import Scenario, Trace
+    from docktor.agent.sim.simulator import Scenario
+    from docktor.agent.sim.trace_file import Trace
 
 #: what ``bench --grid`` runs unless --policies says otherwise (the grid is long: hundreds of cells)
 GRID_POLICIES = ("docktor", "hpa-tuned", "keda", "oracle")
@@ -109,7 +110,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay one trace against one policy and print its score."""
         from docktor.agent.sim.bench import parse_policies, run_suite
-        from docktor.agent.sim.simulator import load_trace
+        from docktor.agent.sim.trace_file import load_trace
 
         scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
         names = parse_policies(policy, "--policy")
@@ -250,7 +251,7 @@ def print_rows(rows: list[dict[str, Any]], markdown: bool) -> None:
 
 
 def _load(source: Path | None, held_out: str | None) -> list[Trace]:
-    from docktor.agent.sim.simulator import load_trace, load_traces
+    from docktor.agent.sim.trace_file import load_trace, load_traces
 
     if source is not None and not source.exists():
         raise UsageError([Problem("--traces", f"{source}: no such file or directory")])

@@ -41,7 +41,8 @@ from docktor.agent.sim.kube import (
     HorizontalController,
     ScaledObject,
 )
-from docktor.agent.sim.simulator import Limits, Run, Scenario, Trace, Workload, remaining_work_floor, simulate
+from docktor.agent.sim.simulator import Limits, Run, Scenario, Workload, remaining_work_floor, simulate
+from docktor.agent.sim.trace_file import Trace
 
 #: AverageValue target (backlog per replica) of the hpa, keda and target policies: the value of
 #: KEDA's nats-jetstream documentation example (lagThreshold: "10")

@@ -14,7 +14,8 @@ from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.advisors import Advisor, LLMAdvisor, adversarial_advisor
 from docktor.agent.sim.baselines import oracle_replica_seconds, run_policy
 from docktor.agent.sim.catalog import ADVISABLE, ADVISORS, POLICY_NAMES
-from docktor.agent.sim.simulator import Run, Scenario, Trace, workload
+from docktor.agent.sim.simulator import Run, Scenario, workload
+from docktor.agent.sim.trace_file import Trace
 
 
 def parse_policies(text: str | None, arg: str = "--policies") -> list[str]:

@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from docktor.agent.problems import Problem, UsageError
-from docktor.agent.sim.simulator import Scenario, Trace
+from docktor.agent.sim.simulator import Scenario
+from docktor.agent.sim.trace_file import Trace
 
 #: the axes the issue asks for: start-up 2-60 s, SLO 5-120 s, cv 0-2, check interval 1-30 s
 DEFAULT_AXES: dict[str, tuple[float, ...]] = {

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from docktor.agent.sim.simulator import Trace
+    from docktor.agent.sim.trace_file import Trace
 
 Shape = Callable[[np.random.Generator], tuple[np.ndarray, str]]
 
@@ -134,7 +134,7 @@ def generate(seed: int) -> dict[str, tuple[np.ndarray, str]]:
 
 def held_out_traces(seed: int) -> list[Trace]:
     """The seed's traces in memory, named ``shape@seed`` (what ``docktor bench --held-out`` runs)."""
-    from docktor.agent.sim.simulator import Trace
+    from docktor.agent.sim.trace_file import Trace
 
     return [Trace(f"{name}@{seed}", counts) for name, (counts, _) in generate(seed).items()]
 

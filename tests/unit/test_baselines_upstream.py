@@ -36,7 +36,8 @@ from docktor.agent.sim.kube import (
     scale_down_limit_with_rules,
     scale_up_limit_with_rules,
 )
-from docktor.agent.sim.simulator import Scenario, Trace, simulate, workload
+from docktor.agent.sim.simulator import Scenario, simulate, workload
+from docktor.agent.sim.trace_file import Trace
 
 NOW = 1000.0
 

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docktor.agent.sim.baselines import TUNE_GRID, HPAController, tune_hpa
-from docktor.agent.sim.simulator import Limits, Scenario, Trace, remaining_work_floor, simulate, workload
+from docktor.agent.sim.simulator import Limits, Scenario, remaining_work_floor, simulate, workload
+from docktor.agent.sim.trace_file import Trace
 
 
 def brute_force(trace: Trace, scenario: Scenario, goal: float) -> tuple[float, float]:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from docktor.agent.problems import UsageError
 from docktor.agent.sim.baselines import HPAController, make_controller, oracle_replica_seconds, run_policy
 from docktor.agent.sim.catalog import POLICY_NAMES
-from docktor.agent.sim.simulator import Scenario, Trace, Workload, parse_trace, simulate, workload
+from docktor.agent.sim.simulator import Scenario, Workload, simulate, workload
+from docktor.agent.sim.trace_file import Trace, parse_trace
 
 
 class Recorder:

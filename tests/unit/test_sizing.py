@@ -140,7 +140,8 @@ def test_steady_load_runs_at_the_work_it_needs() -> None:
     import numpy as np
 
     from docktor.agent.sim.baselines import make_controller
-    from docktor.agent.sim.simulator import Scenario, Trace, simulate
+    from docktor.agent.sim.simulator import Scenario, simulate
+    from docktor.agent.sim.trace_file import Trace
 
     scenario = Scenario(cv=0.5, max_replicas=20)
     run = simulate(Trace("steady", np.full(1200, 100, dtype=np.int64)), scenario, make_controller("docktor", scenario))  # type: ignore[arg-type]
@@ -238,7 +239,8 @@ def test_a_spike_early_in_a_long_check_interval_loses_no_message() -> None:
     import numpy as np
 
     from docktor.agent.sim.baselines import make_controller
-    from docktor.agent.sim.simulator import Scenario, Trace, simulate
+    from docktor.agent.sim.simulator import Scenario, simulate
+    from docktor.agent.sim.trace_file import Trace
 
     rates = np.full(400, 90, dtype=np.int64)
     rates[88:95] = 980

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from docktor.agent.sim.simulator import load_traces
+from docktor.agent.sim.trace_file import load_traces
 from docktor.agent.sim.trace_gen import SHAPES, generate, main, write
 
 
