@@ -47,7 +47,8 @@ from docktor.tools.testing import (
 )
 from tests.support.peers import DOCKER_SKIP_REASON, docker_ok, down, need, start_nats, unique_project
 from tests.support.servers import Exporter, PrometheusServer, RabbitMQ, RedisServer
-from tests.support.swarm_peers import deploy_stack, remove_stack, running_tasks, swarm_session, unique_stack, wait_for
+from tests.support.swarm_peers import deploy_stack, remove_stack, running_tasks, swarm_session, unique_stack
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -389,7 +390,7 @@ def swarm_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorPee
 
         try:
             deploy_stack(stack, file)
-            wait_for("the stack's worker to run", lambda: len(running_tasks(f"{stack}_worker")) == 1)
+            wait_until("the stack's worker to run", lambda: len(running_tasks(f"{stack}_worker")) == 1, timeout=120, every=0.5)
             yield ExecutorPeer(
                 settings=block("worker", 60), context=Context("worker", folder, folder / "state"),
                 failing=block("broken", 30), unreachable=block("no-such-service", 30),

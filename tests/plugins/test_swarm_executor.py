@@ -44,8 +44,8 @@ from tests.support.swarm_peers import (
     swarm_session,
     tls_engine,
     unique_stack,
-    wait_for,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -161,9 +161,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s = Stack(unique_stack(), file, drained, tmp)
         try:
             deploy_stack(s.name, file)
-            wait_for("the stack's services to run", lambda: len(running_tasks(s.service("other"))) == 2
+            wait_until("the stack's services to run", lambda: len(running_tasks(s.service("other"))) == 2
                      and len(running_tasks(s.service("worker"))) == 1 and len(running_tasks(s.service("stubborn"))) == 2
-                     and len(running_tasks(s.service("porty"))) == 1)
+                     and len(running_tasks(s.service("porty"))) == 1, timeout=120, every=0.5)
             yield s
         finally:
             remove_stack(s.name)
@@ -539,7 +539,7 @@ def run_daemon(config: Path, *args: str, until: Any, timeout: float = 90) -> lis
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "daemon exited"
             return [json.loads(x) for x in decisions.read_text().splitlines()] if decisions.exists() else []
 
-        return wait_for("the daemon's decisions", lambda: (r := records()) and until(r) and r, timeout=timeout)
+        return wait_until("the daemon's decisions", lambda: (r := records()) and until(r) and r, timeout=timeout, every=0.5)
     finally:
         proc.terminate()
         proc.wait(60)

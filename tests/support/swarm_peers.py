@@ -134,17 +134,6 @@ def replicas_spec(service: str) -> int:
         c.close()
 
 
-def wait_for(what: str, cond: Any, timeout: float = 120, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = cond()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
-
-
 # --------------------------------------------------------------------------- TLS in front of the engine
 
 
