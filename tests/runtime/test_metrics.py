@@ -290,9 +290,10 @@ def test_a_bug_while_updating_never_reaches_the_tick(caplog: pytest.LogCaptureFi
     assert value(samples, "docktor_decisions_total", service="w", decision="hold", source="rules", executed="false") == 2
 
 
-def test_recorder_on_a_full_device_reads_unwritable() -> None:
-    """A real Recorder writing to /dev/full (every write: ENOSPC) reports it through /metrics."""
-    recorder = Recorder(DecisionLog(Path("/dev/full")))
+def test_recorder_on_a_full_disk_reads_unwritable(disk: SmallDisk) -> None:
+    """A real Recorder writing on a real full tmpfs (every write: ENOSPC) reports it through /metrics."""
+    disk.fill()
+    recorder = Recorder(DecisionLog(disk.path / "decisions.jsonl"))
     m = DaemonMetrics(parse_config(SERVICE), health=recorder.health)
     assert recorder.write(record()) is False
     recorder.refuse()

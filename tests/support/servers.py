@@ -97,7 +97,7 @@ class RabbitMQ:
         need_binary("rabbitmq-server")
         script = SHARED / "env" / "rabbitmq-local.sh"
         need(script.is_file(), f"{script} missing (the RabbitMQ launcher lives in ../shared)", REQUIRE)
-        broker = cls(dir, _amqp_port(), free_port())
+        broker = cls(_broker_home(dir), _amqp_port(), free_port())
         if tls is not None:
             broker.tls, broker.mgmt_tls_port, broker.amqps_port = tls, free_port(), free_port()
         broker.launch()
@@ -160,6 +160,30 @@ class RabbitMQ:
         with urllib.request.urlopen(req, timeout=10) as r:
             data = r.read()
             return json.loads(data) if data else None
+
+
+def _broker_home(near: Path) -> Path:
+    """The broker's folder: under /tmp, not the test's own tmp_path.
+
+    Debian's wrapper runs the broker as user ``rabbitmq``, so every folder above its own must be
+    searchable by that user; rabbitmq-local.sh makes them so, but pytest resets
+    ``/tmp/pytest-of-<user>`` to 0700 at the start of every session, so a second pytest (another
+    engineer's run, or a parallel worker) starting while a broker runs took its folder away: the
+    broker then failed with HTTP 500s and ``failed_to_create_feature_flags_file_directory``. The
+    folder is removed when the tests end; ``near`` gets a link to it, for the logs.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="docktor-rabbitmq-", dir="/tmp"))
+    home.chmod(0o711)
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    near.mkdir(parents=True, exist_ok=True)
+    link = near / "rabbitmq"
+    if not link.exists():
+        link.symlink_to(home)
+    return home
 
 
 def _amqp_port() -> int:
