@@ -32,7 +32,7 @@ from tests.support.waiting import wait_until
 
 EXAMPLE = REPO / "examples" / "nats-swarm"
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.docker, pytest.mark.swarm, pytest.mark.timeout(480)]
 
 
 @pytest.fixture(scope="module")

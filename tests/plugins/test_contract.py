@@ -58,6 +58,13 @@ pytestmark = pytest.mark.timeout(300)
 TIMEOUT = 2
 
 
+def on_worker_of(peer: str) -> pytest.MarkDecorator:
+    """A case's checks run on one worker (make test runs several): its module-scoped peer is
+    started once, not once per worker. (The fixtures are looked up by name as each check runs,
+    so tests/conftest.py cannot see them to group the cases itself.)"""
+    return pytest.mark.xdist_group(f"contract-{peer}")
+
+
 @contextlib.contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
     """``values`` in the environment while the block runs (a module-scoped fixture's monkeypatch)."""
@@ -316,14 +323,14 @@ def prometheus_peer(prometheus: PrometheusServer, standins: StandIns) -> SourceP
 
 
 test_source_contract = source_contract(
-    Case(NatsSource, peer="nats_peer"),
-    Case(NatsSource, peer="nats_monitor_peer", id="nats-monitor"),
-    Case(RedisSource, peer="redis_list_peer", id="redis-list"),
-    Case(RedisSource, peer="redis_celery_peer", id="redis-celery"),
-    Case(RedisSource, peer="redis_stream_peer", id="redis-stream"),
-    Case(RabbitMQSource, peer="rabbitmq_peer"),
-    Case(RabbitMQSource, peer="rabbitmq_amqp_peer", id="rabbitmq-amqp"),
-    Case(PrometheusSource, peer="prometheus_peer"),
+    Case(NatsSource, peer="nats_peer", marks=[on_worker_of("nats")]),
+    Case(NatsSource, peer="nats_monitor_peer", id="nats-monitor", marks=[on_worker_of("nats")]),
+    Case(RedisSource, peer="redis_list_peer", id="redis-list", marks=[on_worker_of("redis")]),
+    Case(RedisSource, peer="redis_celery_peer", id="redis-celery", marks=[on_worker_of("redis")]),
+    Case(RedisSource, peer="redis_stream_peer", id="redis-stream", marks=[on_worker_of("redis")]),
+    Case(RabbitMQSource, peer="rabbitmq_peer", marks=[on_worker_of("rabbitmq")]),
+    Case(RabbitMQSource, peer="rabbitmq_amqp_peer", id="rabbitmq-amqp", marks=[on_worker_of("rabbitmq")]),
+    Case(PrometheusSource, peer="prometheus_peer", marks=[on_worker_of("prometheus")]),
 )
 
 
@@ -401,7 +408,7 @@ def swarm_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorPee
 
 test_executor_contract = executor_contract(
     Case(LocalExecutor, peer="local_peer"),
-    Case(ComposeExecutor, peer="compose_peer", marks=[pytest.mark.docker]),
-    Case(SwarmExecutor, peer="swarm_peer", marks=[pytest.mark.docker]),
+    Case(ComposeExecutor, peer="compose_peer", marks=[pytest.mark.docker, on_worker_of("compose")]),
+    Case(SwarmExecutor, peer="swarm_peer", marks=[pytest.mark.docker, pytest.mark.swarm, on_worker_of("swarm")]),
 )
 

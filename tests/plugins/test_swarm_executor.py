@@ -47,7 +47,7 @@ from tests.support.swarm_peers import (
 )
 from tests.support.waiting import wait_until
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.docker, pytest.mark.swarm, pytest.mark.timeout(300)]
 
 DOCKTOR = Path(sys.executable).with_name("docktor")
 
