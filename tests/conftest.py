@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.support import swarm_peers
+from tests.support.parallel import (  # noqa: F401  (hooks: the suite on several workers, see its doc)
+    pytest_collection_finish,
+    pytest_collection_modifyitems,
+    pytest_configure_node,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+    pytest_xdist_make_scheduler,
+)
 from tests.support.peers import NatsServer, SmallDisk, small_disk, start_nats
 
 # CPython 3.11 keeps the AST constructor's recursion counter in per-interpreter state, not per
@@ -62,76 +69,3 @@ def disk(tmp_path: Path) -> Iterator[SmallDisk]:
         yield d
     finally:
         d.umount()
-
-
-# --------------------------------------------------------------------------- running in parallel (pytest-xdist)
-# `make test` runs the suite on several workers (-n, --dist loadgroup: see pyproject.toml): most
-# tests wait on timers, servers and containers, not on the CPU. Two rules keep that correct:
-# - a test that uses a server its module starts once (a module-scoped fixture of ours) runs on
-#   the worker that holds it: its module is one work unit (xdist_group), other tests spread;
-# - the Docker engine is made a swarm before the first test and left (if this run made it one)
-#   after the last, so a Compose test never sees swarm mode toggle under it.
-
-
-#: roughly how long each slow module takes alone (seconds, a serial run on a 2-core machine): the
-#: order work is handed out in
-SLOWEST: dict[str, float] = {
-    "tests/e2e/test_example_nats_multi.py": 270,
-    "tests/plugins/test_rabbitmq_source.py": 170,
-    "tests/plugins/test_swarm_executor.py": 130,
-    "tests/runtime/test_scalein.py": 120,
-    "tests/e2e/test_example_nats_swarm.py": 105,
-    "tests/plugins/test_compose_executor.py": 100,
-    "tests/plugins/test_contract.py": 100,
-    "tests/e2e/test_quickstart.py": 80,
-    "tests/e2e/test_demo.py": 70,
-    "tests/e2e/test_example_celery.py": 65,
-    "tests/e2e/test_example_prometheus.py": 65,
-    "tests/runtime/test_control.py": 65,
-    "tests/e2e/test_example_rabbitmq.py": 55,
-    "tests/plugins/test_prometheus_source.py": 50,
-    "tests/runtime/test_restart.py": 40,
-    "tests/e2e/test_mcp.py": 25,
-    "tests/e2e/test_cli.py": 20,
-    "tests/plugins/test_source_snapshots.py": 20,
-    "tests/runtime/test_loop.py": 20,
-    "tests/runtime/test_metrics.py": 20,
-    "tests/e2e/test_metrics_prometheus.py": 15,
-    "tests/plugins/test_nats_cluster.py": 15,
-}
-
-_SWARM_BEFORE = pytest.StashKey[str | None]()
-
-
-def _shares_a_module_fixture(item: pytest.Item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(d.scope in ("class", "module", "package") and (d.baseid or "").startswith("tests")
-               for defs in info.name2fixturedefs.values() for d in defs)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None and _shares_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-    if hasattr(config, "workerinput"):
-        # the longest first, so the run does not end waiting on one of them (a module stays together)
-        items.sort(key=lambda item: -SLOWEST.get(item.nodeid.split("::", 1)[0], 0))
-
-
-@pytest.hookimpl(tryfirst=True)  # a worker: before it tells the scheduler it has collected
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if any(item.get_closest_marker("swarm") for item in session.items):
-        swarm_peers.hold_swarm_for_the_run()
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput"):
-        session.config.stash[_SWARM_BEFORE] = swarm_peers.swarm_state()
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput"):
-        swarm_peers.release_swarm(was=session.config.stash.get(_SWARM_BEFORE, None))
