@@ -64,7 +64,10 @@ WORKER = textwrap.dedent(
         time.sleep(0.2)
     """
 )
-SLEEPER = "import time\nwhile True: time.sleep(1)"
+# Exits at once on SIGTERM, as a worker should: stopping it (a scale-in, the stack's removal)
+# waits for no grace period. IGNORES_SIGTERM is the PID 1 without a handler (``stubborn``).
+SLEEPER = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nwhile True: time.sleep(1)"
+IGNORES_SIGTERM = "import time\nwhile True: time.sleep(1)"
 
 STACK = """
 version: "3.8"
@@ -84,7 +87,7 @@ services:
       replicas: 2
   stubborn:        # PID 1 without a handler ignores SIGTERM: killed after the grace period
     image: python:3.12-slim
-    command: ["python", "-c", {sleeper}]
+    command: ["python", "-c", {ignores_sigterm}]
     stop_grace_period: 1s
     deploy:
       replicas: 2
@@ -157,7 +160,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         drained = tmp / "drained"
         drained.mkdir()
         file = tmp / "stack.yaml"
-        file.write_text(STACK.format(worker=json.dumps(WORKER), sleeper=json.dumps(SLEEPER), drained=drained, port=free_port()))
+        file.write_text(STACK.format(worker=json.dumps(WORKER), sleeper=json.dumps(SLEEPER), ignores_sigterm=json.dumps(IGNORES_SIGTERM),
+                                 drained=drained, port=free_port()))
         s = Stack(unique_stack(), file, drained, tmp)
         try:
             deploy_stack(s.name, file)
