@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/docktor demo $(ARGS)
 
+# The suite on TEST_WORKERS workers (pytest-xdist): most tests wait on timers, servers and
+# containers, not on the CPU. --dist loadgroup keeps a module that shares a server on one worker
+# (tests/conftest.py); TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # mypy sees the installed names (docktor.agent, docktor.tools) through links in build/lint/.
 lint: $(STAMP)

@@ -15,6 +15,14 @@ from typing import Any
 
 import pytest
 
+from tests.support.parallel import (  # noqa: F401  (hooks: the suite on several workers, see its doc)
+    pytest_collection_finish,
+    pytest_collection_modifyitems,
+    pytest_configure_node,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+    pytest_xdist_make_scheduler,
+)
 from tests.support.peers import NatsServer, SmallDisk, small_disk, start_nats
 
 # CPython 3.11 keeps the AST constructor's recursion counter in per-interpreter state, not per

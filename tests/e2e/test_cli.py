@@ -11,48 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import docktor, write_config
+from tests.support.jetstream import make_stream
 from tests.support.peers import NatsServer
-
-
-def docktor(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "docktor.agent.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, "COLUMNS": "200"})
-
-
-def write_config(tmp_path: Path, nats: NatsServer | None, *, mode: str = "autonomous", interval: str = "0.5s",
-                 extra_services: str = "") -> Path:
-    url = nats.url if nats else "nats://127.0.0.1:9"
-    cfg = tmp_path / "docktor.yaml"
-    cfg.write_text(f"""
-mode: {mode}
-services:
-  - name: worker
-    executor: local
-    command: ["{sys.executable}", "-c", "import time; time.sleep(600)"]
-    stop_grace_period: 1s
-    min_replicas: 2
-    max_replicas: 4
-    check_interval: {interval}
-    policy: rules
-    queue: {{kind: nats, url: "{url}", stream: JOBS, consumer: WORKERS, timeout: 1s}}
-    rules:
-      scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
-      scale_down_when: [{{metric: queue.backlog, op: "<=", value: 100}}]
-{extra_services}""")
-    return cfg
-
-
-async def make_stream(url: str, publish: int = 0) -> None:
-    import nats
-    from nats.js.api import ConsumerConfig, StreamConfig
-
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="JOBS", subjects=["jobs.>"]))
-    await js.add_consumer("JOBS", ConsumerConfig(durable_name="WORKERS"))
-    for _ in range(publish):
-        await js.publish("jobs.x", b"m")
-    await nc.close()
+from tests.support.waiting import wait_until
 
 
 def test_validate_ok_and_problems(tmp_path: Path) -> None:
@@ -90,7 +52,7 @@ def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
 def test_decide_once_dry_run_json_never_acts(tmp_path: Path, nats_server: NatsServer) -> None:
     import asyncio
 
-    asyncio.run(make_stream(nats_server.url, publish=700))
+    asyncio.run(make_stream(nats_server.url, 700))
     cfg = write_config(tmp_path, nats_server)
     r = docktor("decide", "--config", str(cfg), "--once", "--dry-run", "--json")
     assert r.returncode == 0, r.stderr
@@ -111,7 +73,7 @@ def test_decide_once_refuses_to_act_on_replicas_that_live_in_the_daemon(tmp_path
     (decide --once acting on Compose, and refusing behind a daemon's back: tests/runtime/test_control.py.)"""
     import asyncio
 
-    asyncio.run(make_stream(nats_server.url, publish=10))
+    asyncio.run(make_stream(nats_server.url, 10))
     cfg = write_config(tmp_path, nats_server)
     r = docktor("decide", "--config", str(cfg), "--once", "--json")
     assert r.returncode == 2 and r.stdout == ""
@@ -129,15 +91,6 @@ def test_logs_rejects_a_bad_since_and_unknown_service(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.startswith("error: --since:")
     r = docktor("daemon", "logs", "--config", str(cfg), "--service", "nope")
     assert r.returncode == 2 and "--service" in r.stderr
-
-
-def _wait(pred, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _alive(pid: int) -> bool:
@@ -185,8 +138,8 @@ def test_daemon_lifecycle_start_status_logs_refuse_second_stop(tmp_path: Path, n
             f"error: a daemon is already running on {tmp_path / '.docktor'} (pid {pid}, config {cfg}); it runs another "
             f"config with the same state_dir; stop it with: docktor daemon stop --config {cfg}")
 
-        assert _wait(lambda: len((tmp_path / ".docktor" / "decisions.jsonl").read_text().splitlines()) >= 3
-                     if (tmp_path / ".docktor" / "decisions.jsonl").exists() else False)
+        wait_until("three decisions in the log", lambda: len((tmp_path / ".docktor" / "decisions.jsonl").read_text().splitlines()) >= 3
+                   if (tmp_path / ".docktor" / "decisions.jsonl").exists() else False, 20)
         st = json.loads(docktor("daemon", "status", "--config", str(cfg), "--json").stdout)
         assert st["services"]["worker"]["replicas"]["running"] == 2
         replicas = _replica_pids(pid)
@@ -214,12 +167,12 @@ def test_daemon_lifecycle_start_status_logs_refuse_second_stop(tmp_path: Path, n
 def test_advisory_daemon_logs_but_never_acts(tmp_path: Path, nats_server: NatsServer) -> None:
     import asyncio
 
-    asyncio.run(make_stream(nats_server.url, publish=900))
+    asyncio.run(make_stream(nats_server.url, 900))
     cfg = write_config(tmp_path, nats_server, mode="advisory")
     assert docktor("daemon", "start", "--config", str(cfg)).returncode == 0
     log = tmp_path / ".docktor" / "decisions.jsonl"
     try:
-        assert _wait(lambda: log.exists() and len(log.read_text().splitlines()) >= 4)
+        wait_until("four decisions in the log", lambda: log.exists() and len(log.read_text().splitlines()) >= 4, 20)
         pid = json.loads(docktor("daemon", "status", "--config", str(cfg), "--json").stdout)["pid"]
         assert _replica_pids(pid) == []
     finally:
@@ -290,7 +243,7 @@ def test_decide_once_reads_twice_so_the_docktor_policy_sees_rates(tmp_path: Path
     import asyncio
     import threading
 
-    asyncio.run(make_stream(nats_server.url, publish=300))
+    asyncio.run(make_stream(nats_server.url, 300))
     cfg = tmp_path / "docktor.yaml"
     cfg.write_text(f"""
 services:

@@ -13,7 +13,7 @@ import pytest
 
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord
 from docktor.agent.timestamps import rfc3339
-from tests.e2e.test_cli import docktor, write_config
+from tests.support.cli import docktor, write_config
 from tests.support.peers import NatsServer
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.examples import daemon, errors, example_config, executed, outcomes_logged, wait_until
+from tests.support.examples import daemon, errors, example_config, executed, outcomes_logged
 from tests.support.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project
+from tests.support.waiting import wait_until
 
 EXAMPLE = REPO / "examples" / "celery-redis"
 SEP = "\x06\x16"
@@ -80,7 +81,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             except redis.RedisError:
                 return False
 
-        wait_until("the Celery worker is consuming", worker_ready, 180)
+        wait_until("the Celery worker is consuming", worker_ready, 180, every=0.5)
         yield s
     finally:
         down(project, file, env=env)
@@ -102,7 +103,7 @@ def test_burst_scales_the_celery_worker_up_then_back_down_without_losing_a_task(
     assert len(web_before) == 2 and stack.workers() == 1
     n, peak = 1500, 1
     with daemon(example_config(EXAMPLE, stack.tmp), stack.env) as decisions:
-        wait_until("the daemon has ticked twice", lambda: len(decisions()) >= 2, 90)
+        wait_until("the daemon has ticked twice", lambda: len(decisions()) >= 2, 90, every=0.5)
         send(stack.port, n)
 
         def drained_after_scale_up() -> bool:
@@ -110,14 +111,14 @@ def test_burst_scales_the_celery_worker_up_then_back_down_without_losing_a_task(
             peak = max(peak, stack.workers())
             return peak >= 3 and stack.backlog() == 0 and stack.done() >= n
 
-        wait_until("the worker scaled up and the queue drained", drained_after_scale_up, 300)
+        wait_until("the worker scaled up and the queue drained", drained_after_scale_up, 300, every=0.5)
 
         def back_to_one() -> bool:
             return stack.workers() == 1 and len(containers(stack.project, "worker")) == 1
 
-        wait_until("the idle worker scaled back down to min_replicas", back_to_one, 180)
+        wait_until("the idle worker scaled back down to min_replicas", back_to_one, 180, every=0.5)
         # the last scale-in is logged as intent, then its outcome once the executor has verified it
-        wait_until("every executed decision\'s outcome is logged", lambda: outcomes_logged(decisions()), 60)
+        wait_until("every executed decision\'s outcome is logged", lambda: outcomes_logged(decisions()), 60, every=0.5)
         records = decisions()
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")

@@ -28,7 +28,6 @@ from tests.support.examples import (
     publish_events,
     sampling,
     settled_at,
-    wait_until,
 )
 from tests.support.peers import (
     DOCKER_SKIP_REASON,
@@ -42,6 +41,7 @@ from tests.support.peers import (
     unique_project,
     wait_for_consumer,
 )
+from tests.support.waiting import wait_until
 
 EXAMPLE = REPO / "examples" / "nats-multi"
 
@@ -122,7 +122,7 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack, c
     peak = 1
 
     with daemon(write_config(stack, mode="autonomous", name=config), stack.env) as decisions:
-        wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
+        wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60, every=0.5)
         publish(stack, 4000)
         assert backlog(stack) > 500  # JetStream confirms the backlog the rules should see
 
@@ -131,7 +131,7 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack, c
             peak = max(peak, stack.consumers_running())
             return peak >= 3 and backlog(stack) == 0
 
-        wait_until("the consumer scaled up and the backlog drained", drained_after_scale_up, 150)
+        wait_until("the consumer scaled up and the backlog drained", drained_after_scale_up, 150, every=0.5)
 
         def back_to_one() -> bool:
             nonlocal peak
@@ -139,10 +139,10 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack, c
             peak = max(peak, running)
             return running == 1 and len(containers(stack.project, "consumer")) == 1
 
-        wait_until("the idle consumer scaled back down to min_replicas", back_to_one, 150)
+        wait_until("the idle consumer scaled back down to min_replicas", back_to_one, 150, every=0.5)
         # the last scale-in's outcome line follows its intent once the executor has verified it
         wait_until("every executed decision's outcome is logged",
-                   lambda: all(r["outcome"]["status"] != "unknown" for r in decisions() if r["executed"]), 60)
+                   lambda: all(r["outcome"]["status"] != "unknown" for r in decisions() if r["executed"]), 60, every=0.5)
         records = decisions()
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")
@@ -161,14 +161,14 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack, c
 def test_advisory_mode_logs_decisions_and_never_changes_replicas(stack: Stack) -> None:
     counts: list[int] = []
     with daemon(write_config(stack, mode="autonomous"), stack.env, "--advisory") as decisions:
-        wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
+        wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60, every=0.5)
         publish(stack, 3000)
 
         def advised_up_a_few_times() -> bool:
             counts.append(stack.consumers_running())
             return sum(1 for r in decisions() if r["decision"] == "scale_up") >= 3
 
-        wait_until("three scale-up decisions were logged", advised_up_a_few_times, 60)
+        wait_until("three scale-up decisions were logged", advised_up_a_few_times, 60, every=0.5)
         assert backlog(stack) > 500  # the backlog the advice was about is still there
         records = decisions()
 
@@ -191,12 +191,12 @@ def test_broken_image_is_an_error_outcome_and_backs_off_instead_of_looping(stack
     web_before = stack.web()
 
     with daemon(write_config(stack, mode="autonomous", compose_file=broken), stack.env) as decisions:
-        wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
+        wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60, every=0.5)
         publish(stack, 3000)
-        wait_until("a scale-up was tried", lambda: bool(executed(decisions(), "scale_up")), 60)
+        wait_until("a scale-up was tried", lambda: bool(executed(decisions(), "scale_up")), 60, every=0.5)
         tried_at = time.monotonic()
         # keep ticking (every 1 s) well past the cooldown, inside the first 30 s back-off
-        wait_until("ten more ticks", lambda: len(decisions()) >= 12 and time.monotonic() - tried_at > 10, 60)
+        wait_until("ten more ticks", lambda: len(decisions()) >= 12 and time.monotonic() - tried_at > 10, 60, every=0.5)
         records = decisions()
 
     attempts = executed(records, "scale_up")
@@ -234,10 +234,10 @@ def test_between_bursts_the_consumers_settle_near_the_base_load(tmp_path: Path) 
             return burst_starts(samples, (BASE_RATE + BURST_RATE) / 2)
 
         # the producer's first burst comes one period after it starts, then one per period
-        wait_until("two bursts have begun", lambda: len(bursts()) >= 2, 3 * BURST_EVERY + 60)
+        wait_until("two bursts have begun", lambda: len(bursts()) >= 2, 3 * BURST_EVERY + 60, every=0.5)
         first, second = bursts()[:2]
         wait_until("the consumers rose for the second burst",
-                   lambda: any(x.running > BASE_NEED for x in samples if x.t >= second), BURST_FOR + 30)
+                   lambda: any(x.running > BASE_NEED for x in samples if x.t >= second), BURST_FOR + 30, every=0.5)
         records = decisions()
         consumer_logs = compose(stack.project, stack.compose_file, "logs", "--no-color", "--tail", "4", "consumer",
                                 env=stack.env)

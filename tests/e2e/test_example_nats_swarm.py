@@ -27,12 +27,12 @@ from tests.support.swarm_peers import (
     service_tasks,
     swarm_session,
     unique_stack,
-    wait_for,
 )
+from tests.support.waiting import wait_until
 
 EXAMPLE = REPO / "examples" / "nats-swarm"
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.docker, pytest.mark.swarm, pytest.mark.timeout(480)]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def stack(swarm: None, tmp_path: Path) -> Iterator[Stack]:
     try:
         deploy_stack(name, EXAMPLE / "stack.yaml", env=env)
         asyncio.run(wait_for_consumer(s.nats_url, timeout=180))
-        wait_for("the stack's services to run", lambda: s.consumers_running() == 1 and len(s.web()) == 2, timeout=120)
+        wait_until("the stack's services to run", lambda: s.consumers_running() == 1 and len(s.web()) == 2, timeout=120, every=0.5)
         yield s
     finally:
         remove_stack(name)
@@ -107,7 +107,7 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
     peak = 1
 
     with daemon(write_config(stack), stack.env) as decisions:
-        wait_for("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
+        wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60, every=0.5)
         asyncio.run(publish_events(stack.nats_url, 4000))
         assert backlog(stack) > 500  # JetStream confirms the backlog the rules should see
 
@@ -116,7 +116,7 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
             peak = max(peak, stack.consumers_running())
             return peak >= 3 and backlog(stack) == 0
 
-        wait_for("the consumer scaled up and the backlog drained", drained_after_scale_up, 180)
+        wait_until("the consumer scaled up and the backlog drained", drained_after_scale_up, 180, every=0.5)
 
         def back_to_one() -> bool:
             nonlocal peak
@@ -126,7 +126,7 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
             return (running == 1 and replicas_spec(stack.service("consumer")) == 1
                     and bool(executed(records, "scale_down")) and outcomes_logged(records))
 
-        wait_for("the idle consumer scaled back down to min_replicas", back_to_one, 240)
+        wait_until("the idle consumer scaled back down to min_replicas", back_to_one, 240, every=0.5)
         records = decisions()
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")
@@ -147,14 +147,14 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
 def test_advisory_mode_logs_decisions_and_never_changes_replicas(stack: Stack) -> None:
     counts: list[int] = []
     with daemon(write_config(stack), stack.env, "--advisory") as decisions:
-        wait_for("the daemon has ticked", lambda: len(decisions()) >= 2, 60)
+        wait_until("the daemon has ticked", lambda: len(decisions()) >= 2, 60, every=0.5)
         asyncio.run(publish_events(stack.nats_url, 3000))
 
         def advised_up_a_few_times() -> bool:
             counts.append(stack.consumers_running())
             return sum(1 for r in decisions() if r["decision"] == "scale_up") >= 3
 
-        wait_for("three scale-up decisions were logged", advised_up_a_few_times, 90)
+        wait_until("three scale-up decisions were logged", advised_up_a_few_times, 90, every=0.5)
         assert backlog(stack) > 500  # the backlog the advice was about is still there
         records = decisions()
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.examples import daemon, errors, example_config, executed, outcomes_logged, wait_until
+from tests.support.examples import daemon, errors, example_config, executed, outcomes_logged
 from tests.support.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project
+from tests.support.waiting import wait_until
 
 EXAMPLE = REPO / "examples" / "prometheus"
 
@@ -79,7 +80,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     s = Stack(project, env, redis_port, prom_port, tmp_path)
     try:
         compose(project, file, "up", "-d", "--build", env=env, timeout=600)
-        wait_until("Prometheus scrapes the worker", lambda: s.scraped_workers() == 1, 180)
+        wait_until("Prometheus scrapes the worker", lambda: s.scraped_workers() == 1, 180, every=0.5)
         yield s
     finally:
         down(project, file, env=env)
@@ -90,7 +91,7 @@ def test_rules_on_the_workers_own_metrics_scale_up_then_back_down(stack: Stack) 
     assert len(web_before) == 2 and stack.workers() == 1
     n, peak = 1500, 1
     with daemon(example_config(EXAMPLE, stack.tmp), stack.env) as decisions:
-        wait_until("the daemon has ticked twice", lambda: len(decisions()) >= 2, 90)
+        wait_until("the daemon has ticked twice", lambda: len(decisions()) >= 2, 90, every=0.5)
         r = stack.redis()
         r.rpush("jobs", *(json.dumps({"n": i}) for i in range(n)))
         r.close()
@@ -105,14 +106,14 @@ def test_rules_on_the_workers_own_metrics_scale_up_then_back_down(stack: Stack) 
             scraped = max(scraped, stack.scraped_workers())
             return peak >= 3 and scraped >= 2 and stack.waiting_and_done() == (0, n)
 
-        wait_until("the worker scaled up, Prometheus scraped the new replicas and the queue drained", drained_after_scale_up, 300)
+        wait_until("the worker scaled up, Prometheus scraped the new replicas and the queue drained", drained_after_scale_up, 300, every=0.5)
 
         def back_to_one() -> bool:
             return stack.workers() == 1 and len(containers(stack.project, "worker")) == 1
 
-        wait_until("the idle worker scaled back down to min_replicas", back_to_one, 240)
+        wait_until("the idle worker scaled back down to min_replicas", back_to_one, 240, every=0.5)
         # the last scale-in is logged as intent, then its outcome once the executor has verified it
-        wait_until("every executed decision\'s outcome is logged", lambda: outcomes_logged(decisions()), 60)
+        wait_until("every executed decision\'s outcome is logged", lambda: outcomes_logged(decisions()), 60, every=0.5)
         records = decisions()
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")

@@ -17,8 +17,9 @@ from typing import Any
 import aiormq
 import pytest
 
-from tests.support.examples import daemon, errors, example_config, executed, outcomes_logged, wait_until
+from tests.support.examples import daemon, errors, example_config, executed, outcomes_logged
 from tests.support.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project
+from tests.support.waiting import wait_until
 
 EXAMPLE = REPO / "examples" / "rabbitmq"
 USER, PASSWORD = "docktor", "e2e-secret-pw"
@@ -76,7 +77,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     s = Stack(project, env, amqp_port, mgmt_port, tmp_path)
     try:
         compose(project, file, "up", "-d", "--build", env=env, timeout=600)
-        wait_until("the worker consumes from jobs", lambda: s.queue().get("consumers") == 1, 180)
+        wait_until("the worker consumes from jobs", lambda: s.queue().get("consumers") == 1, 180, every=0.5)
         yield s
     finally:
         down(project, file, env=env)
@@ -98,7 +99,7 @@ def test_burst_scales_the_worker_up_then_back_down_without_losing_a_job(stack: S
     assert len(web_before) == 2 and stack.workers() == 1
     n, peak = 4000, 1
     with daemon(example_config(EXAMPLE, stack.tmp), stack.env) as decisions:
-        wait_until("the daemon has ticked twice", lambda: len(decisions()) >= 2, 90)
+        wait_until("the daemon has ticked twice", lambda: len(decisions()) >= 2, 90, every=0.5)
         asyncio.run(_publish(stack.amqp_port, n))
 
         def drained_after_scale_up() -> bool:
@@ -107,14 +108,14 @@ def test_burst_scales_the_worker_up_then_back_down_without_losing_a_job(stack: S
             q = stack.queue()
             return peak >= 3 and q.get("messages") == 0 and (q.get("message_stats") or {}).get("ack") == n
 
-        wait_until("the worker scaled up and the queue drained", drained_after_scale_up, 240)
+        wait_until("the worker scaled up and the queue drained", drained_after_scale_up, 240, every=0.5)
 
         def back_to_one() -> bool:
             return stack.workers() == 1 and len(containers(stack.project, "worker")) == 1
 
-        wait_until("the idle worker scaled back down to min_replicas", back_to_one, 180)
+        wait_until("the idle worker scaled back down to min_replicas", back_to_one, 180, every=0.5)
         # the last scale-in is logged as intent, then its outcome once the executor has verified it
-        wait_until("every executed decision\'s outcome is logged", lambda: outcomes_logged(decisions()), 60)
+        wait_until("every executed decision\'s outcome is logged", lambda: outcomes_logged(decisions()), 60, every=0.5)
         records = decisions()
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")

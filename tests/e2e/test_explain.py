@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from docktor.agent.core.decide import decide, remember
 from docktor.agent.core.state import ServiceState
 from docktor.agent.runtime.decision_log import DecisionLog, DecisionRecord, Outcome, OutcomeRecord
 from docktor.agent.timestamps import rfc3339
+from tests.support.cli import docktor
 
 CONFIG = """
 services:
@@ -27,10 +26,6 @@ services:
       scale_up_when: [{metric: queue.backlog, op: ">", value: 500}]
       scale_down_when: [{metric: queue.backlog, op: "<=", value: 100}]
 """
-
-
-def docktor(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "docktor.agent.cli", *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_explain_tells_each_decision_as_prose(tmp_path: Path) -> None:

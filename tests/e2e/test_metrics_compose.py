@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.examples import daemon, example_config, wait_until
+from tests.support.examples import daemon, example_config
 from tests.support.peers import (
     DOCKER_SKIP_REASON,
     REPO,
@@ -33,6 +33,7 @@ from tests.support.peers import (
     unique_project,
     wait_for_consumer,
 )
+from tests.support.waiting import wait_until
 
 EXAMPLE = REPO / "examples" / "nats-multi"
 
@@ -74,12 +75,12 @@ def test_monitoring_profile_scrapes_the_daemon_on_the_host(tmp_path: Path) -> No
                 result = query(prom, expr)
                 return float(result[0]["value"][1]) if result else None
 
-            wait_until("the Prometheus container scrapes the daemon", lambda: figure('up{job="docktor"}') == 1, 120)
+            wait_until("the Prometheus container scrapes the daemon", lambda: figure('up{job="docktor"}') == 1, 120, every=0.5)
             wait_until("the consumer's replicas in Prometheus",
-                       lambda: figure('docktor_replicas_current{service="consumer"}') is not None, 60)
+                       lambda: figure('docktor_replicas_current{service="consumer"}') is not None, 60, every=0.5)
             running = len(containers(project, "consumer", all=False))
             wait_until("Prometheus agrees with Docker",
-                       lambda: figure('docktor_observation{service="consumer",metric="replicas.running"}') == running, 60)
+                       lambda: figure('docktor_observation{service="consumer",metric="replicas.running"}') == running, 60, every=0.5)
             assert figure('docktor_replicas_max{service="consumer"}') == 10
             assert figure('docktor_observation{service="consumer",metric="queue.backlog"}') is not None
             decisions = figure('sum(docktor_decisions_total{service="consumer"})')

@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.examples import daemon, wait_until
+from tests.support.examples import daemon
 from tests.support.peers import REPO, NatsServer, free_port, llm_available, start_llama
 from tests.support.servers import PrometheusServer, need_binary
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -235,16 +236,16 @@ def test_prometheus_scrapes_the_daemon_and_every_dashboard_query_returns_data(
                 return total(prom, expr) >= at_least
 
             # Events count in rate() and increase() only once Prometheus has samples from before them.
-            wait_until("Prometheus scrapes the daemon", lambda: seen('count_over_time(up{job="test"}[5m]) and up{job="test"} == 1', 3), 90)
+            wait_until("Prometheus scrapes the daemon", lambda: seen('count_over_time(up{job="test"}[5m]) and up{job="test"} == 1', 3), 90, every=0.5)
             asyncio.run(setup_streams(nats_server.url, burst=400, create=False))
             with Load(nats_server.url):
                 wait_until("two scale-ups executed",
-                           lambda: seen('increase(docktor_decisions_total{decision="scale_up",executed="true"}[5m])', 2), 180)
-                wait_until("an LLM call ended", lambda: seen("increase(docktor_llm_calls_total[5m])", 1), 180)
-                wait_until("the broken source's errors", lambda: seen('increase(docktor_source_errors_total{service="broken"}[5m])', 3), 60)
-                wait_until("a guardrail clamp", lambda: seen("increase(docktor_guardrail_clamps_total[5m])", 1), 60)
+                           lambda: seen('increase(docktor_decisions_total{decision="scale_up",executed="true"}[5m])', 2), 180, every=0.5)
+                wait_until("an LLM call ended", lambda: seen("increase(docktor_llm_calls_total[5m])", 1), 180, every=0.5)
+                wait_until("the broken source's errors", lambda: seen('increase(docktor_source_errors_total{service="broken"}[5m])', 3), 60, every=0.5)
+                wait_until("a guardrail clamp", lambda: seen("increase(docktor_guardrail_clamps_total[5m])", 1), 60, every=0.5)
                 wait_until("the workers complete messages",
-                           lambda: seen('docktor_observation{metric="queue.rate_out"} > 0', 0.001), 60)
+                           lambda: seen('docktor_observation{metric="queue.rate_out"} > 0', 0.001), 60, every=0.5)
                 check_dashboard(prom, answers)
     finally:
         prom.stop()

@@ -25,6 +25,7 @@ import pytest
 from docktor.agent import redact
 from docktor.agent.runtime.decision_log import DecisionRecord
 from docktor.agent.runtime.foreground import RedactingFilter
+from tests.support.cli import docktor_async
 from tests.support.peers import free_port, launch_nats
 from tests.support.scripted_openai_server import ScriptedOpenAIServer, error
 
@@ -49,18 +50,6 @@ def fresh_registry() -> Any:
 def assert_no_canary(where: str, text: str) -> None:
     for canary in CANARIES:
         assert canary not in text, f"{canary} leaked into {where}: ...{text[max(0, text.find(canary) - 200):text.find(canary) + 50]}..."
-
-
-async def docktor(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> tuple[int, str, str]:
-    import os
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "docktor.agent.cli", *args, cwd=cwd, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 BAD_URLS = """
@@ -91,7 +80,8 @@ services:
 async def test_credentials_in_urls_are_never_echoed(tmp_path: Path) -> None:
     config = tmp_path / "docktor.yaml"
     config.write_text(BAD_URLS.format(pw=URL_PASSWORD))
-    code, out, err = await docktor("validate", "--config", str(config), env={}, cwd=tmp_path)
+    done = await docktor_async("validate", "--config", str(config), env={}, cwd=tmp_path)
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 2
     assert "services[0].queue.url" in err and "nats://***@127.0.0.1:4222" in err  # it still says which URL
     assert "services[1].queue.monitor_url" in err and "services[2].queue.url" in err
@@ -108,10 +98,12 @@ services:
 async def test_an_llm_base_url_with_credentials_is_shown_without_them(tmp_path: Path) -> None:
     config = tmp_path / "docktor.yaml"
     config.write_text(LLM_IN_URL.format(pw=BASEURL_PASSWORD))
-    code, out, err = await docktor("validate", "--config", str(config), env={}, cwd=tmp_path)
+    done = await docktor_async("validate", "--config", str(config), env={}, cwd=tmp_path)
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 0, err
     assert "llm: openai-compatible model m at http://***@127.0.0.1:9/v1" in out
-    code, out2, err2 = await docktor("llm", "check", "--config", str(config), env={}, cwd=tmp_path)
+    done = await docktor_async("llm", "check", "--config", str(config), env={}, cwd=tmp_path)
+    code, out2, err2 = done.returncode, done.stdout, done.stderr
     assert code == 1 and "endpoint: http://***@127.0.0.1:9/v1" in out2
     assert_no_canary("validate and llm check", out + err + out2 + err2)
 
@@ -181,7 +173,8 @@ async def test_canary_secrets_reach_no_output_and_no_file(tmp_path: Path) -> Non
             c = ["--config", str(config)]
             for name, args in [("validate", ["validate", *c]), ("decide", ["decide", "--once", "--dry-run", "--json", *c]),
                                ("decide table", ["decide", "--once", "--dry-run", *c]), ("start", ["daemon", "start", *c])]:
-                code, out, err = await docktor(*args, env=ENV, cwd=tmp_path)
+                done = await docktor_async(*args, env=ENV, cwd=tmp_path)
+                code, out, err = done.returncode, done.stdout, done.stderr
                 outputs[name] = out + err
                 assert code == 0, (name, out, err)
             decided = [json.loads(line) for line in outputs["decide"].splitlines() if line.startswith("{")]
@@ -197,7 +190,8 @@ async def test_canary_secrets_reach_no_output_and_no_file(tmp_path: Path) -> Non
 
             deadline = asyncio.get_running_loop().time() + 60
             while True:
-                code, out, err = await docktor("daemon", "logs", "--json", *c, env=ENV, cwd=tmp_path)
+                done = await docktor_async("daemon", "logs", "--json", *c, env=ENV, cwd=tmp_path)
+                code, out, err = done.returncode, done.stdout, done.stderr
                 if sum(1 for line in out.splitlines() if '"service":"worker"' in line) >= 3:
                     break
                 assert asyncio.get_running_loop().time() < deadline, err
@@ -205,7 +199,8 @@ async def test_canary_secrets_reach_no_output_and_no_file(tmp_path: Path) -> Non
             for name, args in [("status", ["daemon", "status", *c]), ("status json", ["daemon", "status", "--json", *c]),
                                ("logs", ["daemon", "logs", "--json", *c]), ("logs table", ["daemon", "logs", *c]),
                                ("stop", ["daemon", "stop", *c])]:
-                code, out, err = await docktor(*args, env=ENV, cwd=tmp_path)
+                done = await docktor_async(*args, env=ENV, cwd=tmp_path)
+                code, out, err = done.returncode, done.stdout, done.stderr
                 outputs[name] = out + err
                 assert code == 0, (name, out, err)
     finally:

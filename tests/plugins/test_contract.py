@@ -47,7 +47,8 @@ from docktor.tools.testing import (
 )
 from tests.support.peers import DOCKER_SKIP_REASON, docker_ok, down, need, start_nats, unique_project
 from tests.support.servers import Exporter, PrometheusServer, RabbitMQ, RedisServer
-from tests.support.swarm_peers import deploy_stack, remove_stack, running_tasks, swarm_session, unique_stack, wait_for
+from tests.support.swarm_peers import deploy_stack, remove_stack, running_tasks, swarm_session, unique_stack
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -55,6 +56,13 @@ pytestmark = pytest.mark.timeout(300)
 #: that blocked the event loop for most of it is told from a one-time blocking set-up (loading the
 #: system's CA bundle takes a few hundred milliseconds on a busy machine)
 TIMEOUT = 2
+
+
+def on_worker_of(peer: str) -> pytest.MarkDecorator:
+    """A case's checks run on one worker (make test runs several): its module-scoped peer is
+    started once, not once per worker. (The fixtures are looked up by name as each check runs,
+    so tests/conftest.py cannot see them to group the cases itself.)"""
+    return pytest.mark.xdist_group(f"contract-{peer}")
 
 
 @contextlib.contextmanager
@@ -315,14 +323,14 @@ def prometheus_peer(prometheus: PrometheusServer, standins: StandIns) -> SourceP
 
 
 test_source_contract = source_contract(
-    Case(NatsSource, peer="nats_peer"),
-    Case(NatsSource, peer="nats_monitor_peer", id="nats-monitor"),
-    Case(RedisSource, peer="redis_list_peer", id="redis-list"),
-    Case(RedisSource, peer="redis_celery_peer", id="redis-celery"),
-    Case(RedisSource, peer="redis_stream_peer", id="redis-stream"),
-    Case(RabbitMQSource, peer="rabbitmq_peer"),
-    Case(RabbitMQSource, peer="rabbitmq_amqp_peer", id="rabbitmq-amqp"),
-    Case(PrometheusSource, peer="prometheus_peer"),
+    Case(NatsSource, peer="nats_peer", marks=[on_worker_of("nats")]),
+    Case(NatsSource, peer="nats_monitor_peer", id="nats-monitor", marks=[on_worker_of("nats")]),
+    Case(RedisSource, peer="redis_list_peer", id="redis-list", marks=[on_worker_of("redis")]),
+    Case(RedisSource, peer="redis_celery_peer", id="redis-celery", marks=[on_worker_of("redis")]),
+    Case(RedisSource, peer="redis_stream_peer", id="redis-stream", marks=[on_worker_of("redis")]),
+    Case(RabbitMQSource, peer="rabbitmq_peer", marks=[on_worker_of("rabbitmq")]),
+    Case(RabbitMQSource, peer="rabbitmq_amqp_peer", id="rabbitmq-amqp", marks=[on_worker_of("rabbitmq")]),
+    Case(PrometheusSource, peer="prometheus_peer", marks=[on_worker_of("prometheus")]),
 )
 
 
@@ -389,7 +397,7 @@ def swarm_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorPee
 
         try:
             deploy_stack(stack, file)
-            wait_for("the stack's worker to run", lambda: len(running_tasks(f"{stack}_worker")) == 1)
+            wait_until("the stack's worker to run", lambda: len(running_tasks(f"{stack}_worker")) == 1, timeout=120, every=0.5)
             yield ExecutorPeer(
                 settings=block("worker", 60), context=Context("worker", folder, folder / "state"),
                 failing=block("broken", 30), unreachable=block("no-such-service", 30),
@@ -400,7 +408,7 @@ def swarm_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorPee
 
 test_executor_contract = executor_contract(
     Case(LocalExecutor, peer="local_peer"),
-    Case(ComposeExecutor, peer="compose_peer", marks=[pytest.mark.docker]),
-    Case(SwarmExecutor, peer="swarm_peer", marks=[pytest.mark.docker]),
+    Case(ComposeExecutor, peer="compose_peer", marks=[pytest.mark.docker, on_worker_of("compose")]),
+    Case(SwarmExecutor, peer="swarm_peer", marks=[pytest.mark.docker, pytest.mark.swarm, on_worker_of("swarm")]),
 )
 

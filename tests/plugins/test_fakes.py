@@ -33,17 +33,8 @@ from docktor.tools.testing import (
     source_contract,
 )
 from tests.support import fake_peers
+from tests.support.clocks import FakeClock
 from tests.support.fake_peers import TOKEN, TOKEN_ENV
-
-
-class Clock:
-    """The queue's clock, moved by the test: rates come out exact."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def source(script: str, **settings: object) -> FakeSource:
@@ -71,32 +62,32 @@ async def test_readings_are_a_mapping_a_sequence_or_a_function_of_the_read() -> 
 
 
 async def test_rates_come_from_the_counters_between_reads_and_never_across_a_reset() -> None:
-    clock = Clock()
+    clock = FakeClock()
     queue = FakeQueue("rates", {"queue.backlog": 5}, clock=clock).count(arrived=100, completed=90)
     src = source("rates")
     assert await src.read() == {"queue.backlog": 5}  # no baseline yet: no rates, not rates of 0
     queue.arrive(50)
     queue.complete(20)
-    clock.now += 10
+    clock.advance(10)
     assert await src.read() == {"queue.backlog": 5, "queue.rate_in": 5.0, "queue.rate_out": 2.0}
     queue.count(arrived=3, completed=1)  # a re-created queue: counters went backwards
-    clock.now += 10
+    clock.advance(10)
     assert await src.read() == {"queue.backlog": 5}
     queue.arrive(30)
-    clock.now += 10
+    clock.advance(10)
     assert (await src.read())["queue.rate_in"] == 3.0
     queue.set({"queue.backlog": 5, "queue.rate_in": 99.0})  # a scripted value wins over a computed one
-    clock.now += 10
+    clock.advance(10)
     assert (await src.read())["queue.rate_in"] == 99.0
 
 
 async def test_the_rate_baseline_survives_a_restart_through_json() -> None:
-    clock = Clock()
+    clock = FakeClock()
     queue = FakeQueue("restart", clock=clock).count(arrived=10, completed=0)
     before = source("restart")
     assert before.snapshot() is None  # nothing read: nothing to keep
     await before.read()
-    clock.now += 4  # the daemon saved its state 4 s after the read
+    clock.advance(4)  # the daemon saved its state 4 s after the read
     saved = json.loads(json.dumps(before.snapshot()))
     assert saved == {"v": 1, "age_s": 4.0, "arrived": 10.0, "completed": 0.0}
     after = source("restart")

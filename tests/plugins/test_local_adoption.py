@@ -12,16 +12,14 @@ the unique ``DOCKTOR_SERVICE`` each test uses, never through the executor under 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import pytest
 
 from docktor.tools.executors.local import LocalExecutor, LocalSettings
 from docktor.tools.sdk import Context, ExecutorError
+from tests.support.waiting import eventually, wait_until
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -126,27 +125,6 @@ def starts(out: Path, replica: int) -> int:
     return len(f.read_text().split()) if f.exists() else 0
 
 
-def wait_until(what: str, cond: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := cond():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def until(what: str, cond: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = cond()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -228,7 +206,7 @@ def test_daemon_killed_hard_and_restarted_adopts_its_replicas_no_orphan_no_dupli
         return [json.loads(x) for x in decisions.read_text().splitlines()] if decisions.exists() else []
 
     first = start()
-    wait_until("three replicas", lambda: len(readies(scene.out)) == 3)
+    wait_until("three replicas", lambda: len(readies(scene.out)) == 3, timeout=30.0)
     before = readies(scene.out)
     scene.kill9(first)
 
@@ -236,7 +214,7 @@ def test_daemon_killed_hard_and_restarted_adopts_its_replicas_no_orphan_no_dupli
     assert all(alive(pid) and alive(child) for pid, (_, child) in before.items())
     seen = len(records())
     second = start()
-    wait_until("the restarted daemon to decide", lambda: len(records()) >= seen + 3)
+    wait_until("the restarted daemon to decide", lambda: len(records()) >= seen + 3, timeout=30.0)
     after = records()[seen:]
 
     assert sorted(readies(scene.out)) == sorted(before), "a replica was started again"
@@ -249,7 +227,7 @@ def test_daemon_killed_hard_and_restarted_adopts_its_replicas_no_orphan_no_dupli
     assert done.returncode == 0, done.stderr
     second.wait(30)
     wait_until("every replica and its child to be gone", lambda: not any(
-        alive(p) or alive(child) for p, (_, child) in before.items()))
+        alive(p) or alive(child) for p, (_, child) in before.items()), timeout=30.0)
     assert replicas_of(scene.service) == []
     state = json.loads((scene.base / "state" / "local" / f"{scene.service}.json").read_text())
     assert (state["desired"], state["replicas"]) == (0, [])
@@ -264,15 +242,15 @@ async def test_replica_that_died_while_no_daemon_ran_is_started_again_and_its_ch
     scene.kill9(owner)
     (victim, (victim_replica, victim_child)) = next((p, v) for p, v in before.items() if v[0] == 2)
     os.kill(victim, signal.SIGKILL)  # replica 2 dies with no daemon to see it; its child lives on
-    await until("replica 2 to be gone", lambda: not alive(victim))
+    await eventually("replica 2 to be gone", lambda: not alive(victim), timeout=30.0)
     assert alive(victim_child)
 
     ex = scene.executor()
     try:
         status = await ex.status()
-        await until("replica 2 to be running again", lambda: len(readies(scene.out)) == 4)
+        await eventually("replica 2 to be running again", lambda: len(readies(scene.out)) == 4, timeout=30.0)
         status = await ex.status()
-        await until("the dead replica's child to be stopped", lambda: not alive(victim_child))
+        await eventually("the dead replica's child to be stopped", lambda: not alive(victim_child), timeout=30.0)
     finally:
         await ex.close()
 
@@ -291,7 +269,7 @@ async def test_replicas_being_stopped_when_the_daemon_died_are_stopped_not_adopt
     ex = scene.executor()
     try:
         status = await ex.status()
-        await until("only one replica to be left", lambda: len(replicas_of(scene.service)) == 1)
+        await eventually("only one replica to be left", lambda: len(replicas_of(scene.service)) == 1, timeout=30.0)
     finally:
         await ex.close()
 
@@ -313,7 +291,7 @@ async def test_a_replica_nobody_recorded_is_found_by_its_marker_and_stopped(scen
     ex = scene.executor()
     try:
         status = await ex.status()
-        await until("the unrecorded replica to be stopped", lambda: not alive(lost["pid"]))
+        await eventually("the unrecorded replica to be stopped", lambda: not alive(lost["pid"]), timeout=30.0)
     finally:
         await ex.close()
 
@@ -330,8 +308,8 @@ async def test_replicas_of_a_changed_command_are_replaced_at_the_same_count(scen
     ex = scene.executor()
     try:
         await ex.status()  # stops the old ones; starts their slots again with the new command
-        await until("two new replicas", lambda: len(set(readies(scene.out)) - set(old)) == 2)
-        await until("the old replicas to be gone", lambda: not any(alive(p) for p in old))
+        await eventually("two new replicas", lambda: len(set(readies(scene.out)) - set(old)) == 2, timeout=30.0)
+        await eventually("the old replicas to be gone", lambda: not any(alive(p) for p in old), timeout=30.0)
         status = await ex.status()
     finally:
         await ex.close()
@@ -371,7 +349,7 @@ def bystander(*, as_user: int | None = None, env: dict[str, str] | None = None) 
     become = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups"] if as_user is not None else []
     proc = subprocess.Popen([*become, "sleep", "1000"], env=env, start_new_session=True)
     if as_user is not None:  # setpriv changes user, then becomes `sleep`: wait until it has
-        wait_until("the bystander to run as its user", lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep")
+        wait_until("the bystander to run as its user", lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep", timeout=30.0)
     return proc
 
 
@@ -535,4 +513,4 @@ async def test_an_adopted_replicas_setsid_child_is_kept_with_it_and_stopped_with
         assert alive(replica) and alive(escaped), "the adopted replica's child was taken for an unrecorded replica"
     finally:
         await ex.close()
-    await until("the replica and its setsid child to be gone", lambda: not alive(replica) and not alive(escaped))
+    await eventually("the replica and its setsid child to be gone", lambda: not alive(replica) and not alive(escaped), timeout=30.0)

@@ -28,6 +28,7 @@ from docktor.tools.executors import procfs
 from docktor.tools.executors.local import LocalExecutor, LocalSettings
 from docktor.tools.sdk import Context, ExecutorError
 from tests.support.peers import free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,19 +80,6 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-async def eventually(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def ready(out: Path, replica: int) -> list[str] | None:
     f = out / f"ready-{replica}"
     return f.read_text().split() if f.exists() else None
@@ -100,7 +88,7 @@ def ready(out: Path, replica: int) -> list[str] | None:
 async def wait_ready(out: Path, *replicas: int) -> dict[int, list[str]]:
     found = {}
     for r in replicas:
-        found[r] = await eventually(lambda r=r: ready(out, r), f"replica {r} to start")
+        found[r] = await eventually(f"replica {r} to start", lambda r=r: ready(out, r), timeout=15.0)
     return found
 
 
@@ -213,7 +201,7 @@ async def test_crashing_replica_counts_as_failed_and_is_restarted_after_backoff(
         s = await ex.status()
         return s if s.failed == 1 and s.running == 0 else None
 
-    status = await eventually(crashed, "the crash to show in status")
+    status = await eventually("the crash to show in status", crashed, timeout=15.0)
     assert status.desired == 1
     assert "replica 1 exited with code 1" in status.detail
     assert "restart #1" in status.detail
@@ -222,7 +210,7 @@ async def test_crashing_replica_counts_as_failed_and_is_restarted_after_backoff(
         await ex.status()  # status() is what reconciles
         return starts(out, 1) >= 2
 
-    await eventually(restarted, "the crashed replica to be restarted")
+    await eventually("the crashed replica to be restarted", restarted, timeout=15.0)
 
 
 async def test_restart_backoff_doubles_per_crash_scripted_clock(make: Callable[..., LocalExecutor], out: Path) -> None:
@@ -238,7 +226,7 @@ async def test_restart_backoff_doubles_per_crash_scripted_clock(make: Callable[.
             s = await ex.status()
             return s if s.running == 0 and f"restart #{attempt}" in s.detail else None
 
-        status = await eventually(down, f"crash number {attempt}")
+        status = await eventually(f"crash number {attempt}", down, timeout=15.0)
         assert f"restart #{attempt} in {delay} s" in status.detail
         assert status.failed == 1
         now[0] += delay - 0.5
@@ -246,7 +234,7 @@ async def test_restart_backoff_doubles_per_crash_scripted_clock(make: Callable[.
         assert early.running == 0, "restarted before its back-off had passed"
         now[0] += 0.5
         assert (await ex.status()).running == 1
-        await eventually(lambda attempt=attempt: starts(out, 1) == attempt + 1, f"restart number {attempt}")
+        await eventually(f"restart number {attempt}", lambda attempt=attempt: starts(out, 1) == attempt + 1, timeout=15.0)
 
 
 async def test_replica_that_stays_up_after_restart_is_no_longer_failed_scripted_clock(
@@ -260,7 +248,7 @@ async def test_replica_that_stays_up_after_restart_is_no_longer_failed_scripted_
         s = await ex.status()
         return s if s.running == 0 and s.failed == 1 else None
 
-    await eventually(down, "the first crash")
+    await eventually("the first crash", down, timeout=15.0)
     now[0] += 1
     status = await ex.status()
     assert (status.running, status.failed) == (1, 1)
@@ -346,7 +334,7 @@ async def test_close_leaves_no_processes_including_grandchildren_and_is_idempote
     await ex.close()
     await ex.close()
 
-    await eventually(lambda: not any(alive(p) for p in pids), "every replica and grandchild to die", timeout=5)
+    await eventually("every replica and grandchild to die", lambda: not any(alive(p) for p in pids), timeout=5)
     with pytest.raises(ExecutorError):
         await ex.status()
     assert not (await ex.scale(1)).ok
@@ -362,8 +350,8 @@ async def test_grandchildren_of_a_crashed_replica_are_stopped_too(make: Callable
     async def crashed() -> bool:
         return (await ex.status()).failed == 1
 
-    await eventually(crashed, "the replica to crash")
-    await eventually(lambda: not alive(child), "the crashed replica's child to be stopped")
+    await eventually("the replica to crash", crashed, timeout=15.0)
+    await eventually("the crashed replica's child to be stopped", lambda: not alive(child), timeout=15.0)
     assert not alive(leader)
     log = (out.parent / "state" / "logs" / "worker.1.log").read_text()
     assert "processes it started are still running: stopping them" in log
@@ -402,7 +390,7 @@ async def test_replica_gets_its_env_and_the_allow_list_never_docktor_secrets(
     ex = LocalExecutor(settings, context)
     try:
         assert (await ex.scale(1)).ok
-        env_file = await eventually(lambda: (out / "env-1").exists() and out / "env-1", "the replica's environment")
+        env_file = await eventually("the replica's environment", lambda: (out / "env-1").exists() and out / "env-1", timeout=15.0)
         seen = json.loads(env_file.read_text())
     finally:
         await ex.close()

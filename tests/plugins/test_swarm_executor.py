@@ -44,10 +44,10 @@ from tests.support.swarm_peers import (
     swarm_session,
     tls_engine,
     unique_stack,
-    wait_for,
 )
+from tests.support.waiting import wait_until
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.docker, pytest.mark.swarm, pytest.mark.timeout(300)]
 
 DOCKTOR = Path(sys.executable).with_name("docktor")
 
@@ -64,7 +64,10 @@ WORKER = textwrap.dedent(
         time.sleep(0.2)
     """
 )
-SLEEPER = "import time\nwhile True: time.sleep(1)"
+# Exits at once on SIGTERM, as a worker should: stopping it (a scale-in, the stack's removal)
+# waits for no grace period. IGNORES_SIGTERM is the PID 1 without a handler (``stubborn``).
+SLEEPER = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nwhile True: time.sleep(1)"
+IGNORES_SIGTERM = "import time\nwhile True: time.sleep(1)"
 
 STACK = """
 version: "3.8"
@@ -84,7 +87,7 @@ services:
       replicas: 2
   stubborn:        # PID 1 without a handler ignores SIGTERM: killed after the grace period
     image: python:3.12-slim
-    command: ["python", "-c", {sleeper}]
+    command: ["python", "-c", {ignores_sigterm}]
     stop_grace_period: 1s
     deploy:
       replicas: 2
@@ -157,13 +160,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         drained = tmp / "drained"
         drained.mkdir()
         file = tmp / "stack.yaml"
-        file.write_text(STACK.format(worker=json.dumps(WORKER), sleeper=json.dumps(SLEEPER), drained=drained, port=free_port()))
+        file.write_text(STACK.format(worker=json.dumps(WORKER), sleeper=json.dumps(SLEEPER), ignores_sigterm=json.dumps(IGNORES_SIGTERM),
+                                 drained=drained, port=free_port()))
         s = Stack(unique_stack(), file, drained, tmp)
         try:
             deploy_stack(s.name, file)
-            wait_for("the stack's services to run", lambda: len(running_tasks(s.service("other"))) == 2
+            wait_until("the stack's services to run", lambda: len(running_tasks(s.service("other"))) == 2
                      and len(running_tasks(s.service("worker"))) == 1 and len(running_tasks(s.service("stubborn"))) == 2
-                     and len(running_tasks(s.service("porty"))) == 1)
+                     and len(running_tasks(s.service("porty"))) == 1, timeout=120, every=0.5)
             yield s
         finally:
             remove_stack(s.name)
@@ -539,7 +543,7 @@ def run_daemon(config: Path, *args: str, until: Any, timeout: float = 90) -> lis
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "daemon exited"
             return [json.loads(x) for x in decisions.read_text().splitlines()] if decisions.exists() else []
 
-        return wait_for("the daemon's decisions", lambda: (r := records()) and until(r) and r, timeout=timeout)
+        return wait_until("the daemon's decisions", lambda: (r := records()) and until(r) and r, timeout=timeout, every=0.5)
     finally:
         proc.terminate()
         proc.wait(60)

@@ -8,7 +8,6 @@ third-party plugin next to Docktor, and the real CLI runs with that folder on it
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from docktor.tools.registry import executor_kinds, source_kinds
+from tests.support.cli import docktor
 from tests.support.peers import REPO
 
 PLUGIN = REPO / "tests" / "plugins" / "docktor-textfile"
@@ -60,12 +60,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def docktor(*args: str, site: Path | None, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if site is not None:
-        env["PYTHONPATH"] = str(site)
-    return subprocess.run([sys.executable, "-m", "docktor.agent.cli", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd, env=env, check=False)
+def plugin_path(site: Path | None) -> dict[str, str | None]:
+    """The CLI's environment: the plugin's folder on PYTHONPATH, or no PYTHONPATH at all."""
+    return {"PYTHONPATH": str(site) if site is not None else None}
 
 
 def write_config(tmp_path: Path, down_metric: str = "jobs.waiting") -> Path:
@@ -83,11 +80,11 @@ def test_a_plugin_package_is_found_validated_and_decides(tmp_path: Path, site: P
     cfg = write_config(tmp_path)
     (tmp_path / "metrics.txt").write_text("# written by the scheduler\njobs.waiting 450\njobs.oldest_age_seconds 93\nother 1\n")
 
-    ok = docktor("validate", "--config", str(cfg), site=site, cwd=tmp_path)
+    ok = docktor("validate", "--config", str(cfg), cwd=tmp_path, env=plugin_path(site))
     assert ok.returncode == 0, ok.stderr
     assert "queue textfile metrics.txt" in ok.stdout
 
-    run = docktor("decide", "--config", str(cfg), "--once", "--dry-run", "--json", site=site, cwd=tmp_path)
+    run = docktor("decide", "--config", str(cfg), "--once", "--dry-run", "--json", cwd=tmp_path, env=plugin_path(site))
     assert run.returncode == 0, run.stderr
     (record,) = [json.loads(line) for line in run.stdout.splitlines()]
     assert record["observations"]["jobs.waiting"] == 450
@@ -99,7 +96,7 @@ def test_a_plugin_package_is_found_validated_and_decides(tmp_path: Path, site: P
 
 def test_a_rule_on_a_metric_the_plugin_does_not_provide_is_rejected(tmp_path: Path, site: Path) -> None:
     cfg = write_config(tmp_path, down_metric="jobs.waitng")
-    bad = docktor("validate", "--config", str(cfg), site=site, cwd=tmp_path)
+    bad = docktor("validate", "--config", str(cfg), cwd=tmp_path, env=plugin_path(site))
     assert bad.returncode == 2
     (line,) = bad.stderr.strip().splitlines()
     assert line.startswith(
@@ -109,7 +106,7 @@ def test_a_rule_on_a_metric_the_plugin_does_not_provide_is_rejected(tmp_path: Pa
 
 
 def test_without_the_package_the_kind_is_unknown_and_the_installed_ones_are_listed(tmp_path: Path) -> None:
-    bad = docktor("validate", "--config", str(write_config(tmp_path)), site=None, cwd=tmp_path)
+    bad = docktor("validate", "--config", str(write_config(tmp_path)), cwd=tmp_path, env=plugin_path(None))
     assert bad.returncode == 2
     (line,) = bad.stderr.strip().splitlines()
     assert line.startswith("error: services[0].sources[0].kind: unknown source kind 'textfile' (installed: ")

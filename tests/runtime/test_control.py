@@ -27,9 +27,11 @@ import pytest
 
 from docktor.agent.runtime.control_socket import AsyncControlClient, ControlClient, ControlError
 from docktor.agent.runtime.process import process_alive
-from tests.runtime.test_restart import make_streams
-from tests.support.daemons import docktor, kill_marked, marked_processes, raw_lines, records, wait_until
+from tests.support.cli import docktor
+from tests.support.daemons import kill_marked, marked_processes, raw_lines, records
+from tests.support.jetstream import make_streams, publish
 from tests.support.peers import NatsServer
+from tests.support.waiting import wait_until
 
 SERVICE = """
   - name: {name}
@@ -109,19 +111,6 @@ def setup_factory(tmp_path: Path, nats_server: NatsServer) -> Iterator[Any]:
         s.stop()
 
 
-def publish(url: str, stream: str, n: int) -> None:
-    async def run() -> None:
-        import nats
-
-        nc = await nats.connect(url)
-        js = nc.jetstream()
-        for _ in range(n):
-            await js.publish(f"{stream.lower()}.x", b"m")
-        await nc.close()
-
-    asyncio.run(run())
-
-
 # --------------------------------------------------------------------------- status
 
 
@@ -166,7 +155,7 @@ def test_pause_logs_every_decision_and_acts_on_nothing_until_resumed(setup_facto
     r = s.cli("pause", "worker", "--for", "30m", "--reason", "incident 42")
     assert r.returncode == 0 and r.stdout.startswith("paused worker until ") and "nothing is executed" in r.stdout
     paused_at = time.time()
-    publish(s.nats.url, "WORKER", 700)
+    asyncio.run(publish(s.nats.url, "worker.x", 700))
     wanted = wait_until("paused decisions that would scale up", lambda: [
         d for d in s.decisions("worker", paused_at) if d["decision"] == "scale_up"] if len(
         [d for d in s.decisions("worker", paused_at) if d["decision"] == "scale_up"]) >= 3 else None)

@@ -14,8 +14,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,10 @@ import pytest
 from docktor.agent.config.load import parse_config
 from docktor.agent.runtime.log_reader import log_files, read_records
 from docktor.agent.runtime.supervisor import Supervisor
-from tests.runtime.test_loop import make_stream, publish
+from tests.support.cli import cli_command, docktor
+from tests.support.jetstream import make_stream, publish
 from tests.support.peers import NatsServer, SmallDisk
+from tests.support.waiting import eventually
 
 
 def config_text(state_dir: Path, url: str, marker: str, interval: float = 0.3) -> str:
@@ -47,14 +47,6 @@ services:
     rules:
       scale_up_when: [{{metric: queue.backlog_per_replica, op: ">", value: 50}}]
 """
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.05)
 
 
 def every_line_whole(state_dir: Path) -> list[dict[str, Any]]:
@@ -91,15 +83,15 @@ async def test_full_state_dir_mid_run_no_unrecorded_action_then_resume(
     task = asyncio.create_task(daemon.run(stop))
     try:
         await publish(nats_server.url, "jobs.a", 120)
-        await until(lambda: desired() == 3, "1 -> 3 replicas (120 messages, > 50 per replica)")
+        await eventually("1 -> 3 replicas (120 messages, > 50 per replica)", lambda: desired() == 3)
 
         disk.fill()
         await publish(nats_server.url, "jobs.a", 200)  # 320 waiting: the rules now want 7
         # The log's last page may still hold a line or two (tmpfs allocates whole pages): what
         # fits is recorded and acted on. Then the daemon refuses to act, and keeps refusing.
-        await until(lambda: daemon.recorder.refused >= 1, "a scale-up refused on the full disk")
+        await eventually("a scale-up refused on the full disk", lambda: daemon.recorder.refused >= 1)
         before, held, ticks = len(asked), desired(), runner.ticks
-        await until(lambda: runner.ticks >= ticks + 5, "five more ticks on a full disk")
+        await eventually("five more ticks on a full disk", lambda: runner.ticks >= ticks + 5)
         # it kept deciding (scale-ups, in memory) but asked the executor for nothing
         assert len(asked) == before and desired() == held < 7
         last = runner.last_record
@@ -115,7 +107,7 @@ async def test_full_state_dir_mid_run_no_unrecorded_action_then_resume(
         assert on_disk["decision_log"]["writable"] is False
 
         disk.free()
-        await until(lambda: desired() == 7, "3 -> 7 once space is back")
+        await eventually("3 -> 7 once space is back", lambda: desired() == 7)
         assert daemon.status()["decision_log"]["writable"] is True
         assert any("decision log writable again" in r.getMessage() for r in caplog.records)
     finally:
@@ -154,10 +146,6 @@ def replicas_running(marker: str) -> int:
     return n
 
 
-def docktor(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "docktor.agent.cli", *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
 async def test_cli_daemon_on_a_full_disk_says_so_on_stderr_and_in_status(disk: SmallDisk, nats_server: NatsServer, tmp_path: Path) -> None:
     """``docktor daemon start --foreground``, its stderr, ``daemon status`` and ``daemon logs``."""
     await make_stream(nats_server.url)
@@ -165,11 +153,11 @@ async def test_cli_daemon_on_a_full_disk_says_so_on_stderr_and_in_status(disk: S
     config = tmp_path / "docktor.yaml"  # the config lives off the small disk; its state on it
     config.write_text(config_text(disk.path, nats_server.url, marker, interval=0.3))
     stderr = (tmp_path / "stderr.txt").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "docktor.agent.cli", "daemon", "start", "--foreground", "--config", str(config)],
+    proc = subprocess.Popen(cli_command("daemon", "start", "--foreground", "--config", str(config)),
                             stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         await publish(nats_server.url, "jobs.a", 120)
-        await until(lambda: replicas_running(marker) == 3, "3 replicas")
+        await eventually("3 replicas", lambda: replicas_running(marker) == 3)
         disk.fill()
         await publish(nats_server.url, "jobs.a", 200)
 
@@ -180,9 +168,9 @@ async def test_cli_daemon_on_a_full_disk_says_so_on_stderr_and_in_status(disk: S
             except ValueError:
                 return {}
 
-        await until(lambda: (status().get("decision_log") or {}).get("refused_actions", 0) >= 1, "a refused scale-up")
+        await eventually("a refused scale-up", lambda: (status().get("decision_log") or {}).get("refused_actions", 0) >= 1)
         held = replicas_running(marker)  # counted from /proc, outside the daemon
-        await until(lambda: (status().get("decision_log") or {}).get("refused_actions", 0) >= 4, "three more refused")
+        await eventually("three more refused", lambda: (status().get("decision_log") or {}).get("refused_actions", 0) >= 4)
         assert replicas_running(marker) == held < 7  # nothing was started while the log could not say so
         table = docktor("daemon", "status", "--config", str(config))
         assert table.returncode == 0 and "decision log NOT WRITABLE" in table.stdout and "No space left on device" in table.stdout
@@ -190,7 +178,7 @@ async def test_cli_daemon_on_a_full_disk_says_so_on_stderr_and_in_status(disk: S
         assert "is not writable (No space left on device): not scaling until it is" in Path(stderr.name).read_text()
 
         disk.free()
-        await until(lambda: replicas_running(marker) == 7, "7 replicas once space is back")
+        await eventually("7 replicas once space is back", lambda: replicas_running(marker) == 7)
     finally:
         proc.terminate()
         proc.wait(30)

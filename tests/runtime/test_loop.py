@@ -17,6 +17,7 @@ from docktor.agent.config.load import parse_config
 from docktor.agent.runtime.service_loop import ServiceLoop, next_tick
 from docktor.agent.runtime.status import StatusFile
 from docktor.agent.runtime.supervisor import Supervisor
+from tests.support.jetstream import make_stream, publish
 from tests.support.peers import NatsServer
 
 
@@ -63,17 +64,6 @@ def service_yaml(name: str, url: str, interval: float, stream: str = "JOBS", min
       scale_up_when: [{{metric: queue.backlog, op: ">", value: 500}}]
       scale_down_when: [{{metric: queue.backlog, op: "<=", value: 100}}]
 """
-
-
-async def make_stream(url: str, name: str = "JOBS") -> None:
-    import nats
-    from nats.js.api import ConsumerConfig, StreamConfig
-
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
-    await js.add_consumer(name, ConsumerConfig(durable_name="WORKERS"))
-    await nc.close()
 
 
 async def run_for(daemon: Supervisor, seconds: float) -> None:
@@ -192,16 +182,6 @@ async def test_the_loop_ticks_at_once_after_an_overrun(tmp_path: Path, nats_serv
     assert all(abs(s - t0 - due) < 0.2 for s, due in zip(later[1:3], (3.0, 4.0))), slow.stamps
 
 
-async def publish(url: str, subject: str, n: int) -> None:
-    import nats
-
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    for _ in range(n):
-        await js.publish(subject, b"x")
-    await nc.close()
-
-
 TWO_SOURCES = """
 services:
   - name: worker
@@ -227,8 +207,8 @@ services:
 
 async def test_a_service_with_two_sources_decides_on_both(tmp_path: Path, nats_server: NatsServer) -> None:
     """Two real JetStream streams: the first source is the queue, the second's metrics are prefixed."""
-    await make_stream(nats_server.url, "JOBS")
-    await make_stream(nats_server.url, "URGENT")
+    await make_stream(nats_server.url)
+    await make_stream(nats_server.url, name="URGENT")
     await publish(nats_server.url, "jobs.a", 30)
     await publish(nats_server.url, "urgent.a", 50)
     text = f"state_dir: {tmp_path / 'state'}\n" + TWO_SOURCES.format(python=sys.executable, url=nats_server.url)
@@ -295,7 +275,7 @@ async def test_a_burst_of_decisions_shares_status_file_writes(tmp_path: Path, na
 
     names = [f"s{i}" for i in range(8)]
     for name in names:
-        await make_stream(nats_server.url, name.upper())
+        await make_stream(nats_server.url, name=name.upper())
     text = "".join(service_yaml(n, nats_server.url, 1.0, stream=n.upper()) for n in names)
     status = tmp_path / "status.json"
     daemon = Supervisor(parse_config(f"state_dir: {tmp_path}\nservices:" + text, tmp_path / "docktor.yaml"))

@@ -11,9 +11,7 @@ import http.client
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,9 @@ from docktor.agent.runtime.log_reader import read_records
 from docktor.agent.runtime.metrics_http import MetricsServer
 from docktor.agent.runtime.recorder import Recorder
 from docktor.agent.runtime.supervisor import Supervisor
-from tests.runtime.test_loop import make_stream, publish
+from tests.support.jetstream import make_stream, publish
 from tests.support.peers import NatsServer, SmallDisk, free_port
+from tests.support.waiting import eventually, wait_until
 
 SERVICE = """
 services:
@@ -350,7 +349,7 @@ def test_clients_that_never_send_are_bounded_and_dropped(monkeypatch: pytest.Mon
         for s in idle:  # each is cut after the timeout: the server closes it (recv returns b"")
             s.settimeout(30)
             assert s.recv(100) == b""
-        wait_until(lambda: b"docktor_" in _try_scrape(server.url), "a scrape succeeds once the idle clients are dropped")
+        wait_until("a scrape succeeds once the idle clients are dropped", lambda: b"docktor_" in _try_scrape(server.url))
     finally:
         for s in idle:
             s.close()
@@ -363,22 +362,6 @@ def _try_scrape(url: str) -> bytes:
             return bytes(r.read())
     except OSError:
         return b""
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.05)
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.05)
 
 
 def daemon_config(tmp: Path, url: str, port: int, marker: str, state: Path | None = None) -> str:
@@ -415,7 +398,7 @@ async def test_a_running_daemon_counts_each_decision_once(tmp_path: Path, nats_s
         task = asyncio.create_task(daemon.run(stop))
         await publish(nats_server.url, "jobs.a", 250)  # 250 waiting: one step per tick up to 5
         runner = daemon.loops["worker"]
-        await until(lambda: runner.last_status is not None and runner.last_status.desired == 5, "5 replicas")
+        await eventually("5 replicas", lambda: runner.last_status is not None and runner.last_status.desired == 5)
         live = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")  # served while it ticks
         assert "docktor_decisions_total" in live
         stop.set()
@@ -461,22 +444,22 @@ async def test_a_full_disk_shows_in_metrics_and_clears(tmp_path: Path, nats_serv
     try:
         await daemon.open()
         task = asyncio.create_task(daemon.run(stop))
-        await until(lambda: daemon.loops["worker"].ticks >= 2, "two ticks")
+        await eventually("two ticks", lambda: daemon.loops["worker"].ticks >= 2)
         assert await sample("docktor_decision_log_writable") == 1
         disk.fill()
         await publish(nats_server.url, "jobs.a", 200)  # the rules want more replicas: refused on the full disk
-        await until(lambda: daemon.recorder.refused >= 2, "scale-ups refused on the full disk")
+        await eventually("scale-ups refused on the full disk", lambda: daemon.recorder.refused >= 2)
         t = daemon.loops["worker"].ticks
-        await until(lambda: daemon.loops["worker"].ticks > t, "one more tick (its record fed the metrics)")
+        await eventually("one more tick (its record fed the metrics)", lambda: daemon.loops["worker"].ticks > t)
         samples, _ = parse(await asyncio.to_thread(scrape, url))
         assert value(samples, "docktor_decision_log_writable") == 0
         refused = value(samples, "docktor_decision_log_refused_actions_total")
         assert refused is not None and refused >= 2
         assert (value(samples, "docktor_decision_log_unrecorded_decisions") or 0) >= 2
         disk.free()
-        await until(lambda: daemon.recorder.writable, "the log writable again")
+        await eventually("the log writable again", lambda: daemon.recorder.writable)
         t = daemon.loops["worker"].ticks
-        await until(lambda: daemon.loops["worker"].ticks > t, "a tick after it")
+        await eventually("a tick after it", lambda: daemon.loops["worker"].ticks > t)
         assert await sample("docktor_decision_log_writable") == 1
         stop.set()
         await task

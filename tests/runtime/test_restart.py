@@ -29,35 +29,14 @@ import pytest
 
 from docktor.agent.runtime.control_socket import ControlClient
 from docktor.agent.timestamps import parse_rfc3339
-from tests.support.daemons import Running, kill_marked, marked_processes, raw_lines, records, start_foreground, wait_until
+from tests.support.daemons import Running, kill_marked, marked_processes, raw_lines, records, start_foreground
+from tests.support.jetstream import make_streams, purge
 from tests.support.peers import DOCKER_SKIP_REASON, NatsServer, compose, containers, docker_ok, down, need, unique_project
+from tests.support.waiting import wait_until
 
 
 def seed_for_this_run() -> int:
     return int(os.environ.get("DOCKTOR_TEST_SEED") or random.SystemRandom().randrange(2**32))
-
-
-async def make_streams(url: str, backlog: dict[str, int]) -> None:
-    """A stream and durable consumer per name, with ``backlog[name]`` messages waiting."""
-    import nats
-    from nats.js.api import ConsumerConfig, StreamConfig
-
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    for name, n in backlog.items():
-        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
-        await js.add_consumer(name, ConsumerConfig(durable_name="WORKERS"))
-        for _ in range(n):
-            await js.publish(f"{name.lower()}.x", b"m")
-    await nc.close()
-
-
-async def purge(url: str, stream: str) -> None:
-    import nats
-
-    nc = await nats.connect(url)
-    await nc.jetstream().purge_stream(stream)
-    await nc.close()
 
 
 def intent_without_outcome(log: Path, service: str) -> dict[str, Any] | None:
@@ -138,7 +117,7 @@ def test_kill_9_local_daemon_at_random_points_keeps_cooldown_up(tmp_path: Path, 
         starts.append(time.time())
         # the first action: kill it as soon as its intent is in the log, while the executor starts replicas
         wait_until("the first scale-up's intent", lambda: intent_without_outcome(log, "worker")
-                   or executed(log, "worker", "scale_up"), timeout=30, poll=0.005)
+                   or executed(log, "worker", "scale_up"), timeout=30, every=0.005)
         daemon.kill()
         for _ in range(4):
             time.sleep(rng.uniform(0, 1.0))  # time spent down counts against the cooldown too
@@ -267,10 +246,10 @@ def test_kill_9_compose_daemon_keeps_cooldowns_and_stabilization(tmp_path: Path,
         daemon = start_foreground(cfg, state)
         # every later start reads this: the 120 s cooldowns, counted from the first daemon's actions
         cfg.write_text(DOCKTOR.format(state=state, compose_file=compose_file, project=name, url=nats_server.url, **COOLDOWNS))
-        caught_acting = wait_until("up's scale-up intent", lambda: intent_without_outcome(log, "up"), timeout=60, poll=0.005)
+        caught_acting = wait_until("up's scale-up intent", lambda: intent_without_outcome(log, "up"), timeout=60, every=0.005)
         # Compose is acting once the engine has the new container; the daemon then verifies it stays up
         # for a few seconds before it writes the outcome: kill it in between
-        wait_until("Compose to create the new container", lambda: len(containers(name, "up")) == 3, timeout=60, poll=0.02)
+        wait_until("Compose to create the new container", lambda: len(containers(name, "up")) == 3, timeout=60, every=0.02)
         daemon.kill()  # between scale and record
         assert intent_without_outcome(log, "up") is not None, "the outcome was written before the kill"
         for _ in range(3):

@@ -40,6 +40,7 @@ def test_compose_scale_in_loses_nothing() -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.swarm
 def test_swarm_scale_in_loses_nothing() -> None:
     need(swarm_possible() and docker_ok(), SWARM_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
     check(asyncio.run(run_one("swarm", "drain", scale_ins=3, rate=180, log=print)), 3)

@@ -23,7 +23,8 @@ from docktor.agent.runtime.persist import Breaker, SavedState, StateStore, captu
 from docktor.agent.runtime.restore import fold, read_log_tail
 from docktor.agent.runtime.supervisor import Supervisor
 from docktor.agent.timestamps import rfc3339
-from tests.runtime.test_loop import make_stream, publish
+from tests.support.clocks import FakeClock
+from tests.support.jetstream import make_stream, publish
 from tests.support.peers import NatsServer, SmallDisk
 
 SERVICE = """
@@ -308,19 +309,6 @@ async def test_the_llm_circuit_breaker_survives_a_restart(tmp_path: Path, nats_s
 # --------------------------------------------------------------------------- how often the file is written
 
 
-class Clock:
-    """The daemon's two clocks, moved by the test: wall = 1.9e9 + monotonic."""
-
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def mono(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return 1_900_000_000.0 + self.t
-
-
 async def test_the_file_is_written_when_a_clock_moves_and_every_few_seconds_otherwise(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -333,8 +321,8 @@ async def test_the_file_is_written_when_a_clock_moves_and_every_few_seconds_othe
                                                                    cooldown_up="120s", url=nats_server.url)
                        .replace("timeout: 1s", "timeout: 10s"),  # a slow read on a loaded machine is not a failed one
                        tmp_path / "docktor.yaml", {})
-    clock = Clock()
-    daemon = Supervisor(cfg, state="write", wall=clock.wall, mono=clock.mono)
+    clock = FakeClock(100.0)  # wall = 1.9e9 + monotonic
+    daemon = Supervisor(cfg, state="write", wall=clock.wall, mono=clock)
     file = tmp_path / "state" / "worker.json"
 
     def saved_at() -> float:
@@ -348,7 +336,7 @@ async def test_the_file_is_written_when_a_clock_moves_and_every_few_seconds_othe
         assert saved_at() == clock.wall()  # the scale-up's clock, at once
         written = [saved_at()]
         for _ in range(12):  # held by cooldown_up: nothing a restart needs exactly changes
-            clock.t += 1.0
+            clock.advance(1.0)
             rec = await runner.tick()
             assert rec.decision == "hold"
             if saved_at() != written[-1]:

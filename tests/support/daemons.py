@@ -11,34 +11,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from docktor.agent.runtime.process import process_alive
+from tests.support.cli import cli_command
+from tests.support.waiting import wait_until
 
-__all__ = ["Running", "docktor", "kill_marked", "marked_processes", "raw_lines", "records", "start_foreground", "wait_until"]
-
-
-def docktor(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The real CLI, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "docktor.agent.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env or {})}, check=False)
-
-
-def wait_until(what: str, condition: Callable[[], Any], timeout: float = 60.0, poll: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy (returned); fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = condition()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
+__all__ = ["Running", "kill_marked", "marked_processes", "raw_lines", "records", "start_foreground"]
 
 
 def raw_lines(path: Path) -> list[dict[str, Any]]:
@@ -121,7 +102,7 @@ def start_foreground(config: Path, state_dir: Path, *, env: dict[str, str] | Non
     n = len(list(state_dir.glob("foreground-*.out")))
     output = state_dir / f"foreground-{n}.out"
     with output.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "docktor.agent.cli", "daemon", "start", "--config", str(config), "--foreground"],
+        proc = subprocess.Popen(cli_command("daemon", "start", "--config", str(config), "--foreground"),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={**os.environ, **(env or {})},
                                 start_new_session=True)
     running = Running(proc, config, state_dir, output)

@@ -1,5 +1,5 @@
 """Helpers for the examples' end-to-end tests: the real daemon on an example's own docktor.yaml,
-its decision log, waiting on conditions (never on sleeps), and watching a stack under bursts.
+its decision log, and watching a stack under bursts (waiting is tests/support/waiting.py).
 
 The burst helpers are shared with ``benchmarks/compose_stack.py``: the test asserts on what the
 benchmark reports, from the same samples, computed the same way.
@@ -68,14 +68,6 @@ def daemon(config: Path, env: dict[str, str], *args: str) -> Iterator[Callable[[
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-
-
-def wait_until(what: str, cond: Callable[[], bool], timeout: float, every: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting until {what}")
-        time.sleep(every)
 
 
 def executed(records: list[dict[str, Any]], decision: str) -> list[dict[str, Any]]:

@@ -1,10 +1,13 @@
 """Docker Swarm for the tests: the shared engine turned into a single-node swarm, and stacks on it.
 
-The engine is shared with other test runs (Compose tests, other engineers). :func:`swarm_session`
-initialises a swarm (``docker swarm init --advertise-addr 127.0.0.1``) only when the engine is
-not in one, and leaves it afterwards only if it initialised it and no service is left on it (a
-concurrent run may still be using it). This engine supports host-mode publishing only (no ingress
-routing mesh), so test stacks publish in ``mode: host`` or not at all.
+The engine is shared with other test runs (Compose tests, other engineers). A test run makes it
+a swarm (``docker swarm init --advertise-addr 127.0.0.1``) before its first test when it has Swarm
+tests (marked ``swarm``), and leaves it after its last test only if it was not one before and no
+service is left on it (a concurrent run may still be using it): never in the middle of a run,
+where a Compose test may be running beside. :func:`swarm_session` alone (a benchmark) initialises
+the swarm when needed and leaves it afterwards on the same conditions. This engine supports
+host-mode publishing only (no ingress routing mesh), so test stacks publish in ``mode: host`` or
+not at all.
 
 Stacks are deployed with the ``docker`` CLI (``docker stack deploy``, which the Engine API has no
 single call for) with ``--resolve-image never``: no registry is reachable, images are local.
@@ -51,23 +54,73 @@ def client() -> Any:
     return docker.from_env(timeout=60)
 
 
+#: set in a test run (tests/conftest.py): the swarm is held from before the first test to after
+#: the last, so a Compose test running beside a Swarm test never sees swarm mode toggle
+_held_for_the_run = False
+
+
+def swarm_state() -> str | None:
+    """The engine's swarm state ("active", "inactive", ...), None without an engine."""
+    if not swarm_possible():
+        return None
+    c = client()
+    try:
+        return str((c.info().get("Swarm") or {}).get("LocalNodeState"))
+    finally:
+        c.close()
+
+
+def _make_swarm(c: Any) -> bool:
+    """Initialise a swarm unless the engine is in one; True if this call initialised it."""
+    if (c.info().get("Swarm") or {}).get("LocalNodeState") == "active":
+        return False
+    try:
+        c.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
+        return True
+    except Exception as e:  # another run initialised it at the same moment
+        if (c.info().get("Swarm") or {}).get("LocalNodeState") != "active":
+            raise RuntimeError(f"cannot turn the engine into a swarm: {e}") from e
+        return False
+
+
+def hold_swarm_for_the_run() -> None:
+    """Make the engine a swarm now, before any test runs, and keep it one until
+    :func:`release_swarm` (the run's end). Nothing without an engine (the tests skip or fail)."""
+    global _held_for_the_run
+    if not swarm_possible():
+        return
+    _held_for_the_run = True
+    c = client()
+    try:
+        _make_swarm(c)
+    finally:
+        c.close()
+
+
+def release_swarm(was: str | None) -> None:
+    """At the run's end: leave the swarm if the engine was not one when the run began (``was``,
+    from :func:`swarm_state`) and no service is left on it (another run may be using it)."""
+    if was is None or was == "active":
+        return
+    c = client()
+    try:
+        if (c.info().get("Swarm") or {}).get("LocalNodeState") == "active" and not c.services.list():
+            c.swarm.leave(force=True)
+    finally:
+        c.close()
+
+
 @contextmanager
 def swarm_session() -> Iterator[None]:
-    """The engine is a swarm manager inside; left as it was found (see the module doc)."""
+    """The engine is a swarm manager inside. In a test run the swarm is the run's (held, see
+    above); alone (a benchmark), the engine is left as it was found (see the module doc)."""
     need_swarm()
     c = client()
-    initialised = False
-    if (c.info().get("Swarm") or {}).get("LocalNodeState") != "active":
-        try:
-            c.swarm.init(advertise_addr="127.0.0.1", listen_addr="127.0.0.1:2377")
-            initialised = True
-        except Exception as e:  # another run initialised it at the same moment
-            if (c.info().get("Swarm") or {}).get("LocalNodeState") != "active":
-                raise RuntimeError(f"cannot turn the engine into a swarm: {e}") from e
+    initialised = _make_swarm(c)
     try:
         yield
     finally:
-        if initialised and not c.services.list():
+        if initialised and not _held_for_the_run and not c.services.list():
             c.swarm.leave(force=True)
         c.close()
 
@@ -132,17 +185,6 @@ def replicas_spec(service: str) -> int:
         return int(c.api.inspect_service(service)["Spec"]["Mode"]["Replicated"]["Replicas"])
     finally:
         c.close()
-
-
-def wait_for(what: str, cond: Any, timeout: float = 120, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = cond()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
 
 
 # --------------------------------------------------------------------------- TLS in front of the engine
