@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_cli import make_stream
+from tests.support.jetstream import make_stream
 from tests.support.peers import NatsServer
 from tests.support.scripted_openai_server import HANG, ScriptedOpenAIServer, Slow, error
 
@@ -115,7 +115,7 @@ def write_config(folder: Path, nats: NatsServer, base_url: str | None) -> Path:
 
 @pytest.mark.parametrize("fault", ["nothing answers", "the chat request hangs", "slow 503s, retried"])
 async def test_decide_once_waits_for_a_hung_llm_at_most_llm_timeout(nats_server: NatsServer, tmp_path: Path, fault: str) -> None:
-    await make_stream(nats_server.url, publish=700)
+    await make_stream(nats_server.url, 700)
     plain_wall, (plain,) = await decide_once(write_config(tmp_path / "plain", nats_server, None))
     assert plain["decision"] == "scale_up" and plain.get("llm") is None
 

@@ -25,8 +25,11 @@ import pytest
 
 from docktor.agent.config.load import parse_config
 from docktor.agent.runtime.supervisor import Supervisor
-from tests.runtime.test_llm_daemon import config_yaml, log_records, publish_backlog, service_yaml, until
+from tests.support.advised_configs import config_yaml, service_yaml
+from tests.support.daemons import records
+from tests.support.jetstream import make_stream
 from tests.support.peers import NatsServer, start_gemma
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.llm
 
@@ -65,7 +68,7 @@ def test_gemma_llm_check_finds_no_tool_support_without_a_tool_call(gemma: str, t
 async def test_gemma_beside_the_loop_scale_up_at_once_answer_lands_parsed_with_latency_and_tokens(
     gemma: str, nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    await publish_backlog(nats_server.url, 120)
+    await make_stream(nats_server.url, 120)
     log_path = tmp_path / "decisions.jsonl"
     cfg = parse_config(config_yaml(tmp_path, llm_block(gemma), service_yaml("worker", nats_server.url, interval=5)),
                        tmp_path / "docktor.yaml")
@@ -76,11 +79,11 @@ async def test_gemma_beside_the_loop_scale_up_at_once_answer_lands_parsed_with_l
         started = time.monotonic()
         await runner.tick()  # the burst: the scale-up rule fires, the policy wants 3
         tick_s = time.monotonic() - started
-        await until(lambda: not daemon.beside.in_flight("worker"), "Gemma's answer", timeout=TIMEOUT_S + 30)
+        await eventually("Gemma's answer", lambda: not daemon.beside.in_flight("worker"), timeout=TIMEOUT_S + 30)
         await runner.tick()  # the answer lands
     finally:
         await daemon.close()
-    acted, landed = log_records(log_path)
+    acted, landed = records(log_path)
     assert acted["decision"] == "scale_up" and acted["executed"] is True and acted["source"] == "policy"
     assert acted["llm"]["asked"] is True and "in_flight" in acted["llm"]
     rec = landed["llm"]

@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,10 @@ from mcp.types import CallToolResult
 
 from docktor.agent.runtime.control_socket import ControlClient, ControlError, ControlUnavailable
 from docktor.agent.runtime.log_reader import read_records
-from tests.runtime.test_loop import make_stream
+from tests.support.cli import docktor
+from tests.support.jetstream import make_stream
 from tests.support.peers import NatsServer, start_nats
+from tests.support.waiting import wait_until
 
 CONFIG = """
 state_dir: {state}
@@ -69,18 +71,6 @@ READ_TOOLS = {
 APPLY_TOOL = {"apply_scale": ({"service": ["string"], "n": ["integer"], "reason": ["string"]}, ["service", "n", "reason"])}
 
 
-def docktor(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "docktor.agent.cli", *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def replicas_running(marker: str) -> int:
@@ -105,7 +95,7 @@ class Daemon:
         self.log = (config.parent / "daemon.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "docktor.agent.cli", "daemon", "start", "--foreground", "--config", str(config)],
                                      stdout=self.log, stderr=self.log)
-        until(self.ready, "the daemon's first decision")
+        wait_until("the daemon's first decision", self.ready, every=0.1)
 
     def client(self) -> ControlClient:
         return ControlClient(self.state / "docktor.sock", timeout=5)
@@ -184,7 +174,7 @@ class HttpServer:
                 [sys.executable, "-m", "docktor.agent.cli", "mcp", "--config", str(config), "--http", "127.0.0.1:0"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})},
             )
-        self.url: str = until(self._url, "docktor mcp's URL")
+        self.url: str = wait_until("docktor mcp's URL", self._url, every=0.1)
 
     def _url(self) -> str | None:
         assert self.proc.poll() is None, self.errlog.read_text()
@@ -352,9 +342,9 @@ async def test_apply_scale_acts_inside_the_envelope_and_is_recorded_with_source_
             assert (done["from"], done["to"], done["asked"], done["executed"]) == (1, 2, 4, True)  # one step at a time
             assert done["clamped_by"] == [{"guardrail": "step_limit", "from": 4, "to": 2}]
             assert done["outcome"]["status"] == "ok"
-            until(lambda: replicas_running(marker) == 2, "2 replicas")
+            wait_until("2 replicas", lambda: replicas_running(marker) == 2, every=0.1)
             # status shows the executor as of the daemon's last tick: the next one sees the new count
-            until(lambda: daemon.desired() == 2, "the daemon's status to show 2 desired")
+            wait_until("the daemon's status to show 2 desired", lambda: daemon.desired() == 2, every=0.1)
 
             (rec,) = [r for r in daemon.records("mcp") if r["id"] == done["decision_id"]]
             assert rec["executed"] and rec["outcome"]["status"] == "ok"
@@ -380,7 +370,7 @@ async def test_apply_scale_acts_inside_the_envelope_and_is_recorded_with_source_
             assert replicas_running(marker) == 2
     finally:
         daemon.stop()
-    until(lambda: replicas_running(marker) == 0, "no replica left after the daemon stopped")
+    wait_until("no replica left after the daemon stopped", lambda: replicas_running(marker) == 0, every=0.1)
 
 
 # --------------------------------------------------------------------------- no daemon, the HTTP listener

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemons import docktor
+from tests.support.cli import docktor
 
 NOBODY = 65534
 

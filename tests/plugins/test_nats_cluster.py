@@ -21,18 +21,12 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.nats import NatsSettings, NatsSource
+from tests.support.clocks import FakeClock
 from tests.support.peers import NatsServer, free_port, start_nats, start_nats_cluster
 from tests.support.servers import Certificates, make_certificates
 
 STREAM, CONSUMER, SUBJECT = "ORDERS", "WORKERS", "orders.new"
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def settings(url: str, **extra: Any) -> NatsSettings:

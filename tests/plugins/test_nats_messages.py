@@ -10,8 +10,6 @@ import logging
 import os
 import re
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -21,6 +19,7 @@ from nats.js.api import ConsumerConfig
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.nats import NatsSettings, NatsSource
 from tests.support.peers import NatsServer, free_port, start_nats
+from tests.support.waiting import eventually
 
 #: the daemon bounds each read by the service's check_interval; here 1 s, below the source's own timeout
 DAEMON_BOUND = 1.0
@@ -48,19 +47,11 @@ def never_retrieved(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "asyncio" and "never retrieved" in r.getMessage()]
 
 
-async def until(condition: Callable[[], bool], what: str, within: float = 15) -> None:
-    """Wait for ``condition`` (a bound for slow machines, not a timing assertion)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within:g}s: {what}")
-        await asyncio.sleep(0.05)
-
 
 async def no_task_left() -> None:
     """Every task but this test's has ended: a request a read left behind has failed by now."""
     me = asyncio.current_task()
-    await until(lambda: all(t is me or t.done() for t in asyncio.all_tasks()), "every task the reads started has ended")
+    await eventually("every task the reads started has ended", lambda: all(t is me or t.done() for t in asyncio.all_tasks()), 15)
 
 
 async def test_a_server_down_from_the_start_is_reported_once_then_its_recovery(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -96,7 +87,7 @@ async def test_a_killed_server_is_named_with_its_cause_once_and_each_read_says_i
         assert (await src.read())["queue.backlog"] == 0.0
         server.proc.kill()  # no goodbye: the connection drops, the client reconnects in the background
         server.proc.wait()
-        await until(lambda: bool(said(caplog, "connection lost")), "the source says the connection is lost")
+        await eventually("the source says the connection is lost", lambda: bool(said(caplog, "connection lost")), 15)
         assert said(caplog, "connection lost") == [
             f"nats {server.url}: connection lost, reconnecting every 1s: Connection refused"
         ]
@@ -109,7 +100,7 @@ async def test_a_killed_server_is_named_with_its_cause_once_and_each_read_says_i
 
         restarted = start_nats(server.store_dir, port=server.port, monitor_port=server.monitor_port)
         try:
-            await until(lambda: bool(said(caplog, "reconnected")), "the client reconnects")
+            await eventually("the client reconnects", lambda: bool(said(caplog, "reconnected")), 15)
             assert (await src.read())["queue.backlog"] == 0.0
             assert said(caplog, "reconnected") == [f"nats {server.url}: reconnected"]
         finally:

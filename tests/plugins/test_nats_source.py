@@ -21,23 +21,15 @@ from docktor.agent.config.load import parse_config
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.nats import NatsSettings as Settings
 from docktor.tools.sources.nats import NatsSource
+from tests.support.clocks import FakeClock
 from tests.support.peers import NatsServer, free_port, launch_nats
+from tests.support.waiting import read_until
 
 STREAM, CONSUMER, SUBJECT = "ORDERS", "WORKERS", "orders.new"
 RATES = ("queue.rate_in", "queue.rate_out")
 #: the Go Docktor's queue keys that load with a warning (migration lives in config/compat)
 DEPRECATED_KEYS = DEPRECATED_SOURCE_KEYS["nats"]
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def settings(url: str, **extra: Any) -> Settings:
@@ -86,19 +78,10 @@ async def make_source() -> AsyncIterator[Callable[..., NatsSource]]:
         await src.close()
 
 
-async def eventually(read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool], within: float = 10) -> dict[str, float]:
-    """Poll ``read`` until ``ok`` holds (a bound for slow machines, not a timing assertion)."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await read()
-            if ok(last):
-                return last
-        except SourceError as e:
-            last = e
-        await asyncio.sleep(0.1)
-    pytest.fail(f"condition not met within {within}s; last reading: {last!r}")
+async def read_settled(read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool],
+                  within: float = 10) -> dict[str, float]:
+    """The reading once ``ok`` holds (a bound for slow machines, not a timing assertion)."""
+    return await read_until(read, ok, within, every=0.1, tolerate=(SourceError,))
 
 
 # --------------------------------------------------------------------------- settings
@@ -282,7 +265,7 @@ async def test_outstanding_pull_request_counts_waiting(nats_server: NatsServer, 
     # An idle worker: a pull request parked on the server until a message arrives.
     worker = asyncio.create_task(sub.fetch(1, timeout=10))
     try:
-        metrics = await eventually(src.read, lambda m: m["queue.waiting"] >= 1)
+        metrics = await read_settled(src.read, lambda m: m["queue.waiting"] >= 1)
         assert metrics["queue.backlog"] == 0.0
     finally:
         worker.cancel()
@@ -440,7 +423,7 @@ async def test_stopped_server_raises_then_restarted_server_recovers(
     mport = int(nats_server.monitor_url.rsplit(":", 1)[1])
     nats_server.proc = launch_nats(nats_server.port, mport, nats_server.store_dir)  # the fixture stops it
     clock.advance(10.0)
-    after = await eventually(src.read, lambda m: True, within=20)
+    after = await read_settled(src.read, lambda m: True, within=20)
     # File storage kept the stream and the consumer's state across the restart.
     assert after["queue.pending"] == before["queue.pending"] == 4.0
     assert after["queue.lag"] == before["queue.lag"] == 4.0

@@ -5,10 +5,8 @@ a bearer-token proxy."""
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import threading
-import time
 import urllib.request
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +21,7 @@ from docktor.tools.sources.prometheus import PrometheusSettings as Settings
 from docktor.tools.sources.prometheus import PrometheusSource
 from tests.support.peers import free_port
 from tests.support.servers import Certificates, Exporter, PrometheusServer, make_certificates
+from tests.support.waiting import read_until
 
 CANARY = "canary-pw-31b7"
 METRICS = 'jobs_waiting{queue="jobs"} 7\njobs_waiting{queue="other"} 3\njobs_done_total 42\n'
@@ -62,21 +61,10 @@ async def make_source() -> AsyncIterator[Callable[..., PrometheusSource]]:
         await src.close()
 
 
-async def eventually(
-    read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool], within: float = 30
-) -> dict[str, float]:
-    """Poll until ``ok`` holds: Prometheus scrapes every second (a bound for slow machines)."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await read()
-            if ok(last):
-                return last
-        except SourceError as e:
-            last = e
-        await asyncio.sleep(0.2)
-    pytest.fail(f"condition not met within {within}s; last reading: {last!r}")
+async def read_settled(read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool],
+                  within: float = 30) -> dict[str, float]:
+    """The reading once ``ok`` holds (a bound for slow machines, not a timing assertion)."""
+    return await read_until(read, ok, within, every=0.2, tolerate=(SourceError,))
 
 
 # --------------------------------------------------------------------------- settings
@@ -143,19 +131,19 @@ async def test_exact_values_and_what_is_missing(prom: PrometheusServer, exporter
         "jobs.none": "nothing_like_this",  # no series
         "jobs.scalar": "scalar(sum(jobs_waiting)) * 2",
     }))
-    metrics = await eventually(src.read, lambda m: "queue.backlog" in m)
+    metrics = await read_settled(src.read, lambda m: "queue.backlog" in m)
     assert metrics == {"queue.backlog": 10.0, "queue.pending": 7.0, "jobs.done": 42.0, "jobs.scalar": 20.0}
     assert "2 series" in src.last_missing["jobs.split"]
     assert "no sample" in src.last_missing["jobs.none"]
 
     exporter.text = METRICS.replace(" 7\n", " 12\n")
-    changed = await eventually(src.read, lambda m: m.get("queue.pending") == 12.0)
+    changed = await read_settled(src.read, lambda m: m.get("queue.pending") == 12.0)
     assert changed["queue.backlog"] == 15.0
 
 
 async def test_bad_query_is_missing_with_prometheus_reason(prom: PrometheusServer, make_source: Any) -> None:
     src = make_source(settings(prom.url, {"queue.backlog": "sum(jobs_waiting)", "jobs.bad": "sum(("}))
-    await eventually(src.read, lambda m: "queue.backlog" in m)
+    await read_settled(src.read, lambda m: "queue.backlog" in m)
     assert "rejected the query" in src.last_missing["jobs.bad"] and "parse error" in src.last_missing["jobs.bad"]
     with pytest.raises(SourceError, match="no query gave a value: jobs.bad: Prometheus rejected the query"):
         await make_source(settings(prom.url, {"jobs.bad": "sum(("})).read()
@@ -171,7 +159,7 @@ async def test_a_negative_answer_is_refused_by_admit_unless_the_query_is_signed(
             "jobs.delta": "sum(room_celsius_delta)",
             "temperature.delta": {"query": "sum(room_celsius_delta)", "signed": True},
         })
-        reading = await eventually(make_source(s).read, lambda m: len(m) == 3)
+        reading = await read_settled(make_source(s).read, lambda m: len(m) == 3)
         assert reading == {"queue.backlog": -50.0, "jobs.delta": -50.0, "temperature.delta": -50.0}  # what Prometheus says
         kept, refused = admit(reading, PrometheusSource.metrics_for(s))  # what the daemon does with every reading
         assert kept == {"temperature.delta": -50.0}
@@ -188,16 +176,16 @@ async def test_stopped_target_goes_stale_and_is_missing_never_zero(
     prom: PrometheusServer, exporter: Exporter, make_source: Any
 ) -> None:
     src = make_source(settings(prom.url, {"queue.backlog": "sum(jobs_waiting)", "up.test": 'up{job="test"}'}))
-    await eventually(src.read, lambda m: m.get("queue.backlog") == 10.0)
+    await read_settled(src.read, lambda m: m.get("queue.backlog") == 10.0)
 
     exporter.stop()  # the next scrape fails: Prometheus writes staleness markers for its series
-    down = await eventually(src.read, lambda m: m.get("up.test") == 0.0)
+    down = await read_settled(src.read, lambda m: m.get("up.test") == 0.0)
     assert "queue.backlog" not in down  # missing, not 0
     assert "no sample" in src.last_missing["queue.backlog"]
 
     back = Exporter(METRICS.replace(" 3\n", " 5\n"), port=exporter.port)
     try:
-        again = await eventually(src.read, lambda m: "queue.backlog" in m)
+        again = await read_settled(src.read, lambda m: "queue.backlog" in m)
         assert again == {"queue.backlog": 12.0, "up.test": 1.0}
     finally:
         back.stop()
@@ -205,12 +193,12 @@ async def test_stopped_target_goes_stale_and_is_missing_never_zero(
 
 async def test_prometheus_restart_reads_missing_then_exact_again(prom: PrometheusServer, make_source: Any) -> None:
     src = make_source(settings(prom.url, {"queue.backlog": "sum(jobs_waiting)"}))
-    assert (await eventually(src.read, lambda m: True)) == {"queue.backlog": 10.0}
+    assert (await read_settled(src.read, lambda m: True)) == {"queue.backlog": 10.0}
     prom.stop()
     with pytest.raises(SourceError, match="cannot reach Prometheus at http://127.0.0.1"):
         await src.read()
     prom.launch()  # same port, same data folder
-    assert (await eventually(src.read, lambda m: True, within=60)) == {"queue.backlog": 10.0}
+    assert (await read_settled(src.read, lambda m: True, within=60)) == {"queue.backlog": 10.0}
 
 
 # --------------------------------------------------------------------------- credentials and TLS
@@ -239,7 +227,7 @@ async def test_basic_auth_from_the_environment(tmp_path: Path, exporter: Exporte
         monkeypatch.setenv("PROM_PASS", "right-pass")
         creds = {"username_env": "PROM_USER", "password_env": "PROM_PASS"}
         src = make_source(settings(p.url, {"queue.backlog": "sum(jobs_waiting)"}, **creds))
-        assert (await eventually(src.read, lambda m: True)) == {"queue.backlog": 10.0}
+        assert (await read_settled(src.read, lambda m: True)) == {"queue.backlog": 10.0}
         monkeypatch.setenv("PROM_PASS", CANARY)
         with pytest.raises(SourceError, match="refused the user in PROM_USER: HTTP 401") as info:
             await make_source(settings(p.url, {"queue.backlog": "sum(jobs_waiting)"}, **creds)).read()
@@ -262,7 +250,7 @@ async def test_tls_with_a_private_ca_and_a_client_certificate(
     try:
         tls = {"ca_file": str(certs.ca), "cert_file": str(certs.client_cert), "key_file": str(certs.client_key)}
         src = make_source(settings(p.url, {"queue.backlog": "sum(jobs_waiting)"}, tls=tls))
-        assert (await eventually(src.read, lambda m: True)) == {"queue.backlog": 10.0}
+        assert (await read_settled(src.read, lambda m: True)) == {"queue.backlog": 10.0}
         with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             await make_source(settings(p.url, {"queue.backlog": "x"}, tls={**tls, "ca_file": str(certs.other_ca)})).read()
         # the server requires a client certificate: without one, the handshake fails
@@ -349,7 +337,7 @@ async def test_scripted_bearer_proxy_gets_the_token_from_the_environment(
     try:
         monkeypatch.setenv("PROM_TOKEN", "t0ken-value")
         src = make_source(settings(s.url, {"queue.backlog": "sum(jobs_waiting)"}, bearer_token_env="PROM_TOKEN"))
-        assert (await eventually(src.read, lambda m: True)) == {"queue.backlog": 10.0}
+        assert (await read_settled(src.read, lambda m: True)) == {"queue.backlog": 10.0}
         monkeypatch.setenv("PROM_TOKEN", CANARY)
         with pytest.raises(SourceError, match="refused the token in PROM_TOKEN: HTTP 401") as info:
             await make_source(settings(s.url, {"queue.backlog": "x"}, bearer_token_env="PROM_TOKEN")).read()

@@ -21,22 +21,14 @@ from pydantic import ValidationError
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.rabbitmq import AMQP_METRICS, MANAGEMENT_METRICS, RabbitMQSource
 from docktor.tools.sources.rabbitmq import RabbitMQSettings as Settings
+from tests.support.clocks import FakeClock
 from tests.support.peers import free_port
 from tests.support.servers import Certificates, RabbitMQ, make_certificates
+from tests.support.waiting import read_until
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-5f1e"  # a password that must never show up in an error
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="module")
@@ -123,22 +115,10 @@ async def amqp(broker: RabbitMQ) -> AsyncIterator[Amqp]:
         await client.close()
 
 
-async def eventually(
-    read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool], within: float = 20
-) -> dict[str, float]:
-    """Poll until ``ok`` holds: the management API publishes statistics every second (a bound for
-    slow machines, not a timing assertion)."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await read()
-            if ok(last):
-                return last
-        except SourceError as e:
-            last = e
-        await asyncio.sleep(0.2)
-    pytest.fail(f"condition not met within {within}s; last reading: {last!r}")
+async def read_settled(read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool],
+                  within: float = 20) -> dict[str, float]:
+    """The reading once ``ok`` holds (a bound for slow machines, not a timing assertion)."""
+    return await read_until(read, ok, within, every=0.2, tolerate=(SourceError,))
 
 
 async def settled(broker: RabbitMQ, queue: str, vhost: str = "/", **expected: int) -> None:
@@ -206,7 +186,7 @@ async def test_publish_take_and_ack_give_exact_figures(broker: RabbitMQ, amqp: A
     src = make_source(settings(broker.url, queue, **guest))
     expected = {"queue.pending": 3.0, "queue.ack_pending": 4.0, "queue.backlog": 7.0, "queue.consumers": 0.0}
     # polled only because the management API publishes statistics every few seconds
-    metrics = await eventually(src.read, lambda m: {k: m.get(k) for k in expected} == expected)
+    metrics = await read_settled(src.read, lambda m: {k: m.get(k) for k in expected} == expected)
     assert {k: metrics[k] for k in expected} == expected
     assert set(metrics) <= set(MANAGEMENT_METRICS)
 
@@ -218,7 +198,7 @@ async def test_consumers_and_utilisation_are_read(broker: RabbitMQ, amqp: Amqp, 
     await worker.basic_consume(queue, lambda m: asyncio.sleep(0))  # holds one, never acks
     await amqp.publish(queue, 5)
     src = make_source(settings(broker.url, queue, **guest))
-    metrics = await eventually(src.read, lambda m: m.get("queue.consumers") == 1.0 and m.get("queue.ack_pending") == 1.0)
+    metrics = await read_settled(src.read, lambda m: m.get("queue.consumers") == 1.0 and m.get("queue.ack_pending") == 1.0)
     assert metrics["queue.pending"] == 4.0 and metrics["queue.backlog"] == 5.0
     assert 0.0 <= metrics["queue.consumer_utilisation"] <= 1.0
     await worker.close()
@@ -235,7 +215,7 @@ async def test_vhost_and_queue_names_are_url_encoded(broker: RabbitMQ, guest: An
         broker.api("POST", f"exchanges/{v}/amq.default/publish",
                    json.dumps({"properties": {}, "routing_key": name, "payload": "x", "payload_encoding": "string"}).encode())
     src = make_source(settings(broker.url, name, vhost=vhost, **guest))
-    metrics = await eventually(src.read, lambda m: m.get("queue.pending") == 6.0)
+    metrics = await read_settled(src.read, lambda m: m.get("queue.pending") == 6.0)
     assert metrics["queue.backlog"] == 6.0
     with pytest.raises(SourceError, match="queue 'jobs/with space' not found in vhost 'team/a b'"):
         await make_source(settings(broker.url, "jobs/with space", vhost=vhost, **guest)).read()
@@ -375,7 +355,7 @@ async def test_broker_restart_reads_missing_then_exact_again(tmp_path: Path, gue
         await client.close()
         clock = FakeClock()
         src = make_source(settings(b.url, "durable-jobs", **guest), clock)
-        before = await eventually(src.read, lambda m: m.get("queue.backlog") == 5.0)
+        before = await read_settled(src.read, lambda m: m.get("queue.backlog") == 5.0)
 
         b.stop()
         with pytest.raises(SourceError):
@@ -383,7 +363,7 @@ async def test_broker_restart_reads_missing_then_exact_again(tmp_path: Path, gue
 
         b.launch()  # same folder, same ports: the durable queue and its persistent messages come back
         clock.advance(10.0)
-        after = await eventually(src.read, lambda m: m.get("queue.backlog") == 5.0, within=60)
+        after = await read_settled(src.read, lambda m: m.get("queue.backlog") == 5.0, within=60)
         assert after["queue.pending"] == before["queue.pending"] == 5.0
         # the broker's counters restarted from zero: no rate, and certainly no negative one
         assert all(after.get(r, 0.0) >= 0.0 for r in RATES)
@@ -392,7 +372,7 @@ async def test_broker_restart_reads_missing_then_exact_again(tmp_path: Path, gue
         await client.close()
         await settled(b, "durable-jobs", messages_ready=9)
         clock.advance(2.0)
-        resumed = await eventually(src.read, lambda m: "queue.rate_in" in m)
+        resumed = await read_settled(src.read, lambda m: "queue.rate_in" in m)
         assert resumed["queue.rate_in"] >= 0.0 and resumed["queue.backlog"] == 9.0
     finally:
         b.stop()
@@ -515,7 +495,7 @@ async def test_https_and_amqps_with_a_private_ca(tls_broker: tuple[RabbitMQ, Cer
 
         src = make_source(settings(broker.https_url, queue, **guest, **trusted))
         expected = {"queue.pending": 4.0, "queue.ack_pending": 2.0, "queue.backlog": 6.0}
-        metrics = await eventually(src.read, lambda m: {k: m.get(k) for k in expected} == expected)
+        metrics = await read_settled(src.read, lambda m: {k: m.get(k) for k in expected} == expected)
         assert {k: metrics[k] for k in expected} == expected
         # AMQP answers from the queue itself, over TLS as well
         assert await make_source(settings(broker.amqps_url, queue, **guest, **trusted)).read() == {

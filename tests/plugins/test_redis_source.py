@@ -4,7 +4,6 @@ plain list under the default policy."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -22,22 +21,14 @@ from docktor.agent.problems import UsageError
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.redis import CELERY_METRICS, CELERY_PRIORITY_SEP, LIST_METRICS, STREAM_METRICS, RedisSource
 from docktor.tools.sources.redis import RedisSettings as Settings
+from tests.support.clocks import FakeClock
 from tests.support.peers import REPO, free_port
 from tests.support.servers import Certificates, RedisServer, make_certificates
+from tests.support.waiting import read_until
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-8c2d"
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -75,20 +66,10 @@ async def make_source() -> AsyncIterator[Callable[..., RedisSource]]:
         await src.close()
 
 
-async def eventually(
-    read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool], within: float = 30
-) -> dict[str, float]:
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await read()
-            if ok(last):
-                return last
-        except SourceError as e:
-            last = e
-        await asyncio.sleep(0.1)
-    pytest.fail(f"condition not met within {within}s; last reading: {last!r}")
+async def read_settled(read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool],
+                  within: float = 30) -> dict[str, float]:
+    """The reading once ``ok`` holds (a bound for slow machines, not a timing assertion)."""
+    return await read_until(read, ok, within, every=0.1, tolerate=(SourceError,))
 
 
 # --------------------------------------------------------------------------- settings
@@ -238,11 +219,11 @@ async def test_celery_queue_counts_waiting_and_reserved_tasks_of_a_real_worker(
     assert await src.read() == {"queue.pending": 10.0, "queue.ack_pending": 0.0, "queue.backlog": 10.0}
 
     celery_worker(2)  # two processes, one task each: exactly 2 reserved (late acks, prefetch 1)
-    held = await eventually(src.read, lambda m: m["queue.ack_pending"] == 2.0, within=60)
+    held = await read_settled(src.read, lambda m: m["queue.ack_pending"] == 2.0, within=60)
     assert held == {"queue.pending": 8.0, "queue.ack_pending": 2.0, "queue.backlog": 10.0}
 
     r.rpush("release", 1, 2, 3)  # three tasks finish (acked); the worker takes the next ones
-    done = await eventually(src.read, lambda m: m["queue.backlog"] == 7.0 and m["queue.ack_pending"] == 2.0, within=60)
+    done = await read_settled(src.read, lambda m: m["queue.backlog"] == 7.0 and m["queue.ack_pending"] == 2.0, within=60)
     assert done == {"queue.pending": 5.0, "queue.ack_pending": 2.0, "queue.backlog": 7.0}
     assert int(r.get("done") or 0) == 3  # the worker's own count agrees
 
@@ -358,7 +339,7 @@ async def test_restart_reads_missing_then_exact_again(tmp_path: Path, make_sourc
 
         server.launch()  # same port, same folder: the append-only file brings the stream back
         clock.advance(5.0)
-        after = await eventually(src.read, lambda m: True)
+        after = await read_settled(src.read, lambda m: True)
         assert {k: after[k] for k in before} == before
         assert (after["queue.rate_in"], after["queue.rate_out"]) == (0.0, 0.0)  # same counters: a real zero
     finally:

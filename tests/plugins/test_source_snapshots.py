@@ -23,20 +23,12 @@ import pytest
 from docktor.tools.sources.nats import NatsSettings, NatsSource
 from docktor.tools.sources.rabbitmq import RabbitMQSettings, RabbitMQSource
 from docktor.tools.sources.redis import RedisSettings, RedisSource
+from tests.support.clocks import FakeClock
 from tests.support.peers import NatsServer
 from tests.support.servers import RabbitMQ, RedisServer
 
 RATES = ("queue.rate_in", "queue.rate_out")
 
-
-class Clock:
-    """Each source's own monotonic clock, set by the test: the interval a rate spans is exact."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def through_json(data: dict[str, Any] | None) -> dict[str, Any]:
@@ -67,14 +59,14 @@ def _nats(url: str, clock: Callable[[], float]) -> NatsSource:
 async def test_nats_rates_span_the_restart(nats_server: NatsServer) -> None:
     nc = await _nats_stream(nats_server.url, publish=10)
     js = nc.jetstream()
-    before = _nats(nats_server.url, Clock(100.0))
-    after_clock = Clock(5000.0)  # another process: its monotonic clock has nothing to do with the first's
+    before = _nats(nats_server.url, FakeClock(100.0))
+    after_clock = FakeClock(5000.0)  # another process: its monotonic clock has nothing to do with the first's
     after = _nats(nats_server.url, after_clock)
-    fresh = _nats(nats_server.url, Clock(7000.0))
+    fresh = _nats(nats_server.url, FakeClock(7000.0))
     try:
         first = await before.read()
         assert not set(RATES) & first.keys()
-        before._clock = Clock(104.0)  # type: ignore[attr-defined]  # the daemon saved its state 4 s after its last read
+        before._clock = FakeClock(104.0)  # type: ignore[attr-defined]  # the daemon saved its state 4 s after its last read
         saved = through_json(before.snapshot())
         await before.close()
 
@@ -96,7 +88,7 @@ async def test_nats_rates_span_the_restart(nats_server: NatsServer) -> None:
 
 async def test_nats_stream_recreated_while_down_gives_no_rates(nats_server: NatsServer) -> None:
     nc = await _nats_stream(nats_server.url, publish=50)
-    before, after = _nats(nats_server.url, Clock(1.0)), _nats(nats_server.url, Clock(10.0))
+    before, after = _nats(nats_server.url, FakeClock(1.0)), _nats(nats_server.url, FakeClock(10.0))
     try:
         await before.read()
         saved = through_json(before.snapshot())
@@ -116,7 +108,7 @@ async def test_nats_stream_recreated_while_down_gives_no_rates(nats_server: Nats
 
 
 def test_nats_refuses_a_snapshot_it_does_not_understand() -> None:
-    src = _nats("nats://127.0.0.1:9", Clock(1.0))
+    src = _nats("nats://127.0.0.1:9", FakeClock(1.0))
     assert src.snapshot() is None  # nothing read yet: nothing to keep
     assert src.restore({"v": 99}, 1.0) is False
     with pytest.raises((KeyError, ValueError, TypeError)):
@@ -148,7 +140,7 @@ async def test_redis_stream_rates_span_the_restart(redis_server: RedisServer) ->
 
     r = redis.Redis(port=redis_server.port)
     r.xgroup_create("events", "workers", id="0", mkstream=True)
-    before, after = _redis(redis_server.url, Clock(50.0), stream="events", group="workers"), None
+    before, after = _redis(redis_server.url, FakeClock(50.0), stream="events", group="workers"), None
     try:
         await before.read()
         saved = through_json(before.snapshot())
@@ -156,7 +148,7 @@ async def test_redis_stream_rates_span_the_restart(redis_server: RedisServer) ->
             r.xadd("events", {"n": i})
         got = r.xreadgroup("workers", "c1", {"events": ">"}, count=12)
         r.xack("events", "workers", *[m[0] for m in got[0][1][:8]])  # 12 delivered, 8 done
-        after = _redis(redis_server.url, Clock(900.0), stream="events", group="workers")
+        after = _redis(redis_server.url, FakeClock(900.0), stream="events", group="workers")
         assert after.restore(saved, elapsed=4.0)
         now = await after.read()
         assert (now["queue.rate_in"], now["queue.rate_out"]) == (3.0, 2.0)  # 12 and 8 over 4 s
@@ -169,7 +161,7 @@ async def test_redis_stream_rates_span_the_restart(redis_server: RedisServer) ->
 
 
 async def test_redis_lists_have_no_baseline_to_keep(redis_server: RedisServer) -> None:
-    src = _redis(redis_server.url, Clock(1.0), list="jobs")
+    src = _redis(redis_server.url, FakeClock(1.0), list="jobs")
     try:
         await src.read()
         assert src.snapshot() is None
@@ -221,8 +213,8 @@ async def test_rabbitmq_rates_span_the_restart(broker: RabbitMQ, monkeypatch: py
     for i in range(5):
         await channel.basic_publish(f"job {i}".encode(), routing_key=queue)
     await _settled(broker, queue, publish=5, messages_ready=5)
-    before = RabbitMQSource(settings, clock=Clock(10.0))
-    after = RabbitMQSource(settings, clock=Clock(400.0))
+    before = RabbitMQSource(settings, clock=FakeClock(10.0))
+    after = RabbitMQSource(settings, clock=FakeClock(400.0))
     try:
         await before.read()
         saved = through_json(before.snapshot())

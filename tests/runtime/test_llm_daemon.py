@@ -293,14 +293,3 @@ async def test_scripted_slow_answer_lands_at_a_later_tick_inside_that_ticks_enve
     assert_inside_envelope(landed)
     # one call in flight at a time: the ticks in between asked nothing
     assert all(r["llm"]["asked"] is False for r in waiting) and s.requests
-
-
-# --------------------------------------------------------------------------- for tests/advisor/test_advisor_gemma.py
-# It imports these names from this module; until its own pass moves it onto tests/support
-# (advised_configs, daemons.records, jetstream.make_stream, waiting.eventually), they stay here.
-publish_backlog = make_stream
-log_records = records
-
-
-async def until(condition: Any, what: str, timeout: float = 90.0) -> Any:
-    return await eventually(what, condition, timeout)
