@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from docktor.tools.sources.nats import NatsSettings as Settings
 from docktor.tools.sources.nats import NatsSource
 from tests.support.clocks import FakeClock
 from tests.support.peers import NatsServer, free_port, launch_nats
-from tests.support.waiting import read_until
+from tests.support.sources import opened, settling
 
 STREAM, CONSUMER, SUBJECT = "ORDERS", "WORKERS", "orders.new"
 RATES = ("queue.rate_in", "queue.rate_out")
@@ -66,22 +65,10 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def make_source() -> AsyncIterator[Callable[..., NatsSource]]:
-    made: list[NatsSource] = []
+    async with opened(NatsSource) as make:
+        yield make
 
-    def make(s: Settings, clock: Callable[[], float] = time.monotonic) -> NatsSource:
-        src = NatsSource(s, clock=clock)
-        made.append(src)
-        return src
-
-    yield make
-    for src in made:
-        await src.close()
-
-
-async def read_settled(read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool],
-                  within: float = 10) -> dict[str, float]:
-    """The reading once ``ok`` holds (a bound for slow machines, not a timing assertion)."""
-    return await read_until(read, ok, within, every=0.1, tolerate=(SourceError,))
+read_settled = settling(within=10, every=0.1)
 
 
 # --------------------------------------------------------------------------- settings

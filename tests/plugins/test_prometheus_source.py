@@ -9,7 +9,7 @@ import http.server
 import threading
 import urllib.request
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from docktor.tools.sources.prometheus import PrometheusSettings as Settings
 from docktor.tools.sources.prometheus import PrometheusSource
 from tests.support.peers import free_port
 from tests.support.servers import Certificates, Exporter, PrometheusServer, make_certificates
-from tests.support.waiting import read_until
+from tests.support.sources import opened, settling
 
 CANARY = "canary-pw-31b7"
 METRICS = 'jobs_waiting{queue="jobs"} 7\njobs_waiting{queue="other"} 3\njobs_done_total 42\n'
@@ -49,22 +49,10 @@ def settings(url: str, queries: dict[str, Any], **extra: Any) -> Settings:
 
 @pytest.fixture
 async def make_source() -> AsyncIterator[Callable[..., PrometheusSource]]:
-    made: list[PrometheusSource] = []
+    async with opened(PrometheusSource, clocked=False) as make:
+        yield make
 
-    def make(s: Settings) -> PrometheusSource:
-        src = PrometheusSource(s)
-        made.append(src)
-        return src
-
-    yield make
-    for src in made:
-        await src.close()
-
-
-async def read_settled(read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool],
-                  within: float = 30) -> dict[str, float]:
-    """The reading once ``ok`` holds (a bound for slow machines, not a timing assertion)."""
-    return await read_until(read, ok, within, every=0.2, tolerate=(SourceError,))
+read_settled = settling(within=30, every=0.2)
 
 
 # --------------------------------------------------------------------------- settings

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +24,7 @@ from docktor.tools.sources.rabbitmq import RabbitMQSettings as Settings
 from tests.support.clocks import FakeClock
 from tests.support.peers import free_port
 from tests.support.servers import Certificates, RabbitMQ, make_certificates
-from tests.support.waiting import read_until
+from tests.support.sources import opened, settling
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-5f1e"  # a password that must never show up in an error
@@ -59,17 +59,8 @@ def settings(url: str, queue: str, **extra: Any) -> Settings:
 
 @pytest.fixture
 async def make_source() -> AsyncIterator[Callable[..., RabbitMQSource]]:
-    made: list[RabbitMQSource] = []
-
-    def make(s: Settings, clock: Callable[[], float] = time.monotonic) -> RabbitMQSource:
-        src = RabbitMQSource(s, clock=clock)
-        made.append(src)
-        return src
-
-    yield make
-    for src in made:
-        await src.close()
-
+    async with opened(RabbitMQSource) as make:
+        yield make
 
 class Amqp:
     """The test's own AMQP client (aiormq): declare, publish, get with and without ack."""
@@ -115,10 +106,7 @@ async def amqp(broker: RabbitMQ) -> AsyncIterator[Amqp]:
         await client.close()
 
 
-async def read_settled(read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool],
-                  within: float = 20) -> dict[str, float]:
-    """The reading once ``ok`` holds (a bound for slow machines, not a timing assertion)."""
-    return await read_until(read, ok, within, every=0.2, tolerate=(SourceError,))
+read_settled = settling(within=20, every=0.2)
 
 
 async def settled(broker: RabbitMQ, queue: str, vhost: str = "/", **expected: int) -> None:

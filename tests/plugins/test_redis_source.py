@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from docktor.tools.sources.redis import RedisSettings as Settings
 from tests.support.clocks import FakeClock
 from tests.support.peers import REPO, free_port
 from tests.support.servers import Certificates, RedisServer, make_certificates
-from tests.support.waiting import read_until
+from tests.support.sources import opened, settling
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-8c2d"
@@ -54,22 +53,10 @@ def settings(url: str, **extra: Any) -> Settings:
 
 @pytest.fixture
 async def make_source() -> AsyncIterator[Callable[..., RedisSource]]:
-    made: list[RedisSource] = []
+    async with opened(RedisSource) as make:
+        yield make
 
-    def make(s: Settings, clock: Callable[[], float] = time.monotonic) -> RedisSource:
-        src = RedisSource(s, clock=clock)
-        made.append(src)
-        return src
-
-    yield make
-    for src in made:
-        await src.close()
-
-
-async def read_settled(read: Callable[[], Awaitable[dict[str, float]]], ok: Callable[[dict[str, float]], bool],
-                  within: float = 30) -> dict[str, float]:
-    """The reading once ``ok`` holds (a bound for slow machines, not a timing assertion)."""
-    return await read_until(read, ok, within, every=0.1, tolerate=(SourceError,))
+read_settled = settling(within=30, every=0.1)
 
 
 # --------------------------------------------------------------------------- settings
