@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.examples import daemon, errors, example_config, executed, outcomes_logged
+from tests.support.examples import ComposeStack, daemon, errors, example_config, executed, outcomes_logged
 from tests.support.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project
 from tests.support.waiting import wait_until
 
@@ -25,18 +25,12 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
 
 @dataclass
-class Stack:
+class Stack(ComposeStack):
     project: str
     env: dict[str, str]
     redis_port: int
     prom_port: int
     tmp: Path
-
-    def workers(self) -> int:
-        return len(containers(self.project, "worker", all=False))
-
-    def web(self) -> dict[str, str]:
-        return {c.id: c.attrs["State"]["StartedAt"] for c in containers(self.project, "web")}
 
     def redis(self) -> redis.Redis:
         return redis.Redis(port=self.redis_port, socket_timeout=5)

@@ -238,3 +238,22 @@ async def publish_events(url: str, n: int) -> None:
             await asyncio.gather(*(js.publish("events.web", b'{"test": true}') for _ in range(start, min(n, start + 250))))
     finally:
         await nc.close()
+
+
+class ComposeStack:
+    """What every example's test asks of its Compose project (a mixin for its ``Stack``, which
+    names the ``project`` and the ports of its peers)."""
+
+    project: str
+
+    def workers(self) -> int:
+        """The worker service's running containers."""
+        from tests.support.peers import containers
+
+        return len(containers(self.project, "worker", all=False))
+
+    def web(self) -> dict[str, str]:
+        """The web service's containers and when each started (a restart shows as a new time)."""
+        from tests.support.peers import containers
+
+        return {c.id: c.attrs["State"]["StartedAt"] for c in containers(self.project, "web")}
