@@ -22,7 +22,7 @@ from docktor.tools.sources.nats import NatsSettings as Settings
 from docktor.tools.sources.nats import NatsSource
 from tests.support.clocks import FakeClock
 from tests.support.peers import NatsServer, free_port, launch_nats
-from tests.support.sources import opened, settling
+from tests.support.readings import opened, settling
 
 STREAM, CONSUMER, SUBJECT = "ORDERS", "WORKERS", "orders.new"
 RATES = ("queue.rate_in", "queue.rate_out")

@@ -24,7 +24,7 @@ from docktor.tools.sources.rabbitmq import RabbitMQSettings as Settings
 from tests.support.clocks import FakeClock
 from tests.support.peers import free_port
 from tests.support.servers import Certificates, RabbitMQ, make_certificates
-from tests.support.sources import opened, settling
+from tests.support.readings import opened, settling
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-5f1e"  # a password that must never show up in an error

@@ -23,7 +23,7 @@ from docktor.tools.sources.redis import RedisSettings as Settings
 from tests.support.clocks import FakeClock
 from tests.support.peers import REPO, free_port
 from tests.support.servers import Certificates, RedisServer, make_certificates
-from tests.support.sources import opened, settling
+from tests.support.readings import opened, settling
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-8c2d"
