@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 from yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
 from yaml.nodes import MappingNode, Node, SequenceNode
 
@@ -45,6 +46,17 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._open_anchors: set[str] = set()
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        """PyYAML's constructors trip on some tagged values (``!!int`` with no digits: IndexError):
+        a YAML error at that value, like any other, not a crash."""
+        try:
+            return super().construct_object(node, deep)
+        except (IndexError, KeyError, AttributeError) as e:
+            raise ConstructorError(
+                None, None, f"{node.tag.rsplit(':', 1)[-1]} value {node.value!r} cannot be read ({type(e).__name__})"
+                if isinstance(node.value, str) else f"a value cannot be read ({type(e).__name__})", node.start_mark
+            ) from None
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]

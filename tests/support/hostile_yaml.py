@@ -63,6 +63,9 @@ NAMED: list[tuple[str, str]] = [
     ("only a comment", "# nothing\n"),
     ("a newline inside a key", 'services:\n  - name: w\n    "bad\\nkey": 1\n'),
     ("a key with an open bracket", VALID.replace("min_replicas: 1", "min_replica[s: 1")),
+    # PyYAML's int constructor indexes the first character: an empty !!int was an IndexError, exit 1
+    ("an int tag with no digits", VALID.replace("min_replicas: 1", "min_replicas: !!int")),
+    ("an int tag as a key", "services: []\n? !!int\n: 1\n"),
 ]
 
 #: fragments a mutation inserts: YAML syntax, tags, anchors, interpolation, odd scalars
