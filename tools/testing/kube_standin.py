@@ -249,10 +249,10 @@ class KubeStandIn:
             return 200, self.cluster.scale_json(w) if scale else self.cluster.workload_json(w)
         if not scale:
             raise ApiFailure(405, "MethodNotAllowed", "the stand-in writes workloads only through /scale")
+        if method == "PATCH" and content_type.split(";")[0].strip() not in PATCH_TYPES:
+            raise ApiFailure(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: {', '.join(PATCH_TYPES)}")
         sent = _json(body)
         if method == "PATCH":
-            if content_type.split(";")[0].strip() not in PATCH_TYPES:
-                raise ApiFailure(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: {', '.join(PATCH_TYPES)}")
             merged = merge_patch(self.cluster.scale_json(w), sent)
         else:
             merged = sent
