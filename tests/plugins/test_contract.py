@@ -3,9 +3,10 @@
 Real servers give the healthy figures and the refused credentials: nats-server, Redis, RabbitMQ,
 Prometheus (started once per module), real child processes for the local executor, a Compose
 project and a Swarm stack on the Docker engine; for the Kubernetes executor, a stand-in API server
-(docktor.tools.testing.KubeStandIn: none can be installed here). The faults a real server cannot produce on
-demand come from stand-ins (docktor.tools.testing.standins): a server answering garbage bytes,
-an HTTP server answering garbage JSON, one that accepts and never answers, a closed port.
+(docktor.tools.testing.KubeStandIn: none can be installed here). The faults a real server cannot
+produce on demand come from stand-ins (docktor.tools.testing.standins): a server answering
+garbage bytes, an HTTP server answering garbage JSON, one that accepts and never answers, a
+closed port.
 
 A peer that is absent skips its cases with the reason, or fails them under DOCKTOR_REQUIRE_*=1,
 as the plugins' own tests do. A built-in plugin that breaks a rule is listed in its Case's
