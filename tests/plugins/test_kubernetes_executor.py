@@ -115,6 +115,27 @@ async def test_without_metrics_it_says_so_and_removes_the_not_ready_then_the_new
             await ex.close()
 
 
+async def test_a_scale_in_waits_for_the_removed_pods_to_finish_terminating(tmp_path: Path) -> None:
+    with KubeStandIn({TOKEN: None}, ready_after=0.1, terminate_after=1.0) as api:
+        api.add_workload("Deployment", "worker", 3)
+        ex = executor(tmp_path, api)
+        try:
+            shrunk = await ex.scale(1)
+            assert shrunk.ok, shrunk.message
+            assert all(p.deleted_at is None for p in api.workload("Deployment", "worker").pods)  # none still draining
+            assert all(r.stopped.startswith("deleted by the controller; gone from the API within") for r in shrunk.removed)
+            assert (await ex.scale(3)).ok
+        finally:
+            await ex.close()
+        short = executor(tmp_path / "short", api, scale_timeout=0.3)
+        try:
+            stuck = await short.scale(1)
+            assert not stuck.ok and "2 still terminating" in stuck.message
+            assert all("still terminating (its grace period)" in r.stopped for r in stuck.removed) and len(stuck.removed) == 2
+        finally:
+            await short.close()
+
+
 async def test_a_statefulset_loses_its_highest_ordinals(tmp_path: Path, api: KubeStandIn) -> None:
     api.add_workload("StatefulSet", "worker", 1)
     ex = executor(tmp_path, api, workload_kind="StatefulSet")

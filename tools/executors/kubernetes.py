@@ -265,11 +265,14 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
         while True:
             status = (await api.workload(self.workload_kind, self.name)).get("status") or {}
             ready = int(status.get("readyReplicas") or 0)
-            pods = live_pods(await api.pods(selector))
+            listed = await api.pods(selector)
+            pods = live_pods(listed)
+            # a removed pod drains (SIGTERM, its grace period) while it is terminating: wait for it to be gone
+            leaving = [name for name in (Pod.from_api(i).name for i in listed) if name not in {p.name for p in pods}]
             problems = [p for pod in pods if (p := pod.problem(restarts.get(pod.name, 0))) is not None]
-            done = ready == n and len(pods) == n and all(p.ready for p in pods)
+            done = ready == n and len(pods) == n and all(p.ready for p in pods) and not leaving
             if problems or done or time.monotonic() >= deadline:
-                removed.extend(_removed(before, pods, ranked, time.monotonic() - started))
+                removed.extend(_removed(before, pods, leaving, ranked, time.monotonic() - started))
             if problems:
                 return f"scaling {self.label} to {n} failed: {'; '.join(problems)}", False, ready
             if done:
@@ -277,19 +280,24 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
                 return f"{n} ready after {(time.monotonic() - started) * 1000:.0f} ms{gone}", True, n
             if time.monotonic() >= deadline:
                 waiting = ", ".join(f"{p.name} {p.phase}" for p in pods if not p.ready)
+                draining = f"; {len(leaving)} still terminating" if leaving else ""
                 return (f"scaling {self.label} to {n} not done after {self.settings.scale_timeout:g}s: {ready}/{n} ready, "
-                        f"{len(pods)} pods{f' ({waiting} not ready)' if waiting else ''}"), False, ready
+                        f"{len(pods)} pods{f' ({waiting} not ready)' if waiting else ''}{draining}"), False, ready
             await asyncio.sleep(POLL_S)
 
 
-def _removed(before: Sequence[Pod], now: Sequence[Pod], ranked: dict[str, str], took: float) -> list[RemovedReplica]:
-    """The pods gone since ``before``, each with why it went (as ranked, or the controller's own choice)."""
+def _removed(
+    before: Sequence[Pod], now: Sequence[Pod], leaving: Sequence[str], ranked: dict[str, str], took: float
+) -> list[RemovedReplica]:
+    """The pods deleted since ``before``, each with why it went (as ranked, or the controller's own
+    choice) and whether it is gone or still draining."""
     live = {p.name for p in now}
     return [
         RemovedReplica(
             p.name,
             ranked.get(p.name, "chosen by the controller, not ranked by Docktor to go"),
-            f"deleted by the controller; gone from the API {took:.1f} s after the scale (its grace period: the pod's own)",
+            f"deleted by the controller; still terminating (its grace period) {took:.1f} s after the scale" if p.name in leaving
+            else f"deleted by the controller; gone from the API within {took:.1f} s (SIGTERM, the pod's own grace period)",
         )
         for p in before if p.name not in live
     ]

@@ -7,7 +7,8 @@ revision); a workload's pods follow its replica count at once: new pods are Pend
 after ``ready_after`` seconds unless the test scripted a waiting reason (ImagePullBackOff ...);
 excess pods go in the ReplicaSet controller's documented order (not ready before ready, then the
 lower ``controller.kubernetes.io/pod-deletion-cost``, then the newer), or for a StatefulSet the
-highest ordinal first. Deleted pods are gone at once (no grace period is simulated).
+highest ordinal first. A deleted pod is listed with its ``deletionTimestamp`` (terminating, no
+longer counted by its workload) for ``terminate_after`` seconds, then gone; nothing runs in it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class PodState:
     memory: float = 64 * 2**20
     restarts: int = 0
     version: int = 0
+    #: when it was deleted (it is terminating until the stand-in's terminate_after has passed)
+    deleted_at: float | None = None
 
     def ready(self, now: float) -> bool:
         return self.waiting is None and now >= self.ready_at
@@ -57,6 +60,7 @@ class PodState:
             "metadata": {
                 "name": self.name, "namespace": namespace, "labels": dict(self.labels), "annotations": dict(self.annotations),
                 "creationTimestamp": rfc3339(self.created), "resourceVersion": str(self.version),
+                **({"deletionTimestamp": rfc3339(self.deleted_at)} if self.deleted_at is not None else {}),
             },
             "spec": {"containers": [{"name": "worker", "image": "worker:stand-in"}]},
             "status": {
@@ -96,8 +100,9 @@ def deletion_rank(pod: PodState, now: float) -> tuple[int, int, float]:
 class Cluster:
     """The objects; callers hold :attr:`KubeStandIn.lock` while they use it."""
 
-    def __init__(self, ready_after: float) -> None:
+    def __init__(self, ready_after: float, terminate_after: float = 0.0) -> None:
         self.ready_after = ready_after
+        self.terminate_after = terminate_after
         self._revision = itertools.count(1000)
         self.workloads: dict[tuple[str, str, str], WorkloadState] = {}
         #: (namespace, kind, name) -> the scaleTargetRef of each HPA / ScaledObject
@@ -116,24 +121,37 @@ class Cluster:
     def reconcile(self, w: WorkloadState, now: float | None = None) -> None:
         """The workload's pods brought to its replica count, as its controller would."""
         created = time.time() if now is None else now
-        while len(w.pods) < w.replicas:
+        self.prune(w)
+        active = [p for p in w.pods if p.deleted_at is None]
+        while len(active) < w.replicas:
             if w.kind == "StatefulSet":
-                name = f"{w.name}-{len(w.pods)}"
+                name = f"{w.name}-{len(active)}"
             else:
                 name = f"{w.name}-7d9f8c6b5-{secrets.token_hex(3)[:5]}"
-            w.pods.append(PodState(name, dict(w.labels), created, created + self.ready_after, w.waiting, version=self.bump()))
-        excess = len(w.pods) - w.replicas
+            pod = PodState(name, dict(w.labels), created, created + self.ready_after, w.waiting, version=self.bump())
+            w.pods.append(pod)
+            active.append(pod)
+        excess = len(active) - w.replicas
         if excess > 0:
             if w.kind == "StatefulSet":
-                w.pods = w.pods[:w.replicas]
+                doomed = active[w.replicas:]
             else:
-                doomed = {id(p) for p in sorted(w.pods, key=lambda p: deletion_rank(p, time.time()))[:excess]}
-                w.pods = [p for p in w.pods if id(p) not in doomed]
+                doomed = sorted(active, key=lambda p: deletion_rank(p, time.time()))[:excess]
+            for pod in doomed:
+                pod.deleted_at, pod.version = time.time(), self.bump()
+            self.prune(w)
+
+    def prune(self, w: WorkloadState) -> None:
+        """Drop the pods whose termination has run its course."""
+        now = time.time()
+        w.pods = [p for p in w.pods if p.deleted_at is None or now < p.deleted_at + self.terminate_after]
 
     def workload_json(self, w: WorkloadState) -> dict[str, Any]:
         now = time.time()
-        ready = sum(1 for p in w.pods if p.ready(now))
-        status: dict[str, Any] = {"replicas": len(w.pods), "observedGeneration": 1}
+        self.prune(w)
+        active = [p for p in w.pods if p.deleted_at is None]  # a terminating pod is no longer counted
+        ready = sum(1 for p in active if p.ready(now))
+        status: dict[str, Any] = {"replicas": len(active), "observedGeneration": 1}
         if ready:  # the API leaves zero counts out
             status["readyReplicas"] = status["availableReplicas"] = ready
         return {
@@ -148,11 +166,13 @@ class Cluster:
             "apiVersion": "autoscaling/v1", "kind": "Scale",
             "metadata": {"name": w.name, "namespace": w.namespace, "resourceVersion": str(w.version)},
             "spec": {"replicas": w.replicas},
-            "status": {"replicas": len(w.pods), "selector": w.selector()},
+            "status": {"replicas": sum(1 for p in w.pods if p.deleted_at is None), "selector": w.selector()},
         }
 
     def pods_matching(self, namespace: str, selector: str) -> list[tuple[WorkloadState, PodState]]:
         wanted = parse_selector(selector)
+        for w in self.workloads.values():
+            self.prune(w)
         return [
             (w, p) for w in self.workloads.values() if w.namespace == namespace
             for p in w.pods if all(p.labels.get(k) == v for k, v in wanted.items())

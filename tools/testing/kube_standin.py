@@ -19,8 +19,9 @@ Bearer tokens: an unknown or missing one is ``401``; a token may be limited to a
 ``(verb, group, resource, code)``, verbs as RBAC names them (``get``, ``list``, ``patch``,
 ``update``), so a test can compare what was used with what a Role grants.
 
+Deleted pods stay terminating (listed with a ``deletionTimestamp``) for ``terminate_after`` seconds.
 What it does not do: watches, any other resource or patch type (415), field selectors, set-based
-label selectors, graceful pod termination (deleted pods are gone at once), client certificates.
+label selectors, client certificates, anything running in a pod.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class KubeStandIn:
         *,
         tls: tuple[Path, Path] | None = None,
         ready_after: float = 0.3,
+        terminate_after: float = 0.0,
         keda_crd: bool = True,
         metrics_api: bool = True,
     ) -> None:
@@ -87,7 +89,7 @@ class KubeStandIn:
         self.keda_crd = keda_crd
         self.metrics_api = metrics_api
         self.lock = threading.RLock()
-        self.cluster = Cluster(ready_after)
+        self.cluster = Cluster(ready_after, terminate_after)
         self.served: list[Served] = []
         #: (kind, name) -> [writes left to precede by another writer's, the replicas it sets]
         self._conflicts: dict[tuple[str, str], list[Any]] = {}
@@ -237,7 +239,8 @@ class KubeStandIn:
             return 200, self.cluster.targets_json("ScaledObject", "keda.sh/v1alpha1", self.cluster.scaled_objects, namespace)
         if not self.metrics_api:
             raise ApiFailure(404, "NotFound", "the server could not find the requested resource")
-        items = [self._pod_metrics(namespace, p) for _, p in self.cluster.pods_matching(namespace, query.get("labelSelector", ""))]
+        matching = self.cluster.pods_matching(namespace, query.get("labelSelector", ""))
+        items = [self._pod_metrics(namespace, p) for _, p in matching if p.deleted_at is None]
         return 200, {"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetricsList", "metadata": {}, "items": items}
 
     def _workload(self, method: str, namespace: str, kind: str, name: str, scale: bool, body: bytes, content_type: str) -> tuple[int, Any]:
