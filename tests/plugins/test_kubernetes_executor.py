@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,32 @@ def api() -> Iterator[KubeStandIn]:
         yield server
 
 
-def executor(tmp_path: Path, server: KubeStandIn, token: str = TOKEN, **settings: Any) -> KubernetesExecutor:
-    """An executor for ``worker`` through a kubeconfig (in ``tmp_path``, made if need be) naming ``server``."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    config = write_kubeconfig(tmp_path / "kubeconfig", server.url, token)
-    block = {"kind": "kubernetes", "workload": "worker", "kubeconfig": str(config), "scale_timeout": 20} | settings
-    return KubernetesExecutor(KubernetesSettings.model_validate(block), Context("worker", tmp_path, tmp_path / "state"))
+class Made:
+    """The test's executors, closed when it ends."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.made: list[KubernetesExecutor] = []
+
+    def __call__(self, server: KubeStandIn, folder: Path | None = None, token: str = TOKEN, **settings: Any) -> KubernetesExecutor:
+        """An executor for ``worker`` through a kubeconfig (in ``folder``, made if need be) naming ``server``."""
+        folder = folder or self.tmp_path
+        folder.mkdir(parents=True, exist_ok=True)
+        config = write_kubeconfig(folder / "kubeconfig", server.url, token)
+        block = {"kind": "kubernetes", "workload": "worker", "kubeconfig": str(config), "scale_timeout": 20} | settings
+        return self.keep(KubernetesExecutor(KubernetesSettings.model_validate(block), Context("worker", folder, folder / "state")))
+
+    def keep(self, executor: KubernetesExecutor) -> KubernetesExecutor:
+        self.made.append(executor)
+        return executor
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Made]:
+    made = Made(tmp_path)
+    yield made
+    for executor in made.made:
+        await executor.close()
 
 
 def requests(server: KubeStandIn) -> list[tuple[str, str, int]]:
@@ -62,142 +82,118 @@ def requests(server: KubeStandIn) -> list[tuple[str, str, int]]:
 # --------------------------------------------------------------------------- scaling
 
 
-async def test_scale_up_then_in_removes_the_idlest_pods_and_records_them(tmp_path: Path, api: KubeStandIn) -> None:
+async def test_scale_up_then_in_removes_the_idlest_pods_and_records_them(api: KubeStandIn, make: Made) -> None:
     api.add_workload("Deployment", "worker", 2)
-    ex = executor(tmp_path, api)
-    try:
-        grown = await ex.scale(4)
-        assert grown.ok and grown.running == 4, grown.message
-        status = await ex.status()
-        assert (status.desired, status.running, status.failed) == (4, 4, 0)
-        pods = api.workload("Deployment", "worker").pods
-        for pod, cores in zip(pods, [0.40, 0.02, 0.90, 0.10], strict=True):
-            pod.cpu = cores
-        idlest = {pods[1].name, pods[3].name}
+    ex = make(api)
+    grown = await ex.scale(4)
+    assert grown.ok and grown.running == 4, grown.message
+    status = await ex.status()
+    assert (status.desired, status.running, status.failed) == (4, 4, 0)
+    pods = api.workload("Deployment", "worker").pods
+    for pod, cores in zip(pods, [0.40, 0.02, 0.90, 0.10], strict=True):
+        pod.cpu = cores
+    idlest = {pods[1].name, pods[3].name}
 
-        shrunk = await ex.scale(2)
-        assert shrunk.ok and shrunk.running == 2, shrunk.message
-        assert {r.replica for r in shrunk.removed} == idlest
-        assert {p.name for p in api.workload("Deployment", "worker").pods} == {pods[0].name, pods[2].name}
-        why = {r.replica: r.why for r in shrunk.removed}
-        assert why[pods[1].name].startswith("lowest CPU: 2.0%") and "pod-deletion-cost -2" in why[pods[1].name]
-        assert why[pods[3].name].startswith("lowest CPU: 10.0%") and "pod-deletion-cost -1" in why[pods[3].name]
-        # the costs were set on every pod before the count went down: the busiest keep the highest
-        assert [pods[0].annotations[DELETION_COST], pods[2].annotations[DELETION_COST]] == ["0", "1"]
-        patched = [i for i, r in enumerate(requests(api)) if r == ("patch", "pods", 200)]
-        lowered = max(i for i, r in enumerate(requests(api)) if r == ("patch", "deployments/scale", 200))
-        assert patched and max(patched) < lowered
-        status = await ex.status()
-        assert (status.desired, status.running) == (2, 2)
-        assert status.metrics["cpu.max"] == pytest.approx(90.0) and status.metrics["cpu.avg"] == pytest.approx(65.0)
-        assert status.metrics["mem.avg_mb"] == pytest.approx(64.0)
-    finally:
-        await ex.close()
+    shrunk = await ex.scale(2)
+    assert shrunk.ok and shrunk.running == 2, shrunk.message
+    assert {r.replica for r in shrunk.removed} == idlest
+    assert {p.name for p in api.workload("Deployment", "worker").pods} == {pods[0].name, pods[2].name}
+    why = {r.replica: r.why for r in shrunk.removed}
+    assert why[pods[1].name].startswith("lowest CPU: 2.0%") and "pod-deletion-cost -2" in why[pods[1].name]
+    assert why[pods[3].name].startswith("lowest CPU: 10.0%") and "pod-deletion-cost -1" in why[pods[3].name]
+    # the costs were set on every pod before the count went down: the busiest keep the highest
+    assert [pods[0].annotations[DELETION_COST], pods[2].annotations[DELETION_COST]] == ["0", "1"]
+    patched = [i for i, r in enumerate(requests(api)) if r == ("patch", "pods", 200)]
+    lowered = max(i for i, r in enumerate(requests(api)) if r == ("patch", "deployments/scale", 200))
+    assert patched and max(patched) < lowered
+    status = await ex.status()
+    assert (status.desired, status.running) == (2, 2)
+    assert status.metrics["cpu.max"] == pytest.approx(90.0) and status.metrics["cpu.avg"] == pytest.approx(65.0)
+    assert status.metrics["mem.avg_mb"] == pytest.approx(64.0)
 
 
-async def test_without_metrics_it_says_so_and_removes_the_not_ready_then_the_newest(tmp_path: Path) -> None:
+async def test_without_metrics_it_says_so_and_removes_the_not_ready_then_the_newest(make: Made) -> None:
     with KubeStandIn({TOKEN: None}, ready_after=0.2, metrics_api=False) as api:
         api.add_workload("Deployment", "worker", 3)
-        ex = executor(tmp_path, api)
-        try:
-            status = await ex.status()
-            assert status.running == 3 and status.metrics == {}  # no figure rather than a made-up one
-            pods = api.workload("Deployment", "worker").pods
-            pods[0].waiting = "CrashLoopBackOff"  # the oldest stops being ready
-            pods[2].created += 5  # the newest
-            shrunk = await ex.scale(1)
-            assert shrunk.ok, shrunk.message
-            why = {r.replica: r.why for r in shrunk.removed}
-            assert set(why) == {pods[0].name, pods[2].name}
-            assert why[pods[0].name].startswith("not ready (Pending, CrashLoopBackOff)")
-            assert why[pods[2].name].startswith("newest first: metrics.k8s.io does not answer (") and "404" in why[pods[2].name]
-        finally:
-            await ex.close()
-
-
-async def test_a_scale_in_waits_for_the_removed_pods_to_finish_terminating(tmp_path: Path) -> None:
-    with KubeStandIn({TOKEN: None}, ready_after=0.1, terminate_after=1.0) as api:
-        api.add_workload("Deployment", "worker", 3)
-        ex = executor(tmp_path, api)
-        try:
-            shrunk = await ex.scale(1)
-            assert shrunk.ok, shrunk.message
-            assert all(p.deleted_at is None for p in api.workload("Deployment", "worker").pods)  # none still draining
-            assert all(r.stopped.startswith("deleted by the controller; gone from the API within") for r in shrunk.removed)
-            assert (await ex.scale(3)).ok
-        finally:
-            await ex.close()
-        short = executor(tmp_path / "short", api, scale_timeout=0.3)
-        try:
-            stuck = await short.scale(1)
-            assert not stuck.ok and "2 still terminating" in stuck.message
-            assert all("still terminating (its grace period)" in r.stopped for r in stuck.removed) and len(stuck.removed) == 2
-        finally:
-            await short.close()
-
-
-async def test_a_statefulset_loses_its_highest_ordinals(tmp_path: Path, api: KubeStandIn) -> None:
-    api.add_workload("StatefulSet", "worker", 1)
-    ex = executor(tmp_path, api, workload_kind="StatefulSet")
-    try:
-        assert (await ex.scale(3)).ok
+        ex = make(api)
+        status = await ex.status()
+        assert status.running == 3 and status.metrics == {}  # no figure rather than a made-up one
+        pods = api.workload("Deployment", "worker").pods
+        pods[0].waiting = "CrashLoopBackOff"  # the oldest stops being ready
+        pods[2].created += 5  # the newest
         shrunk = await ex.scale(1)
         assert shrunk.ok, shrunk.message
-        assert sorted(r.replica for r in shrunk.removed) == ["worker-1", "worker-2"]
-        assert all(r.why == "a StatefulSet removes its highest ordinal first" for r in shrunk.removed)
-        assert not any(r[1] == "pods" and r[0] == "patch" for r in requests(api))  # deletion cost means nothing there
-    finally:
-        await ex.close()
+        why = {r.replica: r.why for r in shrunk.removed}
+        assert set(why) == {pods[0].name, pods[2].name}
+        assert why[pods[0].name].startswith("not ready (Pending, CrashLoopBackOff)")
+        assert why[pods[2].name].startswith("newest first: metrics.k8s.io does not answer (") and "404" in why[pods[2].name]
 
 
-async def test_a_conflict_is_read_again_and_retried(tmp_path: Path, api: KubeStandIn) -> None:
+async def test_a_scale_in_waits_for_the_removed_pods_to_finish_terminating(tmp_path: Path, make: Made) -> None:
+    with KubeStandIn({TOKEN: None}, ready_after=0.1, terminate_after=1.0) as api:
+        api.add_workload("Deployment", "worker", 3)
+        ex = make(api)
+        shrunk = await ex.scale(1)
+        assert shrunk.ok, shrunk.message
+        assert all(p.deleted_at is None for p in api.workload("Deployment", "worker").pods)  # none still draining
+        assert all(r.stopped.startswith("deleted by the controller; gone from the API within") for r in shrunk.removed)
+        assert (await ex.scale(3)).ok
+        short = make(api, tmp_path / "short", scale_timeout=0.3)
+        stuck = await short.scale(1)
+        assert not stuck.ok and "2 still terminating" in stuck.message
+        assert all("still terminating (its grace period)" in r.stopped for r in stuck.removed) and len(stuck.removed) == 2
+
+
+async def test_a_statefulset_loses_its_highest_ordinals(api: KubeStandIn, make: Made) -> None:
+    api.add_workload("StatefulSet", "worker", 1)
+    ex = make(api, workload_kind="StatefulSet")
+    assert (await ex.scale(3)).ok
+    shrunk = await ex.scale(1)
+    assert shrunk.ok, shrunk.message
+    assert sorted(r.replica for r in shrunk.removed) == ["worker-1", "worker-2"]
+    assert all(r.why == "a StatefulSet removes its highest ordinal first" for r in shrunk.removed)
+    assert not any(r[1] == "pods" and r[0] == "patch" for r in requests(api))  # deletion cost means nothing there
+
+
+async def test_a_conflict_is_read_again_and_retried(api: KubeStandIn, make: Made) -> None:
     """Another writer changes the workload between the executor's read and its write: the API
     refuses the stale resourceVersion (409); the executor reads again, decides again, writes."""
     api.add_workload("Deployment", "worker", 2)
     api.concurrent_write("Deployment", "worker", replicas=3)
-    ex = executor(tmp_path, api)
-    try:
-        outcome = await ex.scale(1)
-        assert outcome.ok and outcome.running == 1, outcome.message
-        scale_calls = [r for r in requests(api) if r[1] == "deployments/scale"]
-        assert scale_calls == [("get", "deployments/scale", 200), ("patch", "deployments/scale", 409),
-                               ("get", "deployments/scale", 200), ("patch", "deployments/scale", 200)]
-        assert len(outcome.removed) == 2  # decided again on what it read the second time (3 pods, not 2)
-    finally:
-        await ex.close()
+    ex = make(api)
+    outcome = await ex.scale(1)
+    assert outcome.ok and outcome.running == 1, outcome.message
+    scale_calls = [r for r in requests(api) if r[1] == "deployments/scale"]
+    assert scale_calls == [("get", "deployments/scale", 200), ("patch", "deployments/scale", 409),
+                           ("get", "deployments/scale", 200), ("patch", "deployments/scale", 200)]
+    assert len(outcome.removed) == 2  # decided again on what it read the second time (3 pods, not 2)
 
 
-async def test_conflicts_every_time_leave_the_other_writer_s_count(tmp_path: Path, api: KubeStandIn) -> None:
+async def test_conflicts_every_time_leave_the_other_writer_s_count(api: KubeStandIn, make: Made) -> None:
     api.add_workload("Deployment", "worker", 2)
     api.concurrent_write("Deployment", "worker", replicas=5, times=10)
-    ex = executor(tmp_path, api)
-    try:
-        outcome = await ex.scale(1)
-        assert not outcome.ok and "409 Conflict" in outcome.message and "not scaled" in outcome.message
-        assert api.workload("Deployment", "worker").replicas == 5  # never overwritten blindly
-    finally:
-        await ex.close()
+    ex = make(api)
+    outcome = await ex.scale(1)
+    assert not outcome.ok and "409 Conflict" in outcome.message and "not scaled" in outcome.message
+    assert api.workload("Deployment", "worker").replicas == 5  # never overwritten blindly
 
 
-async def test_pods_that_cannot_start_fail_the_scale_with_their_reason(tmp_path: Path, api: KubeStandIn) -> None:
+async def test_pods_that_cannot_start_fail_the_scale_with_their_reason(api: KubeStandIn, make: Made) -> None:
     """The daemon backs off after a failed outcome, as for Compose; the outcome says why."""
     api.add_workload("Deployment", "worker", 0, waiting="ImagePullBackOff")
-    ex = executor(tmp_path, api)
-    try:
-        outcome = await ex.scale(2)
-        assert not outcome.ok and outcome.running == 0
-        assert "cannot start: container worker ImagePullBackOff" in outcome.message
-        status = await ex.status()
-        assert (status.desired, status.running, status.failed) == (2, 0, 2) and "ImagePullBackOff" in status.detail
-    finally:
-        await ex.close()
+    ex = make(api)
+    outcome = await ex.scale(2)
+    assert not outcome.ok and outcome.running == 0
+    assert "cannot start: container worker ImagePullBackOff" in outcome.message
+    status = await ex.status()
+    assert (status.desired, status.running, status.failed) == (2, 0, 2) and "ImagePullBackOff" in status.detail
 
 
 # --------------------------------------------------------------------------- refusals and errors
 
 
 @pytest.mark.parametrize("controller", ["hpa", "scaledobject", "scaledobject-statefulset"])
-async def test_it_refuses_a_workload_another_autoscaler_targets(tmp_path: Path, api: KubeStandIn, controller: str) -> None:
+async def test_it_refuses_a_workload_another_autoscaler_targets(api: KubeStandIn, controller: str, make: Made) -> None:
     kind = "StatefulSet" if controller.endswith("statefulset") else "Deployment"
     api.add_workload(kind, "worker", 1)
     api.add_hpa("other", "Deployment", "another-workload")  # targets something else: no matter
@@ -205,63 +201,47 @@ async def test_it_refuses_a_workload_another_autoscaler_targets(tmp_path: Path, 
         api.add_hpa("worker-hpa", kind, "worker")
     else:
         api.add_scaled_object("worker-so", "worker", target_kind="StatefulSet" if kind == "StatefulSet" else None)
-    ex = executor(tmp_path, api, workload_kind=kind)
-    try:
-        outcome = await ex.scale(3)
-        named = "HorizontalPodAutoscaler worker-hpa" if controller == "hpa" else "ScaledObject worker-so"
-        assert not outcome.ok and f"{named} already scales it" in outcome.message
-        assert api.workload(kind, "worker").replicas == 1
-        assert not any(r[0] == "patch" for r in requests(api))
-    finally:
-        await ex.close()
+    ex = make(api, workload_kind=kind)
+    outcome = await ex.scale(3)
+    named = "HorizontalPodAutoscaler worker-hpa" if controller == "hpa" else "ScaledObject worker-so"
+    assert not outcome.ok and f"{named} already scales it" in outcome.message
+    assert api.workload(kind, "worker").replicas == 1
+    assert not any(r[0] == "patch" for r in requests(api))
 
 
-async def test_no_keda_crd_means_no_scaled_object(tmp_path: Path) -> None:
+async def test_no_keda_crd_means_no_scaled_object(make: Made) -> None:
     with KubeStandIn({TOKEN: None}, ready_after=0.1, keda_crd=False) as api:
         api.add_workload("Deployment", "worker", 1)
-        ex = executor(tmp_path, api)
-        try:
-            assert (await ex.scale(2)).ok
-            assert ("list", "scaledobjects", 404) in requests(api)
-        finally:
-            await ex.close()
+        ex = make(api)
+        assert (await ex.scale(2)).ok
+        assert ("list", "scaledobjects", 404) in requests(api)
 
 
-async def test_forbidden_and_missing_are_one_clear_line(tmp_path: Path) -> None:
+async def test_forbidden_and_missing_are_one_clear_line(tmp_path: Path, make: Made) -> None:
     no_patch = role_rights() - {("apps", "deployments/scale", "patch")}
     with KubeStandIn({TOKEN: no_patch}, ready_after=0.1) as api:
         api.add_workload("Deployment", "worker", 1)
-        ex = executor(tmp_path, api)
-        missing = executor(tmp_path / "m", api, workload="nope")
-        try:
-            outcome = await ex.scale(2)
-            assert not outcome.ok and "\n" not in outcome.message
-            assert '403 deployments.apps is forbidden: User "system:serviceaccount:default:docktor" cannot patch resource "deployments/scale"' in outcome.message
-            assert "lacks a permission (see examples/kubernetes/executor/rbac.yaml)" in outcome.message
-            assert [r for r in requests(api) if r[0] == "patch"] == [("patch", "deployments/scale", 403)]  # not retried
-            with pytest.raises(ExecutorError, match=r"404 deployments.apps \"nope\" not found — no Deployment/nope in namespace default"):
-                await missing.status()
-        finally:
-            await ex.close()
-            await missing.close()
+        ex = make(api)
+        missing = make(api, tmp_path / "m", workload="nope")
+        outcome = await ex.scale(2)
+        assert not outcome.ok and "\n" not in outcome.message
+        assert '403 deployments.apps is forbidden: User "system:serviceaccount:default:docktor" cannot patch resource "deployments/scale"' in outcome.message
+        assert "lacks a permission (see examples/kubernetes/executor/rbac.yaml)" in outcome.message
+        assert [r for r in requests(api) if r[0] == "patch"] == [("patch", "deployments/scale", 403)]  # not retried
+        with pytest.raises(ExecutorError, match=r"404 deployments.apps \"nope\" not found — no Deployment/nope in namespace default"):
+            await missing.status()
 
 
-async def test_a_refused_token_and_an_unreachable_server(tmp_path: Path, api: KubeStandIn) -> None:
+async def test_a_refused_token_and_an_unreachable_server(tmp_path: Path, api: KubeStandIn, make: Made) -> None:
     api.add_workload("Deployment", "worker", 1)
-    ex = executor(tmp_path, api, token="not-a-known-token")
-    try:
-        with pytest.raises(ExecutorError, match="401 Unauthorized — the credentials were refused"):
-            await ex.status()
-    finally:
-        await ex.close()
+    ex = make(api, token="not-a-known-token")
+    with pytest.raises(ExecutorError, match="401 Unauthorized — the credentials were refused"):
+        await ex.status()
     api.close()
-    gone = executor(tmp_path, api)
-    try:
-        with pytest.raises(ExecutorError, match=f"cannot reach the Kubernetes API at {api.url}"):
-            await gone.status()
-        assert not (await gone.scale(2)).ok
-    finally:
-        await gone.close()
+    gone = make(api)
+    with pytest.raises(ExecutorError, match=f"cannot reach the Kubernetes API at {api.url}"):
+        await gone.status()
+    assert not (await gone.scale(2)).ok
 
 
 # --------------------------------------------------------------------------- credentials
@@ -272,25 +252,19 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("kube-tls"))
 
 
-async def test_a_kubeconfig_context_over_tls(tmp_path: Path, certificates: Certificates) -> None:
+async def test_a_kubeconfig_context_over_tls(tmp_path: Path, certificates: Certificates, make: Made) -> None:
     with KubeStandIn({TOKEN: None}, tls=(certificates.server_cert, certificates.server_key), ready_after=0.1) as api:
         api.add_workload("Deployment", "worker", 1, namespace="queues")
         config = write_kubeconfig(tmp_path / "config", api.url, TOKEN, ca=certificates.ca, more_contexts={"prod": "queues"})
         settings = KubernetesSettings(kind="kubernetes", kubeconfig=Path("config"), context="prod")
-        ex = KubernetesExecutor(settings, Context("worker", tmp_path, tmp_path / "state"))
-        try:
-            assert (await ex.scale(2)).ok
-            assert ex.target() == f"kubernetes:{api.url}/queues/Deployment/worker"
-        finally:
-            await ex.close()
+        ex = make.keep(KubernetesExecutor(settings, Context("worker", tmp_path, tmp_path / "state")))
+        assert (await ex.scale(2)).ok
+        assert ex.target() == f"kubernetes:{api.url}/queues/Deployment/worker"
         # the same server, trusted through another CA: refused, naming no secret
         write_kubeconfig(config, api.url, TOKEN, ca=certificates.other_ca, more_contexts={"prod": "queues"})
-        ex = KubernetesExecutor(settings, Context("worker", tmp_path, tmp_path / "state"))
-        try:
-            with pytest.raises(ExecutorError, match="CERTIFICATE_VERIFY_FAILED"):
-                await ex.status()
-        finally:
-            await ex.close()
+        ex = make.keep(KubernetesExecutor(settings, Context("worker", tmp_path, tmp_path / "state")))
+        with pytest.raises(ExecutorError, match="CERTIFICATE_VERIFY_FAILED"):
+            await ex.status()
 
 
 def test_kubeconfig_mistakes_are_one_line(tmp_path: Path) -> None:
@@ -309,7 +283,7 @@ def test_kubeconfig_mistakes_are_one_line(tmp_path: Path) -> None:
 
 
 async def test_in_cluster_service_account_with_a_rotated_token(
-    tmp_path: Path, certificates: Certificates, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, certificates: Certificates, monkeypatch: pytest.MonkeyPatch, make: Made
 ) -> None:
     account = write_service_account(tmp_path / "sa", "first-token", certificates.ca, "queues")
     with KubeStandIn({"first-token": None, "rotated-token": None}, tls=(certificates.server_cert, certificates.server_key),
@@ -319,34 +293,28 @@ async def test_in_cluster_service_account_with_a_rotated_token(
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
         monkeypatch.delenv("KUBECONFIG", raising=False)
-        ex = KubernetesExecutor(KubernetesSettings(kind="kubernetes"), Context("worker", tmp_path, tmp_path / "state"))
-        try:
-            assert (await ex.status()).running == 1  # the namespace came from the service account
-            (account / "token").write_text("rotated-token")  # the kubelet rewrites it in place
-            del api.tokens["first-token"]
-            assert (await ex.scale(2)).ok
-        finally:
-            await ex.close()
+        ex = make.keep(KubernetesExecutor(KubernetesSettings(kind="kubernetes"), Context("worker", tmp_path, tmp_path / "state")))
+        assert (await ex.status()).running == 1  # the namespace came from the service account
+        (account / "token").write_text("rotated-token")  # the kubelet rewrites it in place
+        del api.tokens["first-token"]
+        assert (await ex.scale(2)).ok
 
 
 async def test_the_token_reaches_no_description_error_record_or_log(
-    tmp_path: Path, api: KubeStandIn, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, api: KubeStandIn, caplog: pytest.LogCaptureFixture, make: Made
 ) -> None:
     caplog.set_level(logging.DEBUG)
     api.tokens = {TOKEN: {("apps", "deployments", "get")}}
     api.add_workload("Deployment", "worker", 1)
     texts: list[str] = []
-    ex = executor(tmp_path, api)
-    try:
-        texts += [KubernetesExecutor.describe(ex.settings), ex.target(), repr(ex), repr(ex.api().credentials)]
-        texts += KubernetesExecutor.check(ex.settings, ex.context)
-        outcome = await ex.scale(2)  # 403 on the autoscaler list
-        texts += [outcome.message, *(str(r) for r in outcome.removed)]
-        with pytest.raises(ExecutorError) as refused:
-            await executor(tmp_path / "x", api, token=TOKEN + "-stale").status()
-        texts.append(str(refused.value))
-    finally:
-        await ex.close()
+    ex = make(api)
+    texts += [KubernetesExecutor.describe(ex.settings), ex.target(), repr(ex), repr(ex.api().credentials)]
+    texts += KubernetesExecutor.check(ex.settings, ex.context)
+    outcome = await ex.scale(2)  # 403 on the autoscaler list
+    texts += [outcome.message, *(str(r) for r in outcome.removed)]
+    with pytest.raises(ExecutorError) as refused:
+        await make(api, tmp_path / "x", token=TOKEN + "-stale").status()
+    texts.append(str(refused.value))
     texts.append(caplog.text)
     assert "403" in outcome.message
     assert not [t for t in texts if TOKEN in t]
@@ -355,21 +323,18 @@ async def test_the_token_reaches_no_description_error_record_or_log(
 # --------------------------------------------------------------------------- the examples
 
 
-async def test_the_role_grants_exactly_what_the_executor_uses(tmp_path: Path) -> None:
+async def test_the_role_grants_exactly_what_the_executor_uses(tmp_path: Path, make: Made) -> None:
     """Every request of a full round (both kinds: status, up, in with metrics, the refusal checks)
     is allowed by the Role of examples/kubernetes/executor/rbac.yaml, and every verb it grants was used."""
     granted = role_rights()
     with KubeStandIn({TOKEN: granted}, ready_after=0.1) as api:
         for kind, namespace in (("Deployment", "default"), ("StatefulSet", "queues")):  # their pods' labels would overlap
             api.add_workload(kind, "worker", 1, namespace=namespace)
-            ex = executor(tmp_path / kind, api, workload_kind=kind, namespace=namespace)
-            try:
-                await ex.status()
-                for n in (3, 1):
-                    outcome = await ex.scale(n)
-                    assert outcome.ok, outcome.message
-            finally:
-                await ex.close()
+            ex = make(api, tmp_path / kind, workload_kind=kind, namespace=namespace)
+            await ex.status()
+            for n in (3, 1):
+                outcome = await ex.scale(n)
+                assert outcome.ok, outcome.message
         refused = [s for s in api.served if s.code in (401, 403)]
         assert not refused, f"the Role does not allow: {refused}"
         assert api.used() == granted, f"granted, never used: {granted - api.used()}"

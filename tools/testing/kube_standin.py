@@ -191,8 +191,8 @@ class KubeStandIn:
                 self.served.append(Served(served.verb, served.group, served.resource, code))
         data = json.dumps(answer).encode()
         request.send_response(code)
-        request.send_header("content-type", "application/json")
-        request.send_header("content-length", str(len(data)))
+        for header, value in (("content-type", "application/json"), ("content-length", str(len(data)))):
+            request.send_header(header, value)
         request.end_headers()
         request.wfile.write(data)
 
