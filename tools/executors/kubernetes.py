@@ -25,22 +25,19 @@ credentials come from a kubeconfig or the pod's service account (:mod:`.kubernet
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import field_validator
+from typing import Any
 
 from docktor.tools.executors.kubernetes_api import ApiError, KubeApi
-from docktor.tools.executors.kubernetes_config import Credentials, load_credentials
+from docktor.tools.executors.kubernetes_config import Credentials, KubernetesSettings, load_credentials
 from docktor.tools.executors.kubernetes_pods import (
     DELETION_COST,
     Pod,
     controllers_in_charge,
     figures,
     live_pods,
+    removed_since,
     samples,
 )
 from docktor.tools.executors.scale_in import idlest_first, timed_scale
@@ -48,57 +45,17 @@ from docktor.tools.sdk import (
     Context,
     Executor,
     ExecutorError,
-    PluginSettings,
-    PositiveSeconds,
     RemovedReplica,
     ReplicaStatus,
     ScaleOutcome,
     standard,
 )
 
+__all__ = ["KubernetesExecutor", "KubernetesSettings"]
+
 POLL_S = 0.5
 #: attempts at a scale that the API refuses because the object changed since it was read (409)
 UPDATE_ATTEMPTS = 3
-#: a DNS-1123 label (namespaces) and subdomain (object names): what the API accepts, and safe in a path
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-
-
-class KubernetesSettings(PluginSettings):
-    """``executor: kubernetes``: one Deployment or StatefulSet."""
-
-    kind: Literal["kubernetes"]
-    #: what to scale: a Deployment (default) or a StatefulSet
-    workload_kind: Literal["Deployment", "StatefulSet"] = "Deployment"
-    #: its name; default: the Docktor service's name
-    workload: str | None = None
-    #: its namespace; default: the kubeconfig context's or the service account's, else "default"
-    namespace: str | None = None
-    #: a kubeconfig file (relative to the config file); default: in a pod, its service account,
-    #: else $KUBECONFIG or ~/.kube/config
-    kubeconfig: Path | None = None
-    #: the kubeconfig's context; default: its current-context
-    context: str | None = None
-    #: how long to wait for the pods to be ready before calling the scale an error
-    scale_timeout: PositiveSeconds = 120.0
-    #: bound on each API request (retries come on top, within the same bound)
-    request_timeout: PositiveSeconds = 10.0
-
-    @field_validator("workload")
-    @classmethod
-    def _object_name(cls, value: str | None) -> str | None:
-        if value is not None and not _SUBDOMAIN.match(value):
-            raise ValueError("must be a Kubernetes object name (lower-case letters, digits, '-' and '.')")
-        return value
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace_name(cls, value: str | None) -> str | None:
-        if value is not None and not _LABEL.match(value):
-            raise ValueError("must be a Kubernetes namespace name (lower-case letters, digits and '-')")
-        return value
-
-
 class KubernetesExecutor(Executor[KubernetesSettings]):
     """Scales one Deployment or StatefulSet through the Kubernetes API and verifies its pods."""
 
@@ -272,7 +229,7 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
             problems = [p for pod in pods if (p := pod.problem(restarts.get(pod.name, 0))) is not None]
             done = ready == n and len(pods) == n and all(p.ready for p in pods) and not leaving
             if problems or done or time.monotonic() >= deadline:
-                removed.extend(_removed(before, pods, leaving, ranked, time.monotonic() - started))
+                removed.extend(removed_since(before, pods, leaving, ranked, time.monotonic() - started))
             if problems:
                 return f"scaling {self.label} to {n} failed: {'; '.join(problems)}", False, ready
             if done:
@@ -284,23 +241,6 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
                 return (f"scaling {self.label} to {n} not done after {self.settings.scale_timeout:g}s: {ready}/{n} ready, "
                         f"{len(pods)} pods{f' ({waiting} not ready)' if waiting else ''}{draining}"), False, ready
             await asyncio.sleep(POLL_S)
-
-
-def _removed(
-    before: Sequence[Pod], now: Sequence[Pod], leaving: Sequence[str], ranked: dict[str, str], took: float
-) -> list[RemovedReplica]:
-    """The pods deleted since ``before``, each with why it went (as ranked, or the controller's own
-    choice) and whether it is gone or still draining."""
-    live = {p.name for p in now}
-    return [
-        RemovedReplica(
-            p.name,
-            ranked.get(p.name, "chosen by the controller, not ranked by Docktor to go"),
-            f"deleted by the controller; still terminating (its grace period) {took:.1f} s after the scale" if p.name in leaving
-            else f"deleted by the controller; gone from the API within {took:.1f} s (SIGTERM, the pod's own grace period)",
-        )
-        for p in before if p.name not in live
-    ]
 
 
 def _selector(obj: dict[str, Any], label: str) -> str:

@@ -1,4 +1,5 @@
-"""Where the Kubernetes executor finds its API server and its credentials, as kubectl does.
+"""The Kubernetes executor's settings, and where it finds its API server and its credentials, as
+kubectl does.
 
 Two ways, in this order:
 
@@ -23,19 +24,57 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import ssl
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import ValidationInfo, field_validator
 
-from docktor.tools.sdk import ExecutorError, one_line
+from docktor.tools.sdk import ExecutorError, PluginSettings, PositiveSeconds, one_line
 
 #: where the kubelet mounts a pod's service account
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+#: a DNS-1123 label (namespaces) and subdomain (object names): what the API accepts, and safe in a path
+_NAMES = {
+    "namespace": (re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"), "namespace name (lower-case letters, digits and '-')"),
+    "workload": (re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"), "object name (lower-case letters, digits, '-' and '.')"),
+}
+
+
+class KubernetesSettings(PluginSettings):
+    """``executor: kubernetes``: one Deployment or StatefulSet."""
+
+    kind: Literal["kubernetes"]
+    #: what to scale: a Deployment (default) or a StatefulSet
+    workload_kind: Literal["Deployment", "StatefulSet"] = "Deployment"
+    #: its name; default: the Docktor service's name
+    workload: str | None = None
+    #: its namespace; default: the kubeconfig context's or the service account's, else "default"
+    namespace: str | None = None
+    #: a kubeconfig file (relative to the config file); default: in a pod, its service account,
+    #: else $KUBECONFIG or ~/.kube/config
+    kubeconfig: Path | None = None
+    #: the kubeconfig's context; default: its current-context
+    context: str | None = None
+    #: how long to wait for the pods to be ready before calling the scale an error
+    scale_timeout: PositiveSeconds = 120.0
+    #: bound on each API request (retries come on top, within the same bound)
+    request_timeout: PositiveSeconds = 10.0
+
+    @field_validator("workload", "namespace")
+    @classmethod
+    def _kubernetes_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pattern, what = _NAMES[info.field_name or ""]
+        if value is not None and not pattern.match(value):
+            raise ValueError(f"must be a Kubernetes {what}")
+        return value
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from docktor.tools.executors.docker_stats import Sample, aggregate
 from docktor.tools.executors.kubernetes_api import quantity
-from docktor.tools.sdk import scrub
+from docktor.tools.sdk import RemovedReplica, scrub
 
 #: the annotation the ReplicaSet controller reads on scale-in: lower cost, deleted first
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
@@ -121,3 +121,20 @@ def figures(ready: Sequence[Pod], measured: Mapping[str, Sample]) -> dict[str, f
     if not ready or any(p.name not in measured for p in ready):
         return {}
     return aggregate(measured[p.name] for p in ready)
+
+
+def removed_since(
+    before: Sequence[Pod], now: Sequence[Pod], leaving: Sequence[str], ranked: dict[str, str], took: float
+) -> list[RemovedReplica]:
+    """The pods deleted since ``before``, each with why it went (as ranked, or the controller's own
+    choice) and whether it is gone or still draining."""
+    live = {p.name for p in now}
+    return [
+        RemovedReplica(
+            p.name,
+            ranked.get(p.name, "chosen by the controller, not ranked by Docktor to go"),
+            f"deleted by the controller; still terminating (its grace period) {took:.1f} s after the scale" if p.name in leaving
+            else f"deleted by the controller; gone from the API within {took:.1f} s (SIGTERM, the pod's own grace period)",
+        )
+        for p in before if p.name not in live
+    ]
