@@ -17,11 +17,14 @@ import httpx2
 import pytest
 import yaml
 
+from docktor.agent.config.load import load_config
+from docktor.agent.runtime.supervisor import Supervisor
+from docktor.tools import registry
 from docktor.tools.executors import kubernetes_config
 from docktor.tools.executors.kubernetes import KubernetesExecutor, KubernetesSettings
 from docktor.tools.executors.kubernetes_pods import DELETION_COST
 from docktor.tools.sdk import Context, ExecutorError
-from docktor.tools.testing import KubeStandIn
+from docktor.tools.testing import FakeQueue, FakeSource, KubeStandIn
 from docktor.tools.testing.kube_standin import Right
 from tests.support.cli import docktor
 from tests.support.kubeconfigs import write_kubeconfig, write_service_account
@@ -187,6 +190,47 @@ async def test_pods_that_cannot_start_fail_the_scale_with_their_reason(api: Kube
     assert "cannot start: container worker ImagePullBackOff" in outcome.message
     status = await ex.status()
     assert (status.desired, status.running, status.failed) == (2, 0, 2) and "ImagePullBackOff" in status.detail
+
+
+DAEMON_CONFIG = """
+state_dir: state
+services:
+  - name: {name}
+    executor: kubernetes        # the flat form: the executor's keys beside the service's
+    workload: worker
+    kubeconfig: kubeconfig
+    scale_timeout: 10s
+    queue: {{kind: fake, timeout: 1s}}
+    policy: target
+    target_per_replica: 10
+    min_replicas: 1
+    max_replicas: 8
+"""
+
+
+async def test_the_daemon_backs_off_after_pods_that_cannot_start(tmp_path: Path, api: KubeStandIn) -> None:
+    """On the real daemon (a scripted queue, docktor.tools.testing): the failed scale is recorded
+    with the pod's reason and when it may try again, and the next tick is held by the back-off."""
+    api.add_workload("Deployment", "worker", 1)
+    api.workload("Deployment", "worker").waiting = "ImagePullBackOff"  # the next pods' image cannot be pulled
+    write_kubeconfig(tmp_path / "kubeconfig", api.url, TOKEN)
+    config = tmp_path / "docktor.yaml"
+    config.write_text(DAEMON_CONFIG.format(name="kube-backoff"))
+    queue = FakeQueue("kube-backoff", {"queue.backlog": 50.0})
+    with registry.installed(FakeSource):
+        daemon = Supervisor(load_config(config))
+        await daemon.open()
+        try:
+            [first] = await daemon.run_once()
+            queue.set({"queue.backlog": 80.0})  # more work: it would scale up again, but for the back-off
+            [second] = await daemon.run_once()
+        finally:
+            await daemon.close()
+    assert first.executed and first.target_replicas == 5 and first.outcome is not None
+    assert first.outcome.status == "error" and "ImagePullBackOff" in first.outcome.message and first.outcome.retry_at
+    assert second.current_replicas == 5 and second.proposal == 8
+    assert not second.executed and any(g["name"] == "backoff" for g in second.guardrails), second.guardrails
+    assert api.workload("Deployment", "worker").replicas == 5  # left where the failed scale set it, as documented
 
 
 # --------------------------------------------------------------------------- refusals and errors
