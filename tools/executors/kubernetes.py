@@ -122,7 +122,13 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
 
     async def status(self) -> ReplicaStatus:
         api = self.api()
-        workload = await self._workload(api)
+        try:
+            return await self._status(api)
+        except ApiError as e:
+            raise ExecutorError(_explain(e, self.label, api.namespace)) from None
+
+    async def _status(self, api: KubeApi) -> ReplicaStatus:
+        workload = await api.workload(self.workload_kind, self.name)
         selector = _selector(workload, self.label)
         pods = live_pods(await api.pods(selector))
         problems = [p for pod in pods if (p := pod.problem()) is not None]
@@ -135,12 +141,6 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
             desired=int(desired if desired is not None else 1), running=int(ready), failed=len(problems),
             detail=detail, metrics=figures([p for p in pods if p.ready], measured or {}),
         )
-
-    async def _workload(self, api: KubeApi) -> dict[str, Any]:
-        try:
-            return await api.workload(self.workload_kind, self.name)
-        except ApiError as e:
-            raise ExecutorError(_explain(e, self.label, api.namespace)) from None
 
     async def _measure(self, api: KubeApi, selector: str) -> dict[str, Any] | None:
         """Each pod's CPU and memory from ``metrics.k8s.io``; None (and why, kept) when it does not answer."""
@@ -175,6 +175,8 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
         for _ in range(UPDATE_ATTEMPTS):
             scale = await api.scale(self.workload_kind, self.name)
             version = str((scale.get("metadata") or {}).get("resourceVersion") or "")
+            if not version:  # without it the write would be unconditional: never write blind
+                raise ExecutorError(f"the Kubernetes API gave {self.label}/scale no resourceVersion: not scaled")
             current = int((scale.get("spec") or {}).get("replicas") or 0)
             selector = _selector(scale, self.label)
             before = live_pods(await api.pods(selector))
