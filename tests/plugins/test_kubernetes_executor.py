@@ -7,6 +7,7 @@ merge-patch, HPAs, ScaledObjects, PodMetrics) and records every request it serve
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -309,6 +310,24 @@ async def test_a_kubeconfig_context_over_tls(tmp_path: Path, certificates: Certi
         ex = make.keep(KubernetesExecutor(settings, Context("worker", tmp_path, tmp_path / "state")))
         with pytest.raises(ExecutorError, match="CERTIFICATE_VERIFY_FAILED"):
             await ex.status()
+
+
+async def test_a_kubeconfig_client_certificate(tmp_path: Path, certificates: Certificates, make: Made) -> None:
+    """A user with ``client-certificate-data``/``client-key-data`` (no token) is known by its certificate."""
+    def data(path: Path) -> str:
+        return base64.b64encode(path.read_bytes()).decode()
+
+    tls = (certificates.server_cert, certificates.server_key)
+    with KubeStandIn({"cert:docktor test client": None}, tls=tls, client_ca=certificates.ca, ready_after=0.1) as api:
+        api.add_workload("Deployment", "worker", 1)
+        user = {"client-certificate-data": data(certificates.client_cert), "client-key-data": data(certificates.client_key)}
+        write_kubeconfig(tmp_path / "config", api.url, ca=certificates.ca, user=user)
+        ex = make.keep(KubernetesExecutor(KubernetesSettings(kind="kubernetes", kubeconfig=Path("config")), Context("worker", tmp_path, tmp_path)))
+        assert (await ex.scale(2)).ok
+    user["client-key-data"] = data(certificates.server_key)  # not the certificate's key
+    write_kubeconfig(tmp_path / "config", api.url, ca=certificates.ca, user=user)
+    with pytest.raises(ExecutorError, match=r"context test: the client certificate and key cannot be loaded: .*KEY_VALUES_MISMATCH"):
+        kubernetes_config.from_kubeconfig(tmp_path / "config", None)
 
 
 def test_kubeconfig_mistakes_are_one_line(tmp_path: Path) -> None:

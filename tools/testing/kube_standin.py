@@ -13,7 +13,8 @@ documented semantics of exactly the endpoints the executor uses, and nothing els
   latter 404 when the test says KEDA's CRD is absent);
 * ``metrics.k8s.io/v1beta1`` PodMetrics: list by ``labelSelector`` (404 when switched off).
 
-Bearer tokens: an unknown or missing one is ``401``; a token may be limited to a set of
+Bearer tokens (or, with ``client_ca``, a client certificate it signed, known as ``cert:<its CN>``):
+an unknown or missing one is ``401``; a token may be limited to a set of
 ``(api group, resource, verb)`` rights (an RBAC Role's rules), and a request outside them is
 ``403`` with the API's wording. Errors are ``Status`` objects. Every request is recorded as
 ``(verb, group, resource, code)``, verbs as RBAC names them (``get``, ``list``, ``patch``,
@@ -21,7 +22,7 @@ Bearer tokens: an unknown or missing one is ``401``; a token may be limited to a
 
 Deleted pods stay terminating (listed with a ``deletionTimestamp``) for ``terminate_after`` seconds.
 What it does not do: watches, any other resource or patch type (415), field selectors, set-based
-label selectors, client certificates, anything running in a pod.
+label selectors, anything running in a pod.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class KubeStandIn:
         tokens: Mapping[str, Collection[Right] | None],
         *,
         tls: tuple[Path, Path] | None = None,
+        client_ca: Path | None = None,
         ready_after: float = 0.3,
         terminate_after: float = 0.0,
         keda_crd: bool = True,
@@ -99,6 +101,9 @@ class KubeStandIn:
         if tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(str(tls[0]), str(tls[1]))
+            if client_ca is not None:  # a client certificate signed by it authenticates as "cert:<its CN>"
+                context.verify_mode = ssl.CERT_OPTIONAL
+                context.load_verify_locations(cafile=str(client_ca))
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
             self.scheme = "https"
         self.port = int(self._server.server_address[1])
@@ -180,7 +185,7 @@ class KubeStandIn:
             route, match = self._route(url.path)
             verb, group, resource = self._rbac(method, route, match)
             served = Served(verb, group, resource, 0)
-            self._authorize(request.headers.get("authorization"), verb, group, resource, match)
+            self._authorize(request.headers.get("authorization"), _peer(request), verb, group, resource, match)
             with self.lock:
                 code, answer = self._serve(method, route, match, query, body, request.headers.get("content-type") or "")
         except ApiFailure as e:
@@ -214,8 +219,8 @@ class KubeStandIn:
         verb = {"GET": "get" if named else "list", "PATCH": "patch", "PUT": "update"}[method]
         return verb, _GROUPS[route], resource
 
-    def _authorize(self, header: str | None, verb: str, group: str, resource: str, m: re.Match[str]) -> None:
-        token = header[len("Bearer "):] if header and header.startswith("Bearer ") else None
+    def _authorize(self, header: str | None, peer: str | None, verb: str, group: str, resource: str, m: re.Match[str]) -> None:
+        token = header[len("Bearer "):] if header and header.startswith("Bearer ") else peer
         if token is None or token not in self.tokens:
             raise ApiFailure(401, "Unauthorized", "Unauthorized")
         rights = self.tokens[token]
@@ -316,3 +321,11 @@ def _json(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ApiFailure(400, "BadRequest", "the request body is not a JSON object")
     return value
+
+
+def _peer(request: http.server.BaseHTTPRequestHandler) -> str | None:
+    """``cert:<CN>`` of the verified client certificate the connection presented, if any."""
+    getpeercert = getattr(request.connection, "getpeercert", None)
+    cert = getpeercert() if getpeercert is not None else None
+    names = [value for rdn in (cert or {}).get("subject", ()) for key, value in rdn if key == "commonName"]
+    return f"cert:{names[0]}" if names else None
