@@ -2,9 +2,11 @@
 
 Real servers give the healthy figures and the refused credentials: nats-server, Redis, RabbitMQ,
 Prometheus (started once per module), real child processes for the local executor, a Compose
-project and a Swarm stack on the Docker engine. The faults a real server cannot produce on
-demand come from stand-ins (docktor.tools.testing.standins): a server answering garbage bytes,
-an HTTP server answering garbage JSON, one that accepts and never answers, a closed port.
+project and a Swarm stack on the Docker engine; for the Kubernetes executor, a stand-in API server
+(docktor.tools.testing.KubeStandIn: none can be installed here). The faults a real server cannot
+produce on demand come from stand-ins (docktor.tools.testing.standins): a server answering
+garbage bytes, an HTTP server answering garbage JSON, one that accepts and never answers, a
+closed port.
 
 A peer that is absent skips its cases with the reason, or fails them under DOCKTOR_REQUIRE_*=1,
 as the plugins' own tests do. A built-in plugin that breaks a rule is listed in its Case's
@@ -27,6 +29,7 @@ from typing import Any
 import pytest
 
 from docktor.tools.executors.compose import ComposeExecutor
+from docktor.tools.executors.kubernetes import KubernetesExecutor
 from docktor.tools.executors.local import LocalExecutor
 from docktor.tools.executors.swarm import SwarmExecutor
 from docktor.tools.sdk import Context
@@ -39,12 +42,14 @@ from docktor.tools.testing import (
     ExecutorPeer,
     GarbageHttpServer,
     GarbageServer,
+    KubeStandIn,
     SilentServer,
     SourcePeer,
     closed_port,
     executor_contract,
     source_contract,
 )
+from tests.support.kubeconfigs import write_kubeconfig
 from tests.support.peers import DOCKER_SKIP_REASON, docker_ok, down, need, start_nats, unique_project
 from tests.support.servers import Exporter, PrometheusServer, RabbitMQ, RedisServer
 from tests.support.swarm_peers import deploy_stack, remove_stack, running_tasks, swarm_session, unique_stack
@@ -406,9 +411,30 @@ def swarm_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorPee
             remove_stack(stack)
 
 
+@pytest.fixture(scope="module")
+def kubernetes_peer(tmp_path_factory: pytest.TempPathFactory, standins: StandIns) -> Iterator[ExecutorPeer]:
+    """A STAND-IN Kubernetes API server (no real one can be installed here): a Deployment whose pods
+    start, and one whose pods wait on ImagePullBackOff; unreachable: a kubeconfig naming a closed port."""
+    folder = tmp_path_factory.mktemp("kubernetes")
+    with KubeStandIn({"contract-kube-token": None}, ready_after=0.2) as api:
+        api.add_workload("Deployment", "worker", 1)
+        api.add_workload("Deployment", "broken", 0, waiting="ImagePullBackOff")
+        write_kubeconfig(folder / "kubeconfig", api.url, "contract-kube-token")
+        write_kubeconfig(folder / "closed", f"http://127.0.0.1:{standins.closed}", "contract-kube-token")
+
+        def block(workload: str, kubeconfig: str = "kubeconfig") -> dict[str, Any]:
+            return {"kind": "kubernetes", "workload": workload, "kubeconfig": kubeconfig, "scale_timeout": 30, "request_timeout": 5}
+
+        yield ExecutorPeer(
+            settings=block("worker"), context=Context("worker", folder, folder / "state"),
+            failing=block("broken"), unreachable=block("worker", "closed"),
+        )
+
+
 test_executor_contract = executor_contract(
     Case(LocalExecutor, peer="local_peer"),
     Case(ComposeExecutor, peer="compose_peer", marks=[pytest.mark.docker, on_worker_of("compose")]),
     Case(SwarmExecutor, peer="swarm_peer", marks=[pytest.mark.docker, pytest.mark.swarm, on_worker_of("swarm")]),
+    Case(KubernetesExecutor, peer="kubernetes_peer", marks=[on_worker_of("kubernetes")]),
 )
 

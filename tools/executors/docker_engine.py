@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from docker.errors import APIError, DockerException, NotFound
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from docktor.tools.executors.docker_stats import Sample, aggregate, sample
+from docktor.tools.executors.scale_in import timed_scale
 from docktor.tools.sdk import (
     Context,
     Executor,
@@ -245,28 +246,6 @@ class ContainerStats:
         if self._refresh is not None and not self._refresh.done():
             self._refresh.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-#: an executor's scale step: ``(n, started, removed)`` -> (message, ok, running); it appends
-#: the replicas it removed to ``removed`` as it goes, so a failure halfway still reports them
-ScaleStep = Callable[[int, float, list[RemovedReplica]], Awaitable[tuple[str, bool, int | None]]]
-
-
-async def timed_scale(lock: asyncio.Lock, replicas: int, step: ScaleStep) -> ScaleOutcome:
-    """One scale at a time per executor, timed, with an ``ExecutorError`` turned into a failed
-    outcome (the daemon backs off) instead of a raise (which would read as a bug)."""
-    if replicas < 0:
-        raise ValueError("replicas must be >= 0")
-    async with lock:
-        started = time.monotonic()
-        removed: list[RemovedReplica] = []
-        try:
-            message, ok, running = await step(replicas, started, removed)
-        except ExecutorError as e:
-            message, ok, running = str(e), False, None
-        return ScaleOutcome(
-            ok=ok, message=message, duration_ms=(time.monotonic() - started) * 1000, running=running, removed=tuple(removed)
-        )
 
 
 class DockerExecutor(Executor[S]):

@@ -1,4 +1,5 @@
-"""Which replicas a scale-in removes first, for the executors that can choose (local, Compose).
+"""Which replicas a scale-in removes first, for the executors that can choose (local, Compose,
+Kubernetes through pod deletion costs), and one scale at a time, timed (:func:`timed_scale`).
 
 Those not running first (removing them loses nothing), then those not measured yet (started since
 the last check: nothing in hand yet), then the lowest CPU in whole percent (so noise does not
@@ -8,8 +9,12 @@ cannot name the task to remove, so it does not choose.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
+
+from docktor.tools.sdk import ExecutorError, RemovedReplica, ScaleOutcome
 
 R = TypeVar("R")
 
@@ -52,3 +57,25 @@ def idlest_first(
             why = f"lowest CPU: {cpu(r):.1f}%{measured_over}" + (f" (kept {kept_cpu})" if kept_cpu else "")
         out.append((r, why))
     return out
+
+
+#: an executor's scale step: ``(n, started, removed)`` -> (message, ok, running); it appends
+#: the replicas it removed to ``removed`` as it goes, so a failure halfway still reports them
+ScaleStep = Callable[[int, float, list[RemovedReplica]], Awaitable[tuple[str, bool, int | None]]]
+
+
+async def timed_scale(lock: asyncio.Lock, replicas: int, step: ScaleStep) -> ScaleOutcome:
+    """One scale at a time per executor, timed, with an ``ExecutorError`` turned into a failed
+    outcome (the daemon backs off) instead of a raise (which would read as a bug)."""
+    if replicas < 0:
+        raise ValueError("replicas must be >= 0")
+    async with lock:
+        started = time.monotonic()
+        removed: list[RemovedReplica] = []
+        try:
+            message, ok, running = await step(replicas, started, removed)
+        except ExecutorError as e:
+            message, ok, running = str(e), False, None
+        return ScaleOutcome(
+            ok=ok, message=message, duration_ms=(time.monotonic() - started) * 1000, running=running, removed=tuple(removed)
+        )

@@ -1,0 +1,43 @@
+"""Credentials for the Kubernetes executor's tests, pointing at a stand-in API server
+(:class:`docktor.tools.testing.KubeStandIn`): a kubeconfig file, and a service account's mounted
+folder, as kubectl and the kubelet write them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def write_kubeconfig(
+    path: Path, server: str, token: str | None = None, *, ca: Path | None = None, namespace: str | None = None,
+    context: str = "test", more_contexts: Mapping[str, str] | None = None, user: Mapping[str, Any] | None = None,
+) -> Path:
+    """A kubeconfig (JSON is YAML) with one cluster at ``server`` (its CA inline, base64, as
+    ``kubectl config view --raw`` shows it), one user with ``token`` (or the ``user`` mapping), the
+    context ``context`` current, and ``more_contexts`` (name -> namespace) on the same cluster."""
+    cluster: dict[str, Any] = {"server": server}
+    if ca is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca.read_bytes()).decode()
+    contexts = [{"name": context, "context": {"cluster": "standin", "user": "docktor", **({"namespace": namespace} if namespace else {})}}]
+    contexts += [{"name": name, "context": {"cluster": "standin", "user": "docktor", "namespace": ns}} for name, ns in (more_contexts or {}).items()]
+    doc = {
+        "apiVersion": "v1", "kind": "Config", "current-context": context,
+        "clusters": [{"name": "standin", "cluster": cluster}],
+        "users": [{"name": "docktor", "user": dict(user) if user is not None else ({"token": token} if token else {})}],
+        "contexts": contexts,
+    }
+    path.write_text(json.dumps(doc, indent=2))
+    path.chmod(0o600)
+    return path
+
+
+def write_service_account(folder: Path, token: str, ca: Path, namespace: str) -> Path:
+    """The folder the kubelet mounts at /var/run/secrets/kubernetes.io/serviceaccount."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "token").write_text(token)
+    (folder / "ca.crt").write_bytes(ca.read_bytes())
+    (folder / "namespace").write_text(namespace)
+    return folder
