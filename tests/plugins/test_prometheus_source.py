@@ -20,8 +20,8 @@ from docktor.tools.sdk import STANDARD_METRICS, SourceError, admit
 from docktor.tools.sources.prometheus import PrometheusSettings as Settings
 from docktor.tools.sources.prometheus import PrometheusSource
 from tests.support.peers import free_port
-from tests.support.servers import Certificates, Exporter, PrometheusServer, make_certificates
 from tests.support.readings import opened, settling
+from tests.support.servers import Certificates, Exporter, PrometheusServer, make_certificates
 
 CANARY = "canary-pw-31b7"
 METRICS = 'jobs_waiting{queue="jobs"} 7\njobs_waiting{queue="other"} 3\njobs_done_total 42\n'

@@ -23,8 +23,8 @@ from docktor.tools.sources.rabbitmq import AMQP_METRICS, MANAGEMENT_METRICS, Rab
 from docktor.tools.sources.rabbitmq import RabbitMQSettings as Settings
 from tests.support.clocks import FakeClock
 from tests.support.peers import free_port
-from tests.support.servers import Certificates, RabbitMQ, make_certificates
 from tests.support.readings import opened, settling
+from tests.support.servers import Certificates, RabbitMQ, make_certificates
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-5f1e"  # a password that must never show up in an error

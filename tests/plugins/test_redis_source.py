@@ -22,8 +22,8 @@ from docktor.tools.sources.redis import CELERY_METRICS, CELERY_PRIORITY_SEP, LIS
 from docktor.tools.sources.redis import RedisSettings as Settings
 from tests.support.clocks import FakeClock
 from tests.support.peers import REPO, free_port
-from tests.support.servers import Certificates, RedisServer, make_certificates
 from tests.support.readings import opened, settling
+from tests.support.servers import Certificates, RedisServer, make_certificates
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-8c2d"
