@@ -1,6 +1,6 @@
 """The Python modules generated from ``externalscaler.proto`` (grpcio-tools), and how to remake them.
 
-``externalscaler_pb2.py`` (the messages) and ``externalscaler_pb2_grpc.py`` (the service's stub
+``externalscaler_pb2.py`` (the messages, typed in its ``.pyi``) and ``externalscaler_pb2_grpc.py`` (the service's stub
 and servicer) are committed, so running ``docktor keda`` needs grpcio and protobuf only. After
 changing the ``.proto``: ``python -m docktor.agent.keda.stubs`` rewrites them (grpcio-tools, the
 ``test`` extra); ``tests/unit/test_keda_stubs.py`` fails while they differ from what it makes.
@@ -17,7 +17,7 @@ PROTO = HERE / "externalscaler.proto"
 #: the proto's path as protoc sees it: the generated service module then imports the messages as
 #: ``docktor.agent.keda.externalscaler_pb2``, the installed name
 IMPORT_PATH = "docktor/agent/keda"
-GENERATED = ("externalscaler_pb2.py", "externalscaler_pb2_grpc.py")
+GENERATED = ("externalscaler_pb2.py", "externalscaler_pb2.pyi", "externalscaler_pb2_grpc.py")
 
 
 def generate() -> dict[str, str]:
@@ -30,7 +30,7 @@ def generate() -> dict[str, str]:
     with tempfile.TemporaryDirectory() as out:
         code = protoc.main([
             "grpc_tools.protoc", f"-I{IMPORT_PATH}={HERE}", f"-I{well_known}",
-            f"--python_out={out}", f"--grpc_python_out={out}", f"{IMPORT_PATH}/{PROTO.name}",
+            f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", f"{IMPORT_PATH}/{PROTO.name}",
         ])
         if code != 0:
             raise RuntimeError(f"protoc failed on {PROTO} (exit {code})")
