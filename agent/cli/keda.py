@@ -44,13 +44,14 @@ def register(app: typer.Typer) -> None:
         GetMetrics answers the replica count Docktor decided (target 1 per replica), IsActive whether
         any work waits. The control socket, explain, daemon status and /metrics work as for
         daemon start. See docs/keda.md."""
-        from docktor.agent.keda.server import Tls, listen_address
+        from docktor.agent.keda.server import Tls, check_free, listen_address
 
         if (tls_cert is None) != (tls_key is None):
             raise UsageError([Problem("--tls-cert" if tls_cert is None else "--tls-key", "--tls-cert and --tls-key go together")])
         if tls_client_ca is not None and tls_cert is None:
             raise UsageError([Problem("--tls-client-ca", "needs --tls-cert and --tls-key: client certificates are checked over TLS")])
         host, port = listen_address(listen, tls=tls_cert is not None)
+        check_free(host, port)
         tls = None if tls_cert is None or tls_key is None else Tls.read(tls_cert, tls_key, tls_client_ca)
         cfg = load(config, check_llm=True)
         served = [svc.name for svc in cfg.services if svc.executor is not None and svc.executor.kind == "keda"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,19 @@ def listen_address(text: str, *, tls: bool) -> tuple[str, int]:
     return host, port
 
 
+def check_free(host: str, port: int) -> None:
+    """UsageError naming ``--listen`` when ``host:port`` cannot be bound now (in use, not this
+    host's): said before the daemon starts, rather than by the gRPC core's own log lines after."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise UsageError([Problem("--listen", f"cannot listen on {host}:{port}: {e.strerror or e}")]) from None
+
+
 class CannotListen(Exception):
     """The port could not be bound (in use, not this host's address): one line."""
 
@@ -75,7 +89,8 @@ async def serve(daemon: Supervisor, host: str, port: int, tls: Tls | None, *, bo
     from docktor.agent.keda.externalscaler_pb2_grpc import add_ExternalScalerServicer_to_server
     from docktor.agent.keda.scaler import DocktorScaler
 
-    server = grpc.aio.server()
+    # no SO_REUSEPORT: a second scaler on the same port is refused, not handed half of KEDA's calls
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     add_ExternalScalerServicer_to_server(DocktorScaler(daemon, bound=bound), server)  # type: ignore[no-untyped-call]  # protoc's code
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
@@ -86,8 +101,8 @@ async def serve(daemon: Supervisor, host: str, port: int, tls: Tls | None, *, bo
                 [(tls.key, tls.cert)], root_certificates=tls.client_ca, require_client_auth=tls.client_ca is not None,
             )
             bound_port = server.add_secure_port(address, creds)
-    except RuntimeError as e:  # grpc's way of saying the bind failed
-        raise CannotListen(f"--listen: cannot listen on {address}: {e}") from None
+    except RuntimeError:  # grpc's way of saying the bind failed (its core logged the why)
+        raise CannotListen(f"--listen: cannot listen on {address} (in use, or not an address of this host)") from None
     if not bound_port:
         raise CannotListen(f"--listen: cannot listen on {address} (in use, or not an address of this host)")
     await server.start()

@@ -1,0 +1,138 @@
+"""``docktor keda`` at its edges: TLS with a private CA (the server certificate KEDA's ``caCert``
+verifies, the client certificate ``tlsClientCert`` presents), and bad input refused with one
+line and exit 2 before anything starts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.support.cli import docktor
+from tests.support.jetstream import make_stream
+from tests.support.keda_client import Keda, start_keda
+from tests.support.peers import NatsServer, start_nats
+from tests.support.servers import Certificates, make_certificates
+
+pytestmark = pytest.mark.timeout(180)
+
+WORKER = {"service": "worker"}
+
+
+def write_keda_config(folder: Path, nats_url: str, executor: str = "executor: keda\n    initial_replicas: 1") -> Path:
+    config = folder / "docktor.yaml"
+    config.write_text(f"""
+state_dir: {folder / "state"}
+services:
+  - name: worker
+    {executor}
+    min_replicas: 1
+    max_replicas: 4
+    check_interval: 0.5s
+    policy: target
+    target_per_replica: 100
+    queue: {{kind: nats, url: "{nats_url}", stream: JOBS, consumer: WORKERS, timeout: 2s}}
+""")
+    return config
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = start_nats(tmp_path_factory.mktemp("js"))
+    try:
+        asyncio.run(make_stream(server.url, 0))
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+async def _refused(keda: Keda) -> grpc.StatusCode:
+    try:
+        await keda.spec(WORKER, timeout=10)
+    except grpc.aio.AioRpcError as e:
+        return e.code()
+    finally:
+        await keda.close()
+    raise AssertionError("the call was answered")
+
+
+async def test_tls_answers_only_a_client_the_ca_signed(tmp_path: Path, nats: NatsServer, certificates: Certificates) -> None:
+    c = certificates
+    config = write_keda_config(tmp_path, nats.url)
+    keda = start_keda(config, tmp_path / "keda.out", "--tls-cert", str(c.server_cert), "--tls-key", str(c.server_key),
+                      "--tls-client-ca", str(c.ca))
+    try:
+        assert "(TLS, client certificates required)" in keda.log_text()
+        address = f"localhost:{keda.port}"  # the certificate names localhost and 127.0.0.1
+        kedas = Keda(address, ca=c.ca, cert=c.client_cert, key=c.client_key)
+        try:
+            (spec,) = (await kedas.spec(WORKER)).metricSpecs
+            assert spec.metricName == "docktor-worker"
+            assert await kedas.metric(WORKER, spec.metricName) == 1.0
+        finally:
+            await kedas.close()
+        # no client certificate; a server the client cannot verify; plain gRPC: none is answered
+        assert await _refused(Keda(address, ca=c.ca)) == grpc.StatusCode.UNAVAILABLE
+        assert await _refused(Keda(address, ca=c.other_ca, cert=c.client_cert, key=c.client_key)) == grpc.StatusCode.UNAVAILABLE
+        assert await _refused(Keda(address)) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert keda.stop() == 0, keda.log_text()[-2000:]
+
+
+def test_beyond_loopback_without_tls_is_refused(tmp_path: Path, nats: NatsServer) -> None:
+    config = write_keda_config(tmp_path, nats.url)
+    refused = docktor("keda", "--config", str(config), "--listen", "0.0.0.0:0")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: --listen: '0.0.0.0:0' is not a loopback address: beyond this host the scaler needs TLS "
+        "(--tls-cert and --tls-key, and --tls-client-ca to answer KEDA alone)"
+    ]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--listen", "somewhere:9090"], "--listen: the host must be an IP address or localhost"),
+    (["--listen", "127.0.0.1:99999"], "--listen: the port must be between 0 (any free port) and 65535"),
+    (["--tls-cert", "server.pem"], "--tls-key: --tls-cert and --tls-key go together"),
+    (["--tls-client-ca", "ca.pem"], "--tls-client-ca: needs --tls-cert and --tls-key"),
+    (["--tls-cert", "absent.pem", "--tls-key", "absent.key"], "--tls-cert: cannot read absent.pem: No such file or directory"),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    config = write_keda_config(tmp_path, "nats://127.0.0.1:9")
+    done = docktor("keda", "--config", str(config), *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
+
+
+def test_a_config_that_is_absent_or_serves_no_keda_service_is_refused(tmp_path: Path) -> None:
+    absent = docktor("keda", "--config", str(tmp_path / "nowhere.yaml"))
+    assert absent.returncode == 2 and len(absent.stderr.strip().splitlines()) == 1, absent.stderr
+    assert "nowhere.yaml" in absent.stderr
+
+    compose = write_keda_config(tmp_path, "nats://127.0.0.1:9", executor="executor: local\n    command: [sleep, '600']")
+    none = docktor("keda", "--config", str(compose))
+    assert none.returncode == 2
+    assert none.stderr.strip().splitlines() == [
+        f"error: services: no service in {compose} has executor: keda, so KEDA has nothing to ask about"
+    ]
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_keda_config(tmp_path, "nats://127.0.0.1:9")
+        done = docktor("keda", "--config", str(config), "--listen", f"127.0.0.1:{port}", timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: --listen: cannot listen on 127.0.0.1:{port}: Address already in use"]
