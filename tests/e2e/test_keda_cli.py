@@ -12,10 +12,12 @@ import grpc
 import pytest
 
 from tests.support.cli import docktor
-from tests.support.jetstream import make_stream
+from tests.support.daemons import records
+from tests.support.jetstream import make_stream, publish, purge
 from tests.support.keda_client import Keda, start_keda
 from tests.support.peers import NatsServer, start_nats
 from tests.support.servers import Certificates, make_certificates
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -136,3 +138,19 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
         done = docktor("keda", "--config", str(config), "--listen", f"127.0.0.1:{port}", timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [f"error: --listen: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+async def test_advisory_decides_and_logs_but_tells_keda_the_count_in_force(tmp_path: Path, nats: NatsServer) -> None:
+    config = write_keda_config(tmp_path, nats.url)
+    keda = start_keda(config, tmp_path / "keda.out", "--advisory")
+    client = Keda(keda.address)
+    try:
+        await publish(nats.url, "jobs.x", 350)
+        log = tmp_path / "state" / "decisions.jsonl"
+        up = await eventually("a scale-up decided", lambda: [r for r in records(log, "worker") if r["decision"] == "scale_up"])
+        assert up[0]["mode"] == "advisory" and not up[0]["executed"]
+        assert await client.metric(WORKER, "docktor-worker") == 1.0  # initial_replicas: nothing was acted on
+    finally:
+        await client.close()
+        await purge(nats.url, "JOBS")
+        assert keda.stop() == 0, keda.log_text()[-2000:]
