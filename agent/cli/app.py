@@ -16,7 +16,7 @@ import typer
 from docktor.agent.cli import control as control_commands
 from docktor.agent.cli import daemon as daemon_commands
 from docktor.agent.cli import explain as explain_command
-from docktor.agent.cli import keda as keda_command
+from docktor.agent.cli import keda_command
 from docktor.agent.cli import llm as llm_commands
 from docktor.agent.cli import mcp as mcp_command
 from docktor.agent.cli import sim as sim_commands

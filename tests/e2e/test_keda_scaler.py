@@ -19,11 +19,12 @@ from typing import Any
 import grpc
 import pytest
 
+from docktor.agent.sim.kube import external_per_pod_replicas
 from docktor.tools.testing import SilentServer
 from tests.support.cli import docktor
 from tests.support.daemons import records
 from tests.support.jetstream import make_streams, publish, purge
-from tests.support.keda_client import Keda, KedaProcess, hpa_desired, start_keda
+from tests.support.keda_client import Keda, KedaProcess, start_keda
 from tests.support.peers import NatsServer, free_port, start_nats
 from tests.support.waiting import eventually
 
@@ -115,8 +116,9 @@ async def client(stack: Stack) -> AsyncIterator[Keda]:
 
 
 class Hpa:
-    """What KEDA and the HPA do with the answers: below activation, KEDA holds the workload at 0;
-    once active, at least 1, then the HPA's AverageValue arithmetic on GetMetrics' value."""
+    """What KEDA and the HPA do with the answers (a ScaledObject with minReplicaCount 0 and
+    cooldownPeriod 0): inactive, KEDA holds the workload at 0; active, at least 1, then the HPA's
+    AverageValue arithmetic on GetMetrics' value, its 10 % tolerance included."""
 
     def __init__(self, target: float) -> None:
         self.target, self.replicas = target, 0
@@ -127,7 +129,7 @@ class Hpa:
         if not active:
             self.replicas = 0
         else:
-            self.replicas = hpa_desired(value, self.target, max(1, self.replicas))
+            self.replicas = external_per_pod_replicas(max(1, self.replicas), value, self.target)
         self.seen.append((value, active, self.replicas))
         return self.replicas
 

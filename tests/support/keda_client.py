@@ -1,5 +1,6 @@
 """KEDA's side of the external scaler protocol, for the tests of ``docktor keda``: the process,
-a real gRPC client asking what KEDA asks, and the HPA's arithmetic on the answers.
+and a real gRPC client asking what KEDA asks (the HPA's arithmetic on the answers is the
+simulator's, ``docktor.agent.sim.kube``, written from the controller's source).
 
 The client sends what KEDA's external scaler sends (a ScaledObjectRef with the trigger's
 metadata; GetMetrics with the metric name GetMetricSpec gave) through grpcio, over plain gRPC or
@@ -8,7 +9,6 @@ TLS with a client certificate (KEDA's ``caCert``/``tlsClientCert``/``tlsClientKe
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
@@ -20,20 +20,9 @@ from typing import Any
 from tests.support.cli import cli_command
 from tests.support.waiting import wait_until
 
-__all__ = ["HPA_TOLERANCE", "Keda", "KedaProcess", "hpa_desired", "start_keda"]
+__all__ = ["Keda", "KedaProcess", "start_keda"]
 
-#: the HPA's default --horizontal-pod-autoscaler-tolerance
-HPA_TOLERANCE = 0.1
 _SERVING = re.compile(r"serving externalscaler\.ExternalScaler on (\S+):(\d+) ")
-
-
-def hpa_desired(value: float, target: float, current: int, tolerance: float = HPA_TOLERANCE) -> int:
-    """The replicas an HPA sets for an External metric of type AverageValue: ``ceil(value /
-    target)``, unless the usage ratio ``value / (target * current)`` is within the tolerance of 1
-    (then it keeps ``current``). Its stabilization window and behavior policies come after this."""
-    if current > 0 and abs(value / (target * current) - 1.0) <= tolerance:
-        return current
-    return math.ceil(value / target)
 
 
 @dataclass

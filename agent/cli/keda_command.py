@@ -12,7 +12,7 @@ from docktor.agent.problems import Problem, UsageError
 
 if TYPE_CHECKING:
     from docktor.agent.config.model import DocktorConfig
-    from docktor.agent.keda.server import Tls
+    from docktor.agent.keda.serving import Tls
     from docktor.agent.runtime.supervisor import Supervisor
 
 #: the longest a call waits for a decision, unless KEDA's own deadline is sooner
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         GetMetrics answers the replica count Docktor decided (target 1 per replica), IsActive whether
         any work waits. The control socket, explain, daemon status and /metrics work as for
         daemon start. See docs/keda.md."""
-        from docktor.agent.keda.server import Tls, check_free, listen_address
+        from docktor.agent.keda.serving import Tls, check_free, listen_address
 
         if (tls_cert is None) != (tls_key is None):
             raise UsageError([Problem("--tls-cert" if tls_cert is None else "--tls-key", "--tls-cert and --tls-key go together")])
@@ -66,7 +66,7 @@ def run(cfg: DocktorConfig, host: str, port: int, tls: Tls | None, bound: float,
     import sys
     from collections.abc import Awaitable, Callable
 
-    from docktor.agent.keda.server import CannotListen, serve
+    from docktor.agent.keda.serving import CannotListen, serve
     from docktor.agent.runtime import process
     from docktor.agent.runtime.foreground import CannotServe, run_foreground
 
