@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from tests.support.cli import docktor
 from tests.support.daemons import records
 from tests.support.jetstream import make_stream, publish, purge
-from tests.support.keda_client import Keda, start_keda
+from tests.support.keda_client import Keda, keda_config, nats_queue, start_keda
 from tests.support.peers import NatsServer, start_nats
 from tests.support.servers import Certificates, make_certificates
 from tests.support.waiting import eventually
@@ -24,21 +25,12 @@ pytestmark = pytest.mark.timeout(180)
 WORKER = {"service": "worker"}
 
 
-def write_keda_config(folder: Path, nats_url: str, executor: str = "executor: keda\n    initial_replicas: 1") -> Path:
-    config = folder / "docktor.yaml"
-    config.write_text(f"""
-state_dir: {folder / "state"}
-services:
-  - name: worker
-    {executor}
-    min_replicas: 1
-    max_replicas: 4
-    check_interval: 0.5s
-    policy: target
-    target_per_replica: 100
-    queue: {{kind: nats, url: "{nats_url}", stream: JOBS, consumer: WORKERS, timeout: 2s}}
-""")
-    return config
+def write_keda_config(folder: Path, nats_url: str, **executor: Any) -> Path:
+    """One service ``worker`` on JOBS, 1-4 replicas, under ``executor: keda`` unless ``executor`` says otherwise."""
+    return keda_config(folder, [{
+        "name": "worker", **(executor or {"executor": "keda", "initial_replicas": 1}),
+        "min_replicas": 1, "max_replicas": 4, "queue": nats_queue(nats_url),
+    }])
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +111,7 @@ def test_a_config_that_is_absent_or_serves_no_keda_service_is_refused(tmp_path: 
     assert absent.returncode == 2 and len(absent.stderr.strip().splitlines()) == 1, absent.stderr
     assert "nowhere.yaml" in absent.stderr
 
-    compose = write_keda_config(tmp_path, "nats://127.0.0.1:9", executor="executor: local\n    command: [sleep, '600']")
+    compose = write_keda_config(tmp_path, "nats://127.0.0.1:9", executor="local", command=["sleep", "600"])
     none = docktor("keda", "--config", str(compose))
     assert none.returncode == 2
     assert none.stderr.strip().splitlines() == [

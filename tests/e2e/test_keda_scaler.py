@@ -24,7 +24,7 @@ from docktor.tools.testing import SilentServer
 from tests.support.cli import docktor
 from tests.support.daemons import records
 from tests.support.jetstream import make_streams, publish, purge
-from tests.support.keda_client import Keda, KedaProcess, start_keda
+from tests.support.keda_client import Keda, KedaProcess, keda_config, nats_queue, start_keda
 from tests.support.peers import NatsServer, free_port, start_nats
 from tests.support.waiting import eventually
 
@@ -39,48 +39,17 @@ SLOW_READ_S = 4
 ANSWER_WITHIN_S = 1
 
 
-def keda_config(folder: Path, nats: NatsServer, silent: str, metrics_port: int) -> Path:
+def scaler_config(folder: Path, nats: NatsServer, silent: str, metrics_port: int) -> Path:
     """``worker`` (NATS JOBS, 100 messages per replica, 0-10) and ``slow`` (a source that never
     answers) under ``executor: keda``; ``local-one`` under the local executor (not KEDA's to ask about)."""
-    config = folder / "docktor.yaml"
-    config.write_text(f"""
-mode: autonomous
-state_dir: {folder / "state"}
-metrics: {{listen: "127.0.0.1:{metrics_port}"}}
-services:
-  - name: worker
-    executor: keda
-    initial_replicas: 0
-    min_replicas: 0
-    max_replicas: 10
-    check_interval: 0.5s
-    policy: target
-    target_per_replica: 100
-    scale_down_stabilization: 1s
-    cooldown_down: 0
-    scale_down_percent: 100
-    queue: {{kind: nats, url: "{nats.url}", stream: JOBS, consumer: WORKERS, timeout: 2s}}
-  - name: slow
-    executor: keda
-    initial_replicas: 2
-    min_replicas: 1
-    max_replicas: 5
-    check_interval: 0.5s
-    policy: target
-    target_per_replica: 100
-    queue: {{kind: nats, url: "nats://{silent}", stream: JOBS, consumer: WORKERS, timeout: {SLOW_READ_S}s}}
-  - name: local-one
-    executor: local
-    command: ["{sys.executable}", "-c", "import time; time.sleep(600)"]
-    stop_grace_period: 1s
-    min_replicas: 0
-    max_replicas: 1
-    check_interval: 0.5s
-    policy: target
-    target_per_replica: 100
-    queue: {{kind: nats, url: "{nats.url}", stream: OTHER, consumer: WORKERS, timeout: 2s}}
-""")
-    return config
+    return keda_config(folder, [
+        {"name": "worker", "executor": "keda", "initial_replicas": 0, "min_replicas": 0, "max_replicas": 10,
+         "scale_down_stabilization": "1s", "cooldown_down": 0, "scale_down_percent": 100, "queue": nats_queue(nats.url)},
+        {"name": "slow", "executor": "keda", "initial_replicas": 2, "min_replicas": 1, "max_replicas": 5,
+         "queue": nats_queue(f"nats://{silent}", timeout=SLOW_READ_S)},
+        {"name": "local-one", "executor": "local", "command": [sys.executable, "-c", "import time; time.sleep(600)"],
+         "stop_grace_period": "1s", "min_replicas": 0, "max_replicas": 1, "queue": nats_queue(nats.url, "OTHER")},
+    ], mode="autonomous", metrics={"listen": f"127.0.0.1:{metrics_port}"})
 
 
 class Stack:
@@ -96,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         asyncio.run(make_streams(nats.url, {"JOBS": 0, "OTHER": 0}))
         with SilentServer() as silent:
             metrics_port = free_port()
-            config = keda_config(folder, nats, silent.address, metrics_port)
+            config = scaler_config(folder, nats, silent.address, metrics_port)
             keda = start_keda(config, folder / "keda.out", "--answer-within", str(ANSWER_WITHIN_S))
             try:
                 yield Stack(nats, keda, config, folder / "state", metrics_port)

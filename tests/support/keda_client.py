@@ -17,12 +17,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.support.cli import cli_command
 from tests.support.waiting import wait_until
 
-__all__ = ["Keda", "KedaProcess", "start_keda"]
+__all__ = ["Keda", "KedaProcess", "keda_config", "nats_queue", "start_keda"]
 
 _SERVING = re.compile(r"serving externalscaler\.ExternalScaler on (\S+):(\d+) ")
+
+
+#: what every service of these tests has unless it says otherwise
+SERVICE_DEFAULTS: dict[str, Any] = {"check_interval": "0.5s", "policy": "target", "target_per_replica": 100}
+
+
+def nats_queue(url: str, stream: str = "JOBS", timeout: float = 2) -> dict[str, Any]:
+    """A ``queue:`` block on ``stream``'s consumer WORKERS (tests/support/jetstream.py makes them)."""
+    return {"kind": "nats", "url": url, "stream": stream, "consumer": "WORKERS", "timeout": timeout}
+
+
+def keda_config(folder: Path, services: list[dict[str, Any]], **top: Any) -> Path:
+    """``folder/docktor.yaml`` with these services (over :data:`SERVICE_DEFAULTS`) and top-level
+    keys, its state in ``folder/state``."""
+    config = folder / "docktor.yaml"
+    doc = {"state_dir": str(folder / "state"), **top, "services": [{**SERVICE_DEFAULTS, **svc} for svc in services]}
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return config
 
 
 @dataclass
