@@ -80,6 +80,8 @@ class DocktorScaler(pb_grpc.ExternalScalerServicer):
         self.on_demand = OnDemand(daemon)
         #: the longest any call waits for a decision
         self.bound = bound
+        #: the count last told to KEDA per service (a change is logged)
+        self.told: dict[str, int] = {}
 
     # ------------------------------------------------------------------ the questions
 
@@ -95,7 +97,9 @@ class DocktorScaler(pb_grpc.ExternalScalerServicer):
         if count is None:
             await refuse(context, grpc.StatusCode.UNAVAILABLE, f"service {name}: its replica count is unknown ({record.reason})")
         assert count is not None  # mypy: refuse never returns
-        log.debug("%s: KEDA told %d (decision %s)", name, count, record.id)
+        if self.told.get(name) != count:  # each change once in the daemon's log, with the decision that made it
+            log.info("%s: KEDA is told %d (decision %s of %s)", name, count, record.id, record.ts)
+            self.told[name] = count
         value = pb.MetricValue(metricName=request.metricName or metric_name(name), metricValue=count, metricValueFloat=float(count))
         return pb.GetMetricsResponse(metricValues=[value])
 

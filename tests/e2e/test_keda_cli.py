@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from tests.support.cli import docktor
-from tests.support.daemons import records
+from tests.support.daemons import records, start_foreground
 from tests.support.jetstream import make_stream, publish, purge
 from tests.support.keda_client import Keda, keda_config, nats_queue, start_keda
 from tests.support.peers import NatsServer, start_nats
@@ -146,3 +146,12 @@ async def test_advisory_decides_and_logs_but_tells_keda_the_count_in_force(tmp_p
         await client.close()
         await purge(nats.url, "JOBS")
         assert keda.stop() == 0, keda.log_text()[-2000:]
+
+
+def test_daemon_start_warns_that_it_serves_no_keda(tmp_path: Path, nats: NatsServer) -> None:
+    running = start_foreground(write_keda_config(tmp_path, nats.url), tmp_path / "state")
+    try:
+        assert ("warning: worker: executor: keda, and daemon start serves no KEDA: its decisions reach no replica "
+                "(run docktor keda to serve them)") in running.log_text()
+    finally:
+        assert running.stop() == 0

@@ -10,6 +10,7 @@ decision in the log, which ``explain`` and ``/metrics`` show like any other.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -146,6 +147,14 @@ async def test_a_burst_raises_the_count_keda_sets_and_it_settles_back(stack: Sta
     up = next(r for r in executed if r["target_replicas"] == 5)
     assert up["source"] == "policy" and up["envelope"] and "served to KEDA" in up["outcome"]["message"]
     assert executed[-1]["target_replicas"] == 0
+    # ... and the daemon's log names it each time the count told to KEDA changed
+    told = re.findall(r"worker: KEDA is told (\d+) \(decision (\w+) of ", stack.keda.log_text())
+    by_id = {r["id"]: r for r in decided}
+    assert {"5", "0"} <= {n for n, _ in told}, told
+    for n, decision in told:
+        rec = by_id[decision]
+        in_force = rec["target_replicas"] if rec.get("executed") else rec["current_replicas"]
+        assert in_force == int(n), (n, rec)
 
     explained = docktor("explain", "--config", str(stack.config), "-n", "50", "--service", "worker", "--changes")
     assert explained.returncode == 0, explained.stderr
