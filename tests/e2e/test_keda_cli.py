@@ -81,6 +81,24 @@ async def test_tls_answers_only_a_client_the_ca_signed(tmp_path: Path, nats: Nat
         assert keda.stop() == 0, keda.log_text()[-2000:]
 
 
+async def test_tls_without_a_client_ca_answers_any_client_that_trusts_the_server(
+    tmp_path: Path, nats: NatsServer, certificates: Certificates
+) -> None:
+    c = certificates
+    keda = start_keda(write_keda_config(tmp_path, nats.url), tmp_path / "keda.out", "--tls-cert", str(c.server_cert),
+                      "--tls-key", str(c.server_key))
+    try:
+        assert "(TLS)" in keda.log_text()
+        anyone = Keda(f"localhost:{keda.port}", ca=c.ca)
+        try:
+            assert await anyone.active(WORKER) is True  # min_replicas 1
+        finally:
+            await anyone.close()
+        assert await _refused(Keda(f"localhost:{keda.port}", ca=c.other_ca)) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert keda.stop() == 0, keda.log_text()[-2000:]
+
+
 def test_beyond_loopback_without_tls_is_refused(tmp_path: Path, nats: NatsServer) -> None:
     config = write_keda_config(tmp_path, nats.url)
     refused = docktor("keda", "--config", str(config), "--listen", "0.0.0.0:0")
