@@ -29,8 +29,10 @@ import grpc
 
 from docktor.agent.keda import externalscaler_pb2 as pb
 from docktor.agent.keda import externalscaler_pb2_grpc as pb_grpc
+from docktor.agent.redact import redact
 from docktor.agent.runtime.decision_log import DecisionRecord
 from docktor.agent.runtime.on_demand import Answer, OnDemand
+from docktor.tools.sdk import one_line
 
 if TYPE_CHECKING:
     from docktor.agent.runtime.supervisor import Supervisor
@@ -45,6 +47,8 @@ EXECUTOR = "keda"
 ACTIVITY = ("queue.backlog", "queue.pending", "queue.ack_pending", "queue.lag")
 #: what an answer keeps back from the call's own deadline, to be on the wire in time
 MARGIN_S = 0.25
+#: the most of an unknown service's name a refusal echoes
+MAX_NAME_SHOWN = 64
 
 
 def metric_name(service: str) -> str:
@@ -144,7 +148,8 @@ class DocktorScaler(pb_grpc.ExternalScalerServicer):
         loop = self.daemon.loops.get(name)
         if loop is None:
             known = ", ".join(sorted(self.daemon.loops)) or "none"
-            await refuse(context, grpc.StatusCode.NOT_FOUND, f"no service {name!r} in {self.daemon.config.path} (it has: {known})")
+            shown = repr(name if len(name) <= MAX_NAME_SHOWN else name[:MAX_NAME_SHOWN] + "…")  # a caller's text, kept to one short line
+            await refuse(context, grpc.StatusCode.NOT_FOUND, f"no service {shown} in {self.daemon.config.path} (it has: {known})")
         kind = None if loop.svc.executor is None else loop.svc.executor.kind
         if kind != EXECUTOR:
             await refuse(context, grpc.StatusCode.FAILED_PRECONDITION,
@@ -161,7 +166,7 @@ class DocktorScaler(pb_grpc.ExternalScalerServicer):
             await refuse(context, grpc.StatusCode.NOT_FOUND, f"service {name} was removed from the config")
         except Exception as e:  # a bug in a tick must reach KEDA as a failed call, named, not a hang
             log.exception("%s: %s failed", name, call)
-            await refuse(context, grpc.StatusCode.UNAVAILABLE, f"service {name}: no decision: {e}")
+            await refuse(context, grpc.StatusCode.UNAVAILABLE, redact(f"service {name}: no decision: {one_line(e)}"))
         if answer.record is None:
             await refuse(context, grpc.StatusCode.UNAVAILABLE, f"service {name}: {answer.note}")
         if answer.note:
