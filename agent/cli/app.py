@@ -16,6 +16,7 @@ import typer
 from docktor.agent.cli import control as control_commands
 from docktor.agent.cli import daemon as daemon_commands
 from docktor.agent.cli import explain as explain_command
+from docktor.agent.cli import keda_command
 from docktor.agent.cli import llm as llm_commands
 from docktor.agent.cli import mcp as mcp_command
 from docktor.agent.cli import sim as sim_commands
@@ -195,6 +196,7 @@ control_commands.register(app)
 explain_command.register(app)
 llm_commands.register(app)
 mcp_command.register(app)
+keda_command.register(app)
 sim_commands.register(app)
 
 

@@ -100,6 +100,10 @@ def register(app: typer.Typer) -> None:
 
         cfg = load(config, check_llm=True)
         check_executors(cfg)  # refuses what an executor's backend proves wrong; warnings are validate's
+        for svc in cfg.services:
+            if svc.executor is not None and svc.executor.kind == "keda":
+                err.print(f"warning: {svc.name}: executor: keda, and daemon start serves no KEDA: its decisions reach no "
+                          "replica (run docktor keda to serve them)", markup=False)
         mode = "advisory" if advisory else None
         try:
             if foreground:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,17 @@ class RedactingFilter(logging.Filter):
 
 
 
-def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
+#: something served beside the supervisor from the same process (``docktor keda``'s gRPC server):
+#: started once the loops are built and their targets held, it returns what stops it, which runs
+#: before the loops stop; it raises :class:`CannotServe` to refuse the start with one line
+Companion = Callable[[Supervisor], Awaitable[Callable[[], Awaitable[None]]]]
+
+
+class CannotServe(Exception):
+    """A companion could not start (its port is taken): the daemon refuses to start, with this line."""
+
+
+def run_foreground(config: DocktorConfig, *, mode: str | None = None, companion: Companion | None = None) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
 
     paths = paths_for(config)
@@ -71,6 +82,7 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         server: ControlServer | None = None
+        stop_companion: Callable[[], Awaitable[None]] | None = None
         reloads: set[asyncio.Task[Any]] = set()
 
         async def reload() -> dict[str, Any]:
@@ -101,6 +113,13 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
             server = ControlServer(paths.socket, control_handler(daemon, reload))
             await server.start()
             loop.add_signal_handler(signal.SIGHUP, on_hup)
+            if companion is not None:
+                try:
+                    stop_companion = await companion(daemon)
+                except CannotServe as e:
+                    refusal.append(f"error: {e}")
+                    code = 2
+                    return
             record_daemon(paths, config)
             daemon.write_status()
             log.info("started: %d service(s), mode %s, log %s, control socket %s", len(config.services), daemon.mode,
@@ -109,6 +128,8 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None) -> int:
         finally:
             for task in list(reloads):
                 task.cancel()
+            if stop_companion is not None:
+                await stop_companion()
             await daemon.close()
             if server is not None:
                 await server.close()  # last: ``daemon status`` answers while replicas stop

@@ -90,6 +90,8 @@ class ServiceLoop:
         self.last_status: ReplicaStatus | None = None
         self.last_observations: dict[str, float] = {}
         self.last_record: DecisionRecord | None = None
+        #: when (``daemon.mono``) the last record was made: how old an answer from it would be
+        self.last_mono = -math.inf
         self.recent: list[dict[str, Any]] = []  # newest last, for the LLM's tools
         self.ticks = 0
         #: ``docktor pause``: decisions go on and are logged, nothing is executed
@@ -219,6 +221,18 @@ class ServiceLoop:
             await self.save_state()
         return record
 
+    async def decision_since(self, since: float) -> DecisionRecord:
+        """A decision made at ``since`` (``daemon.mono``) or later: the one a tick in progress
+        makes once it ends, else one tick now. For what asks between ticks (``docktor keda``'s
+        GetMetrics): the loop stays the one place a tick runs, one at a time, so a question never
+        runs a second copy of it nor a tick right after another."""
+        async with self.lock:
+            if self.last_record is not None and self.last_mono >= since:
+                return self.last_record
+            record = await self._tick(False)
+        await self.save_state()
+        return record
+
     def active_pause(self) -> Pause | None:
         """The pause in force now (an ended one is dropped, with a line in the log)."""
         pause = self.pause
@@ -297,7 +311,7 @@ class ServiceLoop:
 
     def keep(self, record: DecisionRecord) -> DecisionRecord:
         """The decision in memory (whether or not the log took it): status, hooks, the LLM's tools."""
-        self.last_record = record
+        self.last_record, self.last_mono = record, self.daemon.mono()
         self.recent.append(redact_obj(record.model_dump(mode="json")))  # the LLM's tools may send it anywhere
         del self.recent[:-RECENT_DECISIONS]
         for hook in self.daemon.on_record:

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from docktor.tools.executors.compose import ComposeExecutor
+from docktor.tools.executors.keda import KedaExecutor
 from docktor.tools.executors.kubernetes import KubernetesExecutor
 from docktor.tools.executors.local import LocalExecutor
 from docktor.tools.executors.swarm import SwarmExecutor
@@ -431,8 +432,17 @@ def kubernetes_peer(tmp_path_factory: pytest.TempPathFactory, standins: StandIns
         )
 
 
+@pytest.fixture(scope="module")
+def keda_peer(tmp_path_factory: pytest.TempPathFactory) -> ExecutorPeer:
+    """The count served to KEDA, kept in the state folder: no backend to fail or be unreachable
+    (the HPA acts later, out of the executor's sight), so those two checks do not apply."""
+    folder = tmp_path_factory.mktemp("keda")
+    return ExecutorPeer(settings={"kind": "keda", "initial_replicas": 1}, context=Context("contract-keda", folder, folder / "state"))
+
+
 test_executor_contract = executor_contract(
     Case(LocalExecutor, peer="local_peer"),
+    Case(KedaExecutor, peer="keda_peer"),
     Case(ComposeExecutor, peer="compose_peer", marks=[pytest.mark.docker, on_worker_of("compose")]),
     Case(SwarmExecutor, peer="swarm_peer", marks=[pytest.mark.docker, pytest.mark.swarm, on_worker_of("swarm")]),
     Case(KubernetesExecutor, peer="kubernetes_peer", marks=[on_worker_of("kubernetes")]),

@@ -60,7 +60,7 @@ def test_pyproject_lists_every_package_and_ships_the_traces() -> None:
     data_only = {"docktor.agent.sim.traces"}
     assert set(config["packages"]) == on_disk | data_only
     assert config["package-dir"] == {"docktor.agent": "agent", "docktor.tools": "tools"}
-    assert config["package-data"] == {"docktor.agent.sim.traces": ["*.csv"]}
+    assert config["package-data"] == {"docktor.agent.sim.traces": ["*.csv"], "docktor.agent.keda": ["*.proto"]}
     assert sorted(p.name for p in (REPO / "agent" / "sim" / "traces").glob("*.csv")) == [
         "burst-every-minute.csv", "diurnal.csv", "ramp.csv", "step.csv",
     ]
@@ -110,7 +110,7 @@ def test_help_imports_no_heavy_module() -> None:
         "import sys\n"
         "from docktor.agent.cli.app import app\n"
         "try:\n    app(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
-        "heavy = {'openai', 'numpy', 'matplotlib', 'pydantic', 'docker', 'nats', 'yaml', 'mcp', 'starlette', 'uvicorn'}\n"
+        "heavy = {'openai', 'numpy', 'matplotlib', 'pydantic', 'docker', 'nats', 'yaml', 'mcp', 'starlette', 'uvicorn', 'grpc', 'google'}\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy), file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)

@@ -175,6 +175,10 @@ class Executor(Plugin[S]):
 
     #: replica counts live inside the daemon process (``decide --once`` cannot keep them)
     in_process: ClassVar[bool] = False
+    #: the executor hands the count to another controller, which acts on it later (``keda``: the
+    #: HPA sets the replicas): ``scale`` records the count and verifies nothing, so its outcome's
+    #: ``running`` is None and it names no removed replica (that controller chooses them)
+    delegates: ClassVar[bool] = False
 
     @classmethod
     def grace_period(cls, settings: S) -> float:

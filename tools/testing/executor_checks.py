@@ -75,9 +75,15 @@ async def _scale(run: Run, executor: Executor[Any], block: Mapping[str, Any], n:
     return outcome
 
 
-def _verified(outcome: ScaleOutcome, status: ReplicaStatus, n: int) -> None:
+def _verified(run: Run, outcome: ScaleOutcome, status: ReplicaStatus, n: int) -> None:
     if not outcome.ok:
         raise Violation(f"scale({n}) failed against a healthy backend: {outcome.message}")
+    if run.plugin.delegates:  # another controller acts later: nothing was verified, the count is recorded
+        if outcome.running is not None:
+            raise Violation(f"scale({n}) of a delegating executor said running={outcome.running}: it verified nothing, so None")
+        if status.desired != n:
+            raise Violation(f"after an ok scale({n}), a delegating executor's status() reports desired={status.desired}")
+        return
     if outcome.running != n:
         raise Violation(f"scale({n}) said ok with running={outcome.running!r}: ok means {n} verified running")
     if (status.desired, status.running) != (n, n):
@@ -99,7 +105,8 @@ async def status_reports(run: Run) -> None:
 
 
 async def scale_verifies(run: Run) -> None:
-    """scale(n) returns after verifying n run; a scale-in names each replica it removed, why, and how."""
+    """scale(n) returns after verifying n run; a scale-in names each replica it removed, why, and how.
+    A delegating executor (``Executor.delegates``) verifies nothing and names none: its status() reports n."""
     peer: ExecutorPeer = run.peer
     up, down = peer.scale
     if not 0 <= down < up:
@@ -107,9 +114,13 @@ async def scale_verifies(run: Run) -> None:
 
     async def use(executor: Executor[Any]) -> None:
         grown = await _scale(run, executor, peer.settings, up)
-        _verified(grown, await _status(run, executor, peer.settings, f"status() after scale({up})"), up)
+        _verified(run, grown, await _status(run, executor, peer.settings, f"status() after scale({up})"), up)
         shrunk = await _scale(run, executor, peer.settings, down)
-        _verified(shrunk, await _status(run, executor, peer.settings, f"status() after scale({down})"), down)
+        _verified(run, shrunk, await _status(run, executor, peer.settings, f"status() after scale({down})"), down)
+        if run.plugin.delegates:
+            if shrunk.removed:
+                raise Violation(f"scale({down}) of a delegating executor named removed replicas: the controller it delegates to chooses them")
+            return
         if len(shrunk.removed) != up - down:
             raise Violation(f"scale({down}) from {up} reported {len(shrunk.removed)} removed replicas, not {up - down}")
         names = [r.replica for r in shrunk.removed]
@@ -179,7 +190,7 @@ async def close_releases(run: Run) -> None:
     before = connections()
 
     async def use(executor: Executor[Any]) -> None:
-        _verified(await _scale(run, executor, peer.settings, n), await _status(run, executor, peer.settings, f"status() after scale({n})"), n)
+        _verified(run, await _scale(run, executor, peer.settings, n), await _status(run, executor, peer.settings, f"status() after scale({n})"), n)
 
     await _using(run, peer.settings, use)
     left = await left_open(before, _bound(run, peer.settings))

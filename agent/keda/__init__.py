@@ -1,0 +1,1 @@
+"""``docktor keda``: KEDA's external scaler protocol served from the daemon's decisions (docs/keda.md)."""
