@@ -79,32 +79,3 @@ def load(path: Path, *, check_llm: bool = False) -> DocktorConfig:
 
         resolve_endpoint(config.llm, os.environ)
     return config
-
-
-def check_executors(config: DocktorConfig) -> dict[str, list[str]]:
-    """Each executor's checks: warnings returned per service; refusals raised as one UsageError.
-
-    A refusal is an executor's :class:`~docktor.tools.sdk.ExecutorError` from ``check``: its
-    backend proved the settings can never work (a Swarm service in global mode). ``validate``
-    prints the warnings; ``daemon start`` only refuses.
-    """
-    from docktor.agent.config.secrets import secret_env_names
-    from docktor.agent.problems import Problem
-    from docktor.tools.registry import executor_plugin
-    from docktor.tools.sdk import Context, ExecutorError
-
-    assert config.state_dir is not None  # the loader always resolves it
-    secrets = secret_env_names(config)
-    warnings: dict[str, list[str]] = {}
-    refused: list[Problem] = []
-    for svc in config.services:
-        if svc.executor is None:
-            continue
-        context = Context(service=svc.name, base_dir=config.base_dir, state_dir=config.state_dir, secret_env=secrets)
-        try:
-            warnings[svc.name] = executor_plugin(svc.executor.kind).check(svc.executor.settings, context)
-        except ExecutorError as e:
-            refused.append(Problem(svc.executor.where or svc.name, str(e)))
-    if refused:
-        raise UsageError(refused)
-    return warnings

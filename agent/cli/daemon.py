@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, check_executors, group, handles_errors, load
+from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
 from docktor.agent.problems import UsageError
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -95,11 +95,17 @@ def register(app: typer.Typer) -> None:
         foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached (containers, systemd).")] = False,
     ) -> None:
         """Start the daemon (in the background unless --foreground)."""
-        from docktor.agent.cli.render import err, say
+        from docktor.agent.cli.render import err, say, warn
+        from docktor.agent.config.checks import offline_checks
+        from docktor.agent.problems import UsageError
         from docktor.agent.runtime import process
 
         cfg = load(config, check_llm=True)
-        check_executors(cfg)  # refuses what an executor's backend proves wrong; warnings are validate's
+        found = offline_checks(cfg)
+        if found.refusals:  # an executor's backend proved the settings wrong: nothing could ever run
+            raise UsageError(found.refusals)
+        for problem in found.problems:  # validate's errors; each tick's record will say the same
+            warn(str(problem))
         mode = "advisory" if advisory else None
         try:
             if foreground:
@@ -162,7 +168,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.table import Table
 
-        from docktor.agent.cli.render import out, warn
+        from docktor.agent.cli.render import out, reason_text, warn
         from docktor.agent.runtime.locate import status as daemon_status
 
         st = daemon_status(locate(config).paths)
@@ -197,7 +203,7 @@ def register(app: typer.Typer) -> None:
                 name,
                 f"{reps.get('running', '?')}/{reps.get('desired', '?')}",
                 f"{last.get('decision', '-')} {last.get('current_replicas', '')}->{last.get('target_replicas', '')}",
-                last.get("reason", ""),
+                reason_text(last),  # with what failed (a replica's command not found), as daemon logs shows it
                 *([("until " + pause["until"] if pause.get("until") else "until resumed") if pause else "-"] if paused else []),
             )
         out.print(table)
