@@ -15,7 +15,12 @@ MAX_PROBLEM_CHARS = 400
 def one_line_text(text: str) -> str:
     """Control characters escaped (a key with a newline stays on its line), credentials scrubbed, length capped."""
     text = redact(_CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text))
-    return text if len(text) <= MAX_PROBLEM_CHARS else text[: MAX_PROBLEM_CHARS - 1] + "…"
+    if len(text) <= MAX_PROBLEM_CHARS:
+        return text
+    cut = text[: MAX_PROBLEM_CHARS - 1]
+    # at a space or after a comma, never inside a word (a name cut in half reads as another name)
+    at = max(cut.rfind(" "), cut.rfind(","))
+    return (cut[: at + 1] if at > MAX_PROBLEM_CHARS // 2 else cut).rstrip(" ,") + "…"
 
 
 @dataclass(frozen=True)

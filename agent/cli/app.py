@@ -1,4 +1,4 @@
-"""The ``docktor`` command line: the app, ``validate``, ``decide`` and ``demo``; groups register here.
+"""The ``docktor`` command line: the app, ``decide`` and ``demo``; ``validate`` and the groups register here.
 
 Every bad input ends the same way: one line per problem on stderr, naming the field or argument,
 and exit code 2. Commands import what they need when they run, so ``--help`` stays fast.
@@ -20,7 +20,8 @@ from docktor.agent.cli import keda_command
 from docktor.agent.cli import llm as llm_commands
 from docktor.agent.cli import mcp as mcp_command
 from docktor.agent.cli import sim as sim_commands
-from docktor.agent.cli.common import ConfigOpt, check_executors, group, handles_errors, load
+from docktor.agent.cli import validate as validate_command
+from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
 
 app = group("Scale queue workers on queue depth and throughput, with every decision explained.")
 
@@ -45,35 +46,7 @@ def _root(
 # ---------------------------------------------------------------------------- validate
 
 
-@app.command(short_help="Check a config file.")
-@handles_errors
-def validate(config: ConfigOpt = Path("docktor.yaml")) -> None:
-    """Check a config file: a summary line per service, or one line per problem (exit 2)."""
-    from docktor.agent.cli.render import say, warn
-    from docktor.agent.config.load import summarize
-    from docktor.tools.registry import source_plugin
-    from docktor.tools.sdk import Context
-
-    cfg = load(config, check_llm=True)
-    assert cfg.state_dir is not None
-    # Checks each plugin can make (a file missing, no Compose CLI): warnings, because the config
-    # may be right and this machine not the one it runs on; an executor whose backend proves the
-    # settings wrong (a global Swarm service) refuses the config instead (exit 2).
-    executor_warnings = check_executors(cfg)
-    for svc in cfg.services:
-        say(summarize(svc))
-        context = Context(service=svc.name, base_dir=cfg.base_dir, state_dir=cfg.state_dir)
-        for w in executor_warnings.get(svc.name, []):
-            warn(f"{svc.name}: {w}")
-        for spec in svc.sources:
-            for w in source_plugin(spec.kind).check(spec.settings, context):
-                warn(f"{svc.name}: source {spec.name}: {w}")
-    if cfg.llm.provider != "none":
-        from docktor.agent.advisor.client import resolve_endpoint
-
-        ep = resolve_endpoint(cfg.llm, os.environ)
-        say(f"llm: {ep.provider} model {ep.model} at {ep.base_url}")
-    say(f"ok: {len(cfg.services)} service(s), mode {cfg.mode}, state in {cfg.state_dir}")
+validate_command.register(app)  # first in --help, as the first command a user runs
 
 
 # ---------------------------------------------------------------------------- decide
@@ -193,7 +166,6 @@ def demo(
 daemon_commands.register(app)
 explain_command.register(app)
 control_commands.register(app)
-explain_command.register(app)
 llm_commands.register(app)
 mcp_command.register(app)
 keda_command.register(app)

@@ -81,30 +81,16 @@ def load(path: Path, *, check_llm: bool = False) -> DocktorConfig:
     return config
 
 
-def check_executors(config: DocktorConfig) -> dict[str, list[str]]:
-    """Each executor's checks: warnings returned per service; refusals raised as one UsageError.
+def check_before_start(config: DocktorConfig) -> None:
+    """What ``daemon start`` and ``docktor keda`` check before they start: a refusal (an executor's
+    backend proved the settings can never work) is one line each and exit 2; what ``validate``
+    calls an error (a program not installed, a variable unset) is a warning here, because the other
+    services run anyway and each tick's record says what fails."""
+    from docktor.agent.cli.render import warn
+    from docktor.agent.config.checks import offline_checks
 
-    A refusal is an executor's :class:`~docktor.tools.sdk.ExecutorError` from ``check``: its
-    backend proved the settings can never work (a Swarm service in global mode). ``validate``
-    prints the warnings; ``daemon start`` only refuses.
-    """
-    from docktor.agent.config.secrets import secret_env_names
-    from docktor.agent.problems import Problem
-    from docktor.tools.registry import executor_plugin
-    from docktor.tools.sdk import Context, ExecutorError
-
-    assert config.state_dir is not None  # the loader always resolves it
-    secrets = secret_env_names(config)
-    warnings: dict[str, list[str]] = {}
-    refused: list[Problem] = []
-    for svc in config.services:
-        if svc.executor is None:
-            continue
-        context = Context(service=svc.name, base_dir=config.base_dir, state_dir=config.state_dir, secret_env=secrets)
-        try:
-            warnings[svc.name] = executor_plugin(svc.executor.kind).check(svc.executor.settings, context)
-        except ExecutorError as e:
-            refused.append(Problem(svc.executor.where or svc.name, str(e)))
-    if refused:
-        raise UsageError(refused)
-    return warnings
+    found = offline_checks(config)
+    if found.refusals:
+        raise UsageError(found.refusals)
+    for problem in found.problems:
+        warn(str(problem))

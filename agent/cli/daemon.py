@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, check_executors, group, handles_errors, load
+from docktor.agent.cli.common import ConfigOpt, check_before_start, group, handles_errors, load
 from docktor.agent.problems import UsageError
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.runtime import process
 
         cfg = load(config, check_llm=True)
-        check_executors(cfg)  # refuses what an executor's backend proves wrong; warnings are validate's
+        check_before_start(cfg)
         for svc in cfg.services:
             if svc.executor is not None and svc.executor.kind == "keda":
                 err.print(f"warning: {svc.name}: executor: keda, and daemon start serves no KEDA: its decisions reach no "
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.table import Table
 
-        from docktor.agent.cli.render import out, warn
+        from docktor.agent.cli.render import out, reason_text, warn
         from docktor.agent.runtime.locate import status as daemon_status
 
         st = daemon_status(locate(config).paths)
@@ -201,7 +201,7 @@ def register(app: typer.Typer) -> None:
                 name,
                 f"{reps.get('running', '?')}/{reps.get('desired', '?')}",
                 f"{last.get('decision', '-')} {last.get('current_replicas', '')}->{last.get('target_replicas', '')}",
-                last.get("reason", ""),
+                reason_text(last),  # with what failed (a replica's command not found), as daemon logs shows it
                 *([("until " + pause["until"] if pause.get("until") else "until resumed") if pause else "-"] if paused else []),
             )
         out.print(table)

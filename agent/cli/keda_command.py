@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, check_executors, handles_errors, load
+from docktor.agent.cli.common import ConfigOpt, check_before_start, handles_errors, load
 from docktor.agent.problems import Problem, UsageError
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         served = [svc.name for svc in cfg.services if svc.executor is not None and svc.executor.kind == "keda"]
         if not served:
             raise UsageError([Problem("services", f"no service in {config} has executor: keda, so KEDA has nothing to ask about")])
-        check_executors(cfg)
+        check_before_start(cfg)
         run(cfg, host, port, tls, answer_within, "advisory" if advisory else None)
 
 

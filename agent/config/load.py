@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError
 
 from docktor.agent.config import compat
 from docktor.agent.config.messages import did_you_mean, join, problems_from, shown
-from docktor.agent.config.model import DocktorConfig, ExecutorSpec, OnMissing, ServiceConfig, SourceSpec
+from docktor.agent.config.model import DocktorConfig, ExecutorSpec, OnMissing, Rules, ServiceConfig, SourceSpec
 from docktor.agent.config.safe_yaml import MAX_BYTES, YAMLTooBig, load_yaml
 from docktor.agent.core.derived import REPLICA_METRICS, derivable
 from docktor.agent.core.policies import POLICIES
@@ -185,6 +185,8 @@ def _service(
     except ValidationError as e:
         found.extend(problems_from(e, data, prefix=at, model=ServiceConfig, extra_names=executor_keys))
         svc = None
+        if executor is not None and sources is not None:  # a mistyped metric too, in the same round
+            found.extend(_check_rule_metrics(at, data.get("rules"), executor, sources))
 
     if svc is not None:
         if svc.min_replicas > svc.max_replicas:
@@ -326,13 +328,13 @@ def _plugin_problem(e: PluginError, what: str, kind: str, known: list[str]) -> s
 # --------------------------------------------------------------------------- metrics
 
 
-def available_metrics(svc: ServiceConfig) -> dict[str, str]:
-    """Every metric the service's plugins provide, with who provides it (for messages)."""
+def available_metrics(executor: ExecutorSpec | None, sources: Sequence[SourceSpec]) -> dict[str, str]:
+    """Every metric a service's plugins provide, with who provides it (for messages)."""
     out: dict[str, str] = {name: "executor" for name in REPLICA_METRICS}
-    if svc.executor is not None:
-        for name in executor_plugin(svc.executor.kind).metrics_for(svc.executor.settings):
-            out[name] = f"executor {svc.executor.kind}"
-    for spec in svc.sources:
+    if executor is not None:
+        for name in executor_plugin(executor.kind).metrics_for(executor.settings):
+            out[name] = f"executor {executor.kind}"
+    for spec in sources:
         for name in source_plugin(spec.kind).metrics_for(spec.settings):
             out[spec.metric_name(name)] = f"source {spec.name}"
     for name in derivable(frozenset(out)):
@@ -342,17 +344,9 @@ def available_metrics(svc: ServiceConfig) -> dict[str, str]:
 
 def _check_metrics(at: str, svc: ServiceConfig) -> list[Problem]:
     """A rule or a policy that needs a metric nothing provides would hold forever as 'missing'."""
-    available = available_metrics(svc)
+    available = available_metrics(svc.executor, svc.sources)
     listing = ", ".join(sorted(available))
-    found: list[Problem] = []
-    for group in ("scale_up_when", "scale_down_when"):
-        for j, rule in enumerate(getattr(svc.rules, group)):
-            if rule.metric not in available:
-                found.append(Problem(
-                    f"{at}.rules.{group}[{j}].metric",
-                    f"unknown metric {rule.metric!r}{did_you_mean(rule.metric, available)}: not provided by this service's "
-                    f"sources or executor (available: {listing})",
-                ))
+    found = _unknown_rule_metrics(at, svc.rules, available)
     needed = sorted(POLICIES[svc.policy].required(svc) - available.keys())
     if needed:
         instead = "policy: target (with target_per_replica) or policy: rules" if "queue.backlog" in available else "policy: rules"
@@ -363,6 +357,29 @@ def _check_metrics(at: str, svc: ServiceConfig) -> list[Problem]:
             f"use {instead}",
         ))
     return found
+
+
+def _unknown_rule_metrics(at: str, rules: Rules, available: Mapping[str, str]) -> list[Problem]:
+    listing = ", ".join(sorted(available))
+    return [
+        Problem(
+            f"{at}.rules.{group}[{j}].metric",
+            f"unknown metric {rule.metric!r}{did_you_mean(rule.metric, available)}: not provided by this service's "
+            f"sources or executor (available: {listing})",
+        )
+        for group in ("scale_up_when", "scale_down_when")
+        for j, rule in enumerate(getattr(rules, group))
+        if rule.metric not in available
+    ]
+
+
+def _check_rule_metrics(at: str, raw_rules: Any, executor: ExecutorSpec, sources: list[SourceSpec]) -> list[Problem]:
+    """The rules' metrics of a service whose other settings failed (the rules themselves parse)."""
+    try:
+        rules = Rules.model_validate(raw_rules if raw_rules is not None else {})
+    except ValidationError:  # the service's own validation has named what is wrong in them
+        return []
+    return _unknown_rule_metrics(at, rules, available_metrics(executor, sources))
 
 
 def _check_names(raw_services: list[Any], problems: list[Problem]) -> None:

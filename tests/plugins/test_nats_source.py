@@ -380,7 +380,13 @@ async def test_recreated_stream_omits_rates_and_missing_stream_is_named(
 
 async def test_missing_consumer_is_named(nats_server: NatsServer, js: JetStreamContext, make_source: Any) -> None:
     src = make_source(settings(nats_server.url, consumer="NOBODY"))
-    with pytest.raises(SourceError, match=f"consumer 'NOBODY' not found on stream '{STREAM}'"):
+    with pytest.raises(SourceError, match=rf"consumer 'NOBODY' not found on stream '{STREAM}' \(consumers: {CONSUMER}\)"):
+        await src.read()
+
+
+async def test_missing_stream_names_the_streams_there_are(nats_server: NatsServer, js: JetStreamContext, make_source: Any) -> None:
+    src = make_source(settings(nats_server.url, stream=STREAM[:-1]))
+    with pytest.raises(SourceError, match=rf"stream '{STREAM[:-1]}' not found \(streams: {STREAM}\)"):
         await src.read()
 
 

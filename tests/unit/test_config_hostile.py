@@ -116,3 +116,14 @@ def test_interpolation_cannot_be_made_to_copy_an_alias_bomb(monkeypatch: pytest.
     """The issue's hang: ``${VAR}`` interpolation copied every alias. The bound comes first."""
     monkeypatch.setenv("LOL", "lol")
     assert outcome_of(billion_laughs().replace('"lol"', '"${LOL}"')) == "usage"
+
+
+def test_a_long_problem_is_cut_between_words() -> None:
+    """A value echoed back is capped, but never inside a name: half a metric name reads as another one."""
+    from docktor.agent.problems import MAX_PROBLEM_CHARS, Problem
+
+    names = [f"queue.metric_{i:02d}_count" for i in range(60)]
+    for pad in range(len(names[0]) + 2):  # the cap falls at every place of a name once
+        line = str(Problem("services[0].rules.scale_up_when[0].metric", "x" * pad + " available: " + ", ".join(names)))
+        assert len(line) <= MAX_PROBLEM_CHARS and line.endswith("…")
+        assert line[:-1].split()[-1].rstrip(",") in names, line[-80:]

@@ -34,6 +34,7 @@ from docktor.tools.sdk import (
     RemovedReplica,
     ReplicaStatus,
     Seconds,
+    Unworkable,
     one_line,
 )
 
@@ -88,21 +89,24 @@ class ComposeExecutor(DockerExecutor[ComposeSettings]):
 
     @classmethod
     def check(cls, settings: ComposeSettings, context: Context) -> list[str]:
-        """The compose file exists, parses and has the service; a Compose CLI is installed."""
+        """The compose file exists, parses and has the service (else :class:`Unworkable`); a
+        Compose CLI is installed (a warning: the config may be for another machine)."""
         found: list[str] = []
         path = context.path(settings.compose_file)
         service = settings.compose_service or context.service
         try:
             doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            found.append(f"compose_file {str(path)!r} does not exist")
+            found.append(Unworkable(f"compose_file {str(path)!r} does not exist"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            found.append(f"compose_file {str(path)!r} cannot be read as YAML: {one_line(e)}")
+            found.append(Unworkable(f"compose_file {str(path)!r} cannot be read as YAML: {one_line(e)}"))
         else:
             services = doc.get("services") if isinstance(doc, dict) else None
-            if isinstance(services, dict) and service not in services:
+            if not isinstance(services, dict):
+                found.append(Unworkable(f"compose_file {str(path)!r} has no services: mapping"))
+            elif service not in services:
                 known = ", ".join(sorted(map(str, services))) or "none"
-                found.append(f"compose_file {str(path)!r} has no service {service!r} (it has: {known})")
+                found.append(Unworkable(f"compose_file {str(path)!r} has no service {service!r} (it has: {known})"))
         try:
             find_compose_cli()
         except ExecutorError as e:

@@ -3,12 +3,13 @@
 Docktor's embedded default (``executor: local``, used by ``make demo``): N copies of ``command``,
 like a Procfile runner or supervisor's ``numprocs``; replica *i* gets ``DOCKTOR_SERVICE=<name>``
 and ``DOCKTOR_REPLICA=<i>`` and appends its output to ``<state_dir>/logs/<name>.<i>.log``.
-``docs/executors.md`` tells the whole story. Here: the settings, the environment replicas inherit
-(an allow-list, never Docktor's own credentials), and :class:`LocalExecutor`, which keeps a slot
+``docs/executors.md`` tells the whole story. Here: :class:`LocalExecutor`, which keeps a slot
 per replica and restarts a crashed one like Docker's ``restart: on-failure`` (back-off 1 s, 2 s,
 4 s ... up to 60 s, reset after 10 s up; exit code 0 is done, not restarted), at the daemon's
 tick, never in the background. Beside it:
 
+* :mod:`.local_settings`: the settings, and the environment replicas inherit (an allow-list,
+  never Docktor's own credentials);
 * :mod:`.local_replicas`: the processes, started with the service's marks, recognised by them
   (this user's, carrying ``DOCKTOR_OWNER``) before any signal, and stopped (SIGTERM, the grace
   period, SIGKILL) with everything they started, even what left their session;
@@ -24,29 +25,31 @@ import asyncio
 import hashlib
 import json
 import math
-import os
-import re
-import shlex
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from fnmatch import fnmatchcase
-from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import AfterValidator, BeforeValidator, Field
 
 from docktor.tools.executors.local_cpu import CpuMeter, choose_victims
 from docktor.tools.executors.local_records import Recorded, RecordedReplica, ReplicaRecords, UnsafeRecords, adopt
-from docktor.tools.executors.local_replicas import Replica, ReplicaLog, Replicas, Slot, Stopped, describe_exit
+from docktor.tools.executors.local_replicas import (
+    Replica,
+    ReplicaLog,
+    Replicas,
+    Slot,
+    Stopped,
+    describe_exit,
+    program_problem,
+    summarize_problems,
+)
+from docktor.tools.executors.local_settings import LocalSettings, replica_environment
 from docktor.tools.sdk import (
     Context,
     Executor,
     ExecutorError,
-    PluginSettings,
     RemovedReplica,
     ReplicaStatus,
     ScaleOutcome,
-    Seconds,
+    Unworkable,
 )
 
 #: how long new replicas must stay up before ``scale`` calls them started
@@ -56,55 +59,6 @@ RESTART_BACKOFF_S = 1.0
 RESTART_BACKOFF_MAX_S = 60.0
 #: a replica up this long is healthy again: its slot's back-off and failed mark reset
 STABLE_AFTER_S = 10.0
-
-#: Variables a replica inherits from the daemon even when ``env_passthrough`` is empty: what a
-#: program needs to find itself, its locale and its time zone, and Python's own switches. Nothing
-#: here names a credential; a proxy URL (``HTTP_PROXY``) can hold one, so it is not inherited.
-DEFAULT_PASSTHROUGH: tuple[str, ...] = (
-    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR",
-    "PYTHON*", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR",
-)
-
-_ENV_PATTERN = re.compile(r"^[A-Za-z0-9_*?]+$")
-
-
-def _split_command(value: Any) -> Any:
-    return shlex.split(value) if isinstance(value, str) else value
-
-
-def _check_pattern(value: str) -> str:
-    if not _ENV_PATTERN.match(value):
-        raise ValueError(f"{value!r} is not a variable name or a pattern such as MYAPP_* (letters, digits, _, * and ?)")
-    return value
-
-
-class LocalSettings(PluginSettings):
-    """``executor: local``: run ``command`` N times as processes of the daemon's."""
-
-    kind: Literal["local"]
-    #: the replica's program and arguments: a list, or a string split like a shell would (no shell runs it)
-    command: Annotated[list[str], BeforeValidator(_split_command), Field(min_length=1)]
-    #: environment variables for the replicas (they win over inherited ones)
-    env: dict[str, str] = Field(default_factory=dict)
-    #: more of the daemon's variables replicas inherit, by name or pattern (``MYAPP_*``), on top of
-    #: :data:`DEFAULT_PASSTHROUGH`; Docktor's own credentials are never inherited
-    env_passthrough: list[Annotated[str, AfterValidator(_check_pattern)]] = Field(default_factory=list)
-    #: the replicas' working directory, relative to the config file's folder (default: that folder)
-    working_dir: Path | None = None
-    #: SIGTERM, then SIGKILL after this long
-    stop_grace_period: Seconds = 10.0
-
-
-def replica_environment(
-    settings: LocalSettings, secret_env: frozenset[str], environ: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """What every replica of a service inherits and is given (before its ``DOCKTOR_*`` variables)."""
-    environ = os.environ if environ is None else environ
-    patterns = (*DEFAULT_PASSTHROUGH, *settings.env_passthrough)
-    inherited = {
-        k: v for k, v in environ.items() if k not in secret_env and any(fnmatchcase(k, p) for p in patterns)
-    }
-    return {**inherited, **settings.env}
 
 
 class LocalExecutor(Executor[LocalSettings]):
@@ -161,7 +115,12 @@ class LocalExecutor(Executor[LocalSettings]):
 
     @classmethod
     def check(cls, settings: LocalSettings, context: Context) -> list[str]:
-        found = []
+        """The program exists where a replica's start would look (else :class:`Unworkable`); no
+        credential of Docktor's is matched by ``env_passthrough`` (a warning)."""
+        found: list[str] = []
+        working_dir = context.path(settings.working_dir) if settings.working_dir is not None else context.base_dir
+        if problem := program_problem(settings.command, replica_environment(settings, context.secret_env), working_dir):
+            found.append(Unworkable(problem))
         for pattern in settings.env_passthrough:
             secrets = sorted(n for n in context.secret_env if fnmatchcase(n, pattern))
             if secrets:
@@ -236,7 +195,7 @@ class LocalExecutor(Executor[LocalSettings]):
                 RemovedReplica(str(p.index), why, result.how) for (p, why), result in zip(stopping, stopped)
             ) + tuple(RemovedReplica(str(slot.index), why, "was not running") for slot, why in victims if slot.process is None)
             if problems:
-                return ScaleOutcome(False, _summarize(problems), self._ms(began), running, removed)
+                return ScaleOutcome(False, summarize_problems(problems), self._ms(began), running, removed)
             gone = sorted((slot.index for slot, _ in victims), reverse=True)
             killed = sorted((p.index for (p, _), r in zip(stopping, stopped) if r.killed), reverse=True)
             what = []
@@ -353,7 +312,7 @@ class LocalExecutor(Executor[LocalSettings]):
             running=self._running(),
             failed=sum(1 for s in self._slots.values() if s.failure or s.start_error),
             healthy=not any(s.start_error for s in self._slots.values()),
-            detail=_summarize(notes),
+            detail=summarize_problems(notes),
         )
 
     async def _reconcile(self) -> None:
@@ -440,14 +399,3 @@ class LocalExecutor(Executor[LocalSettings]):
 
 def _replicas(n: int) -> str:
     return f"{n} replica" if n == 1 else f"{n} replicas"
-
-
-def _summarize(problems: list[tuple[int, str]]) -> str:
-    """``replicas 1, 2, 3: command not found: foo`` rather than the same reason three times."""
-    by_reason: dict[str, list[int]] = {}
-    for index, reason in problems:
-        by_reason.setdefault(reason, []).append(index)
-    return "; ".join(
-        (f"replica {ix[0]}" if len(ix) == 1 else "replicas " + ", ".join(map(str, ix))) + reason
-        for reason, ix in by_reason.items()
-    )

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import os
 import pwd
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -377,3 +379,39 @@ def _group_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def program_problem(command: list[str], env: dict[str, str], working_dir: Path) -> str | None:
+    """Why ``command`` could not start here, looked up as a replica's start looks it up (the
+    replicas' PATH, a path with a ``/`` from ``working_dir``); None when it can."""
+    if not working_dir.is_dir():
+        return f"working_dir {str(working_dir)!r} is not a directory"
+    program = command[0]
+    if "/" in program:
+        path = working_dir / program  # an absolute program stays itself
+        if not path.is_file():
+            return f"command: {program!r} does not exist (from {working_dir})"
+        if not os.access(path, os.X_OK):
+            return f"command: {program!r} is not executable"
+        return None
+    search = os.pathsep.join(os.get_exec_path(env))
+    if shutil.which(program, path=search) is not None:
+        return None
+    names: set[str] = set()
+    for folder in os.get_exec_path(env):
+        with contextlib.suppress(OSError):
+            names.update(p.name for p in Path(folder).iterdir())
+    close = difflib.get_close_matches(program, sorted(names), n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"command: program {program!r} not found on the replicas' PATH{hint}"
+
+
+def summarize_problems(problems: list[tuple[int, str]]) -> str:
+    """``replicas 1, 2, 3: command not found: foo`` rather than the same reason three times."""
+    by_reason: dict[str, list[int]] = {}
+    for index, reason in problems:
+        by_reason.setdefault(reason, []).append(index)
+    return "; ".join(
+        (f"replica {ix[0]}" if len(ix) == 1 else "replicas " + ", ".join(map(str, ix))) + reason
+        for reason, ix in by_reason.items()
+    )

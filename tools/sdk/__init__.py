@@ -42,7 +42,7 @@ The failure contract (the same for every plugin):
 
 from __future__ import annotations
 
-from docktor.tools.sdk.errors import ExecutorError, SourceError, one_line, reason, redact_url, scrub
+from docktor.tools.sdk.errors import ExecutorError, SourceError, Unworkable, one_line, reason, redact_url, scrub
 from docktor.tools.sdk.files import UnsafePath, open_private, private_dir, read_private, readable_by_others, write_atomic
 from docktor.tools.sdk.http_client import http_client
 from docktor.tools.sdk.metric_info import STANDARD_METRICS, MetricInfo, Metrics, admit, standard
@@ -98,6 +98,7 @@ __all__ = [
     "Transient",
     "Unavailable",
     "UnsafePath",
+    "Unworkable",
     "admit",
     "check_url",
     "env_secret",

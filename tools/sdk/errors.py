@@ -14,6 +14,14 @@ class ExecutorError(Exception):
     """An executor could not report or change replicas (after its own retries)."""
 
 
+class Unworkable(str):
+    """A line of a plugin's offline ``check`` saying the settings cannot work where ``validate``
+    runs: a file they name does not exist, a program is not installed. ``docktor validate`` exits 2
+    on one; a plain ``str`` line is only a warning (the config may be right, and for another machine)."""
+
+    __slots__ = ()
+
+
 def one_line(e: BaseException) -> str:
     """One line for a log or a record: the first line of the message, after the type's name unless
     the error is a :class:`SourceError`/:class:`ExecutorError` (written for the user already)."""

@@ -67,14 +67,18 @@ class Plugin(ABC, Generic[S]):
 
     @classmethod
     def check(cls, settings: S, context: Context) -> list[str]:
-        """Checks worth a warning at ``validate`` (a file missing, say); no network I/O for sources.
+        """Offline checks for ``validate``; no network I/O for sources.
+
+        A line that proves the settings cannot work on this machine (a file they name does not
+        exist, a program that is not installed) is an :class:`Unworkable`: ``validate`` exits 2 on
+        it. A plain ``str`` is a warning, for what may be right elsewhere (no Compose CLI here).
 
         An executor may ask its backend, briefly, when only the backend can tell (a Swarm
         service's mode); it raises :class:`ExecutorError` when the backend *proves* the settings
         can never work, and ``validate`` and ``daemon start`` then refuse the config with that line.
         An unreachable backend is only a warning: the config may be for another machine.
 
-        The default: one warning per file of the settings' ``tls:`` block that does not exist.
+        The default: one :class:`Unworkable` per file of the settings' ``tls:`` block that does not exist.
         """
         tls = getattr(settings, "tls", None)
         return tls.missing(context) if isinstance(tls, TlsSettings) else []

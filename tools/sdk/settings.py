@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from docktor.tools.sdk.errors import _USERINFO, SourceError, one_line
+from docktor.tools.sdk.errors import _USERINFO, SourceError, Unworkable, one_line
 
 # --------------------------------------------------------------------------- durations
 
@@ -159,8 +159,10 @@ class TlsSettings(BaseModel):
         return {k: v for k, v in named.items() if v is not None}
 
     def missing(self, context: Context) -> list[str]:
-        """One line per named file that does not exist (for a plugin's offline ``check``)."""
-        return [f"tls.{k}: {context.path(p)} does not exist" for k, p in self.files().items() if not context.path(p).is_file()]
+        """One :class:`Unworkable` line per named file that does not exist (for a plugin's offline ``check``)."""
+        return [
+            Unworkable(f"tls.{k}: {context.path(p)} does not exist") for k, p in self.files().items() if not context.path(p).is_file()
+        ]
 
     def ssl_context(self, context: Context) -> ssl.SSLContext:
         """A client-side context that verifies the server (against ``ca_file`` when given).

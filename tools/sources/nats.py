@@ -40,6 +40,8 @@ log = logging.getLogger("docktor.nats")
 
 # JetStream API error code (nats-server errors.json): the consumer, not the stream, is missing.
 _CONSUMER_NOT_FOUND = 10014
+#: how many names a "not found" error lists
+_LISTED = 10
 
 # A restarted server is picked up within about a second, i.e. by the next tick.
 _RECONNECT_WAIT = 1
@@ -245,18 +247,33 @@ class NatsSource(Source[NatsSettings]):
         except TimeoutError:
             raise Transient(f"JetStream API timed out after {t:g}s ({self._where()})") from None
         si, ci = answers
-        if isinstance(si, BaseException):  # stream errors first: a missing stream also fails the consumer call
-            raise self._classify(si)
-        if isinstance(ci, BaseException):
-            raise self._classify(ci)
+        for answer in (si, ci):  # stream errors first: a missing stream also fails the consumer call
+            if isinstance(answer, NotFoundError):
+                raise await self._not_found(jsm, answer)
+            if isinstance(answer, BaseException):
+                raise self._classify(answer)
+        assert not isinstance(si, BaseException) and not isinstance(ci, BaseException)  # (for mypy: raised above)
         return from_api(si, ci)
 
+    async def _not_found(self, jsm: JetStreamManager, e: NotFoundError) -> Permanent:
+        """What was not found, and what there is instead (``stream 'ORDER' not found (streams: ORDERS)``)."""
+        s = self.settings
+        consumer = e.err_code == _CONSUMER_NOT_FOUND
+        what = f"consumer {s.consumer!r} not found on stream {s.stream!r}" if consumer else f"stream {s.stream!r} not found"
+        try:
+            async with asyncio.timeout(s.timeout):
+                if consumer:
+                    names = sorted(str(c.name) for c in await jsm.consumers_info(s.stream))
+                else:
+                    names = sorted(str(i.config.name) for i in await jsm.streams_info())
+        except Exception as listing:  # the listing is a courtesy: the error stands without it
+            log.debug("nats %s: cannot list what there is: %s", s.url, reason(listing))
+            return Permanent(what)
+        shown = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+        return Permanent(f"{what} ({'consumers' if consumer else 'streams'}: {shown or 'none'})")
+
     def _classify(self, e: BaseException) -> Exception:
-        s, t = self.settings, self.settings.timeout
-        if isinstance(e, NotFoundError):
-            if e.err_code == _CONSUMER_NOT_FOUND:
-                return Permanent(f"consumer {s.consumer!r} not found on stream {s.stream!r}")
-            return Permanent(f"stream {s.stream!r} not found")
+        t = self.settings.timeout
         if isinstance(e, ServiceUnavailableError):
             return Transient(f"JetStream not available ({self._where()})")
         if isinstance(e, BadRequestError):

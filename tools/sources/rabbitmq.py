@@ -17,6 +17,7 @@ messages and no rates (documented as the weaker mode in docs/sources.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import ssl
@@ -258,6 +259,14 @@ class RabbitMQSource(Source[RabbitMQSettings]):
                 r = await client.get(url, auth=auth, headers={"accept": "application/json"})
         except (TimeoutError, httpx2.TimeoutException):
             raise Transient(f"management API at {where} timed out after {s.timeout:g}s") from None
+        except (httpx2.RemoteProtocolError, httpx2.ReadError) as e:
+            # The AMQP listener answers HTTP with its own protocol header and hangs up (often a
+            # reset before the client reads it): ask it in its own protocol to tell which it is.
+            if await speaks_amqp(s.url, s.timeout):
+                raise Permanent(
+                    f"{where} answered AMQP, not HTTP: is this the AMQP port? (the management API listens on 15672 by default)"
+                ) from None
+            raise Transient(f"cannot reach the management API at {where}: {reason(e)}") from None
         except (httpx2.HTTPError, ssl.SSLError, OSError) as e:
             raise Transient(f"cannot reach the management API at {where}: {reason(e)}") from None
         if r.status_code == 404:
@@ -358,3 +367,25 @@ def _is_int(value: Any) -> bool:
 
 def _scrub(text: str, secret: str) -> str:
     return redact_url(text.replace(secret, "***") if secret else text)
+
+
+async def speaks_amqp(url: str, timeout: float) -> bool:
+    """Whether the host and port of a plain ``http://`` URL answer AMQP 0-9-1's protocol header
+    (with ``connection.start``, or with the header of the version they speak)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+            try:
+                writer.write(b"AMQP\x00\x00\x09\x01")
+                await writer.drain()
+                head = await reader.read(8)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return head.startswith(b"AMQP") or head[:3] == b"\x01\x00\x00"  # a method frame on channel 0
