@@ -9,12 +9,15 @@ STAMP  := $(VENV)/.installed
 # setuptools warns, for editable installs of mapped packages, that a folder named like the package
 # could shadow it; none is (the package is docktor, the folders agent/ and tools/), so that
 # UserWarning is silenced for the one install of docktor itself.
+# The first run installs about 100 pinned packages (a minute or two): pip shows each one as it goes.
 $(STAMP): pyproject.toml requirements.lock
+	@echo "Setting up $(VENV): Docktor's pinned dependencies (requirements.lock), once; later runs start at once."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install --progress-bar off -r requirements.lock
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+	@echo "$(VENV) is ready."
 
 demo: $(STAMP)
 	$(BIN)/docktor demo $(ARGS)

@@ -52,10 +52,13 @@ class NatsServer:
         port: int | None = None,
         monitor_port: int | None = None,
         ready_timeout: float = 10.0,
+        own_group: bool = False,
     ) -> NatsServer:
         """Start on the given (or free) loopback ports; JetStream in ``store_dir`` unless it is None.
 
-        ``args`` adds flags (auth, cluster routes). Raises RuntimeError if it is not healthy in time.
+        ``args`` adds flags (auth, cluster routes). With ``own_group``, the server is not in the
+        caller's process group, so a Ctrl-C at the terminal reaches only the caller, which then
+        stops its clients before the server (the demo). Raises RuntimeError if it is not healthy in time.
         """
         port = port or free_port()
         monitor_port = monitor_port or free_port()
@@ -64,6 +67,7 @@ class NatsServer:
             [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor_port), *js, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=own_group,
         )
         server = cls(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{monitor_port}", port, monitor_port, store_dir, proc)
         health = f"{server.monitor_url}/healthz" + ("?js-enabled-only=true" if store_dir is not None else "")

@@ -132,7 +132,7 @@ def run_demo(*, duration: float, state_dir: Path | None, console: Console) -> in
     state = (state_dir or tmp / "state").resolve()
     state.mkdir(parents=True, exist_ok=True)
     try:
-        server = NatsServer.start(tmp / "js")
+        server = NatsServer.start(tmp / "js", own_group=True)  # Ctrl-C: clients first, then the server
     except RuntimeError as e:
         raise UsageError(f"cannot start the demo's nats-server: {e}") from None
     url = server.url

@@ -39,3 +39,28 @@ def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
     assert downs and downs[0]["ts"] > max(x["ts"] for x in ups if x["target_replicas"] >= 5)
     assert all(x["observations"]["queue.backlog"] <= 100 for x in downs)  # scale_down_when holds
     assert final <= 3, summary
+
+
+def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group: nats-server used to die with
+    the demo and leave its clients printing nats-py tracebacks while they reconnected."""
+    import signal
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "docktor.agent.cli", "demo", "--duration", "120", "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"},
+        start_new_session=True,  # a group of its own, as a shell's job: the SIGINT below is Ctrl-C's
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # the first action shows the demo is running
+        lines.append(line)
+        if " scale_up " in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=60) == 0, out
+    assert "Traceback" not in out and "encountered error" not in out, out
+    assert any(line.startswith("Summary:") for line in out.splitlines()), out
+    assert all(r.get("executed") is not None for r in read_records(state / "decisions.jsonl"))
