@@ -302,11 +302,11 @@ def test_validate_warns_about_what_the_engine_says_and_never_fails_without_one(p
         return [line for line in done.stderr.splitlines() if project.name in line or "Docker engine" in line]
 
     up = f"docker compose -p {project.name} -f {project.file} up -d"
-    assert validate() == [f"warning: worker: project '{project.name}' has no containers on the Docker engine at "
+    assert validate() == [f"warning: worker: executor: project '{project.name}' has no containers on the Docker engine at "
                           f"{os.environ.get('DOCKER_HOST') or 'the default socket'} yet: start the stack ({up}), "
                           "or set project: to the name it was started under"]
     compose(project.name, project.file, "up", "-d", "other")
-    assert validate() == [f"warning: worker: service 'worker' of project '{project.name}' has no running container "
+    assert validate() == [f"warning: worker: executor: service 'worker' of project '{project.name}' has no running container "
                           f"(to start it: {up} worker)"]
     compose(project.name, project.file, "up", "-d", "worker")
     compose(project.name, project.file, "stop", "worker")
@@ -314,7 +314,7 @@ def test_validate_warns_about_what_the_engine_says_and_never_fails_without_one(p
     compose(project.name, project.file, "start", "worker")
     assert validate() == []
     nowhere = f"unix://{tmp_path}/no-engine.sock"
-    assert validate(DOCKER_HOST=nowhere) == [f"warning: worker: cannot check project '{project.name}': "
+    assert validate(DOCKER_HOST=nowhere) == [f"warning: worker: executor: cannot check project '{project.name}': "
                                              f"no Docker engine answers at {nowhere}"]
 
 
@@ -338,6 +338,23 @@ def test_restart_looping_replicas_are_an_error(project: Project) -> None:
     assert "restart-looping" in outcome.message
     assert "exit code 3" in outcome.message
     assert (outcome.running or 0) < 2
+    # up again at an instant, a container's own ExitCode is 0: the engine's die events keep the 3
+    ex = project.executor("crasher")
+    ids = [r.id for r in run(ex.replicas())]
+    assert ids and set(ex._exit_codes_sync(ids, time.time() - 120).values()) == {3}
+
+
+def test_a_restart_loop_names_the_last_exit_code_even_while_the_replica_is_up_again() -> None:
+    from docktor.tools.executors.compose_replicas import RESTART_LOOP_COUNT, Replica
+
+    up_again = Replica(id="c1", name="w-1", number=1, state="running", exit_code=0, health=None, health_output="",
+                       restart_count=RESTART_LOOP_COUNT, oom_killed=False, stop_timeout=None, stop_signal="SIGTERM",
+                       memory_limit=0)
+    assert up_again.problem(restarts_since=0, last_exit=3) == (
+        f"replica 1 is restart-looping ({RESTART_LOOP_COUNT} restarts, last exit code 3)")
+    assert up_again.problem(restarts_since=RESTART_LOOP_COUNT, last_exit=3) is None  # no restart since the scale began
+    waiting = Replica(**{**up_again.__dict__, "state": "restarting", "exit_code": 3})
+    assert "last exit code 3" in (waiting.problem(restarts_since=None, last_exit=None) or "")
 
 
 @pytest.mark.docker

@@ -146,6 +146,20 @@ class ComposeExecutor(DockerExecutor[ComposeSettings]):
                 continue  # removed between the listing and the inspection
         return sorted(out, key=lambda r: r.number)
 
+    def _exit_codes_sync(self, ids: Sequence[str], since: float) -> dict[str, int]:
+        """Each container's last exit code since ``since``, from the engine's ``die`` events."""
+        until = time.time()
+        codes: dict[str, int] = {}
+        events = self._engine.api.events(
+            since=int(since), until=int(until) + 1, decode=True, filters={"event": "die", "container": list(ids)}
+        )
+        for event in events:
+            actor = event.get("Actor") or {}
+            code = (actor.get("Attributes") or {}).get("exitCode")
+            if actor.get("ID") in ids and code is not None and str(code).lstrip("-").isdigit():
+                codes[actor["ID"]] = int(code)
+        return codes
+
     async def replicas(self) -> list[Replica]:
         """The service's containers (one-off ``run`` containers excluded), by container number."""
         result: list[Replica] = await self._call(self._list_sync)
@@ -184,6 +198,7 @@ class ComposeExecutor(DockerExecutor[ComposeSettings]):
             self._cli = await asyncio.to_thread(find_compose_cli)
         before = await self.replicas()
         baseline = {r.id: r.restart_count for r in before}
+        began = time.time() - 1
 
         victims = self.choose_victims(before, len(before) - n) if len(before) > n else []
         if victims:
@@ -206,7 +221,13 @@ class ComposeExecutor(DockerExecutor[ComposeSettings]):
         while True:
             reps = await self.replicas()
             ready = [r for r in reps if r.ready]
-            problems = [p for r in reps if (p := r.problem(restarts_since=baseline.get(r.id, 0))) is not None]
+            exits: dict[str, int] = {}
+            if any(r.state == "running" and r.looping(baseline.get(r.id, 0)) for r in reps):
+                # up again at this instant: its own ExitCode is 0, the engine's events keep the last one
+                exits = await self._call(self._exit_codes_sync, [r.id for r in reps], began)
+            problems = [
+                p for r in reps if (p := r.problem(baseline.get(r.id, 0), exits.get(r.id))) is not None
+            ]
             if problems:
                 return f"scaling to {n} failed: {'; '.join(problems)}", False, len(ready)
             if len(ready) == n and len(reps) == n:

@@ -86,21 +86,26 @@ class Replica:
     def ready(self) -> bool:
         return self.state == "running" and self.health in (None, "healthy")
 
-    def problem(self, restarts_since: int | None = None) -> str | None:
+    def looping(self, restarts_since: int | None) -> bool:
+        """Restarting now, or restarted :data:`RESTART_LOOP_COUNT` times since ``restarts_since``."""
+        return self.state == "restarting" or (
+            restarts_since is not None and self.restart_count - restarts_since >= RESTART_LOOP_COUNT
+        )
+
+    def problem(self, restarts_since: int | None = None, last_exit: int | None = None) -> str | None:
         """Why this replica is failing, or ``None`` while it is fine or still starting.
 
         ``restarts_since``: the restart count when a scale began; restarts beyond it by
         :data:`RESTART_LOOP_COUNT` mean a loop even if the replica is up at this instant.
+        ``last_exit``: the exit code of its last exit, from the engine's events: a restarted
+        container's own ``ExitCode`` is 0 again while it runs.
         """
         if self.state in ("exited", "dead"):
             oom = ", OOM-killed" if self.oom_killed else ""
             return f"replica {self.number} exited with code {self.exit_code}{oom}"
-        looping = restarts_since is not None and self.restart_count - restarts_since >= RESTART_LOOP_COUNT
-        if self.state == "restarting" or looping:
-            return (
-                f"replica {self.number} is restart-looping ({self.restart_count} restarts, "
-                f"last exit code {self.exit_code})"
-            )
+        if self.looping(restarts_since):
+            code = self.exit_code if self.state == "restarting" or last_exit is None else last_exit
+            return f"replica {self.number} is restart-looping ({self.restart_count} restarts, last exit code {code})"
         if self.health == "unhealthy":
             said = f": {self.health_output}" if self.health_output else ""
             return f"replica {self.number} is unhealthy{said}"
