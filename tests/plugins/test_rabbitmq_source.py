@@ -54,7 +54,9 @@ def guest(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 def settings(url: str, queue: str, **extra: Any) -> Settings:
-    return Settings.model_validate({"kind": "rabbitmq", "url": url, "queue": queue, "timeout": 1, **extra})
+    # 5 s: a real broker's management API can take over a second on a loaded 2-core machine; the
+    # failures these tests provoke are refusals and answers, none waits for the timeout
+    return Settings.model_validate({"kind": "rabbitmq", "url": url, "queue": queue, "timeout": 5, **extra})
 
 
 @pytest.fixture
