@@ -209,3 +209,23 @@ def test_settings_share_the_kubernetes_executor_s_names() -> None:
         KedaSettings.model_validate({"kind": "keda", "initial_replicas": 1, "workload": "Not_A_Name"})
     with pytest.raises(ValidationError, match="workload_kind"):
         KedaSettings.model_validate({"kind": "keda", "initial_replicas": 1, "workload": "w", "workload_kind": "DaemonSet"})
+
+
+async def test_the_daemon_waits_for_the_read_and_its_fallback(tmp_path: Path) -> None:
+    """The daemon's bound on status() is never shorter than request_timeout (plus a second): a
+    silent API ends in the fallback's reason, not in "no status"."""
+    from docktor.agent.config.load import load_config
+    from docktor.agent.runtime.supervisor import Supervisor
+
+    (tmp_path / "docktor.yaml").write_text(
+        "state_dir: state\nservices:\n  - {name: worker, executor: keda, initial_replicas: 1, workload: worker,\n"
+        "     kubeconfig: absent, request_timeout: 3s, check_interval: 0.5s, min_replicas: 1, max_replicas: 4, policy: rules}\n")
+    daemon = Supervisor(load_config(tmp_path / "docktor.yaml"))
+    await daemon.open()
+    try:
+        loop = daemon.loops["worker"]
+        assert loop.status_bound == 4.0
+        record = await loop.tick()
+        assert record.current_replicas == 1 and [e for e in record.errors if "the current count cannot be read (kubeconfig " in e]
+    finally:
+        await daemon.close()
