@@ -387,6 +387,8 @@ class ServiceLoop:
 
 def _read_bound(check_interval: float, settings: Any) -> float:
     own = getattr(settings, "timeout", None)  # every built-in plugin has one; the contract suite reads it too
+    if own is None:  # the Kubernetes-reading executors' bound is per API request (keda's fallback fits within it)
+        own = getattr(settings, "request_timeout", None)
     floor = own + 1.0 if isinstance(own, int | float) and not isinstance(own, bool) else 0.0
     return max(1.0, check_interval, floor)
 
