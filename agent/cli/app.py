@@ -118,7 +118,16 @@ def decide(
         for r in records:
             sys.stdout.write(r.line().decode())
     else:
+        from docktor.agent.cli.render import say
+        from docktor.agent.runtime.prose import tick_text
+
         print_table(r.model_dump(mode="json") for r in records)
+        # apart from the table: what each service's policy wants, and what this tick would do
+        for r in records:
+            wants = tick_text(r.model_dump(mode="json"))
+            if wants is not None:
+                idle = r.executed or r.decision == "hold"
+                say(f"{r.service}: {wants}" + ("" if idle else f" ({r.mode}: not executed)"))
 
 
 def _refuse_in_process(cfg: Any) -> None:

@@ -41,6 +41,10 @@ def reason_text(rec: dict[str, Any]) -> str:
     """The decision's reason, then what went wrong observing it (a missing stream, an engine down):
     the cause of a hold belongs where people look, not only in ``--json``."""
     reason = str(rec.get("reason", ""))
+    wanted = rec.get("wanted")
+    if wanted is not None and rec.get("target_replicas") is not None and wanted != rec.get("target_replicas"):
+        # what the proposer wants first, apart from this tick's count (the replicas column)
+        reason = f"wants {wanted}: {reason}"
     errors = [str(e) for e in rec.get("errors") or []]
     return reason + "".join(f" | {e}" for e in errors)
 

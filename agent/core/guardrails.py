@@ -59,6 +59,11 @@ _GUARDRAIL_WORDS: dict[str, str] = {
 }
 
 
+def guardrail_words(name: str) -> str:
+    """What a guardrail is, in a sentence's words (``step_limit``: ``the step limit``)."""
+    return _GUARDRAIL_WORDS.get(name, name)
+
+
 @dataclass(frozen=True)
 class GuardrailNote:
     """One guardrail that changed a proposal."""
@@ -71,7 +76,7 @@ class GuardrailNote:
 
     def text(self, current: int | None = None) -> str:
         """``held at 8 by cooldown_down (21 s left; asked 7)``, ``capped at 10 by max_replicas (asked 14)``."""
-        who = _GUARDRAIL_WORDS.get(self.name, self.name)
+        who = guardrail_words(self.name)
         if current is not None and self.after == current:
             verb = "held at"
         elif self.after < self.before:

@@ -1,7 +1,8 @@
 """A decision record in prose: what was observed, which rules matched, what the policy (or the
 LLM) proposed, which guardrail changed it and for how long, what was executed and whether it
 worked. ``docktor explain`` prints it; ``docktor mcp``'s ``explain_decision`` returns it, word
-for word. Standard library only: the CLI imports it when the command runs.
+for word. Standard library only at import (the guardrails' words are read when a record needs
+them): the CLI imports it when the command runs.
 """
 
 from __future__ import annotations
@@ -69,6 +70,27 @@ def _llm(llm: Mapping[str, Any]) -> str | None:
     return said
 
 
+def tick_text(rec: Mapping[str, Any]) -> str | None:
+    """What the proposer wants and, apart, what the guardrails let happen this tick:
+    ``wants 12; this tick 0 -> 4, limited by the step limit``, ``wants 8; this tick 6 -> 6, held by
+    cooldown_up (21 s left)``. None for a record without the three counts (an older log, or no
+    replica count to decide from)."""
+    wanted, current, target = rec.get("wanted"), rec.get("current_replicas"), rec.get("target_replicas")
+    if wanted is None or current is None or target is None:
+        return None
+    this = f"wants {wanted}; this tick {current} -> {target}"
+    if wanted == target:
+        return this
+    from docktor.agent.core.guardrails import guardrail_words  # the guardrails' own words
+
+    verb = "held" if target == current else "limited"
+    by = []
+    for g in rec.get("guardrails") or []:
+        left = f" ({float(g['left_s']):.0f} s left)" if g.get("left_s") is not None else ""
+        by.append(f"{guardrail_words(str(g.get('name')))}{left}")
+    return f"{this}, {verb} by {' and '.join(by)}" if by else this
+
+
 def explain_one(rec: Mapping[str, Any]) -> list[str]:
     """The lines that explain one decision record (as ``read_records`` returns it)."""
     arrow = f"{rec.get('current_replicas', '?')} -> {rec.get('target_replicas', '?')}"
@@ -86,6 +108,7 @@ def explain_one(rec: Mapping[str, Any]) -> list[str]:
     who = {"rules": "the rules", "policy": f"policy {rec.get('policy')}", "llm": "the LLM", "fallback": f"policy {rec.get('policy')} (LLM fallback)",
            "manual": "a manual request", "mcp": "an MCP client"}.get(str(rec.get("source")), str(rec.get("source")))
     row("proposed", f"{rec.get('proposal')} by {who}: {rec.get('reason', '')}")
+    row("wants", (tick_text(rec) or "").removeprefix("wants "))
     row("llm", _llm(rec.get("llm") or {}))
     notes = []
     for g in rec.get("guardrails") or []:
