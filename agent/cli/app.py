@@ -61,7 +61,8 @@ def decide(
     advisory: Annotated[bool, typer.Option("--advisory", help="Same as mode: advisory.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One decision object per line.")] = False,
     window: Annotated[str, typer.Option(
-        "--window", help="Read twice this far apart, so rates are known (at most each check interval; 0: read once)."
+        "--window", help="Read twice this far apart, so rates are known (at most each check interval; 0: read once; "
+        "a service whose sources have no rates is read once)."
     )] = "5s",
 ) -> None:
     """Observe, decide and (unless --dry-run or advisory) act, once for every service."""

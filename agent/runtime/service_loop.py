@@ -159,6 +159,12 @@ class ServiceLoop:
             except TimeoutError:
                 pass
 
+    @property
+    def reads_rates(self) -> bool:
+        """Whether any of the service's sources reports a rate (a ``*_per_second`` figure): only
+        then does a one-shot decision need a second reading (a Redis list's never has one)."""
+        return any(info.unit.endswith("_per_second") for infos in self.metric_infos.values() for info in infos.values())
+
     # ------------------------------------------------------------------ observe
 
     async def observe(self) -> Observation:
