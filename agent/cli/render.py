@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,9 +10,9 @@ from rich.table import Table
 
 from docktor.agent.redact import redact, redact_obj
 
-# Not a terminal (a pipe, a file, CI): wide enough that reasons stay on one line, unless COLUMNS
-# says how wide (an exported COLUMNS is the user's word for the width, as rich reads it).
-out = Console() if Console().is_terminal or os.environ.get("COLUMNS", "").isdigit() else Console(width=200)
+# Not a terminal (a pipe, a file, CI): wide enough that reasons stay on one line. (Not COLUMNS:
+# GNU readline exports its own guess to every child of a program that loaded it, pytest included.)
+out = Console() if Console().is_terminal else Console(width=200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

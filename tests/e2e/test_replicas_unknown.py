@@ -1,17 +1,24 @@
 """When the executor cannot be read: ``daemon status``, ``daemon logs`` and ``explain`` say
 "replicas unknown (why)", never ``None->None``, ``?/?`` or ``proposed None by none``; and
-``daemon logs`` on an 80-column terminal keeps the reason readable (columns dropped in the stated
+``daemon logs`` on an 80-column terminal (a real pseudo-terminal) keeps the reason readable (columns dropped in the stated
 order, the reason wrapped, never cut). A real daemon, a real nats-server, and the real Kubernetes
 executor pointed at a port where no API server listens (a refused connection is a real fault)."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import termios
 from pathlib import Path
 
 from docktor.tools.testing.standins import closed_port
-from tests.support.cli import docktor
+from tests.support.cli import cli_command, cli_environment, docktor
 from tests.support.jetstream import make_stream
 from tests.support.kubeconfigs import write_kubeconfig
 from tests.support.peers import NatsServer
@@ -38,6 +45,33 @@ services:
     return cfg
 
 
+def _on_a_terminal(*args: str, columns: int = 80) -> str:
+    """``docktor ARGS`` with its output on a pseudo-terminal ``columns`` wide (a pipe is laid out
+    200 wide), as a user's terminal shows it: styles stripped, line ends as written."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen(cli_command(*args), stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE,
+                            env=cli_environment({"COLUMNS": str(columns)}))
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+        proc.wait(60)
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r\n", "\n")
+
+
 def _reason_cells(table: str) -> tuple[list[str], str]:
     """The header's column names, and the reason column's cells joined without spaces (a wrapped
     reason is the same text with its line breaks where spaces were)."""
@@ -56,7 +90,7 @@ def test_an_unreadable_executor_reads_as_replicas_unknown_everywhere(tmp_path: P
     try:
         wait_until("two decisions in the log", lambda: log.exists() and len(log.read_text().splitlines()) >= 2, 30)
         status = docktor("daemon", "status", "--config", str(cfg))
-        narrow = docktor("daemon", "logs", "--config", str(cfg), "-n", "1", env={"COLUMNS": "80"})
+        narrow = _on_a_terminal("daemon", "logs", "--config", str(cfg), "-n", "1")
     finally:
         stop = docktor("daemon", "stop", "--config", str(cfg))
     assert stop.returncode == 0, stop.stderr
@@ -75,13 +109,12 @@ def test_an_unreadable_executor_reads_as_replicas_unknown_everywhere(tmp_path: P
 
     # daemon logs, 80 columns: nothing wider, source and decision dropped first, the whole
     # reason there (wrapped, not cut to a few characters)
-    assert narrow.returncode == 0, narrow.stderr
-    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80, narrow.stdout
-    header, reason = _reason_cells(narrow.stdout)
-    assert header == ["time", "service", "replicas", "outcome", "reason"], narrow.stdout
-    assert "…" not in narrow.stdout
-    assert reason.startswith(f"replicasunknown({why}):holding".replace(" ", "")), narrow.stdout
-    assert "unknown" in narrow.stdout and not any(raw in narrow.stdout for raw in RAW), narrow.stdout
+    assert max(len(line) for line in narrow.splitlines()) <= 80, narrow
+    header, reason = _reason_cells(narrow)
+    assert header == ["time", "service", "replicas", "outcome", "reason"], narrow
+    assert "…" not in narrow
+    assert reason.startswith(f"replicasunknown({why}):holding".replace(" ", "")), narrow
+    assert "unknown" in narrow and not any(raw in narrow for raw in RAW), narrow
 
     # explain: no proposal to speak of, the cause said once
     explained = docktor("explain", "--config", str(cfg), "-n", "1")
