@@ -28,8 +28,14 @@ async def passive_declare(
     ``url`` (``amqp(s)://host[:port]``): one connection, closed again, all within ``timeout``."""
     import aiormq  # only the AMQP reads need it
     import aiormq.exceptions
+    from pamqp.commands import Queue
 
     where = redact_url(url)
+    try:
+        Queue.Declare(queue=queue, passive=True)  # the AMQP client's own check of the name, before connecting
+    except ValueError as e:
+        # RabbitMQ and its management API take names an AMQP client refuses (a space, a slash)
+        raise Permanent(f"queue {queue!r} cannot be named over AMQP: the AMQP client refuses it ({e})") from None
     parts = urlsplit(url)
     user, password = credentials if credentials is not None else ("guest", "guest")
     path = "" if vhost == "/" else quote(vhost, safe="")  # aiormq reads an empty path as "/"
