@@ -39,6 +39,8 @@ class Endpoint:
     base_url: str
     model: str
     api_key: str | None = field(default=None, repr=False)
+    #: where the endpoint and the model were found, for ``validate`` and ``llm check``
+    found: str = "endpoint from llm.base_url, model from llm.model"
 
     def public(self) -> dict[str, str]:
         """What may be shown or logged: never the key (nor credentials in the URL)."""
@@ -50,14 +52,21 @@ def resolve_endpoint(config: LLMConfig, env: Mapping[str, str]) -> Endpoint:
     if config.provider == "none":
         raise UsageError([Problem("llm.provider", "is 'none': no LLM is configured")])
     base_default, model_default, key_default = PROVIDER_DEFAULTS[config.provider]
-    base_url = config.base_url or base_default
-    model = config.model or model_default
     problems: list[Problem] = []
-    if not base_url:
+    endpoint_var, model_var = config.endpoint_vars()
+    env_url, env_model = _from_environment(config, env, problems)
+    default = f"provider {config.provider}'s default"
+    base_url = env_url or config.base_url or base_default
+    url_from = endpoint_var if env_url else "llm.base_url" if config.base_url else default
+    model = config.model or env_model or model_default
+    model_from = "llm.model" if config.model else model_var if env_model else default
+    compose = config.from_ == "compose"  # what it lacks, _from_environment has said
+    if not base_url and not compose:
         problems.append(Problem("llm.base_url", f"required for provider {config.provider!r}"))
-    elif not base_url.startswith(("http://", "https://")):
-        problems.append(Problem("llm.base_url", f"must start with http:// or https:// (got {base_url!r})"))
-    if not model:
+    elif base_url and not base_url.startswith(("http://", "https://")):
+        where = f"llm.endpoint_var ({endpoint_var})" if env_url else "llm.base_url"
+        problems.append(Problem(where, f"must start with http:// or https:// (got {base_url!r})"))
+    if not model and not compose:
         problems.append(Problem("llm.model", f"required for provider {config.provider!r}"))
     key_env = config.api_key_env or key_default
     key = None
@@ -69,7 +78,26 @@ def resolve_endpoint(config: LLMConfig, env: Mapping[str, str]) -> Endpoint:
     if problems:
         raise UsageError(problems)
     assert base_url and model
-    return Endpoint(config.provider, base_url.rstrip("/"), model, key)
+    found = ("Compose models: " if env_url else "") + f"endpoint from {url_from}, model from {model_from}"
+    return Endpoint(config.provider, base_url.rstrip("/"), model, key, found)
+
+
+def _from_environment(config: LLMConfig, env: Mapping[str, str], problems: list[Problem]) -> tuple[str | None, str | None]:
+    """The endpoint and model Compose injects for ``models:``, read when ``from: compose`` says so
+    or when no ``base_url`` is written and the endpoint's variable is set: (url, model) or Nones."""
+    endpoint_var, model_var = config.endpoint_vars()
+    if config.base_url is not None:
+        return None, None
+    url = env.get(endpoint_var) or None
+    model = env.get(model_var) or None
+    if config.from_ == "compose":
+        if url is None:
+            problems.append(Problem("llm.from", f"compose: {endpoint_var} is not set (Compose sets it in a service that "
+                                                "declares models:; another name: llm.endpoint_var)"))
+        elif model is None and config.model is None:
+            problems.append(Problem("llm.from", f"compose: {endpoint_var} is set but {model_var} is not "
+                                                "(another name: llm.model_var; or set llm.model)"))
+    return (url, model) if url is not None else (None, None)
 
 
 def _retryable(e: BaseException) -> bool:

@@ -21,7 +21,7 @@ from docktor.agent.cli import llm as llm_commands
 from docktor.agent.cli import mcp as mcp_command
 from docktor.agent.cli import sim as sim_commands
 from docktor.agent.cli import validate as validate_command
-from docktor.agent.cli.common import ConfigOpt, group, handles_errors, load
+from docktor.agent.cli.common import ComposeOpt, ConfigOpt, config_file, group, handles_errors, load
 
 app = group("Scale queue workers on queue depth and throughput, with every decision explained.")
 
@@ -55,7 +55,8 @@ validate_command.register(app)  # first in --help, as the first command a user r
 @app.command(short_help="Observe and decide once, for every service.")
 @handles_errors
 def decide(
-    config: ConfigOpt = Path("docktor.yaml"),
+    config: ConfigOpt = None,
+    compose: ComposeOpt = None,
     once: Annotated[bool, typer.Option("--once", help="Evaluate every service once (the only mode).")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and log, but never call the executor.")] = False,
     advisory: Annotated[bool, typer.Option("--advisory", help="Same as mode: advisory.")] = False,
@@ -66,6 +67,7 @@ def decide(
     )] = "5s",
 ) -> None:
     """Observe, decide and (unless --dry-run or advisory) act, once for every service."""
+    config = config_file(config, compose)
     import asyncio
 
     from docktor.agent.problems import UsageError

@@ -23,7 +23,58 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="Path to docktor.yaml.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", metavar="FILE",
+    help="docktor.yaml, or a Compose file with x-docktor blocks (default: docktor.yaml, compose.yaml or docker-compose.yaml here).",
+)]
+ComposeOpt = Annotated[Path | None, typer.Option(
+    "--compose", metavar="FILE", help="A Compose file whose x-docktor blocks are the config (instead of --config).",
+)]
+
+#: what is looked for, in this order, when neither --config nor --compose is given: Docktor's own
+#: file, then the names ``docker compose`` itself looks for
+DEFAULT_FILES = ("docktor.yaml", "compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+
+def config_file(config: Path | None, compose: Path | None = None, *, missing_ok: bool = False) -> Path:
+    """The file a command reads: ``--config``, ``--compose`` (which must be a Compose file), or the
+    first of :data:`DEFAULT_FILES` in the current folder (said on stderr when it is not the only
+    docktor.yaml there could be). ``missing_ok``: none there means docktor.yaml (``daemon stop``
+    finds a daemon whose config file has gone)."""
+    if config is not None and compose is not None:
+        raise UsageError("--compose: give either --config or --compose, not both")
+    if config is not None:
+        return config
+    if compose is not None:
+        _must_be_compose(compose)
+        return compose
+    present = [Path(name) for name in DEFAULT_FILES if Path(name).is_file()]
+    if not present and missing_ok:
+        return Path(DEFAULT_FILES[0])
+    if not present:
+        raise UsageError(f"no {', '.join(DEFAULT_FILES[:-1])} or {DEFAULT_FILES[-1]} in {Path.cwd()}: "
+                         "give the file with --config (docktor.yaml) or --compose (a Compose file)")
+    chosen = present[0]
+    if chosen.name != DEFAULT_FILES[0] or len(present) > 1:
+        others = f" ({', '.join(map(str, present[1:]))} not read)" if len(present) > 1 else ""
+        print(f"using {chosen}{others}", file=sys.stderr)
+    return chosen
+
+
+def _must_be_compose(path: Path) -> None:
+    """``--compose`` on a docktor.yaml is refused with what to use instead. A file that cannot be
+    read is left to the loader, whose message says why."""
+    from docktor.agent.config.compose_file import is_compose
+    from docktor.agent.config.safe_yaml import MAX_BYTES, load_yaml
+
+    try:
+        with path.open("rb") as f:
+            raw = load_yaml(f.read(MAX_BYTES + 1).decode("utf-8"))
+    except Exception:
+        return
+    if isinstance(raw, dict) and not is_compose(raw):
+        raise UsageError(f"--compose: {path} is not a Compose file (its services: is not a mapping of services); "
+                         "for docktor.yaml use --config")
 
 
 def group(help: str) -> typer.Typer:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, handles_errors
+from docktor.agent.cli.common import ComposeOpt, ConfigOpt, config_file, handles_errors
 from docktor.agent.cli.daemon import call_daemon
 from docktor.agent.problems import UsageError
 
@@ -21,13 +20,15 @@ def register(app: typer.Typer) -> None:
     @handles_errors
     def pause(
         service: ServiceArg,
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         for_: Annotated[str | None, typer.Option("--for", metavar="DURATION", help="Resume by itself after this long (30m, 2h).")] = None,
         reason: ReasonOpt = "",
     ) -> None:
         """Pause a service (like KEDA's paused annotation): the daemon keeps deciding and logging, with
         "paused" on each decision, and executes nothing until the pause ends or `docktor resume`.
         A pause survives a restart of the daemon and a reload."""
+        config = config_file(config, compose, missing_ok=True)
         from docktor.agent.cli.render import say
 
         seconds = None if for_ is None else _duration("--for", for_)
@@ -38,8 +39,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command(short_help="Resume a paused service.")
     @handles_errors
-    def resume(service: ServiceArg, config: ConfigOpt = Path("docktor.yaml")) -> None:
+    def resume(service: ServiceArg, config: ConfigOpt = None, compose: ComposeOpt = None) -> None:
         """End a pause: the next decision acts again."""
+        config = config_file(config, compose, missing_ok=True)
         from docktor.agent.cli.render import say
 
         result = call_daemon(config, lambda c: c.resume(service))
@@ -50,13 +52,15 @@ def register(app: typer.Typer) -> None:
     def scale(
         service: ServiceArg,
         to: Annotated[int, typer.Option("--to", metavar="N", min=0, help="The replica count (clamped to min/max).")],
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         reason: ReasonOpt = "",
         as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
     ) -> None:
         """A manual decision: the daemon clamps N to the service's min/max (no other guardrail),
         carries it out and records it with source "manual". Automatic decisions may move the count
         again later (cooldowns count from this one): pause the service first to keep it."""
+        config = config_file(config, compose, missing_ok=True)
         import json
 
         from docktor.agent.cli.render import say

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, check_before_start, group, handles_errors, load
+from docktor.agent.cli.common import ComposeOpt, ConfigOpt, check_before_start, config_file, group, handles_errors, load
 from docktor.agent.problems import UsageError
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -90,11 +90,13 @@ def register(app: typer.Typer) -> None:
     @daemon_app.command("start", short_help="Start the daemon (detached by default).")
     @handles_errors
     def start(
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         advisory: Annotated[bool, typer.Option("--advisory", help="Decide and log, never act.")] = False,
         foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached (containers, systemd).")] = False,
     ) -> None:
         """Start the daemon (in the background unless --foreground)."""
+        config = config_file(config, compose)
         from docktor.agent.cli.render import err, say
         from docktor.agent.runtime import process
 
@@ -124,7 +126,8 @@ def register(app: typer.Typer) -> None:
     @daemon_app.command("stop", short_help="Stop the daemon after its current tick.")
     @handles_errors
     def stop(
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         force: Annotated[bool, typer.Option("--force", help="SIGKILL the daemon if it has not stopped after the wait.")] = False,
         timeout: Annotated[float | None, typer.Option(
             "--timeout", "-t", metavar="SECONDS", min=0,
@@ -133,6 +136,7 @@ def register(app: typer.Typer) -> None:
         """Stop the daemon; it finishes its current tick, stops its replicas and flushes the log first.
 
         Works when the config file has since been broken: a running daemon records where its state is."""
+        config = config_file(config, compose, missing_ok=True)
         from docktor.agent.cli.render import err, say
         from docktor.agent.runtime import process
 
@@ -157,11 +161,13 @@ def register(app: typer.Typer) -> None:
     @daemon_app.command("status", short_help="Running? Replicas and last decisions, live.")
     @handles_errors
     def status(
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
     ) -> None:
         """Is the daemon running; per service, its replicas, pause and last decision (asked live on the
         control socket; from its status file when the daemon does not answer)."""
+        config = config_file(config, compose, missing_ok=True)
         import json
 
         from rich.table import Table
@@ -210,11 +216,12 @@ def register(app: typer.Typer) -> None:
 
     @daemon_app.command("reload", short_help="Re-read the config without stopping (also: SIGHUP).")
     @handles_errors
-    def reload(config: ConfigOpt = Path("docktor.yaml")) -> None:
+    def reload(config: ConfigOpt = None, compose: ComposeOpt = None) -> None:
         """Re-read and validate the config; a bad one is refused and the daemon keeps running the old one.
 
         Unchanged services keep running untouched; changed ones restart, keeping the state that still
         means something (docs/operations.md); new ones start, removed ones stop."""
+        config = config_file(config, compose, missing_ok=True)
         from docktor.agent.cli.render import say
 
         report = call_daemon(config, lambda c: c.reload())
@@ -236,7 +243,8 @@ def register(app: typer.Typer) -> None:
     @daemon_app.command("logs", short_help="The decisions, as a table or JSON lines.")
     @handles_errors
     def logs(
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new decisions.")] = False,
         service: Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")] = None,
         since: Annotated[str | None, typer.Option("--since", help="Only decisions newer than 10m, 2h, or a timestamp.")] = None,
@@ -248,6 +256,7 @@ def register(app: typer.Typer) -> None:
         """The decision log: a readable table (the last --tail decisions), or raw JSON lines with --json.
 
         With --follow, the history, then every new decision as it is written, in the same columns."""
+        config = config_file(config, compose)
         import json
 
         from docktor.agent.cli.render import print_table, stream_header, stream_row

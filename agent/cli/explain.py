@@ -9,12 +9,11 @@ decision log, so it explains the daemon's decisions and ``decide``'s alike.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, handles_errors, load
+from docktor.agent.cli.common import ComposeOpt, ConfigOpt, config_file, handles_errors, load
 from docktor.agent.problems import UsageError
 
 
@@ -22,7 +21,8 @@ def register(app: typer.Typer) -> None:
     @app.command(short_help="The last decisions, explained in prose.")
     @handles_errors
     def explain(
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         tail: Annotated[int, typer.Option("--tail", "-n", min=1, metavar="N", help="How many decisions (default 5).")] = 5,
         service: Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")] = None,
         changes: Annotated[bool, typer.Option("--changes", help="Only decisions that changed the replica count.")] = False,
@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The last decisions in prose: what was observed, which rules matched, what was proposed,
         which guardrail changed it, what was executed and whether it worked."""
+        config = config_file(config, compose)
 
         from docktor.agent.cli.daemon import parse_since
         from docktor.agent.cli.render import say

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, check_before_start, handles_errors, load
+from docktor.agent.cli.common import ComposeOpt, ConfigOpt, check_before_start, config_file, handles_errors, load
 from docktor.agent.problems import Problem, UsageError
 
 if TYPE_CHECKING:
@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
     @app.command(short_help="Run the daemon as a KEDA external scaler (gRPC).")
     @handles_errors
     def keda(
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         listen: Annotated[str, typer.Option(
             "--listen", metavar="HOST:PORT",
             help="Where to serve externalscaler.ExternalScaler (port 0: any free port, printed). Beyond loopback, TLS is required.",
@@ -44,6 +45,7 @@ def register(app: typer.Typer) -> None:
         GetMetrics answers the replica count Docktor decided (target 1 per replica), IsActive whether
         any work waits. The control socket, explain, daemon status and /metrics work as for
         daemon start. See docs/keda.md."""
+        config = config_file(config, compose)
         from docktor.agent.keda.serving import Tls, check_free, listen_address
 
         if (tls_cert is None) != (tls_key is None):

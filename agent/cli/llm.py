@@ -5,11 +5,9 @@ Exit 0: usable; 1: not usable; 2: bad input. The check itself is :mod:`docktor.a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from docktor.agent.cli.common import group, handles_errors, load
+from docktor.agent.cli.common import ComposeOpt, ConfigOpt, config_file, group, handles_errors, load
 
 
 def register(app: typer.Typer) -> None:
@@ -18,10 +16,9 @@ def register(app: typer.Typer) -> None:
 
     @llm_app.command("check", short_help="Try the endpoint the advisor uses.")
     @handles_errors
-    def check(
-        config: Path = typer.Option(..., "--config", "-c", metavar="FILE", help="docktor.yaml with an llm: block"),
-    ) -> None:
+    def check(config: ConfigOpt = None, compose: ComposeOpt = None) -> None:
         """List the endpoint's models and try one structured answer and one tool call."""
+        config = config_file(config, compose)
         import asyncio
         import os
 
@@ -31,6 +28,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = load(config)
         endpoint = resolve_endpoint(cfg.llm, os.environ)
+        typer.echo(f"found: {endpoint.found}")
         lines, usable = asyncio.run(run_check(cfg.llm, endpoint))
         for line in lines:
             typer.echo(redact(line))

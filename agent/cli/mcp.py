@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, handles_errors, load
+from docktor.agent.cli.common import ComposeOpt, ConfigOpt, config_file, handles_errors, load
 from docktor.agent.problems import Problem, UsageError
 
 
@@ -17,7 +16,8 @@ def register(app: typer.Typer) -> None:
     @app.command(short_help="Serve the daemon's tools to an assistant over MCP (stdio or HTTP).")
     @handles_errors
     def mcp(
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         http: Annotated[str | None, typer.Option(
             "--http", metavar="HOST:PORT",
             help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (loopback unless mcp.allow_remote); "
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         daemon, inside the same guardrails, recorded with source mcp). Speaks stdio by default, for
         an MCP client that starts it (Claude Desktop and the like); over --http, only to clients
         that send its bearer token."""
+        config = config_file(config, compose)
         import asyncio
         import importlib.util
         import logging

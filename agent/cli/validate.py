@@ -9,19 +9,19 @@ that does not exist, a variable that is not set: :mod:`docktor.agent.config.chec
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from docktor.agent.cli.common import ConfigOpt, handles_errors, load
+from docktor.agent.cli.common import ComposeOpt, ConfigOpt, config_file, handles_errors, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command(short_help="Check a config file (--connect: and the systems it names).")
     @handles_errors
     def validate(
-        config: ConfigOpt = Path("docktor.yaml"),
+        config: ConfigOpt = None,
+        compose: ComposeOpt = None,
         connect: Annotated[bool, typer.Option(
             "--connect", help="Also read every source once and ask every executor its status (nothing is scaled)."
         )] = False,
@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         )] = "5s",
     ) -> None:
         """Check a config file: a summary line per service, or one line per problem (exit 2)."""
+        config = config_file(config, compose)
         from docktor.agent.cli.render import say, warn
         from docktor.agent.config.checks import offline_checks
         from docktor.agent.config.load import summarize
@@ -66,6 +67,6 @@ def register(app: typer.Typer) -> None:
             from docktor.agent.advisor.client import resolve_endpoint
 
             ep = resolve_endpoint(cfg.llm, os.environ)
-            say(f"llm: {ep.provider} model {ep.model} at {ep.base_url}")
+            say(f"llm: {ep.provider} model {ep.model} at {ep.base_url} ({ep.found})")
         answered = ", every source and executor answered" if connect else ""
         say(f"ok: {len(cfg.services)} service(s), mode {cfg.mode}, state in {cfg.state_dir}{answered}")

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from docktor.agent.config import compat
+from docktor.agent.config import compat, compose_file
 from docktor.agent.config.messages import did_you_mean, join, problems_from, shown
 from docktor.agent.config.model import DocktorConfig, ExecutorSpec, OnMissing, Rules, ServiceConfig, SourceSpec
 from docktor.agent.config.safe_yaml import MAX_BYTES, YAMLTooBig, load_yaml
@@ -111,9 +111,44 @@ def parse_config(text: str, path: Path | None = None, env: Mapping[str, str] | N
         raise UsageError([Problem(where, f"not valid YAML: {said or type(e).__name__}")]) from None
     if not isinstance(raw, dict):
         raise UsageError([Problem(where, "must be a YAML mapping with a 'services' list")])
+    if compose_file.is_compose(raw):
+        return _parse_compose(raw, where, path, env)
     # Compose's extension fields: top-level x-* keys hold anchors for the services to alias
     raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    return _parse_dict(raw, path, env)
 
+
+def _parse_compose(raw: dict[Any, Any], where: str, path: Path | None, env: Mapping[str, str] | None) -> DocktorConfig:
+    """A Compose file: its x-docktor blocks as a docktor.yaml, validated by the same models, the
+    problems named by their place in the Compose file."""
+    translated, paths = compose_file.translate(raw, where, path.name if path else "docker-compose.yaml")
+    problems: list[Problem] = []
+    _llm_from_models(translated, compose_file.declared_models(raw), problems)
+    if problems:
+        raise UsageError([paths.problem(p) for p in problems])
+    try:
+        config = _parse_dict(translated, path, env)
+    except UsageError as e:
+        raise UsageError([paths.problem(p) for p in e.problems]) from None
+    return config.model_copy(update={"warnings": tuple(paths.warning(w) for w in config.warnings), "from_compose": True})
+
+
+def _llm_from_models(raw: dict[str, Any], declared: list[compose_file.DeclaredModel], problems: list[Problem]) -> None:
+    """``llm:`` without its own ``endpoint_var``/``model_var`` reads the variables the Compose file
+    declares for it: those of its one model (several: ``from: compose`` must say which)."""
+    llm = raw.get("llm")
+    if not isinstance(llm, dict) or "endpoint_var" in llm or "model_var" in llm or "base_url" in llm:
+        return
+    pairs = sorted({(d.endpoint_var, d.model_var) for d in declared})
+    if len(pairs) == 1:
+        raw["llm"] = {**llm, "endpoint_var": pairs[0][0], "model_var": pairs[0][1]}
+    elif len(pairs) > 1 and llm.get("from") == "compose":
+        listing = ", ".join(f"{d.endpoint_var} (models: {d.key} of {d.service})" for d in declared)
+        problems.append(Problem("llm.from", f"the Compose file declares several models ({listing}): "
+                                            "say which with llm.endpoint_var and llm.model_var"))
+
+
+def _parse_dict(raw: dict[str, Any], path: Path | None, env: Mapping[str, str] | None) -> DocktorConfig:
     problems: list[Problem] = []
     warnings: list[str] = []
     raw = interpolate(raw, os.environ if env is None else env, "", problems)

@@ -95,7 +95,7 @@ def problems_from(
         kind = e["type"]
         if kind == "extra_forbidden" and loc:
             owner = _model_at(model, loc[:-1])
-            names = [n for n, f in owner.model_fields.items() if not f.exclude] if owner else []
+            names = [f.alias or n for n, f in owner.model_fields.items() if not f.exclude] if owner else []
             if owner is model:
                 names += list(extra_names)
             msg = f"unknown key{did_you_mean(str(loc[-1]), names)}"

@@ -53,12 +53,28 @@ Provider = Literal["dmr", "ollama", "openai", "openai-compatible", "none"]
 ToolName = Literal["get_queue_metrics", "get_service_status", "get_recent_decisions", "get_metric_history"]
 
 
-class LLMConfig(Strict):
-    """The LLM advisor. ``provider: none`` (the default) means rules and policy only."""
+#: the variables Compose injects for a service's ``models: [llm]`` (short syntax; the key upper-cased)
+COMPOSE_ENDPOINT_VAR = "LLM_URL"
+COMPOSE_MODEL_VAR = "LLM_MODEL"
 
+
+class LLMConfig(Strict):
+    """The LLM advisor. ``provider: none`` (the default) means rules and policy only.
+
+    ``from: compose``: the endpoint (and the model, unless ``model`` is set) are read from the
+    variables Compose injects into a service that declares ``models:`` (:mod:`.compose_file`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True)
+
+    #: ``compose``: the endpoint comes from ``endpoint_var`` (declared before ``base_url``, which checks it)
+    from_: Literal["compose"] | None = Field(default=None, alias="from")
     provider: Provider = "none"
     base_url: str | None = None
     model: str | None = None
+    #: the variables holding the endpoint and the model name (Compose's long syntax names them;
+    #: default: the short syntax's for a model called ``llm``; in a Compose file, what it declares)
+    endpoint_var: EnvName | None = None
+    model_var: EnvName | None = None
     #: name of the environment variable holding the API key; the key itself never goes in the file
     api_key_env: str | None = None
     timeout: PositiveSeconds = 10.0
@@ -79,6 +95,24 @@ class LLMConfig(Strict):
     #: adds capacity to the deterministic decision; this bounds what a wrong answer can cost.
     max_extra_replicas: int = Field(default=2, ge=0)
     max_extra_percent: float = Field(default=50.0, ge=0)  # finite: Strict refuses .inf and .nan
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compose_is_openai_compatible(cls, data: Any) -> Any:
+        # Docker Model Runner's endpoint, as Compose injects it, is an OpenAI-compatible /v1
+        if isinstance(data, dict) and data.get("from") == "compose" and "provider" not in data:
+            data = {**data, "provider": "openai-compatible"}
+        return data
+
+    @field_validator("base_url")
+    @classmethod
+    def _one_endpoint(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("from_") == "compose":
+            raise ValueError("from: compose reads the endpoint from the environment Compose sets; remove base_url or from")
+        return value
+
+    def endpoint_vars(self) -> tuple[str, str]:
+        return self.endpoint_var or COMPOSE_ENDPOINT_VAR, self.model_var or COMPOSE_MODEL_VAR
 
 
 # --------------------------------------------------------------------------- plugins
@@ -393,6 +427,8 @@ class DocktorConfig(Strict):
     # Filled in by the loader.
     path: Path | None = Field(default=None, exclude=True)
     warnings: tuple[str, ...] = Field(default=(), exclude=True)
+    #: the file is a Compose file whose x-docktor blocks are this config
+    from_compose: bool = Field(default=False, exclude=True)
 
     @property
     def base_dir(self) -> Path:

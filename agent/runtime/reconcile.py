@@ -28,7 +28,7 @@ log = logging.getLogger("docktor")
 #: a new advisor, and every service again (their breakers and advice belong to the old endpoint).
 #: The others (the allowance, when to ask, the prompt's budget) are read at every decision: a
 #: reload changes them in place.
-LLM_ENDPOINT_KEYS = ("provider", "base_url", "model", "api_key_env", "timeout")
+LLM_ENDPOINT_KEYS = ("from_", "provider", "base_url", "model", "endpoint_var", "model_var", "api_key_env", "timeout")
 
 
 def fingerprint(svc: ServiceConfig) -> tuple[Any, ...]:
