@@ -17,7 +17,7 @@ import openai
 from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_before_delay, wait_exponential
 
-from docktor.agent.config.model import LLMConfig
+from docktor.agent.config.model import DocktorConfig, LLMConfig
 from docktor.agent.problems import Problem, UsageError
 from docktor.agent.redact import redact, register
 
@@ -80,6 +80,20 @@ def resolve_endpoint(config: LLMConfig, env: Mapping[str, str]) -> Endpoint:
     assert base_url and model
     found = ("Compose models: " if env_url else "") + f"endpoint from {url_from}, model from {model_from}"
     return Endpoint(config.provider, base_url.rstrip("/"), model, key, found)
+
+
+def config_endpoint(config: DocktorConfig, env: Mapping[str, str]) -> Endpoint:
+    """:func:`resolve_endpoint` for a loaded config: in a Compose file, the problems are named by
+    their place in it (``compose.yaml: x-docktor.llm.from: ...``), as the loader's are."""
+    try:
+        return resolve_endpoint(config.llm, env)
+    except UsageError as e:
+        if not config.from_compose:
+            raise
+        from docktor.agent.config.compose_file import Paths
+
+        where = Paths(str(config.path) if config.path else "compose.yaml", ())
+        raise UsageError([where.problem(p) for p in e.problems]) from None
 
 
 def _from_environment(config: LLMConfig, env: Mapping[str, str], problems: list[Problem]) -> tuple[str | None, str | None]:

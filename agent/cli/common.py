@@ -126,9 +126,9 @@ def load(path: Path, *, check_llm: bool = False) -> DocktorConfig:
     for w in config.warnings:
         warn(w)
     if check_llm and config.llm.provider != "none":
-        from docktor.agent.advisor.client import resolve_endpoint
+        from docktor.agent.advisor.client import config_endpoint
 
-        resolve_endpoint(config.llm, os.environ)
+        config_endpoint(config, os.environ)
     return config
 
 

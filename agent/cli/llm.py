@@ -23,11 +23,11 @@ def register(app: typer.Typer) -> None:
         import os
 
         from docktor.agent.advisor.check import run_check
-        from docktor.agent.advisor.client import resolve_endpoint
+        from docktor.agent.advisor.client import config_endpoint
         from docktor.agent.redact import redact
 
         cfg = load(config)
-        endpoint = resolve_endpoint(cfg.llm, os.environ)
+        endpoint = config_endpoint(cfg, os.environ)
         typer.echo(f"found: {endpoint.found}")
         lines, usable = asyncio.run(run_check(cfg.llm, endpoint))
         for line in lines:

@@ -64,9 +64,12 @@ def register(app: typer.Typer) -> None:
         if problems:
             raise UsageError(problems)
         if cfg.llm.provider != "none":
-            from docktor.agent.advisor.client import resolve_endpoint
+            from docktor.agent.advisor.client import config_endpoint
 
-            ep = resolve_endpoint(cfg.llm, os.environ)
+            ep = config_endpoint(cfg, os.environ)
             say(f"llm: {ep.provider} model {ep.model} at {ep.base_url} ({ep.found})")
+        elif os.environ.get(var := cfg.llm.endpoint_vars()[0]):
+            # Compose gave this container a model, and nothing asks for it: never an advisor by surprise
+            say(f"llm: none ({var} is set, as Compose's models: sets it; llm: {{from: compose}} would use it)")
         answered = ", every source and executor answered" if connect else ""
         say(f"ok: {len(cfg.services)} service(s), mode {cfg.mode}, state in {cfg.state_dir}{answered}")

@@ -187,9 +187,9 @@ def load_for_run(path: Path) -> DocktorConfig:
 
     config = load_config(path)
     if config.llm.provider != "none":
-        from docktor.agent.advisor.client import resolve_endpoint
+        from docktor.agent.advisor.client import config_endpoint
 
-        resolve_endpoint(config.llm, os.environ)
+        config_endpoint(config, os.environ)
     return config
 
 
