@@ -104,7 +104,8 @@ def locate(config_path: Path) -> Located:
 
 
 def lenient_state_dir(config_path: Path) -> Path | None:
-    """A top-level ``state_dir:`` string from a file that may not validate (or even parse)."""
+    """A top-level ``state_dir:`` string (a Compose file's top-level ``x-docktor:``'s) from a file
+    that may not validate (or even parse)."""
     import re
 
     try:
@@ -116,7 +117,8 @@ def lenient_state_dir(config_path: Path) -> Path | None:
         from docktor.agent.config.safe_yaml import load_yaml
 
         doc = load_yaml(text)
-        value = doc.get("state_dir") if isinstance(doc, dict) else None
+        top = doc.get("x-docktor") if isinstance(doc, dict) and isinstance(doc.get("services"), dict) else doc
+        value = top.get("state_dir") if isinstance(top, dict) else None  # a Compose file's is in x-docktor
     except Exception:  # not YAML at all: look for the line itself
         m = re.search(r"(?m)^state_dir:[ \t]*['\"]?([^'\"#\n]+?)['\"]?[ \t]*(#.*)?$", text)
         value = m.group(1) if m else None

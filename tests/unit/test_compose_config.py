@@ -238,3 +238,33 @@ def test_no_base_url_with_the_variables_set_uses_them_and_says_so() -> None:
     assert plain.found == "endpoint from provider dmr's default, model from provider dmr's default"
     written = resolve_endpoint(LLMConfig(provider="openai-compatible", base_url="http://me/v1", model="m"), env)
     assert (written.base_url, written.found) == ("http://me/v1", "endpoint from llm.base_url, model from llm.model")
+
+
+def test_the_nats_multi_examples_x_docktor_is_its_docktor_yaml() -> None:
+    """examples/nats-multi keeps its config twice (docktor.yaml, and x-docktor in its Compose
+    file): both must load into the same service, or one of them drifted."""
+    from docktor.agent.config.load import load_config
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "nats-multi"
+    env = {"DOCKTOR_METRICS_PORT": "9555", "NATS_PORT": "4333", "TARGET_WAIT": "12s"}
+    own, compose = (load_config(example / name, env) for name in ("docktor.yaml", "docker-compose.yaml"))
+    assert compose.from_compose and not own.from_compose
+    assert (compose.mode, compose.metrics, compose.state_dir) == (own.mode, own.metrics, own.state_dir)
+    (a,), (b,) = own.services, compose.services
+    assert a.model_dump() == b.model_dump() and a.target_wait == 12.0
+    assert a.executor is not None and b.executor is not None
+    assert (a.executor.kind, a.executor.settings) == (b.executor.kind, b.executor.settings)
+    assert [(s.name, s.kind, s.settings) for s in a.sources] == [(s.name, s.kind, s.settings) for s in b.sources]
+
+
+def test_a_broken_compose_file_still_says_where_its_daemons_state_is(tmp_path: Path) -> None:
+    # daemon stop and status work when the config no longer validates: the state_dir is read leniently
+    from docktor.agent.runtime.locate import lenient_state_dir, locate
+
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(COMPOSE.replace("max_replicas: ${MAX:-6}", "max_replicas: many"))
+    assert lenient_state_dir(broken) == tmp_path / "state"
+    located = locate(broken)
+    assert (located.paths.state_dir, located.how) == (tmp_path / "state", "state_dir read from the file")
+    assert located.problems == [f"{broken}: services.worker.x-docktor.max_replicas: "
+                                "Input should be a valid integer, unable to parse string as an integer, got 'many'"]
