@@ -114,7 +114,7 @@ def test_decide_once_dry_run_on_a_compose_file_reads_the_real_queue(tmp_path: Pa
     assert (rec["service"], rec["mode"], rec["executed"]) == ("worker", "dry-run", False)
     assert rec["observations"]["queue.backlog"] == 700.0  # the x-docktor queue, read for real
     # no engine here: the compose executor's status read fails, is recorded, and the decision holds
-    assert rec["decision"] == "hold" and rec["reason"] == "replica count unavailable: holding"
+    assert rec["decision"] == "hold" and rec["reason"].startswith("replicas unknown (Docker engine: ")
     assert any(e.startswith("executor: Docker engine") for e in rec["errors"])
     logged = [json.loads(x) for x in (tmp_path / ".docktor" / "decisions.jsonl").read_text().splitlines()]
     assert logged[-1]["id"] == rec["id"]
