@@ -70,7 +70,7 @@ def _must_be_compose(path: Path) -> None:
     try:
         with path.open("rb") as f:
             raw = load_yaml(f.read(MAX_BYTES + 1).decode("utf-8"))
-    except Exception:
+    except Exception:  # any reason it does not read (missing, hostile, not YAML): the loader says it, in one line
         return
     if isinstance(raw, dict) and not is_compose(raw):
         raise UsageError(f"--compose: {path} is not a Compose file (its services: is not a mapping of services); "

@@ -161,3 +161,18 @@ def declared_models(raw: dict[Any, Any]) -> list[DeclaredModel]:
             model_var = long.get("model_var") or f"{prefix}_MODEL"
             found.append(DeclaredModel(str(service), key, str(endpoint_var), str(model_var)))
     return found
+
+
+def llm_from_models(raw: dict[str, Any], declared: list[DeclaredModel], problems: list[Problem]) -> None:
+    """``llm:`` without its own ``endpoint_var``/``model_var`` reads the variables the Compose file
+    declares for it: those of its one model (several: ``from: compose`` must say which)."""
+    llm = raw.get("llm")
+    if not isinstance(llm, dict) or "endpoint_var" in llm or "model_var" in llm or "base_url" in llm:
+        return
+    pairs = sorted({(d.endpoint_var, d.model_var) for d in declared})
+    if len(pairs) == 1:
+        raw["llm"] = {**llm, "endpoint_var": pairs[0][0], "model_var": pairs[0][1]}
+    elif len(pairs) > 1 and llm.get("from") == "compose":
+        listing = ", ".join(f"{d.endpoint_var} (models: {d.key} of {d.service})" for d in declared)
+        problems.append(Problem("llm.from", f"the Compose file declares several models ({listing}): "
+                                            "say which with llm.endpoint_var and llm.model_var"))

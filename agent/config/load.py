@@ -9,6 +9,10 @@ flat, the way Docktor configs have always been written (``executor: local`` with
 beside it; ``compose_file:`` alone means ``executor: compose``). Its sources are a ``sources:``
 list (each with a ``name``) or the single-source form ``queue:``. Every block is validated by its
 plugin's own ``Settings`` model.
+
+A Compose file (its ``services:`` a mapping) is read through its ``x-docktor`` blocks, translated
+into the same dict by :mod:`.compose_file` and validated the same way, its problems named by
+their place in the Compose file.
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ def _parse_compose(raw: dict[Any, Any], where: str, path: Path | None, env: Mapp
     problems named by their place in the Compose file."""
     translated, paths = compose_file.translate(raw, where, path.name if path else "docker-compose.yaml")
     problems: list[Problem] = []
-    _llm_from_models(translated, compose_file.declared_models(raw), problems)
+    compose_file.llm_from_models(translated, compose_file.declared_models(raw), problems)
     if problems:
         raise UsageError([paths.problem(p) for p in problems])
     try:
@@ -131,21 +135,6 @@ def _parse_compose(raw: dict[Any, Any], where: str, path: Path | None, env: Mapp
     except UsageError as e:
         raise UsageError([paths.problem(p) for p in e.problems]) from None
     return config.model_copy(update={"warnings": tuple(paths.warning(w) for w in config.warnings), "from_compose": True})
-
-
-def _llm_from_models(raw: dict[str, Any], declared: list[compose_file.DeclaredModel], problems: list[Problem]) -> None:
-    """``llm:`` without its own ``endpoint_var``/``model_var`` reads the variables the Compose file
-    declares for it: those of its one model (several: ``from: compose`` must say which)."""
-    llm = raw.get("llm")
-    if not isinstance(llm, dict) or "endpoint_var" in llm or "model_var" in llm or "base_url" in llm:
-        return
-    pairs = sorted({(d.endpoint_var, d.model_var) for d in declared})
-    if len(pairs) == 1:
-        raw["llm"] = {**llm, "endpoint_var": pairs[0][0], "model_var": pairs[0][1]}
-    elif len(pairs) > 1 and llm.get("from") == "compose":
-        listing = ", ".join(f"{d.endpoint_var} (models: {d.key} of {d.service})" for d in declared)
-        problems.append(Problem("llm.from", f"the Compose file declares several models ({listing}): "
-                                            "say which with llm.endpoint_var and llm.model_var"))
 
 
 def _parse_dict(raw: dict[str, Any], path: Path | None, env: Mapping[str, str] | None) -> DocktorConfig:
