@@ -1,0 +1,101 @@
+"""``queue.oldest_age`` from a real nats-server: the stream's time of the consumer's next message
+agrees with the producer's own publish times, follows the consumer as it takes messages, minds a
+filtered consumer's subjects, and is absent (with the reason) when nothing waits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
+
+from docktor.tools.sources.nats import NatsSettings, NatsSource
+from docktor.tools.sources.nats_ages import NOTHING_PENDING
+from tests.support.peers import NatsServer
+from tests.support.publish_times import Published, age_read, sent
+from tests.support.readings import opened
+
+STREAM = "ORDERS"
+#: between two publishes: more than the 1 s agreement asked for, so "moved to the next message"
+#: cannot be mistaken for the same message read a little later
+GAP = 2.5
+
+
+async def publish(js: JetStreamContext, subject: str) -> Published:
+    return await sent(lambda: js.publish(subject, b"order"))
+
+
+async def read_age(source: NatsSource, oldest: Published) -> float:
+    return await age_read(source.read, oldest)
+
+
+@pytest.fixture
+async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(nats_server.url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+async def consumer(js: JetStreamContext, name: str, **config: object) -> None:
+    await js.add_consumer(STREAM, ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=60, **config))
+
+
+async def take_oldest(js: JetStreamContext, name: str) -> None:
+    """A worker of consumer ``name`` takes its next message and acknowledges it."""
+    sub = await js.pull_subscribe_bind(name, stream=STREAM)
+    (msg,) = await sub.fetch(1, timeout=5)
+    await msg.ack_sync()
+    await sub.unsubscribe()
+
+
+@pytest.mark.parametrize("retention", [RetentionPolicy.LIMITS, RetentionPolicy.WORK_QUEUE])
+async def test_the_oldest_age_is_the_next_messages_wait_and_moves_as_workers_take_them(
+    nats_server: NatsServer, js: JetStreamContext, retention: RetentionPolicy
+) -> None:
+    # under work-queue retention an ack deletes the message: the next one is found all the same
+    await js.add_stream(name=STREAM, subjects=["orders.>"], retention=retention)
+    await consumer(js, "WORKERS")
+    async with opened(NatsSource) as make:
+        source = make(NatsSettings(kind="nats", url=nats_server.url, stream=STREAM, consumer="WORKERS"))
+        got = await source.read()
+        assert "queue.oldest_age" not in got and source.why_absent == {"queue.oldest_age": NOTHING_PENDING}
+
+        first = await publish(js, "orders.new")
+        await asyncio.sleep(GAP)
+        second = await publish(js, "orders.new")
+        await asyncio.sleep(GAP)
+        assert await read_age(source, first) >= 2 * GAP - 1.0
+
+        await take_oldest(js, "WORKERS")  # the age moves to the next message
+        assert await read_age(source, second) < 2 * GAP - 1.0
+
+        await take_oldest(js, "WORKERS")  # nothing waits any more: absent, not 0
+        got = await source.read()
+        assert got["queue.pending"] == 0.0 and "queue.oldest_age" not in got
+        assert source.why_absent == {"queue.oldest_age": NOTHING_PENDING}
+
+
+async def test_a_filtered_consumer_is_aged_by_its_own_subjects_only(nats_server: NatsServer, js: JetStreamContext) -> None:
+    await js.add_stream(name=STREAM, subjects=["orders.>"])
+    await consumer(js, "EU", filter_subject="orders.eu")
+    await consumer(js, "EU_US", filter_subjects=["orders.eu", "orders.us"])
+    await publish(js, "orders.asia")  # older, but neither consumer will ever hand it out
+    await asyncio.sleep(GAP)
+    us = await publish(js, "orders.us")
+    await asyncio.sleep(GAP)
+    eu = await publish(js, "orders.eu")
+    await asyncio.sleep(GAP)
+    async with opened(NatsSource) as make:
+        only_eu = make(NatsSettings(kind="nats", url=nats_server.url, stream=STREAM, consumer="EU"))
+        both = make(NatsSettings(kind="nats", url=nats_server.url, stream=STREAM, consumer="EU_US"))
+        assert await read_age(only_eu, eu) < GAP + 1.0  # not orders.asia's, nor orders.us's
+        assert await read_age(both, us) < 2 * GAP + 1.0  # the earlier of its two subjects' next messages
+
+        await take_oldest(js, "EU_US")  # took orders.us: orders.eu is next
+        await read_age(both, eu)
+        await take_oldest(js, "EU")
+        got = await only_eu.read()
+        assert "queue.oldest_age" not in got and only_eu.why_absent == {"queue.oldest_age": NOTHING_PENDING}
