@@ -70,7 +70,7 @@ async def test_the_oldest_age_is_the_next_messages_wait_and_moves_as_workers_tak
         assert await read_age(source, first) >= 2 * GAP - 1.0
 
         await take_oldest(js, "WORKERS")  # the age moves to the next message
-        assert await read_age(source, second) < 2 * GAP - 1.0
+        await read_age(source, second)  # within 1 s of its own age: GAP from the first's
 
         await take_oldest(js, "WORKERS")  # nothing waits any more: absent, not 0
         got = await source.read()
@@ -91,8 +91,8 @@ async def test_a_filtered_consumer_is_aged_by_its_own_subjects_only(nats_server:
     async with opened(NatsSource) as make:
         only_eu = make(NatsSettings(kind="nats", url=nats_server.url, stream=STREAM, consumer="EU"))
         both = make(NatsSettings(kind="nats", url=nats_server.url, stream=STREAM, consumer="EU_US"))
-        assert await read_age(only_eu, eu) < GAP + 1.0  # not orders.asia's, nor orders.us's
-        assert await read_age(both, us) < 2 * GAP + 1.0  # the earlier of its two subjects' next messages
+        await read_age(only_eu, eu)  # not orders.asia's, nor orders.us's (each GAP older)
+        await read_age(both, us)  # the earlier of its two subjects' next messages
 
         await take_oldest(js, "EU_US")  # took orders.us: orders.eu is next
         await read_age(both, eu)

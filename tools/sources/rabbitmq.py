@@ -9,6 +9,10 @@ Counters restart from zero when the queue is deleted and re-created, or when the
 restarts: a counter that went backwards, or a queue that was missing in between, resets the
 baseline and omits the rates for that tick (a missing rate is honest, a negative one is not).
 
+``queue.oldest_age`` is the age of the queue's head message by its ``timestamp`` property
+(``head_message_timestamp``), which only the publisher sets: absent, with the reason, when it did
+not, when the queue is empty, and for queue types the broker does not report it for.
+
 Without the management plugin, ``url: amqp://...`` reads the queue with a passive
 ``queue.declare`` over AMQP instead: only the ready count and the consumer count, no in-flight
 messages and no rates (documented as the weaker mode in docs/sources.md).
@@ -30,9 +34,10 @@ from urllib.parse import quote, urlsplit
 import httpx2
 from pydantic import field_validator, model_validator
 
+from docktor.tools.sdk.ages import age_since
 from docktor.tools.sdk.errors import one_line, reason, redact_url
 from docktor.tools.sdk.http_client import http_client
-from docktor.tools.sdk.metric_info import MetricInfo, Metrics, standard
+from docktor.tools.sdk.metric_info import MetricInfo, Metrics, Missing, standard
 from docktor.tools.sdk.plugin import Source
 from docktor.tools.sdk.rates import Counters, RateTracker
 from docktor.tools.sdk.retry import Permanent, Transient, retrying
@@ -45,6 +50,7 @@ log = logging.getLogger("docktor.rabbitmq")
 _COLUMNS = ",".join([
     "name", "messages_ready", "messages_unacknowledged", "consumers", "consumer_utilisation", "reductions",
     "message_stats.publish", "message_stats.ack", "message_stats.deliver_no_ack", "message_stats.get_no_ack",
+    "head_message_timestamp",
 ])
 
 _EXPECTED_URL = "the management API (http(s)://host:15672) or an AMQP URL (amqp(s)://host:5672)"
@@ -56,7 +62,13 @@ CONSUMER_UTILISATION = MetricInfo(
 MANAGEMENT_METRICS: Mapping[str, MetricInfo] = {
     **standard("queue.pending", "queue.ack_pending", "queue.backlog", "queue.rate_in", "queue.rate_out", "queue.consumers"),
     "queue.consumer_utilisation": CONSUMER_UTILISATION,
+    **standard("queue.oldest_age"),
 }
+#: why ``queue.oldest_age`` is absent
+NOTHING_READY = "nothing pending: no message is ready"
+NO_TIMESTAMP = "the head message has no timestamp property (its publisher did not set one)"
+NOT_REPORTED = "the broker reports no head_message_timestamp for this queue (classic queues do; quorum and stream queues do not)"
+NO_STATISTICS = "no statistics yet"
 #: a passive queue.declare tells only these
 AMQP_METRICS: Mapping[str, MetricInfo] = standard("queue.pending", "queue.consumers")
 
@@ -158,6 +170,8 @@ class RabbitMQSource(Source[RabbitMQSettings]):
             QueueCounters, label=f"{settings.vhost}/{settings.queue}", log=log, repeat_same_within=2 * settings.statistics_interval
         )
         self._lock = asyncio.Lock()
+        #: why a metric the latest reading lacks is absent (``queue.oldest_age``: no timestamp, ...)
+        self.why_absent: dict[str, str] = {}
 
     @property
     def last_reset(self) -> str | None:
@@ -227,6 +241,10 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         utilisation = q.get("consumer_utilisation")
         if isinstance(utilisation, int | float) and not isinstance(utilisation, bool) and math.isfinite(utilisation):
             out["queue.consumer_utilisation"] = float(utilisation)
+        age = head_age(q, time.time())
+        self.why_absent = {"queue.oldest_age": age} if isinstance(age, str) else {}
+        if not isinstance(age, str):
+            out["queue.oldest_age"] = age
         if ready is None:
             # A queue just declared (or a node just restarted) has no statistics yet: its counters
             # are unknown, not zero; the next tick starts the baseline.
@@ -327,6 +345,26 @@ class RabbitMQSource(Source[RabbitMQSettings]):
                 except Exception as e:  # closing is best effort; the reading is what matters
                     log.debug("AMQP close failed: %s", _scrub(one_line(e), password))
         return {"queue.pending": float(ok.message_count), "queue.consumers": float(ok.consumer_count)}
+
+
+def head_age(q: Mapping[str, Any], now: float) -> float | str:
+    """``queue.oldest_age`` from a queue's statistics: ``now`` minus the head message's
+    ``timestamp`` property (whole seconds, the publisher's clock), :class:`Missing` for a time
+    that cannot be one; or why it is absent (a ``str``). The head is the statistics' head, up to
+    one statistics period old (a head taken meanwhile still shows)."""
+    ready = _count(q, "messages_ready")
+    if ready is None:
+        return NO_STATISTICS
+    if ready == 0:
+        return NOTHING_READY
+    if "head_message_timestamp" not in q:
+        return NOT_REPORTED
+    stamp = q["head_message_timestamp"]
+    if stamp is None or stamp == "":
+        return NO_TIMESTAMP
+    if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+        return Missing(f"head_message_timestamp {str(stamp)[:40]!r} is not a number")
+    return age_since(float(stamp), now, "the head message's timestamp property")
 
 
 def _count(q: Mapping[str, Any], key: str) -> float | None:

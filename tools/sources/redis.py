@@ -288,7 +288,7 @@ class RedisSource(Source[RedisSettings]):
         out: Metrics = {}
         if entries:
             entry_id = _text(entries[0][0]) or ""
-            out["queue.oldest_age"] = _entry_age(entry_id, now)
+            out["queue.oldest_age"] = entry_age(entry_id, now)
         else:
             self.why_absent.setdefault("queue.oldest_age", NOTHING_PENDING)
         if in_flight:
@@ -385,7 +385,7 @@ def _routing_key(raw: bytes) -> str | None:
         return None
 
 
-def _entry_age(entry_id: str, now: float) -> float:
+def entry_age(entry_id: str, now: float) -> float:
     """Seconds since the time in a stream entry's ID (``<milliseconds>-<n>``, Redis's clock when
     it made the ID); :class:`Missing` for an ID a producer chose that is no time (``1-0``, one in
     the future)."""
