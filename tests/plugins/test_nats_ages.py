@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 
+from docktor.tools.sdk import admit
 from docktor.tools.sources.nats import NatsSettings, NatsSource
 from docktor.tools.sources.nats_ages import NOTHING_PENDING
-from tests.support.peers import NatsServer
+from tests.support.peers import NatsServer, start_nats
 from tests.support.publish_times import Published, age_read, sent
 from tests.support.readings import opened
 
@@ -99,3 +101,47 @@ async def test_a_filtered_consumer_is_aged_by_its_own_subjects_only(nats_server:
         await take_oldest(js, "EU")
         got = await only_eu.read()
         assert "queue.oldest_age" not in got and only_eu.why_absent == {"queue.oldest_age": NOTHING_PENDING}
+
+
+NO_MSG_GET = """
+authorization {
+  users = [
+    {user: admin, password: admin-pw}
+    # the daemon's user may read the stream's and the consumer's info, not the messages
+    {user: docktor, password: docktor-pw, permissions: {
+      publish: {allow: ["$JS.API.STREAM.INFO.>", "$JS.API.CONSUMER.INFO.>"]}
+      subscribe: {allow: ["_INBOX.>"]}
+    }}
+  ]
+}
+"""
+
+
+async def test_a_user_not_allowed_to_read_messages_has_the_counts_and_the_age_missing_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(NO_MSG_GET)
+    server = start_nats(tmp_path / "js", "-c", str(conf))
+    try:
+        nc = await nats.connect(server.url, user="admin", password="admin-pw")
+        js = nc.jetstream()
+        await js.add_stream(name=STREAM, subjects=["orders.>"])
+        await consumer(js, "WORKERS")
+        await publish(js, "orders.new")
+        await nc.close()
+        monkeypatch.setenv("Q_USER", "docktor")
+        monkeypatch.setenv("Q_PASS", "docktor-pw")
+        async with opened(NatsSource) as make:
+            source = make(NatsSettings(kind="nats", url=server.url, stream=STREAM, consumer="WORKERS", timeout=0.5,
+                                       user_env="Q_USER", password_env="Q_PASS"))
+            got = await source.read()
+        assert got["queue.pending"] == 1.0  # the counts stand
+        kept, refused = admit(got, NatsSource.provides)  # what the daemon does with the reading
+        assert "queue.oldest_age" not in kept and kept["queue.backlog"] == 1.0
+        # the server drops a request its permissions refuse, and says why on the connection only
+        why = refused.pop("queue.oldest_age")
+        assert refused == {} and why.startswith("no answer to STREAM.MSG.GET within 0.5s (nats: permissions violation ")
+        assert why.lower().endswith('"$js.api.stream.msg.get.orders")')
+    finally:
+        server.stop()

@@ -29,7 +29,7 @@ from pydantic import field_validator, model_validator
 
 from docktor.tools.sdk.errors import SourceError, reason
 from docktor.tools.sdk.http_client import http_client
-from docktor.tools.sdk.metric_info import Metrics, standard
+from docktor.tools.sdk.metric_info import Metrics, Missing, standard
 from docktor.tools.sdk.plugin import Source
 from docktor.tools.sdk.rates import RateTracker
 from docktor.tools.sdk.retry import Permanent, Transient, Unavailable, retrying
@@ -211,6 +211,9 @@ class NatsSource(Source[NatsSettings]):
         metrics = self._metrics(counters, self._clock())
         # the next message's time, once the consumer says where it is: the same tick as the backlog
         age = FROM_MONITOR if ci is None or self._nc is None else await oldest_age(self._nc, s.stream, ci, s.timeout, time.time)
+        if isinstance(age, Missing) and "msg.get" in (self._last_error or "").lower():
+            # a request the user may not make goes unanswered: the server says why on the connection
+            age = Missing(f"{age.why} ({self._last_error})")
         self.why_absent = {"queue.oldest_age": age} if isinstance(age, str) else {}
         if not isinstance(age, str):
             metrics["queue.oldest_age"] = age

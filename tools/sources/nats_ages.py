@@ -53,12 +53,19 @@ async def oldest_age(nc: Client, stream: str, ci: ConsumerInfo, timeout: float, 
     after = delivered.stream_seq
     try:
         async with asyncio.timeout(timeout):
-            found = await asyncio.gather(*(_next(nc, stream, after + 1, f, timeout) for f in filters(ci)))
+            # return_exceptions: however one request ends, every other is awaited too, and no
+            # exception is left that nobody retrieved
+            answers = await asyncio.gather(*(_next(nc, stream, after + 1, f, timeout) for f in filters(ci)), return_exceptions=True)
     except TimeoutError:
         return Missing(f"no answer to STREAM.MSG.GET within {timeout:g}s")
-    except _GetFailed as e:
-        return Missing(f"cannot read the message after sequence {after}: {e}")
-    messages = [m for m in found if m is not None]
+    for answer in answers:
+        if isinstance(answer, TimeoutError):
+            return Missing(f"no answer to STREAM.MSG.GET within {timeout:g}s")
+        if isinstance(answer, _GetFailed):
+            return Missing(f"cannot read the message after sequence {after}: {answer}")
+        if isinstance(answer, BaseException):
+            raise answer
+    messages = [m for m in answers if isinstance(m, tuple)]
     if not messages:
         # pending a moment ago, gone now (purged, or deleted by an ack under work-queue retention)
         return f"no message after sequence {after} any more (purged or taken since the consumer was read)"
