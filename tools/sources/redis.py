@@ -277,10 +277,10 @@ class RedisSource(Source[RedisSettings]):
         group's pending entries list (the one delivered longest ago, unless claimed since).
         One transaction, right after the counts; an absent one's reason goes to :attr:`why_absent`."""
         self.why_absent = {}
-        if not isinstance(last_id, bytes | str):
-            self.why_absent["queue.oldest_age"] = "the group has no last-delivered ID"
-            last_id = "0-0"
-        start = "(" + (last_id.decode() if isinstance(last_id, bytes) else last_id)
+        if isinstance(last_id, bytes):
+            last_id = last_id.decode()
+        # without a last-delivered ID (never seen: XINFO always gives one) the stream's first entry is next
+        start = f"({last_id}" if isinstance(last_id, str) else "-"
         clock, entries, in_flight = await self._transaction(lambda p: [
             p.time(), p.xrange(stream, min=start, max="+", count=1), p.xpending_range(stream, group, min="-", max="+", count=1),
         ])
@@ -290,7 +290,7 @@ class RedisSource(Source[RedisSettings]):
             entry_id = _text(entries[0][0]) or ""
             out["queue.oldest_age"] = entry_age(entry_id, now)
         else:
-            self.why_absent.setdefault("queue.oldest_age", NOTHING_PENDING)
+            self.why_absent["queue.oldest_age"] = NOTHING_PENDING
         if in_flight:
             out["queue.oldest_in_flight_age"] = float(in_flight[0]["time_since_delivered"]) / 1000
         else:
