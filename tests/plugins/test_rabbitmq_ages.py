@@ -1,8 +1,8 @@
 """``queue.oldest_age`` from a real RabbitMQ broker: the head message's ``timestamp`` property
 (``head_message_timestamp``) agrees with the producer's own publish times and follows the head
 as a worker takes messages; absent, with the reason, for a message published without one (pika's
-and Celery's default), an empty queue and a quorum queue; a timestamp in milliseconds is missing
-with the reason, never an age."""
+default, and Celery's own producer), an empty queue and a quorum queue; a timestamp in
+milliseconds is missing with the reason, never an age."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import aiormq
 import pytest
+from celery import Celery
 
 from docktor.tools.sdk import admit
 from docktor.tools.sources.rabbitmq import MANAGEMENT_METRICS, NO_TIMESTAMP, NOT_REPORTED, NOTHING_READY, RabbitMQSource
@@ -100,6 +101,17 @@ async def test_no_timestamp_property_no_age(source: RabbitMQSource, channel: aio
     await publish(channel, queue, stamped=False)  # pika's BasicProperties() and Celery set none
     await publish(channel, queue)  # a stamped one behind it does not stand in for the head
     got = await ready(source, 2)
+    assert "queue.oldest_age" not in got and source.why_absent == {"queue.oldest_age": NO_TIMESTAMP}
+
+
+async def test_a_celery_producer_sets_no_timestamp_property(broker: RabbitMQ, source: RabbitMQSource) -> None:
+    # what docs/sources.md says of Celery on RabbitMQ, with Celery's own producer (kombu over py-amqp)
+    app = Celery("docktor_ages", broker=f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}//")
+    try:
+        await asyncio.to_thread(app.send_task, "work", args=[1], queue=source.settings.queue)
+    finally:
+        app.close()
+    got = await ready(source, 1)
     assert "queue.oldest_age" not in got and source.why_absent == {"queue.oldest_age": NO_TIMESTAMP}
 
 
