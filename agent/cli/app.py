@@ -61,7 +61,8 @@ def decide(
     advisory: Annotated[bool, typer.Option("--advisory", help="Same as mode: advisory.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One decision object per line.")] = False,
     window: Annotated[str, typer.Option(
-        "--window", help="Read twice this far apart, so rates are known (at most each check interval; 0: read once)."
+        "--window", help="Read twice this far apart, so rates are known (at most each check interval; 0: read once; "
+        "a service whose sources have no rates is read once)."
     )] = "5s",
 ) -> None:
     """Observe, decide and (unless --dry-run or advisory) act, once for every service."""
@@ -118,7 +119,16 @@ def decide(
         for r in records:
             sys.stdout.write(r.line().decode())
     else:
+        from docktor.agent.cli.render import say
+        from docktor.agent.runtime.prose import tick_text
+
         print_table(r.model_dump(mode="json") for r in records)
+        # apart from the table: what each service's policy wants, and what this tick would do
+        for r in records:
+            wants = tick_text(r.model_dump(mode="json"))
+            if wants is not None:
+                idle = r.executed or r.decision == "hold"
+                say(f"{r.service}: {wants}" + ("" if idle else f" ({r.mode}: not executed)"))
 
 
 def _refuse_in_process(cfg: Any) -> None:

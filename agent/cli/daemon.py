@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.table import Table
 
-        from docktor.agent.cli.render import out, reason_text, warn
+        from docktor.agent.cli.render import arrow, out, reason_text, warn
         from docktor.agent.runtime.locate import status as daemon_status
 
         st = daemon_status(locate(config).paths)
@@ -197,10 +197,12 @@ def register(app: typer.Typer) -> None:
             reps = s.get("replicas") or {}
             last = s.get("last_decision") or {}
             pause = s.get("paused")
+            known = reps.get("running") is not None and reps.get("desired") is not None
             table.add_row(
                 name,
-                f"{reps.get('running', '?')}/{reps.get('desired', '?')}",
-                f"{last.get('decision', '-')} {last.get('current_replicas', '')}->{last.get('target_replicas', '')}",
+                f"{reps['running']}/{reps['desired']}" if known else "unknown",  # the reason column says why
+                # without a count, the decision alone: the replicas column already says unknown
+                " ".join(w for w in (last["decision"], arrow(last)) if w != "unknown") if last.get("decision") else "-",
                 reason_text(last),  # with what failed (a replica's command not found), as daemon logs shows it
                 *([("until " + pause["until"] if pause.get("until") else "until resumed") if pause else "-"] if paused else []),
             )

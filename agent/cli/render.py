@@ -10,7 +10,8 @@ from rich.table import Table
 
 from docktor.agent.redact import redact, redact_obj
 
-# Not a terminal (a pipe, a file, CI): wide enough that reasons stay on one line.
+# Not a terminal (a pipe, a file, CI): wide enough that reasons stay on one line. (Not COLUMNS:
+# GNU readline exports its own guess to every child of a program that loaded it, pytest included.)
 out = Console() if Console().is_terminal else Console(width=200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -25,7 +26,11 @@ def warn(text: str) -> None:
 
 
 def arrow(rec: dict[str, Any]) -> str:
-    return f"{rec.get('current_replicas', '?')}->{rec.get('target_replicas', '?')}"
+    """``2->4``; ``unknown`` for a decision made without a replica count (the reason says why)."""
+    current, target = rec.get("current_replicas"), rec.get("target_replicas")
+    if current is None or target is None:
+        return "unknown"
+    return f"{current}->{target}"
 
 
 def outcome_text(rec: dict[str, Any]) -> str:
@@ -40,18 +45,47 @@ def outcome_text(rec: dict[str, Any]) -> str:
 def reason_text(rec: dict[str, Any]) -> str:
     """The decision's reason, then what went wrong observing it (a missing stream, an engine down):
     the cause of a hold belongs where people look, not only in ``--json``."""
+    from docktor.agent.runtime.prose import unknown_replicas
+
     reason = str(rec.get("reason", ""))
     errors = [str(e) for e in rec.get("errors") or []]
+    unknown = unknown_replicas(rec) if rec.get("decision") else None
+    wanted = rec.get("wanted")
+    if unknown:
+        # no replica count: say so and why, once (the executor's error is the why)
+        reason = f"{unknown[0]}: holding"
+        errors = [e for e in errors if e != unknown[1]]
+    elif wanted is not None and rec.get("target_replicas") is not None and wanted != rec.get("target_replicas"):
+        # what the proposer wants first, apart from this tick's count (the replicas column)
+        reason = f"wants {wanted}: {reason}"
     return reason + "".join(f" | {e}" for e in errors)
 
 
 #: (header, width) of the fixed columns; the reason takes the rest of the line
 COLUMNS = (("time", 12), ("service", 12), ("decision", 10), ("replicas", 8), ("source", 8), ("outcome", 12))
+#: On a narrow terminal the reason keeps at least this many characters a line: columns are
+#: dropped, in :data:`DROP_ORDER`, until it does; then it wraps between words, never cut.
+REASON_MIN = 30
+#: the columns a narrow terminal drops first: who proposed (``--json`` has it), the direction
+#: (the replicas column shows it), then the time (``--json`` and ``explain`` have it)
+DROP_ORDER = ("source", "decision", "time")
 
 
-def _cells(rec: dict[str, Any]) -> list[str]:
-    return [str(rec.get("ts", ""))[11:23], str(rec.get("service", "")), str(rec.get("decision", "")), arrow(rec),
-            str(rec.get("source", "")), outcome_text(rec)]
+def _cells(rec: dict[str, Any]) -> dict[str, str]:
+    return {"time": str(rec.get("ts", ""))[11:23], "service": str(rec.get("service", "")),
+            "decision": str(rec.get("decision", "")), "replicas": arrow(rec), "source": str(rec.get("source", "")),
+            "outcome": outcome_text(rec)}
+
+
+def kept_columns(width: int, widths: dict[str, int], per_column: int, reason_min: int = REASON_MIN) -> list[str]:
+    """The fixed columns that leave the reason ``reason_min`` characters on a line ``width``
+    wide, each fixed column taking its width plus ``per_column`` (padding, separators)."""
+    kept = [name for name, _ in COLUMNS]
+    for name in DROP_ORDER:
+        if width - sum(widths[n] + per_column for n in kept) - per_column >= reason_min:
+            break
+        kept.remove(name)
+    return kept
 
 
 def _style(rec: dict[str, Any]) -> str:
@@ -60,28 +94,39 @@ def _style(rec: dict[str, Any]) -> str:
     return {"scale_up": "green", "scale_down": "yellow"}.get(str(rec.get("decision", "")), "")
 
 
+def _stream_columns() -> list[tuple[str, int]]:
+    # a streamed row's reason runs on over whole lines when it wraps, so less of it must fit beside the columns
+    widths = dict(COLUMNS)
+    return [(name, widths[name]) for name in kept_columns(out.width, widths, 2, REASON_MIN // 2)]
+
+
 def stream_header() -> None:
     """The header of :func:`stream_row`'s table (``daemon logs -f``: rows arrive one at a time)."""
-    out.print("  ".join(h.upper().ljust(w) for h, w in COLUMNS) + "  REASON", markup=False, highlight=False)
+    out.print("  ".join(h.upper().ljust(w) for h, w in _stream_columns()) + "  REASON", markup=False, highlight=False)
 
 
 def stream_row(rec: dict[str, Any]) -> None:
     """One row in the same columns as :func:`print_table`, printed as soon as it arrives."""
     rec = redact_obj(rec)
-    cells = "  ".join(c.ljust(w) for c, (_, w) in zip(_cells(rec), COLUMNS, strict=True))
-    out.print(f"{cells}  {reason_text(rec)}", style=_style(rec) or None, markup=False, highlight=False)
+    cells = _cells(rec)
+    line = "  ".join(cells[name].ljust(w) for name, w in _stream_columns())
+    out.print(f"{line}  {reason_text(rec)}", style=_style(rec) or None, markup=False, highlight=False)
 
 
-def print_table(records: Iterable[dict[str, Any]]) -> None:
+def print_table(records: Iterable[dict[str, Any]], console: Console | None = None) -> None:
+    """The decisions as a table as wide as ``console`` (the terminal): on a narrow one the fixed
+    columns of :data:`DROP_ORDER` go first, so the reason keeps :data:`REASON_MIN` characters a line."""
+    console = console or out
+    rows = [(_cells(rec), reason_text(rec), _style(rec)) for rec in map(redact_obj, records)]
+    if not rows:
+        console.print("no decisions yet", markup=False)
+        return
+    widths = {name: max(len(name), *(len(cells[name]) for cells, _, _ in rows)) for name, _ in COLUMNS}
+    kept = kept_columns(console.width, widths, 3)  # a cell's padding and its border: 3 characters
     table = Table(show_lines=False)
-    for name, _ in COLUMNS:
+    for name in kept:
         table.add_column(name, no_wrap=True)
-    table.add_column("reason", ratio=1)
-    n = 0
-    for rec in map(redact_obj, records):
-        n += 1
-        table.add_row(*_cells(rec), reason_text(rec), style=_style(rec))
-    if n == 0:
-        out.print("no decisions yet", markup=False)
-    else:
-        out.print(table)
+    table.add_column("reason", ratio=1, overflow="fold")  # wraps between words; a long word folds, never "…"
+    for cells, reason, style in rows:
+        table.add_row(*(cells[name] for name in kept), reason, style=style)
+    console.print(table)

@@ -180,6 +180,16 @@ POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
     "docktor": _DOCKTOR_DEFAULTS,
 }
 
+#: The step limits of each direction. A service that sets any of a direction's limits sets that
+#: direction's whole step policy: the policy's defaults for it are dropped, as HPA's
+#: ``behavior.scaleUp.policies`` replaces its default policies (``scale_up_by: 4`` under
+#: ``policy: target`` caps a scale-up at +4; the default ``scale_up_percent: 100`` no longer lets
+#: 6 become 12). A limit left out of a set direction stays None: no such limit.
+STEP_LIMITS: dict[str, tuple[str, str]] = {
+    "up": ("scale_up_by", "scale_up_percent"),
+    "down": ("scale_down_by", "scale_down_percent"),
+}
+
 
 class ServiceConfig(Strict):
     """One scaled service. ``executor`` and ``sources`` are set by the loader from the plugins."""
@@ -206,8 +216,10 @@ class ServiceConfig(Strict):
 
     # Step limits and cooldowns. Unset ones take the defaults of the service's policy
     # (POLICY_DEFAULTS): threshold rules step slowly, sizing policies may jump like HPA does.
-    scale_up_by: int = Field(default=2, ge=1)
-    scale_down_by: int = Field(default=1, ge=1)
+    # A direction whose step limits the user sets takes none of the defaults (STEP_LIMITS); None:
+    # no such limit (a step is then the other one, and always at least one replica).
+    scale_up_by: int | None = Field(default=None, ge=1)
+    scale_down_by: int | None = Field(default=None, ge=1)
     #: optional percent steps; the larger of replicas and percent wins (HPA selectPolicy: Max)
     scale_up_percent: float | None = Field(default=None, gt=0, le=1_000_000)
     scale_down_percent: float | None = Field(default=None, gt=0, le=100)
@@ -225,10 +237,21 @@ class ServiceConfig(Strict):
     def _policy_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict):
             policy = data.get("policy", cls.model_fields["policy"].default)
-            defaults = POLICY_DEFAULTS.get(policy, {}) if isinstance(policy, str) else {}
+            defaults = dict(POLICY_DEFAULTS.get(policy, {}) if isinstance(policy, str) else {})
+            for keys in STEP_LIMITS.values():
+                if any(data.get(key) is not None for key in keys):  # the user's limits replace the defaults
+                    for key in keys:
+                        defaults.pop(key, None)
             if any(key not in data for key in defaults):
                 data = {**defaults, **data}
         return data
+
+    @model_validator(mode="after")
+    def _a_step_each_way(self) -> ServiceConfig:
+        for direction, keys in STEP_LIMITS.items():
+            if all(getattr(self, key) is None for key in keys):
+                raise ValueError(f"{keys[0]}: no step limit for scaling {direction}: set {keys[0]} or {keys[1]}")
+        return self
 
     def rule_metrics(self) -> set[str]:
         return {r.metric for r in self.rules.scale_up_when + self.rules.scale_down_when}

@@ -131,6 +131,10 @@ class Decision:
     #: the advisor's record (see :class:`Advice`), for the decision log
     advice: Mapping[str, Any] | None = None
     fallbacks: tuple[Fallback, ...] = ()
+    #: what the proposer (the policy, the LLM, an operator) wants, within [min, max]: where the
+    #: service is heading once the step limits and clocks let it. ``target`` is what the guardrails
+    #: let happen this tick; a one-shot or advisory decision shows both, apart.
+    wanted: int = 0
 
     @property
     def changes(self) -> bool:
@@ -278,6 +282,7 @@ def finish(
         recommendation=min(max(p.proposal.target, svc.min_replicas), svc.max_replicas),
         advice=advice,
         fallbacks=p.fallbacks,
+        wanted=min(max(proposal.target, svc.min_replicas), svc.max_replicas),
     )
 
 

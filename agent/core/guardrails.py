@@ -9,6 +9,7 @@ missing data. Each side of the envelope remembers which guardrail set it, so a c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from docktor.agent.config.model import ServiceConfig
@@ -58,6 +59,11 @@ _GUARDRAIL_WORDS: dict[str, str] = {
 }
 
 
+def guardrail_words(name: str) -> str:
+    """What a guardrail is, in a sentence's words (``step_limit``: ``the step limit``)."""
+    return _GUARDRAIL_WORDS.get(name, name)
+
+
 @dataclass(frozen=True)
 class GuardrailNote:
     """One guardrail that changed a proposal."""
@@ -70,7 +76,7 @@ class GuardrailNote:
 
     def text(self, current: int | None = None) -> str:
         """``held at 8 by cooldown_down (21 s left; asked 7)``, ``capped at 10 by max_replicas (asked 14)``."""
-        who = _GUARDRAIL_WORDS.get(self.name, self.name)
+        who = guardrail_words(self.name)
         if current is not None and self.after == current:
             verb = "held at"
         elif self.after < self.before:
@@ -88,17 +94,22 @@ class GuardrailNote:
 
 
 def step_up(svc: ServiceConfig, current: int) -> int:
-    step = svc.scale_up_by
-    if svc.scale_up_percent:
-        step = max(step, math.ceil(current * svc.scale_up_percent / 100))
-    return step
+    """The most one decision may add: the larger of the limits the service has (HPA selectPolicy: Max)."""
+    return _step(svc.scale_up_by, svc.scale_up_percent, current, math.ceil)
 
 
 def step_down(svc: ServiceConfig, current: int) -> int:
-    step = svc.scale_down_by
-    if svc.scale_down_percent:
-        step = max(step, math.floor(current * svc.scale_down_percent / 100))
-    return step
+    """The most one decision may remove, like :func:`step_up`."""
+    return _step(svc.scale_down_by, svc.scale_down_percent, current, math.floor)
+
+
+def _step(by: int | None, percent: float | None, current: int, rounding: Callable[[float], int]) -> int:
+    # A limit the user did not set is None (STEP_LIMITS in the config model): only the set ones
+    # count. At least one replica a step, so a percent limit alone can still leave or reach zero.
+    steps = [by] if by is not None else []
+    if percent is not None:
+        steps.append(rounding(current * percent / 100))
+    return max(1, *steps)
 
 
 def stabilized_floor(svc: ServiceConfig, state: ServiceState, now: float, proposal: int) -> int:

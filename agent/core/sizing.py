@@ -238,7 +238,8 @@ def ready_steps(
 
 def _step_up(svc: ServiceConfig) -> Callable[[np.ndarray], np.ndarray]:
     """The step guardrail (:func:`docktor.agent.core.guardrails.step_up`) over an array of counts."""
-    by, pct = float(svc.scale_up_by), float(svc.scale_up_percent or 0.0)
+    # the same limits: an unset one is None, and a step is always at least one replica
+    by, pct = float(svc.scale_up_by or 1), float(svc.scale_up_percent or 0.0)
 
     def step_up(counts: np.ndarray) -> np.ndarray:
         out: np.ndarray = np.maximum(by, np.ceil(counts * pct / 100.0))

@@ -113,7 +113,7 @@ def fit(answer: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 _RECORD_KEYS = (
-    "id", "ts", "service", "mode", "decision", "current_replicas", "target_replicas", "proposal", "source",
+    "id", "ts", "service", "mode", "decision", "current_replicas", "target_replicas", "wanted", "proposal", "source",
     "policy", "reason", "matched_rules", "missing", "guardrails", "envelope", "executed", "outcome", "errors",
     "paused", "llm", "fallbacks", "observations",
 )

@@ -65,6 +65,9 @@ class DecisionRecord(BaseModel):
     decision: Literal["scale_up", "scale_down", "hold"]
     target_replicas: int | None
     proposal: int | None = None
+    #: what the proposer wants within min/max, before the step limits and clocks: where the service
+    #: is heading; ``target_replicas`` is what the guardrails let happen this tick
+    wanted: int | None = None
     #: the policy's own count within min/max, before the guardrails: what the scale-down
     #: stabilization window remembers (a restart reads the newest back from the log's tail)
     recommendation: int | None = None
@@ -115,6 +118,7 @@ class DecisionRecord(BaseModel):
             decision=d.decision,
             target_replicas=d.target,
             proposal=d.proposal,
+            wanted=d.wanted,
             recommendation=d.recommendation,
             reason=d.reason,
             policy=d.policy,

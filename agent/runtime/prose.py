@@ -1,7 +1,8 @@
 """A decision record in prose: what was observed, which rules matched, what the policy (or the
 LLM) proposed, which guardrail changed it and for how long, what was executed and whether it
 worked. ``docktor explain`` prints it; ``docktor mcp``'s ``explain_decision`` returns it, word
-for word. Standard library only: the CLI imports it when the command runs.
+for word. Standard library only at import (the guardrails' words are read when a record needs
+them): the CLI imports it when the command runs.
 """
 
 from __future__ import annotations
@@ -69,9 +70,47 @@ def _llm(llm: Mapping[str, Any]) -> str | None:
     return said
 
 
+def unknown_replicas(rec: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """``("replicas unknown (executor: no status within 5 s)", that error)`` for a decision made
+    without a replica count (the executor could not be read), else None. The error it quotes is
+    returned too, so a caller that lists the record's errors does not say it twice."""
+    if rec.get("current_replicas") is not None:
+        return None
+    return replicas_unknown(rec.get("errors") or [])
+
+
+def replicas_unknown(errors: Iterable[object]) -> tuple[str, str | None]:
+    """``replicas unknown (why)``, the why from the executor's error among ``errors``, and that error."""
+    said = next((str(e) for e in errors if str(e).startswith("executor")), None)
+    why = said.removeprefix("executor: ") if said else "the executor could not be read"
+    return f"replicas unknown ({why})", said
+
+
+def tick_text(rec: Mapping[str, Any]) -> str | None:
+    """What the proposer wants and, apart, what the guardrails let happen this tick:
+    ``wants 12; this tick 0 -> 4, limited by the step limit``, ``wants 8; this tick 6 -> 6, held by
+    cooldown_up (21 s left)``. None for a record without the three counts (an older log, or no
+    replica count to decide from)."""
+    wanted, current, target = rec.get("wanted"), rec.get("current_replicas"), rec.get("target_replicas")
+    if wanted is None or current is None or target is None:
+        return None
+    this = f"wants {wanted}; this tick {current} -> {target}"
+    if wanted == target:
+        return this
+    from docktor.agent.core.guardrails import guardrail_words  # the guardrails' own words
+
+    verb = "held" if target == current else "limited"
+    by = []
+    for g in rec.get("guardrails") or []:
+        left = f" ({float(g['left_s']):.0f} s left)" if g.get("left_s") is not None else ""
+        by.append(f"{guardrail_words(str(g.get('name')))}{left}")
+    return f"{this}, {verb} by {' and '.join(by)}" if by else this
+
+
 def explain_one(rec: Mapping[str, Any]) -> list[str]:
     """The lines that explain one decision record (as ``read_records`` returns it)."""
-    arrow = f"{rec.get('current_replicas', '?')} -> {rec.get('target_replicas', '?')}"
+    unknown = unknown_replicas(rec)
+    arrow = "(replicas unknown)" if unknown else f"{rec.get('current_replicas')} -> {rec.get('target_replicas')}"
     lines = [f"{str(rec.get('ts', ''))[:23].replace('T', ' ')}  {rec.get('service')}  {rec.get('decision')} {arrow}"]
     rules = list(rec.get("matched_rules") or [])
 
@@ -85,14 +124,20 @@ def explain_one(rec: Mapping[str, Any]) -> list[str]:
     row("rules", ("matched: " + "; ".join(rules)) if rules else "none matched")
     who = {"rules": "the rules", "policy": f"policy {rec.get('policy')}", "llm": "the LLM", "fallback": f"policy {rec.get('policy')} (LLM fallback)",
            "manual": "a manual request", "mcp": "an MCP client"}.get(str(rec.get("source")), str(rec.get("source")))
-    row("proposed", f"{rec.get('proposal')} by {who}: {rec.get('reason', '')}")
-    row("llm", _llm(rec.get("llm") or {}))
-    notes = []
-    for g in rec.get("guardrails") or []:
-        left = f", {g['left_s']:.0f} s left" if g.get("left_s") is not None else ""
-        notes.append(f"{g.get('name')} turned {g.get('from')} into {g.get('to')}{left}")
-    row("guardrails", "; ".join(notes) if notes else "none changed the proposal")
+    if unknown:
+        # nothing was proposed: with no replica count there is nothing to size from
+        row("replicas", f"{unknown[0]}: nothing proposed, holding")
+    else:
+        row("proposed", f"{rec.get('proposal')} by {who}: {rec.get('reason', '')}")
+        row("wants", (tick_text(rec) or "").removeprefix("wants "))
+        row("llm", _llm(rec.get("llm") or {}))
+        notes = []
+        for g in rec.get("guardrails") or []:
+            left = f", {g['left_s']:.0f} s left" if g.get("left_s") is not None else ""
+            notes.append(f"{g.get('name')} turned {g.get('from')} into {g.get('to')}{left}")
+        row("guardrails", "; ".join(notes) if notes else "none changed the proposal")
     row("outcome", _outcome(rec))
     for error in rec.get("errors") or []:
-        row("error", str(error))
+        if not unknown or str(error) != unknown[1]:
+            row("error", str(error))
     return lines

@@ -25,6 +25,7 @@ from docktor.agent.redact import redact, redact_obj
 from docktor.agent.runtime.decision_log import DecisionRecord, Outcome, OutcomeRecord
 from docktor.agent.runtime.identity import Identity
 from docktor.agent.runtime.persist import Breaker, Pause, Restored, SavedState, capture
+from docktor.agent.runtime.prose import replicas_unknown
 from docktor.agent.timestamps import rfc3339
 from docktor.tools.sdk import Executor, MetricInfo, ReplicaStatus, ScaleOutcome, Source, admit, one_line
 
@@ -158,6 +159,12 @@ class ServiceLoop:
             except TimeoutError:
                 pass
 
+    @property
+    def reads_rates(self) -> bool:
+        """Whether any of the service's sources reports a rate (a ``*_per_second`` figure): only
+        then does a one-shot decision need a second reading (a Redis list's never has one)."""
+        return any(info.unit.endswith("_per_second") for infos in self.metric_infos.values() for info in infos.values())
+
     # ------------------------------------------------------------------ observe
 
     async def observe(self) -> Observation:
@@ -255,7 +262,7 @@ class ServiceLoop:
             # Without a replica count there is nothing to size from: record and wait.
             record = DecisionRecord(
                 ts=rfc3339(daemon.wall()), service=svc.name, mode=mode, current_replicas=None,  # type: ignore[arg-type]
-                decision="hold", target_replicas=None, reason="replica count unavailable: holding",
+                decision="hold", target_replicas=None, reason=f"{replicas_unknown(errors)[0]}: holding",
                 policy=svc.policy, source="none", observations=observations, errors=errors, id=decision_id(),
                 paused=paused,
             )
@@ -387,6 +394,8 @@ class ServiceLoop:
 
 def _read_bound(check_interval: float, settings: Any) -> float:
     own = getattr(settings, "timeout", None)  # every built-in plugin has one; the contract suite reads it too
+    if own is None:  # the Kubernetes-reading executors' bound is per API request (keda's fallback fits within it)
+        own = getattr(settings, "request_timeout", None)
     floor = own + 1.0 if isinstance(own, int | float) and not isinstance(own, bool) else 0.0
     return max(1.0, check_interval, floor)
 

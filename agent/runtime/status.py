@@ -44,7 +44,7 @@ def status_document(daemon: Supervisor) -> dict[str, Any]:
         services[name] = {
             "replicas": None if s is None else {"desired": s.desired, "running": s.running, "failed": s.failed},
             "last_decision": None if loop.last_record is None else {
-                k: getattr(loop.last_record, k) for k in ("ts", "decision", "current_replicas", "target_replicas", "reason", "errors", "executed")
+                k: getattr(loop.last_record, k) for k in ("ts", "decision", "current_replicas", "target_replicas", "wanted", "reason", "errors", "executed")
             },
             "paused": None if loop.pause is None or not loop.pause.active(daemon.wall()) else loop.pause.as_dict(),
             "bounds": {"min": loop.svc.min_replicas, "max": loop.svc.max_replicas},

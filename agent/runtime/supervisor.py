@@ -195,7 +195,8 @@ class Supervisor:
 
         Rates need two readings: with ``window`` > 0 each service is read once, then decided on a
         second reading ``window`` seconds later (at most its check interval), so a one-shot
-        decision sees ``queue.rate_in``/``rate_out`` like the daemon's ticks do.
+        decision sees ``queue.rate_in``/``rate_out`` like the daemon's ticks do. A service whose
+        sources report no rates (a Redis list) is read once: waiting would learn nothing.
         """
         records = list(await asyncio.gather(*(self._once(loop, dry_run, window) for loop in self.loops.values())))
         if self.beside is not None:
@@ -205,7 +206,7 @@ class Supervisor:
         return records
 
     async def _once(self, loop: ServiceLoop, dry_run: bool, window: float) -> DecisionRecord:
-        wait = min(window, loop.svc.check_interval)
+        wait = min(window, loop.svc.check_interval) if loop.reads_rates else 0.0
         if wait > 0:
             started = self.mono()
             observations, status, _ = await loop.observe()

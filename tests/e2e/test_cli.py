@@ -287,3 +287,35 @@ services:
     assert rec["missing"] == ["queue.rate_in"] and "queue.rate_in" not in rec["observations"]
     bad = docktor("decide", "--config", str(cfg), "--once", "--window", "soon")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --window:")
+
+
+def test_decide_once_says_what_the_policy_wants_apart_from_this_tick(tmp_path: Path, nats_server: NatsServer) -> None:
+    """A one-shot decision from 0 replicas: the policy wants 12 (1,200 queued, 100 per replica),
+    the step limit lets 0 -> 4 happen this tick. Both are said, apart, in the table's output and
+    in the record (``wanted``), as the RabbitMQ script it replaces printed the 12."""
+    import asyncio
+
+    asyncio.run(make_stream(nats_server.url, 1200))
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(f"""
+services:
+  - name: worker
+    executor: local
+    command: ["{sys.executable}", "-c", "import time; time.sleep(600)"]
+    max_replicas: 20
+    policy: target
+    target_per_replica: 100
+    queue: {{kind: nats, url: "{nats_server.url}", stream: JOBS, consumer: WORKERS, timeout: 2s}}
+""")
+    r = docktor("decide", "--config", str(cfg), "--once", "--dry-run", "--json", "--window", "0")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert (rec["current_replicas"], rec["wanted"], rec["target_replicas"]) == (0, 12, 4), rec
+    assert rec["guardrails"] == [{"name": "step_limit", "from": 12, "to": 4}]
+    table = docktor("decide", "--config", str(cfg), "--once", "--dry-run", "--window", "0")
+    assert table.returncode == 0, table.stderr
+    assert "worker: wants 12; this tick 0 -> 4, limited by the step limit (dry-run: not executed)" in table.stdout.splitlines()
+    assert "wants 12: " in table.stdout  # the reason column leads with it too
+    explained = docktor("explain", "--service", "worker", "--config", str(cfg), "-n", "1")
+    assert explained.returncode == 0, explained.stderr
+    assert "  wants      12; this tick 0 -> 4, limited by the step limit" in explained.stdout.splitlines(), explained.stdout

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.support.cli import docktor
+from tests.support.kubeconfigs import write_kubeconfig
 from tests.support.peers import REPO
 
 EXAMPLE = REPO / "examples" / "kubernetes"
@@ -34,11 +35,22 @@ def one(name: str, kind: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("config", sorted(PAIRS.values()))
-def test_the_docktor_configs_validate(config: str) -> None:
-    done = docktor("validate", "--config", str(EXAMPLE / config), env={"RABBITMQ_USER": "reader", "RABBITMQ_PASSWORD": "secret"})
+def test_the_docktor_configs_validate(config: str, tmp_path: Path) -> None:
+    """With credentials to find (in the pod, its service account; here a kubeconfig: no request is
+    made) not a word; without any, still valid, with one warning: the count falls back."""
+    env: dict[str, str | None] = {"RABBITMQ_USER": "reader", "RABBITMQ_PASSWORD": "secret", "KUBERNETES_SERVICE_HOST": None,
+                                  "HOME": str(tmp_path)}
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:6443", "token-never-sent")
+    done = docktor("validate", "--config", str(EXAMPLE / config), env=env | {"KUBECONFIG": str(kubeconfig)})
     assert done.returncode == 0, done.stderr
-    assert " keda jobs/" in done.stdout and "ok: 1 service(s), mode autonomous" in done.stdout
+    assert " keda jobs/" in done.stdout and "/scale" in done.stdout and "ok: 1 service(s), mode autonomous" in done.stdout
     assert not done.stderr.strip(), done.stderr
+
+    alone = docktor("validate", "--config", str(EXAMPLE / config), env=env | {"KUBECONFIG": None})
+    assert alone.returncode == 0, alone.stderr
+    (line,) = alone.stderr.strip().splitlines()
+    assert line.endswith(f"{tmp_path / '.kube' / 'config'} does not exist (set kubeconfig: or KUBECONFIG, or run inside a cluster): "
+                         "the current count will be the one last asked of KEDA"), line
 
 
 @pytest.mark.parametrize(("scaled", "config"), sorted(PAIRS.items()))

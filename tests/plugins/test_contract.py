@@ -263,9 +263,9 @@ def _rabbit_block(url: str) -> dict[str, Any]:
 
 @pytest.fixture
 def rabbitmq_peer(rabbit: RabbitMQ, standins: StandIns) -> SourcePeer:
-    """Through the management API."""
+    """Through the management API, the ready count from the broker's own AMQP port."""
     return SourcePeer(
-        healthy=_rabbit_block(rabbit.url), missing=RATES,
+        healthy={**_rabbit_block(rabbit.url), "amqp_url": rabbit.amqp_url}, missing=RATES,
         expect={"queue.pending": 4, "queue.ack_pending": 0, "queue.backlog": 4, "queue.consumers": 0},
         unreachable=_rabbit_block(f"http://127.0.0.1:{standins.closed}"),
         garbage=[_rabbit_block(url) for url in standins.http()],

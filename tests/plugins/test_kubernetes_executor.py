@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx2
 import pytest
-import yaml
 
 from docktor.agent.config.load import load_config
 from docktor.agent.runtime.supervisor import Supervisor
@@ -26,9 +25,8 @@ from docktor.tools.executors.kubernetes import KubernetesExecutor, KubernetesSet
 from docktor.tools.executors.kubernetes_pods import DELETION_COST
 from docktor.tools.sdk import Context, ExecutorError
 from docktor.tools.testing import FakeQueue, FakeSource, KubeStandIn
-from docktor.tools.testing.kube_standin import Right
 from tests.support.cli import docktor
-from tests.support.kubeconfigs import write_kubeconfig, write_service_account
+from tests.support.kubeconfigs import role_rights, write_kubeconfig, write_service_account
 from tests.support.peers import REPO
 from tests.support.servers import Certificates, make_certificates
 
@@ -38,11 +36,7 @@ TOKEN = "kube-token-canary-6f1c2d9e"
 EXAMPLE = REPO / "examples" / "kubernetes" / "executor"
 
 
-def role_rights(path: Path = EXAMPLE / "rbac.yaml") -> set[Right]:
-    """Every (api group, resource, verb) the Role in ``path`` grants."""
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    role = next(d for d in docs if d["kind"] == "Role")
-    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+RBAC = EXAMPLE / "rbac.yaml"
 
 
 @pytest.fixture
@@ -263,7 +257,7 @@ async def test_no_keda_crd_means_no_scaled_object(make: Made) -> None:
 
 
 async def test_forbidden_and_missing_are_one_clear_line(tmp_path: Path, make: Made) -> None:
-    no_patch = role_rights() - {("apps", "deployments/scale", "patch")}
+    no_patch = role_rights(RBAC) - {("apps", "deployments/scale", "patch")}
     with KubeStandIn({TOKEN: no_patch}, ready_after=0.1) as api:
         api.add_workload("Deployment", "worker", 1)
         ex = make(api)
@@ -389,7 +383,7 @@ async def test_the_token_reaches_no_description_error_record_or_log(
 async def test_the_role_grants_exactly_what_the_executor_uses(tmp_path: Path, make: Made) -> None:
     """Every request of a full round (both kinds: status, up, in with metrics, the refusal checks)
     is allowed by the Role of examples/kubernetes/executor/rbac.yaml, and every verb it grants was used."""
-    granted = role_rights()
+    granted = role_rights(RBAC)
     with KubeStandIn({TOKEN: granted}, ready_after=0.1) as api:
         for kind, namespace in (("Deployment", "default"), ("StatefulSet", "queues")):  # their pods' labels would overlap
             api.add_workload(kind, "worker", 1, namespace=namespace)

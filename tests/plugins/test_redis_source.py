@@ -5,6 +5,7 @@ plain list under the default policy."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -143,6 +144,22 @@ def test_validate_cli_exits_2_naming_the_policy_for_a_plain_list(tmp_path: Path)
     assert "services[0].policy: policy 'docktor' needs queue.rate_in" in done.stderr
     assert "use policy: target (with target_per_replica) or policy: rules" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_decide_once_reads_a_list_once_it_has_no_rates_to_wait_for(tmp_path: Path, server: RedisServer, r: redis.Redis) -> None:
+    """``decide --once`` reads twice, a --window apart, only for rates: a list has none, so it is
+    read once and decided on at once (the server counts the LLENs: one, not two)."""
+    r.rpush("jobs", *range(250))
+    cfg = tmp_path / "docktor.yaml"
+    cfg.write_text(SERVICE.format(policy="policy: target\n    target_per_replica: 50", mode="list: jobs")
+                   .replace("redis://127.0.0.1:6379/0", server.url))
+    r.config_resetstat()
+    done = subprocess.run([sys.executable, "-m", "docktor.agent.cli", "decide", "--config", str(cfg), "--once", "--dry-run",
+                           "--json", "--window", "5s"], capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rec = json.loads(done.stdout)
+    assert (rec["observations"]["queue.backlog"], rec["wanted"]) == (250.0, 4), rec  # max_replicas 4
+    assert r.info("commandstats")["cmdstat_llen"]["calls"] == 1
 
 
 # --------------------------------------------------------------------------- lists

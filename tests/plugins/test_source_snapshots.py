@@ -205,7 +205,7 @@ async def test_rabbitmq_rates_span_the_restart(broker: RabbitMQ, monkeypatch: py
     monkeypatch.setenv("RMQ_USER", "guest")
     monkeypatch.setenv("RMQ_PASS", "guest")
     queue = "q-snapshot"
-    settings = RabbitMQSettings.model_validate({"kind": "rabbitmq", "url": broker.url, "queue": queue, "timeout": 2,
+    settings = RabbitMQSettings.model_validate({"kind": "rabbitmq", "url": broker.url, "amqp_url": broker.amqp_url, "queue": queue, "timeout": 2,
                                                 "username_env": "RMQ_USER", "password_env": "RMQ_PASS"})
     conn = await aiormq.connect(f"amqp://guest:guest@127.0.0.1:{broker.amqp_port}/")
     channel = await conn.channel()

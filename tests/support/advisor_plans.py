@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from docktor.agent.config.model import LLMConfig, Rule, Rules, ServiceConfig
+from docktor.agent.config.model import POLICY_DEFAULTS, LLMConfig, Rule, Rules, ServiceConfig
 from docktor.agent.core.decide import Plan, plan
 from docktor.agent.core.state import ServiceState
 
@@ -27,6 +27,12 @@ def service(**overrides: Any) -> ServiceConfig:
         ),
     )
     base.update(overrides)
+    if base["policy"] != "rules":
+        # scale_up_by / scale_down_by above are set as a user sets them, so (like HPA's policies)
+        # they replace the sizing policy's step defaults for their direction: the percent steps
+        # these plans were written with (the policy's) are set beside them explicitly
+        for key in ("scale_up_percent", "scale_down_percent"):
+            base.setdefault(key, POLICY_DEFAULTS[base["policy"]].get(key))
     return ServiceConfig(**base)
 
 

@@ -1,6 +1,7 @@
-"""Credentials for the Kubernetes executor's tests, pointing at a stand-in API server
-(:class:`docktor.tools.testing.KubeStandIn`): a kubeconfig file, and a service account's mounted
-folder, as kubectl and the kubelet write them."""
+"""Credentials for the Kubernetes-reading executors' tests (``kubernetes``, ``keda``), pointing at a
+stand-in API server (:class:`docktor.tools.testing.KubeStandIn`): a kubeconfig file, and a service
+account's mounted folder, as kubectl and the kubelet write them; and the rights an example's Role
+grants, to compare with what the stand-in served."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from docktor.tools.testing.kube_standin import Right
 
 
 def write_kubeconfig(
@@ -41,3 +46,10 @@ def write_service_account(folder: Path, token: str, ca: Path, namespace: str) ->
     (folder / "ca.crt").write_bytes(ca.read_bytes())
     (folder / "namespace").write_text(namespace)
     return folder
+
+
+def role_rights(path: Path) -> set[Right]:
+    """Every (api group, resource, verb) the Role in the manifest ``path`` grants."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    role = next(d for d in docs if d["kind"] == "Role")
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}

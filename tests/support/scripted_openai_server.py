@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,7 @@ class ScriptedOpenAIServer:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.other: list[str] = []  # requests to paths other than the chat and models endpoints
+        self.first_contact: float | None = None  # time.monotonic() of the first connection
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.base_events.Server | None = None
         self.base_url = ""
@@ -109,6 +111,7 @@ class ScriptedOpenAIServer:
         return self.script.pop(0) if len(self.script) > 1 else self.script[0]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.first_contact = self.first_contact or time.monotonic()
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)

@@ -75,6 +75,9 @@ class RabbitMQ:
     tls: Certificates | None = None
     mgmt_tls_port: int = 0
     amqps_port: int = 0
+    #: the broker's collect_statistics_interval in ms, when not the launcher's 1000 (a longer one
+    #: makes the management API's lag outlast a test's reads, as production's 5 s often does)
+    statistics_ms: int | None = None
 
     @property
     def https_url(self) -> str:
@@ -93,24 +96,29 @@ class RabbitMQ:
         return f"amqp://127.0.0.1:{self.amqp_port}"
 
     @classmethod
-    def start(cls, dir: Path, tls: Certificates | None = None) -> RabbitMQ:
+    def start(cls, dir: Path, tls: Certificates | None = None, statistics_ms: int | None = None) -> RabbitMQ:
         need_binary("rabbitmq-server")
         script = SHARED / "env" / "rabbitmq-local.sh"
         need(script.is_file(), f"{script} missing (the RabbitMQ launcher lives in ../shared)", REQUIRE)
-        broker = cls(_broker_home(dir), _amqp_port(), free_port())
+        broker = cls(_broker_home(dir), _amqp_port(), free_port(), statistics_ms=statistics_ms)
         if tls is not None:
             broker.tls, broker.mgmt_tls_port, broker.amqps_port = tls, free_port(), free_port()
         broker.launch()
         return broker
 
     def _tls_config(self) -> dict[str, str]:
-        """The conf.d file for ``tls`` (its certificates copied in: the broker's user must read them)."""
-        if self.tls is None:
+        """The conf.d files for ``tls`` (its certificates copied in: the broker's user must read
+        them) and ``statistics_ms``, read after the launcher's own configuration."""
+        if self.tls is None and self.statistics_ms is None:
             return {}
         import shutil
 
         conf_d, own = self.dir / "conf.d", self.dir / "tls"
         conf_d.mkdir(parents=True, exist_ok=True)
+        if self.statistics_ms is not None:
+            (conf_d / "20-statistics.conf").write_text(f"collect_statistics_interval = {self.statistics_ms}\n")
+        if self.tls is None:
+            return {"RABBITMQ_CONFIG_FILES": str(conf_d)}
         own.mkdir(exist_ok=True)
         files = {}
         for name, src in (("cacertfile", self.tls.ca), ("certfile", self.tls.server_cert), ("keyfile", self.tls.server_key)):

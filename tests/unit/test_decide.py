@@ -337,3 +337,54 @@ def test_a_scale_up_past_the_minimum_from_below_it_arms_the_cooldown() -> None:
     assert (d.decision, d.target, d.to_minimum) == ("scale_up", 4, False)
     remember(state, d, 100, acted=True)
     assert state.last_up_at == 100
+
+
+def _sized(extra: str) -> ServiceConfig:
+    """A ``policy: target`` service as a user writes it (the loader applies the policy's defaults)."""
+    text = ("services:\n  - name: t\n    command: x\n    policy: target\n    target_per_replica: 100\n"
+            "    max_replicas: 50\n    cooldown_down: 0s\n    scale_down_stabilization: 0s\n"
+            "    queue: {kind: nats, stream: S, consumer: C}\n" + extra)
+    return parse_config(text, Path("/tmp/d.yaml"), {}).services[0]
+
+
+def test_a_user_step_limit_replaces_the_policy_defaults_for_its_direction_like_hpa() -> None:
+    # HPA: behavior.scaleUp.policies replaces the default policies. scale_up_by: 4 is the user's
+    # whole scale-up policy: the target default scale_up_percent: 100 (6 -> 12) no longer applies.
+    capped = _sized("    scale_up_by: 4\n")
+    assert (capped.scale_up_by, capped.scale_up_percent) == (4, None)
+    d = decide(capped, {"queue.backlog": 5000.0}, 6, ServiceState(), now=0)
+    assert (d.proposal, d.target, d.guardrails[0].name) == (50, 10, "step_limit")
+    # the other direction keeps the policy's defaults: at most half per check
+    assert (capped.scale_down_by, capped.scale_down_percent) == (1, 50)
+    assert decide(capped, {"queue.backlog": 0.0}, 10, ServiceState(), now=0).target == 5
+    # and without a limit of the user's, the defaults: the larger of +4 and +100 %
+    assert decide(_sized(""), {"queue.backlog": 5000.0}, 6, ServiceState(), now=0).target == 12
+
+
+def test_a_user_scale_down_limit_replaces_the_default_percent() -> None:
+    one = _sized("    scale_down_by: 1\n")
+    assert (one.scale_down_by, one.scale_down_percent) == (1, None)
+    assert decide(one, {"queue.backlog": 0.0}, 10, ServiceState(), now=0).target == 9  # not 5 (50 %)
+
+
+def test_a_percent_limit_alone_is_the_whole_step_and_still_moves_from_zero() -> None:
+    half = _sized("    scale_up_percent: 50\n    min_replicas: 0\n")
+    assert (half.scale_up_by, half.scale_up_percent) == (None, 50)  # not the default +4
+    assert (step_up(half, 6), step_up(half, 0)) == (3, 1)
+    assert decide(half, {"queue.backlog": 5000.0}, 6, ServiceState(), now=0).target == 9
+    assert decide(half, {"queue.backlog": 5000.0}, 0, ServiceState(), now=0).target == 1
+    # both set: the larger step wins (HPA selectPolicy: Max)
+    both = _sized("    scale_up_by: 4\n    scale_up_percent: 100\n")
+    assert decide(both, {"queue.backlog": 5000.0}, 6, ServiceState(), now=0).target == 12
+    # an explicit null is no limit of the user's: the default replica step stays
+    null = _sized("    scale_up_percent: null\n")
+    assert (null.scale_up_by, null.scale_up_percent) == (4, None)
+
+
+def test_no_step_limit_at_all_for_a_direction_is_refused_naming_the_key() -> None:
+    import pytest
+
+    from docktor.agent.problems import UsageError
+
+    with pytest.raises(UsageError, match="scale_up_by: no step limit for scaling up"):
+        _sized("    scale_up_by: null\n    scale_up_percent: null\n")

@@ -15,7 +15,8 @@ from docktor.agent.config.model import Rule, Rules
 from docktor.agent.core.rules import evaluate
 from docktor.agent.problems import UsageError
 from docktor.tools.sdk import CLOCK_SKEW, STANDARD_METRICS, Missing, admit, age_since, rfc3339_epoch
-from docktor.tools.sources.rabbitmq import MANAGEMENT_METRICS, NO_STATISTICS, NO_TIMESTAMP, NOT_REPORTED, NOTHING_READY, head_age
+from docktor.tools.sources.rabbitmq import MANAGEMENT_METRICS
+from docktor.tools.sources.rabbitmq_head import NO_STATISTICS, NO_TIMESTAMP, NOT_REPORTED, NOTHING_READY, head_age
 from docktor.tools.sources.redis import STREAM_METRICS, entry_age
 
 NOW = 1_796_648_000.0  # 2026-12-07T12:53:20Z

@@ -203,3 +203,36 @@ def test_trace_comments_and_sparse_seconds() -> None:
     tr = parse_trace("# a comment\nt,rate\n0,5\n# mid\n3,7\n", "x", "x.csv")
     assert tr.rates.tolist() == [5, 0, 0, 7]
     assert tr.messages == 12
+
+
+
+class Moves(Recorder):
+    """A :class:`Recorder` that also keeps each (current, target) the controller returned."""
+
+    def __init__(self, inner: object) -> None:
+        super().__init__(inner)
+        self.moves: list[tuple[int, int]] = []
+
+    def tick(self, obs: dict[str, float], current: int, now: float) -> int:
+        target = super().tick(obs, current, now)
+        self.moves.append((current, target))
+        return target
+
+
+def test_the_simulator_keeps_a_users_step_limit_as_the_daemon_does() -> None:
+    # The simulator runs the daemon's own step(): a user's scale_up_by: 4 under policy: target
+    # caps every scale-up at +4 there too (the default +100 % would jump 6 -> 12 on this burst).
+    from docktor.agent.config.model import ServiceConfig
+    from docktor.agent.sim.baselines import ProductionController
+
+    scenario = Scenario(service_s=0.05, cv=0.0, startup_s=0.0, interval_s=5, min_replicas=1, max_replicas=40)
+    trace = Trace("burst", np.array([2000] * 60))
+    steps: dict[str, int] = {}
+    for name, extra in (("user", {"scale_up_by": 4}), ("defaults", {})):
+        svc = ServiceConfig(name="sim", policy="target", target_per_replica=10, min_replicas=1, max_replicas=40,
+                            check_interval=5, **extra)  # type: ignore[arg-type]
+        ctl = Moves(ProductionController("target", svc))
+        simulate(trace, scenario, ctl)  # type: ignore[arg-type]
+        steps[name] = max(t - c for c, t in ctl.moves)
+    assert steps["user"] == 4
+    assert steps["defaults"] > 4  # the same load: the defaults jump further

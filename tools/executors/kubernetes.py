@@ -19,7 +19,8 @@ Docktor refuses to scale a workload a HorizontalPodAutoscaler or a KEDA ScaledOb
 targets (two controllers would fight), naming it.
 
 The client is the SDK's HTTP client over the few REST endpoints used (:mod:`.kubernetes_api`);
-credentials come from a kubeconfig or the pod's service account (:mod:`.kubernetes_config`).
+credentials come from a kubeconfig or the pod's service account (:mod:`.kubernetes_config`),
+through :class:`.kubernetes_access.WorkloadAccess`, which ``executor: keda`` shares.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from docktor.tools.executors.kubernetes_access import WorkloadAccess
 from docktor.tools.executors.kubernetes_api import ApiError, KubeApi
-from docktor.tools.executors.kubernetes_config import Credentials, KubernetesSettings, load_credentials
+from docktor.tools.executors.kubernetes_config import KubernetesSettings
 from docktor.tools.executors.kubernetes_pods import (
     DELETION_COST,
     Pod,
@@ -56,6 +58,10 @@ __all__ = ["KubernetesExecutor", "KubernetesSettings"]
 POLL_S = 0.5
 #: attempts at a scale that the API refuses because the object changed since it was read (409)
 UPDATE_ATTEMPTS = 3
+#: the Role a 403 points at
+RBAC = "examples/kubernetes/executor/rbac.yaml"
+
+
 class KubernetesExecutor(Executor[KubernetesSettings]):
     """Scales one Deployment or StatefulSet through the Kubernetes API and verifies its pods."""
 
@@ -66,8 +72,7 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
         super().__init__(settings, context)
         self.workload_kind = settings.workload_kind
         self.name = settings.workload or context.service
-        self.kubeconfig = context.path(settings.kubeconfig) if settings.kubeconfig is not None else None
-        self._api: KubeApi | None = None
+        self.access = WorkloadAccess(settings, context, self.name, rbac=RBAC)
         self._lock = asyncio.Lock()
         #: why the last scale-in could not rank by CPU (metrics.k8s.io did not answer), for its record
         self.metrics_problem: str | None = None
@@ -80,43 +85,24 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
     @classmethod
     def check(cls, settings: KubernetesSettings, context: Context) -> list[str]:
         """The credentials can be found and read (no request is made: the config may be for another machine)."""
-        try:
-            load_credentials(context.path(settings.kubeconfig) if settings.kubeconfig else None, settings.context)
-        except ExecutorError as e:
-            return [str(e)]
-        return []
+        return WorkloadAccess.check(settings, context)
 
     def __repr__(self) -> str:
         return f"KubernetesExecutor({self.workload_kind} {self.name!r})"
 
     def target(self) -> str:
         """The API server, namespace, kind and name, whichever config names them."""
-        try:
-            credentials = self._credentials()
-        except ExecutorError:
-            return f"kubernetes:{self.kubeconfig or 'default credentials'}/{self.settings.context or ''}/{self.settings.namespace or ''}/{self.label}"
-        return f"kubernetes:{credentials.server}/{self._namespace(credentials)}/{self.label}"
+        return self.access.target()
 
     @property
     def label(self) -> str:
-        return f"{self.workload_kind}/{self.name}"
-
-    def _credentials(self) -> Credentials:
-        return load_credentials(self.kubeconfig, self.settings.context)
-
-    def _namespace(self, credentials: Credentials) -> str:
-        return self.settings.namespace or credentials.namespace or "default"
+        return self.access.label
 
     def api(self) -> KubeApi:
-        if self._api is None:
-            credentials = self._credentials()
-            self._api = KubeApi(credentials, self._namespace(credentials), self.context, self.settings.request_timeout)
-        return self._api
+        return self.access.api()
 
     async def close(self) -> None:
-        if self._api is not None:
-            api, self._api = self._api, None
-            await api.close()
+        await self.access.close()
 
     # ----------------------------------------------------------------- status
 
@@ -125,7 +111,7 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
         try:
             return await self._status(api)
         except ApiError as e:
-            raise ExecutorError(_explain(e, self.label, api.namespace)) from None
+            raise ExecutorError(self.access.explain(e, api.namespace)) from None
 
     async def _status(self, api: KubeApi) -> ReplicaStatus:
         workload = await api.workload(self.workload_kind, self.name)
@@ -162,7 +148,7 @@ class KubernetesExecutor(Executor[KubernetesSettings]):
         try:
             return await self._scale_with(api, n, started, removed)
         except ApiError as e:
-            raise ExecutorError(_explain(e, self.label, api.namespace)) from None
+            raise ExecutorError(self.access.explain(e, api.namespace)) from None
 
     async def _scale_with(self, api: KubeApi, n: int, started: float, removed: list[RemovedReplica]) -> tuple[str, bool, int | None]:
         in_charge = controllers_in_charge(self.workload_kind, self.name, await api.autoscalers(), await api.scaled_objects())
@@ -260,14 +246,3 @@ def _ordinal(pod: str) -> int:
     tail = pod.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else -1
 
-
-def _explain(e: ApiError, label: str, namespace: str) -> str:
-    """One line for a 4xx, saying what to do about it."""
-    hints = {
-        401: "the credentials were refused (an expired token?)",
-        403: "the service account lacks a permission (see examples/kubernetes/executor/rbac.yaml)",
-        404: f"no {label} in namespace {namespace} (or its API is not served)",
-        409: "changed by someone else meanwhile",
-    }
-    hint = hints.get(e.code)
-    return f"{e}{f' — {hint}' if hint else ''}"

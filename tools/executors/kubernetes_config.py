@@ -48,13 +48,14 @@ _NAMES = {
 }
 
 
-class KubernetesSettings(PluginSettings):
-    """``executor: kubernetes``: one Deployment or StatefulSet."""
+class WorkloadSettings(PluginSettings):
+    """Where one Deployment or StatefulSet is, and how to reach its API server: the settings
+    ``executor: kubernetes`` (which scales it) and ``executor: keda`` (which only reads its
+    ``/scale``) share."""
 
-    kind: Literal["kubernetes"]
-    #: what to scale: a Deployment (default) or a StatefulSet
+    #: the workload's kind: a Deployment (default) or a StatefulSet
     workload_kind: Literal["Deployment", "StatefulSet"] = "Deployment"
-    #: its name; default: the Docktor service's name
+    #: its name (each executor says what None means)
     workload: str | None = None
     #: its namespace; default: the kubeconfig context's or the service account's, else "default"
     namespace: str | None = None
@@ -63,8 +64,6 @@ class KubernetesSettings(PluginSettings):
     kubeconfig: Path | None = None
     #: the kubeconfig's context; default: its current-context
     context: str | None = None
-    #: how long to wait for the pods to be ready before calling the scale an error
-    scale_timeout: PositiveSeconds = 120.0
     #: bound on each API request (retries come on top, within the same bound)
     request_timeout: PositiveSeconds = 10.0
 
@@ -75,6 +74,14 @@ class KubernetesSettings(PluginSettings):
         if value is not None and not pattern.match(value):
             raise ValueError(f"must be a Kubernetes {what}")
         return value
+
+
+class KubernetesSettings(WorkloadSettings):
+    """``executor: kubernetes``: one Deployment or StatefulSet (``workload`` default: the service's name)."""
+
+    kind: Literal["kubernetes"]
+    #: how long to wait for the pods to be ready before calling the scale an error
+    scale_timeout: PositiveSeconds = 120.0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,13 @@ Counters restart from zero when the queue is deleted and re-created, or when the
 restarts: a counter that went backwards, or a queue that was missing in between, resets the
 baseline and omits the rates for that tick (a missing rate is honest, a negative one is not).
 
+The management API's figures lag (its statistics move every ``collect_statistics_interval``):
+after a purge it still says thousands are ready. So when the AMQP listener answers (``amqp_url``,
+by default the management host's port 5672), the ready and consumer counts come from a passive
+``queue.declare`` over AMQP, exact at once, asked beside the management request; the management
+API keeps the in-flight count and the rates. An AMQP listener that cannot be asked is said once in
+the log and asked again a minute later; meanwhile the management API's counts are used.
+
 ``queue.oldest_age`` is the age of the queue's head message by its ``timestamp`` property
 (``head_message_timestamp``), which only the publisher sets: absent, with the reason, when it did
 not, when the queue is empty, and for queue types the broker does not report it for.
@@ -21,7 +28,6 @@ messages and no rates (documented as the weaker mode in docs/sources.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import ssl
@@ -34,15 +40,18 @@ from urllib.parse import quote, urlsplit
 import httpx2
 from pydantic import field_validator, model_validator
 
-from docktor.tools.sdk.ages import age_since
-from docktor.tools.sdk.errors import one_line, reason, redact_url
+from docktor.tools.sdk.errors import reason, redact_url
 from docktor.tools.sdk.http_client import http_client
-from docktor.tools.sdk.metric_info import MetricInfo, Metrics, Missing, standard
+from docktor.tools.sdk.metric_info import MetricInfo, Metrics, standard
 from docktor.tools.sdk.plugin import Source
 from docktor.tools.sdk.rates import Counters, RateTracker
 from docktor.tools.sdk.retry import Permanent, Transient, retrying
 from docktor.tools.sdk.settings import Context, EnvName, PluginSettings, PositiveSeconds, TlsSettings, env_secret, go_together
 from docktor.tools.sdk.urls import url_setting
+from docktor.tools.sources.rabbitmq_amqp import QueueNotFound, passive_declare, speaks_amqp
+from docktor.tools.sources.rabbitmq_head import HEAD_NOT_YET, NOTHING_READY, head_age
+
+__all__ = ["AMQP_METRICS", "MANAGEMENT_METRICS", "QueueNotFound", "RabbitMQSettings", "RabbitMQSource", "speaks_amqp"]
 
 log = logging.getLogger("docktor.rabbitmq")
 
@@ -64,13 +73,10 @@ MANAGEMENT_METRICS: Mapping[str, MetricInfo] = {
     "queue.consumer_utilisation": CONSUMER_UTILISATION,
     **standard("queue.oldest_age"),
 }
-#: why ``queue.oldest_age`` is absent
-NOTHING_READY = "nothing pending: no message is ready"
-NO_TIMESTAMP = "the head message has no timestamp property (its publisher did not set one)"
-NOT_REPORTED = "the broker reports no head_message_timestamp for this queue (classic queues do; quorum and stream queues do not)"
-NO_STATISTICS = "no statistics yet"
 #: a passive queue.declare tells only these
 AMQP_METRICS: Mapping[str, MetricInfo] = standard("queue.pending", "queue.consumers")
+#: seconds before an AMQP listener that could not be asked for the exact counts is asked again
+AMQP_RETRY_S = 60.0
 
 
 class RabbitMQSettings(PluginSettings):
@@ -91,6 +97,12 @@ class RabbitMQSettings(PluginSettings):
     #: of it; an unchanged answer younger than two of them is the same sample, not a rate of 0
     statistics_interval: PositiveSeconds = 5.0
     tls: TlsSettings | None = None
+    #: with the management API: the AMQP listener whose passive ``queue.declare`` gives the exact
+    #: ready count (the management API's lags); default: the management URL's host, port 5672
+    #: (``amqps`` on 5671 when the API is ``https``)
+    amqp_url: Annotated[str | None, url_setting(("amqp", "amqps"), "an AMQP URL (amqp(s)://host:5672)")] = None
+    #: false: take every count from the management API (no AMQP connection at all)
+    ready_over_amqp: bool = True
 
     @field_validator("url")
     @classmethod
@@ -123,6 +135,17 @@ class RabbitMQSettings(PluginSettings):
     def secure(self) -> bool:
         return self.url.startswith(("https", "amqps"))
 
+    @property
+    def exact_url(self) -> str | None:
+        """Where the exact ready count is asked beside the management API (None: it is not)."""
+        if self.amqp or not self.ready_over_amqp:
+            return None
+        if self.amqp_url is not None:
+            return self.amqp_url
+        host = urlsplit(self.url).hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"amqps://{host}:5671" if self.secure else f"amqp://{host}:5672"
+
 
 class QueueCounters(Counters):
     """The cumulative counters of one answer (absent ones are 0: the API omits counters never
@@ -148,10 +171,6 @@ class QueueCounters(Counters):
         return None
 
 
-class QueueNotFound(Permanent):
-    """The queue (or its vhost) does not exist."""
-
-
 class RabbitMQSource(Source[RabbitMQSettings]):
     """``queue.*`` metrics for one RabbitMQ queue."""
 
@@ -170,6 +189,10 @@ class RabbitMQSource(Source[RabbitMQSettings]):
             QueueCounters, label=f"{settings.vhost}/{settings.queue}", log=log, repeat_same_within=2 * settings.statistics_interval
         )
         self._lock = asyncio.Lock()
+        #: when (``clock``) the AMQP listener may be asked again for the exact counts, after it failed
+        self._amqp_retry_at = -math.inf
+        #: why it failed (said in the log once per outage), None while it answers
+        self.amqp_problem: str | None = None
         #: why a metric the latest reading lacks is absent (``queue.oldest_age``: no timestamp, ...)
         self.why_absent: dict[str, str] = {}
 
@@ -204,12 +227,33 @@ class RabbitMQSource(Source[RabbitMQSettings]):
             try:
                 if self.settings.amqp:
                     return await retrying(self._read_amqp, deadline=self.settings.timeout)  # counts only: no rates
-                body = await retrying(self._read_management, deadline=self.settings.timeout)
+                # both at once: the exact counts cost no time beyond the management request's
+                body, exact = await asyncio.gather(
+                    retrying(self._read_management, deadline=self.settings.timeout), self._exact_counts()
+                )
             except QueueNotFound:
                 # whatever comes back under this name later is a new queue with new counters
                 self._rates.reset("queue re-created")
                 raise
-            return self._metrics(body, self._clock())
+            out = self._metrics(body, self._clock())
+            if exact is not None:
+                # the ready count now, not as the statistics last saw it; in flight and the
+                # rates stay the management API's (a passive declare does not know them)
+                out.update(exact)
+                if "queue.ack_pending" in out:
+                    out["queue.backlog"] = out["queue.pending"] + out["queue.ack_pending"]
+                self._age_by_exact_count(out)
+            return out
+
+    def _age_by_exact_count(self, out: Metrics) -> None:
+        """The head's age comes from the statistics (a passive declare knows no head): an empty
+        queue has none, whatever head they still show; a ready queue they show empty has one,
+        not in them yet."""
+        if out.get("queue.pending") == 0.0 and "queue.oldest_age" in out:
+            del out["queue.oldest_age"]
+            self.why_absent = {"queue.oldest_age": NOTHING_READY}
+        elif out.get("queue.pending", 0.0) > 0 and self.why_absent.get("queue.oldest_age") == NOTHING_READY:
+            self.why_absent = {"queue.oldest_age": HEAD_NOT_YET}
 
     def snapshot(self) -> dict[str, Any] | None:
         """The previous read's counters and statistics sample (the rate baseline), for the daemon's state file."""
@@ -306,66 +350,36 @@ class RabbitMQSource(Source[RabbitMQSettings]):
             raise Transient(f"management API at {where}: unexpected answer (not the queue {s.queue!r})")
         return body
 
-    # ------------------------------------------------------------------ AMQP-only mode
+    # ------------------------------------------------------------------ AMQP
 
-    async def _read_amqp(self) -> Metrics:
-        import aiormq  # only this mode needs it
-        import aiormq.exceptions
-
-        s = self.settings
-        where = redact_url(s.url)
-        creds = self._credentials()
-        parts = urlsplit(s.url)
-        user, password = creds if creds is not None else ("guest", "guest")
-        vhost = "" if s.vhost == "/" else quote(s.vhost, safe="")  # aiormq reads an empty path as "/"
-        port = parts.port or (5671 if s.secure else 5672)
-        url = f"{parts.scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}:{port}/{vhost}"
-        ctx = s.tls.ssl_context(self.context) if s.tls is not None else None
-        connection: Any = None
+    async def _exact_counts(self) -> Metrics | None:
+        """The ready and consumer counts from a passive ``queue.declare`` (exact, no statistics
+        lag), or None when AMQP is not to be asked or did not answer: one attempt, bounded by
+        ``timeout``, never failing the read (the management API's counts stand in)."""
+        url = self.settings.exact_url
+        if url is None or self._clock() < self._amqp_retry_at:
+            return None
         try:
-            async with asyncio.timeout(s.timeout):
-                connection = await aiormq.connect(url, context=ctx) if ctx is not None else await aiormq.connect(url)
-                channel = await connection.channel()
-                ok = await channel.queue_declare(s.queue, passive=True)
-        except TimeoutError:
-            raise Transient(f"AMQP {where} timed out after {s.timeout:g}s") from None
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            raise QueueNotFound(f"queue {s.queue!r} not found in vhost {s.vhost!r} ({where})") from None
-        except (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError):
-            raise Permanent(f"AMQP {where} refused the credentials") from None
-        except aiormq.exceptions.ConnectionNotAllowed:
-            raise Permanent(f"AMQP {where}: the user may not use vhost {s.vhost!r}") from None
-        except (aiormq.exceptions.AMQPError, OSError, ConnectionError) as e:
-            raise Transient(f"cannot read {s.queue!r} over AMQP at {where}: {_scrub(one_line(e), password)}") from None
-        finally:
-            if connection is not None:
-                try:
-                    async with asyncio.timeout(s.timeout):
-                        await connection.close()
-                except Exception as e:  # closing is best effort; the reading is what matters
-                    log.debug("AMQP close failed: %s", _scrub(one_line(e), password))
-        return {"queue.pending": float(ok.message_count), "queue.consumers": float(ok.consumer_count)}
+            counts = await self._read_amqp(url)
+        except QueueNotFound:
+            return None  # the management API says whether the queue exists (it may lag here too)
+        except (Transient, Permanent) as e:
+            if self.amqp_problem is None:
+                log.warning("%s/%s: ready count from the management API (it lags up to statistics_interval): %s; "
+                            "AMQP asked again every %.0f s", self.settings.vhost, self.settings.queue, e, AMQP_RETRY_S)
+            self.amqp_problem = str(e)
+            self._amqp_retry_at = self._clock() + AMQP_RETRY_S
+            return None
+        if self.amqp_problem is not None:
+            log.info("%s/%s: ready count over AMQP again", self.settings.vhost, self.settings.queue)
+            self.amqp_problem = None
+        return counts
 
-
-def head_age(q: Mapping[str, Any], now: float) -> float | str:
-    """``queue.oldest_age`` from a queue's statistics: ``now`` minus the head message's
-    ``timestamp`` property (whole seconds, the publisher's clock), :class:`Missing` for a time
-    that cannot be one; or why it is absent (a ``str``). The head is the statistics' head, up to
-    one statistics period old (a head taken meanwhile still shows)."""
-    ready = _count(q, "messages_ready")
-    if ready is None:
-        return NO_STATISTICS
-    if ready == 0:
-        return NOTHING_READY
-    if "head_message_timestamp" not in q:
-        return NOT_REPORTED
-    stamp = q["head_message_timestamp"]
-    if stamp is None or stamp == "":
-        return NO_TIMESTAMP
-    if not isinstance(stamp, int | float) or isinstance(stamp, bool):
-        return Missing(f"head_message_timestamp {str(stamp)[:40]!r} is not a number")
-    return age_since(float(stamp), now, "the head message's timestamp property")
-
+    async def _read_amqp(self, url: str | None = None) -> Metrics:
+        s = self.settings
+        url = url or s.url
+        ctx = s.tls.ssl_context(self.context) if s.tls is not None and url.startswith("amqps") else None
+        return await passive_declare(url, s.vhost, s.queue, self._credentials(), ctx, s.timeout)
 
 def _count(q: Mapping[str, Any], key: str) -> float | None:
     value = q.get(key)
@@ -402,28 +416,3 @@ def _sample(q: Mapping[str, Any], stats: Mapping[str, Any]) -> tuple[tuple[str, 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
-
-def _scrub(text: str, secret: str) -> str:
-    return redact_url(text.replace(secret, "***") if secret else text)
-
-
-async def speaks_amqp(url: str, timeout: float) -> bool:
-    """Whether the host and port of a plain ``http://`` URL answer AMQP 0-9-1's protocol header
-    (with ``connection.start``, or with the header of the version they speak)."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        return False
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
-            try:
-                writer.write(b"AMQP\x00\x00\x09\x01")
-                await writer.drain()
-                head = await reader.read(8)
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-    except (OSError, TimeoutError):
-        return False
-    return head.startswith(b"AMQP") or head[:3] == b"\x01\x00\x00"  # a method frame on channel 0
