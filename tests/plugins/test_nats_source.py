@@ -20,6 +20,7 @@ from docktor.agent.config.load import parse_config
 from docktor.tools.sdk import SourceError
 from docktor.tools.sources.nats import NatsSettings as Settings
 from docktor.tools.sources.nats import NatsSource
+from docktor.tools.sources.nats_ages import FROM_MONITOR
 from tests.support.clocks import FakeClock
 from tests.support.peers import NatsServer, free_port, launch_nats
 from tests.support.readings import opened, settling
@@ -218,6 +219,7 @@ async def test_counts_pending_in_flight_backlog_and_lag(nats_server: NatsServer,
 
     src = make_source(settings(nats_server.url))
     metrics = await src.read()
+    assert metrics.pop("queue.oldest_age") >= 0  # message 8's wait: its figures in test_nats_ages.py
     assert metrics == {
         "queue.pending": 3.0,  # 10 published - 7 delivered
         "queue.ack_pending": 4.0,  # delivered, not acked
@@ -491,7 +493,8 @@ async def test_rejected_credentials_fall_back_to_monitoring(auth_server: Any, ma
     src = make_source(settings(url, user_env="Q_USER", password_env="Q_PASS", monitor_url=monitor), clock)
     via_monitor = await src.read()
     assert src.last_via == "monitor"
-    assert via_monitor == good
+    assert good.pop("queue.oldest_age") >= 0  # /jsz holds no message: no age, and the reason says so
+    assert via_monitor == good and src.why_absent == {"queue.oldest_age": FROM_MONITOR}
 
     # Rates work on the fallback path too.
     nc = await nats.connect(url, user="docktor", password="s3cret-pw")
@@ -519,7 +522,7 @@ async def test_api_and_monitoring_snapshots_agree(nats_server: NatsServer, js: J
     for m in await sub.fetch(3, timeout=2):
         await m.ack_sync()
     src = make_source(settings(nats_server.url, monitor_url=nats_server.monitor_url))
-    assert await src._read_api() == await src._read_monitor()
+    assert (await src._read_api())[0] == await src._read_monitor()
 
 
 async def test_close_after_the_server_stopped_does_not_raise(nats_server: NatsServer, js: JetStreamContext) -> None:

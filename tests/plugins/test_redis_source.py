@@ -4,6 +4,7 @@ plain list under the default policy."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,15 +20,29 @@ from pydantic import ValidationError
 from docktor.agent.config.load import parse_config
 from docktor.agent.problems import UsageError
 from docktor.tools.sdk import SourceError
-from docktor.tools.sources.redis import CELERY_METRICS, CELERY_PRIORITY_SEP, LIST_METRICS, STREAM_METRICS, RedisSource
+from docktor.tools.sources.redis import (
+    CELERY_METRICS,
+    CELERY_PRIORITY_SEP,
+    LIST_METRICS,
+    NOTHING_IN_FLIGHT,
+    NOTHING_PENDING,
+    STREAM_METRICS,
+    RedisSource,
+)
 from docktor.tools.sources.redis import RedisSettings as Settings
 from tests.support.clocks import FakeClock
 from tests.support.peers import REPO, free_port
+from tests.support.publish_times import age_read, sent_now
 from tests.support.readings import opened, settling
 from tests.support.servers import Certificates, RedisServer, make_certificates
 
 RATES = ("queue.rate_in", "queue.rate_out")
+AGES = ("queue.oldest_age", "queue.oldest_in_flight_age")
 CANARY = "canary-pw-8c2d"
+#: between two entries: more than the 1 s agreement, so the next entry's age cannot pass for the first's
+AGE_GAP = 2.5
+#: Redis keeps an entry's ID time and a pending entry's idle time in whole milliseconds
+MS = 0.001
 
 
 
@@ -254,7 +269,9 @@ async def test_stream_group_figures_are_exact(server: RedisServer, r: redis.Redi
     assert len(got[0][1]) == 7
     r.xack("events", "workers", *ids[:3])  # K = 3 acknowledged
     src = make_source(settings(server.url, stream="events", group="workers"))
-    assert await src.read() == {
+    got = await src.read()
+    assert all(got.pop(k) >= 0 for k in AGES)  # their values: test_stream_ages_agree_with_the_producers_times_*
+    assert got == {
         "queue.lag": 3.0,  # not yet delivered
         "queue.pending": 3.0,
         "queue.ack_pending": 4.0,  # delivered, not acked
@@ -262,6 +279,34 @@ async def test_stream_group_figures_are_exact(server: RedisServer, r: redis.Redi
         "queue.consumers": 1.0,
     }
     assert src.last_reset == "first reading"
+
+
+async def test_stream_ages_agree_with_the_producers_times_and_follow_the_group(
+    server: RedisServer, r: redis.Redis, make_source: Any
+) -> None:
+    r.xgroup_create("events", "workers", id="$", mkstream=True)
+    src = make_source(settings(server.url, stream="events", group="workers"))
+    got = await src.read()
+    assert not {"queue.oldest_age", "queue.oldest_in_flight_age"} & set(got)  # empty: absent, not 0
+    assert src.why_absent == {"queue.oldest_age": NOTHING_PENDING, "queue.oldest_in_flight_age": NOTHING_IN_FLIGHT}
+
+    first = sent_now(lambda: r.xadd("events", {"n": 1}))
+    await asyncio.sleep(AGE_GAP)
+    second = sent_now(lambda: r.xadd("events", {"n": 2}))
+    await asyncio.sleep(AGE_GAP)
+    assert await age_read(src.read, first, resolution=MS) >= 2 * AGE_GAP - 1.0
+    assert src.why_absent == {"queue.oldest_in_flight_age": NOTHING_IN_FLIGHT}
+
+    taken = sent_now(lambda: r.xreadgroup("workers", "c1", {"events": ">"}, count=1))  # a worker takes the oldest
+    await asyncio.sleep(AGE_GAP)
+    await age_read(src.read, second, resolution=MS)  # within 1 s of the next entry's age: AGE_GAP from the first's
+    assert await age_read(src.read, taken, "queue.oldest_in_flight_age", resolution=MS) >= AGE_GAP - 1.0  # XPENDING's idle time
+
+    ((_, entries),) = r.xreadgroup("workers", "c1", {"events": ">"}, count=1)
+    r.xack("events", "workers", *[entry_id for entry_id, _ in entries])
+    got = await src.read()
+    assert "queue.oldest_age" not in got and src.why_absent == {"queue.oldest_age": NOTHING_PENDING}
+    assert got["queue.oldest_in_flight_age"] >= AGE_GAP  # the first entry is still held, unacknowledged
 
 
 async def test_stream_rates_over_a_known_interval(server: RedisServer, r: redis.Redis, make_source: Any) -> None:
@@ -344,7 +389,8 @@ async def test_restart_reads_missing_then_exact_again(tmp_path: Path, make_sourc
         server.launch()  # same port, same folder: the append-only file brings the stream back
         clock.advance(5.0)
         after = await read_settled(src.read, lambda m: True)
-        assert {k: after[k] for k in before} == before
+        assert {k: after[k] for k in before if k not in AGES} == {k: v for k, v in before.items() if k not in AGES}
+        assert after["queue.oldest_age"] >= before["queue.oldest_age"]  # the same entries, older now
         assert (after["queue.rate_in"], after["queue.rate_out"]) == (0.0, 0.0)  # same counters: a real zero
     finally:
         server.stop()

@@ -2,7 +2,7 @@
 times no clock can mean, on the real daemon with in-memory fakes (docktor.tools.testing).
 
 A negative backlog is a broken reading, not an empty queue: it is missing, with the reason, and
-missing data never scales in. A state file whose numbers parse but cannot mean anything (the year
+missing data never scales in; so is a message time in the year 33658 (issue 23: queue.oldest_age). A state file whose numbers parse but cannot mean anything (the year
 33658, 1e300) costs the pieces that hold them, never the daemon's start.
 """
 
@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from docktor.agent.config.load import load_config
+from docktor.agent.runtime.exporter import DaemonMetrics
 from docktor.agent.runtime.supervisor import Supervisor
 from docktor.tools import registry
+from docktor.tools.sdk import age_since
 from docktor.tools.testing import FakeExecutor, FakeFleet, FakeQueue, FakeSource
 
 CONFIG = """
@@ -117,3 +123,55 @@ async def test_a_state_file_with_numbers_no_clock_can_mean_costs_those_pieces_ne
     assert rec.decision in ("hold", "scale_up", "scale_down") and fleet.running == rec.target_replicas
     json.dumps(status)
     assert status["services"][name]["paused"] is None
+
+
+AGE_RULE = """
+state_dir: state
+services:
+  - name: {name}
+    executor: fake
+    queue: {{kind: fake, timeout: 1s, metrics: [queue.backlog, queue.pending, queue.oldest_age]}}
+    policy: rules
+    min_replicas: 1
+    max_replicas: 8
+    rules:
+      scale_up_when: [{{metric: queue.oldest_age, op: ">", value: 30}}]
+      scale_down_when: [{{metric: queue.backlog, op: "<", value: 1}}]
+"""
+
+
+@pytest.mark.parametrize(("name", "published", "decision"), [
+    ("waited45", lambda now: now - 45, "scale_up"),  # 45 s ago: the rule fires like on any metric
+    ("year33658", lambda now: 1e12, "hold"),  # milliseconds read as seconds: missing with the reason, drives nothing
+])
+async def test_the_oldest_age_drives_a_rule_and_an_impossible_one_is_missing_with_the_reason(
+    tmp_path: Path, name: str, published: Callable[[float], float], decision: str
+) -> None:
+    path = tmp_path / "docktor.yaml"
+    path.write_text(AGE_RULE.format(name=name))
+    start = time.time()
+    FakeQueue(name, lambda n: {"queue.backlog": 4.0, "queue.pending": 4.0, "queue.oldest_age": age_since(published(start), time.time())})
+    fleet = FakeFleet(name, replicas=2)
+    with registry.installed(FakeSource, FakeExecutor):
+        config = load_config(path)
+        exported = DaemonMetrics(config)
+        daemon = Supervisor(config)
+        await daemon.open()
+        try:
+            [rec] = await daemon.run_once()
+        finally:
+            await daemon.close()
+    exported.record(rec)
+    shown = {s.labels["metric"]: s.value for fam in text_string_to_metric_families(generate_latest(exported.registry).decode())
+             for s in fam.samples if s.name == "docktor_observation"}
+    assert rec.decision == decision
+    if decision == "scale_up":
+        assert rec.observations["queue.oldest_age"] == pytest.approx(45.0, abs=1.0)
+        assert rec.matched_rules and rec.matched_rules[0].startswith("queue.oldest_age 4") and fleet.scales
+        assert shown["queue.oldest_age"] == rec.observations["queue.oldest_age"]  # /metrics: docktor_observation
+    else:
+        assert "queue.oldest_age" not in rec.observations and "queue.oldest_age" not in shown
+        assert "queue.oldest_age" in rec.missing and fleet.scales == []
+        (error,) = [e for e in rec.errors if "queue.oldest_age" in e]
+        assert error.startswith("source: queue.oldest_age: the oldest message's time (the year 33658) is ")
+        assert error.endswith("years ahead of this clock (milliseconds read as seconds?): treated as missing")

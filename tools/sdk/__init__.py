@@ -23,7 +23,8 @@ durations, secrets, ``tls:``), :mod:`.urls` (the check of a URL setting), :mod:`
 (units, the standard names, the domain a value must be in), :mod:`.plugin` (the plugin classes),
 :mod:`.retry` (attempts within a deadline, transient or permanent failures), :mod:`.rates` (rates
 from cumulative counters, across restarts), :mod:`.http_client` (an HTTP client that trusts only
-what the settings say), :mod:`.files` (private files, no links followed).
+what the settings say), :mod:`.files` (private files, no links followed), :mod:`.ages` (``queue.oldest_age`` from a broker's
+message time, an impossible time missing with the reason).
 Everything a plugin needs is importable from ``docktor.tools.sdk`` itself.
 
 The failure contract (the same for every plugin):
@@ -42,10 +43,11 @@ The failure contract (the same for every plugin):
 
 from __future__ import annotations
 
+from docktor.tools.sdk.ages import CLOCK_SKEW, age_since, rfc3339_epoch
 from docktor.tools.sdk.errors import ExecutorError, SourceError, Unworkable, one_line, reason, redact_url, scrub
 from docktor.tools.sdk.files import UnsafePath, open_private, private_dir, read_private, readable_by_others, write_atomic
 from docktor.tools.sdk.http_client import http_client
-from docktor.tools.sdk.metric_info import STANDARD_METRICS, MetricInfo, Metrics, admit, standard
+from docktor.tools.sdk.metric_info import STANDARD_METRICS, MetricInfo, Metrics, Missing, admit, standard
 from docktor.tools.sdk.plugin import (
     Executor,
     LastScale,
@@ -73,6 +75,7 @@ from docktor.tools.sdk.settings import (
 from docktor.tools.sdk.urls import check_url, url_setting
 
 __all__ = [
+    "CLOCK_SKEW",
     "SECRET_ERROR",
     "STANDARD_METRICS",
     "Context",
@@ -83,6 +86,7 @@ __all__ = [
     "LastScale",
     "MetricInfo",
     "Metrics",
+    "Missing",
     "Permanent",
     "Plugin",
     "PluginSettings",
@@ -100,6 +104,7 @@ __all__ = [
     "UnsafePath",
     "Unworkable",
     "admit",
+    "age_since",
     "check_url",
     "env_secret",
     "go_together",
@@ -113,6 +118,7 @@ __all__ = [
     "reason",
     "redact_url",
     "retrying",
+    "rfc3339_epoch",
     "scrub",
     "settings_kind",
     "standard",

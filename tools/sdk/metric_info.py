@@ -35,6 +35,8 @@ STANDARD_METRICS: Mapping[str, MetricInfo] = {
     "queue.rate_in": MetricInfo("messages_per_second", "messages arriving per second"),
     "queue.rate_out": MetricInfo("messages_per_second", "messages completed (acknowledged) per second"),
     "queue.consumers": MetricInfo("consumers", "consumers attached to the queue"),
+    "queue.oldest_age": MetricInfo("seconds", "how long the oldest message not yet handed to a worker has waited"),
+    "queue.oldest_in_flight_age": MetricInfo("seconds", "how long ago the oldest unacknowledged message was handed to a worker"),
     "replicas.running": MetricInfo("replicas", "replicas running now (and healthy, where health is known)"),
     "replicas.desired": MetricInfo("replicas", "replicas the executor was last asked for"),
     "replicas.failed": MetricInfo("replicas", "replicas that exited, crashed or are restart-looping"),
@@ -44,6 +46,23 @@ STANDARD_METRICS: Mapping[str, MetricInfo] = {
     "mem.max_mb": MetricInfo("mebibytes", "highest resident memory of any running replica"),
     "mem.avg_pct": MetricInfo("percent", "mean memory use as percent of the container limit, where one is set"),
 }
+
+
+class Missing(float):
+    """A value a plugin read but cannot mean, with why (``Missing("the message's time is 3 h
+    ahead of this clock")``): :func:`admit` refuses it with that reason, which the decision record
+    then shows. It is a NaN float, so anything that skips :func:`admit` cannot act on it either
+    (every comparison with NaN is false)."""
+
+    why: str
+
+    def __new__(cls, why: str) -> Missing:
+        value = super().__new__(cls, math.nan)
+        value.why = why
+        return value
+
+    def __repr__(self) -> str:
+        return f"Missing({self.why!r})"
 
 
 def standard(*names: str) -> dict[str, MetricInfo]:
@@ -68,7 +87,9 @@ def admit(metrics: Mapping[str, float], infos: Mapping[str, MetricInfo]) -> tupl
     refused: dict[str, str] = {}
     for name, value in metrics.items():
         info = infos.get(name) or STANDARD_METRICS.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, Missing):
+            refused[name] = value.why
+        elif isinstance(value, bool) or not isinstance(value, int | float):
             refused[name] = f"{type(value).__name__} is not a number"
         elif not math.isfinite(value):
             refused[name] = f"{value} is not a finite number"

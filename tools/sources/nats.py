@@ -23,17 +23,19 @@ from typing import Annotated, Any, Literal
 import httpx2
 from nats.aio.client import Client
 from nats.js import JetStreamManager
+from nats.js.api import ConsumerInfo
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from pydantic import field_validator, model_validator
 
 from docktor.tools.sdk.errors import SourceError, reason
 from docktor.tools.sdk.http_client import http_client
-from docktor.tools.sdk.metric_info import Metrics, standard
+from docktor.tools.sdk.metric_info import Metrics, Missing, standard
 from docktor.tools.sdk.plugin import Source
 from docktor.tools.sdk.rates import RateTracker
 from docktor.tools.sdk.retry import Permanent, Transient, Unavailable, retrying
 from docktor.tools.sdk.settings import Context, EnvName, PluginSettings, PositiveSeconds, TlsSettings, env_secret, go_together
 from docktor.tools.sdk.urls import check_url, url_setting
+from docktor.tools.sources.nats_ages import FROM_MONITOR, oldest_age
 from docktor.tools.sources.nats_counters import JetStreamCounters, from_api, from_jsz
 
 log = logging.getLogger("docktor.nats")
@@ -119,7 +121,7 @@ class NatsSource(Source[NatsSettings]):
     Settings = NatsSettings
     provides = standard(
         "queue.pending", "queue.ack_pending", "queue.backlog", "queue.redelivered", "queue.waiting",
-        "queue.lag", "queue.rate_in", "queue.rate_out",
+        "queue.lag", "queue.rate_in", "queue.rate_out", "queue.oldest_age",
     )
 
     def __init__(self, settings: NatsSettings, context: Context | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -139,6 +141,8 @@ class NatsSource(Source[NatsSettings]):
         self._rates = RateTracker(JetStreamCounters, label=f"{settings.stream}/{settings.consumer}", log=log)
         #: "api" or "monitor": how the latest successful reading was obtained
         self.last_via: str | None = None
+        #: why a metric the latest reading lacks is absent (``queue.oldest_age``: nothing pending)
+        self.why_absent: dict[str, str] = {}
 
     @property
     def last_reset(self) -> str | None:
@@ -187,8 +191,9 @@ class NatsSource(Source[NatsSettings]):
 
     async def _read(self) -> Metrics:
         s = self.settings
+        ci: ConsumerInfo | None = None
         try:
-            counters = await retrying(self._read_api, deadline=s.timeout)
+            counters, ci = await retrying(self._read_api, deadline=s.timeout)
             via = "api"
         except Unavailable as api_error:  # a missing stream, consumer or credential is not tried elsewhere
             if s.monitor_url is None:
@@ -203,7 +208,16 @@ class NatsSource(Source[NatsSettings]):
         if self.last_via == "monitor" and via == "api":
             log.warning("JetStream API readable again (%s)", s.url)
         self.last_via = via
-        return self._metrics(counters, self._clock())
+        metrics = self._metrics(counters, self._clock())
+        # the next message's time, once the consumer says where it is: the same tick as the backlog
+        age = FROM_MONITOR if ci is None or self._nc is None else await oldest_age(self._nc, s.stream, ci, s.timeout, time.time)
+        if isinstance(age, Missing) and "msg.get" in (self._last_error or "").lower():
+            # a request the user may not make goes unanswered: the server says why on the connection
+            age = Missing(f"{age.why} ({self._last_error})")
+        self.why_absent = {"queue.oldest_age": age} if isinstance(age, str) else {}
+        if not isinstance(age, str):
+            metrics["queue.oldest_age"] = age
+        return metrics
 
     def _metrics(self, cur: JetStreamCounters, now: float) -> Metrics:
         out: Metrics = {
@@ -229,7 +243,7 @@ class NatsSource(Source[NatsSettings]):
 
     # ------------------------------------------------------------------ JetStream API
 
-    async def _read_api(self) -> JetStreamCounters:
+    async def _read_api(self) -> tuple[JetStreamCounters, ConsumerInfo]:
         s, t = self.settings, self.settings.timeout
         jsm = await self._connected()
         if self._nc is not None and self._nc.is_reconnecting:
@@ -253,7 +267,7 @@ class NatsSource(Source[NatsSettings]):
             if isinstance(answer, BaseException):
                 raise self._classify(answer)
         assert not isinstance(si, BaseException) and not isinstance(ci, BaseException)  # (for mypy: raised above)
-        return from_api(si, ci)
+        return from_api(si, ci), ci
 
     async def _not_found(self, jsm: JetStreamManager, e: NotFoundError) -> Permanent:
         """What was not found, and what there is instead (``stream 'ORDER' not found (streams: ORDERS)``)."""

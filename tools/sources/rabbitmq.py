@@ -16,6 +16,10 @@ by default the management host's port 5672), the ready and consumer counts come 
 API keeps the in-flight count and the rates. An AMQP listener that cannot be asked is said once in
 the log and asked again a minute later; meanwhile the management API's counts are used.
 
+``queue.oldest_age`` is the age of the queue's head message by its ``timestamp`` property
+(``head_message_timestamp``), which only the publisher sets: absent, with the reason, when it did
+not, when the queue is empty, and for queue types the broker does not report it for.
+
 Without the management plugin, ``url: amqp://...`` reads the queue with a passive
 ``queue.declare`` over AMQP instead: only the ready count and the consumer count, no in-flight
 messages and no rates (documented as the weaker mode in docs/sources.md).
@@ -45,6 +49,7 @@ from docktor.tools.sdk.retry import Permanent, Transient, retrying
 from docktor.tools.sdk.settings import Context, EnvName, PluginSettings, PositiveSeconds, TlsSettings, env_secret, go_together
 from docktor.tools.sdk.urls import url_setting
 from docktor.tools.sources.rabbitmq_amqp import QueueNotFound, passive_declare, speaks_amqp
+from docktor.tools.sources.rabbitmq_head import HEAD_NOT_YET, NOTHING_READY, head_age
 
 __all__ = ["AMQP_METRICS", "MANAGEMENT_METRICS", "QueueNotFound", "RabbitMQSettings", "RabbitMQSource", "speaks_amqp"]
 
@@ -54,6 +59,7 @@ log = logging.getLogger("docktor.rabbitmq")
 _COLUMNS = ",".join([
     "name", "messages_ready", "messages_unacknowledged", "consumers", "consumer_utilisation", "reductions",
     "message_stats.publish", "message_stats.ack", "message_stats.deliver_no_ack", "message_stats.get_no_ack",
+    "head_message_timestamp",
 ])
 
 _EXPECTED_URL = "the management API (http(s)://host:15672) or an AMQP URL (amqp(s)://host:5672)"
@@ -65,6 +71,7 @@ CONSUMER_UTILISATION = MetricInfo(
 MANAGEMENT_METRICS: Mapping[str, MetricInfo] = {
     **standard("queue.pending", "queue.ack_pending", "queue.backlog", "queue.rate_in", "queue.rate_out", "queue.consumers"),
     "queue.consumer_utilisation": CONSUMER_UTILISATION,
+    **standard("queue.oldest_age"),
 }
 #: a passive queue.declare tells only these
 AMQP_METRICS: Mapping[str, MetricInfo] = standard("queue.pending", "queue.consumers")
@@ -186,6 +193,8 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         self._amqp_retry_at = -math.inf
         #: why it failed (said in the log once per outage), None while it answers
         self.amqp_problem: str | None = None
+        #: why a metric the latest reading lacks is absent (``queue.oldest_age``: no timestamp, ...)
+        self.why_absent: dict[str, str] = {}
 
     @property
     def last_reset(self) -> str | None:
@@ -233,7 +242,18 @@ class RabbitMQSource(Source[RabbitMQSettings]):
                 out.update(exact)
                 if "queue.ack_pending" in out:
                     out["queue.backlog"] = out["queue.pending"] + out["queue.ack_pending"]
+                self._age_by_exact_count(out)
             return out
+
+    def _age_by_exact_count(self, out: Metrics) -> None:
+        """The head's age comes from the statistics (a passive declare knows no head): an empty
+        queue has none, whatever head they still show; a ready queue they show empty has one,
+        not in them yet."""
+        if out.get("queue.pending") == 0.0 and "queue.oldest_age" in out:
+            del out["queue.oldest_age"]
+            self.why_absent = {"queue.oldest_age": NOTHING_READY}
+        elif out.get("queue.pending", 0.0) > 0 and self.why_absent.get("queue.oldest_age") == NOTHING_READY:
+            self.why_absent = {"queue.oldest_age": HEAD_NOT_YET}
 
     def snapshot(self) -> dict[str, Any] | None:
         """The previous read's counters and statistics sample (the rate baseline), for the daemon's state file."""
@@ -265,6 +285,10 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         utilisation = q.get("consumer_utilisation")
         if isinstance(utilisation, int | float) and not isinstance(utilisation, bool) and math.isfinite(utilisation):
             out["queue.consumer_utilisation"] = float(utilisation)
+        age = head_age(q, time.time())
+        self.why_absent = {"queue.oldest_age": age} if isinstance(age, str) else {}
+        if not isinstance(age, str):
+            out["queue.oldest_age"] = age
         if ready is None:
             # A queue just declared (or a node just restarted) has no statistics yet: its counters
             # are unknown, not zero; the next tick starts the baseline.

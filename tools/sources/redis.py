@@ -11,6 +11,10 @@
   ``queue.lag`` (entries not yet delivered to the group, Redis >= 7) and ``queue.ack_pending``
   (delivered, not acknowledged: the pending entries list) from XINFO GROUPS; rates from
   consecutive reads of the stream's ``entries-added`` and the group's ``entries-read`` counters.
+  ``queue.oldest_age`` from the ID time of the first entry after the group's last-delivered ID,
+  ``queue.oldest_in_flight_age`` from XPENDING's idle time of the first pending entry. A list or a
+  Celery message carries no time Redis keeps (neither kombu nor Celery write one), so those modes
+  have neither.
 
 Every mode reads its keys in one MULTI/EXEC transaction, so a message moving from a list to
 the ``unacked`` hash is never counted twice or not at all within one reading.
@@ -34,8 +38,9 @@ from pydantic import field_validator, model_validator
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from docktor.tools.sdk.ages import age_since
 from docktor.tools.sdk.errors import reason, redact_url
-from docktor.tools.sdk.metric_info import MetricInfo, Metrics, standard
+from docktor.tools.sdk.metric_info import MetricInfo, Metrics, Missing, standard
 from docktor.tools.sdk.plugin import Source
 from docktor.tools.sdk.rates import Counters, RateTracker
 from docktor.tools.sdk.retry import Permanent, Transient, retrying
@@ -52,8 +57,12 @@ CELERY_PRIORITY_SEP = "\x06\x16"
 LIST_METRICS: Mapping[str, MetricInfo] = standard("queue.pending", "queue.backlog")
 CELERY_METRICS: Mapping[str, MetricInfo] = standard("queue.pending", "queue.ack_pending", "queue.backlog")
 STREAM_METRICS: Mapping[str, MetricInfo] = standard(
-    "queue.pending", "queue.lag", "queue.ack_pending", "queue.backlog", "queue.consumers", "queue.rate_in", "queue.rate_out"
+    "queue.pending", "queue.lag", "queue.ack_pending", "queue.backlog", "queue.consumers", "queue.rate_in", "queue.rate_out",
+    "queue.oldest_age", "queue.oldest_in_flight_age",
 )
+#: why a stream's ages are absent when no entry waits or none is in flight
+NOTHING_PENDING = "nothing pending: no entry after the group's last-delivered ID"
+NOTHING_IN_FLIGHT = "nothing in flight: the group's pending entries list is empty"
 
 
 #: one list key or several (the field is named ``list``, which shadows the builtin in the class body)
@@ -166,6 +175,8 @@ class RedisSource(Source[RedisSettings]):
         self._client: aioredis.Redis | None = None
         self._lock = asyncio.Lock()
         self._rates = RateTracker(StreamCounters, label=f"{settings.stream}/{settings.group}", log=log)
+        #: why a metric the latest stream reading lacks is absent (the ages: nothing waits)
+        self.why_absent: dict[str, str] = {}
 
     @property
     def last_reset(self) -> str | None:
@@ -251,6 +262,7 @@ class RedisSource(Source[RedisSettings]):
         if lag is not None:
             out["queue.lag"] = out["queue.pending"] = float(lag)
             out["queue.backlog"] = float(lag + pending)
+        out |= await self._ages(s.stream, s.group, group.get("last-delivered-id"))
         added = stream_info.get("entries-added")
         # Redis's own relation (lag = entries-added - entries-read) gives the group's delivered
         # count even when it reports entries-read as nil
@@ -258,6 +270,32 @@ class RedisSource(Source[RedisSettings]):
         if not isinstance(added, int) or not isinstance(read, int):
             return None, out
         return StreamCounters(added=added, read=read, pending=pending), out
+
+    async def _ages(self, stream: str, group: str, last_id: Any) -> Metrics:
+        """``queue.oldest_age``: Redis's own clock (TIME) minus the ID time of the first entry
+        after ``last_id``; ``queue.oldest_in_flight_age``: the idle time of the first entry of the
+        group's pending entries list (the one delivered longest ago, unless claimed since).
+        One transaction, right after the counts; an absent one's reason goes to :attr:`why_absent`."""
+        self.why_absent = {}
+        if isinstance(last_id, bytes):
+            last_id = last_id.decode()
+        # without a last-delivered ID (never seen: XINFO always gives one) the stream's first entry is next
+        start = f"({last_id}" if isinstance(last_id, str) else "-"
+        clock, entries, in_flight = await self._transaction(lambda p: [
+            p.time(), p.xrange(stream, min=start, max="+", count=1), p.xpending_range(stream, group, min="-", max="+", count=1),
+        ])
+        now = float(clock[0]) + float(clock[1]) / 1e6
+        out: Metrics = {}
+        if entries:
+            entry_id = _text(entries[0][0]) or ""
+            out["queue.oldest_age"] = entry_age(entry_id, now)
+        else:
+            self.why_absent["queue.oldest_age"] = NOTHING_PENDING
+        if in_flight:
+            out["queue.oldest_in_flight_age"] = float(in_flight[0]["time_since_delivered"]) / 1000
+        else:
+            self.why_absent["queue.oldest_in_flight_age"] = NOTHING_IN_FLIGHT
+        return out
 
     async def _count_after(self, stream: str, last_id: Any) -> int | None:
         """Entries after ``last_id`` counted with one bounded XRANGE; None beyond :data:`LAG_SCAN_LIMIT`."""
@@ -345,6 +383,16 @@ def _routing_key(raw: bytes) -> str | None:
         return entry[2] if isinstance(entry, list) and len(entry) >= 3 and isinstance(entry[2], str) else None
     except (ValueError, TypeError):
         return None
+
+
+def entry_age(entry_id: str, now: float) -> float:
+    """Seconds since the time in a stream entry's ID (``<milliseconds>-<n>``, Redis's clock when
+    it made the ID); :class:`Missing` for an ID a producer chose that is no time (``1-0``, one in
+    the future)."""
+    ms, _, _ = entry_id.partition("-")
+    if not ms.isdigit():
+        return Missing(f"entry ID {entry_id[:40]!r} is not <milliseconds>-<sequence>")
+    return age_since(int(ms) / 1000, now, f"entry {entry_id}'s ID time")
 
 
 def _text(value: Any) -> str | None:
