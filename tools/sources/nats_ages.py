@@ -29,8 +29,6 @@ _NO_MESSAGE = 10037
 #: what a consumer with no filter reads: every subject of the stream
 _EVERYTHING = ">"
 
-#: why ``queue.oldest_age`` is absent when nothing is pending: there is no oldest message
-NOTHING_PENDING = "nothing pending: no message waits for a worker"
 #: why it is absent when the counts came from ``/jsz`` (which holds no message)
 FROM_MONITOR = "read from the monitoring endpoint (/jsz), which has no message times"
 
@@ -48,7 +46,7 @@ async def oldest_age(nc: Client, stream: str, ci: ConsumerInfo, timeout: float, 
     for a time that cannot be right or a get that failed), or the reason it is absent (a ``str``)
     when no message waits. ``now()`` is the wall clock, read once the answer is in."""
     if not ci.num_pending:
-        return NOTHING_PENDING
+        return 0.0  # nothing waits: the oldest wait is none (as SQS's age of the oldest message on an empty queue)
     delivered = ci.delivered or SequenceInfo(consumer_seq=0, stream_seq=0)
     after = delivered.stream_seq
     try:

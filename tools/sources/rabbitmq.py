@@ -195,6 +195,8 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         self.amqp_problem: str | None = None
         #: why a metric the latest reading lacks is absent (``queue.oldest_age``: no timestamp, ...)
         self.why_absent: dict[str, str] = {}
+        #: the latest statistics showed no message ready (the age then is 0 unless the exact count says otherwise)
+        self._head_empty = False
 
     @property
     def last_reset(self) -> str | None:
@@ -247,12 +249,13 @@ class RabbitMQSource(Source[RabbitMQSettings]):
 
     def _age_by_exact_count(self, out: Metrics) -> None:
         """The head's age comes from the statistics (a passive declare knows no head): an empty
-        queue has none, whatever head they still show; a ready queue they show empty has one,
-        not in them yet."""
-        if out.get("queue.pending") == 0.0 and "queue.oldest_age" in out:
-            del out["queue.oldest_age"]
-            self.why_absent = {"queue.oldest_age": NOTHING_READY}
-        elif out.get("queue.pending", 0.0) > 0 and self.why_absent.get("queue.oldest_age") == NOTHING_READY:
+        queue's is 0, whatever head they still show; a ready queue they show empty has one, not
+        in them yet."""
+        if out.get("queue.pending") == 0.0:
+            out["queue.oldest_age"] = 0.0
+            self.why_absent = {}
+        elif out.get("queue.pending", 0.0) > 0 and self._head_empty:
+            out.pop("queue.oldest_age", None)
             self.why_absent = {"queue.oldest_age": HEAD_NOT_YET}
 
     def snapshot(self) -> dict[str, Any] | None:
@@ -286,8 +289,12 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         if isinstance(utilisation, int | float) and not isinstance(utilisation, bool) and math.isfinite(utilisation):
             out["queue.consumer_utilisation"] = float(utilisation)
         age = head_age(q, time.time())
-        self.why_absent = {"queue.oldest_age": age} if isinstance(age, str) else {}
-        if not isinstance(age, str):
+        # nothing ready: nothing waits, age 0 (as SQS says of an empty queue), unless the exact count disagrees
+        self._head_empty = age == NOTHING_READY
+        self.why_absent = {"queue.oldest_age": age} if isinstance(age, str) and not self._head_empty else {}
+        if self._head_empty:
+            out["queue.oldest_age"] = 0.0
+        elif not isinstance(age, str):
             out["queue.oldest_age"] = age
         if ready is None:
             # A queue just declared (or a node just restarted) has no statistics yet: its counters

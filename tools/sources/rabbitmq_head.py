@@ -14,8 +14,9 @@ from typing import Any
 from docktor.tools.sdk.ages import age_since
 from docktor.tools.sdk.metric_info import Missing
 
-#: why ``queue.oldest_age`` is absent
+#: the statistics show no message ready: nothing waits, the age is 0 (the source checks the exact count)
 NOTHING_READY = "nothing pending: no message is ready"
+#: why ``queue.oldest_age`` is absent
 NO_TIMESTAMP = "the head message has no timestamp property (its publisher did not set one)"
 NOT_REPORTED = "the broker reports no head_message_timestamp for this queue (classic queues do; quorum and stream queues do not)"
 NO_STATISTICS = "no statistics yet"

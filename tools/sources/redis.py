@@ -60,9 +60,6 @@ STREAM_METRICS: Mapping[str, MetricInfo] = standard(
     "queue.pending", "queue.lag", "queue.ack_pending", "queue.backlog", "queue.consumers", "queue.rate_in", "queue.rate_out",
     "queue.oldest_age", "queue.oldest_in_flight_age",
 )
-#: why a stream's ages are absent when no entry waits or none is in flight
-NOTHING_PENDING = "nothing pending: no entry after the group's last-delivered ID"
-NOTHING_IN_FLIGHT = "nothing in flight: the group's pending entries list is empty"
 
 
 #: one list key or several (the field is named ``list``, which shadows the builtin in the class body)
@@ -175,8 +172,6 @@ class RedisSource(Source[RedisSettings]):
         self._client: aioredis.Redis | None = None
         self._lock = asyncio.Lock()
         self._rates = RateTracker(StreamCounters, label=f"{settings.stream}/{settings.group}", log=log)
-        #: why a metric the latest stream reading lacks is absent (the ages: nothing waits)
-        self.why_absent: dict[str, str] = {}
 
     @property
     def last_reset(self) -> str | None:
@@ -274,9 +269,8 @@ class RedisSource(Source[RedisSettings]):
     async def _ages(self, stream: str, group: str, last_id: Any) -> Metrics:
         """``queue.oldest_age``: Redis's own clock (TIME) minus the ID time of the first entry
         after ``last_id``; ``queue.oldest_in_flight_age``: the idle time of the first entry of the
-        group's pending entries list (the one delivered longest ago, unless claimed since).
-        One transaction, right after the counts; an absent one's reason goes to :attr:`why_absent`."""
-        self.why_absent = {}
+        group's pending entries list (the one delivered longest ago, unless claimed since); each
+        0 when no entry waits or none is in flight. One transaction, right after the counts."""
         if isinstance(last_id, bytes):
             last_id = last_id.decode()
         # without a last-delivered ID (never seen: XINFO always gives one) the stream's first entry is next
@@ -286,15 +280,9 @@ class RedisSource(Source[RedisSettings]):
         ])
         now = float(clock[0]) + float(clock[1]) / 1e6
         out: Metrics = {}
-        if entries:
-            entry_id = _text(entries[0][0]) or ""
-            out["queue.oldest_age"] = entry_age(entry_id, now)
-        else:
-            self.why_absent["queue.oldest_age"] = NOTHING_PENDING
-        if in_flight:
-            out["queue.oldest_in_flight_age"] = float(in_flight[0]["time_since_delivered"]) / 1000
-        else:
-            self.why_absent["queue.oldest_in_flight_age"] = NOTHING_IN_FLIGHT
+        # no entry after it, nothing pending: no wait at all, 0 (a rule on the age can let an empty stream scale in)
+        out["queue.oldest_age"] = entry_age(_text(entries[0][0]) or "", now) if entries else 0.0
+        out["queue.oldest_in_flight_age"] = float(in_flight[0]["time_since_delivered"]) / 1000 if in_flight else 0.0
         return out
 
     async def _count_after(self, stream: str, last_id: Any) -> int | None:
