@@ -33,8 +33,9 @@ DEPRECATED_KEYS = DEPRECATED_SOURCE_KEYS["nats"]
 
 
 def settings(url: str, **extra: Any) -> Settings:
-    # A short timeout keeps fault tests quick; the default (2 s) is for real deployments.
-    return Settings.model_validate({"kind": "nats", "url": url, "stream": STREAM, "consumer": CONSUMER, "timeout": 0.5, **extra})
+    # The default 2 s: a read is three requests now (the age's message get too), and a loaded
+    # machine took over 0.5 s; the tests that wait for a timeout on purpose set a short one.
+    return Settings.model_validate({"kind": "nats", "url": url, "stream": STREAM, "consumer": CONSUMER, "timeout": 2, **extra})
 
 
 async def setup_queue(js: JetStreamContext, retention: RetentionPolicy = RetentionPolicy.LIMITS) -> None:
@@ -408,7 +409,7 @@ async def test_stopped_server_raises_then_restarted_server_recovers(
     sub = await js.pull_subscribe_bind(CONSUMER, stream=STREAM)
     for m in await sub.fetch(2, timeout=2):
         await m.ack_sync()
-    src = make_source(settings(nats_server.url), clock)
+    src = make_source(settings(nats_server.url, timeout=0.5), clock)  # the outage's read waits for it
     before = await src.read()
 
     nats_server.stop()
@@ -558,7 +559,7 @@ def silent_listener() -> Any:
 
 
 async def test_scripted_silent_server_read_times_out(silent_listener: str, make_source: Any) -> None:
-    src = make_source(settings(silent_listener))
+    src = make_source(settings(silent_listener, timeout=0.5))
     with pytest.raises(SourceError, match="cannot connect"):
         await src.read()
 
