@@ -14,7 +14,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 
 from docktor.tools.sdk import admit
-from docktor.tools.sources.nats import NatsSettings, NatsSource
+from docktor.tools.sources.nats import AGE_RETRY_S, NatsSettings, NatsSource
+from tests.support.clocks import FakeClock
 from tests.support.peers import NatsServer, start_nats
 from tests.support.publish_times import Published, age_read, sent
 from tests.support.readings import opened
@@ -131,16 +132,27 @@ async def test_a_user_not_allowed_to_read_messages_has_the_counts_and_the_age_mi
         await nc.close()
         monkeypatch.setenv("Q_USER", "docktor")
         monkeypatch.setenv("Q_PASS", "docktor-pw")
+        clock = FakeClock()
         async with opened(NatsSource) as make:
             source = make(NatsSettings(kind="nats", url=server.url, stream=STREAM, consumer="WORKERS", timeout=0.5,
-                                       user_env="Q_USER", password_env="Q_PASS"))
+                                       user_env="Q_USER", password_env="Q_PASS"), clock)
             got = await source.read()
+            # not asked again at every tick (each would wait the timeout out): after AGE_RETRY_S
+            sent = source._nc.stats["out_msgs"]
+            again = await source.read()
+            skipped = source._nc.stats["out_msgs"] - sent
+            clock.advance(AGE_RETRY_S)
+            sent = source._nc.stats["out_msgs"]
+            await source.read()
+            asked = source._nc.stats["out_msgs"] - sent
+        assert asked == skipped + 1  # the one STREAM.MSG.GET (one subject filter)
+        assert admit(again, NatsSource.provides) == admit(got, NatsSource.provides)  # Missing is a NaN: compare the reasons
         assert got["queue.pending"] == 1.0  # the counts stand
         kept, refused = admit(got, NatsSource.provides)  # what the daemon does with the reading
         assert "queue.oldest_age" not in kept and kept["queue.backlog"] == 1.0
         # the server drops a request its permissions refuse, and says why on the connection only
         why = refused.pop("queue.oldest_age")
         assert refused == {} and why.startswith("no answer to STREAM.MSG.GET within 0.5s (nats: permissions violation ")
-        assert why.lower().endswith('"$js.api.stream.msg.get.orders")')
+        assert why.lower().endswith(f'"$js.api.stream.msg.get.orders"); asked again every {AGE_RETRY_S:.0f} s')
     finally:
         server.stop()

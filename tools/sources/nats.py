@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import ssl
 import time
@@ -49,6 +50,8 @@ _LISTED = 10
 _RECONNECT_WAIT = 1
 # Without pings a half-open TCP connection (peer gone without FIN) is noticed only after minutes.
 _PING_INTERVAL = 10
+#: seconds before a STREAM.MSG.GET the server's permissions refused is asked again
+AGE_RETRY_S = 60.0
 _NAME = re.compile(r"^[^\s.*>/\\]+$")
 _SCHEMES = ("nats", "tls", "ws", "wss")
 
@@ -141,8 +144,11 @@ class NatsSource(Source[NatsSettings]):
         self._rates = RateTracker(JetStreamCounters, label=f"{settings.stream}/{settings.consumer}", log=log)
         #: "api" or "monitor": how the latest successful reading was obtained
         self.last_via: str | None = None
-        #: why a metric the latest reading lacks is absent (``queue.oldest_age``: nothing pending)
+        #: why a metric the latest reading lacks is absent (``queue.oldest_age``: read from /jsz)
         self.why_absent: dict[str, str] = {}
+        #: why the server refused STREAM.MSG.GET (its permissions), and when (``clock``) to ask again
+        self._age_refused: str | None = None
+        self._age_retry_at = -math.inf
 
     @property
     def last_reset(self) -> str | None:
@@ -210,14 +216,29 @@ class NatsSource(Source[NatsSettings]):
         self.last_via = via
         metrics = self._metrics(counters, self._clock())
         # the next message's time, once the consumer says where it is: the same tick as the backlog
-        age = FROM_MONITOR if ci is None or self._nc is None else await oldest_age(self._nc, s.stream, ci, s.timeout, time.time)
-        if isinstance(age, Missing) and "msg.get" in (self._last_error or "").lower():
-            # a request the user may not make goes unanswered: the server says why on the connection
-            age = Missing(f"{age.why} ({self._last_error})")
+        age = await self._oldest_age(ci)
         self.why_absent = {"queue.oldest_age": age} if isinstance(age, str) else {}
         if not isinstance(age, str):
             metrics["queue.oldest_age"] = age
         return metrics
+
+    async def _oldest_age(self, ci: ConsumerInfo | None) -> float | str:
+        """The next message's age, or why not. A user not allowed STREAM.MSG.GET gets no answer
+        but a permissions violation on the connection: after one, waiting ``timeout`` again every
+        tick would slow each read, so the get is asked again only after :data:`AGE_RETRY_S`."""
+        s = self.settings
+        if ci is None or self._nc is None:
+            return FROM_MONITOR
+        if ci.num_pending and self._age_refused is not None and self._clock() < self._age_retry_at:
+            return Missing(self._age_refused)
+        age = await oldest_age(self._nc, s.stream, ci, s.timeout, time.time)
+        if isinstance(age, Missing) and "msg.get" in (self._last_error or "").lower():
+            # a request the user may not make goes unanswered: the server says why on the connection
+            self._age_refused = f"{age.why} ({self._last_error}); asked again every {AGE_RETRY_S:.0f} s"
+            self._age_retry_at = self._clock() + AGE_RETRY_S
+            return Missing(self._age_refused)
+        self._age_refused = None
+        return age
 
     def _metrics(self, cur: JetStreamCounters, now: float) -> Metrics:
         out: Metrics = {
