@@ -175,10 +175,21 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--versus", help="--grid: list the cells where docktor's attainment is below all of these.")
         ] = "hpa-tuned,keda",
         jobs: Annotated[int, typer.Option("--jobs", help="--grid: cells simulated in parallel processes.")] = 1,
+        from_log: Annotated[
+            Path | None,
+            typer.Option("--from-log", help="Replay the load a decision log recorded (.docktor/decisions.jsonl) through your config and the alternatives."),
+        ] = None,
+        service: Annotated[str | None, typer.Option("--service", help="--from-log: the service to replay (needed when the log has several).")] = None,
+        config: Annotated[Path, typer.Option("--config", "-c", metavar="FILE", help="--from-log: the docktor.yaml that ran.")] = Path("docktor.yaml"),
     ) -> None:
         """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
         from docktor.agent.sim.bench import parse_policies, plot, run_suite
 
+        if from_log is not None:
+            if grid or held_out or plot_dir is not None:
+                raise UsageError([Problem("--from-log", "replays one log: it does not take --grid, --held-out or --plot")])
+            _from_log(from_log, service, config, policies, cv, seed, as_json, markdown)
+            return
         scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
         names = parse_policies(policies if policies or not grid else ",".join(GRID_POLICIES))
         loaded = _load(traces if public else None, held_out)
@@ -248,6 +259,43 @@ def print_rows(rows: list[dict[str, Any]], markdown: bool) -> None:
         if width > console.width:
             console = Console(width=width)  # print() caps a width at the console's own
     console.print(grid)
+
+
+def _from_log(path: Path, service: str | None, config: Path, policies: str | None, cv: float, seed: int,
+              as_json: bool, markdown: bool) -> None:
+    """``bench --from-log``: rebuild the load from the log, replay it, say how and what it cannot know."""
+    from docktor.agent.cli.common import load
+    from docktor.agent.sim.bench import parse_policies
+    from docktor.agent.sim.from_log import pick_service, read_decisions, rebuild
+    from docktor.agent.sim.replay_log import FROM_LOG_POLICIES, replay, summary_lines
+
+    names = parse_policies(policies) if policies else list(FROM_LOG_POLICIES)
+    if cv < 0:
+        raise UsageError([Problem("--cv", "must be >= 0")])
+    records = read_decisions(path)
+    name = pick_service(records, service)
+    cfg = load(config)
+    svc = next((s for s in cfg.services if s.name == name), None)
+    if svc is None:
+        have = ", ".join(s.name for s in cfg.services)
+        raise UsageError([Problem("--config", f"{config} has no service {name!r} (it has: {have}): give the config that ran")])
+    rebuilt = rebuild(records, name, svc, cv=cv, seed=seed)
+    result = replay(rebuilt, svc, names)
+    if as_json:
+        for r in result.rows:
+            print(json.dumps(r))
+        print(json.dumps({"rebuilt": {"service": name, "how": rebuilt.how, "cannot_know": rebuilt.unknown,
+                                      "best": result.best, "summary": summary_lines(result)}}))
+        return
+    print(f"service {name}: the load the daemon logged, replayed (docktor bench --from-log)")
+    print("rebuilt from the log:")
+    print("\n".join(f"  {line}" for line in rebuilt.how))
+    print("what it cannot know:")
+    print("\n".join(f"  {line}" for line in rebuilt.unknown))
+    print()
+    print_rows(result.rows, markdown)
+    print()
+    print("\n".join(summary_lines(result)))
 
 
 def _load(source: Path | None, held_out: str | None) -> list[Trace]:
