@@ -11,7 +11,9 @@ and what it did (``current_replicas`` -> ``target_replicas``, ``executed``, the 
   rate is taken between two consecutive reads of the source, so it covers exactly the interval
   since the previous record, a gap included); else the backlog's change plus the completions
   (``queue.rate_out`` x the interval), which without ``rate_out`` is a lower bound. Each interval's
-  arrivals are spread evenly over its seconds. What was queued at the first record arrives at 0.
+  arrivals are spread evenly over its seconds. What was queued at the first record waits at 0 s.
+- **start-up**: from the scale-ups with messages pending throughout the next interval, what the
+  new replicas did beyond the old ones (else the config's ``startup_delay``).
 - **service time** per replica: replicas / ``queue.rate_out`` over the intervals in which every
   replica had work (messages pending at both ends) and the count had been steady for the
   start-up delay, weighted by time; else the config's ``processing_time``; else the best
@@ -44,6 +46,8 @@ from docktor.agent.timestamps import parse_rfc3339
 
 #: the fewest records with queue readings a replay can be rebuilt from
 MIN_RECORDS = 5
+#: how far before the start the readings are replayed into the policies' memory (not into the queue)
+HISTORY_S = 300.0
 #: an interval longer than this many check intervals (and not spent waiting for the executor) is a gap
 GAP_FACTOR = 1.5
 
@@ -76,12 +80,22 @@ class Rebuilt:
     readings: int
     interval_s: float  # median time between readings
     start_call_s: float  # median duration of a scale-up (the executor's call)
-    #: messages in flight per busy replica (>1: workers that prefetch a batch)
+    #: messages already queued at the first reading: in the replay they wait at 0 s, seen by the first tick
+    queued_at_start: int = 0
+    #: the rates of the first reading (a replay's first read of the queue has none of its own)
+    first_rates: dict[str, float] = field(default_factory=dict)
+    #: (seconds before the start, replicas, observations) of the readings just before the start:
+    #: what the daemon's policy remembered at the first reading, given to the replay's policies too
+    history: list[tuple[float, int, dict[str, float]]] = field(default_factory=list)
+    #: messages in flight per busy replica (>1: workers that prefetch a batch), on average and
+    #: (seconds from the start, ratio) at each reading with messages pending
     held_per_replica: float = 1.0
+    held_at: list[tuple[float, float]] = field(default_factory=list)
     #: how the trace was rebuilt, and what it cannot know: lines for the report
     how: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
-    actual_replica_seconds: float = 0.0
+    #: what the daemon did (None: the source says nothing of it, as a Prometheus series)
+    actual_replica_seconds: float | None = None
     actual_actions: int = 0
 
 
@@ -190,13 +204,7 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
             by_backlog += 1
             lower += done is None
         cumulative.append(cumulative[-1] + max(0.0, arrived))
-    times = np.array([x.t - start for x in usable])
-    duration = max(1, int(round(end - start)))
-    grid = np.interp(np.arange(duration + 1, dtype=float), times, np.array(cumulative))
-    grid[0] = 0.0  # what was queued at the first reading arrives in second 0
-    counts = np.diff(np.round(grid)).astype(np.int64)
-    counts = np.maximum(counts, 0)
-    trace = Trace(f"{service} (log)", counts)
+    trace = spread(f"{service} (log)", [x.t - start for x in usable], cumulative, max(1, int(round(end - start))))
 
     # --- messages each busy replica holds (a worker that fetches a batch acks them one by one)
     loaded = [x for x in usable if x.obs.get("queue.pending", 0.0) > 0 and "queue.ack_pending" in x.obs
@@ -209,8 +217,9 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
         raise UsageError([Problem("--from-log", f"no queue.rate_out with busy replicas in the decisions of service {service!r}, "
                                                 "so the service time cannot be rebuilt: set processing_time for it in the config")])
 
+    startup, startup_how = _startup(usable, service_s, svc.startup_delay)
     scenario = Scenario(
-        service_s=service_s, cv=cv, startup_s=svc.startup_delay, slo_s=svc.target_wait, interval_s=svc.check_interval,
+        service_s=service_s, cv=cv, startup_s=startup, slo_s=svc.target_wait, interval_s=svc.check_interval,
         min_replicas=svc.min_replicas, max_replicas=svc.max_replicas, seed=seed, stop_s=stop_s,
     )
     scenario.check()
@@ -219,12 +228,12 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
                f"check_interval {svc.check_interval:g} s), {_span(end - start)}")
     how.append(f"arrivals: queue.rate_in x interval at {by_rate} of {len(dts)} intervals"
                + (f", backlog change + completions at {by_backlog}" if by_backlog else "")
-               + f"; {int(usable[0].queued or 0):,} queued at the first decision put at 0 s; {trace.messages:,} messages in all")
+               + f"; {int(usable[0].queued or 0):,} queued at the first decision waiting at 0 s; {trace.messages:,} messages in all")
     how.append(f"service time: {service_s * 1000:.1f} ms per message per replica ({service_how})")
-    how.append(f"start-up: {svc.startup_delay:g} s (startup_delay in the config); SLO: {svc.target_wait:g} s wait (target_wait)")
+    how.append(f"start-up: {startup:.1f} s ({startup_how}); SLO: {svc.target_wait:g} s wait (target_wait)")
     if held > 1.0:
         how.append(f"in flight: {held:.1f} messages per busy replica (queue.ack_pending / replicas over {len(loaded)} "
-                   "decisions with messages pending: workers that prefetch); the replay's readings count as many")
+                   "decisions with messages pending: workers that prefetch); the replay's readings count as many as the log's at that time")
     if ups or downs:
         how.append(f"executor: a scale-up took {start_call:.1f} s, a scale-in {stop_s:.1f} s (medians of {len(ups)} and "
                    f"{len(downs)} outcomes): the loop waits for it, and a replica being stopped costs until then")
@@ -237,12 +246,28 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
     if lower:
         unknown.append(f"completions in {lower} intervals without queue.rate_out: their arrivals are lower bounds")
     unknown.append(f"how service times vary: only averages are logged (cv {cv:g} assumed, --cv)")
-    unknown.append("start-up time: the log cannot show when a new replica took its first message")
+    if startup_how.startswith("startup_delay"):
+        unknown.append("start-up time: no scale-up with messages queued throughout shows when new replicas took work")
     unknown.append("messages that arrived after the last decision, and what replicas did between two readings")
 
     actual, actions = _actual(all_readings, start, end)
-    return Rebuilt(service, trace, scenario, usable[0].current, start, end, len(usable), interval, start_call, held, how,
-                   unknown, actual, actions)
+    return Rebuilt(
+        service=service, trace=trace, scenario=scenario, initial=usable[0].current, start=start, end=end, readings=len(usable),
+        interval_s=interval, start_call_s=start_call, queued_at_start=min(int(round(usable[0].queued or 0.0)), int(trace.rates[0])),
+        first_rates={k: v for k, v in usable[0].obs.items() if k in ("queue.rate_in", "queue.rate_out")},
+        held_per_replica=held, held_at=[(x.t - start, x.obs["queue.ack_pending"] / x.obs["replicas.running"]) for x in loaded],
+        how=how, unknown=unknown, actual_replica_seconds=actual, actual_actions=actions,
+        history=[(x.t - start, x.current, x.obs) for x in all_readings if start - HISTORY_S <= x.t < start],
+    )
+
+
+def spread(name: str, times: list[float], cumulative: list[float], duration: int) -> Trace:
+    """A per-second trace from cumulative arrivals at ``times`` (seconds from the start): each
+    interval's arrivals evenly over its seconds; what had arrived by the first time, in second 0."""
+    grid = np.interp(np.arange(duration + 1, dtype=float), np.array(times), np.array(cumulative))
+    grid[0] = 0.0
+    counts = np.maximum(np.diff(np.round(grid)), 0).astype(np.int64)
+    return Trace(name, counts)
 
 
 def _settled(usable: list[Reading], all_readings: list[Reading], startup_s: float) -> list[Reading]:
@@ -285,6 +310,26 @@ def _service_time(usable: list[Reading], svc: ServiceConfig) -> tuple[float | No
         return 1.0 / best_rate, ("the best per-replica throughput seen; no interval had every replica busy, "
                                  "so this is an upper bound")
     return None, ""
+
+
+def _startup(usable: list[Reading], service_s: float, configured: float) -> tuple[float, str]:
+    """Seconds a new replica took before it worked, from scale-ups with messages pending throughout
+    the interval after them: the completions beyond what the old replicas did are the new ones'
+    work, so each new replica worked ``(done / rate - old x dt) / new`` of the ``dt``."""
+    found: list[float] = []
+    for a, b in zip(usable, usable[1:]):
+        rate_out = b.obs.get("queue.rate_out")
+        if not (a.executed_ok and a.target is not None and a.target > a.current and rate_out is not None):
+            continue
+        if a.obs.get("queue.pending", 0.0) <= 0 or b.obs.get("queue.pending", 0.0) <= 0 or b.current != a.target:
+            continue
+        dt = b.t - a.t
+        worked = (rate_out * dt * service_s - a.current * dt) / (a.target - a.current)
+        found.append(min(dt, max(0.0, dt - worked)))
+    if not found:
+        return configured, "startup_delay in the config: not measurable from this log"
+    return statistics.median(found), (f"measured: the median of {len(found)} scale-ups with messages queued, from the work "
+                                      f"the new replicas did; startup_delay in the config, {configured:g} s, is what the policy plans with")
 
 
 def _actual(all_readings: list[Reading], start: float, end: float) -> tuple[float, int]:

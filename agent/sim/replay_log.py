@@ -10,6 +10,7 @@ row a ``docktor.yaml`` can express is reported with the lines that would get it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from docktor.agent.sim.baselines import (
 )
 from docktor.agent.sim.bench import oracle_row
 from docktor.agent.sim.from_log import Rebuilt
-from docktor.agent.sim.simulator import Run, Scenario, simulate, workload
+from docktor.agent.sim.simulator import Run, Scenario, Workload, simulate, workload
 from docktor.agent.sim.trace_file import Trace
 
 #: the row of the config that ran, and of what the daemon did under it
@@ -51,9 +52,14 @@ class AsTheDaemonRuns:
     takes the executor's whole grace period), and then runs the slot it overran at once.
     """
 
-    def __init__(self, inner: ProductionController, first: int, start_call_s: float, stop_s: float, held: float = 1.0) -> None:
+    def __init__(self, inner: ProductionController, first: int, start_call_s: float, stop_s: float, held: float = 1.0,
+                 first_rates: dict[str, float] | None = None, history: list[tuple[float, int, dict[str, float]]] | None = None,
+                 held_at: list[tuple[float, float]] | None = None) -> None:
         self.inner = inner
+        self.held_at = held_at or []
+        self.history = history or []
         self.held = held
+        self.first_rates = first_rates or {}
         self.name = inner.name
         self.interval = inner.interval
         self.first = first
@@ -61,23 +67,31 @@ class AsTheDaemonRuns:
         self.busy_until = -math.inf
 
     def initial(self, scenario: Scenario, trace: Trace) -> int:
+        for t, current, obs in self.history:  # what the daemon's policy had seen before the first reading
+            self.inner.tick(obs, current, t)
         return max(0, self.first)
 
     def tick(self, obs: dict[str, float], current: int, now: float) -> int:
         if now + self.interval <= self.busy_until:
             return current  # still acting: this slot never ran
-        target = self.inner.tick(self.prefetched(obs), current, now)
+        if now == 0.0:
+            obs = {**self.first_rates, **obs}  # the log's first reading had rates: the daemon had read the queue before
+        target = self.inner.tick(self.prefetched(obs, now), current, now)
         if target != current:
             self.busy_until = now + (self.start_call_s if target > current else self.stop_s)
         return target
 
-    def prefetched(self, obs: dict[str, float]) -> dict[str, float]:
-        """The reading as workers that hold ``held`` messages each report it: those they fetched
-        but have not started are in flight (``ack_pending``), no longer pending."""
+    def prefetched(self, obs: dict[str, float], now: float) -> dict[str, float]:
+        """The reading as workers that hold several messages each report it: those they fetched
+        but have not started are in flight (``ack_pending``), no longer pending. As many per busy
+        replica as the log's reading at that time had (it varies with when each fetched its
+        batch, and the docktor policy's Little's law reads it), else the log's average."""
         busy, pending = obs.get("queue.ack_pending"), obs.get("queue.pending")
         if self.held <= 1.0 or busy is None or pending is None:
             return obs
-        moved = min(pending, math.floor(busy * (self.held - 1.0) + 0.5))
+        i = bisect.bisect_left(self.held_at, now - self.interval / 2, key=lambda x: x[0])
+        held = self.held_at[i][1] if i < len(self.held_at) and abs(self.held_at[i][0] - now) <= self.interval / 2 else self.held
+        moved = min(pending, math.floor(busy * (max(1.0, held) - 1.0) + 0.5))
         return {**obs, "queue.ack_pending": busy + moved, "queue.pending": pending - moved, "queue.lag": pending - moved}
 
 
@@ -93,13 +107,18 @@ class Replay:
 def replay(rebuilt: Rebuilt, svc: ServiceConfig, policies: Sequence[str] = FROM_LOG_POLICIES) -> Replay:
     scenario, trace = rebuilt.scenario, rebuilt.trace
     load = workload(trace, scenario)
+    if rebuilt.queued_at_start:
+        # what the first reading found queued is there when the replay's first tick reads the queue
+        arrivals = load.arrivals.copy()
+        arrivals[: rebuilt.queued_at_start] = 0.0
+        load = Workload(arrivals, load.service)
     oracle = oracle_replica_seconds(trace, scenario, load)
     configs: dict[str, ServiceConfig] = {YOURS: svc}
     runs: dict[str, Run] = {}
 
     def production(name: str, config: ServiceConfig) -> Run:
         ctl = AsTheDaemonRuns(ProductionController(name, config), rebuilt.initial, rebuilt.start_call_s, scenario.stop_s,
-                              rebuilt.held_per_replica)
+                              rebuilt.held_per_replica, rebuilt.first_rates, rebuilt.history, rebuilt.held_at)
         configs[name] = config
         return simulate(trace, scenario, ctl, load=load)
 
@@ -124,8 +143,8 @@ def replay(rebuilt: Rebuilt, svc: ServiceConfig, policies: Sequence[str] = FROM_
     for name, run in runs.items():
         row = run.summary(oracle)
         rows.append({"trace": row.pop("trace"), "policy": row.pop("policy"), **row})
-        if name == YOURS:
-            rows.append(_logged_row(rebuilt, oracle, svc))
+        if name == YOURS and rebuilt.actual_replica_seconds is not None:
+            rows.append(_logged_row(rebuilt, rebuilt.actual_replica_seconds, oracle))
     if "oracle" in policies:
         rows.append(oracle_row(trace, scenario, oracle))
     return Replay(rebuilt, rows, runs, configs, _best(rows))
@@ -135,7 +154,7 @@ def _attainment(run: Run) -> float:
     return float(run.summary()["slo_attainment"])  # type: ignore[arg-type]
 
 
-def _logged_row(rebuilt: Rebuilt, oracle: float, svc: ServiceConfig) -> dict[str, Any]:
+def _logged_row(rebuilt: Rebuilt, actual: float, oracle: float) -> dict[str, Any]:
     return {
         "trace": rebuilt.trace.name,
         "policy": LOGGED,
@@ -144,10 +163,10 @@ def _logged_row(rebuilt: Rebuilt, oracle: float, svc: ServiceConfig) -> dict[str
         "p50_wait_s": None,
         "p99_wait_s": None,
         "max_backlog": None,
-        "replica_seconds": round(rebuilt.actual_replica_seconds, 1),
+        "replica_seconds": round(actual, 1),
         "work_seconds": round(rebuilt.trace.messages * rebuilt.scenario.service_s, 1),
         "oracle_replica_seconds": round(oracle, 1),
-        "cost_ratio": round(rebuilt.actual_replica_seconds / oracle, 3) if oracle else None,
+        "cost_ratio": round(actual / oracle, 3) if oracle else None,
         "actions": rebuilt.actual_actions,
         "reversals": None,
     }
@@ -207,14 +226,16 @@ def _rules_yaml(svc: ServiceConfig) -> list[str]:
 def summary_lines(result: Replay) -> list[str]:
     """What the daemon did next to the replay, and the change that gets the best row."""
     rb, by = result.rebuilt, {r["policy"]: r for r in result.rows}
-    yours, logged = by[YOURS], by[LOGGED]
-    actual, replayed = logged["replica_seconds"], yours["replica_seconds"]
-    diff = (replayed - actual) / actual * 100 if actual else 0.0
-    lines = [
-        f"what the daemon did under your config ({result.configs[YOURS].policy}): {actual:,.0f} replica-s, "
-        f"{logged['actions']} actions; replayed: {replayed:,.0f} replica-s ({diff:+.1f} %), {yours['actions']} actions, "
-        f"SLO met {100 * yours['slo_attainment']:.2f}%",
-    ]
+    yours, logged = by[YOURS], by.get(LOGGED)
+    replayed = yours["replica_seconds"]
+    lines = [f"your config ({result.configs[YOURS].policy}) replayed: {replayed:,.0f} replica-s, {yours['actions']} actions, "
+             f"SLO met {100 * yours['slo_attainment']:.2f}%"]
+    if logged is not None:
+        actual = logged["replica_seconds"]
+        diff = (replayed - actual) / actual * 100 if actual else 0.0
+        lines = [f"what the daemon did under your config ({result.configs[YOURS].policy}): {actual:,.0f} replica-s, "
+                 f"{logged['actions']} actions; replayed: {replayed:,.0f} replica-s ({diff:+.1f} %), {yours['actions']} actions, "
+                 f"SLO met {100 * yours['slo_attainment']:.2f}%"]
     best = result.best
     if best is None:
         return lines
