@@ -138,6 +138,7 @@ def replay(rebuilt: Rebuilt, svc: ServiceConfig, policies: Sequence[str] = FROM_
         # docktor.yaml can say of that row
         config = docktor_service(scenario, "target").model_copy(update={"target_per_replica": tuned.params["target_per_replica"]})
         runs["target-tuned"] = production("target-tuned", config)
+        runs["target-tuned"].params["target_per_replica"] = tuned.params["target_per_replica"]
 
     rows: list[dict[str, Any]] = []
     for name, run in runs.items():
