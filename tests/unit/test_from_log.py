@@ -14,8 +14,9 @@ import pytest
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.problems import UsageError
+from docktor.agent.sim.baselines import ProductionController
 from docktor.agent.sim.from_log import pick_service, read_decisions, rebuild
-from docktor.agent.sim.replay_log import LOGGED, YOURS, config_change, replay, summary_lines
+from docktor.agent.sim.replay_log import LOGGED, YOURS, AsTheDaemonRuns, config_change, replay, summary_lines
 from docktor.agent.timestamps import rfc3339
 from tests.support.cli import docktor
 
@@ -162,3 +163,56 @@ def test_the_cli_says_one_line_naming_the_flag_and_exits_2(tmp_path: Path) -> No
     assert done.returncode == 2, done.stdout
     assert done.stderr.startswith("error: --config: ") and "no service 'worker'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def scale_up_log(tmp_path: Path) -> Path:
+    """Replicas of 25 ms (40/s each) with 1,000 queued throughout: 1 -> 2 at -4 s (before the
+    replay starts), 2 -> 4 at 10 s; the two new ones took work 0.5 s after the decision."""
+    lines = record(-4.0, 1, {}, target=2, took=0.3)  # no queue reading yet (the source was not up)
+    lines += record(-2.0, 2, {"queue.backlog": 960.0, "queue.pending": 958.0, "queue.ack_pending": 2.0,
+                              "queue.rate_in": 70.0, "queue.rate_out": 40.0})
+    for k in range(11):
+        t = 2.0 * k
+        done = 160.0 if k <= 5 else 280.0 if k == 6 else 320.0  # 2 x 40/s x 2 s; 2 + 2 x 1.5 s of 4; 4 x 40/s x 2 s
+        obs = {"queue.backlog": 1000.0, "queue.pending": 996.0, "queue.ack_pending": 4.0,
+               "queue.rate_in": done / 2, "queue.rate_out": done / 2}
+        lines += record(t, 2 if k <= 5 else 4, obs, target=4 if k == 5 else None, took=0.3)
+    return write(tmp_path / "decisions.jsonl", lines)
+
+
+def test_start_up_is_measured_and_the_replay_starts_where_the_log_did(tmp_path: Path) -> None:
+    svc = SVC.model_copy(update={"startup_delay": 3.0})
+    rb = rebuild(read_decisions(scale_up_log(tmp_path)), "worker", svc)
+    assert rb.start == T0  # at -2 s the replicas started at -4 s were still starting (startup_delay 3 s)
+    assert rb.scenario.service_s == pytest.approx(0.025)
+    assert rb.scenario.startup_s == pytest.approx(0.5)
+    assert any(line.startswith("start-up: 0.5 s (measured: the median of 1 scale-ups") for line in rb.how)
+    assert rb.initial == 2 and rb.queued_at_start == 1000  # waiting at 0 s, seen by the first tick
+    assert rb.first_rates == {"queue.rate_in": 80.0, "queue.rate_out": 80.0}
+    assert [(t, n) for t, n, _ in rb.history] == [(-4.0, 1), (-2.0, 2)]  # the policies' memory, not the queue's
+    assert rb.held_per_replica == pytest.approx(11 * 4.0 / (6 * 2 + 5 * 4))  # 4 in flight: 2 each of 2, 1 each of 4
+    assert [ratio for _, ratio in rb.held_at] == [2.0] * 6 + [1.0] * 5
+    assert rb.scenario.stop_s == 0.0 and rb.start_call_s == pytest.approx(0.3)
+
+
+def test_the_replayed_loop_waits_for_the_executor(tmp_path: Path) -> None:
+    rb = rebuild(read_decisions(burst_log(tmp_path)), "worker", SVC)
+    result = replay(rb, SVC, ["docktor"])
+    for name in (YOURS, "docktor"):
+        timeline = result.runs[name].timeline
+        changes = [(t, after < before) for (_, before, _), (t, after, _) in zip(timeline, timeline[1:]) if after != before]
+        checked = [(t0, t1) for (t0, scale_in), (t1, _) in zip(changes, changes[1:]) if scale_in]
+        assert checked, (name, changes)  # scale-ins followed by another change
+        for t0, t1 in checked:  # no decision while the log's 10 s scale-in is still under way
+            assert t1 - t0 >= rb.scenario.stop_s, (name, changes)
+
+
+def test_the_replayed_readings_hold_as_many_in_flight_per_busy_replica_as_the_log_had() -> None:
+    loop = AsTheDaemonRuns(ProductionController("x", SVC), 2, 0.5, 10.0, held=2.5, held_at=[(0.0, 3.0), (2.0, 5.0)])
+    obs = {"queue.pending": 100.0, "queue.ack_pending": 2.0, "queue.backlog": 102.0, "queue.lag": 100.0}
+    at_2 = loop.prefetched(obs, 2.0)  # the log's reading at 2 s: 5 per busy replica
+    assert (at_2["queue.ack_pending"], at_2["queue.pending"], at_2["queue.backlog"]) == (10.0, 92.0, 102.0)
+    at_9 = loop.prefetched(obs, 9.0)  # no reading near: the log's mean, 2.5
+    assert (at_9["queue.ack_pending"], at_9["queue.pending"]) == (5.0, 97.0)
+    few = loop.prefetched({**obs, "queue.pending": 3.0}, 2.0)  # never more than is pending
+    assert (few["queue.ack_pending"], few["queue.pending"]) == (5.0, 0.0)
