@@ -245,7 +245,8 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
         unknown.append("how arrivals were spread inside a gap, and what the queue did while no decision was logged")
     if lower:
         unknown.append(f"completions in {lower} intervals without queue.rate_out: their arrivals are lower bounds")
-    unknown.append(f"how service times vary: only averages are logged (cv {cv:g} assumed, --cv)")
+    unknown.append(f"how service times vary: only averages are logged (cv {cv:g} assumed, --cv); the service time "
+                   "when replicas were not all busy (taken to be the same)")
     if startup_how.startswith("startup_delay"):
         unknown.append("start-up time: no scale-up with messages queued throughout shows when new replicas took work")
     unknown.append("messages that arrived after the last decision, and what replicas did between two readings")
