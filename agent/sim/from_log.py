@@ -11,7 +11,9 @@ and what it did (``current_replicas`` -> ``target_replicas``, ``executed``, the 
   rate is taken between two consecutive reads of the source, so it covers exactly the interval
   since the previous record, a gap included); else the backlog's change plus the completions
   (``queue.rate_out`` x the interval), which without ``rate_out`` is a lower bound. Each interval's
-  arrivals are spread evenly over its seconds. What was queued at the first record waits at 0 s.
+  arrivals are spread evenly over its seconds; in an interval that began with the queue empty and
+  ended with messages pending, from when the completions show the replicas began working. What
+  was queued at the first record waits at 0 s.
 - **start-up**: from the scale-ups with messages pending throughout the next interval, what the
   new replicas did beyond the old ones (else the config's ``startup_delay``).
 - **service time** per replica: replicas / ``queue.rate_out`` over the intervals in which every
@@ -40,7 +42,7 @@ import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.problems import Problem, UsageError
-from docktor.agent.sim.simulator import Scenario
+from docktor.agent.sim.simulator import Scenario, Workload, workload
 from docktor.agent.sim.trace_file import Trace
 from docktor.agent.timestamps import parse_rfc3339
 
@@ -80,8 +82,9 @@ class Rebuilt:
     readings: int
     interval_s: float  # median time between readings
     start_call_s: float  # median duration of a scale-up (the executor's call)
-    #: messages already queued at the first reading: in the replay they wait at 0 s, seen by the first tick
-    queued_at_start: int = 0
+    #: the arrivals as rebuilt, before they are counted per second: (seconds from the start,
+    #: messages arrived by then), linear in between; :func:`arrivals_workload` draws from it
+    knots: tuple[list[float], list[float]] | None = None
     #: the rates of the first reading (a replay's first read of the queue has none of its own)
     first_rates: dict[str, float] = field(default_factory=dict)
     #: (seconds before the start, replicas, observations) of the readings just before the start:
@@ -185,12 +188,24 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
     start_call = statistics.median(ups) if ups else 0.0
     stop_s = statistics.median(downs) if downs else 0.0
 
+    # --- service time
+    service_s, service_how = _service_time(usable, svc)
+    if service_s is None:
+        raise UsageError([Problem("--from-log", f"no queue.rate_out with busy replicas in the decisions of service {service!r}, "
+                                                "so the service time cannot be rebuilt: set processing_time for it in the config")])
+
     # --- arrivals per interval
-    cumulative = [usable[0].queued or 0.0]
-    by_rate = by_backlog = lower = 0
+    times, cumulative = [0.0], [usable[0].queued or 0.0]
+    by_rate = by_backlog = lower = onsets = 0
     gaps: list[tuple[float, float]] = []
     for a, b in zip(usable, usable[1:]):
         dt = b.t - a.t
+        onset = _onset(a, b, service_s)
+        if onset > 0:
+            # the queue was empty and the replicas idle until then: the interval's arrivals came after
+            times.append(a.t - start + onset)
+            cumulative.append(cumulative[-1])
+            onsets += 1
         waited = a.duration_s or 0.0
         if dt > GAP_FACTOR * interval + waited:
             gaps.append((a.t - start, dt))
@@ -203,19 +218,14 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
             arrived = max(0.0, (b.queued or 0.0) - (a.queued or 0.0) + (done * dt if done is not None else 0.0))
             by_backlog += 1
             lower += done is None
+        times.append(b.t - start)
         cumulative.append(cumulative[-1] + max(0.0, arrived))
-    trace = spread(f"{service} (log)", [x.t - start for x in usable], cumulative, max(1, int(round(end - start))))
+    trace = spread(f"{service} (log)", times, cumulative, max(1, int(round(end - start))))
 
     # --- messages each busy replica holds (a worker that fetches a batch acks them one by one)
     loaded = [x for x in usable if x.obs.get("queue.pending", 0.0) > 0 and "queue.ack_pending" in x.obs
               and x.obs.get("replicas.running", 0.0) > 0]
     held = max(1.0, sum(x.obs["queue.ack_pending"] for x in loaded) / sum(x.obs["replicas.running"] for x in loaded)) if loaded else 1.0
-
-    # --- service time
-    service_s, service_how = _service_time(usable, svc)
-    if service_s is None:
-        raise UsageError([Problem("--from-log", f"no queue.rate_out with busy replicas in the decisions of service {service!r}, "
-                                                "so the service time cannot be rebuilt: set processing_time for it in the config")])
 
     startup, startup_how = _startup(usable, service_s, svc.startup_delay)
     scenario = Scenario(
@@ -229,6 +239,9 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
     how.append(f"arrivals: queue.rate_in x interval at {by_rate} of {len(dts)} intervals"
                + (f", backlog change + completions at {by_backlog}" if by_backlog else "")
                + f"; {int(usable[0].queued or 0):,} queued at the first decision waiting at 0 s; {trace.messages:,} messages in all")
+    if onsets:
+        how.append(f"onsets: {onsets} intervals began with the queue empty and ended with messages pending: their arrivals "
+                   "start when the completions show the replicas began working, not at the interval's start")
     how.append(f"service time: {service_s * 1000:.1f} ms per message per replica ({service_how})")
     how.append(f"start-up: {startup:.1f} s ({startup_how}); SLO: {svc.target_wait:g} s wait (target_wait)")
     if held > 1.0:
@@ -254,8 +267,8 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
     actual, actions = _actual(all_readings, start, end)
     return Rebuilt(
         service=service, trace=trace, scenario=scenario, initial=usable[0].current, start=start, end=end, readings=len(usable),
-        interval_s=interval, start_call_s=start_call, queued_at_start=min(int(round(usable[0].queued or 0.0)), int(trace.rates[0])),
-        first_rates={k: v for k, v in usable[0].obs.items() if k in ("queue.rate_in", "queue.rate_out")},
+        interval_s=interval, start_call_s=start_call,
+        knots=(times, cumulative), first_rates={k: v for k, v in usable[0].obs.items() if k in ("queue.rate_in", "queue.rate_out")},
         held_per_replica=held, held_at=[(x.t - start, x.obs["queue.ack_pending"] / x.obs["replicas.running"]) for x in loaded],
         how=how, unknown=unknown, actual_replica_seconds=actual, actual_actions=actions,
         history=[(x.t - start, x.current, x.obs) for x in all_readings if start - HISTORY_S <= x.t < start],
@@ -271,6 +284,30 @@ def spread(name: str, times: list[float], cumulative: list[float], duration: int
     return Trace(name, counts)
 
 
+def arrivals_workload(rebuilt: Rebuilt) -> Workload:
+    """The replay's messages: arrival times drawn from the rebuilt arrivals curve itself, not from
+    its per-second counts (an onset 0.6 s into an interval stays there; what was queued at the
+    first reading arrives at 0 s, where the first tick sees it), service times as
+    :func:`~docktor.agent.sim.simulator.workload` draws them."""
+    scenario, n = rebuilt.scenario, rebuilt.trace.messages
+    if rebuilt.knots is None:
+        return workload(rebuilt.trace, scenario)
+    times, cum = np.array(rebuilt.knots[0]), np.array(rebuilt.knots[1])
+    rng = np.random.default_rng(scenario.seed)
+    queued = min(n, int(round(float(cum[0]))))
+    u = float(cum[0]) + np.sort(rng.random(n - queued)) * float(cum[-1] - cum[0])
+    i = np.clip(np.searchsorted(cum, u, side="right"), 1, len(cum) - 1)
+    c0, c1, t0, t1 = cum[i - 1], cum[i], times[i - 1], times[i]
+    frac = np.divide(u - c0, c1 - c0, out=np.zeros_like(u), where=c1 > c0)
+    arrivals = np.concatenate([np.zeros(queued), t0 + np.clip(frac, 0.0, 1.0) * (t1 - t0)])
+    if scenario.cv == 0:
+        service = np.full(n, scenario.service_s)
+    else:
+        shape = 1.0 / scenario.cv**2
+        service = rng.gamma(shape, scenario.service_s / shape, n)
+    return Workload(np.sort(arrivals), service)
+
+
 def _settled(usable: list[Reading], all_readings: list[Reading], startup_s: float) -> list[Reading]:
     """``usable`` from the first reading made at least ``startup_s`` after the last change before
     it: a replay starts with its replicas ready, so it starts where the log's were."""
@@ -280,6 +317,18 @@ def _settled(usable: list[Reading], all_readings: list[Reading], startup_s: floa
         if not before or x.t - before[-1] >= startup_s:
             return usable[i:]
     return []
+
+
+def _onset(a: Reading, b: Reading, service_s: float) -> float:
+    """Seconds into the interval ``a`` -> ``b`` before its arrivals began, when it began with an
+    empty queue and ended with messages pending: the replicas were busy from then on, so the
+    completions (``rate_out`` x the interval x the service time) are their busy time. 0 otherwise."""
+    rate_out, running = b.obs.get("queue.rate_out"), a.obs.get("replicas.running", float(a.current))
+    if (a.queued or 0.0) > 0 or b.obs.get("queue.pending", 0.0) <= 0 or rate_out is None or running <= 0:
+        return 0.0
+    dt = b.t - a.t
+    busy = rate_out * dt * service_s / running
+    return min(dt, max(0.0, dt - busy))
 
 
 def _service_time(usable: list[Reading], svc: ServiceConfig) -> tuple[float | None, str]:

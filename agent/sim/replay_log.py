@@ -26,8 +26,8 @@ from docktor.agent.sim.baselines import (
     run_policy,
 )
 from docktor.agent.sim.bench import oracle_row
-from docktor.agent.sim.from_log import Rebuilt
-from docktor.agent.sim.simulator import Run, Scenario, Workload, simulate, workload
+from docktor.agent.sim.from_log import Rebuilt, arrivals_workload
+from docktor.agent.sim.simulator import Run, Scenario, simulate
 from docktor.agent.sim.trace_file import Trace
 
 #: the row of the config that ran, and of what the daemon did under it
@@ -106,12 +106,7 @@ class Replay:
 
 def replay(rebuilt: Rebuilt, svc: ServiceConfig, policies: Sequence[str] = FROM_LOG_POLICIES) -> Replay:
     scenario, trace = rebuilt.scenario, rebuilt.trace
-    load = workload(trace, scenario)
-    if rebuilt.queued_at_start:
-        # what the first reading found queued is there when the replay's first tick reads the queue
-        arrivals = load.arrivals.copy()
-        arrivals[: rebuilt.queued_at_start] = 0.0
-        load = Workload(arrivals, load.service)
+    load = arrivals_workload(rebuilt)
     oracle = oracle_replica_seconds(trace, scenario, load)
     configs: dict[str, ServiceConfig] = {YOURS: svc}
     runs: dict[str, Run] = {}

@@ -44,6 +44,14 @@ def settled(folder: Path) -> bool:
     return bool(recs) and "queue.rate_in" in recs[-1].get("observations", {}) and recs[-1].get("current_replicas") == 1
 
 
+def decisions_text(folder: Path) -> str:
+    """The daemon's decisions, one line each: what a failed comparison is read against."""
+    return "\n".join(
+        f"{r['ts']} {r['current_replicas']}->{r['target_replicas']} executed={r['executed']} "
+        f"{(r.get('outcome') or {}).get('duration_ms')} {json.dumps(r['observations'], sort_keys=True)} {r['reason'][:120]}"
+        for r in records(folder))
+
+
 def back_to_one(folder: Path) -> bool:
     recs = records(folder)
     last = recs[-1] if recs else {}
@@ -78,7 +86,7 @@ def test_the_replay_of_the_config_that_ran_agrees_with_what_the_daemon_did(tmp_p
         rebuilt = next(x["rebuilt"] for x in lines if "rebuilt" in x)
         replayed, logged = rows["your config"]["replica_seconds"], rows["your config, as logged"]["replica_seconds"]
         print("\n".join(rebuilt["how"] + rebuilt["summary"]))  # shown with -s, and kept in the report on a failure
-        assert abs(replayed - logged) <= TOLERANCE * logged, (replayed, logged, rebuilt)
+        assert abs(replayed - logged) <= TOLERANCE * logged, f"{replayed} vs {logged}: {rebuilt}\n{decisions_text(folder)}"
         # every message published was rebuilt from queue.rate_in (the load began after the first reading)
         assert abs(rows["your config"]["messages"] - sent) <= 2, (rows["your config"]["messages"], sent)
         assert {"docktor", "target", "rules", "hpa-tuned", "oracle"} <= set(rows)

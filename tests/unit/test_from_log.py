@@ -15,7 +15,7 @@ import pytest
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.problems import UsageError
 from docktor.agent.sim.baselines import ProductionController
-from docktor.agent.sim.from_log import pick_service, read_decisions, rebuild
+from docktor.agent.sim.from_log import arrivals_workload, pick_service, read_decisions, rebuild
 from docktor.agent.sim.replay_log import LOGGED, YOURS, AsTheDaemonRuns, config_change, replay, summary_lines
 from docktor.agent.timestamps import rfc3339
 from tests.support.cli import docktor
@@ -187,7 +187,9 @@ def test_start_up_is_measured_and_the_replay_starts_where_the_log_did(tmp_path: 
     assert rb.scenario.service_s == pytest.approx(0.025)
     assert rb.scenario.startup_s == pytest.approx(0.5)
     assert any(line.startswith("start-up: 0.5 s (measured: the median of 1 scale-ups") for line in rb.how)
-    assert rb.initial == 2 and rb.queued_at_start == 1000  # waiting at 0 s, seen by the first tick
+    assert rb.initial == 2
+    load = arrivals_workload(rb)  # what was queued waits at 0 s, seen by the first tick
+    assert int((load.arrivals == 0.0).sum()) == 1000 and load.arrivals.size == rb.trace.messages
     assert rb.first_rates == {"queue.rate_in": 80.0, "queue.rate_out": 80.0}
     assert [(t, n) for t, n, _ in rb.history] == [(-4.0, 1), (-2.0, 2)]  # the policies' memory, not the queue's
     assert rb.held_per_replica == pytest.approx(11 * 4.0 / (6 * 2 + 5 * 4))  # 4 in flight: 2 each of 2, 1 each of 4
@@ -216,3 +218,22 @@ def test_the_replayed_readings_hold_as_many_in_flight_per_busy_replica_as_the_lo
     assert (at_9["queue.ack_pending"], at_9["queue.pending"]) == (5.0, 97.0)
     few = loop.prefetched({**obs, "queue.pending": 3.0}, 2.0)  # never more than is pending
     assert (few["queue.ack_pending"], few["queue.pending"]) == (5.0, 0.0)
+
+
+def test_an_interval_that_began_with_an_empty_queue_starts_its_arrivals_when_the_replicas_began(tmp_path: Path) -> None:
+    """1 replica of 25 ms; the queue empty at 0 s; by 2 s, 200 arrived, 30 done (0.75 s of work), 170 queued."""
+    lines = record(0.0, 1, {"queue.backlog": 0.0, "queue.pending": 0.0, "queue.ack_pending": 0.0,
+                            "queue.rate_in": 0.0, "queue.rate_out": 0.0})
+    backlog = 170.0
+    lines += record(2.0, 1, {"queue.backlog": backlog, "queue.pending": backlog - 1, "queue.ack_pending": 1.0,
+                             "queue.rate_in": 100.0, "queue.rate_out": 15.0})
+    for k in range(2, 8):
+        backlog += 200 - 80
+        lines += record(2.0 * k, 1, {"queue.backlog": backlog, "queue.pending": backlog - 1, "queue.ack_pending": 1.0,
+                                     "queue.rate_in": 100.0, "queue.rate_out": 40.0})
+    rb = rebuild(read_decisions(write(tmp_path / "decisions.jsonl", lines)), "worker", SVC)
+    assert rb.scenario.service_s == pytest.approx(0.025)
+    assert any(line.startswith("onsets: 1 intervals began with the queue empty") for line in rb.how)
+    arrivals = arrivals_workload(rb).arrivals
+    assert arrivals.min() >= 1.25 - 1e-9  # not from 0 s: the replica was idle until 1.25 s
+    assert list(rb.trace.rates[:3]) == [0, 200, 100]  # per second: 200 over 1.25 .. 2 s, then 100/s
