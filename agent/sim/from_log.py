@@ -87,6 +87,8 @@ class Rebuilt:
     knots: tuple[list[float], list[float]] | None = None
     #: the rates of the first reading (a replay's first read of the queue has none of its own)
     first_rates: dict[str, float] = field(default_factory=dict)
+    #: when (seconds from the start) the daemon decided: its own clock, which the replayed policies read
+    ticks: list[float] = field(default_factory=list)
     #: (seconds before the start, replicas, observations) of the readings just before the start:
     #: what the daemon's policy remembered at the first reading, given to the replay's policies too
     history: list[tuple[float, int, dict[str, float]]] = field(default_factory=list)
@@ -272,6 +274,7 @@ def rebuild(records: list[dict[str, Any]], service: str, svc: ServiceConfig, *, 
         held_per_replica=held, held_at=[(x.t - start, x.obs["queue.ack_pending"] / x.obs["replicas.running"]) for x in loaded],
         how=how, unknown=unknown, actual_replica_seconds=actual, actual_actions=actions,
         history=[(x.t - start, x.current, x.obs) for x in all_readings if start - HISTORY_S <= x.t < start],
+        ticks=[x.t - start for x in all_readings if start <= x.t <= end],
     )
 
 
