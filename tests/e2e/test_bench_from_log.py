@@ -87,8 +87,9 @@ def test_the_replay_of_the_config_that_ran_agrees_with_what_the_daemon_did(tmp_p
         replayed, logged = rows["your config"]["replica_seconds"], rows["your config, as logged"]["replica_seconds"]
         print("\n".join(rebuilt["how"] + rebuilt["summary"]))  # shown with -s, and kept in the report on a failure
         assert abs(replayed - logged) <= TOLERANCE * logged, f"{replayed} vs {logged}: {rebuilt}\n{decisions_text(folder)}"
-        # every message published was rebuilt from queue.rate_in (the load began after the first reading)
-        assert abs(rows["your config"]["messages"] - sent) <= 2, (rows["your config"]["messages"], sent)
+        # every message published was rebuilt from queue.rate_in (the load began after the first reading), within
+        # what the source's read times vs the records' times allow (a few ms of each 2 s interval: ~0.2 %)
+        assert abs(rows["your config"]["messages"] - sent) <= 0.01 * sent, (rows["your config"]["messages"], sent)
         assert {"docktor", "target", "rules", "hpa-tuned", "oracle"} <= set(rows)
         assert rebuilt["service"] == "worker" and rebuilt["cannot_know"] and rebuilt["best"] in rows
 
