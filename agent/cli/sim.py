@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from docktor.agent.cli.common import handles_errors
+from docktor.agent.cli.score_table import print_rows
 from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.catalog import ADVISORS, DEFAULT_TRACES, POLICY_NAMES
 
@@ -133,6 +134,7 @@ def register(app: typer.Typer) -> None:
     @app.command(short_help="Every policy on every trace, vs an oracle.")
     @handles_errors
     def bench(
+        ctx: typer.Context,
         traces: Annotated[
             Path,
             typer.Option("--traces", help="A t,rate CSV trace, or a directory of them (default: the public traces shipped with Docktor)."),
@@ -175,10 +177,36 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--versus", help="--grid: list the cells where docktor's attainment is below all of these.")
         ] = "hpa-tuned,keda",
         jobs: Annotated[int, typer.Option("--jobs", help="--grid: cells simulated in parallel processes.")] = 1,
+        from_log: Annotated[
+            Path | None,
+            typer.Option("--from-log", help="Replay the load a decision log recorded (.docktor/decisions.jsonl) through your config and the alternatives."),
+        ] = None,
+        service: Annotated[str | None, typer.Option("--service", help="--from-log: the service to replay (needed when the log has several).")] = None,
+        config: Annotated[
+            Path, typer.Option("--config", "-c", metavar="FILE", help="--from-log/--from-prometheus: the docktor.yaml that ran.")
+        ] = Path("docktor.yaml"),
+        from_prometheus: Annotated[
+            str | None, typer.Option("--from-prometheus", metavar="URL", help="Replay an arrival rate from Prometheus (with --query).")
+        ] = None,
+        query: Annotated[str | None, typer.Option("--query", help="--from-prometheus: PromQL giving messages/s, e.g. sum(rate(jobs_total[1m])).")] = None,
+        since: Annotated[str, typer.Option("--since", help="--from-prometheus: how far back (30m, 2h, 1d).")] = "1h",
     ) -> None:
         """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
         from docktor.agent.sim.bench import parse_policies, plot, run_suite
 
+        if from_log is not None or from_prometheus is not None:
+            flag = "--from-log" if from_log is not None else "--from-prometheus"
+            if from_log is not None and from_prometheus is not None:
+                raise UsageError([Problem("--from-log", "replays one source: give --from-log or --from-prometheus, not both")])
+            if grid or held_out or plot_dir is not None:
+                raise UsageError([Problem(flag, "replays one load: it does not take --grid, --held-out or --plot")])
+            # a rate series says nothing of the service time: --service-ms counts only when given
+            given = getattr(ctx.get_parameter_source("service_ms"), "name", "DEFAULT") != "DEFAULT"
+            prom = None if from_prometheus is None else (from_prometheus, query, since, service_ms if given else None)
+            from docktor.agent.cli.replay import replay_load
+
+            replay_load(from_log, prom, service, config, policies, cv, seed, as_json, markdown)
+            return
         scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
         names = parse_policies(policies if policies or not grid else ",".join(GRID_POLICIES))
         loaded = _load(traces if public else None, held_out)
@@ -206,48 +234,6 @@ def register(app: typer.Typer) -> None:
 def counted(n: int, one: str, many: str | None = None) -> str:
     """``1 trace``, ``4 traces``, ``1 policy``, ``9 policies``."""
     return f"{n} {one if n == 1 else many or one + 's'}"
-
-
-def print_rows(rows: list[dict[str, Any]], markdown: bool) -> None:
-    """The score table: Markdown with ``--markdown``; else a rich table on a terminal, and plain
-    aligned columns (no box characters, nothing to strip) when piped into a file or a tool."""
-    from docktor.agent.sim.bench import cells, table
-
-    if markdown:
-        print(table(rows))
-        return
-    from rich.console import Console
-
-    console = Console()
-    header, body, numeric = cells(rows)
-    if not console.is_terminal:
-        widths = [max(len(x) for x in col) for col in zip(header, *body)]
-        for line in [header, *body]:
-            print("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(line, widths, numeric)).rstrip())
-        return
-    from rich import box
-    from rich.measure import Measurement
-    from rich.table import Table
-
-    def laid_out(widths: list[int]) -> tuple[Table, int]:
-        grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for name, num, width in zip(header, numeric, widths, strict=True):
-            grid.add_column(name, justify="right" if num else "left", width=width)
-        for i, line in enumerate(body):
-            last_of_trace = i + 1 == len(body) or body[i + 1][0] != line[0]  # a rule between traces
-            grid.add_row(*line, style="bold" if line[1] == "docktor" else None, end_section=last_of_trace)
-        return grid, Measurement.get(console, console.options.update_width(10_000), grid).maximum
-
-    # Fixed widths, so rich never cuts a number: the headers' on one line if that fits the
-    # terminal, else headers wrapped at their spaces ("max backlog" over two lines); a terminal
-    # too narrow even for that gets long lines it wraps itself, never a column dropped.
-    columns = list(zip(header, *body))
-    grid, width = laid_out([max(len(c) for c in col) for col in columns])
-    if width > console.width:
-        grid, width = laid_out([max(len(w) for w in [*col[0].split(), *col[1:]]) for col in columns])
-        if width > console.width:
-            console = Console(width=width)  # print() caps a width at the console's own
-    console.print(grid)
 
 
 def _load(source: Path | None, held_out: str | None) -> list[Trace]:

@@ -13,7 +13,7 @@ Model (docs/policy.md has the long form):
 - A new replica takes work ``startup_s`` after it is started; it costs from the moment it is
   started. Scale-in removes replicas still starting first (newest first, like Compose), then
   idle ones, then the busy ones closest to finishing; a removed busy replica finishes its current
-  message (and costs until then).
+  message (and costs until then, or until ``stop_s`` after its stop when that is later).
 - The controller sees the queue only at its check interval, through the metrics the NATS source
   produces: ``queue.pending`` (not yet delivered), ``queue.ack_pending`` (in flight),
   ``queue.backlog`` (their sum), ``queue.rate_in`` / ``queue.rate_out`` from the deltas of the
@@ -58,6 +58,9 @@ class Scenario:
     seed: int = 1
     #: the HPA's sync period and KEDA's polling interval; None: their defaults (15 s, 30 s)
     peer_period_s: float | None = None
+    #: seconds a replica being stopped still costs (a worker that outlives SIGTERM until the
+    #: executor's grace period ends: ``bench --from-log`` measures it from the log's outcomes)
+    stop_s: float = 0.0
 
     def check(self) -> None:
         problems = []
@@ -71,6 +74,8 @@ class Scenario:
             problems.append(Problem("--slo-s", "must be > 0"))
         if not self.interval_s > 0:
             problems.append(Problem("--interval-s", "must be > 0"))
+        if self.stop_s < 0:
+            problems.append(Problem("stop_s", "must be >= 0"))
         if self.peer_period_s is not None and not self.peer_period_s > 0:
             problems.append(Problem("--peer-period-s", "must be > 0"))
         if self.min_replicas < 0:
@@ -336,7 +341,10 @@ def simulate(
                         bisect.insort(starting, ready)
             else:
                 finishing = _remove(heap, starting, draining, desired - target, now)
-                cost += sum(min(f, end_of_trace) - now for f in finishing if now < end_of_trace)
+                if now < end_of_trace:
+                    stopped = min(now + scenario.stop_s, end_of_trace)  # idle ones cost until stopped
+                    cost += sum(min(max(f, stopped), end_of_trace) - now for f in finishing)
+                    cost += (desired - target - len(finishing)) * (stopped - now)
             desired = target
         # --- cost until the next check (only inside the trace), plus removed replicas' last messages
         nxt = now + interval
