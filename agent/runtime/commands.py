@@ -74,6 +74,15 @@ async def resume(daemon: Supervisor, service: Any) -> dict[str, Any]:
     return {"service": loop.name, "was_paused": None if was is None else was.as_dict()}
 
 
+def _how_to_act(daemon: Supervisor, source: str) -> str:
+    """What the refusal of an advisory daemon suggests: what really makes it act (the --advisory
+    flag outlives a reload, the config's mode does not), and what shows the would-be decision."""
+    act = ("to act, restart it without --advisory" if daemon.mode_override
+           else "to act, set mode: autonomous in its config and run docktor daemon reload")
+    # `docktor scale` has no dry run; an MCP client has propose_scale
+    return act + ("; propose_scale says what it would do" if source == "mcp" else "")
+
+
 async def scale_to(daemon: Supervisor, service: Any, replicas: Any, *, reason: str = "", source: str = "manual",
                    dry_run: bool = False) -> DecisionRecord:
     """A decision asked for from outside (``docktor scale``, MCP).
@@ -92,8 +101,7 @@ async def scale_to(daemon: Supervisor, service: Any, replicas: Any, *, reason: s
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
         raise ControlRefused("bad_request", f"replicas: must be a whole number >= 0, got {replicas!r}")
     if not dry_run and daemon.mode != "autonomous":
-        raise ControlRefused("not_allowed", f"the daemon runs in {daemon.mode} mode: it never acts "
-                                            "(start it without --advisory, or ask with dry_run)")
+        raise ControlRefused("not_allowed", f"the daemon runs in {daemon.mode} mode: it never acts ({_how_to_act(daemon, source)})")
     svc = loop.svc
     # One line, bounded: the reason is quoted into the decision log and every reader's table.
     why = " ".join(str(reason or "").split())[:300] or ("docktor scale" if source == "manual" else "no reason given")

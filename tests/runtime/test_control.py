@@ -235,14 +235,30 @@ def test_scale_is_a_manual_decision_clamped_by_min_and_max(setup_factory: Any) -
     assert negative.returncode == 2 and "--to" in negative.stderr
 
 
-def test_an_advisory_daemon_refuses_a_manual_scale(setup_factory: Any) -> None:
+def test_an_advisory_daemon_refuses_a_manual_scale_and_says_what_makes_it_act(setup_factory: Any) -> None:
     s = setup_factory({"worker": 4}, mode="advisory")
     s.start()
     r = s.cli("scale", "worker", "--to", "3")
     assert r.returncode == 1
-    assert r.stderr.strip() == ("error: the daemon runs in advisory mode: it never acts (start it without --advisory, "
-                                "or ask with dry_run)")
+    assert r.stderr.strip() == ("error: the daemon runs in advisory mode: it never acts (to act, set mode: autonomous "
+                                "in its config and run docktor daemon reload)")
     assert s.replicas("worker") == []
+    # what it suggests works: the config's mode, reloaded, lets the same command act
+    s.mode = "autonomous"
+    s.write({"worker": 4})
+    assert s.cli("daemon", "reload").returncode == 0
+    done = s.cli("scale", "worker", "--to", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["executed"] is True
+    wait_until("three replicas", lambda: len(s.replicas("worker")) == 3)
+
+
+def test_a_daemon_started_with_advisory_says_to_restart_it_without(setup_factory: Any) -> None:
+    s = setup_factory({"worker": 4})
+    assert s.cli("daemon", "start", "--advisory").returncode == 0
+    r = s.cli("scale", "worker", "--to", "3")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "error: the daemon runs in advisory mode: it never acts (to act, restart it without --advisory)"
 
 
 # --------------------------------------------------------------------------- reload
