@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from docktor.agent.runtime.log_reader import read_records
+from tests.support.examples import honoured_sigterm, removed_replicas
 
 
 def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
@@ -39,6 +40,9 @@ def test_demo_scales_up_under_a_burst_and_back_down(tmp_path: Path) -> None:
     assert downs and downs[0]["ts"] > max(x["ts"] for x in ups if x["target_replicas"] >= 5)
     assert all(x["observations"]["queue.backlog"] <= 100 for x in downs)  # scale_down_when holds
     assert final <= 3, summary
+    # each replica scaled in finished what it held and exited on SIGTERM, inside its 3 s grace
+    removed = removed_replicas(recs)
+    assert removed and all(honoured_sigterm(x["stopped"]) for x in removed), removed
 
 
 def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:

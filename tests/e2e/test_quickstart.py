@@ -18,6 +18,7 @@ import pytest
 
 from docktor.agent.demo.nats_server import find_nats_server, free_port
 from docktor.agent.runtime.log_reader import read_records
+from tests.support.examples import honoured_sigterm, removed_replicas, replica_stop_lines
 from tests.support.peers import REPO
 
 pytestmark = pytest.mark.timeout(240)
@@ -67,6 +68,15 @@ def test_quickstart_scales_the_worker_up_under_load_and_back_to_one(tmp_path: Pa
         assert downs and int(downs[-1]["target_replicas"]) == 1
         assert recs[-1]["current_replicas"] == 1 and recs[-1]["observations"]["queue.backlog"] == 0
         assert all(r["outcome"]["status"] == "ok" for r in ups + downs)
+        # the README: on scale-in the workers finish and ack what they hold, then exit; every
+        # replica removed did so on SIGTERM, none waited out the grace period for a SIGKILL
+        removed = removed_replicas(recs)
+        assert removed and all(honoured_sigterm(x["stopped"]) for x in removed), removed
+        assert not any("SIGKILL" in r["outcome"]["message"] for r in downs), [r["outcome"]["message"] for r in downs]
+        # ... and so did the replicas `daemon stop` stopped (its own lines in each replica's log)
+        stops = replica_stop_lines(folder / ".docktor", "worker")
+        assert stops and all(lines and lines[-1].endswith(": stopped (exited with code 0)") for lines in stops.values()), stops
+        assert not any("SIGKILL" in line for lines in stops.values() for line in lines), stops
         # no worker is left behind by `daemon stop`
         left = subprocess.run(["pgrep", "-f", f"{folder}.*worker.py|worker.py"], capture_output=True, text=True, check=False)
         assert not [p for p in left.stdout.split() if Path(f"/proc/{p}/cwd").resolve() == folder.resolve()]

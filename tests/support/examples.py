@@ -257,3 +257,28 @@ class ComposeStack:
         from tests.support.peers import containers
 
         return {c.id: c.attrs["State"]["StartedAt"] for c in containers(self.project, "web")}
+
+
+# --------------------------------------------------------------------------- how replicas stopped
+
+
+def removed_replicas(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Every replica the executed scale-ins removed, as their outcomes recorded it: replica, why, stopped."""
+    return [x for r in executed(records, "scale_down") for x in (r.get("outcome") or {}).get("removed", [])]
+
+
+def honoured_sigterm(stopped: str) -> bool:
+    """The local executor's ``stopped`` text for a replica that exited cleanly on SIGTERM, within
+    its grace period ("exited with code 0 0.3 s after SIGTERM"), not "ignored SIGTERM ...: SIGKILL"."""
+    return stopped.startswith("exited with code 0 ") and stopped.endswith(" after SIGTERM")
+
+
+def replica_stop_lines(state_dir: Path, service: str) -> dict[str, list[str]]:
+    """The local executor's own lines about stopping, from each replica's log (``logs/SERVICE.N.log``):
+    what ``daemon stop`` did to the replicas it stopped, which no decision records."""
+    out: dict[str, list[str]] = {}
+    for log in sorted((state_dir / "logs").glob(f"{service}.*.log")):
+        lines = [line for line in log.read_text(errors="replace").splitlines()
+                 if line.startswith("[docktor ") and ("SIGTERM" in line or "SIGKILL" in line or ": stopped (" in line)]
+        out[log.name] = lines
+    return out
