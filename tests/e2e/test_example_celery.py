@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.examples import ComposeStack, daemon, errors, example_config, executed, outcomes_logged
+from tests.support.examples import (
+    ComposeStack,
+    daemon,
+    errors,
+    example_config,
+    executed,
+    honoured_sigterm,
+    outcomes_logged,
+    removed_replicas,
+)
 from tests.support.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project
 from tests.support.waiting import wait_until
 
@@ -119,6 +128,9 @@ def test_burst_scales_the_celery_worker_up_then_back_down_without_losing_a_task(
     assert ups and all(r["outcome"]["status"] == "ok" for r in ups), ups
     assert any("queue.backlog_per_replica" in rule for r in ups for rule in r["matched_rules"])
     assert downs and all(r["outcome"]["status"] == "ok" for r in downs), downs
+    # how each removed replica stopped: it finished what it held and exited on SIGTERM, no SIGKILL
+    removed = removed_replicas(records)
+    assert removed and all(honoured_sigterm(x["stopped"]) for x in removed), removed
     # the hybrid rules saw CPU and memory of the worker containers when they scaled in
     assert all({"cpu.avg", "mem.avg_pct"} <= r["observations"].keys() for r in downs), downs
     assert max(r["target_replicas"] for r in ups) == peak

@@ -24,8 +24,10 @@ from tests.support.examples import (
     daemon,
     example_config,
     executed,
+    honoured_sigterm,
     nats_multi_backlog,
     publish_events,
+    removed_replicas,
     sampling,
     settled_at,
 )
@@ -152,6 +154,9 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack, c
     else:  # the docktor policy sized it from what it measured
         assert all(r["source"] == "policy" and r["reason"].startswith("needs ") for r in ups), ups
     assert downs and all(r["outcome"]["status"] == "ok" for r in downs), downs
+    # how each removed replica stopped: it finished what it held and exited on SIGTERM, no SIGKILL
+    removed = removed_replicas(records)
+    assert removed and all(honoured_sigterm(x["stopped"]) for x in removed), removed
     assert max(r["target_replicas"] for r in ups) == peak  # Docker saw what Docktor asked for
     assert not [r for r in records if (r.get("outcome") or {}).get("status") == "error"]
     assert backlog(stack) == 0

@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.examples import ComposeStack, daemon, errors, example_config, executed, outcomes_logged
+from tests.support.examples import (
+    ComposeStack,
+    daemon,
+    errors,
+    example_config,
+    executed,
+    honoured_sigterm,
+    outcomes_logged,
+    removed_replicas,
+)
 from tests.support.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project
 from tests.support.waiting import wait_until
 
@@ -113,6 +122,9 @@ def test_rules_on_the_workers_own_metrics_scale_up_then_back_down(stack: Stack) 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")
     assert ups and all(r["outcome"]["status"] == "ok" for r in ups), ups
     assert downs and all(r["outcome"]["status"] == "ok" for r in downs), downs
+    # how each removed replica stopped: it finished what it held and exited on SIGTERM, no SIGKILL
+    removed = removed_replicas(records)
+    assert removed and all(honoured_sigterm(x["stopped"]) for x in removed), removed
     # the rules read the queries over the worker's metrics
     assert any(rule.startswith("queue.backlog") for r in ups for rule in r["matched_rules"]), ups
     assert all(any(rule.startswith("worker.busy") for rule in r["matched_rules"]) for r in downs), downs

@@ -17,7 +17,16 @@ from typing import Any
 import aiormq
 import pytest
 
-from tests.support.examples import ComposeStack, daemon, errors, example_config, executed, outcomes_logged
+from tests.support.examples import (
+    ComposeStack,
+    daemon,
+    errors,
+    example_config,
+    executed,
+    honoured_sigterm,
+    outcomes_logged,
+    removed_replicas,
+)
 from tests.support.peers import DOCKER_SKIP_REASON, REPO, compose, containers, docker_ok, down, free_port, need, unique_project
 from tests.support.waiting import wait_until
 
@@ -115,6 +124,9 @@ def test_burst_scales_the_worker_up_then_back_down_without_losing_a_job(stack: S
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")
     assert ups and all(r["outcome"]["status"] == "ok" for r in ups), ups
     assert downs and all(r["outcome"]["status"] == "ok" for r in downs), downs
+    # how each removed replica stopped: it finished what it held and exited on SIGTERM, no SIGKILL
+    removed = removed_replicas(records)
+    assert removed and all(honoured_sigterm(x["stopped"]) for x in removed), removed
     assert max(r["target_replicas"] for r in ups) == peak  # Docker saw what Docktor asked for
     assert not errors(records)
     # the default policy sized from this source's rates (read from RabbitMQ's counters)
