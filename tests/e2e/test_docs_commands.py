@@ -6,9 +6,10 @@ until Ctrl-C; only parsed, because it is a measurement that takes minutes; or no
 the reason. A command the docs gain without an entry fails the test, and so does an entry whose
 command the docs lost: nothing is skipped unseen.
 
-Each document's block runs in order, in a temp copy of what it names (nothing in the repository
-is written), beside one real nats-server for the module. What differs from the text, and why, is
-in :data:`SWAPS`: the fixed ports (taken, maybe, on a shared machine) and the example path
+A document's commands run in its order, in a temp copy of what they name (nothing in the
+repository is written; a config the document shows as a yaml block is written from that block),
+beside one real nats-server for the module. What differs from the text, and why, is in
+:data:`SWAPS`: the fixed ports (taken, maybe, on a shared machine) and the example path
 /srv/docktor.
 """
 
@@ -44,10 +45,12 @@ SHELL_BLOCKS = {"sh", "shell", "bash", "console"}
 
 @dataclass(frozen=True)
 class Run:
-    """Run to its end: exit ``status``, and ``says`` in its output when given."""
+    """Run to its end, in the sub-folder ``where`` (its block's own files): exit ``status``, and
+    ``says`` in its output when given."""
 
     status: int = 0
     says: str = ""
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Serve:
     """A foreground server: started, ``ready`` awaited in its output, then Ctrl-C; exit 0."""
 
     ready: str
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,13 @@ PLANS: dict[tuple[str, str], Plan] = {
     ("README.md", "docktor bench"): ParseOnly(BENCH),
     ("README.md", "docktor bench --traces my-load.csv --markdown"): Run(says="| my-load"),
     ("README.md", "docktor bench --grid --held-out 11 --jobs 2"): ParseOnly(BENCH),
+    # README.md, a Compose file as the config: its compose.yaml in a folder of its own
+    ("README.md", "docktor validate --compose compose.yaml"): Run(says="ok: 1 service(s)", where="compose"),
+    ("README.md", "docktor daemon start --compose compose.yaml"): Run(says="started docktor", where="compose"),
+    ("README.md", "docktor daemon status"): Run(says="using compose.yaml", where="compose"),
+    # docs/configuration.md, "In a Compose file": its compose.yaml
+    ("docs/configuration.md", "docktor validate --compose compose.yaml"): Run(says="ok: 1 service(s), mode advisory"),
+    ("docs/configuration.md", "docktor daemon start --compose compose.yaml --advisory"): Run(says="started docktor"),
     # docs/keda.md: its keda.yaml, and a private CA's files for the TLS line
     ("docs/keda.md", "docktor keda --config keda.yaml --listen 127.0.0.1:9090"): Serve("(plain gRPC)"),
     ("docs/keda.md", "docktor keda --config keda.yaml --listen 0.0.0.0:9090 --tls-cert tls.crt --tls-key tls.key "
@@ -130,6 +141,7 @@ SWAPS: dict[str, dict[str, tuple[str, str]]] = {
     "README.md": {"127.0.0.1:9090": ("127.0.0.1:{port}", "port 9090 may be taken on a shared machine")},
     "docs/keda.md": {"127.0.0.1:9090": ("127.0.0.1:{port}", "port 9090 may be taken on a shared machine"),
                      "0.0.0.0:9090": ("0.0.0.0:{port}", "port 9090 may be taken on a shared machine")},
+    "docs/configuration.md": {"127.0.0.1:9464": ("127.0.0.1:{port}", "port 9464 may be taken on a shared machine")},
     "docs/operations.md": {"127.0.0.1:8765": ("127.0.0.1:{port}", "port 8765 may be taken on a shared machine"),
                            "/srv/docktor/docktor.yaml": ("{folder}/docktor.yaml", "the docs' example of a server's path")},
 }
@@ -172,10 +184,20 @@ class Folder:
     problems: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
 
+    def swapped(self, text: str) -> str:
+        for old, (new, _why) in SWAPS.get(self.doc, {}).items():
+            text = text.replace(old, new.format(port=free_port(), folder=self.path))
+        return text
+
     def args(self, command: str) -> list[str]:
-        for text, (new, _why) in SWAPS.get(self.doc, {}).items():
-            command = command.replace(text, new.format(port=free_port(), folder=self.path))
-        return shlex.split(command)[1:]
+        return shlex.split(self.swapped(command))[1:]
+
+    def write(self, name: str, containing: str) -> Path:
+        """The document's yaml block that contains ``containing``, as the file ``name`` it calls it (swapped)."""
+        path = self.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.swapped(doc_yaml(REPO / self.doc, containing)))
+        return path
 
     def run_all(self) -> None:
         """The document's commands in its own order (a daemon started before it is asked)."""
@@ -192,21 +214,22 @@ class Folder:
             return
         self.ran.append(command)
         if isinstance(plan, Run):
-            done = subprocess.run(cli_command(*args), cwd=self.path, env=cli_environment(self.env), capture_output=True,
+            done = subprocess.run(cli_command(*args), cwd=self.path / plan.where, env=cli_environment(self.env), capture_output=True,
                                   text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
             status, out = done.returncode, done.stdout + done.stderr
             expected, says = plan.status, plan.says
         else:
-            status, out = self.serve(args, plan.ready)
+            status, out = self.serve(args, plan)
             expected, says = 0, plan.ready
         if status != expected or says not in out or "Traceback" in out:
             self.problems.append(f"{self.doc}: `{command}` exited {status} (documented: {expected}), "
                                  f"expected {says!r} and no traceback:\n{out[-3000:]}")
 
-    def serve(self, args: list[str], ready: str) -> tuple[int, str]:
+    def serve(self, args: list[str], plan: Serve) -> tuple[int, str]:
+        ready = plan.ready
         log = self.path / f"serve-{len(self.ran)}.out"
         with log.open("wb") as out:
-            proc = subprocess.Popen(cli_command(*args), cwd=self.path, env=cli_environment(self.env), stdout=out,
+            proc = subprocess.Popen(cli_command(*args), cwd=self.path / plan.where, env=cli_environment(self.env), stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             wait_until(f"{ready!r} from docktor {' '.join(args)}",
@@ -292,11 +315,25 @@ def test_readme_commands_run_as_written(tmp_path: Path, nats: NatsServer) -> Non
     (root / "my-load.csv").write_text("t,rate\n" + "".join(f"{t},{200 if 60 <= t < 120 else 50}\n" for t in range(0, 240, 5)))
     asyncio.run(nats_multi_queue(nats.url))
     folder = Folder("README.md", root, {**nats_env(nats), "DOCKTOR_RUN_DIR": str(tmp_path / "run")})
+    folder.write("compose/compose.yaml", "x-docktor")
     try:
         folder.run_all()
     finally:
         docktor("daemon", "stop", "--config", "docktor.yaml", "--force", cwd=root, env=folder.env)
+        docktor("daemon", "stop", "--compose", "compose.yaml", "--force", cwd=root / "compose", env=folder.env)
     assert "docktor daemon start --config docktor.yaml --advisory" in folder.ran
+
+
+def test_configuration_doc_commands_run_as_written(tmp_path: Path) -> None:
+    """docs/configuration.md's Compose file as the config: validated, and a daemon started on it
+    (no engine or NATS need answer for that: the daemon holds and says why)."""
+    folder = Folder("docs/configuration.md", tmp_path, {"DOCKTOR_RUN_DIR": str(tmp_path / "run")})
+    folder.write("compose.yaml", "x-docktor")
+    try:
+        folder.run_all()
+    finally:
+        docktor("daemon", "stop", "--compose", "compose.yaml", "--force", cwd=tmp_path, env=folder.env)
+    assert len(folder.ran) == 2
 
 
 def test_keda_doc_commands_run_as_written(tmp_path: Path) -> None:
@@ -339,6 +376,6 @@ def test_parse_only_still_catches_a_wrong_option() -> None:
 
 def test_swaps_name_text_the_docs_contain() -> None:
     for doc, swaps in SWAPS.items():
-        commands = " ".join(c for (d, c) in PLANS if d == doc)
-        assert all(text in commands for text in swaps), (doc, swaps)
+        text = (REPO / doc).read_text()
+        assert all(old in text for old in swaps), (doc, swaps)
     assert yaml.safe_load(doc_yaml(REPO / "docs" / "keda.md", "executor: keda"))["services"][0]["executor"] == "keda"
