@@ -79,6 +79,10 @@ Plan = Run | Serve | ParseOnly | NotHere
 
 BENCH = "the measurement itself (about 15 s of CPU, minutes with --grid or held-out traces); make bench runs it, tests/unit/test_bench_cli.py its options on small traces"
 
+FROM_LOG = ("needs the decision log of a daemon that worked under load (a replay wants 5 decisions with queue readings; "
+            "the root config's daemon here logs only 'replicas unknown': no Docker engine); "
+            "tests/e2e/test_bench_from_log.py runs it on the quick start's log after a real burst")
+
 #: (document, command as shlex.join writes it) -> what is done with it
 PLANS: dict[tuple[str, str], Plan] = {
     # README.md, "Using it": from the repository root, on its docktor.yaml (examples/nats-multi's consumer)
@@ -98,12 +102,14 @@ PLANS: dict[tuple[str, str], Plan] = {
     ("README.md", "docktor daemon reload --config docktor.yaml"): Run(says="reloaded"),
     ("README.md", "docktor daemon stop --config docktor.yaml"): Run(says="stopped docktor"),
     ("README.md", "docktor mcp --config docktor.yaml"): Run(says="serving stdio"),  # stdin at its end: done
-    ("README.md", "docktor keda --config keda.yaml --listen 127.0.0.1:9090"): Serve("serving externalscaler.ExternalScaler"),
+    ("README.md", "docktor keda --config keda.yaml --listen 127.0.0.1:9090"): Serve("serving externalscaler.ExternalScaler",
+                                                                                    where="keda"),
     ("README.md", "docktor llm check --config docktor.yaml"): Run(2, "no LLM is configured"),
     ("README.md", "docktor simulate step --policy docktor"): Run(),
     ("README.md", "docktor bench"): ParseOnly(BENCH),
     ("README.md", "docktor bench --traces my-load.csv --markdown"): Run(says="| my-load"),
     ("README.md", "docktor bench --grid --held-out 11 --jobs 2"): ParseOnly(BENCH),
+    ("README.md", "docktor bench --from-log .docktor/decisions.jsonl --config docktor.yaml"): NotHere(FROM_LOG),
     # README.md, a Compose file as the config: its compose.yaml in a folder of its own
     ("README.md", "docktor validate --compose compose.yaml"): Run(says="ok: 1 service(s)", where="compose"),
     ("README.md", "docktor daemon start --compose compose.yaml"): Run(says="started docktor", where="compose"),
@@ -124,6 +130,14 @@ PLANS: dict[tuple[str, str], Plan] = {
     ("docs/operations.md", "docktor daemon stop --config docktor.yaml --timeout 60"): Run(says="stopped docktor"),
     ("docs/operations.md", "docktor mcp --config /srv/docktor/docktor.yaml"): Run(says="serving stdio"),
     ("docs/operations.md", "docktor mcp --config /srv/docktor/docktor.yaml --http 127.0.0.1:8765"): Serve("serving http://"),
+    # docs/policy.md: replaying your own load
+    ("docs/policy.md", "docktor bench --from-log .docktor/decisions.jsonl --config docktor.yaml"): NotHere(FROM_LOG),
+    ("docs/policy.md", "docktor bench --from-log .docktor/decisions.jsonl --config docktor.yaml --service worker --json"):
+        NotHere(FROM_LOG),
+    ("docs/policy.md", "docktor bench --from-prometheus http://127.0.0.1:9090 --query 'sum(rate(jobs_published_total[1m]))' "
+                       "--since 2h --config docktor.yaml --service worker"): NotHere(
+        "needs a Prometheus holding hours of the workers' jobs_published_total; tests/e2e/test_bench_from_prometheus.py "
+        "runs --from-prometheus on a real Prometheus"),
     # docs/benchmarks.md: the commands behind its figures
     **{("docs/benchmarks.md", c): ParseOnly(BENCH) for c in (
         "docktor bench --held-out 7,8 --policies docktor,hpa-tuned,keda,hpa,oracle",
@@ -310,7 +324,8 @@ def test_readme_commands_run_as_written(tmp_path: Path, nats: NatsServer) -> Non
     (root / "examples").mkdir(parents=True)
     shutil.copy(REPO / "docktor.yaml", root)
     shutil.copytree(REPO / "examples" / "nats-multi", root / "examples" / "nats-multi")
-    (root / "keda.yaml").write_text(doc_yaml(REPO / "docs" / "keda.md", "executor: keda"))
+    (root / "keda").mkdir()  # its own state_dir: the root daemon's log keeps one service
+    (root / "keda" / "keda.yaml").write_text(doc_yaml(REPO / "docs" / "keda.md", "executor: keda"))
     # the user's own trace for `bench --traces my-load.csv`: t (s), rate (messages/s)
     (root / "my-load.csv").write_text("t,rate\n" + "".join(f"{t},{200 if 60 <= t < 120 else 50}\n" for t in range(0, 240, 5)))
     asyncio.run(nats_multi_queue(nats.url))
