@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,14 +170,18 @@ async def test_reading_through_any_single_server_agrees(cluster: list[NatsServer
         sub = await js.pull_subscribe_bind(CONSUMER, stream=STREAM)
         for m in (await fetch(sub, 4))[:1]:
             await m.ack_sync()
-        readings = []
+        readings, stored = [], []
         for server in cluster:
             src = NatsSource(settings(server.url))
             try:
-                readings.append(await src.read())
+                reading = dict(await src.read())
+                # the age grows between the reads: the time it says the next message was stored must agree
+                stored.append(time.time() - reading.pop("queue.oldest_age"))
+                readings.append(reading)
             finally:
                 await src.close()
         assert all(r == readings[0] for r in readings), readings
+        assert max(stored) - min(stored) < 1.0, stored  # the same message, read through each server
         assert (readings[0]["queue.pending"], readings[0]["queue.ack_pending"]) == (5.0, 3.0)
     finally:
         await nc.close()
