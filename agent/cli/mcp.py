@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from types import FrameType
 from typing import Annotated
 
 import typer
 
 from docktor.agent.cli.common import ComposeOpt, ConfigOpt, config_file, handles_errors, load
 from docktor.agent.problems import Problem, UsageError
+
+
+def _stop_like_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:
@@ -71,6 +77,9 @@ def register(app: typer.Typer) -> None:
             else:
                 # after the bind: a port in use is refused before a token is made and shown
                 token = resolve_token(cfg, os.environ)
+                # uvicorn stops on SIGTERM, then raises the signal again under the handler it found:
+                # the default one would end this process by the signal (exit -15), not as Ctrl-C does
+                signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
                 asyncio.run(serve_http(server, sock, token))
         except KeyboardInterrupt:
             pass

@@ -185,7 +185,8 @@ class HttpServer:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(30)
+        # SIGTERM stops it as Ctrl-C does: exit 0, not killed by the signal
+        assert self.proc.wait(30) == 0, self.errlog.read_text()
 
 
 @asynccontextmanager
