@@ -251,7 +251,8 @@ def oracle_replica_seconds(trace: Trace, scenario: Scenario, load: Workload, mis
     for the other messages, so it costs at least their bound; and taking work ``w`` out lowers
     the bound by at most ``w``: a fluid schedule that does on time all but ``L`` of the smaller
     load does on time all but ``L + w`` of the whole, and earliest deadline first leaves the
-    least undone.
+    least undone. That holds here because every arrival second has the same relative deadline
+    (``due_after``): deadlines come in release order, so EDF is FIFO and no order does more in time.
     """
     duration = len(trace.rates)
     per_second = [0.0] * duration
