@@ -34,6 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
+from docktor.agent.config.headroom_setting import NO_HEADROOM, Headroom
 from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.trace_file import Trace
 
@@ -61,6 +62,8 @@ class Scenario:
     #: seconds a replica being stopped still costs (a worker that outlives SIGTERM until the
     #: executor's grace period ends: ``bench --from-log`` measures it from the log's outcomes)
     stop_s: float = 0.0
+    #: ``headroom`` of the docktor and target policies' service (``--headroom``): none by default
+    headroom: Headroom = NO_HEADROOM
 
     def check(self) -> None:
         problems = []
