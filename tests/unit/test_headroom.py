@@ -194,3 +194,14 @@ def test_the_simulator_runs_the_headroom_and_it_costs_what_it_holds() -> None:
     assert idle and set(idle) == {3}
     assert {desired for t, desired, _ in runs[0].timeline if 10 <= t < 60} == {1}
     assert runs[2].replica_seconds > runs[0].replica_seconds
+
+
+def test_simulate_takes_headroom_and_refuses_a_bad_one_with_exit_2() -> None:
+    bad = docktor("simulate", "step", "--headroom", "2.5")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: --headroom: must be a whole number of replicas (2) or seconds of the recent peak rate with a unit (30s, 1m)"
+    ]
+    ok = docktor("simulate", "step", "--headroom", "2", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert '"policy": "docktor"' in ok.stdout
