@@ -17,6 +17,7 @@ from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.catalog import ADVISORS, DEFAULT_TRACES, POLICY_NAMES
 
 if TYPE_CHECKING:
+    from docktor.agent.config.headroom_setting import Headroom
     from docktor.agent.config.model import LLMConfig
     from docktor.agent.sim.simulator import Scenario
     from docktor.agent.sim.trace_file import Trace
@@ -32,6 +33,10 @@ IntervalS = Annotated[float, typer.Option("--interval-s", help="Check interval o
 PeerPeriodS = Annotated[
     float | None,
     typer.Option("--peer-period-s", help="Sync period of the HPA and polling interval of KEDA (default: theirs, 15 s and 30 s)."),
+]
+HeadroomOpt = Annotated[
+    str,
+    typer.Option("--headroom", help="headroom of docktor and target: replicas (2), or seconds of the recent peak rate (30s)."),
 ]
 MinR = Annotated[int, typer.Option("--min", help="Minimum replicas.")]
 MaxR = Annotated[int, typer.Option("--max", help="Maximum replicas.")]
@@ -57,7 +62,7 @@ def _llm(path: Path | None) -> LLMConfig | None:
 
 def _scenario(
     service_ms: float, cv: float, startup_s: float, slo_s: float, interval_s: float, lo: int, hi: int, seed: int,
-    peer_period_s: float | None = None,
+    peer_period_s: float | None = None, headroom: str = "0",
 ) -> Scenario:
     from docktor.agent.sim.simulator import Scenario
 
@@ -71,9 +76,21 @@ def _scenario(
         min_replicas=lo,
         max_replicas=hi,
         seed=seed,
+        headroom=_headroom(headroom),
     )
     s.check()
     return s
+
+
+def _headroom(text: str) -> Headroom:
+    from pydantic import ValidationError
+
+    from docktor.agent.config.headroom_setting import Headroom
+
+    try:
+        return Headroom.model_validate(text)
+    except ValidationError as e:
+        raise UsageError([Problem("--headroom", e.errors()[0]["msg"].replace("Value error, ", ""))]) from None
 
 
 def _trace_path(arg: str) -> Path:
@@ -100,6 +117,7 @@ def register(app: typer.Typer) -> None:
         slo_s: SloS = 30.0,
         interval_s: IntervalS = 5.0,
         peer_period_s: PeerPeriodS = None,
+        headroom: HeadroomOpt = "0",
         min_replicas: MinR = 1,
         max_replicas: MaxR = 50,
         seed: Seed = 1,
@@ -113,7 +131,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.sim.bench import parse_policies, run_suite
         from docktor.agent.sim.trace_file import load_trace
 
-        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s, headroom)
         names = parse_policies(policy, "--policy")
         if len(names) != 1:
             raise UsageError([Problem("--policy", "simulate takes one policy (bench runs several)")])
@@ -157,6 +175,7 @@ def register(app: typer.Typer) -> None:
         slo_s: SloS = 30.0,
         interval_s: IntervalS = 5.0,
         peer_period_s: PeerPeriodS = None,
+        headroom: HeadroomOpt = "0",
         min_replicas: MinR = 1,
         max_replicas: MaxR = 50,
         seed: Seed = 1,
@@ -207,7 +226,7 @@ def register(app: typer.Typer) -> None:
 
             replay_load(from_log, prom, service, config, policies, cv, seed, as_json, markdown)
             return
-        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s)
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s, headroom)
         names = parse_policies(policies if policies or not grid else ",".join(GRID_POLICIES))
         loaded = _load(traces if public else None, held_out)
         if grid:

@@ -217,6 +217,8 @@ def _service(
             found.append(Problem(f"{at}.min_replicas", f"min_replicas ({svc.min_replicas}) is greater than max_replicas ({svc.max_replicas})"))
         if svc.policy == "target" and svc.target_per_replica is None:
             found.append(Problem(f"{at}.target_per_replica", "policy 'target' needs target_per_replica"))
+        if svc.policy == "rules" and svc.headroom:
+            found.append(Problem(f"{at}.headroom", "applies to the sizing policies (target, docktor): policy 'rules' steps, it sizes nothing"))
         if executor is not None and sources is not None:
             svc = svc.model_copy(update={"executor": executor, "sources": tuple(sources)})
             found.extend(_check_metrics(at, svc))

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from docktor.agent.config.headroom_setting import NO_HEADROOM, Headroom
 from docktor.tools.sdk import SECRET_ERROR, EnvName, PluginSettings, PositiveSeconds, Seconds
 
 
@@ -247,6 +248,8 @@ class ServiceConfig(Strict):
     processing_time: PositiveSeconds | None = None
     #: seconds a new replica needs before it takes work
     startup_delay: Seconds = 5.0
+    #: spare capacity added to a sizing policy's count before the guardrails (core/headroom.py)
+    headroom: Headroom = NO_HEADROOM
 
     # Step limits and cooldowns. Unset ones take the defaults of the service's policy
     # (POLICY_DEFAULTS): threshold rules step slowly, sizing policies may jump like HPA does.

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from docktor.agent.config.model import LLMConfig, ServiceConfig
 from docktor.agent.core.derived import derive
 from docktor.agent.core.guardrails import Envelope, Gate, GuardrailNote, clamp, envelope
+from docktor.agent.core.headroom import with_headroom
 from docktor.agent.core.policies import LOWER_BOUNDS, POLICIES
 from docktor.agent.core.proposal import PolicySpec, Proposal
 from docktor.agent.core.rules import Evaluation, evaluate
@@ -183,7 +184,7 @@ def plan(
         if fallbacks:
             proposal = with_fallbacks(proposal, fallbacks, current)
     else:
-        proposal = spec.propose(svc, obs, current, state, ev, now)
+        proposal = with_headroom(svc, spec.propose(svc, obs, current, state, ev, now), obs, current, state, now)
     gate = gate_for(svc, ev, missing, fallbacks)
     env = envelope(svc, state, current, gate, now, proposal.target)
     return Plan(svc.name, current, obs, ev, missing, gate, env, proposal, fallbacks)

@@ -46,7 +46,7 @@ def target_policy(
     if backlog <= 0:
         return Proposal(0, "queue empty: needs 0 replicas")
     if current > 0 and abs(backlog / (current * svc.target_per_replica) - 1) <= HPA_TOLERANCE:
-        return Proposal(current, f"queue.backlog {backlog:g} within 10% of {svc.target_per_replica:g}/replica")
+        return Proposal(current, f"queue.backlog {backlog:g} within 10% of {svc.target_per_replica:g}/replica", keeps=True)
     return Proposal(desired, f"queue.backlog {backlog:g} / {svc.target_per_replica:g} per replica = {desired}")
 
 #: what the docktor policy cannot size without (rate_out and ack_pending sharpen its estimates)

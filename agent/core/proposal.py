@@ -14,6 +14,10 @@ from docktor.agent.core.state import ServiceState
 class Proposal:
     target: int
     reason: str
+    #: the count kept as it is, not sized (a tolerance, no measurement yet, messages already
+    #: late): ``headroom`` is added only to a sized count, since a kept count already carries the
+    #: headroom of the decision that set it, and adding it again would ratchet up every tick
+    keeps: bool = False
 
 
 ProposeFn = Callable[[ServiceConfig, Mapping[str, float], int, ServiceState, Evaluation, float], Proposal]

@@ -259,7 +259,7 @@ def docktor_policy(
         # Nothing measured and nothing configured: all we know is whether work is waiting.
         if backlog > 0 and running == 0:
             return Proposal(max(1, svc.min_replicas), "work waiting and no replica running")
-        return Proposal(current, "no throughput measured yet and no processing_time configured: holding")
+        return Proposal(current, "no throughput measured yet and no processing_time configured: holding", keeps=True)
 
     step, lag = svc.check_interval, svc.startup_delay
     slo = svc.target_wait * (1 - SLO_MARGIN)
@@ -371,10 +371,11 @@ def docktor_policy(
                 held,
                 f"needs {n}: {why}; queued messages may be late whatever the count if they came early in "
                 f"their {step:g}s interval: keeping all {held}",
+                keeps=True,
             )
     if not feasible and n < running:
         held = max(current, int(running))
-        return Proposal(held, f"needs {n}: {why}; some queued messages are late whatever the count: keeping all {held}")
+        return Proposal(held, f"needs {n}: {why}; some queued messages are late whatever the count: keeping all {held}", keeps=True)
     if not feasible:
         why += "; some queued messages are late whatever the count"
     if idle and n == 0:

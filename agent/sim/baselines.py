@@ -54,8 +54,8 @@ HPA_TARGET = KEDA_LAG_THRESHOLD
 def docktor_service(scenario: Scenario, policy: str = "docktor") -> ServiceConfig:
     """A service as a user would write it for the scenario, with the policy's default guardrails.
 
-    Only what the scenario says is set (bounds, check interval, SLO, start-up delay, and the
-    ``target`` policy's per-replica target); step limits, cooldowns and stabilization are the
+    Only what the scenario says is set (bounds, check interval, SLO, start-up delay, headroom,
+    and the ``target`` policy's per-replica target); step limits, cooldowns and stabilization are the
     policy's defaults (``POLICY_DEFAULTS``), so the benchmarks measure exactly what users get.
     """
     return ServiceConfig(
@@ -67,6 +67,7 @@ def docktor_service(scenario: Scenario, policy: str = "docktor") -> ServiceConfi
         target_wait=scenario.slo_s,
         target_per_replica=HPA_TARGET,
         startup_delay=scenario.startup_s,
+        headroom=scenario.headroom,
     )
 
 
@@ -251,7 +252,8 @@ def oracle_replica_seconds(trace: Trace, scenario: Scenario, load: Workload, mis
     for the other messages, so it costs at least their bound; and taking work ``w`` out lowers
     the bound by at most ``w``: a fluid schedule that does on time all but ``L`` of the smaller
     load does on time all but ``L + w`` of the whole, and earliest deadline first leaves the
-    least undone.
+    least undone. That holds here because every arrival second has the same relative deadline
+    (``due_after``): deadlines come in release order, so EDF is FIFO and no order does more in time.
     """
     duration = len(trace.rates)
     per_second = [0.0] * duration

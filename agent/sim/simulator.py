@@ -34,6 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
+from docktor.agent.config.headroom_setting import NO_HEADROOM, Headroom
 from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.trace_file import Trace
 
@@ -61,6 +62,8 @@ class Scenario:
     #: seconds a replica being stopped still costs (a worker that outlives SIGTERM until the
     #: executor's grace period ends: ``bench --from-log`` measures it from the log's outcomes)
     stop_s: float = 0.0
+    #: ``headroom`` of the docktor and target policies' service (``--headroom``): none by default
+    headroom: Headroom = NO_HEADROOM
 
     def check(self) -> None:
         problems = []
@@ -278,7 +281,7 @@ def simulate(
     interval = controller.interval
 
     reader = MetricReader()
-    initial = controller.initial(scenario, trace)
+    initial = _bounded(controller.initial(scenario, trace), scenario)
     heap: list[float] = [0.0] * initial  # free times of replicas (starting ones: their ready time)
     starting: list[float] = []  # sorted ready times of replicas not yet ready
     draining: list[float] = []  # finish times of removed replicas still serving their message
@@ -323,8 +326,7 @@ def simulate(
             desired=desired,
         )
         # --- decide
-        target = controller.tick(reader.read(counters), desired, now)
-        target = max(0, target)
+        target = _bounded(controller.tick(reader.read(counters), desired, now), scenario)
         if record_decisions:
             decisions.append({"t": now, "current": desired, "target": target})
         if target != desired:
@@ -391,6 +393,16 @@ def simulate(
         decisions=decisions,
         aborted=aborted,
     )
+
+
+def _bounded(target: int, scenario: Scenario) -> int:
+    """A controller's count, held inside the scenario's ``[min_replicas, max_replicas]``.
+
+    Every executor Docktor drives refuses to go outside the service's bounds, and the oracle
+    charges ``min_replicas`` for the whole trace: a controller asking for fewer must not run fewer,
+    or it would undercut that bound on an idle trace without being any better.
+    """
+    return min(max(target, scenario.min_replicas), scenario.max_replicas)
 
 
 def _remove(heap: list[float], starting: list[float], draining: list[float], k: int, now: float) -> list[float]:

@@ -236,3 +236,30 @@ def test_the_simulator_keeps_a_users_step_limit_as_the_daemon_does() -> None:
         steps[name] = max(t - c for c, t in ctl.moves)
     assert steps["user"] == 4
     assert steps["defaults"] > 4  # the same load: the defaults jump further
+
+
+class AsksForNone:
+    """A controller that always asks for zero replicas, whatever min_replicas says."""
+
+    name = "asks-for-none"
+    interval = 5.0
+
+    def initial(self, scenario: Scenario, trace: Trace) -> int:
+        return 0
+
+    def tick(self, obs: dict[str, float], current: int, now: float) -> int:
+        return 0
+
+
+def test_a_controller_asking_below_min_replicas_is_held_at_min_and_cannot_undercut_the_oracle() -> None:
+    # Before the clamp, simulate() only kept targets >= 0: this controller ran no replica at all
+    # on an idle trace and cost 0 replica-seconds, below the oracle's min_replicas x duration.
+    scenario = Scenario(service_s=0.05, cv=0.0, startup_s=0, slo_s=10, interval_s=5, min_replicas=2, max_replicas=4)
+    trace = Trace("idle", np.zeros(120, dtype=np.int64))
+    load = workload(trace, scenario)
+    run = simulate(trace, scenario, AsksForNone(), load=load)  # type: ignore[arg-type]
+    assert {desired for _, desired, _ in run.timeline} == {2}
+    assert {alive for _, _, alive in run.timeline} == {2}
+    oracle = oracle_replica_seconds(trace, scenario, load)
+    assert oracle == pytest.approx(2 * 120)
+    assert run.replica_seconds == pytest.approx(oracle)
