@@ -25,6 +25,7 @@ from tests.support.clocks import FakeClock
 from tests.support.peers import free_port
 from tests.support.readings import opened, settling
 from tests.support.servers import Certificates, RabbitMQ, make_certificates
+from tests.support.waiting import read_until
 
 RATES = ("queue.rate_in", "queue.rate_out")
 CANARY = "canary-pw-5f1e"  # a password that must never show up in an error
@@ -382,6 +383,43 @@ async def test_amqp_mode_reads_ready_count_and_consumers(broker: RabbitMQ, amqp:
     src = make_source(settings(broker.amqp_url, queue, **guest))
     # AMQP answers from the queue itself: exact at once, no statistics lag
     assert await src.read() == {"queue.pending": 5.0, "queue.consumers": 0.0}
+
+
+async def test_amqp_reads_keep_one_connection_and_open_another_when_the_broker_closes_it(
+    broker: RabbitMQ, amqp: Amqp, queue: str, make_source: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broker logs every connection it accepts and closes: one per tick would fill its log. A user
+    # of its own, so that the broker's list of connections tells the source's apart from the test's.
+    broker.api("PUT", "users/tally", b'{"password":"tally-pw","tags":""}')
+    broker.api("PUT", "permissions/%2F/tally", b'{"configure":".*","write":".*","read":".*"}')
+    monkeypatch.setenv("TALLY_USER", "tally")
+    monkeypatch.setenv("TALLY_PASS", "tally-pw")
+    await amqp.declare(queue)
+    await amqp.publish(queue, 3)
+    src = make_source(settings(broker.amqp_url, queue, username_env="TALLY_USER", password_env="TALLY_PASS"))
+
+    async def tally() -> list[str]:  # the names of the broker's connections of that user (listed within a second)
+        listed: Any = await asyncio.to_thread(broker.api, "GET", "connections")
+        return [c["name"] for c in listed if c.get("user") == "tally"]
+
+    async def settled(n: int) -> list[str]:  # n listed, and still n a statistics period later
+        names = await read_until(tally, lambda names: len(names) == n, 20, every=0.5)
+        await asyncio.sleep(1.5)
+        assert await tally() == names
+        return names
+
+    for _ in range(5):
+        assert await src.read() == {"queue.pending": 3.0, "queue.consumers": 0.0}
+    (first,) = await settled(1)  # one connection, kept between the reads
+
+    broker.api("DELETE", f"connections/{quote(first, safe='')}")  # as an operator or a broker restart would
+    await settled(0)
+    assert await src.read() == {"queue.pending": 3.0, "queue.consumers": 0.0}  # a fresh one, within the same read
+    (second,) = await settled(1)
+    assert second != first
+
+    await src.close()
+    await settled(0)
 
 
 async def test_amqp_mode_missing_queue_and_bad_password(

@@ -48,7 +48,7 @@ from docktor.tools.sdk.rates import Counters, RateTracker
 from docktor.tools.sdk.retry import Permanent, Transient, retrying
 from docktor.tools.sdk.settings import Context, EnvName, PluginSettings, PositiveSeconds, TlsSettings, env_secret, go_together
 from docktor.tools.sdk.urls import url_setting
-from docktor.tools.sources.rabbitmq_amqp import QueueNotFound, passive_declare, speaks_amqp
+from docktor.tools.sources.rabbitmq_amqp import PassiveDeclare, QueueNotFound, speaks_amqp
 from docktor.tools.sources.rabbitmq_head import HEAD_NOT_YET, NOTHING_READY, head_age
 
 __all__ = ["AMQP_METRICS", "MANAGEMENT_METRICS", "QueueNotFound", "RabbitMQSettings", "RabbitMQSource", "speaks_amqp"]
@@ -195,6 +195,8 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         self.amqp_problem: str | None = None
         #: why a metric the latest reading lacks is absent (``queue.oldest_age``: no timestamp, ...)
         self.why_absent: dict[str, str] = {}
+        #: the passive declares' AMQP connection, kept between reads
+        self._declare: PassiveDeclare | None = None
         #: the latest statistics showed no message ready (the age then is 0 unless the exact count says otherwise)
         self._head_empty = False
 
@@ -271,6 +273,9 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         http, self._http = self._http, None
         if http is not None:
             await http.aclose()
+        declare, self._declare = self._declare, None
+        if declare is not None:
+            await declare.close()
 
     # ------------------------------------------------------------------ metrics
 
@@ -386,7 +391,9 @@ class RabbitMQSource(Source[RabbitMQSettings]):
         s = self.settings
         url = url or s.url
         ctx = s.tls.ssl_context(self.context) if s.tls is not None and url.startswith("amqps") else None
-        return await passive_declare(url, s.vhost, s.queue, self._credentials(), ctx, s.timeout)
+        if self._declare is None or self._declare.url != url:
+            self._declare = PassiveDeclare(url, s.vhost, s.queue, ctx)
+        return await self._declare.read(self._credentials(), s.timeout)
 
 def _count(q: Mapping[str, Any], key: str) -> float | None:
     value = q.get(key)
