@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.from_log import Rebuilt, spread
 from docktor.agent.sim.simulator import Scenario
 from docktor.tools.sdk import SourceError
-from docktor.tools.sdk.errors import reason, redact_url
-from docktor.tools.sdk.http_client import http_client
+from docktor.tools.sdk.errors import redact_url
+from docktor.tools.sdk.http_client import http_client, transport_errors
 from docktor.tools.sdk.retry import Permanent, Transient, retrying
 from docktor.tools.sdk.settings import Context
 
@@ -54,13 +53,9 @@ async def _fetch(url: str, query: str, start: float, end: float, step: float) ->
     client = http_client(None, Context(service="bench", base_dir=Path.cwd(), state_dir=Path.cwd()), TIMEOUT_S)
 
     async def attempt() -> Any:
-        try:
+        with transport_errors(f"Prometheus at {where}", TIMEOUT_S):
             r = await client.post(f"{url}/api/v1/query_range",
                                   data={"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"})
-        except httpx2.TimeoutException:
-            raise Transient(f"Prometheus at {where} timed out after {TIMEOUT_S:g}s") from None
-        except (httpx2.HTTPError, ssl.SSLError, OSError) as e:
-            raise Transient(f"cannot reach Prometheus at {where}: {reason(e)}") from None
         if r.status_code in (400, 422):
             raise Permanent(f"Prometheus rejected the query: {_error(r)}")
         if r.status_code in (401, 403):

@@ -46,7 +46,7 @@ from __future__ import annotations
 from docktor.tools.sdk.ages import CLOCK_SKEW, age_since, rfc3339_epoch
 from docktor.tools.sdk.errors import ExecutorError, SourceError, Unworkable, one_line, reason, redact_url, scrub
 from docktor.tools.sdk.files import UnsafePath, open_private, private_dir, read_private, readable_by_others, write_atomic
-from docktor.tools.sdk.http_client import http_client
+from docktor.tools.sdk.http_client import http_client, transport_errors
 from docktor.tools.sdk.metric_info import STANDARD_METRICS, MetricInfo, Metrics, Missing, admit, standard
 from docktor.tools.sdk.plugin import (
     Executor,
@@ -122,6 +122,7 @@ __all__ = [
     "scrub",
     "settings_kind",
     "standard",
+    "transport_errors",
     "url_setting",
     "write_atomic",
 ]

@@ -25,7 +25,6 @@ import asyncio
 import logging
 import math
 import re
-import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,8 +32,8 @@ from typing import Annotated, Any, Literal
 import httpx2
 from pydantic import BaseModel, BeforeValidator, ConfigDict, field_serializer, field_validator, model_validator
 
-from docktor.tools.sdk.errors import SourceError, reason, redact_url
-from docktor.tools.sdk.http_client import http_client
+from docktor.tools.sdk.errors import SourceError, redact_url
+from docktor.tools.sdk.http_client import http_client, transport_errors
 from docktor.tools.sdk.metric_info import STANDARD_METRICS, MetricInfo, Metrics
 from docktor.tools.sdk.plugin import Source
 from docktor.tools.sdk.retry import Permanent, Transient, retrying
@@ -177,15 +176,11 @@ class PrometheusSource(Source[PrometheusSettings]):
         """The query's number, or why it has none; raises when the server itself cannot answer."""
         s = self.settings
         where = redact_url(s.url)
-        try:
+        with transport_errors(f"Prometheus at {where}", s.timeout):
             # POST: long queries do not hit URL length limits
             r = await client.post(
                 f"{s.url}/api/v1/query", data={"query": query, "timeout": f"{s.timeout:g}s"}, headers=headers, auth=auth
             )
-        except httpx2.TimeoutException:
-            raise Transient(f"Prometheus at {where} timed out after {s.timeout:g}s") from None
-        except (httpx2.HTTPError, ssl.SSLError, OSError) as e:
-            raise Transient(f"cannot reach Prometheus at {where}: {reason(e)}") from None
         if r.status_code in (401, 403):
             raise Permanent(f"Prometheus at {where} refused {self._who()}: HTTP {r.status_code}")
         if r.status_code in (400, 422):  # the query itself is wrong (or cannot be executed)
