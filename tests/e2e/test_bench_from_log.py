@@ -13,12 +13,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from docktor.agent.demo.nats_server import find_nats_server, free_port
-from docktor.agent.runtime.log_reader import read_records
+from tests.support.examples import logged_decisions, run_ok
 from tests.support.peers import REPO
 from tests.support.waiting import wait_until
 
@@ -28,19 +27,11 @@ pytestmark = pytest.mark.timeout(240)
 TOLERANCE = 0.10
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stdout}\n{done.stderr}"
-    return done
-
-
-def records(folder: Path) -> list[dict[str, Any]]:
-    return list(read_records(folder / ".docktor" / "decisions.jsonl"))
 
 
 def settled(folder: Path) -> bool:
     """The worker is up and the source measures rates: the load can start on a ready replica."""
-    recs = records(folder)
+    recs = logged_decisions(folder)
     return bool(recs) and "queue.rate_in" in recs[-1].get("observations", {}) and recs[-1].get("current_replicas") == 1
 
 
@@ -49,11 +40,11 @@ def decisions_text(folder: Path) -> str:
     return "\n".join(
         f"{r['ts']} {r['current_replicas']}->{r['target_replicas']} executed={r['executed']} "
         f"{(r.get('outcome') or {}).get('duration_ms')} {json.dumps(r['observations'], sort_keys=True)} {r['reason'][:120]}"
-        for r in records(folder))
+        for r in logged_decisions(folder))
 
 
 def back_to_one(folder: Path) -> bool:
-    recs = records(folder)
+    recs = logged_decisions(folder)
     last = recs[-1] if recs else {}
     return last.get("current_replicas") == 1 and last.get("observations", {}).get("queue.backlog") == 0 and any(
         r["decision"] == "scale_down" and r["executed"] for r in recs)
@@ -68,18 +59,18 @@ def test_the_replay_of_the_config_that_ran_agrees_with_what_the_daemon_did(tmp_p
     nats = subprocess.Popen([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path / "js")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        run(["docktor", "daemon", "start", "--config", "docktor.yaml"], folder, env)
+        run_ok(["docktor", "daemon", "start", "--config", "docktor.yaml"], folder, env)
         try:
             wait_until("the worker up and the source's rates measured", lambda: settled(folder), 60)
-            published = run(["python", "publish.py", "--rate", "300", "--seconds", "15"], folder, env, timeout=90)
+            published = run_ok(["python", "publish.py", "--rate", "300", "--seconds", "15"], folder, env, timeout=90)
             sent = int(published.stdout.split()[1])
             wait_until("the backlog drained and the worker back to one replica", lambda: back_to_one(folder), 120)
         finally:
-            run(["docktor", "daemon", "stop", "--config", "docktor.yaml"], folder, env)
-        ups = [r for r in records(folder) if r["decision"] == "scale_up" and r["executed"]]
+            run_ok(["docktor", "daemon", "stop", "--config", "docktor.yaml"], folder, env)
+        ups = [r for r in logged_decisions(folder) if r["decision"] == "scale_up" and r["executed"]]
         assert max(int(r["target_replicas"]) for r in ups) >= 3, ups  # the burst was felt
 
-        done = run(["docktor", "bench", "--from-log", ".docktor/decisions.jsonl", "--config", "docktor.yaml", "--json"],
+        done = run_ok(["docktor", "bench", "--from-log", ".docktor/decisions.jsonl", "--config", "docktor.yaml", "--json"],
                    folder, env)
         lines = [json.loads(x) for x in done.stdout.splitlines()]
         rows = {r["policy"]: r for r in lines if "policy" in r}
@@ -93,7 +84,7 @@ def test_the_replay_of_the_config_that_ran_agrees_with_what_the_daemon_did(tmp_p
         assert {"docktor", "target", "rules", "hpa-tuned", "oracle"} <= set(rows)
         assert rebuilt["service"] == "worker" and rebuilt["cannot_know"] and rebuilt["best"] in rows
 
-        table = run(["docktor", "bench", "--from-log", ".docktor/decisions.jsonl", "--config", "docktor.yaml"], folder, env)
+        table = run_ok(["docktor", "bench", "--from-log", ".docktor/decisions.jsonl", "--config", "docktor.yaml"], folder, env)
         for said in ("rebuilt from the log:", "what it cannot know:", "your config, as logged", "best row:"):
             assert said in table.stdout, table.stdout
         # the burst scaled the service up and back: the replay of the config that ran did too

@@ -12,27 +12,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from docktor.agent.demo.nats_server import find_nats_server, free_port
-from docktor.agent.runtime.log_reader import read_records
-from tests.support.examples import honoured_sigterm, removed_replicas, replica_stop_lines
+from tests.support.examples import honoured_sigterm, logged_decisions, removed_replicas, replica_stop_lines, run_ok
 from tests.support.peers import REPO
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stdout}\n{done.stderr}"
-    return done
-
-
-def records(folder: Path) -> list[dict[str, Any]]:
-    """One record per decision (an action's intent and outcome lines merged)."""
-    return list(read_records(folder / ".docktor" / "decisions.jsonl"))
 
 
 def test_quickstart_scales_the_worker_up_under_load_and_back_to_one(tmp_path: Path) -> None:
@@ -45,22 +34,22 @@ def test_quickstart_scales_the_worker_up_under_load_and_back_to_one(tmp_path: Pa
     nats = subprocess.Popen([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path / "js")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        run(["docktor", "validate", "--config", "docktor.yaml"], folder, env)
-        run(["docktor", "daemon", "start", "--config", "docktor.yaml"], folder, env)
+        run_ok(["docktor", "validate", "--config", "docktor.yaml"], folder, env)
+        run_ok(["docktor", "daemon", "start", "--config", "docktor.yaml"], folder, env)
         try:
-            published = run(["python", "publish.py", "--rate", "300", "--seconds", "20"], folder, env, timeout=90)
+            published = run_ok(["python", "publish.py", "--rate", "300", "--seconds", "20"], folder, env, timeout=90)
             assert published.stdout.startswith("published ")
             # once the load is gone: the backlog drains and the worker goes back to one replica
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                recs = records(folder)
+                recs = logged_decisions(folder)
                 last = recs[-1] if recs else {}
                 if last.get("current_replicas") == 1 and last.get("observations", {}).get("queue.backlog") == 0:
                     break
                 time.sleep(1)
-            recs = records(folder)
+            recs = logged_decisions(folder)
         finally:
-            stop = run(["docktor", "daemon", "stop", "--config", "docktor.yaml"], folder, env)
+            stop = run_ok(["docktor", "daemon", "stop", "--config", "docktor.yaml"], folder, env)
             assert stop.stdout.startswith("stopped docktor")
         ups = [r for r in recs if r["decision"] == "scale_up" and r["executed"]]
         downs = [r for r in recs if r["decision"] == "scale_down" and r["executed"]]

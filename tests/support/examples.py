@@ -282,3 +282,16 @@ def replica_stop_lines(state_dir: Path, service: str) -> dict[str, list[str]]:
                  if line.startswith("[docktor ") and ("SIGTERM" in line or "SIGKILL" in line or ": stopped (" in line)]
         out[log.name] = lines
     return out
+
+
+def run_ok(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``cmd`` in ``cwd`` as a user types it: it must exit 0 (its output shown when it does not)."""
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stdout}\n{done.stderr}"
+    return done
+
+
+def logged_decisions(folder: Path) -> list[dict[str, Any]]:
+    """The decisions a daemon run in ``folder`` logged (``.docktor/decisions.jsonl``), one record
+    per decision (an action's intent and outcome lines merged)."""
+    return list(read_records(folder / ".docktor" / "decisions.jsonl"))
