@@ -13,7 +13,7 @@ from docktor.agent.problems import Problem, UsageError
 
 
 def replay_load(path: Path | None, prom: tuple[str, str | None, str, float | None] | None, service: str | None, config: Path,
-            policies: str | None, cv: float, seed: int, as_json: bool, markdown: bool) -> None:
+            policies: str | None, cv: float, seed: int, as_json: bool, markdown: bool, since: str | None = None) -> None:
     """``bench --from-log`` / ``--from-prometheus``: rebuild the load, replay it through the config
     that ran and the alternatives, say how it was rebuilt and what it cannot know."""
     from docktor.agent.cli.common import load
@@ -26,7 +26,7 @@ def replay_load(path: Path | None, prom: tuple[str, str | None, str, float | Non
     if path is not None:
         from docktor.agent.sim.from_log import pick_service, read_decisions, rebuild
 
-        records = read_decisions(path)
+        records = _since(read_decisions(path), since, path)
         name = pick_service(records, service)
         svc = _service(load(config), config, name)
         rebuilt = rebuild(records, name, svc, cv=cv, seed=seed)
@@ -52,6 +52,31 @@ def replay_load(path: Path | None, prom: tuple[str, str | None, str, float | Non
     print_rows(result.rows, markdown)
     print()
     print("\n".join(summary_lines(result)))
+
+
+def _since(records: list[dict[str, Any]], since: str | None, path: Path) -> list[dict[str, Any]]:
+    """The records from ``--since`` on (``2h``: the last two hours until now; an RFC 3339 time), all without it."""
+    if since is None:
+        return records
+    import time
+
+    from docktor.agent.cli.daemon import parse_since
+    from docktor.agent.timestamps import parse_rfc3339, rfc3339
+
+    start = parse_since(since, time.time())
+    assert start is not None
+    kept = [r for r in records if _when(r, parse_rfc3339) >= start]
+    if not kept:
+        first, last = records[0].get("ts"), records[-1].get("ts")
+        raise UsageError([Problem("--since", f"no decision in {path} since {rfc3339(start)} (it holds {first} to {last})")])
+    return kept
+
+
+def _when(record: dict[str, Any], parse: Any) -> float:
+    try:
+        return float(parse(str(record.get("ts"))))
+    except ValueError:
+        return float("-inf")  # a record without a readable time is before any window
 
 
 def _service(cfg: Any, config: Path, name: str) -> Any:

@@ -208,7 +208,9 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--from-prometheus", metavar="URL", help="Replay an arrival rate from Prometheus (with --query).")
         ] = None,
         query: Annotated[str | None, typer.Option("--query", help="--from-prometheus: PromQL giving messages/s, e.g. sum(rate(jobs_total[1m])).")] = None,
-        since: Annotated[str, typer.Option("--since", help="--from-prometheus: how far back (30m, 2h, 1d).")] = "1h",
+        since: Annotated[
+            str | None, typer.Option("--since", help="How far back (30m, 2h, 1d) or from when (RFC 3339): --from-prometheus 1h unless given; --from-log the whole log unless given.")
+        ] = None,
     ) -> None:
         """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
         from docktor.agent.sim.bench import parse_policies, plot, run_suite
@@ -221,10 +223,10 @@ def register(app: typer.Typer) -> None:
                 raise UsageError([Problem(flag, "replays one load: it does not take --grid, --held-out or --plot")])
             # a rate series says nothing of the service time: --service-ms counts only when given
             given = getattr(ctx.get_parameter_source("service_ms"), "name", "DEFAULT") != "DEFAULT"
-            prom = None if from_prometheus is None else (from_prometheus, query, since, service_ms if given else None)
+            prom = None if from_prometheus is None else (from_prometheus, query, since or "1h", service_ms if given else None)
             from docktor.agent.cli.replay import replay_load
 
-            replay_load(from_log, prom, service, config, policies, cv, seed, as_json, markdown)
+            replay_load(from_log, prom, service, config, policies, cv, seed, as_json, markdown, since=since)
             return
         scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s, headroom)
         names = parse_policies(policies if policies or not grid else ",".join(GRID_POLICIES))

@@ -165,6 +165,27 @@ def test_the_cli_says_one_line_naming_the_flag_and_exits_2(tmp_path: Path) -> No
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_since_replays_the_window_of_the_log_from_that_time_on(tmp_path: Path) -> None:
+    log = burst_log(tmp_path)
+    (tmp_path / "docktor.yaml").write_text("services:\n  - name: worker\n    executor: local\n    command: [sleep, '60']\n"
+                                           "    queue: {kind: nats, url: 'nats://127.0.0.1:4222', stream: JOBS, consumer: WORKERS}\n")
+
+    def logged(*since: str) -> dict[str, Any]:
+        done = docktor("bench", "--from-log", str(log), "--config", str(tmp_path / "docktor.yaml"), "--json", *since)
+        assert done.returncode == 0, done.stderr
+        rows = [json.loads(line) for line in done.stdout.splitlines()]
+        return next(r for r in rows if r.get("policy") == LOGGED)
+
+    whole, window = logged(), logged("--since", rfc3339(T0 + 16))
+    assert whole["replica_seconds"] == pytest.approx(64.0)  # 2 replicas x 30 s, then 1 x 4 s
+    assert window["replica_seconds"] == pytest.approx(whole["replica_seconds"] - 2 * 16)  # the first 16 s left out
+
+    after = rfc3339(T0 + 60)
+    done = docktor("bench", "--from-log", str(log), "--config", str(tmp_path / "docktor.yaml"), "--since", after)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: --since: no decision in {log} since {after} (it holds {rfc3339(T0)} to {rfc3339(T0 + 32)})")
+
+
 def scale_up_log(tmp_path: Path) -> Path:
     """Replicas of 25 ms (40/s each) with 1,000 queued throughout: 1 -> 2 at -4 s (before the
     replay starts), 2 -> 4 at 10 s; the two new ones took work 0.5 s after the decision."""
