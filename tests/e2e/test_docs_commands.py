@@ -146,6 +146,8 @@ PLANS: dict[tuple[str, str], Plan] = {
         "docktor bench --held-out 7,8 --policies docktor,oracle --json",
         "docktor bench --no-public --held-out 9,10 --startup-s 60 --policies docktor,oracle --json",
         "docktor bench --no-public --held-out 9,10 --slo-s 5 --policies docktor,oracle --json",
+        "docktor bench --traces /tmp/t7/flash-crowd.csv --startup-s 60 --policies docktor --headroom 2 --markdown",
+        "docktor bench --traces /tmp/t7/flash-crowd.csv --startup-s 60 --policies hpa-tuned,keda,oracle --markdown",
     )},
 }
 
