@@ -8,6 +8,8 @@ comes from the engine and from the volume, not from Docktor's word: the containe
 non-root user, its HEALTHCHECK (the image's own command; only the timings are shortened here) turns
 healthy once the daemon runs, the daemon reads the worker's replicas through the socket, and a
 SIGTERM (``docker compose stop``) ends it with exit 0, the decision log on the volume whole.
+Then examples/nats-multi with Docktor's container added as a second Compose file: under a burst it
+scales the consumer up through the socket and back down, the web service untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncio
 import io
 import json
 import os
+import shutil
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +28,22 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+import yaml
 
 from docktor.agent.runtime.log_reader import read_records
+from tests.support.examples import nats_multi_backlog, publish_events
 from tests.support.jetstream import make_stream
-from tests.support.peers import REPO, compose, containers, down, free_port, need, need_docker, unique_project
+from tests.support.peers import (
+    REPO,
+    compose,
+    containers,
+    down,
+    free_port,
+    need,
+    need_docker,
+    unique_project,
+    wait_for_consumer,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1500)]
@@ -156,12 +172,20 @@ def _stream_made(url: str) -> bool:
     return True
 
 
-def volume_log(stack: Stack, image: str, tmp: Path) -> Path:
+def docktor_log(container: Any, *config: str) -> list[dict[str, Any]]:
+    """The decisions as ``docktor daemon logs --json`` prints them inside the running container
+    (``config``: its --compose option, else the config it finds in /config)."""
+    code, (out, err) = container.exec_run(["docktor", "daemon", "logs", "--json", "--tail", "all", *config], demux=True)
+    assert code == 0, (err or b"").decode(errors="replace")
+    return [json.loads(line) for line in (out or b"").decode().splitlines()]
+
+
+def volume_log(project: str, image: str, tmp: Path) -> Path:
     """The decision log copied off the named volume (by the image's own user: the file is 0600)."""
     import docker
 
     client = docker.from_env(timeout=60)
-    reader = client.containers.create(image, ["true"], volumes={f"{stack.project}_docktor-state": {"bind": "/state", "mode": "ro"}})
+    reader = client.containers.create(image, ["true"], volumes={f"{project}_docktor-state": {"bind": "/state", "mode": "ro"}})
     try:
         chunks, _ = reader.get_archive("/state/decisions.jsonl")
         with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
@@ -208,12 +232,10 @@ def test_in_a_compose_stack_healthy_reads_the_engine_and_stops_cleanly_on_sigter
     status = stack.exec("docktor", "daemon", "status", "--json")
     assert json.loads(status)["running"] is True
 
-    def ticked_with_replicas() -> list[str]:
-        # replicas.running is the worker's container count, read from the engine through the socket;
+    def ticked_with_replicas() -> list[dict[str, Any]]:
+        # current_replicas is the worker's container count, read from the engine through the socket;
         # queue.backlog is JetStream's (40 messages waiting)
-        out = stack.exec("docktor", "daemon", "logs", "--json", "--tail", "all")
-        return [line for line in out.splitlines()
-                if (r := json.loads(line)).get("current_replicas") == 1 and r["observations"].get("queue.backlog") == 40]
+        return [r for r in docktor_log(c) if r["current_replicas"] == 1 and r["observations"].get("queue.backlog") == 40]
 
     wait_until("decisions with the worker's replicas and the queue's backlog", ticked_with_replicas, 60, every=1)
 
@@ -223,7 +245,7 @@ def test_in_a_compose_stack_healthy_reads_the_engine_and_stops_cleanly_on_sigter
     assert c.attrs["State"]["ExitCode"] == 0, c.logs(tail=40).decode(errors="replace")
     assert not c.attrs["State"]["OOMKilled"]
 
-    log = volume_log(stack, image, tmp_path)
+    log = volume_log(stack.project, image, tmp_path)
     lines = log.read_text().splitlines()
     assert lines and all(json.loads(line)["service"] == "worker" for line in lines)  # every line whole
     records = list(read_records(log))
@@ -231,3 +253,102 @@ def test_in_a_compose_stack_healthy_reads_the_engine_and_stops_cleanly_on_sigter
     assert any(r["current_replicas"] == 1 and r["observations"].get("queue.backlog") == 40 for r in records)
     # advisory: the worker was never touched
     assert len(containers(stack.project, "worker")) == 1
+
+
+# --------------------------------------------------------------------------- in examples/nats-multi
+
+#: Docktor's own service beside examples/nats-multi's, as a second Compose file (docs/container.md's):
+#: the example's x-docktor config read from the project's folder at /config, the host's network
+#: (the example's config reaches NATS on the ports it publishes on 127.0.0.1), the variables of
+#: .env for the config's ${...}
+NATS_MULTI_DOCKTOR = """
+services:
+  docktor:
+    image: ${DOCKTOR_IMAGE}
+    network_mode: host
+    env_file: [.env]
+    group_add: ["${DOCKER_GID}"]
+    volumes:
+      - ${DOCKER_SOCKET}:/var/run/docker.sock
+      - .:/config:ro
+      - docktor-state:/state
+    # the Compose file as the config (the folder's docktor.yaml would be found first)
+    command: [docktor, daemon, start, --foreground, --compose, docker-compose.yaml]
+    healthcheck:
+      test: [CMD, docktor, daemon, status, --compose, docker-compose.yaml]
+      interval: 1s
+      timeout: 10s
+      retries: 3
+      start_period: 120s
+    stop_grace_period: 90s
+volumes:
+  docktor-state:
+"""
+
+
+def test_in_examples_nats_multi_the_container_scales_the_consumer_up_and_back_down(
+        image: str, tmp_path: Path) -> None:
+    socket = engine_socket()
+    folder = tmp_path / "nats-multi"
+    shutil.copytree(REPO / "examples" / "nats-multi", folder)
+    file = folder / "docker-compose.yaml"
+    doc = yaml.safe_load(file.read_text())
+    doc["x-docktor"]["state_dir"] = "/state"
+    file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    (folder / "docktor-service.yaml").write_text(NATS_MULTI_DOCKTOR)
+    for d in (tmp_path, folder, *(p for p in folder.rglob("*") if p.is_dir())):
+        d.chmod(0o755)  # the image's user reads the folder (pytest makes tmp_path 0700)
+    project = unique_project("docktor-image-nats")
+    port = free_port()
+    env = {"COMPOSE_PROJECT_NAME": project, "DOCKTOR_IMAGE": image, "DOCKER_SOCKET": str(socket),
+           "DOCKER_GID": str(socket.stat().st_gid), "NATS_PORT": str(port), "NATS_MONITOR_PORT": str(free_port()),
+           "DOCKTOR_METRICS_PORT": str(free_port()), "PROCESS_TIME_MS": "20", "RATE": "0", "BURST_INTERVAL": "0",
+           "CHECK_INTERVAL": "1s"}
+    (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    url = f"nats://127.0.0.1:{port}"
+    files = ["-f", str(file), "-f", str(folder / "docktor-service.yaml")]
+    try:
+        compose(project, file, *files[2:], "up", "-d", "--build", env=env, timeout=600)
+        asyncio.run(wait_for_consumer(url))
+        web_before = {c.id: c.attrs["State"]["StartedAt"] for c in containers(project, "web")}
+
+        def docktor() -> Any:
+            (c,) = containers(project, "docktor")
+            c.reload()
+            return c
+
+        wait_until("the docktor container is healthy",
+                   lambda: docktor().attrs["State"].get("Health", {}).get("Status") == "healthy", 180, every=1)
+        assert len(containers(project, "consumer", all=False)) == 1
+        asyncio.run(publish_events(url, 4000))
+        peak = 1
+
+        def drained_after_scale_up() -> bool:
+            nonlocal peak
+            peak = max(peak, len(containers(project, "consumer", all=False)))
+            return peak >= 3 and nats_multi_backlog(url) == 0
+
+        wait_until("the consumer scaled up by the container and the backlog drained", drained_after_scale_up, 180, every=0.5)
+        wait_until("the idle consumer scaled back down to min_replicas",
+                   lambda: len(containers(project, "consumer")) == 1, 180, every=0.5)
+        # the last scale-in's outcome follows its intent once the executor has verified it
+        wait_until("the scale-in's outcome is logged", lambda: any(
+            r["decision"] == "scale_down" and r["executed"] and r["outcome"]["status"] == "ok"
+            for r in docktor_log(docktor(), "--compose", "docker-compose.yaml")), 60, every=1)
+        compose(project, file, *files[2:], "stop", "docktor", env=env)  # SIGTERM
+        c = docktor()
+        assert c.attrs["State"]["ExitCode"] == 0, c.logs(tail=40).decode(errors="replace")
+        records = list(read_records(volume_log(project, image, tmp_path)))
+        ups = [r for r in records if r["decision"] == "scale_up" and r["executed"]]
+        downs = [r for r in records if r["decision"] == "scale_down" and r["executed"]]
+        assert ups and ups[0]["outcome"]["status"] == "ok", ups[:1]
+        assert max(r["target_replicas"] for r in ups) >= 3
+        assert downs and downs[-1]["target_replicas"] == 1 and downs[-1]["outcome"]["status"] == "ok", downs[-1:]
+        # the web service, in the same project, untouched
+        assert {c.id: c.attrs["State"]["StartedAt"] for c in containers(project, "web")} == web_before
+    finally:
+        try:  # with both files: Docktor's container and its volume are the second file's
+            compose(project, file, *files[2:], "down", "-v", "--remove-orphans", "-t", "2", env=env, timeout=120)
+        except (AssertionError, subprocess.TimeoutExpired):
+            pass
+        down(project, file, env=env)
