@@ -44,6 +44,7 @@ SLOWEST: dict[str, float] = {
     "tests/e2e/test_example_nats_swarm.py": 105,
     "tests/plugins/test_compose_executor.py": 100,
     "tests/plugins/test_contract.py": 100,
+    "tests/e2e/test_image.py": 90,  # a build from nothing takes a minute more
     "tests/e2e/test_quickstart.py": 80,
     "tests/e2e/test_demo.py": 70,
     "tests/e2e/test_example_celery.py": 65,
