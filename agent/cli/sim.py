@@ -215,6 +215,9 @@ def register(app: typer.Typer) -> None:
         """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
         from docktor.agent.sim.bench import parse_policies, plot, run_suite
 
+        if plot_dir is not None and not _can_plot():
+            raise UsageError([Problem("--plot", "needs matplotlib, which this install lacks: pip install 'docktor[plots]'")])
+
         if from_log is not None or from_prometheus is not None:
             flag = "--from-log" if from_log is not None else "--from-prometheus"
             if from_log is not None and from_prometheus is not None:
@@ -250,6 +253,15 @@ def register(app: typer.Typer) -> None:
                         print(f"wrote {out}")
             except OSError as e:
                 raise UsageError([Problem("--plot", f"cannot write into {plot_dir}: {e}")]) from None
+
+
+def _can_plot() -> bool:
+    """Whether matplotlib (the ``plots`` extra) is installed: asked before any trace is simulated."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

@@ -74,6 +74,17 @@ def test_bench_markdown_table_and_plots(traces: Path, tmp_path: Path) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_without_matplotlib_is_one_line_before_any_simulation(traces: Path, tmp_path: Path) -> None:
+    # matplotlib is the optional `plots` extra (the daemon and its image do without): an install
+    # lacking it is told how to get it, at once; None in sys.modules is how Python hides a module
+    hide = "import sys; sys.modules['matplotlib'] = None; from docktor.agent.cli.app import main; main()"
+    done = subprocess.run([sys.executable, "-c", hide, "bench", "--traces", str(traces), "--plot", str(tmp_path / "plots")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert done.stderr.strip() == "error: --plot: needs matplotlib, which this install lacks: pip install 'docktor[plots]'"
+    assert not (tmp_path / "plots").exists()
+
+
 def test_simulate_one_policy_with_the_adversarial_advisor(traces: Path, tmp_path: Path) -> None:
     timeline = tmp_path / "timeline.csv"
     r = runner.invoke(
