@@ -7,18 +7,12 @@ executor pointed at a port where no API server listens (a refused connection is 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
-import os
-import pty
 import re
-import struct
-import subprocess
-import termios
 from pathlib import Path
 
 from docktor.tools.testing.standins import closed_port
-from tests.support.cli import cli_command, cli_environment, docktor
+from tests.support.cli import cli_command, cli_environment, docktor, on_a_terminal
 from tests.support.jetstream import make_stream
 from tests.support.kubeconfigs import write_kubeconfig
 from tests.support.peers import NatsServer
@@ -48,28 +42,8 @@ services:
 def _on_a_terminal(*args: str, columns: int = 80) -> str:
     """``docktor ARGS`` with its output on a pseudo-terminal ``columns`` wide (a pipe is laid out
     200 wide), as a user's terminal shows it: styles stripped, line ends as written."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    proc = subprocess.Popen(cli_command(*args), stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE,
-                            env=cli_environment({"COLUMNS": str(columns)}))
-    os.close(slave)
-    chunks = []
-    try:
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(master)
-        proc.wait(60)
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-    if proc.stderr:
-        proc.stderr.close()
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r\n", "\n")
+    shown = on_a_terminal(cli_command(*args), cli_environment({"COLUMNS": str(columns)}), columns=columns, timeout=60)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown).replace("\r\n", "\n")
 
 
 def _reason_cells(table: str) -> tuple[list[str], str]:

@@ -79,3 +79,37 @@ services:
       scale_down_when: [{{metric: queue.backlog, op: "<=", value: 100}}]
 {extra_services}""")
     return cfg
+
+
+def on_a_terminal(cmd: list[str], env: Mapping[str, str], *, columns: int | None = None, timeout: float = 120) -> str:
+    """What ``cmd`` writes to its stdout when that is the slave side of a pseudo-terminal (rich
+    lays a pipe out differently), ``columns`` wide when given; it must exit 0 (its stderr shown
+    when it does not). The text as written: styles and ``\r\n`` kept."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    if columns is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, env=dict(env))
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+        proc.wait(timeout)
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    assert proc.returncode == 0, stderr
+    return b"".join(chunks).decode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from docktor.agent.cli.sim import register
+from tests.support.cli import on_a_terminal
 
 REQUIRED_FIELDS = {
     "trace", "policy", "messages", "slo_attainment", "p50_wait_s", "p99_wait_s", "max_backlog",
@@ -219,23 +219,7 @@ def real_cli(*args: str, terminal: bool, columns: int = 200) -> str:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
         assert done.returncode == 0, done.stderr
         return done.stdout
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, env=env)
-        os.close(slave)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        assert proc.wait(120) == 0, proc.stderr.read() if proc.stderr else ""
-    finally:
-        os.close(master)
-    return b"".join(chunks).decode()
+    return on_a_terminal(cmd, env)
 
 
 def test_bench_prints_a_rich_table_on_a_terminal(traces: Path) -> None:
