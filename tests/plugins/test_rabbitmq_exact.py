@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from docktor.tools.sources.rabbitmq import RabbitMQSource
 from docktor.tools.testing.standins import closed_port
 from tests.support.readings import opened
 from tests.support.servers import RabbitMQ
+from tests.support.waiting import read_until
 
 STATISTICS_MS = 10_000
 
@@ -50,15 +50,12 @@ def settings(**extra: Any) -> Settings:
 
 
 async def _ready_in_the_management_api(broker: RabbitMQ, queue: str, ready: int) -> None:
-    """Until the management API's statistics show ``ready`` messages ready (at most two periods)."""
-    deadline = time.monotonic() + 3 * STATISTICS_MS / 1000
-    while True:
+    """Until the management API's statistics show ``ready`` messages ready (at most three periods)."""
+    async def shown() -> Any:
         q: Any = await asyncio.to_thread(broker.api, "GET", f"queues/%2F/{queue}")
-        if q.get("messages_ready") == ready:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"the management API never showed {ready} ready; last {q.get('messages_ready')}")
-        await asyncio.sleep(0.2)
+        return q.get("messages_ready")
+
+    await read_until(shown, lambda n: n == ready, 3 * STATISTICS_MS / 1000, every=0.2)
 
 
 def test_the_amqp_listener_defaults_to_the_management_host() -> None:
