@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 
 from docktor.tools.testing import KubeStandIn
 from tests.support.daemons import records
 from tests.support.jetstream import make_stream, publish
 from tests.support.keda_client import Keda, keda_config, nats_queue, start_keda
-from tests.support.kubeconfigs import write_kubeconfig
+from tests.support.kubeconfigs import HPA_TOKEN, hpa_sets, write_kubeconfig
 from tests.support.peers import NatsServer, start_nats
 from tests.support.waiting import eventually
 
@@ -30,7 +29,6 @@ pytestmark = pytest.mark.timeout(180)
 
 WORKER = {"service": "worker"}
 TOKEN = "docktor-keda-reader-token"
-HPA_TOKEN = "hpa-controller-token"
 
 
 @pytest.fixture
@@ -41,16 +39,6 @@ def nats(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
-
-
-async def hpa_sets(api: KubeStandIn, replicas: int) -> None:
-    """What the HPA does at a sync: read the Deployment's /scale, write spec.replicas back with its resourceVersion."""
-    path = f"{api.url}/apis/apps/v1/namespaces/jobs/deployments/worker/scale"
-    auth = {"authorization": f"Bearer {HPA_TOKEN}"}
-    async with httpx2.AsyncClient(timeout=5) as client:
-        scale = (await client.get(path, headers=auth)).json()
-        scale["spec"]["replicas"] = replicas
-        assert (await client.put(path, json=scale, headers=auth)).status_code == 200
 
 
 def decided_from(log: Path, current: int) -> list[dict[str, Any]]:

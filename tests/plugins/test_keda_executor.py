@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx2
 import pytest
 
 from docktor.tools.executors.keda import KedaExecutor, KedaSettings
 from docktor.tools.sdk import Context, ExecutorError
 from docktor.tools.testing import KubeStandIn
-from tests.support.kubeconfigs import role_rights, write_kubeconfig
+from tests.support.kubeconfigs import HPA_TOKEN, hpa_sets, role_rights, write_kubeconfig
 from tests.support.peers import REPO
 
 
@@ -74,7 +73,6 @@ def test_settings_name_the_scaled_object_and_need_a_starting_count() -> None:
 # none can be installed here); the test plays the HPA by writing /scale as it does.
 
 TOKEN = "keda-read-token-5b7e0c1a"
-HPA_TOKEN = "hpa-controller-token"
 KEDA_EXAMPLE = REPO / "examples" / "kubernetes" / "docktor-keda.yaml"
 
 
@@ -84,16 +82,6 @@ def _reading(tmp_path: Path, server: KubeStandIn, token: str = TOKEN, **settings
     write_kubeconfig(tmp_path / "kubeconfig", server.url, token)
     block = {"workload": "worker", "scaled_object": "jobs/worker", "kubeconfig": "kubeconfig", "request_timeout": 5} | settings
     return _executor(tmp_path, **block)
-
-
-async def _hpa_sets(server: KubeStandIn, kind: str, replicas: int) -> None:
-    """What the HPA does: read the workload's /scale, write spec.replicas back with its resourceVersion."""
-    path = f"{server.url}/apis/apps/v1/namespaces/jobs/{kind.lower()}s/worker/scale"
-    auth = {"authorization": f"Bearer {HPA_TOKEN}"}
-    async with httpx2.AsyncClient(timeout=5) as client:
-        scale = (await client.get(path, headers=auth)).json()
-        scale["spec"]["replicas"] = replicas
-        assert (await client.put(path, json=scale, headers=auth)).status_code == 200
 
 
 @pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
@@ -111,11 +99,11 @@ async def test_the_current_count_is_the_hpa_s_read_from_scale(tmp_path: Path, ki
             status = await executor.status()  # the HPA has not synced yet
             assert (status.desired, status.running) == (2, 2) and status.detail.endswith("; 5 last asked of KEDA")
 
-            await _hpa_sets(api, kind, 5)
+            await hpa_sets(api, 5, kind)
             status = await executor.status()
             assert (status.desired, status.running) == (5, 5) and "last asked" not in status.detail
 
-            await _hpa_sets(api, kind, 4)  # someone else's count (a kubectl scale, a KEDA fallback): still followed
+            await hpa_sets(api, 4, kind)  # someone else's count (a kubectl scale, a KEDA fallback): still followed
             assert (await executor.status()).desired == 4
             assert executor.asked() == 5  # what KEDA is told stays Docktor's
         finally:

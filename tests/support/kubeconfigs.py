@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import yaml
 
-from docktor.tools.testing.kube_standin import Right
+from docktor.tools.testing.kube_standin import KubeStandIn, Right
 
 
 def write_kubeconfig(
@@ -53,3 +54,18 @@ def role_rights(path: Path) -> set[Right]:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     role = next(d for d in docs if d["kind"] == "Role")
     return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+#: the token a test's HPA writes /scale with (the stand-in grants it everything: None)
+HPA_TOKEN = "hpa-controller-token"
+
+
+async def hpa_sets(api: KubeStandIn, replicas: int, kind: str = "Deployment") -> None:
+    """What the HPA does at a sync: read the workload ``jobs/worker``'s /scale, write spec.replicas
+    back with its resourceVersion."""
+    path = f"{api.url}/apis/apps/v1/namespaces/jobs/{kind.lower()}s/worker/scale"
+    auth = {"authorization": f"Bearer {HPA_TOKEN}"}
+    async with httpx2.AsyncClient(timeout=5) as client:
+        scale = (await client.get(path, headers=auth)).json()
+        scale["spec"]["replicas"] = replicas
+        assert (await client.put(path, json=scale, headers=auth)).status_code == 200
