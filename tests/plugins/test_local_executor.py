@@ -26,6 +26,7 @@ import pytest
 
 from docktor.tools.executors import procfs
 from docktor.tools.executors.local import LocalExecutor, LocalSettings
+from docktor.tools.executors.local_cpu import SCAN_REUSE_S
 from docktor.tools.sdk import Context, ExecutorError
 from tests.support.peers import free_port
 from tests.support.waiting import eventually
@@ -444,6 +445,10 @@ async def test_scale_in_removes_the_idlest_replicas_and_says_why(make: Callable[
     ex = make([sys.executable, "-c", BUSY_OR_IDLE, str(out), "3"])
     assert (await ex.scale(3)).ok
     await wait_ready(out, 1, 2, 3)
+    # a scan of /proc up to SCAN_REUSE_S old serves a measurement (every service's executor
+    # measures at the same instant); one made before the replicas started (by an earlier test in
+    # this process) would see none of them, and they would stay unmeasured: wait it out
+    await asyncio.sleep(SCAN_REUSE_S * 1.5)
 
     await ex.status()  # each status() is a CPU measurement, as each tick is
     await asyncio.sleep(1.2)  # a measurement covers at least a second

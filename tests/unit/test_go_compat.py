@@ -7,6 +7,7 @@ The files here are written in the Go Docktor's formats (as its README and loader
 from __future__ import annotations
 
 import asyncio
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -152,7 +153,12 @@ async def test_single_service_config_decides_on_cpu_percent_from_the_compose_exe
             await asyncio.sleep(1)
         cpu = record.observations["cpu.avg"]
         assert cpu > 25, record.observations
-        assert record.matched_rules == [f"cpu.avg {cpu:.4g} > 25"]
+        # the rule shows the reading to 4 significant digits, the record keeps it to 4 decimals:
+        # the same number rounded twice (58.99501 is "59" in the rule, 58.995 in the record)
+        (matched,) = record.matched_rules
+        shown = re.fullmatch(r"cpu\.avg ([0-9.]+) > 25", matched)
+        assert shown is not None, matched
+        assert float(shown.group(1)) == pytest.approx(cpu, rel=1e-3)
         assert (record.decision, record.current_replicas, record.target_replicas, record.executed) == ("scale_up", 1, 3, False)
     finally:
         await daemon.close()
