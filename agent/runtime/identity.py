@@ -34,8 +34,8 @@ def executor_identity(svc: ServiceConfig, target: str | None) -> str:
     (``compose:<engine>/<project>/<service>``), else its kind and settings."""
     if svc.executor is None:
         return "none"
-    if target is not None:
-        return f"{svc.executor.kind}:{target}"
+    if target is not None:  # the service loop's target, which names the kind already
+        return target
     return f"{svc.executor.kind}:{_digest(svc.executor.kind, svc.executor.settings.model_dump_json())}"
 
 

@@ -299,7 +299,7 @@ async def test_a_kubeconfig_context_over_tls(tmp_path: Path, certificates: Certi
         settings = KubernetesSettings(kind="kubernetes", kubeconfig=Path("config"), context="prod")
         ex = make.keep(KubernetesExecutor(settings, Context("worker", tmp_path, tmp_path / "state")))
         assert (await ex.scale(2)).ok
-        assert ex.target() == f"kubernetes:{api.url}/queues/Deployment/worker"
+        assert ex.target() == f"{api.url}/queues/Deployment/worker"
         # the same server, trusted through another CA: refused, naming no secret
         write_kubeconfig(config, api.url, TOKEN, ca=certificates.other_ca, more_contexts={"prod": "queues"})
         ex = make.keep(KubernetesExecutor(settings, Context("worker", tmp_path, tmp_path / "state")))
