@@ -28,6 +28,7 @@ from docktor.agent.core.headroom import with_headroom
 from docktor.agent.core.policies import LOWER_BOUNDS, POLICIES
 from docktor.agent.core.proposal import PolicySpec, Proposal
 from docktor.agent.core.rules import Evaluation, evaluate
+from docktor.agent.core.saturation import assess, hold, observe
 from docktor.agent.core.state import ServiceState, backoff_delay
 
 Action = Literal["scale_up", "scale_down", "hold"]
@@ -174,6 +175,10 @@ def plan(
 ) -> Plan:
     # Per-replica figures need a replica count; callers without an executor reading use current.
     obs = derive({"replicas.running": float(current), **observations})
+    # "scaling is not helping" (core/saturation.py): an observation rules may alert on, and a hold
+    sat = assess(svc, [*((t, o) for t, o in state.history if t < now), (now, obs)]) if "queue.rate_out" in obs else None
+    if sat is not None:
+        obs.update(observe(sat))
     ev = evaluate(svc.rules, obs)
     spec = POLICIES[svc.policy]
     missing = sorted((svc.rule_metrics() | spec.required(svc)) - obs.keys())
@@ -185,6 +190,8 @@ def plan(
             proposal = with_fallbacks(proposal, fallbacks, current)
     else:
         proposal = with_headroom(svc, spec.propose(svc, obs, current, state, ev, now), obs, current, state, now)
+        if sat is not None and svc.policy == "docktor":
+            proposal = hold(svc, sat, proposal, current, now)
     gate = gate_for(svc, ev, missing, fallbacks)
     env = envelope(svc, state, current, gate, now, proposal.target)
     return Plan(svc.name, current, obs, ev, missing, gate, env, proposal, fallbacks)
