@@ -14,7 +14,7 @@ import typer
 from docktor.agent.cli.common import handles_errors
 from docktor.agent.cli.score_table import print_rows
 from docktor.agent.problems import Problem, UsageError
-from docktor.agent.sim.catalog import ADVISORS, DEFAULT_TRACES, POLICY_NAMES
+from docktor.agent.sim.catalog import ADVISORS, DEFAULT_POLICIES, DEFAULT_TRACES, POLICY_NAMES
 
 if TYPE_CHECKING:
     from docktor.agent.config.headroom_setting import Headroom
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--held-out", help="Comma-separated seeds: add the held-out traces the generator draws for each (docktor.agent.sim.trace_gen)."),
         ] = None,
         policies: Annotated[
-            str | None, typer.Option("--policies", help=f"Comma-separated; default all: {','.join(POLICY_NAMES)} (with --grid: {','.join(GRID_POLICIES)}).")
+            str | None, typer.Option("--policies", help=f"Comma-separated; default all but docktor-open: {','.join(DEFAULT_POLICIES)} (with --grid: {','.join(GRID_POLICIES)}).")
         ] = None,
         advisor: AdvisorOpt = "none",
         llm_config: LLMConfigOpt = None,

@@ -107,7 +107,7 @@ def _pending(o: Mapping[str, float]) -> float | None:
     return None
 
 
-def _ready(points: Sequence[Point], k: int, startup: float) -> int:
+def ready_at(points: Sequence[Point], k: int, startup: float) -> int:
     """Replicas surely ready at point k: the fewest running seen since ``startup`` before it."""
     t = points[k][0]
     low = math.inf
@@ -147,7 +147,7 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
         # the interval before: ending at k-1, with the replicas ready then
         before = k - 1
         rate_before = points[before][1].get("queue.rate_out")
-        ready_before = _ready(points, before, lag)
+        ready_before = ready_at(points, before, lag)
         if rate_before is None or ready_before <= 0 or not _saturated(points, before):
             continue
         # the first interval that starts once the new replicas are ready
@@ -156,7 +156,7 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
             unverified = True
             continue
         rate_after = points[after][1].get("queue.rate_out")
-        ready_after = _ready(points, after, lag)
+        ready_after = ready_at(points, after, lag)
         if rate_after is None:
             continue
         expected = (ready_after - ready_before) * rate_before / ready_before
