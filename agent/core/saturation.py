@@ -27,8 +27,9 @@ slowdown that coincided with it: a deploy, a cold cache). Then the policy's scal
 at the current count, with the reason, and ``scaling.ineffective`` reads 1. Never a scale-in:
 the signal only withholds replicas, whatever the policy's own scale-in does is untouched.
 
-**Resume.** After ``hold_s`` without a new verdict, one replica is added as a probe; when it
-(or any later scale-up) adds what it should, the streak ends and scaling is free again. Below
+**Resume.** After ``hold_s`` without a new verdict (doubled for each probe that failed too),
+a probe is added: the fewest replicas whose gain a verdict can tell from noise; when it (or any
+later scale-up) adds what it should, the streak ends and scaling is free again. Below
 the count the first ineffective scale-up started from, scale-ups worked, so they are never held
 (after the load fell and the policy scaled in, it may come back up to there).
 """
@@ -228,7 +229,9 @@ def hold(svc: ServiceConfig, sat: Saturation, proposal: Proposal, current: int, 
     ago = now - streak[0].seen_at
     what = f"{len(streak)} scale-ups in the last {_span(ago)} added no throughput ({_gains(streak)}): a downstream limit?"
     quiet = now - max(streak[-1].judged_at, sat.last_up_at or -math.inf)
-    if not sat.unverified and quiet >= hold_s(svc):
+    # each probe that failed too doubles the wait for the next one
+    wait = min(MEMORY_S / 2, hold_s(svc) * 2.0 ** (len(streak) - STREAK))
+    if not sat.unverified and quiet >= wait:
         probe = min(proposal.target, current + probe_step(svc, streak[-1]))
         return Proposal(probe, f"wants {proposal.target}: {proposal.reason}; {what} "
                                f"Probing with {probe - current} more after {_span(quiet)}", keeps=True)

@@ -239,6 +239,8 @@ class Run:
             else round(self.replica_seconds / oracle_replica_seconds, 3),
             "actions": self.actions,
             "reversals": self.reversals,
+            #: the most replicas alive at any check (where a throughput cap stopped a policy, or did not)
+            "peak_replicas": max((alive for _, _, alive in self.timeline), default=0),
             **self.params,
         }
         return out
