@@ -183,6 +183,12 @@ def hold_s(svc: ServiceConfig) -> float:
     return max(HOLD_MIN_S, HOLD_CYCLES * (svc.startup_delay + svc.check_interval))
 
 
+def probe_wait(svc: ServiceConfig, streak: int) -> float:
+    """The hold before a probe after ``streak`` ineffective scale-ups: ``hold_s``, doubled for each
+    failed probe (each one past ``STREAK``), at most half of ``MEMORY_S``."""
+    return min(MEMORY_S / 2, hold_s(svc) * 2.0 ** max(0, streak - STREAK))
+
+
 def observe(sat: Saturation) -> dict[str, float]:
     """The observation rules and /metrics see: ``scaling.ineffective`` 1 while not helping."""
     return {"scaling.ineffective": 1.0 if sat.ineffective else 0.0}
@@ -229,8 +235,7 @@ def hold(svc: ServiceConfig, sat: Saturation, proposal: Proposal, current: int, 
     ago = now - streak[0].seen_at
     what = f"{len(streak)} scale-ups in the last {_span(ago)} added no throughput ({_gains(streak)}): a downstream limit?"
     quiet = now - max(streak[-1].judged_at, sat.last_up_at or -math.inf)
-    # each probe that failed too doubles the wait for the next one
-    wait = min(MEMORY_S / 2, hold_s(svc) * 2.0 ** (len(streak) - STREAK))
+    wait = probe_wait(svc, len(streak))
     if not sat.unverified and quiet >= wait:
         probe = min(proposal.target, current + probe_step(svc, streak[-1]))
         return Proposal(probe, f"wants {proposal.target}: {proposal.reason}; {what} "
