@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from docktor.agent.config.model import LLMConfig, ServiceConfig
 from docktor.agent.core.derived import derive
+from docktor.agent.core.effect import Expectation, due, expect
 from docktor.agent.core.guardrails import Envelope, Gate, GuardrailNote, clamp, envelope
 from docktor.agent.core.headroom import with_headroom
 from docktor.agent.core.policies import LOWER_BOUNDS, POLICIES
@@ -137,6 +138,10 @@ class Decision:
     #: service is heading once the step limits and clocks let it. ``target`` is what the guardrails
     #: let happen this tick; a one-shot or advisory decision shows both, apart.
     wanted: int = 0
+    #: what this decision's change should do, judged a few checks later if it is executed
+    expecting: Expectation | None = None
+    #: the effectiveness records of earlier executed actions judged at this tick (core/effect.py)
+    effects: tuple[dict[str, Any], ...] = ()
 
     @property
     def changes(self) -> bool:
@@ -357,7 +362,11 @@ def step(
 ) -> Decision:
     """One whole decision: plan, ask the advisor (if any) about the plan, conclude."""
     p = plan(svc, observations, current, state, now)
-    return conclude(svc, p, advise(p) if advise is not None else None)
+    d = conclude(svc, p, advise(p) if advise is not None else None)
+    if d.changes or any(e.due_at <= now for e in state.expectations):
+        points = [*((t, o) for t, o in state.history if t < now), (now, d.observations)]
+        d = replace(d, expecting=expect(svc, points, d.decision, d.current, d.target), effects=due(state.expectations, points))
+    return d
 
 
 def decide(
@@ -380,9 +389,13 @@ def remember(
     state.recommendations.append((now, decision.recommendation))
     if observations is not None:
         state.history.append((now, dict(observations)))
+    # judged at this tick (decision.effects), or past due
+    state.expectations[:] = [e for e in state.expectations if e.due_at > now]
     if not acted:
         return
     if ok:
+        if decision.expecting is not None:
+            state.expectations.append(decision.expecting)
         state.failures = 0
         state.backoff_until = None
         if decision.decision == "scale_up" and not decision.to_minimum:
