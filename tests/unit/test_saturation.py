@@ -8,9 +8,11 @@ exactly what the workers could do.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import pytest
 
+from docktor.agent.config.load import parse_config
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import saturation as sat
 from docktor.agent.core.decide import decide
@@ -169,3 +171,17 @@ def test_the_decision_carries_scaling_ineffective_and_holds() -> None:
 def test_scaling_ineffective_is_in_the_metric_vocabulary() -> None:
     info = describe("scaling.ineffective")
     assert info is not None and "no throughput" in info.help
+
+
+def test_a_rule_may_name_scaling_ineffective() -> None:
+    text = """
+services:
+  - name: w
+    command: ["true"]
+    queue: {kind: nats, url: "nats://127.0.0.1:1", stream: S, consumer: C}
+    rules:
+      scale_down_when:
+        - {metric: scaling.ineffective, op: "==", value: 0}
+"""
+    svc = parse_config(text, Path("/tmp/d.yaml"), {}).services[0]
+    assert svc.rule_metrics() == {"scaling.ineffective"}
