@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from docktor.agent.core.effect import Expectation
 
 #: enough history for an hour at 5 s ticks; older points are dropped
 HISTORY_POINTS = 720
@@ -28,6 +32,8 @@ class ServiceState:
     backoff_until: float | None = None
     #: per source name: failed reads in a row (0 after a good read), for ``on_missing``
     failed_reads: dict[str, int] = field(default_factory=dict)
+    #: executed actions not yet judged for their effect (core/effect.py), oldest first
+    expectations: list[Expectation] = field(default_factory=list)
 
     def note_reads(self, ok: Iterable[str], failed: Iterable[str]) -> None:
         """Count this tick's source reads: a failure extends its source's run, a success ends it."""
