@@ -118,6 +118,18 @@ def _lists(node: Any, key: str, problems: list[Problem], at: str) -> Any:
     return [out[str(i)] for i in indexes]
 
 
+def flatten(block: Mapping[str, Any], prefix: str = PREFIX) -> dict[str, str]:
+    """A service block of docktor.yaml as the labels that say the same (:func:`unflatten`'s inverse)."""
+    out: dict[str, str] = {}
+    for key, value in block.items():
+        items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else None
+        if items is None:
+            out[f"{prefix}{key}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        else:
+            out.update(flatten({str(k): v for k, v in items}, f"{prefix}{key}."))
+    return out
+
+
 def label_path(path: str) -> str:
     """The loader's path inside the one service (``services[0].rules.scale_up_when[1].op``) as the
     label that sets it (``docktor.rules.scale_up_when.1.op``)."""
