@@ -112,3 +112,10 @@ def test_a_config_with_no_service_needs_discover(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as e:
         parse_config("mode: advisory\n", tmp_path / "docktor.yaml", {})
     assert [p.path for p in e.value.problems] == ["services"]
+
+
+def test_the_readmes_labels_load(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text().split("### On Docker Swarm: labels\n", 1)[1].split("\n### ", 1)[0]
+    labels = yaml.safe_load(re.search(r"```yaml\n(.*?)```", readme, re.S).group(1))["services"]["worker"]["deploy"]["labels"]  # type: ignore[union-attr]
+    found = discovered({"shop_worker": labels}, base(tmp_path))
+    assert not found.refused and found.services[0].max_replicas == 8
