@@ -335,3 +335,62 @@ def test_in_examples_nats_multi_the_autoscale_profile_scales_the_consumer_up_and
         except (AssertionError, subprocess.TimeoutExpired):
             pass
         down(project, file, env=env)
+
+
+# --------------------------------------------------------------------------- in examples/nats-swarm
+
+
+@pytest.mark.swarm
+def test_in_examples_nats_swarm_the_docktor_service_scales_the_consumer_it_finds_by_label(image: str, tmp_path: Path) -> None:
+    """examples/nats-swarm's stack as it is, its ``docktor`` service this module's image: on a
+    single-node swarm it finds the consumer by its deploy.labels and scales it up under a burst and
+    back down, the web service's tasks untouched."""
+    from tests.support.swarm_peers import deploy_stack, remove_stack, replicas_spec, running_tasks, swarm_session, unique_stack
+
+    socket = engine_socket()
+    multi = REPO / "examples" / "nats-multi" / "docker-compose.yaml"
+    compose(unique_project("docktor-build"), multi, "build", "producer", "consumer", timeout=900)  # stack deploy does not build
+    name = unique_stack("dtk-image-swarm")
+    port, monitor = free_port(), free_port()
+    env = {"DOCKTOR_IMAGE": image, "DOCKER_SOCKET": str(socket), "DOCKER_GID": str(socket.stat().st_gid),
+           "NATS_PORT": str(port), "NATS_MONITOR_PORT": str(monitor), "RATE": "0", "BURST_INTERVAL": "0",
+           "PROCESS_TIME_MS": "20", "CHECK_INTERVAL": "1s", "COOLDOWN_UP": "2s", "COOLDOWN_DOWN": "2s",
+           "STABILIZATION": "2s", "DISCOVER_INTERVAL": "1s"}
+    url = f"nats://127.0.0.1:{port}"
+    consumer, web = f"{name}_consumer", f"{name}_web"
+    with swarm_session():
+        try:
+            deploy_stack(name, REPO / "examples" / "nats-swarm" / "stack.yaml", env=env)
+            asyncio.run(wait_for_consumer(url, timeout=180))
+            wait_until("the stack's services run", lambda: len(running_tasks(f"{name}_docktor")) == 1
+                       and len(running_tasks(web)) == 2 and len(running_tasks(consumer)) == 1, 180, every=0.5)
+            web_before = {t["ID"] for t in running_tasks(web)}
+
+            def docktor() -> Any:
+                import docker
+
+                (c,) = docker.from_env(timeout=30).containers.list(filters={"label": f"com.docker.swarm.service.name={name}_docktor"})
+                return c
+
+            wait_until("Docktor found the consumer by label and decides on it",
+                       lambda: any(r["service"] == consumer for r in docktor_log(docktor())), 120, every=1)
+            asyncio.run(publish_events(url, 4000))
+            peak = 1
+
+            def drained_after_scale_up() -> bool:
+                nonlocal peak
+                peak = max(peak, len(running_tasks(consumer)))
+                return peak >= 3 and nats_multi_backlog(url) == 0
+
+            wait_until("the consumer scaled up by the Swarm service and the backlog drained", drained_after_scale_up, 180, every=0.5)
+            wait_until("the idle consumer scaled back down to min_replicas",
+                       lambda: replicas_spec(consumer) == 1 and len(running_tasks(consumer)) == 1, 240, every=0.5)
+            records = docktor_log(docktor())
+            ups = [r for r in records if r["decision"] == "scale_up" and r["executed"]]
+            assert ups and {r["service"] for r in records} == {consumer}
+            assert max(r["target_replicas"] for r in ups) >= 3
+            assert {t["ID"] for t in running_tasks(web)} == web_before
+            # the process runs as the image's user, with the socket's group as its group
+            assert docktor().attrs["Config"]["User"] == f"{IMAGE_UID}:{env['DOCKER_GID']}"
+        finally:
+            remove_stack(name)
