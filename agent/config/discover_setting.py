@@ -3,7 +3,7 @@
 ``discover: {swarm_labels: true}`` makes a daemon on a Swarm manager scale every service whose
 ``deploy.labels`` opt in (``docktor.enable=true``) with the service block of ``docktor.yaml``
 flattened into ``docktor.*`` labels (:mod:`docktor.agent.config.swarm_labels`), polled every
-``interval``. Its own module, as the headroom setting is: the config model imports it.
+``interval``, in one stack (``swarm_stack``) or all. Its own module, as the headroom setting is: the config model imports it.
 """
 
 from __future__ import annotations
@@ -22,3 +22,5 @@ class DiscoverConfig(BaseModel):
     swarm_labels: bool = False
     #: how often the engine is asked which services are labelled (created, changed, removed)
     interval: PositiveSeconds = 10.0
+    #: only the services of this stack (the name given to ``docker stack deploy``); empty: every stack
+    swarm_stack: str | None = None

@@ -130,8 +130,9 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None, companion:
             log.info("started: %d service(s), mode %s, log %s, control socket %s", len(config.services), daemon.mode,
                      paths.decisions, paths.socket)
             if discovery is not None:
-                log.info("swarm labels: scaling the Swarm services labelled %s=true too, looking every %gs",
-                         "docktor.enable", config.discover.interval)
+                log.info("swarm labels: scaling the Swarm services labelled %s=true too (%s), looking every %gs",
+                         "docktor.enable", f"stack {config.discover.swarm_stack}" if config.discover.swarm_stack
+                         else "every stack", config.discover.interval)
             if discovery is not None:
                 discovering = loop.create_task(discovery.run(stop))
             await daemon.run(stop)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from docktor.agent.config.model import DocktorConfig
+from docktor.agent.config.model import DocktorConfig, ServiceConfig
 from docktor.agent.config.swarm_labels import ENABLE, discovered
 from docktor.agent.runtime.commands import ControlRefused
 from docktor.agent.runtime.reconcile import fingerprint, report_line
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("docktor")
 
+#: the label ``docker stack deploy`` puts on every service of a stack: the stack's name
+STACK_LABEL = "com.docker.stack.namespace"
+
 
 class SwarmDiscovery:
     """Keeps the daemon's services in step with the labelled Swarm services."""
@@ -40,7 +43,7 @@ class SwarmDiscovery:
         self.daemon = daemon
         #: the config as the file says it; the labelled services are added to it
         self.base = base
-        self.found: list[Any] = []
+        self.found: list[ServiceConfig] = []
         self.engine = Engine()
         self._refused: dict[str, str] = {}
         self._engine_problem: str | None = None
@@ -57,9 +60,12 @@ class SwarmDiscovery:
         return self.base.model_copy(update={"services": [*self.base.services, *(s for s in self.found if s.name not in listed)]})
 
     async def labelled(self) -> dict[str, dict[str, str]]:
-        """Swarm service name -> its labels, for every service that has ``docktor.enable``."""
+        """Swarm service name -> its labels, for every service that has ``docktor.enable`` (in
+        ``discover.swarm_stack`` when set: the label ``docker stack deploy`` puts on its services)."""
         api = self.engine.api
-        rows: list[dict[str, Any]] = await self.engine.call(lambda: api.services(filters={"label": ENABLE}))
+        stack = self.base.discover.swarm_stack
+        wanted = [ENABLE, *([f"{STACK_LABEL}={stack}"] if stack else [])]
+        rows: list[dict[str, Any]] = await self.engine.call(lambda: api.services(filters={"label": wanted}))
         return {str(r["Spec"]["Name"]): dict(r["Spec"].get("Labels") or {}) for r in rows}
 
     async def look(self) -> None:

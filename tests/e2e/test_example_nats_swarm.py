@@ -69,6 +69,7 @@ def stack(swarm: None, tmp_path: Path) -> Iterator[Stack]:
     name = unique_stack("dtk-e2e")
     port, monitor = free_port(), free_port()
     env = {
+        "STACK": name,  # the example's docktor.yaml scales this stack's labelled services only
         "NATS_PORT": str(port),
         "NATS_MONITOR_PORT": str(monitor),
         # the daemon on the host plays the stack's docktor service, reaching NATS on the published ports

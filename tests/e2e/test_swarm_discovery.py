@@ -7,7 +7,8 @@ every service reads the same JetStream backlog, which nobody consumes, so each o
 goes to its ``max_replicas``. What is checked comes from the Engine API (the services' specs and
 running tasks) and the daemon's own log, not from Docktor's word: a labelled service created after
 the start is scaled; one whose labels do not validate is one error line naming it and the label,
-and is never touched, while the others keep scaling; a removed one is stopped.
+and is never touched, while the others keep scaling; a removed one is stopped; one labelled in
+another stack than ``discover.swarm_stack`` is not this daemon's.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def stack_file(folder: Path, services: dict[str, dict[str, str]]) -> Path:
                "deploy": {"replicas": 1, "labels": service_labels}}
         for name, service_labels in services.items()
     }}
+    folder.mkdir(exist_ok=True)
     path = folder / f"stack-{len(services)}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -85,15 +87,18 @@ def test_services_labelled_after_the_start_are_scaled_and_a_bad_label_set_is_rep
         swarm: None, nats_server: NatsServer, tmp_path: Path) -> None:
     asyncio.run(make_stream(nats_server.url, backlog=40))  # 40 waiting, nobody consumes: scale up
     config = tmp_path / "docktor.yaml"
-    config.write_text("state_dir: state\ndiscover: {swarm_labels: true, interval: 1s}\n")
-    out = tmp_path / "daemon.out"
     stack = unique_stack("dtk-lbl")
+    # this stack's services only: other tests' labelled services may share the engine
+    config.write_text(f"state_dir: state\ndiscover: {{swarm_labels: true, interval: 1s, swarm_stack: {stack}}}\n")
+    out = tmp_path / "daemon.out"
     first, second, bad = f"{stack}_first", f"{stack}_second", f"{stack}_bad"
+    elsewhere = unique_stack("dtk-lbl-other")  # labelled, in another stack: not this daemon's
     try:
         with daemon(config, {}) as decisions:
             wait_until("the daemon has started, discovering",
                        lambda: decisions() == [] and "swarm labels: scaling the Swarm services" in out.read_text(), 60, every=0.5)
             # created after the daemon started
+            deploy_stack(elsewhere, stack_file(tmp_path / "other", {"other": labels(nats_server.url)}))
             deploy_stack(stack, stack_file(tmp_path, {"first": labels(nats_server.url)}))
             wait_until("first scaled to its max_replicas, the scale's outcome logged",
                        lambda: scaled_to(first, 3) and outcomes_logged(decisions()), 120, every=0.5)
@@ -112,6 +117,7 @@ def test_services_labelled_after_the_start_are_scaled_and_a_bad_label_set_is_rep
             assert "label docktor.min_replicas: Input should be a valid integer" in refused[0]
             assert "ERROR" in refused[0] and refused[0].endswith("skipped, the other services keep scaling")
             assert replicas_spec(bad) == 1 and len(running_tasks(bad)) == 1
+            assert replicas_spec(f"{elsewhere}_other") == 1 and elsewhere not in out.read_text()
             records = decisions()
             assert {r["service"] for r in records} == {first, second}  # the bad one is never decided on
             ups = [r for r in records if r["decision"] == "scale_up" and r["executed"]]
@@ -131,3 +137,4 @@ def test_services_labelled_after_the_start_are_scaled_and_a_bad_label_set_is_rep
             assert set(status["services"]) == {first}, status
     finally:
         remove_stack(stack)
+        remove_stack(elsewhere)
