@@ -61,7 +61,7 @@ def enabled(labels: Mapping[str, str]) -> bool | None:
 def _value(text: str) -> Any:
     """A label's value: a number, a boolean, or a flow list/mapping (``[a, b]``) as YAML reads it
     (bounded); anything else is the string as written (``>``, ``5s``, ``nats://...``)."""
-    from docktor.agent.config.safe_yaml import load_yaml
+    from docktor.tools.sdk.safe_yaml import load_yaml
 
     try:
         value = load_yaml(text)
