@@ -85,13 +85,13 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None, companion:
         server: ControlServer | None = None
         stop_companion: Callable[[], Awaitable[None]] | None = None
         reloads: set[asyncio.Task[Any]] = set()
-        # discover: services found while running (Swarm labels), added to the file's at every reload
-        discovery = SwarmDiscovery(daemon, config) if config.discover.swarm_labels else None
+        # discover: services found while running (Swarm labels), added to the file's at every
+        # reload; it looks only while the config says so (a reload may turn it on or off)
+        discovery = SwarmDiscovery(daemon, config)
         discovering: asyncio.Task[None] | None = None
 
         async def reload() -> dict[str, Any]:
-            result = await reload_from(daemon, config.path or Path("docktor.yaml"),
-                                       None if discovery is None else discovery.complete)
+            result = await reload_from(daemon, config.path or Path("docktor.yaml"), discovery.complete)
             record_daemon(paths, daemon.config)
             return result
 
@@ -129,12 +129,11 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None, companion:
             daemon.write_status()
             log.info("started: %d service(s), mode %s, log %s, control socket %s", len(config.services), daemon.mode,
                      paths.decisions, paths.socket)
-            if discovery is not None:
+            if config.discover.swarm_labels:
                 log.info("swarm labels: scaling the Swarm services labelled %s=true too (%s), looking every %gs",
                          "docktor.enable", f"stack {config.discover.swarm_stack}" if config.discover.swarm_stack
                          else "every stack", config.discover.interval)
-            if discovery is not None:
-                discovering = loop.create_task(discovery.run(stop))
+            discovering = loop.create_task(discovery.run(stop))
             await daemon.run(stop)
         finally:
             for task in list(reloads):
@@ -144,8 +143,7 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None, companion:
                 await asyncio.wait({discovering}, timeout=10)
                 discovering.cancel()
                 await asyncio.gather(discovering, return_exceptions=True)
-            if discovery is not None:
-                await discovery.close()
+            await discovery.close()
             if stop_companion is not None:
                 await stop_companion()
             await daemon.close()
