@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.cli import docktor as cli_docktor
 from tests.support.examples import daemon, outcomes_logged
 from tests.support.jetstream import make_stream
 from tests.support.peers import NatsServer
@@ -138,3 +139,29 @@ def test_services_labelled_after_the_start_are_scaled_and_a_bad_label_set_is_rep
     finally:
         remove_stack(stack)
         remove_stack(elsewhere)
+
+
+def test_a_reload_that_points_discovery_at_a_stack_starts_its_labelled_services(
+        swarm: None, nats_server: NatsServer, tmp_path: Path) -> None:
+    """``docktor daemon reload`` re-reads discover: as the rest of the file: the labelled services
+    of the stack it names from then on are found and scaled."""
+    asyncio.run(make_stream(nats_server.url, backlog=40))
+    stack = unique_stack("dtk-lbl-reload")
+    config = tmp_path / "docktor.yaml"
+    config.write_text(f"state_dir: state\ndiscover: {{swarm_labels: true, interval: 1s, swarm_stack: {stack}-not-yet}}\n")
+    out = tmp_path / "daemon.out"
+    worker = f"{stack}_worker"
+    try:
+        with daemon(config, {}) as decisions:
+            deploy_stack(stack, stack_file(tmp_path, {"worker": labels(nats_server.url)}))
+            wait_until("the daemon has started, discovering another stack",
+                       lambda: f"(stack {stack}-not-yet)" in out.read_text(), 60, every=0.5)
+            assert decisions() == [] and replicas_spec(worker) == 1
+            config.write_text(f"state_dir: state\ndiscover: {{swarm_labels: true, interval: 1s, swarm_stack: {stack}}}\n")
+            reloaded = cli_docktor("daemon", "reload", "--config", str(config))
+            assert reloaded.returncode == 0, reloaded.stderr
+            wait_until("the stack's labelled worker scaled to its max_replicas, the outcome logged",
+                       lambda: scaled_to(worker, 3) and outcomes_logged(decisions()), 120, every=0.5)
+            assert {r["service"] for r in decisions()} == {worker}
+    finally:
+        remove_stack(stack)
