@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", metavar="FILE",
-    help="docktor.yaml, or a Compose file with x-docktor blocks (default: docktor.yaml, compose.yaml or docker-compose.yaml here).",
+    "--config", "-c", metavar="FILE", envvar="DOCKTOR_CONFIG", show_envvar=False,
+    help="docktor.yaml, or a Compose file with x-docktor blocks (default: $DOCKTOR_CONFIG, else docktor.yaml, "
+         "compose.yaml or docker-compose.yaml here).",
 )]
 ComposeOpt = Annotated[Path | None, typer.Option(
     "--compose", metavar="FILE", help="A Compose file whose x-docktor blocks are the config (instead of --config).",
@@ -41,6 +42,8 @@ def config_file(config: Path | None, compose: Path | None = None, *, missing_ok:
     first of :data:`DEFAULT_FILES` in the current folder (said on stderr when it is not the only
     docktor.yaml there could be). ``missing_ok``: none there means docktor.yaml (``daemon stop``
     finds a daemon whose config file has gone)."""
+    if compose is not None and config is not None and str(config) == os.environ.get("DOCKTOR_CONFIG"):
+        config = None  # --compose on the command line wins over DOCKTOR_CONFIG from the environment
     if config is not None and compose is not None:
         raise UsageError("--compose: give either --config or --compose, not both")
     if config is not None:

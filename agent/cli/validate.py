@@ -72,4 +72,6 @@ def register(app: typer.Typer) -> None:
             # Compose gave this container a model, and nothing asks for it: never an advisor by surprise
             say(f"llm: none ({var} is set, as Compose's models: sets it; llm: {{from: compose}} would use it)")
         answered = ", every source and executor answered" if connect else ""
-        say(f"ok: {len(cfg.services)} service(s), mode {cfg.mode}, state in {cfg.state_dir}{answered}")
+        discovered = (f" (and the Swarm services labelled docktor.enable=true, looked for every {cfg.discover.interval:g}s)"
+                 if cfg.discover.swarm_labels else "")
+        say(f"ok: {len(cfg.services)} service(s){discovered}, mode {cfg.mode}, state in {cfg.state_dir}{answered}")

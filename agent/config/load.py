@@ -46,6 +46,15 @@ class _TopLevel(DocktorConfig):
     services: list[Any] = Field(min_length=1)  # each is validated on its own
 
 
+class _Discovering(DocktorConfig):
+    services: list[Any] = Field(default_factory=list)  # discover: finds the others while the daemon runs
+
+
+def _top_model(raw: dict[str, Any]) -> type[DocktorConfig]:
+    found = raw.get("discover")
+    return _Discovering if isinstance(found, dict) and found.get("swarm_labels") is True else _TopLevel
+
+
 # --------------------------------------------------------------------------- interpolation
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
@@ -137,6 +146,11 @@ def _parse_compose(raw: dict[Any, Any], where: str, path: Path | None, env: Mapp
     return config.model_copy(update={"warnings": tuple(paths.warning(w) for w in config.warnings), "from_compose": True})
 
 
+def parse_mapping(raw: dict[str, Any], path: Path | None, env: Mapping[str, str] | None = None) -> DocktorConfig:
+    """A docktor.yaml already read into a dict (the Swarm labels' services), validated as a file is."""
+    return _parse_dict(raw, path, env)
+
+
 def _parse_dict(raw: dict[str, Any], path: Path | None, env: Mapping[str, str] | None) -> DocktorConfig:
     problems: list[Problem] = []
     warnings: list[str] = []
@@ -147,7 +161,7 @@ def _parse_dict(raw: dict[str, Any], path: Path | None, env: Mapping[str, str] |
 
     base = (path.parent if path else Path.cwd()).resolve()
     try:
-        top = _TopLevel.model_validate(raw)
+        top: DocktorConfig | None = _top_model(raw).model_validate(raw)
     except ValidationError as e:
         problems.extend(problems_from(e, raw, model=DocktorConfig))
         top = None
@@ -168,7 +182,7 @@ def _parse_dict(raw: dict[str, Any], path: Path | None, env: Mapping[str, str] |
     ).model_copy(update={"state_dir": _state_dir(top, base), "path": path, "warnings": tuple(warnings)})
 
 
-def _register_secrets(top: _TopLevel, services: list[ServiceConfig], env: Mapping[str, str]) -> None:
+def _register_secrets(top: DocktorConfig, services: list[ServiceConfig], env: Mapping[str, str]) -> None:
     """Every credential the config names by environment variable (``password_env``, ``token_env``,
     ``llm.api_key_env``, any ``*_env`` setting): from here on its value is scrubbed from every
     message, record and log line."""
@@ -181,7 +195,7 @@ def _register_secrets(top: _TopLevel, services: list[ServiceConfig], env: Mappin
         register(env.get(name))
 
 
-def _state_dir(top: _TopLevel | None, base: Path) -> Path:
+def _state_dir(top: DocktorConfig | None, base: Path) -> Path:
     # Absolute, so a daemon that changes directory (or runs from elsewhere) finds the same files.
     state_dir = (top.state_dir if top is not None else None) or Path(".docktor")
     return state_dir if state_dir.is_absolute() else base / state_dir

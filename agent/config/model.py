@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from docktor.agent.config.discover_setting import DiscoverConfig
 from docktor.agent.config.headroom_setting import NO_HEADROOM, Headroom
 from docktor.tools.sdk import SECRET_ERROR, EnvName, PluginSettings, PositiveSeconds, Seconds
 
@@ -427,7 +428,9 @@ class DocktorConfig(Strict):
     log: LogConfig = Field(default_factory=LogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
-    services: list[ServiceConfig] = Field(min_length=1)
+    discover: DiscoverConfig = Field(default_factory=DiscoverConfig)
+    #: at least one, unless discover: finds them (the loader checks; discovery adds to this list)
+    services: list[ServiceConfig] = Field(default_factory=list)
 
     # Filled in by the loader.
     path: Path | None = Field(default=None, exclude=True)

@@ -25,6 +25,7 @@ from docktor.agent.runtime.service_loop import decision_id
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from docktor.agent.config.model import DocktorConfig
     from docktor.agent.runtime.service_loop import ServiceLoop
     from docktor.agent.runtime.supervisor import Supervisor
 
@@ -129,10 +130,12 @@ async def scale_to(daemon: Supervisor, service: Any, replicas: Any, *, reason: s
     return record
 
 
-async def reload_from(daemon: Supervisor, path: Path) -> dict[str, Any]:
+async def reload_from(daemon: Supervisor, path: Path,
+                      complete: Callable[[DocktorConfig], DocktorConfig] | None = None) -> dict[str, Any]:
     """Re-read ``path``, validate it as ``daemon start`` does, and reconcile the daemon with it;
     a bad config raises ControlRefused(``invalid_config``) with its one-line problems, and the
-    daemon keeps the one it runs."""
+    daemon keeps the one it runs. ``complete`` adds what the file does not list (the services
+    the Swarm labels name)."""
     from docktor.agent.runtime.process import load_for_run
 
     try:
@@ -142,7 +145,7 @@ async def reload_from(daemon: Supervisor, path: Path) -> dict[str, Any]:
                              [str(p) for p in e.problems]) from None
     for w in config.warnings:
         log.warning("config: %s", w)
-    return await daemon.reload(config)
+    return await daemon.reload(config if complete is None else complete(config))
 
 
 def control_handler(daemon: Supervisor, reload: Callable[[], Awaitable[dict[str, Any]]]

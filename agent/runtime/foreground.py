@@ -24,6 +24,7 @@ from docktor.agent.runtime.exporter import serve as serve_metrics
 from docktor.agent.runtime.process import acquire_lock, paths_for, record_daemon
 from docktor.agent.runtime.rundir import TargetBusy
 from docktor.agent.runtime.supervisor import Supervisor
+from docktor.agent.runtime.swarm_discovery import SwarmDiscovery
 from docktor.tools.sdk import readable_by_others, write_atomic
 
 
@@ -84,9 +85,13 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None, companion:
         server: ControlServer | None = None
         stop_companion: Callable[[], Awaitable[None]] | None = None
         reloads: set[asyncio.Task[Any]] = set()
+        # discover: services found while running (Swarm labels), added to the file's at every
+        # reload; it looks only while the config says so (a reload may turn it on or off)
+        discovery = SwarmDiscovery(daemon, config)
+        discovering: asyncio.Task[None] | None = None
 
         async def reload() -> dict[str, Any]:
-            result = await reload_from(daemon, config.path or Path("docktor.yaml"))
+            result = await reload_from(daemon, config.path or Path("docktor.yaml"), discovery.complete)
             record_daemon(paths, daemon.config)
             return result
 
@@ -124,10 +129,21 @@ def run_foreground(config: DocktorConfig, *, mode: str | None = None, companion:
             daemon.write_status()
             log.info("started: %d service(s), mode %s, log %s, control socket %s", len(config.services), daemon.mode,
                      paths.decisions, paths.socket)
+            if config.discover.swarm_labels:
+                log.info("swarm labels: scaling the Swarm services labelled %s=true too (%s), looking every %gs",
+                         "docktor.enable", f"stack {config.discover.swarm_stack}" if config.discover.swarm_stack
+                         else "every stack", config.discover.interval)
+            discovering = loop.create_task(discovery.run(stop))
             await daemon.run(stop)
         finally:
             for task in list(reloads):
                 task.cancel()
+            if discovering is not None:
+                # stop is set: it ends after the look in progress (a reconcile is not cut in half)
+                await asyncio.wait({discovering}, timeout=10)
+                discovering.cancel()
+                await asyncio.gather(discovering, return_exceptions=True)
+            await discovery.close()
             if stop_companion is not None:
                 await stop_companion()
             await daemon.close()

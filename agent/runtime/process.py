@@ -264,7 +264,8 @@ def stop_wait(config: DocktorConfig) -> float:
         (executor_plugin(s.executor.kind).grace_period(s.executor.settings) for s in config.services if s.executor),
         default=10.0,
     )
-    return grace + max(s.check_interval for s in config.services) + 10
+    # no service listed (discover: finds them): a look at the engine is its tick
+    return grace + max((s.check_interval for s in config.services), default=config.discover.interval) + 10
 
 
 #: how long ``stop`` waits when the daemon did not record it (daemon.json)

@@ -2,9 +2,12 @@
 turned into a single-node swarm, the real daemon, real JetStream.
 
 Each test deploys the example under a unique stack name with free host ports, runs
-``docktor daemon start --foreground`` on the example's own docktor.yaml (short intervals through
-the environment variables it reads), and checks the outcome from the Engine API and from
-JetStream, not from Docktor's word. The stack is always removed.
+``docktor daemon start --foreground`` on the example's own docktor.yaml, which lists no service and
+finds the consumer by its deploy.labels (short intervals through the variables the stack file
+reads), and checks the outcome from the Engine API and from JetStream, not from Docktor's word.
+The daemon runs on the host, in the place of the stack's own ``docktor`` service (deployed with 0
+replicas: its image is built and run by tests/e2e/test_image.py); the labels' queue URLs are the
+host's published ports. The stack is always removed.
 """
 
 from __future__ import annotations
@@ -66,9 +69,14 @@ def stack(swarm: None, tmp_path: Path) -> Iterator[Stack]:
     name = unique_stack("dtk-e2e")
     port, monitor = free_port(), free_port()
     env = {
-        "STACK": name,  # read by the example's docktor.yaml
+        "STACK": name,  # the example's docktor.yaml scales this stack's labelled services only
         "NATS_PORT": str(port),
         "NATS_MONITOR_PORT": str(monitor),
+        # the daemon on the host plays the stack's docktor service, reaching NATS on the published ports
+        "DOCKTOR_REPLICAS": "0",
+        "DOCKTOR_NATS_URL": f"nats://127.0.0.1:{port}",
+        "DOCKTOR_NATS_MONITOR_URL": f"http://127.0.0.1:{monitor}",
+        "DISCOVER_INTERVAL": "1s",
         # the producer stays idle: the tests make the backlog themselves, so it is known
         "RATE": "0",
         "BURST_INTERVAL": "0",
@@ -94,7 +102,7 @@ def backlog(stack: Stack) -> int:
 
 
 def write_config(stack: Stack) -> Path:
-    """The example's docktor.yaml, unchanged but for where its state lives."""
+    """The example's docktor.yaml, unchanged but for where its state lives (its own: the image's /state)."""
     doc = yaml.safe_load((EXAMPLE / "docktor.yaml").read_text())
     doc["state_dir"] = str(stack.tmp / "state")
     path = stack.tmp / "docktor.yaml"
@@ -130,6 +138,7 @@ def test_backlog_scales_consumer_up_drains_then_idle_scales_down(stack: Stack) -
         records = decisions()
 
     ups, downs = executed(records, "scale_up"), executed(records, "scale_down")
+    assert {r["service"] for r in records} == {stack.service("consumer")}  # the one labelled service
     assert ups and all(r["outcome"]["status"] == "ok" for r in ups), ups
     assert any("queue.backlog" in rule for r in ups for rule in r["matched_rules"])
     assert downs and all(r["outcome"]["status"] == "ok" for r in downs), downs

@@ -8,8 +8,9 @@ comes from the engine and from the volume, not from Docktor's word: the containe
 non-root user, its HEALTHCHECK (the image's own command; only the timings are shortened here) turns
 healthy once the daemon runs, the daemon reads the worker's replicas through the socket, and a
 SIGTERM (``docker compose stop``) ends it with exit 0, the decision log on the volume whole.
-Then examples/nats-multi with Docktor's container added as a second Compose file: under a burst it
-scales the consumer up through the socket and back down, the web service untouched.
+Then examples/nats-multi with its ``autoscale`` profile (Docktor's own service in the example's
+Compose file): under a burst it scales the consumer up through the socket and back down, the
+decisions on the named volume, the web and producer services untouched.
 """
 
 from __future__ import annotations
@@ -257,45 +258,21 @@ def test_in_a_compose_stack_healthy_reads_the_engine_and_stops_cleanly_on_sigter
 
 # --------------------------------------------------------------------------- in examples/nats-multi
 
-#: Docktor's own service beside examples/nats-multi's, as a second Compose file (docs/container.md's):
-#: the example's x-docktor config read from the project's folder at /config, the host's network
-#: (the example's config reaches NATS on the ports it publishes on 127.0.0.1), the variables of
-#: .env for the config's ${...}
-NATS_MULTI_DOCKTOR = """
-services:
-  docktor:
-    image: ${DOCKTOR_IMAGE}
-    network_mode: host
-    env_file: [.env]
-    group_add: ["${DOCKER_GID}"]
-    volumes:
-      - ${DOCKER_SOCKET}:/var/run/docker.sock
-      - .:/config:ro
-      - docktor-state:/state
-    # the Compose file as the config (the folder's docktor.yaml would be found first)
-    command: [docktor, daemon, start, --foreground, --compose, docker-compose.yaml]
-    healthcheck:
-      test: [CMD, docktor, daemon, status, --compose, docker-compose.yaml]
-      interval: 1s
-      timeout: 10s
-      retries: 3
-      start_period: 120s
-    stop_grace_period: 90s
-volumes:
-  docktor-state:
-"""
 
-
-def test_in_examples_nats_multi_the_container_scales_the_consumer_up_and_back_down(
+def test_in_examples_nats_multi_the_autoscale_profile_scales_the_consumer_up_and_back_down(
         image: str, tmp_path: Path) -> None:
+    """examples/nats-multi as it is, with ``--profile autoscale``: its own ``docktor`` service (only
+    its ``build:`` replaced by this module's image, built once) scales the consumer under a burst
+    and back down, its decision log on the named volume, the web service untouched."""
     socket = engine_socket()
     folder = tmp_path / "nats-multi"
     shutil.copytree(REPO / "examples" / "nats-multi", folder)
     file = folder / "docker-compose.yaml"
     doc = yaml.safe_load(file.read_text())
-    doc["x-docktor"]["state_dir"] = "/state"
+    del doc["services"]["docktor"]["build"]  # the repository's Dockerfile, built once for the module
+    doc["services"]["docktor"]["image"] = "${DOCKTOR_IMAGE}"
+    doc["services"]["docktor"]["healthcheck"] = {"interval": "1s", "timeout": "10s", "retries": 3, "start_period": "120s"}
     file.write_text(yaml.safe_dump(doc, sort_keys=False))
-    (folder / "docktor-service.yaml").write_text(NATS_MULTI_DOCKTOR)
     for d in (tmp_path, folder, *(p for p in folder.rglob("*") if p.is_dir())):
         d.chmod(0o755)  # the image's user reads the folder (pytest makes tmp_path 0700)
     project = unique_project("docktor-image-nats")
@@ -304,13 +281,14 @@ def test_in_examples_nats_multi_the_container_scales_the_consumer_up_and_back_do
            "DOCKER_GID": str(socket.stat().st_gid), "NATS_PORT": str(port), "NATS_MONITOR_PORT": str(free_port()),
            "DOCKTOR_METRICS_PORT": str(free_port()), "PROCESS_TIME_MS": "20", "RATE": "0", "BURST_INTERVAL": "0",
            "CHECK_INTERVAL": "1s"}
+    # as the example's README says: the variables in .env, read by Compose on the host and in the container
     (folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     url = f"nats://127.0.0.1:{port}"
-    files = ["-f", str(file), "-f", str(folder / "docktor-service.yaml")]
     try:
-        compose(project, file, *files[2:], "up", "-d", "--build", env=env, timeout=600)
+        compose(project, file, "--profile", "autoscale", "up", "-d", "--build", env=env, timeout=600)
         asyncio.run(wait_for_consumer(url))
         web_before = {c.id: c.attrs["State"]["StartedAt"] for c in containers(project, "web")}
+        producer_before = {c.id: c.attrs["State"]["StartedAt"] for c in containers(project, "producer")}
 
         def docktor() -> Any:
             (c,) = containers(project, "docktor")
@@ -320,6 +298,9 @@ def test_in_examples_nats_multi_the_container_scales_the_consumer_up_and_back_do
         wait_until("the docktor container is healthy",
                    lambda: docktor().attrs["State"].get("Health", {}).get("Status") == "healthy", 180, every=1)
         assert len(containers(project, "consumer", all=False)) == 1
+        # the README's command: the CLI inside finds the config through DOCKTOR_CONFIG
+        wait_until("`docker compose exec docktor docktor daemon logs -n 5` shows the consumer's decisions", lambda: "consumer" in compose(
+            project, file, "--profile", "autoscale", "exec", "-T", "docktor", "docktor", "daemon", "logs", "-n", "5", env=env), 60, every=1)
         asyncio.run(publish_events(url, 4000))
         peak = 1
 
@@ -334,8 +315,8 @@ def test_in_examples_nats_multi_the_container_scales_the_consumer_up_and_back_do
         # the last scale-in's outcome follows its intent once the executor has verified it
         wait_until("the scale-in's outcome is logged", lambda: any(
             r["decision"] == "scale_down" and r["executed"] and r["outcome"]["status"] == "ok"
-            for r in docktor_log(docktor(), "--compose", "docker-compose.yaml")), 60, every=1)
-        compose(project, file, *files[2:], "stop", "docktor", env=env)  # SIGTERM
+            for r in docktor_log(docktor())), 60, every=1)
+        compose(project, file, "--profile", "autoscale", "stop", "docktor", env=env)  # SIGTERM
         c = docktor()
         assert c.attrs["State"]["ExitCode"] == 0, c.logs(tail=40).decode(errors="replace")
         records = list(read_records(volume_log(project, image, tmp_path)))
@@ -344,11 +325,72 @@ def test_in_examples_nats_multi_the_container_scales_the_consumer_up_and_back_do
         assert ups and ups[0]["outcome"]["status"] == "ok", ups[:1]
         assert max(r["target_replicas"] for r in ups) >= 3
         assert downs and downs[-1]["target_replicas"] == 1 and downs[-1]["outcome"]["status"] == "ok", downs[-1:]
-        # the web service, in the same project, untouched
+        assert {r["service"] for r in records} == {"consumer"}
+        # the other services of the same project, untouched
         assert {c.id: c.attrs["State"]["StartedAt"] for c in containers(project, "web")} == web_before
+        assert {c.id: c.attrs["State"]["StartedAt"] for c in containers(project, "producer")} == producer_before
     finally:
-        try:  # with both files: Docktor's container and its volume are the second file's
-            compose(project, file, *files[2:], "down", "-v", "--remove-orphans", "-t", "2", env=env, timeout=120)
+        try:  # with the profile: Docktor's container and its volume go too
+            compose(project, file, "--profile", "autoscale", "down", "-v", "--remove-orphans", "-t", "2", env=env, timeout=120)
         except (AssertionError, subprocess.TimeoutExpired):
             pass
         down(project, file, env=env)
+
+
+# --------------------------------------------------------------------------- in examples/nats-swarm
+
+
+@pytest.mark.swarm
+def test_in_examples_nats_swarm_the_docktor_service_scales_the_consumer_it_finds_by_label(image: str, tmp_path: Path) -> None:
+    """examples/nats-swarm's stack as it is, its ``docktor`` service this module's image: on a
+    single-node swarm it finds the consumer by its deploy.labels and scales it up under a burst and
+    back down, the web service's tasks untouched."""
+    from tests.support.swarm_peers import deploy_stack, remove_stack, replicas_spec, running_tasks, swarm_session, unique_stack
+
+    socket = engine_socket()
+    multi = REPO / "examples" / "nats-multi" / "docker-compose.yaml"
+    compose(unique_project("docktor-build"), multi, "build", "producer", "consumer", timeout=900)  # stack deploy does not build
+    name = unique_stack("dtk-image-swarm")
+    port, monitor = free_port(), free_port()
+    env = {"DOCKTOR_IMAGE": image, "DOCKER_SOCKET": str(socket), "DOCKER_GID": str(socket.stat().st_gid),
+           "NATS_PORT": str(port), "NATS_MONITOR_PORT": str(monitor), "RATE": "0", "BURST_INTERVAL": "0",
+           "PROCESS_TIME_MS": "20", "CHECK_INTERVAL": "1s", "COOLDOWN_UP": "2s", "COOLDOWN_DOWN": "2s",
+           "STABILIZATION": "2s", "DISCOVER_INTERVAL": "1s"}
+    url = f"nats://127.0.0.1:{port}"
+    consumer, web = f"{name}_consumer", f"{name}_web"
+    with swarm_session():
+        try:
+            deploy_stack(name, REPO / "examples" / "nats-swarm" / "stack.yaml", env=env)
+            asyncio.run(wait_for_consumer(url, timeout=180))
+            wait_until("the stack's services run", lambda: len(running_tasks(f"{name}_docktor")) == 1
+                       and len(running_tasks(web)) == 2 and len(running_tasks(consumer)) == 1, 180, every=0.5)
+            web_before = {t["ID"] for t in running_tasks(web)}
+
+            def docktor() -> Any:
+                import docker
+
+                (c,) = docker.from_env(timeout=30).containers.list(filters={"label": f"com.docker.swarm.service.name={name}_docktor"})
+                return c
+
+            wait_until("Docktor found the consumer by label and decides on it",
+                       lambda: any(r["service"] == consumer for r in docktor_log(docktor())), 120, every=1)
+            asyncio.run(publish_events(url, 4000))
+            peak = 1
+
+            def drained_after_scale_up() -> bool:
+                nonlocal peak
+                peak = max(peak, len(running_tasks(consumer)))
+                return peak >= 3 and nats_multi_backlog(url) == 0
+
+            wait_until("the consumer scaled up by the Swarm service and the backlog drained", drained_after_scale_up, 180, every=0.5)
+            wait_until("the idle consumer scaled back down to min_replicas",
+                       lambda: replicas_spec(consumer) == 1 and len(running_tasks(consumer)) == 1, 240, every=0.5)
+            records = docktor_log(docktor())
+            ups = [r for r in records if r["decision"] == "scale_up" and r["executed"]]
+            assert ups and {r["service"] for r in records} == {consumer}
+            assert max(r["target_replicas"] for r in ups) >= 3
+            assert {t["ID"] for t in running_tasks(web)} == web_before
+            # the process runs as the image's user, with the socket's group as its group
+            assert docktor().attrs["Config"]["User"] == f"{IMAGE_UID}:{env['DOCKER_GID']}"
+        finally:
+            remove_stack(name)
