@@ -43,6 +43,12 @@ HORIZON_S = max(seconds for _, seconds in WINDOWS)
 NO_AGE_SOURCE = "no queue.oldest_age from this source"
 
 
+def max_gap_for(check_interval: float) -> float:
+    """The longest tick interval still counted: one missed tick (a slow read) is bridged, a
+    longer silence (an outage, a restart) is a gap."""
+    return max(5.0, 2.5 * check_interval)
+
+
 @dataclass(frozen=True)
 class Span:
     """What was counted for ``(end - length, end]``: messages started and, of those, late."""

@@ -11,6 +11,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from docktor.agent.core.attainment import AttainmentWindow
+
 #: enough history for an hour at 5 s ticks; older points are dropped
 HISTORY_POINTS = 720
 
@@ -28,6 +30,8 @@ class ServiceState:
     backoff_until: float | None = None
     #: per source name: failed reads in a row (0 after a good read), for ``on_missing``
     failed_reads: dict[str, int] = field(default_factory=dict)
+    #: live wait-SLO attainment's window (a docktor-policy service whose source tells the age)
+    attainment: AttainmentWindow | None = None
 
     def note_reads(self, ok: Iterable[str], failed: Iterable[str]) -> None:
         """Count this tick's source reads: a failure extends its source's run, a success ends it."""

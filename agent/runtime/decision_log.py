@@ -91,6 +91,9 @@ class DecisionRecord(BaseModel):
     phase: Literal["intent"] | None = None
     #: while the service is paused (``docktor pause``): ``{since, until, reason}``; absent otherwise
     paused: dict[str, Any] | None = None
+    #: live wait-SLO attainment (docktor policy): ``{target_wait_s, attainment_5m, attainment_60m,
+    #: started_*, measured_*_s, why}`` (agent/core/attainment.py); absent without a wait target
+    slo: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -138,7 +141,7 @@ class DecisionRecord(BaseModel):
 
     def line(self) -> bytes:
         data = self.model_dump(mode="json", exclude_none=False)
-        for optional in ("phase", "fallbacks", "paused"):
+        for optional in ("phase", "fallbacks", "paused", "slo"):
             if data.get(optional) is None:
                 data.pop(optional, None)
         # again at the last moment: model_copy(update=...) does not validate
