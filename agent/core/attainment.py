@@ -145,19 +145,22 @@ class AttainmentWindow:
         self.horizon = horizon
         self.spans: deque[Span] = deque()
         self.arrivals = Arrivals(horizon)
-        #: starts per second the workers last sustained through a whole busy interval
+        #: starts per second the workers last sustained through a whole busy interval, in all and
+        #: per running replica (what the next interval's replicas can do when the queue empties)
         self.capacity: float | None = None
-        #: the previous tick's time and oldest age (None: it had none)
-        self._last: tuple[float, float | None] | None = None
+        self.per_replica: float | None = None
+        #: the previous tick's time, oldest age and running replicas (None: it had none)
+        self._last: tuple[float, float | None, float | None] | None = None
+        self._replicas_before: float | None = None
 
     def observe(self, now: float, observations: Mapping[str, float]) -> None:
         """One tick's reading: ``queue.oldest_age``, ``queue.rate_out`` and ``queue.rate_in``
         (the first two needed, the third sharpens the estimate; an absent one is a gap)."""
         age, rate = observations.get("queue.oldest_age"), observations.get("queue.rate_out")
-        last, self._last = self._last, (now, None if age is None else float(age))
+        last, self._last = self._last, (now, None if age is None else float(age), observations.get("replicas.running"))
         if last is None:
             return
-        t0, a0 = last
+        t0, a0, self._replicas_before = last
         length = now - t0
         if length <= 0 or length > self.max_gap:
             self.arrivals.add(now, now, None)
@@ -166,11 +169,18 @@ class AttainmentWindow:
         if age is None or a0 is None or rate is None:
             return
         started = max(0.0, float(rate)) * length
-        self.spans.append(Span(now, length, started, started * self._late_share(t0, a0, now, float(age))))
+        replicas = observations.get("replicas.running")
+        share = self._late_share(t0, a0, now, float(age), replicas)
+        self.spans.append(Span(now, length, started, started * share))
+        if a0 > 0 and age > 0 and rate > 0:  # messages waited throughout: the workers' capacity
+            self.capacity = float(rate)
+            before = self._replicas_before
+            if replicas and before:
+                self.per_replica = self.capacity / ((replicas + before) / 2)
         while self.spans and self.spans[0].end <= now - self.horizon:
             self.spans.popleft()
 
-    def _late_share(self, t0: float, a0: float, t1: float, a1: float) -> float:
+    def _late_share(self, t0: float, a0: float, t1: float, a1: float, replicas: float | None) -> float:
         """The late share of the starts in ``(t0, t1]``. With the arrival curve known back to the
         oldest message: the workers start messages in arrival order at a steady rate while any
         wait, so each start's wait is its time minus its message's arrival; otherwise the age's
@@ -187,8 +197,11 @@ class AttainmentWindow:
             return late_share(a0, a1, target)
         if a1 > 0:  # busy to the end: the rate is what was started over the whole interval
             rate = started / (t1 - t0)
-            self.capacity = rate
-        else:  # emptied on the way: at the rate last sustained, or just fast enough
+        elif self.per_replica is not None and replicas:
+            # emptied on the way: at what the replicas running now sustained before (a scale-up
+            # just before a drain drains it faster), or just fast enough
+            rate = max(self.per_replica * replicas, started / (t1 - t0))
+        else:
             rate = max(self.capacity or 0.0, started / (t1 - t0))
         # busy until the starts catch up with the arrivals, then every message starts on arrival
         late = 0.0
