@@ -4,9 +4,11 @@ point with the truth the consumers measure.
 The cheapest real setup of the example: a real nats-server (from PyPI), the example's own
 ``producer/producer.py`` publishing its base load and bursts, and its own ``consumer/consumer.py``
 as the replicas, run by the local executor instead of Compose (the same code the images run),
-under the example's own ``docktor.yaml`` (the docktor policy, 5 s checks), its executor swapped
-for the local one and ``target_wait`` lowered to 5 s so that each burst makes a share of the
-messages late. The consumers log (``LOG_WAITS=1``) each message's wait from the time the stream
+under the example's own ``docktor.yaml`` (the docktor policy, ``target_wait: 15s``, 5 s checks),
+its executor swapped for the local one and ``max_replicas`` lowered to 4 (about 190 msg/s), so
+that each burst of 450 msg/s overruns it and a share of the messages waits longer than 15 s:
+as shipped, it keeps every wait far below the target, and 100 % against 100 % would test little.
+The consumers log (``LOG_WAITS=1``) each message's wait from the time the stream
 stored it to the fetch that handed it over: the truth. Docktor's ``slo.attainment_5m`` of its
 last decision must agree with the share of the logged waits within target, over the same window.
 The Compose stack itself is not run here (tests/e2e/test_example_nats_multi.py runs it).
@@ -36,7 +38,11 @@ from tests.support.waiting import wait_until
 EXAMPLE = REPO / "examples" / "nats-multi"
 #: the producer's load, as tests/e2e/test_example_nats_multi.py runs it: base, bursts, their period
 BASE_RATE, BURST_RATE, BURST_EVERY, BURST_FOR = 80, 450, 60.0, 15.0
-TARGET_WAIT = 2.0
+TARGET_WAIT = 15.0
+#: what the bursts overrun: 4 consumers handle about 190 msg/s
+MAX_REPLICAS = 4
+#: a burst's backlog (about 15 s x 260 msg/s) drains at about 110 msg/s: within this long
+DRAIN = 40.0
 #: what the consumers print per fetched batch (consumer.py, LOG_WAITS=1)
 WAITS = re.compile(r"waits at (?P<at>[0-9.]+): (?P<waits>[0-9.\- ]+)$")
 
@@ -51,6 +57,7 @@ def local_config(tmp: Path, server: NatsServer) -> Path:
     doc["metrics"] = {"listen": f"127.0.0.1:{free_port()}"}
     svc = doc["services"][0]
     svc.pop("scale_timeout")  # a Compose setting
+    svc["max_replicas"] = MAX_REPLICAS
     svc.update({
         "executor": "local",
         "command": [sys.executable, str(EXAMPLE / "consumer" / "consumer.py")],
@@ -96,11 +103,12 @@ def producer(tmp_path: Path, nats_server: NatsServer) -> Iterator[float]:
 
 def test_reported_attainment_agrees_with_the_consumers_within_one_point(
         tmp_path: Path, nats_server: NatsServer, producer: float) -> None:
+    # the example's own variables, at the values it ships with
     env = {"NATS_PORT": str(nats_server.port), "NATS_MONITOR_PORT": str(nats_server.monitor_port),
            "TARGET_WAIT": f"{TARGET_WAIT:g}s", "CHECK_INTERVAL": "5s"}
     cfg = local_config(tmp_path, nats_server)
-    # two bursts (at +60 s and +120 s, 15 s each) and the drain after the second
-    until = producer + 2 * BURST_EVERY + BURST_FOR + 20
+    # two bursts (at +60 s and +120 s, 15 s each) and the drain after each
+    until = producer + 2 * BURST_EVERY + BURST_FOR + DRAIN
     with daemon(cfg, env) as decisions:
         def told_after(t: float) -> dict[str, Any] | None:
             return next((r for r in reversed(decisions()) if parse_rfc3339(r["ts"]) >= t
@@ -123,7 +131,7 @@ def test_reported_attainment_agrees_with_the_consumers_within_one_point(
     last = next(r for r in reversed(records) if (r.get("slo") or {}).get("attainment_5m") is not None)
     reported, truth, n = compare(last)
     # after the first burst drained, and at the end
-    mid = next(r for r in records if parse_rfc3339(r["ts"]) >= producer + BURST_EVERY + BURST_FOR + 20)
+    mid = next(r for r in records if parse_rfc3339(r["ts"]) >= producer + BURST_EVERY + BURST_FOR + DRAIN)
     reported_mid, truth_mid, _ = compare(mid)
     said = f"reported {reported:.4f}, consumers {truth:.4f} over {n} messages; after the first burst " \
            f"{reported_mid:.4f} vs {truth_mid:.4f}"
@@ -131,7 +139,13 @@ def test_reported_attainment_agrees_with_the_consumers_within_one_point(
     assert 0.3 < truth < 1.0, "the bursts made a share of the messages late: " + said
     assert abs(reported - truth) <= 0.01, said
     assert abs(reported_mid - truth_mid) <= 0.01, said
+    # and at every decision whose window held a few thousand starts (the first ones hold a few
+    # hundred, where a handful of messages is a point)
+    for rec in records:
+        if (rec.get("slo") or {}).get("started_5m", 0) >= 5000:
+            got, real, _ = compare(rec)
+            assert abs(got - real) <= 0.01, f"{rec['ts']}: reported {got:.4f}, consumers {real:.4f}; " + said
     # the same figures in daemon status, its table and explain
     assert status["services"]["consumer"]["slo"]["target_wait_s"] == TARGET_WAIT
     assert re.search(r"consumer .*\d+\.\d % / \d+\.\d %", table), table
-    assert re.search(r"wait SLO +\d+\.\d % of [\d,]+ started within 2 s over 5m", explained), explained
+    assert re.search(r"wait SLO +\d+\.\d % of [\d,]+ started within 15 s over 5m", explained), explained
