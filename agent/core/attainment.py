@@ -2,28 +2,26 @@
 from what each tick reads (docs/policy.md, "Did the promise hold: live attainment").
 
 Nothing here sees a message. Per tick the source gives ``queue.oldest_age`` (how long the
-message a worker would be handed next has waited) and ``queue.rate_out`` (messages finished per
-second since the previous read). In a FIFO queue the message a worker starts at time ``t`` *is*
-the oldest one waiting, so it waited ``oldest_age(t)``: a start is late exactly when the age at
-that moment exceeds ``target_wait``. Between two ticks ``t0 < t1``:
+message a worker would be handed next has waited), ``queue.rate_out`` and ``queue.rate_in`` since
+the previous read, and the executor ``replicas.running``. In a FIFO queue the message a worker
+starts at time ``t`` *is* the oldest one waiting, so it waited ``oldest_age(t)``: a start is late
+exactly when the age at that moment exceeds ``target_wait``. Between two ticks ``t0 < t1``:
 
-* messages started ≈ ``rate_out × (t1 − t0)``, spread evenly over the interval;
-* the age is taken to move in a straight line from ``a0`` to ``a1``; the late share of the
-  interval's starts is the share of the interval during which that line is above the target:
-  0 when both ends are within it, 1 when both are beyond it, else the part past the crossing.
+* messages started ≈ ``rate_out × (t1 − t0)``: the interval's weight in the windows;
+* their late share is 0 when the age was within the target at both ticks. Otherwise, with the
+  arrival curve ``N(t)`` (the ``rate_in`` of the ticks since the oldest waiting message arrived),
+  the starts are followed one by one: the workers take messages in arrival order at a steady
+  rate (what the interval started, when the queue stayed busy; when it emptied on the way, the
+  per-replica rate last sustained times the replicas running, at least enough to empty it), and
+  a start is late when its time minus its message's arrival exceeds the target. Without the
+  curve, the age is taken to move in a straight line from ``a0`` to ``a1`` (:func:`late_share`).
 
-The estimate is exact for intervals whose two ends lie on the same side of the target and whose
-age does not cross it in between; its error comes only from the intervals in which the age
-crosses the target (where the crossing is placed by the straight line, and starts are taken as
-even), so it is bounded by the share of the window's starts made in those intervals, and in
-practice a small part of it. Smaller ticks shrink it. Other, smaller terms: ``rate_out`` counts
-finished messages, not started ones (the window's edges are off by the messages in flight), and
-a redelivered message is not a new start.
-
-A tick without ``queue.oldest_age`` or ``queue.rate_out`` (a failed read, the first read, a rate
-reset), or an interval longer than ``max_gap``, is a *gap*: nothing is counted for it, never
-zeros. A window in which nothing was counted has no attainment, with the reason. Pure: no I/O,
-no clock; the caller passes the times (the daemon's monotonic clock).
+The error comes only from intervals in which the age crosses the target; it is bounded by the
+share of the window's starts made in them and in practice a small part of it (the tests and
+docs give figures). A tick without ``queue.oldest_age`` or ``queue.rate_out`` (a failed read,
+the first read, a rate reset), or an interval longer than ``max_gap``, is a *gap*: nothing is
+counted for it, never zeros. A window in which nothing was counted has no attainment, with the
+reason. Pure: no I/O, no clock; the caller passes the times (the daemon's monotonic clock).
 """
 
 from __future__ import annotations
@@ -151,30 +149,28 @@ class AttainmentWindow:
         self.per_replica: float | None = None
         #: the previous tick's time, oldest age and running replicas (None: it had none)
         self._last: tuple[float, float | None, float | None] | None = None
-        self._replicas_before: float | None = None
 
     def observe(self, now: float, observations: Mapping[str, float]) -> None:
         """One tick's reading: ``queue.oldest_age``, ``queue.rate_out`` and ``queue.rate_in``
         (the first two needed, the third sharpens the estimate; an absent one is a gap)."""
         age, rate = observations.get("queue.oldest_age"), observations.get("queue.rate_out")
-        last, self._last = self._last, (now, None if age is None else float(age), observations.get("replicas.running"))
+        replicas = observations.get("replicas.running")
+        last, self._last = self._last, (now, None if age is None else float(age), replicas)
         if last is None:
             return
-        t0, a0, self._replicas_before = last
+        t0, a0, before = last
         length = now - t0
         if length <= 0 or length > self.max_gap:
-            self.arrivals.add(now, now, None)
+            self.arrivals.points.clear()  # the arrivals in between are unknown
             return
         self.arrivals.add(t0, now, observations.get("queue.rate_in"))
         if age is None or a0 is None or rate is None:
             return
         started = max(0.0, float(rate)) * length
-        replicas = observations.get("replicas.running")
         share = self._late_share(t0, a0, now, float(age), replicas)
         self.spans.append(Span(now, length, started, started * share))
         if a0 > 0 and age > 0 and rate > 0:  # messages waited throughout: the workers' capacity
             self.capacity = float(rate)
-            before = self._replicas_before
             if replicas and before:
                 self.per_replica = self.capacity / ((replicas + before) / 2)
         while self.spans and self.spans[0].end <= now - self.horizon:
