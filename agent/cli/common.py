@@ -65,7 +65,7 @@ def _must_be_compose(path: Path) -> None:
     """``--compose`` on a docktor.yaml is refused with what to use instead. A file that cannot be
     read is left to the loader, whose message says why."""
     from docktor.agent.config.compose_file import is_compose
-    from docktor.agent.config.safe_yaml import MAX_BYTES, load_yaml
+    from docktor.tools.sdk.safe_yaml import MAX_BYTES, load_yaml
 
     try:
         with path.open("rb") as f:

@@ -93,7 +93,7 @@ def _from_prometheus(url: str, query: str | None, since: str, service_ms: float 
 
     from docktor.agent.cli.common import load
     from docktor.agent.cli.daemon import parse_since
-    from docktor.agent.sim.from_prometheus import fetch_series, rebuild_from_series, step_for
+    from docktor.agent.sim.from_prometheus import access_for, fetch_series, rebuild_from_series, step_for
 
     if not query:
         raise UsageError([Problem("--query", "--from-prometheus needs the PromQL of the arrival rate, e.g. sum(rate(jobs_total[1m]))")])
@@ -112,6 +112,9 @@ def _from_prometheus(url: str, query: str | None, since: str, service_ms: float 
     if not end - start >= 2:
         raise UsageError([Problem("--since", f"{since!r}: the window must be at least 2 s and in the past")])
     step = step_for(end - start, svc.check_interval)
-    points = fetch_series(url, query, start, end, step)
-    return rebuild_from_series(points, step, svc, query, service_s=None if service_ms is None else service_ms / 1000,
-                               cv=cv, seed=seed)
+    access, how = access_for(url, cfg, svc.name)
+    points = fetch_series(url, query, start, end, step, access)
+    rebuilt = rebuild_from_series(points, step, svc, query, service_s=None if service_ms is None else service_ms / 1000,
+                                  cv=cv, seed=seed)
+    rebuilt.how.append(how)
+    return rebuilt

@@ -14,7 +14,7 @@ import typer
 from docktor.agent.cli.common import handles_errors
 from docktor.agent.cli.score_table import print_rows
 from docktor.agent.problems import Problem, UsageError
-from docktor.agent.sim.catalog import ADVISORS, DEFAULT_TRACES, POLICY_NAMES
+from docktor.agent.sim.catalog import ADVISORS, DEFAULT_POLICIES, DEFAULT_TRACES, POLICY_NAMES
 
 if TYPE_CHECKING:
     from docktor.agent.config.headroom_setting import Headroom
@@ -37,6 +37,13 @@ PeerPeriodS = Annotated[
 HeadroomOpt = Annotated[
     str,
     typer.Option("--headroom", help="headroom of docktor and target: replicas (2), or seconds of the recent peak rate (30s)."),
+]
+Drift = Annotated[
+    float, typer.Option("--drift", help="Service times of messages arriving from the trace's midpoint on, times this (3: workers got 3x slower).")
+]
+CapRate = Annotated[
+    float | None,
+    typer.Option("--cap-rate", help="Messages/s all replicas together can complete, whatever their count (a downstream limit)."),
 ]
 MinR = Annotated[int, typer.Option("--min", help="Minimum replicas.")]
 MaxR = Annotated[int, typer.Option("--max", help="Maximum replicas.")]
@@ -62,7 +69,7 @@ def _llm(path: Path | None) -> LLMConfig | None:
 
 def _scenario(
     service_ms: float, cv: float, startup_s: float, slo_s: float, interval_s: float, lo: int, hi: int, seed: int,
-    peer_period_s: float | None = None, headroom: str = "0",
+    peer_period_s: float | None = None, headroom: str = "0", drift: float = 1.0, cap_rate: float | None = None,
 ) -> Scenario:
     from docktor.agent.sim.simulator import Scenario
 
@@ -77,6 +84,8 @@ def _scenario(
         max_replicas=hi,
         seed=seed,
         headroom=_headroom(headroom),
+        drift=drift,
+        cap_rate=cap_rate,
     )
     s.check()
     return s
@@ -118,6 +127,8 @@ def register(app: typer.Typer) -> None:
         interval_s: IntervalS = 5.0,
         peer_period_s: PeerPeriodS = None,
         headroom: HeadroomOpt = "0",
+        drift: Drift = 1.0,
+        cap_rate: CapRate = None,
         min_replicas: MinR = 1,
         max_replicas: MaxR = 50,
         seed: Seed = 1,
@@ -131,7 +142,7 @@ def register(app: typer.Typer) -> None:
         from docktor.agent.sim.bench import parse_policies, run_suite
         from docktor.agent.sim.trace_file import load_trace
 
-        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s, headroom)
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s, headroom, drift, cap_rate)
         names = parse_policies(policy, "--policy")
         if len(names) != 1:
             raise UsageError([Problem("--policy", "simulate takes one policy (bench runs several)")])
@@ -165,7 +176,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--held-out", help="Comma-separated seeds: add the held-out traces the generator draws for each (docktor.agent.sim.trace_gen)."),
         ] = None,
         policies: Annotated[
-            str | None, typer.Option("--policies", help=f"Comma-separated; default all: {','.join(POLICY_NAMES)} (with --grid: {','.join(GRID_POLICIES)}).")
+            str | None, typer.Option("--policies", help=f"Comma-separated; default all but docktor-open: {','.join(DEFAULT_POLICIES)} (with --grid: {','.join(GRID_POLICIES)}).")
         ] = None,
         advisor: AdvisorOpt = "none",
         llm_config: LLMConfigOpt = None,
@@ -176,6 +187,8 @@ def register(app: typer.Typer) -> None:
         interval_s: IntervalS = 5.0,
         peer_period_s: PeerPeriodS = None,
         headroom: HeadroomOpt = "0",
+        drift: Drift = 1.0,
+        cap_rate: CapRate = None,
         min_replicas: MinR = 1,
         max_replicas: MaxR = 50,
         seed: Seed = 1,
@@ -231,7 +244,7 @@ def register(app: typer.Typer) -> None:
 
             replay_load(from_log, prom, service, config, policies, cv, seed, as_json, markdown, since=since)
             return
-        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s, headroom)
+        scenario = _scenario(service_ms, cv, startup_s, slo_s, interval_s, min_replicas, max_replicas, seed, peer_period_s, headroom, drift, cap_rate)
         names = parse_policies(policies if policies or not grid else ",".join(GRID_POLICIES))
         loaded = _load(traces if public else None, held_out)
         if grid:

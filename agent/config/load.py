@@ -29,13 +29,13 @@ from pydantic import Field, ValidationError
 from docktor.agent.config import compat, compose_file
 from docktor.agent.config.messages import did_you_mean, join, problems_from, shown
 from docktor.agent.config.model import DocktorConfig, ExecutorSpec, OnMissing, Rules, ServiceConfig, SourceSpec
-from docktor.agent.config.safe_yaml import MAX_BYTES, YAMLTooBig, load_yaml
 from docktor.agent.core.derived import REPLICA_METRICS, derivable
 from docktor.agent.core.policies import POLICIES
 from docktor.agent.problems import Problem, UsageError
 from docktor.agent.redact import register, secret_names
 from docktor.tools.registry import PluginError, executor_kinds, executor_plugin, source_kinds, source_plugin
 from docktor.tools.sdk import Context
+from docktor.tools.sdk.safe_yaml import MAX_BYTES, YAMLTooBig, load_yaml
 
 #: source names that would read like a metric group of their own
 RESERVED_SOURCE_NAMES = frozenset({"queue", "replicas", "cpu", "mem"})

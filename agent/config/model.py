@@ -250,6 +250,8 @@ class ServiceConfig(Strict):
     startup_delay: Seconds = 5.0
     #: spare capacity added to a sizing policy's count before the guardrails (core/headroom.py)
     headroom: Headroom = NO_HEADROOM
+    #: docktor policy: the measured queue.oldest_age corrects the throughput it sizes with (core/feedback.py)
+    closed_loop: bool = True
 
     # Step limits and cooldowns. Unset ones take the defaults of the service's policy
     # (POLICY_DEFAULTS): threshold rules step slowly, sizing policies may jump like HPA does.

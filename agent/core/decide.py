@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from docktor.agent.config.model import LLMConfig, ServiceConfig
 from docktor.agent.core.derived import derive
+from docktor.agent.core.effect import Expectation, due, expect
 from docktor.agent.core.guardrails import Envelope, Gate, GuardrailNote, clamp, envelope
 from docktor.agent.core.headroom import with_headroom
 from docktor.agent.core.policies import LOWER_BOUNDS, POLICIES
 from docktor.agent.core.proposal import PolicySpec, Proposal
 from docktor.agent.core.rules import Evaluation, evaluate
+from docktor.agent.core.saturation import assess, hold, observe
 from docktor.agent.core.state import ServiceState, backoff_delay
 
 Action = Literal["scale_up", "scale_down", "hold"]
@@ -136,6 +138,10 @@ class Decision:
     #: service is heading once the step limits and clocks let it. ``target`` is what the guardrails
     #: let happen this tick; a one-shot or advisory decision shows both, apart.
     wanted: int = 0
+    #: what this decision's change should do, judged a few checks later if it is executed
+    expecting: Expectation | None = None
+    #: the effectiveness records of earlier executed actions judged at this tick (core/effect.py)
+    effects: tuple[dict[str, Any], ...] = ()
 
     @property
     def changes(self) -> bool:
@@ -174,6 +180,10 @@ def plan(
 ) -> Plan:
     # Per-replica figures need a replica count; callers without an executor reading use current.
     obs = derive({"replicas.running": float(current), **observations})
+    # "scaling is not helping" (core/saturation.py): an observation rules may alert on, and a hold
+    sat = assess(svc, [*((t, o) for t, o in state.history if t < now), (now, obs)]) if "queue.rate_out" in obs else None
+    if sat is not None:
+        obs.update(observe(sat))
     ev = evaluate(svc.rules, obs)
     spec = POLICIES[svc.policy]
     missing = sorted((svc.rule_metrics() | spec.required(svc)) - obs.keys())
@@ -185,6 +195,8 @@ def plan(
             proposal = with_fallbacks(proposal, fallbacks, current)
     else:
         proposal = with_headroom(svc, spec.propose(svc, obs, current, state, ev, now), obs, current, state, now)
+        if sat is not None and svc.policy == "docktor":
+            proposal = hold(svc, sat, proposal, current, now)
     gate = gate_for(svc, ev, missing, fallbacks)
     env = envelope(svc, state, current, gate, now, proposal.target)
     return Plan(svc.name, current, obs, ev, missing, gate, env, proposal, fallbacks)
@@ -350,7 +362,11 @@ def step(
 ) -> Decision:
     """One whole decision: plan, ask the advisor (if any) about the plan, conclude."""
     p = plan(svc, observations, current, state, now)
-    return conclude(svc, p, advise(p) if advise is not None else None)
+    d = conclude(svc, p, advise(p) if advise is not None else None)
+    if d.changes or any(e.due_at <= now for e in state.expectations):
+        points = [*((t, o) for t, o in state.history if t < now), (now, d.observations)]
+        d = replace(d, expecting=expect(svc, points, d.decision, d.current, d.target), effects=due(state.expectations, points))
+    return d
 
 
 def decide(
@@ -373,9 +389,13 @@ def remember(
     state.recommendations.append((now, decision.recommendation))
     if observations is not None:
         state.history.append((now, dict(observations)))
+    # judged at this tick (decision.effects), or past due
+    state.expectations[:] = [e for e in state.expectations if e.due_at > now]
     if not acted:
         return
     if ok:
+        if decision.expecting is not None:
+            state.expectations.append(decision.expecting)
         state.failures = 0
         state.backoff_until = None
         if decision.decision == "scale_up" and not decision.to_minimum:

@@ -27,6 +27,11 @@ DERIVED_METRICS: Mapping[str, tuple[MetricInfo, tuple[str, ...]]] = {
         MetricInfo("messages_per_second", "queue.rate_out / replicas.running: measured per-replica throughput"),
         ("queue.rate_out", "replicas.running"),
     ),
+    # set by decide.plan from the history (core/saturation.py), not by derive(): it needs past ticks
+    "scaling.ineffective": (
+        MetricInfo("ratio", "1 while the last scale-ups added no throughput (a downstream limit?), else 0"),
+        ("queue.rate_out", "replicas.running"),
+    ),
 }
 
 

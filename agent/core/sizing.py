@@ -48,6 +48,7 @@ import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
+from docktor.agent.core.feedback import NONE, correct
 from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.rules import Evaluation
 from docktor.agent.core.state import ServiceState
@@ -253,6 +254,9 @@ def docktor_policy(
 ) -> Proposal:
     points = _series(state, obs, now)
     mu, mu_source = estimate_mu(svc, points)
+    loop = correct(svc, points, mu) if mu is not None else NONE  # the closed loop (core/feedback.py)
+    loop_note = f"; {loop.text(mu)}" if mu is not None and loop.factor < 1 else ""
+    mu = None if mu is None else mu * loop.factor
     backlog = obs["queue.backlog"]
     running = obs.get("replicas.running", float(current))
     if mu is None or not mu > MIN_RATE:
@@ -303,7 +307,7 @@ def docktor_policy(
         why = "queue empty and nothing arriving" + (f" ({level:.3g}/s smoothed)" if level >= 0.005 else "")
     else:
         later = f"{level:.4g}/s in {lag:g}s (rising {rising:.3g}/s per s)" if rising > 0 else f"{level:.4g}/s smoothed"
-        why = f"{queued:g} queued, {rate_now:.4g}/s now and {later}, {mu:.4g}/s per replica ({MU_WORDS[mu_source]})"
+        why = f"{queued:g} queued, {rate_now:.4g}/s now and {later}, {mu:.4g}/s per replica ({MU_WORDS[mu_source]}){loop_note}"
 
     # Robustness: the largest volume one check interval brought lately, all at once, then the
     # peak rate; later checks may scale out as fast as the guardrails allow.

@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from docktor.agent.core.attainment import AttainmentWindow
+
+if TYPE_CHECKING:
+    from docktor.agent.core.effect import Expectation
 
 #: enough history for an hour at 5 s ticks; older points are dropped
 HISTORY_POINTS = 720
@@ -30,6 +34,8 @@ class ServiceState:
     backoff_until: float | None = None
     #: per source name: failed reads in a row (0 after a good read), for ``on_missing``
     failed_reads: dict[str, int] = field(default_factory=dict)
+    #: executed actions not yet judged for their effect (core/effect.py), oldest first
+    expectations: list[Expectation] = field(default_factory=list)
     #: live wait-SLO attainment's window (a docktor-policy service whose source tells the age)
     attainment: AttainmentWindow | None = None
 

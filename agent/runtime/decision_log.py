@@ -91,6 +91,8 @@ class DecisionRecord(BaseModel):
     phase: Literal["intent"] | None = None
     #: while the service is paused (``docktor pause``): ``{since, until, reason}``; absent otherwise
     paused: dict[str, Any] | None = None
+    #: earlier executed actions judged at this tick, predicted vs observed (core/effect.py); absent when none
+    effects: list[dict[str, Any]] | None = None
     #: live wait-SLO attainment (docktor policy): ``{target_wait_s, attainment_5m, attainment_60m,
     #: started_*, measured_*_s, why}`` (agent/core/attainment.py); absent without a wait target
     slo: dict[str, Any] | None = None
@@ -137,11 +139,12 @@ class DecisionRecord(BaseModel):
             llm=dict(d.advice) if d.advice is not None else None,
             fallbacks=[f.as_dict() for f in d.fallbacks] or None,
             id=id,
+            effects=[dict(e) for e in d.effects] or None,
         )
 
     def line(self) -> bytes:
         data = self.model_dump(mode="json", exclude_none=False)
-        for optional in ("phase", "fallbacks", "paused", "slo"):
+        for optional in ("phase", "fallbacks", "paused", "effects", "slo"):
             if data.get(optional) is None:
                 data.pop(optional, None)
         # again at the last moment: model_copy(update=...) does not validate

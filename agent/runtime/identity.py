@@ -10,11 +10,14 @@ holds no setting's value.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from docktor.agent.advisor.client import resolve_endpoint
 from docktor.agent.config.model import LLMConfig, ServiceConfig, SourceSpec
+from docktor.agent.problems import UsageError
 
 
 def _digest(*parts: str) -> str:
@@ -31,16 +34,23 @@ def executor_identity(svc: ServiceConfig, target: str | None) -> str:
     (``compose:<engine>/<project>/<service>``), else its kind and settings."""
     if svc.executor is None:
         return "none"
-    if target is not None:
-        return f"{svc.executor.kind}:{target}"
+    if target is not None:  # the service loop's target, which names the kind already
+        return target
     return f"{svc.executor.kind}:{_digest(svc.executor.kind, svc.executor.settings.model_dump_json())}"
 
 
-def llm_identity(llm: LLMConfig) -> str | None:
-    """The breaker belongs to an endpoint and model; None without an LLM."""
+def llm_identity(llm: LLMConfig, env: Mapping[str, str] | None = None) -> str | None:
+    """The breaker belongs to an endpoint and model, as they resolve (``from: compose`` reads them
+    from the variables Compose injects, so the text of ``llm:`` alone does not say which); None
+    without an LLM. A digest: the endpoint may carry credentials, and the state file holds none."""
     if llm.provider == "none":
         return None
-    return f"{llm.provider} {llm.base_url or ''} {llm.model or ''}".strip()
+    try:
+        found = resolve_endpoint(llm, os.environ if env is None else env)
+        endpoint = (found.provider, found.base_url, found.model)
+    except UsageError:  # not resolvable yet (a variable unset): the advisor says so; name what is written
+        endpoint = (llm.provider, llm.base_url or "", llm.model or "")
+    return f"{llm.provider}:{_digest(*endpoint)}"
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def lenient_state_dir(config_path: Path) -> Path | None:
         return None
     value: Any = None
     try:
-        from docktor.agent.config.safe_yaml import load_yaml
+        from docktor.tools.sdk.safe_yaml import load_yaml
 
         doc = load_yaml(text)
         top = doc.get("x-docktor") if isinstance(doc, dict) and isinstance(doc.get("services"), dict) else doc

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from docktor.agent.core.effect import text as effect_text
+
 #: observations shown first, in this order; the rest follow sorted
 _FIRST = (
     "queue.backlog", "queue.pending", "queue.ack_pending", "queue.rate_in", "queue.rate_out",
@@ -156,6 +158,8 @@ def explain_one(rec: Mapping[str, Any]) -> list[str]:
             notes.append(f"{g.get('name')} turned {g.get('from')} into {g.get('to')}{left}")
         row("guardrails", "; ".join(notes) if notes else "none changed the proposal")
     row("outcome", _outcome(rec))
+    for effect in rec.get("effects") or []:
+        row("effect", effect_text(effect))
     row("wait SLO", slo_text(rec.get("slo")))
     for error in rec.get("errors") or []:
         if not unknown or str(error) != unknown[1]:

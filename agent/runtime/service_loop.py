@@ -121,9 +121,11 @@ class ServiceLoop:
         return self.svc.name
 
     def target(self) -> str | None:
-        """What the executor scales, named the same from every config (None: no check)."""
+        """What the executor scales, named the same from every config, with the executor's kind
+        (a Compose project called ``swarm`` is not the Swarm service of that name); None: no check."""
         try:
-            return self.executor.target()
+            target = self.executor.target()
+            return None if target is None or self.svc.executor is None else f"{self.svc.executor.kind}:{target}"
         except Exception as e:  # a plugin's bug must not stop the daemon; no target: no check
             log.warning("%s: executor target unknown: %s", self.name, one_line(e))
             return None

@@ -1,6 +1,6 @@
 """Controllers the simulator can drive: Docktor's own policies and faithful baselines, plus the oracle.
 
-``docktor``, ``rules`` and ``target`` run the production code: :func:`docktor.agent.core.decide.step`
+``docktor``, ``docktor-open`` (``closed_loop: false``), ``rules`` and ``target`` run the production code: :func:`docktor.agent.core.decide.step`
 and :func:`docktor.agent.core.decide.remember`, the decision the daemon makes. The others model
 other autoscalers (docs/policy.md lists their math):
 
@@ -387,6 +387,8 @@ def run_policy(name: str, trace: Trace, scenario: Scenario, load: Workload, advi
 def make_controller(name: str, scenario: Scenario, advisor: Advisor | None = None) -> object:
     if name in ("docktor", "target"):
         return ProductionController(name, docktor_service(scenario, name), advisor)
+    if name == "docktor-open":  # the docktor policy without its closed loop (core/feedback.py)
+        return ProductionController(name, docktor_service(scenario).model_copy(update={"closed_loop": False}), advisor)
     if name == "rules":
         return ProductionController(name, rules_service(scenario), advisor)
     if advisor is not None:

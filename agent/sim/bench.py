@@ -13,14 +13,14 @@ from docktor.agent.config.model import LLMConfig
 from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.advisors import Advisor, LLMAdvisor, adversarial_advisor
 from docktor.agent.sim.baselines import oracle_replica_seconds, run_policy
-from docktor.agent.sim.catalog import ADVISABLE, ADVISORS, POLICY_NAMES
+from docktor.agent.sim.catalog import ADVISABLE, ADVISORS, DEFAULT_POLICIES, POLICY_NAMES
 from docktor.agent.sim.simulator import Run, Scenario, workload
 from docktor.agent.sim.trace_file import Trace
 
 
 def parse_policies(text: str | None, arg: str = "--policies") -> list[str]:
     if not text:
-        return list(POLICY_NAMES)
+        return list(DEFAULT_POLICIES)
     names = [p.strip() for p in text.split(",") if p.strip()]
     for name in names:
         if name not in POLICY_NAMES:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx2
 
-from docktor.agent.config.model import ServiceConfig
+from docktor.agent.config.model import DocktorConfig, ServiceConfig
 from docktor.agent.problems import Problem, UsageError
 from docktor.agent.sim.from_log import Rebuilt, spread
 from docktor.agent.sim.simulator import Scenario
@@ -25,6 +25,7 @@ from docktor.tools.sdk.errors import redact_url
 from docktor.tools.sdk.http_client import http_client, transport_errors
 from docktor.tools.sdk.retry import Permanent, Transient, retrying
 from docktor.tools.sdk.settings import Context
+from docktor.tools.sources.prometheus import PrometheusSettings
 
 #: Prometheus answers at most this many points per series
 MAX_POINTS = 11_000
@@ -32,10 +33,26 @@ MAX_POINTS = 11_000
 TIMEOUT_S = 10.0
 
 
-def fetch_series(url: str, query: str, start: float, end: float, step: float) -> list[tuple[float, float | None]]:
-    """``(time, value)`` per step from ``start`` to ``end``; None where the series has no sample."""
+def access_for(url: str, config: DocktorConfig, first: str) -> tuple[PrometheusSettings | None, str]:
+    """The credentials and TLS of a ``kind: prometheus`` source in ``config`` that reads this URL
+    (service ``first``'s own before the others'), and where they came from, for the report."""
+    wanted = url.rstrip("/")
+    for svc in sorted(config.services, key=lambda s: s.name != first):
+        for spec in svc.sources:
+            if isinstance(spec.settings, PrometheusSettings) and spec.settings.url.rstrip("/") == wanted:
+                s = spec.settings
+                how = (f"bearer_token_env {s.bearer_token_env}" if s.bearer_token_env else
+                       f"username_env {s.username_env}" if s.username_env else "no credentials")
+                return s, f"access: as {svc.name}'s source {spec.name} reads it ({how}{', tls' if s.tls else ''})"
+    return None, "access: no credentials (no prometheus source in the config reads this URL)"
+
+
+def fetch_series(url: str, query: str, start: float, end: float, step: float,
+                 access: PrometheusSettings | None = None) -> list[tuple[float, float | None]]:
+    """``(time, value)`` per step from ``start`` to ``end``; None where the series has no sample.
+    ``access``: the credentials and TLS of the config's source that reads this URL (:func:`access_for`)."""
     try:
-        values = asyncio.run(_fetch(url.rstrip("/"), query, start, end, step))
+        values = asyncio.run(_fetch(url.rstrip("/"), query, start, end, step, access))
     except Permanent as e:
         raise UsageError([Problem("--query" if "rejected the query" in str(e) else "--from-prometheus", str(e))]) from None
     except SourceError as e:
@@ -48,18 +65,27 @@ def fetch_series(url: str, query: str, start: float, end: float, step: float) ->
     return out
 
 
-async def _fetch(url: str, query: str, start: float, end: float, step: float) -> list[tuple[float, float]]:
+async def _fetch(url: str, query: str, start: float, end: float, step: float,
+                 access: PrometheusSettings | None) -> list[tuple[float, float]]:
     where = redact_url(url)
-    client = http_client(None, Context(service="bench", base_dir=Path.cwd(), state_dir=Path.cwd()), TIMEOUT_S)
+    headers: dict[str, str] = {}
+    auth: Any = None  # httpx's default: none
+    if access is not None:
+        headers, auth = access.request_auth()
+    client = http_client(None if access is None else access.tls,
+                         Context(service="bench", base_dir=Path.cwd(), state_dir=Path.cwd()), TIMEOUT_S)
 
     async def attempt() -> Any:
         with transport_errors(f"Prometheus at {where}", TIMEOUT_S):
-            r = await client.post(f"{url}/api/v1/query_range",
+            r = await client.post(f"{url}/api/v1/query_range", headers=headers, auth=auth,
                                   data={"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"})
         if r.status_code in (400, 422):
             raise Permanent(f"Prometheus rejected the query: {_error(r)}")
         if r.status_code in (401, 403):
-            raise Permanent(f"Prometheus at {where} refused a request without credentials: HTTP {r.status_code}")
+            if access is not None:
+                raise Permanent(f"Prometheus at {where} refused {access.who()}: HTTP {r.status_code}")
+            raise Permanent(f"Prometheus at {where} refused a request without credentials: HTTP {r.status_code} "
+                            "(a prometheus source in --config that reads this URL lends its credentials)")
         if r.status_code != 200:
             raise Transient(f"Prometheus at {where}: HTTP {r.status_code}")
         try:

@@ -18,7 +18,14 @@ Model (docs/policy.md has the long form):
   produces: ``queue.pending`` (not yet delivered), ``queue.ack_pending`` (in flight),
   ``queue.backlog`` (their sum), ``queue.rate_in`` / ``queue.rate_out`` from the deltas of the
   stream's last sequence and the ack floor between two consecutive reads (absent on the first),
-  and ``replicas.running`` / ``replicas.desired`` as an executor reports them.
+  and ``replicas.running`` / ``replicas.desired`` as an executor reports them; and
+  ``queue.oldest_age``, how long the first message not yet started has waited (exact: the queue
+  is FIFO and every arrival time is known).
+- Two faults a healthy fleet does not have (``Scenario.drift``, ``Scenario.cap_rate``): from the
+  trace's midpoint on every message takes ``drift`` times as long (a deploy made the workers
+  slower); and a downstream limit (a saturated database) lets all replicas together complete at
+  most ``cap_rate`` messages per second: with more ready replicas than ``cap_rate x service_s``,
+  each message started takes proportionally longer, so no replica count lifts the output.
 - Cost is counted over the trace's duration; the simulation goes on past its end (controller
   still ticking) until every message has started, so each message has a wait.
 """
@@ -64,6 +71,10 @@ class Scenario:
     stop_s: float = 0.0
     #: ``headroom`` of the docktor and target policies' service (``--headroom``): none by default
     headroom: Headroom = NO_HEADROOM
+    #: service times of the messages arriving from the trace's midpoint on, times this (``--drift``)
+    drift: float = 1.0
+    #: messages per second all replicas together can complete, whatever their count (``--cap-rate``)
+    cap_rate: float | None = None
 
     def check(self) -> None:
         problems = []
@@ -77,6 +88,10 @@ class Scenario:
             problems.append(Problem("--slo-s", "must be > 0"))
         if not self.interval_s > 0:
             problems.append(Problem("--interval-s", "must be > 0"))
+        if not self.drift > 0:
+            problems.append(Problem("--drift", "must be > 0"))
+        if self.cap_rate is not None and not self.cap_rate > 0:
+            problems.append(Problem("--cap-rate", "must be > 0"))
         if self.stop_s < 0:
             problems.append(Problem("stop_s", "must be >= 0"))
         if self.peer_period_s is not None and not self.peer_period_s > 0:
@@ -116,6 +131,9 @@ def workload(trace: Trace, scenario: Scenario) -> Workload:
     else:
         shape = 1.0 / scenario.cv**2
         service = rng.gamma(shape, scenario.service_s / shape, n)
+    if scenario.drift != 1.0:
+        # drawn first, then scaled: the messages before the midpoint are the same as without drift
+        service = np.where(arrivals >= trace.duration / 2, service * scenario.drift, service)
     return Workload(arrivals, service)
 
 
@@ -133,6 +151,8 @@ class Counters:
     ack_pending: int  # delivered, not yet acknowledged
     running: int  # replicas running (including those still starting)
     desired: int
+    #: seconds the oldest message not yet started has waited (0: none waiting)
+    oldest_age: float = 0.0
 
 
 class Controller(Protocol):
@@ -159,6 +179,7 @@ class MetricReader:
             "replicas.running": float(c.running),
             "replicas.desired": float(c.desired),
             "replicas.failed": 0.0,
+            "queue.oldest_age": float(c.oldest_age),
         }
         prev = self._prev
         if prev is not None and c.now > prev.now:
@@ -218,6 +239,8 @@ class Run:
             else round(self.replica_seconds / oracle_replica_seconds, 3),
             "actions": self.actions,
             "reversals": self.reversals,
+            #: the most replicas alive at any check (where a throughput cap stopped a policy, or did not)
+            "peak_replicas": max((alive for _, _, alive in self.timeline), default=0),
             **self.params,
         }
         return out
@@ -324,6 +347,7 @@ def simulate(
             ack_pending=busy,
             running=len(heap) + len(draining),  # a stopping container runs until its message is done
             desired=desired,
+            oldest_age=now - arr[i] if i < arrived else 0.0,
         )
         # --- decide
         target = _bounded(controller.tick(reader.read(counters), desired, now), scenario)
@@ -354,6 +378,11 @@ def simulate(
             span = min(nxt, end_of_trace) - now
             cost += len(heap) * span
         timeline.append((now, desired, len(heap) + len(draining)))
+        # --- a downstream limit: the ready replicas share cap_rate, each message stretched to fit
+        stretch = 1.0
+        if scenario.cap_rate is not None:
+            ready_now = len(heap) - len(starting)  # those ready by now were popped above
+            stretch = max(1.0, ready_now / (scenario.cap_rate * scenario.service_s))
         # --- serve every message that starts before the next check
         if heap:
             first = i
@@ -363,7 +392,7 @@ def simulate(
                 s = a if a > f else f
                 if s >= nxt:
                     break
-                hreplace(heap, s + svc[i])
+                hreplace(heap, s + svc[i] * stretch)
                 starts[i] = s
                 i += 1
             if limits is not None and i > first:

@@ -89,3 +89,50 @@ def test_a_query_prometheus_rejects_or_that_matches_nothing_is_one_line_naming_q
         assert done.stderr.startswith(said) and len(done.stderr.strip().splitlines()) == 1, done.stderr
     done = docktor("bench", "--from-prometheus", prometheus, "--config", str(tmp_path / "docktor.yaml"))
     assert done.returncode == 2 and done.stderr.startswith("error: --query: --from-prometheus needs the PromQL"), done.stderr
+
+
+def test_a_prometheus_that_asks_for_credentials_is_read_with_those_of_the_configs_source(tmp_path: Path) -> None:
+    """Prometheus behind basic auth: the bench borrows the credentials (read from the environment)
+    of the config's prometheus source at that URL; without one, one line says what to do."""
+    exporter = Exporter("jobs_published_total 0\n")
+    server = PrometheusServer.start(tmp_path / "prom", [exporter.target], basic_auth=("bench", "s3cret-pass"))
+    try:
+        for n in range(6):  # 6 s at RATE/s, each second's count scraped
+            exporter.text = f"jobs_published_total {RATE * n}\n"
+            time.sleep(1)
+        time.sleep(2)
+        query = "sum(rate(jobs_published_total[3s]))"
+        (tmp_path / "bare.yaml").write_text(CONFIG)
+        bare = docktor("bench", "--from-prometheus", server.url, "--query", query, "--since", "1m", "--config", str(tmp_path / "bare.yaml"))
+        assert bare.returncode == 2, bare.stdout
+        assert bare.stderr.strip() == (f"error: --from-prometheus: Prometheus at {server.url} refused a request without credentials: "
+                                       "HTTP 401 (a prometheus source in --config that reads this URL lends its credentials)")
+        # another service's source reads the same Prometheus (a trailing slash is the same URL)
+        (tmp_path / "docktor.yaml").write_text(CONFIG + f"""  - name: scraper
+    executor: local
+    command: [sleep, "600"]
+    policy: rules
+    rules: {{scale_up_when: [{{metric: queue.backlog, op: ">", value: 100}}]}}
+    sources:
+      - name: prom
+        kind: prometheus
+        url: {server.url}/
+        queries: {{queue.backlog: "sum(jobs_published_total)"}}
+        username_env: PROM_USER
+        password_env: PROM_PASS
+""")
+        env = {"PROM_USER": "bench", "PROM_PASS": "s3cret-pass"}
+        done = docktor("bench", "--from-prometheus", server.url, "--query", query, "--since", "1m",
+                       "--config", str(tmp_path / "docktor.yaml"), "--service", "worker", "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        rebuilt = next(x["rebuilt"] for x in map(json.loads, done.stdout.splitlines()) if "rebuilt" in x)
+        assert "access: as scraper's source prom reads it (username_env PROM_USER)" in rebuilt["how"]
+        assert rebuilt["how"][0].startswith(f"arrivals: {query} read as messages per second")
+        assert "s3cret-pass" not in done.stdout + done.stderr
+        wrong = docktor("bench", "--from-prometheus", server.url, "--query", query, "--since", "1m",
+                        "--config", str(tmp_path / "docktor.yaml"), "--service", "worker", env={**env, "PROM_PASS": "wrong"})
+        assert wrong.returncode == 2
+        assert wrong.stderr.strip() == (f"error: --from-prometheus: Prometheus at {server.url} refused the user in PROM_USER: HTTP 401")
+    finally:
+        server.stop()
+        exporter.stop()

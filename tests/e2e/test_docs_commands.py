@@ -141,6 +141,9 @@ PLANS: dict[tuple[str, str], Plan] = {
     # docs/benchmarks.md: the commands behind its figures
     **{("docs/benchmarks.md", c): ParseOnly(BENCH) for c in (
         "docktor bench --held-out 7,8 --policies docktor,hpa-tuned,keda,hpa,oracle",
+        "docktor bench --drift 3 --policies docktor,docktor-open,rules,hpa-tuned,keda,oracle --markdown",
+        "docktor bench --cap-rate 500 --policies docktor,docktor-open,rules,hpa-tuned,keda,oracle --markdown",
+        "docktor bench --no-public --held-out 7,8 --policies docktor,docktor-open --json",
         "docktor bench --grid --jobs 2 --held-out 7,8",
         "docktor bench --grid --jobs 2 --held-out 7,8 --policies docktor --json",
         "docktor bench --held-out 7,8 --policies docktor,oracle --json",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import docktor
+from tests.support.hostile_yaml import billion_laughs
 from tests.support.jetstream import make_stream
 from tests.support.peers import NatsServer
 from tests.support.servers import RabbitMQ
@@ -87,6 +88,22 @@ def test_a_missing_compose_file_and_a_missing_service_are_errors(tmp_path: Path)
     assert f"error: services[0]: compose_file '{tmp_path / 'compose.yaml'}' has no service 'consumer' (it has: web, worker)" in found
     assert f"error: services[1]: compose_file '{tmp_path / 'absent.yaml'}' does not exist" in found
     assert len(found) == 2, found
+
+
+def test_a_compose_file_that_is_an_alias_bomb_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    # the Compose file is read with the same bounds as docktor.yaml: a few hundred bytes that
+    # would expand to 387 million values are refused, not built
+    (tmp_path / "compose.yaml").write_text(billion_laughs())
+    cfg = config(tmp_path, """
+  - name: consumer
+    compose_file: compose.yaml
+    policy: rules
+""")
+    done = docktor("validate", "--config", str(cfg))
+    assert done.returncode == 2, done.stderr
+    assert errors(done.stderr) == [f"error: services[0]: compose_file '{tmp_path / 'compose.yaml'}' cannot be read as YAML: "
+                                   "anchors and aliases expand to more than 100,000 values (an alias bomb?); write the values out"]
+    assert "Traceback" not in done.stderr
 
 
 def test_an_unset_password_variable_is_an_error_naming_the_setting(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ async def test_a_linked_state_file_is_refused(tmp_path: Path) -> None:
 def test_settings_name_the_scaled_object_and_need_a_starting_count() -> None:
     from pydantic import ValidationError
 
-    assert KedaExecutor(KedaSettings(kind="keda", initial_replicas=1, scaled_object="jobs/worker"), Context("w", Path("/"), Path("/"))).target() == "keda:jobs/worker"
+    assert KedaExecutor(KedaSettings(kind="keda", initial_replicas=1, scaled_object="jobs/worker"), Context("w", Path("/"), Path("/"))).target() == "jobs/worker"
     with pytest.raises(ValidationError, match="initial_replicas"):
         KedaSettings.model_validate({"kind": "keda"})
     with pytest.raises(ValidationError, match="scaled_object"):

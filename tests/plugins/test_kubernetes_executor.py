@@ -26,6 +26,7 @@ from docktor.tools.executors.kubernetes_pods import DELETION_COST
 from docktor.tools.sdk import Context, ExecutorError
 from docktor.tools.testing import FakeQueue, FakeSource, KubeStandIn
 from tests.support.cli import docktor
+from tests.support.hostile_yaml import billion_laughs
 from tests.support.kubeconfigs import role_rights, write_kubeconfig, write_service_account
 from tests.support.peers import REPO
 from tests.support.servers import Certificates, make_certificates
@@ -298,7 +299,7 @@ async def test_a_kubeconfig_context_over_tls(tmp_path: Path, certificates: Certi
         settings = KubernetesSettings(kind="kubernetes", kubeconfig=Path("config"), context="prod")
         ex = make.keep(KubernetesExecutor(settings, Context("worker", tmp_path, tmp_path / "state")))
         assert (await ex.scale(2)).ok
-        assert ex.target() == f"kubernetes:{api.url}/queues/Deployment/worker"
+        assert ex.target() == f"{api.url}/queues/Deployment/worker"
         # the same server, trusted through another CA: refused, naming no secret
         write_kubeconfig(config, api.url, TOKEN, ca=certificates.other_ca, more_contexts={"prod": "queues"})
         ex = make.keep(KubernetesExecutor(settings, Context("worker", tmp_path, tmp_path / "state")))
@@ -333,6 +334,9 @@ def test_kubeconfig_mistakes_are_one_line(tmp_path: Path) -> None:
         kubernetes_config.from_kubeconfig(config, None)
     config.write_text("{not: [yaml")
     with pytest.raises(ExecutorError, match=f"kubeconfig {config} cannot be read as YAML"):
+        kubernetes_config.from_kubeconfig(config, None)
+    config.write_text(billion_laughs())  # a few hundred bytes that expand to 387 million values
+    with pytest.raises(ExecutorError, match=f"kubeconfig {config} cannot be read as YAML: anchors and aliases expand"):
         kubernetes_config.from_kubeconfig(config, None)
     settings = KubernetesSettings(kind="kubernetes", kubeconfig=tmp_path / "absent")
     assert KubernetesExecutor.check(settings, Context("w", tmp_path, tmp_path)) == [

@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import threading
 import urllib.request
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from pydantic import ValidationError
 from docktor.tools.sdk import STANDARD_METRICS, SourceError, admit
 from docktor.tools.sources.prometheus import PrometheusSettings as Settings
 from docktor.tools.sources.prometheus import PrometheusSource
-from tests.support.peers import free_port
 from tests.support.readings import opened, settling
 from tests.support.servers import Certificates, Exporter, PrometheusServer, make_certificates
 
@@ -192,24 +190,8 @@ async def test_prometheus_restart_reads_missing_then_exact_again(prom: Prometheu
 # --------------------------------------------------------------------------- credentials and TLS
 
 
-def _bcrypt(password: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt  # the system's libxcrypt makes bcrypt hashes; Prometheus wants bcrypt
-
-        return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
-
-
 async def test_basic_auth_from_the_environment(tmp_path: Path, exporter: Exporter, make_source: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    web = tmp_path / "web.yml"
-    web.write_text(f"basic_auth_users:\n  docktor: '{_bcrypt('right-pass')}'\n")
-    p = PrometheusServer(free_port(), tmp_path / "prom", web_config=web)
-    (tmp_path / "prom").mkdir()
-    (tmp_path / "prom" / "prometheus.yml").write_text(
-        f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: test\n    static_configs: [{{targets: ['{exporter.target}']}}]\n"
-    )
-    p._ready = lambda: True  # type: ignore[method-assign]  # /-/ready needs the credentials too
-    p.launch()
+    p = PrometheusServer.start(tmp_path / "prom", [exporter.target], basic_auth=("docktor", "right-pass"))
     try:
         monkeypatch.setenv("PROM_USER", "docktor")
         monkeypatch.setenv("PROM_PASS", "right-pass")

@@ -401,7 +401,7 @@ def test_decide_once_and_a_second_daemon_refuse_to_act_behind_a_running_daemon(t
         assert docktor("decide", "--once", "--dry-run", "--window", "0", "--config", str(first), env=env).returncode == 0
 
         other = docktor("decide", "--once", "--config", str(second), env=env)
-        target = f"{env['DOCKER_HOST']}/{project}/worker"
+        target = f"compose:{env['DOCKER_HOST']}/{project}/worker"
         assert other.returncode == 1
         assert other.stderr.splitlines() == [
             f"error: service worker: {target} is already scaled by daemon (pid {pid}, config {first}): it owns the "
@@ -515,3 +515,38 @@ def test_decide_once_acts_on_compose_records_the_outcome_and_keeps_the_cooldown(
         assert len(containers(project, "worker", all=False)) == 2
     finally:
         down(project, compose_file)
+
+
+def test_a_compose_project_called_swarm_is_not_the_swarm_service_of_that_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both executors name their target ``<engine>/swarm/worker``; the daemon names each with its
+    executor's kind, so holding one never refuses the other (and the saved state keeps them apart)."""
+    from docktor.agent.config.load import parse_config
+    from docktor.agent.runtime.supervisor import Supervisor
+
+    monkeypatch.setenv("DOCKTOR_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")  # nothing is asked of the engine
+    (tmp_path / "compose.yaml").write_text("services:\n  worker:\n    image: python:3.12-slim\n")
+    config = parse_config(f"""
+state_dir: {tmp_path / 'state'}
+services:
+  - name: worker
+    compose_file: compose.yaml
+    project: swarm
+    policy: rules
+  - name: swarmed
+    executor: {{kind: swarm, service: worker}}
+    policy: rules
+""", tmp_path / "docktor.yaml", {})
+    daemon = Supervisor(config)
+    loops = [daemon.build_loop(svc) for svc in config.services]
+    try:
+        daemon.claim(loops, "test")  # the compose one held, then the swarm one: no TargetBusy
+        compose_target, swarm_target = (loop.target() for loop in loops)
+        assert compose_target is not None and compose_target.startswith("compose:")
+        assert swarm_target is not None and swarm_target.startswith("swarm:")
+        assert compose_target.split(":", 1)[1] == swarm_target.split(":", 1)[1]  # what the two executors call them
+        assert all(loop.target_lock is not None for loop in loops)
+        assert daemon.identity_of(loops[0]).executor != daemon.identity_of(loops[1]).executor
+    finally:
+        for loop in loops:
+            loop.release_target()

@@ -18,7 +18,7 @@ from docktor.agent.config.model import DocktorConfig, LLMConfig, ServiceConfig
 from docktor.agent.core.guardrails import Gate, envelope
 from docktor.agent.core.state import ServiceState
 from docktor.agent.runtime import service_loop
-from docktor.agent.runtime.identity import Identity
+from docktor.agent.runtime.identity import Identity, llm_identity
 from docktor.agent.runtime.persist import Breaker, SavedState, StateStore, capture, restore
 from docktor.agent.runtime.restore import fold, read_log_tail
 from docktor.agent.runtime.supervisor import Supervisor
@@ -170,6 +170,18 @@ def test_an_llm_change_discards_the_breaker(tmp_path: Path) -> None:
     assert same.saved.breaker is not None and same.saved.breaker.failures == 2
     other = restore(doc, ident(svc, LLMConfig(provider="ollama", model="b")), svc, wall=101.0, mono=0.0)
     assert other.saved.breaker is None and "LLM circuit breaker: the llm endpoint or model changed" in other.discarded
+
+
+def test_an_endpoint_compose_injects_is_part_of_the_breakers_identity() -> None:
+    # from: compose writes no endpoint: the one Compose's models: injects is what the breaker met
+    llm = LLMConfig.model_validate({"from": "compose"})
+    first = llm_identity(llm, {"LLM_URL": "http://model-runner:12434/engines/v1", "LLM_MODEL": "ai/gemma3"})
+    moved = llm_identity(llm, {"LLM_URL": "http://other-runner:12434/engines/v1", "LLM_MODEL": "ai/gemma3"})
+    assert first is not None and moved is not None and first != moved
+    assert first == llm_identity(llm, {"LLM_URL": "http://model-runner:12434/engines/v1", "LLM_MODEL": "ai/gemma3"})
+    # the state file keeps a digest: an endpoint's credentials are not written in it
+    with_password = llm_identity(LLMConfig(provider="openai-compatible", base_url="http://u:s3cret@llm:8080/v1", model="m"), {})
+    assert with_password is not None and "s3cret" not in with_password and "llm:8080" not in with_password
 
 
 # --------------------------------------------------------------------------- the write-ahead log read back

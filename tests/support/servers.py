@@ -8,6 +8,7 @@ installs the packages and sets it). Readiness is polled on the server's own heal
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,9 +292,14 @@ class PrometheusServer:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
+    #: (user, password) its web config requires of every request, /-/ready included
+    basic_auth: tuple[str, str] | None = None
+
     @classmethod
-    def start(cls, dir: Path, targets: list[str], *, scrape_interval: str = "1s", tls: Certificates | None = None) -> PrometheusServer:
-        """Prometheus scraping ``targets`` (host:port) every ``scrape_interval`` under job ``test``."""
+    def start(cls, dir: Path, targets: list[str], *, scrape_interval: str = "1s", tls: Certificates | None = None,
+              basic_auth: tuple[str, str] | None = None) -> PrometheusServer:
+        """Prometheus scraping ``targets`` (host:port) every ``scrape_interval`` under job ``test``;
+        serving TLS with ``tls``, requiring ``basic_auth``'s user and password when given."""
         need_binary("prometheus")
         dir.mkdir(parents=True, exist_ok=True)
         config = dir / "prometheus.yml"
@@ -310,6 +317,10 @@ class PrometheusServer:
                 f"  cert_file: {tls.server_cert}\n  key_file: {tls.server_key}\n"
                 f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {tls.ca}\n"
             )
+        elif basic_auth is not None:
+            server.basic_auth = basic_auth
+            server.web_config = dir / "web.yml"
+            server.web_config.write_text(f"basic_auth_users:\n  {basic_auth[0]}: '{bcrypt_hash(basic_auth[1])}'\n")
         server.launch()
         return server
 
@@ -328,8 +339,11 @@ class PrometheusServer:
     def _ready(self) -> bool:
         if self.scheme == "https":
             return True  # the listener is up; the tests' own TLS clients prove the rest
+        request = urllib.request.Request(f"{self.url}/-/ready")
+        if self.basic_auth is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode())
         try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+            with urllib.request.urlopen(request, timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -337,6 +351,15 @@ class PrometheusServer:
     def stop(self) -> None:
         if self.proc is not None:
             _stop(self.proc)
+
+
+def bcrypt_hash(password: str) -> str:
+    """What Prometheus's ``basic_auth_users`` wants: a bcrypt hash (the system's libxcrypt makes it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+        return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
 
 
 # --------------------------------------------------------------------------- a private CA

@@ -118,6 +118,8 @@ def test_simulate_one_policy_with_the_adversarial_advisor(traces: Path, tmp_path
         (["bench", "--held-out", "seven"], "--held-out"),
         (["bench", "--no-public"], "--no-public"),
         (["bench", "--peer-period-s", "0"], "--peer-period-s"),
+        (["bench", "--drift", "0"], "--drift"),
+        (["simulate", "ramp", "--cap-rate", "-1"], "--cap-rate"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], names: str) -> None:

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docktor.agent.config.load import load_config, parse_config
-from docktor.agent.config.safe_yaml import MAX_VALUES, expanded_size, load_yaml
 from docktor.agent.problems import UsageError
+from docktor.tools.sdk.safe_yaml import MAX_VALUES, expanded_size, load_yaml
 from tests.support.hostile_yaml import NAMED, VALID, billion_laughs, mutate
 
 #: far beyond any honest parse of a 2 MiB file; only a hang gets near it

@@ -37,6 +37,7 @@ from docktor.tools.sdk import (
     Unworkable,
     one_line,
 )
+from docktor.tools.sdk.safe_yaml import YAMLTooBig, load_yaml
 
 __all__ = ["ComposeExecutor", "ComposeSettings", "default_project", "find_compose_cli"]
 
@@ -95,9 +96,11 @@ class ComposeExecutor(DockerExecutor[ComposeSettings]):
         path = context.path(settings.compose_file)
         service = settings.compose_service or context.service
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            doc = load_yaml(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             found.append(Unworkable(f"compose_file {str(path)!r} does not exist"))
+        except YAMLTooBig as e:  # its text is the line to show
+            found.append(Unworkable(f"compose_file {str(path)!r} cannot be read as YAML: {e}"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             found.append(Unworkable(f"compose_file {str(path)!r} cannot be read as YAML: {one_line(e)}"))
         else:

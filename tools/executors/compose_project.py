@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from docktor.tools.sdk import ExecutorError, scrub
+from docktor.tools.sdk.safe_yaml import YAMLTooBig, load_yaml
 
 CLI_PROBE_TIMEOUT_S = 15.0
 
@@ -52,8 +53,8 @@ def default_project(compose_file: Path, env: dict[str, str] | None = None) -> st
     if from_env:
         return normalize_project_name(from_env)
     try:
-        doc = yaml.safe_load(compose_file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        doc = load_yaml(compose_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, YAMLTooBig):
         doc = None
     name = doc.get("name") if isinstance(doc, dict) else None
     if isinstance(name, str) and name and "$" not in name:

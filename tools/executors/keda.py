@@ -102,7 +102,7 @@ class KedaExecutor(Executor[KedaSettings]):
             await self.access.close()
 
     def target(self) -> str | None:
-        return None if self.settings.scaled_object is None else f"keda:{self.settings.scaled_object}"
+        return None if self.settings.scaled_object is None else self.settings.scaled_object
 
     def asked(self) -> int:
         """The count last asked for: in memory, else the saved one, else ``initial_replicas``.

@@ -56,9 +56,9 @@ class WorkloadAccess:
         try:
             credentials = self.credentials()
         except ExecutorError:
-            return (f"kubernetes:{self.kubeconfig or 'default credentials'}/{self.settings.context or ''}/"
+            return (f"{self.kubeconfig or 'default credentials'}/{self.settings.context or ''}/"
                     f"{self.settings.namespace or self.fallback_namespace or ''}/{self.label}")
-        return f"kubernetes:{credentials.server}/{self.namespace(credentials)}/{self.label}"
+        return f"{credentials.server}/{self.namespace(credentials)}/{self.label}"
 
     def api(self) -> KubeApi:
         """The client, made on first use (:class:`ExecutorError` when the credentials cannot be read)."""

@@ -36,6 +36,7 @@ import yaml
 from pydantic import ValidationInfo, field_validator
 
 from docktor.tools.sdk import ExecutorError, PluginSettings, PositiveSeconds, one_line
+from docktor.tools.sdk.safe_yaml import YAMLTooBig, load_yaml
 
 #: where the kubelet mounts a pod's service account
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -140,9 +141,11 @@ def from_kubeconfig(path: Path, context: str | None) -> Credentials:
     """The credentials of ``context`` (default: the file's ``current-context``) in ``path``."""
     path = path.expanduser()
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExecutorError(f"kubeconfig {path} does not exist (set kubeconfig: or KUBECONFIG, or run inside a cluster)") from None
+    except YAMLTooBig as e:  # its text is the line to show
+        raise ExecutorError(f"kubeconfig {path} cannot be read as YAML: {e}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ExecutorError(f"kubeconfig {path} cannot be read as YAML: {one_line(e).splitlines()[0]}") from None
     if not isinstance(doc, dict):

@@ -199,7 +199,8 @@ class Executor(Plugin[S]):
 
     def target(self) -> str | None:
         """What this executor scales, named the same from every config that scales it (e.g.
-        ``compose:<engine>/<project>/<service>``).
+        ``<engine>/<project>/<service>``; the daemon adds the executor's kind, so two executors'
+        names never collide).
 
         Two daemons (or a daemon and ``decide --once``) never act on the same target at once: the
         second is refused, naming the first. None (the default): no check beyond the config's own

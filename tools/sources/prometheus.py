@@ -93,6 +93,23 @@ class PrometheusSettings(PluginSettings):
             raise ValueError("tls: needs an https:// url")
         return self
 
+    def request_auth(self) -> tuple[dict[str, str], Any]:
+        """Headers and httpx auth for a request (the secrets read from the environment now);
+        also used by ``docktor bench --from-prometheus`` for a URL this source names."""
+        if self.bearer_token_env is not None:
+            return {"authorization": f"Bearer {env_secret(self.bearer_token_env, 'bearer_token_env')}"}, None
+        if self.username_env is not None and self.password_env is not None:
+            return {}, (env_secret(self.username_env, "username_env"), env_secret(self.password_env, "password_env"))
+        return {}, None
+
+    def who(self) -> str:
+        """Whose request Prometheus refused, for the error (the variable's name, never its value)."""
+        if self.bearer_token_env:
+            return f"the token in {self.bearer_token_env}"
+        if self.username_env:
+            return f"the user in {self.username_env}"
+        return "a request without credentials (set bearer_token_env or username_env/password_env)"
+
     @field_validator("queries")
     @classmethod
     def _check_queries(cls, value: dict[str, PrometheusQuery]) -> dict[str, PrometheusQuery]:
@@ -165,7 +182,7 @@ class PrometheusSource(Source[PrometheusSettings]):
 
     async def _read_all(self) -> list[float | str]:
         s = self.settings
-        client, headers, auth = self._client(), *self._auth()
+        client, headers, auth = self._client(), *s.request_auth()
         try:
             async with asyncio.timeout(s.timeout + 0.5):  # httpx2 bounds each phase; this bounds the lot
                 return list(await asyncio.gather(*(self._query(client, q.query, headers, auth) for q in s.queries.values())))
@@ -182,7 +199,7 @@ class PrometheusSource(Source[PrometheusSettings]):
                 f"{s.url}/api/v1/query", data={"query": query, "timeout": f"{s.timeout:g}s"}, headers=headers, auth=auth
             )
         if r.status_code in (401, 403):
-            raise Permanent(f"Prometheus at {where} refused {self._who()}: HTTP {r.status_code}")
+            raise Permanent(f"Prometheus at {where} refused {s.who()}: HTTP {r.status_code}")
         if r.status_code in (400, 422):  # the query itself is wrong (or cannot be executed)
             return f"Prometheus rejected the query: {_api_error(r)}"
         if r.status_code != 200:
@@ -200,21 +217,6 @@ class PrometheusSource(Source[PrometheusSettings]):
             self._http = http_client(self.settings.tls, self.context, self.settings.timeout)
         return self._http
 
-    def _auth(self) -> tuple[dict[str, str], Any]:
-        s = self.settings
-        if s.bearer_token_env is not None:
-            return {"authorization": f"Bearer {env_secret(s.bearer_token_env, 'bearer_token_env')}"}, None
-        if s.username_env is not None and s.password_env is not None:
-            return {}, (env_secret(s.username_env, "username_env"), env_secret(s.password_env, "password_env"))
-        return {}, None
-
-    def _who(self) -> str:
-        s = self.settings
-        if s.bearer_token_env:
-            return f"the token in {s.bearer_token_env}"
-        if s.username_env:
-            return f"the user in {s.username_env}"
-        return "a request without credentials (set bearer_token_env or username_env/password_env)"
 
 
 def _one_number(kind: Any, result: Any) -> float | str:

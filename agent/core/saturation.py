@@ -1,0 +1,249 @@
+""""Scaling is not helping": scale-ups that did not raise the output rate, and the hold they call for.
+
+A saturated database behind the workers caps what they complete together: past a point every
+replica added only splits the same output, the backlog grows anyway, and a queue-driven
+autoscaler climbs to its maximum and makes the database worse. This module notices it from the
+observations the daemon keeps (``state.history``) and nothing else, so it is pure and the
+simulator runs the same code.
+
+**A scale-up's verdict.** A scale-up is seen where ``replicas.running`` grows between two ticks.
+Its replicas are ready ``startup_delay`` later, so it is judged on the first interval that starts
+after that (``rate_out`` at the end of it), against the interval just before it was seen:
+
+- expected gain: the replicas ready then minus those ready before, times the per-replica rate
+  before (``rate_out`` / ready replicas);
+- observed gain: ``rate_out`` after minus ``rate_out`` before.
+
+Only a *saturated* pair is conclusive: work waited in the queue through both intervals
+(``queue.pending`` > 0 at both ends), so ``rate_out`` measured capacity, not demand. A queue that
+emptied after the scale-up is a scale-up that worked. Noise: a rate counted over an interval of
+``check_interval`` seconds is a count, so its standard deviation is about
+``sqrt(rate / check_interval)``; a scale-up whose expected gain is under ``NOISE_Z`` standard
+deviations of the difference is inconclusive, neither effective nor not. A conclusive scale-up
+is *ineffective* when its observed gain is under ``EFFECTIVE_SHARE`` of the expected.
+
+**Not helping.** The last ``STREAK`` conclusive scale-ups were ineffective (one alone can be a
+slowdown that coincided with it: a deploy, a cold cache). Then the policy's scale-ups are held
+at the current count, with the reason, and ``scaling.ineffective`` reads 1. Never a scale-in:
+the signal only withholds replicas, whatever the policy's own scale-in does is untouched.
+
+**Resume.** After ``hold_s`` without a new verdict (doubled for each probe that failed too),
+a probe is added: the fewest replicas whose gain a verdict can tell from noise; when it (or any
+later scale-up) adds what it should, the streak ends and scaling is free again. Below
+the count the first ineffective scale-up started from, scale-ups worked, so they are never held
+(after the load fell and the policy scaled in, it may come back up to there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core.proposal import Proposal
+
+#: the share of the expected throughput gain a scale-up must add to count as effective
+EFFECTIVE_SHARE = 0.5
+#: conclusive ineffective scale-ups in a row that make "not helping"
+STREAK = 2
+#: standard deviations of counting noise an expected gain must exceed to be judged
+NOISE_Z = 3.0
+#: how far back scale-ups are looked for, seconds
+MEMORY_S = 1800.0
+#: the least hold before a probe, seconds (longer with long start-ups: HOLD_CYCLES x (start-up + check))
+HOLD_MIN_S = 120.0
+HOLD_CYCLES = 4.0
+
+Point = tuple[float, Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judged scale-up."""
+
+    seen_at: float  # the tick that first saw the new count
+    judged_at: float  # the end of the interval it was judged on
+    ready_before: int
+    ready_after: int
+    rate_before: float  # rate_out before, messages/s
+    expected_gain: float  # messages/s
+    observed_gain: float
+    effective: bool
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """What the history says of the recent scale-ups."""
+
+    verdicts: tuple[Verdict, ...]  # conclusive ones, oldest first
+    #: a scale-up seen whose replicas have not been measured yet
+    unverified: bool
+    #: when the latest scale-up was seen (judged or not)
+    last_up_at: float | None = None
+
+    @property
+    def streak(self) -> tuple[Verdict, ...]:
+        """The trailing run of ineffective verdicts."""
+        k = len(self.verdicts)
+        while k > 0 and not self.verdicts[k - 1].effective:
+            k -= 1
+        return self.verdicts[k:]
+
+    @property
+    def ineffective(self) -> bool:
+        return len(self.streak) >= STREAK
+
+    @property
+    def suspect(self) -> bool:
+        """The latest verdict was ineffective, but not yet ``STREAK`` in a row."""
+        return 0 < len(self.streak) < STREAK
+
+
+def _pending(o: Mapping[str, float]) -> float | None:
+    if "queue.pending" in o:
+        return o["queue.pending"]
+    if "queue.backlog" in o and "replicas.running" in o:
+        return o["queue.backlog"] - o["replicas.running"]
+    return None
+
+
+def ready_at(points: Sequence[Point], k: int, startup: float) -> int:
+    """Replicas surely ready at point k: the fewest running seen since ``startup`` before it."""
+    t = points[k][0]
+    low = math.inf
+    for j in range(k, -1, -1):
+        running = points[j][1].get("replicas.running")
+        if running is not None:
+            low = min(low, running)
+        if points[j][0] <= t - startup:
+            break
+    return 0 if low == math.inf else int(low)
+
+
+def _saturated(points: Sequence[Point], k: int) -> bool:
+    """Work waited in the queue through the interval ending at point k."""
+    if k < 1:
+        return False
+    p0, p1 = _pending(points[k - 1][1]), _pending(points[k][1])
+    return p0 is not None and p1 is not None and p0 > 0 and p1 > 0
+
+
+def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
+    """Judge the scale-ups of the last ``MEMORY_S`` seconds of ``points`` (oldest first, the
+    current observations last)."""
+    if len(points) < 3:
+        return Saturation((), False)
+    now = points[-1][0]
+    lag, step = svc.startup_delay, svc.check_interval
+    verdicts: list[Verdict] = []
+    unverified = False
+    last_up_at: float | None = None
+    first = next((k for k, (t, _) in enumerate(points) if t >= now - MEMORY_S), len(points))
+    for k in range(max(2, first), len(points)):
+        prev, cur = points[k - 1][1].get("replicas.running"), points[k][1].get("replicas.running")
+        if prev is None or cur is None or cur <= prev:
+            continue
+        seen_at = last_up_at = points[k][0]
+        # the interval before: ending at k-1, with the replicas ready then
+        before = k - 1
+        rate_before = points[before][1].get("queue.rate_out")
+        ready_before = ready_at(points, before, lag)
+        if rate_before is None or ready_before <= 0 or not _saturated(points, before):
+            continue
+        # the first interval that starts once the new replicas are ready
+        after = next((j for j in range(k + 1, len(points)) if points[j - 1][0] >= seen_at + lag - 1e-9), None)
+        if after is None:
+            unverified = True
+            continue
+        rate_after = points[after][1].get("queue.rate_out")
+        ready_after = ready_at(points, after, lag)
+        if rate_after is None:
+            continue
+        expected = (ready_after - ready_before) * rate_before / ready_before
+        observed = rate_after - rate_before
+        p_after = _pending(points[after][1])
+        if p_after is not None and p_after <= 0:
+            # the queue emptied: the replicas did what was needed
+            verdicts.append(Verdict(seen_at, points[after][0], ready_before, ready_after, rate_before, expected, observed, True))
+            continue
+        if not _saturated(points, after) or expected <= 0:
+            continue
+        noise = NOISE_Z * math.sqrt((rate_before + rate_after) / step)
+        if expected < noise:
+            continue
+        verdicts.append(Verdict(seen_at, points[after][0], ready_before, ready_after, rate_before, expected, observed,
+                                observed >= EFFECTIVE_SHARE * expected))
+    verdicts.sort(key=lambda v: v.judged_at)
+    return Saturation(tuple(verdicts), unverified, last_up_at)
+
+
+def hold_s(svc: ServiceConfig) -> float:
+    """How long scale-ups are held before one replica is tried."""
+    return max(HOLD_MIN_S, HOLD_CYCLES * (svc.startup_delay + svc.check_interval))
+
+
+def probe_wait(svc: ServiceConfig, streak: int) -> float:
+    """The hold before a probe after ``streak`` ineffective scale-ups: ``hold_s``, doubled for each
+    failed probe (each one past ``STREAK``), at most half of ``MEMORY_S``."""
+    return min(MEMORY_S / 2, hold_s(svc) * 2.0 ** max(0, streak - STREAK))
+
+
+def observe(sat: Saturation) -> dict[str, float]:
+    """The observation rules and /metrics see: ``scaling.ineffective`` 1 while not helping."""
+    return {"scaling.ineffective": 1.0 if sat.ineffective else 0.0}
+
+
+def probe_step(svc: ServiceConfig, v: Verdict) -> int:
+    """The fewest replicas whose expected gain a verdict can tell from counting noise (at least 1),
+    at the per-replica rate of the latest level measured (``v``'s, after it)."""
+    rate = v.rate_before + v.observed_gain
+    per_replica = rate / max(v.ready_after, 1)
+    if per_replica <= 0:
+        return 1
+    # the verdict's test, with a quarter to spare: a probe too small to judge would be wasted
+    noise = NOISE_Z * math.sqrt(2 * rate / svc.check_interval)
+    return max(1, math.ceil(1.25 * noise / per_replica))
+
+
+def _gains(streak: Sequence[Verdict]) -> str:
+    expected = sum(v.expected_gain for v in streak)
+    observed = sum(v.observed_gain for v in streak)
+    return f"{observed:+.4g}/s where {expected:+.4g}/s was expected"
+
+
+def hold(svc: ServiceConfig, sat: Saturation, proposal: Proposal, current: int, now: float) -> Proposal:
+    """``proposal``, or a hold at ``current`` when it is a scale-up that the history says will not help.
+
+    While one scale-up was ineffective (``suspect``) and another is not yet measured, further
+    scale-ups wait for its verdict: without that a policy that adds replicas every tick is far
+    past the limit by the time a second verdict comes.
+    """
+    if proposal.target <= current:
+        return proposal
+    streak = sat.streak
+    if sat.suspect and sat.unverified and current >= streak[0].ready_before:
+        return Proposal(current, f"wants {proposal.target}: {proposal.reason}; the scale-up measured last added "
+                                 f"no throughput ({_gains(streak)}): holding at {current} until the next one is "
+                                 f"measured", keeps=True)
+    if not sat.ineffective:
+        return proposal
+    # below the count the first ineffective scale-up started from, scale-ups worked
+    if current < streak[0].ready_before:
+        target = min(proposal.target, streak[0].ready_before)
+        return Proposal(target, f"{proposal.reason}; at most {target}: more added no throughput before", keeps=proposal.keeps)
+    ago = now - streak[0].seen_at
+    what = f"{len(streak)} scale-ups in the last {_span(ago)} added no throughput ({_gains(streak)}): a downstream limit?"
+    quiet = now - max(streak[-1].judged_at, sat.last_up_at or -math.inf)
+    wait = probe_wait(svc, len(streak))
+    if not sat.unverified and quiet >= wait:
+        probe = min(proposal.target, current + probe_step(svc, streak[-1]))
+        return Proposal(probe, f"wants {proposal.target}: {proposal.reason}; {what} "
+                               f"Probing with {probe - current} more after {_span(quiet)}", keeps=True)
+    return Proposal(current, f"wants {proposal.target}: {proposal.reason}; {what} Holding at {current}", keeps=True)
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f} min"

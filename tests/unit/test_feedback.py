@@ -1,0 +1,81 @@
+"""The closed loop (agent/core/feedback.py): exact synthetic histories, no I/O.
+
+A queue fed 100 messages/s, 2 replicas measured at 50/s each, 1,000 messages queued (the last
+10 s of arrivals): as long as the replicas do what was measured, they start 500 messages per
+5 s interval, the head moves 5 s forward in arrival time per 5 s, and stays 10 s old.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core import feedback as fb
+from docktor.agent.core.decide import decide
+from docktor.agent.core.state import ServiceState
+
+STEP, MU = 5.0, 50.0
+
+
+def svc(**kw: object) -> ServiceConfig:
+    return ServiceConfig(name="w", check_interval=STEP, startup_delay=10.0, target_wait=30.0, **kw)  # type: ignore[arg-type]
+
+
+def points(ages: list[float]) -> list[tuple[float, Mapping[str, float]]]:
+    return [(i * STEP, {"queue.rate_in": 100.0, "queue.rate_out": 100.0, "queue.pending": 1000.0,
+                        "queue.ack_pending": 2.0, "queue.backlog": 1002.0, "replicas.running": 2.0,
+                        "queue.oldest_age": age}) for i, age in enumerate(ages)]
+
+
+def test_an_age_that_follows_the_prediction_corrects_nothing() -> None:
+    assert fb.correct(svc(), points([10.0] * 12), MU) == fb.NONE
+
+
+def test_an_age_running_ahead_lowers_mu_by_the_share_of_starts_it_implies() -> None:
+    # the last interval started a third of the 500 predicted: the head moved 1.67 s, not 5 s
+    c = fb.correct(svc(), points([10.0] * 11 + [10.0 + 5.0 - 5.0 / 3]), MU)
+    assert math.isclose(c.factor, 1 / 3, rel_tol=1e-6)
+    assert (round(c.observed_age, 2), c.predicted_age) == (13.33, 10.0)
+    assert c.text(MU) == ("closed loop: oldest message 13s old where 10s was predicted, so 16.67/s per replica, "
+                          "not the 50/s measured")
+
+
+def test_noise_within_the_tolerance_corrects_nothing() -> None:
+    tolerance = max(fb.AGE_TOLERANCE_S, fb.AGE_TOLERANCE_SHARE * 30.0)
+    assert fb.correct(svc(), points([10.0] * 11 + [10.0 + 0.9 * tolerance]), MU) == fb.NONE
+
+
+def test_the_correction_is_bounded() -> None:
+    # the head did not move at all: every start predicted missing; mu is cut to FLOOR, no lower
+    c = fb.correct(svc(), points([10.0] * 11 + [15.0]), MU)
+    assert c.factor == fb.FLOOR
+
+
+def test_the_correction_decays_and_is_forgotten() -> None:
+    ahead = 10.0 + 5.0 - 5.0 / 3
+    recent = fb.correct(svc(), points([10.0] * 11 + [ahead]), MU).factor
+    # the same interval three ticks back, the head back to 10 s old since (younger than predicted)
+    later = points([10.0] * 11 + [ahead] + [10.0] * 3)
+    older = fb.correct(svc(), later, MU).factor
+    assert recent < older < 1.0
+    assert math.isclose(older, 1 - (1 - 1 / 3) * math.exp(-3 * STEP / (fb.DECAY_CHECKS * STEP)), rel_tol=1e-6)
+    gone = points([10.0] * 11 + [ahead] + [10.0] * fb.INTERVALS)
+    assert fb.correct(svc(), gone, MU) == fb.NONE
+
+
+def test_closed_loop_off_is_the_open_loop() -> None:
+    assert fb.correct(svc(closed_loop=False), points([10.0] * 11 + [15.0]), MU) == fb.NONE
+
+
+def test_the_decision_says_what_the_closed_loop_did() -> None:
+    ps = points([10.0] * 11 + [15.0])
+    state = ServiceState()
+    for t, o in ps[:-1]:
+        state.history.append((t, dict(o)))
+    now, last = ps[-1]
+    closed = decide(svc(), last, 2, state, now)
+    opened = decide(svc(closed_loop=False), last, 2, state, now)
+    assert "closed loop: oldest message 15s old where 10s was predicted" in closed.reason
+    assert "closed loop" not in opened.reason
+    assert closed.target > opened.target
