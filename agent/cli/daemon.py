@@ -172,7 +172,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.table import Table
 
-        from docktor.agent.cli.render import arrow, out, reason_text, warn
+        from docktor.agent.cli.render import arrow, out, reason_text, slo_cell, warn
         from docktor.agent.runtime.locate import status as daemon_status
 
         st = daemon_status(locate(config).paths)
@@ -198,7 +198,9 @@ def register(app: typer.Typer) -> None:
             )
         services = st.get("services", {})
         paused = any((s or {}).get("paused") for s in services.values())
-        table = Table("service", "replicas", "last decision", "reason", *(["paused"] if paused else []))
+        slo = any((s or {}).get("slo") for s in services.values())
+        table = Table("service", "replicas", "last decision", "reason", *(["wait SLO 5m / 60m"] if slo else []),
+                      *(["paused"] if paused else []))
         for name, s in services.items():
             reps = s.get("replicas") or {}
             last = s.get("last_decision") or {}
@@ -210,6 +212,7 @@ def register(app: typer.Typer) -> None:
                 # without a count, the decision alone: the replicas column already says unknown
                 " ".join(w for w in (last["decision"], arrow(last)) if w != "unknown") if last.get("decision") else "-",
                 reason_text(last),  # with what failed (a replica's command not found), as daemon logs shows it
+                *([slo_cell(s.get("slo"))] if slo else []),
                 *([("until " + pause["until"] if pause.get("until") else "until resumed") if pause else "-"] if paused else []),
             )
         out.print(table)

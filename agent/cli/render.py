@@ -61,6 +61,17 @@ def reason_text(rec: dict[str, Any]) -> str:
     return reason + "".join(f" | {e}" for e in errors)
 
 
+def slo_cell(slo: dict[str, Any] | None) -> str:
+    """``daemon status``'s wait-SLO column: ``99.8 % / 97.1 %`` (5 and 60 minutes), ``-`` for a
+    window that cannot be told, ``unknown (why)`` when neither can, ``-`` without a wait target."""
+    if not slo:
+        return "-"
+    values = [slo.get("attainment_5m"), slo.get("attainment_60m")]
+    if all(v is None for v in values):
+        return f"unknown ({slo.get('why') or 'no samples yet'})"
+    return " / ".join("-" if v is None else f"{100 * float(v):.1f} %" for v in values)
+
+
 #: (header, width) of the fixed columns; the reason takes the rest of the line
 COLUMNS = (("time", 12), ("service", 12), ("decision", 10), ("replicas", 8), ("source", 8), ("outcome", 12))
 #: On a narrow terminal the reason keeps at least this many characters a line: columns are

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from docktor.agent.core.attainment import AttainmentWindow
+
 if TYPE_CHECKING:
     from docktor.agent.core.effect import Expectation
 
@@ -34,6 +36,8 @@ class ServiceState:
     failed_reads: dict[str, int] = field(default_factory=dict)
     #: executed actions not yet judged for their effect (core/effect.py), oldest first
     expectations: list[Expectation] = field(default_factory=list)
+    #: live wait-SLO attainment's window (a docktor-policy service whose source tells the age)
+    attainment: AttainmentWindow | None = None
 
     def note_reads(self, ok: Iterable[str], failed: Iterable[str]) -> None:
         """Count this tick's source reads: a failure extends its source's run, a success ends it."""

@@ -93,6 +93,9 @@ class DecisionRecord(BaseModel):
     paused: dict[str, Any] | None = None
     #: earlier executed actions judged at this tick, predicted vs observed (core/effect.py); absent when none
     effects: list[dict[str, Any]] | None = None
+    #: live wait-SLO attainment (docktor policy): ``{target_wait_s, attainment_5m, attainment_60m,
+    #: started_*, measured_*_s, why}`` (agent/core/attainment.py); absent without a wait target
+    slo: dict[str, Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -141,7 +144,7 @@ class DecisionRecord(BaseModel):
 
     def line(self) -> bytes:
         data = self.model_dump(mode="json", exclude_none=False)
-        for optional in ("phase", "fallbacks", "paused", "effects"):
+        for optional in ("phase", "fallbacks", "paused", "effects", "slo"):
             if data.get(optional) is None:
                 data.pop(optional, None)
         # again at the last moment: model_copy(update=...) does not validate

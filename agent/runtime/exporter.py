@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 from prometheus_client import disable_created_metrics as _disable_created_metrics
 
 from docktor.agent.config.model import DocktorConfig, ServiceConfig
+from docktor.agent.core.attainment import WINDOWS
 from docktor.agent.core.decide import deterministic_source
 from docktor.agent.core.policies import POLICIES
 from docktor.agent.problems import UsageError
@@ -49,6 +50,8 @@ GUARDRAILS = (
     "llm_extra",
 )
 DECISIONS = ("scale_up", "scale_down", "hold")
+#: the windows of docktor_wait_slo_attainment
+SLO_WINDOWS = tuple(name for name, _ in WINDOWS)
 LLM_OUTCOMES = ("ok", "timeout", "http_error", "connection_error", "cancelled", "error")
 TOKEN_TYPES = ("prompt", "completion")
 
@@ -115,6 +118,9 @@ class DaemonMetrics:
                                     "the last decision.", svc_, registry=r)
         self.target_wait = Gauge(f"{p}_target_wait_seconds", "The docktor policy's target_wait: the time a message may "
                                  "wait in the queue.", svc_, registry=r)
+        self.slo_attainment = Gauge(f"{p}_wait_slo_attainment", "Live share (0..1) of the messages started within "
+                                    "target_wait over the window (5m, 60m), estimated from queue.oldest_age and the rates "
+                                    "(docktor policy; absent while it cannot be told).", ["service", "window"], registry=r)
         self.observation = Gauge(f"{p}_observation", "Every figure the last decision saw, by its Docktor metric name "
                                  "(queue.backlog, queue.rate_in, replicas.running, cpu.avg, ...; units in docs/sources.md); "
                                  "a figure that could not be read is absent.", ["service", "metric"], registry=r)
@@ -296,6 +302,7 @@ class DaemonMetrics:
         _set_or_remove(self.envelope_lower, s, env.get("lo"))
         _set_or_remove(self.envelope_upper, s, env.get("hi"))
         self._observations(s, rec.observations)
+        self._slo(s, rec.slo)
         for g in rec.guardrails:
             self.clamps.labels(s, str(g.get("name")) if g.get("name") in GUARDRAILS else "other").inc()
         for direction, rule in _matched(svc, rec.matched_rules):
@@ -325,6 +332,17 @@ class DaemonMetrics:
                     continue
                 shown.add(metric)
             self.observation.labels(service, metric).set(value)
+
+    def _slo(self, service: str, slo: Mapping[str, Any] | None) -> None:
+        for window in SLO_WINDOWS:
+            value = None if not slo else slo.get(f"attainment_{window}")
+            if isinstance(value, int | float):
+                self.slo_attainment.labels(service, window).set(value)
+            else:  # not told this tick: absent, never a stale share
+                try:
+                    self.slo_attainment.remove(service, window)
+                except KeyError:
+                    pass
 
     def _errors(self, svc: ServiceConfig, rec: DecisionRecord) -> None:
         names = [spec.name for spec in svc.sources]

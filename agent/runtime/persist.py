@@ -9,7 +9,9 @@ ticks (docs/operations.md, "Restarts"):
 * the scale-down stabilization window's recommendations;
 * per source, its rate baseline (:meth:`docktor.tools.sdk.Source.snapshot`) and its failed reads
   in a row (``on_missing``);
-* the LLM circuit breaker; and a pause (``docktor pause``).
+* the LLM circuit breaker; a pause (``docktor pause``);
+* the live wait-SLO attainment's window, in minute spans (kept while the primary source and
+  ``target_wait`` are unchanged).
 
 Times are saved as wall-clock instants and turned back into the daemon's monotonic clock at
 restore, so the time spent down counts: a cooldown of 120 s with 100 s spent down has 20 s left.
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core.attainment import AttainmentWindow, max_gap_for
 from docktor.agent.core.state import HISTORY_POINTS, ServiceState
 from docktor.agent.runtime.identity import Identity
 from docktor.agent.timestamps import rfc3339
@@ -137,6 +140,7 @@ def capture(saved: SavedState, *, service: str, window: float, wall: float, mono
             "failures": breaker.failures, "open_until": at(breaker.open_until), "last_error": breaker.last_error,
         },
         "pause": None if saved.pause is None else {"since": saved.pause.since, "until": saved.pause.until, "reason": saved.pause.reason},
+        "attainment": None if s.attainment is None or not s.attainment.spans else s.attainment.dump(to_wall=wall - mono),
     }
 
 
@@ -304,6 +308,25 @@ def restore(
         out.kept.append(f"LLM circuit breaker ({fresh.breaker.failures} failed call(s){left})")
 
     piece("LLM circuit breaker", breaker_piece)
+
+    def attainment_piece() -> None:
+        saved_window = doc.get("attainment")
+        if saved_window is None or svc.policy != "docktor":
+            return
+        primary = next((spec.name for spec in svc.sources if spec.primary), "")
+        why = was.source_changed(primary, identity)
+        if why is None and svc.policy != was.policy:
+            why = f"policy changed ({was.policy} -> {svc.policy})"
+        if why is not None:
+            out.discarded.append(f"wait-SLO attainment: {why}")
+            return
+        window = AttainmentWindow(svc.target_wait, max_gap=max_gap_for(svc.check_interval))
+        kept = window.load(saved_window, to_mono=mono - wall, now=mono)
+        if kept:
+            state.attainment = window
+            out.kept.append(f"wait-SLO attainment ({kept} span(s) of the last hour)")
+
+    piece("wait-SLO attainment", attainment_piece)
     return out
 
 

@@ -109,6 +109,25 @@ def tick_text(rec: Mapping[str, Any]) -> str | None:
     return f"{this}, {verb} by {' and '.join(by)}" if by else this
 
 
+def slo_text(slo: Mapping[str, Any] | None) -> str | None:
+    """A record's ``slo``: ``99.8 % of 12,345 started within 15 s over 5m; 97.1 % of ... over
+    60m``, or ``unknown (why)``; None without one (no wait target)."""
+    if not slo:
+        return None
+    target = f"{float(slo.get('target_wait_s') or 0):g} s"
+    parts = []
+    for window in ("5m", "60m"):
+        value = slo.get(f"attainment_{window}")
+        if value is None:
+            continue
+        started = slo.get(f"started_{window}")
+        of = f" of {int(started):,}" if isinstance(started, int | float) else ""
+        parts.append(f"{100 * float(value):.1f} %{of} started within {target} over {window}")
+    if not parts:
+        return f"unknown ({slo.get('why') or 'no samples yet'})"
+    return "; ".join(parts) + (f" ({slo['why']})" if slo.get("why") else "")
+
+
 def explain_one(rec: Mapping[str, Any]) -> list[str]:
     """The lines that explain one decision record (as ``read_records`` returns it)."""
     unknown = unknown_replicas(rec)
@@ -141,6 +160,7 @@ def explain_one(rec: Mapping[str, Any]) -> list[str]:
     row("outcome", _outcome(rec))
     for effect in rec.get("effects") or []:
         row("effect", effect_text(effect))
+    row("wait SLO", slo_text(rec.get("slo")))
     for error in rec.get("errors") or []:
         if not unknown or str(error) != unknown[1]:
             row("error", str(error))

@@ -26,6 +26,8 @@ from docktor.agent.runtime.decision_log import DecisionRecord, Outcome, OutcomeR
 from docktor.agent.runtime.identity import Identity
 from docktor.agent.runtime.persist import Breaker, Pause, Restored, SavedState, capture
 from docktor.agent.runtime.prose import replicas_unknown
+from docktor.agent.runtime.wait_slo import observe as observe_slo
+from docktor.agent.runtime.wait_slo import why_none
 from docktor.agent.timestamps import rfc3339
 from docktor.tools.sdk import Executor, MetricInfo, ReplicaStatus, ScaleOutcome, Source, admit, one_line
 
@@ -87,6 +89,8 @@ class ServiceLoop:
         #: error ("JetStream API timed out after 2s (nats://...)") rather than cut short unexplained
         self.read_bounds = {spec.name: _read_bound(svc.check_interval, spec.settings) for spec, _ in sources}
         self.status_bound = _read_bound(svc.check_interval, executor.settings)
+        #: why this service can never have a live wait-SLO attainment (None: it can)
+        self.slo_why = why_none(svc, self.metric_infos)
         self.state = ServiceState()
         self.last_status: ReplicaStatus | None = None
         self.last_observations: dict[str, float] = {}
@@ -257,6 +261,7 @@ class ServiceLoop:
         self.ticks += 1
         self.last_observations, self.last_status = observations, status
         now = daemon.mono()
+        slo = observe_slo(self.state, svc, self.slo_why, now, observations)
         pause = self.active_pause()
         paused = None if pause is None else pause.as_dict()
 
@@ -266,7 +271,7 @@ class ServiceLoop:
                 ts=rfc3339(daemon.wall()), service=svc.name, mode=mode, current_replicas=None,  # type: ignore[arg-type]
                 decision="hold", target_replicas=None, reason=f"{replicas_unknown(errors)[0]}: holding",
                 policy=svc.policy, source="none", observations=observations, errors=errors, id=decision_id(),
-                paused=paused,
+                paused=paused, slo=slo,
             )
             daemon.recorder.write(record)
             return self.keep(record)
@@ -275,6 +280,8 @@ class ServiceLoop:
         advise = None if daemon.beside is None else daemon.beside.advise_for(svc, self.state, now)
         decision = step(svc, observations, status.desired, self.state, now, advise)
         record = DecisionRecord.from_decision(decision, mode=mode, ts=daemon.wall(), errors=errors, id=decision_id())
+        if slo is not None:
+            record = record.model_copy(update={"slo": slo})
         if pause is not None:
             record = record.model_copy(update={"paused": paused})
             if decision.changes and mode == "autonomous":

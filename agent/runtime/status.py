@@ -46,6 +46,8 @@ def status_document(daemon: Supervisor) -> dict[str, Any]:
             "last_decision": None if loop.last_record is None else {
                 k: getattr(loop.last_record, k) for k in ("ts", "decision", "current_replicas", "target_replicas", "wanted", "reason", "errors", "executed")
             },
+            #: live wait-SLO attainment (docktor policy), as the last decision record carries it
+            "slo": None if loop.last_record is None else loop.last_record.slo,
             "paused": None if loop.pause is None or not loop.pause.active(daemon.wall()) else loop.pause.as_dict(),
             "bounds": {"min": loop.svc.min_replicas, "max": loop.svc.max_replicas},
             "policy": loop.svc.policy,

@@ -134,7 +134,7 @@ def panels() -> list[dict[str, Any]]:
         ],
         "short",
         overrides=[by_name(".* per replica", [{"id": "custom.axisPlacement", "value": "right"}])],
-    ), w=8)
+    ), w=6)
     lay.add(timeseries(
         "Estimated wait vs target",
         "Backlog divided by the completion rate: how long a message arriving now waits (absent while nothing "
@@ -145,13 +145,22 @@ def panels() -> list[dict[str, Any]]:
         ],
         "s",
         overrides=[by_name(".* target_wait", DASHED)],
-    ), w=8)
+    ), w=6)
     lay.add(timeseries(
         "Idle workers waiting for work",
         "Pull requests waiting for messages (NATS queue.waiting): workers with nothing to do.",
         [target(obs("queue.waiting"), "{{service}}", "A")],
         "short",
-    ), w=8)
+    ), w=6)
+    lay.add(timeseries(
+        "Started within target_wait",
+        "Live wait-SLO attainment: the share of messages started within the docktor policy's target_wait over "
+        "the last 5 and 60 minutes, estimated from queue.oldest_age and the rates (absent where the source cannot "
+        "tell the age).",
+        [target(f'docktor_wait_slo_attainment{{{SVC},window="5m"}}', "{{service}} 5m", "A"),
+         target(f'docktor_wait_slo_attainment{{{SVC},window="60m"}}', "{{service}} 60m", "B")],
+        "percentunit", decimals=1,
+    ), w=6)
 
     lay.row("Decisions and their reasons")
     lay.add(timeseries(

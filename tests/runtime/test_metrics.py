@@ -152,7 +152,7 @@ def test_names_types_and_help_follow_prometheus_conventions() -> None:
             assert name.endswith(("_seconds", "_tokens")), f"{name}: a histogram names its unit"
         labels = {k for s in fam.samples for k in s.labels if k != "le"}
         assert labels <= {"service", "metric", "decision", "source", "executed", "direction", "rule", "guardrail",
-                          "operation", "outcome", "type", "version", "mode"}, (name, labels)
+                          "operation", "outcome", "type", "version", "mode", "window"}, (name, labels)
     types = {name: fam.type for name, fam in ours.items()}
     assert types["docktor_decisions"] == "counter" and types["docktor_tick_duration_seconds"] == "histogram"
     assert types["docktor_llm_call_duration_seconds"] == "histogram" and types["docktor_llm_call_tokens"] == "histogram"

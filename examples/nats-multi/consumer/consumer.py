@@ -4,6 +4,11 @@ On SIGTERM it stops fetching, finishes and acks the messages it already holds, a
 scaling in never strands work in flight (give it a stop_grace_period longer than one batch).
 Creates the durable pull consumer when it is missing.
 
+LOG_WAITS=1 prints, for every batch fetched, how long each of its messages waited: from the time
+the stream stored it (its JetStream metadata) to the fetch that handed it to this worker, the
+"publish -> start" wait Docktor's live attainment estimates (docs/policy.md). One line a batch:
+``[host] waits at 1733580000.123: 0.012 0.015 ...`` (seconds; redeliveries left out).
+
 ON_SIGTERM=exit (die at once, as a worker without a handler does) or ON_SIGTERM=ignore (carry on
 until the SIGKILL at the end of the grace period) show what not draining costs: the messages held
 are redelivered once their ack wait expires (``python -m benchmarks.scalein`` measures it).
@@ -29,6 +34,7 @@ SUBJECT = os.environ.get("SUBJECT", "events.web")
 PROCESS_TIME_MS = float(os.environ.get("PROCESS_TIME_MS", "20"))
 BATCH_SIZE = int(os.environ.get("BATCH_SIZE", "10"))
 ON_SIGTERM = os.environ.get("ON_SIGTERM", "drain")  # drain | exit | ignore
+LOG_WAITS = os.environ.get("LOG_WAITS", "0") not in ("", "0")
 ME = socket.gethostname()
 
 
@@ -69,6 +75,15 @@ async def ensure_consumer(js, stop: asyncio.Event) -> bool:
     return False
 
 
+def log_waits(msgs) -> None:
+    """Each first delivery's wait, stream time to now (this fetch handed them over): the truth the
+    live attainment is checked against. A redelivery is no new start: left out."""
+    now = time.time()
+    waits = [now - m.metadata.timestamp.timestamp() for m in msgs if m.metadata.num_delivered == 1]
+    if waits:
+        print(f"[{ME}] waits at {now:.3f}: " + " ".join(f"{w:.3f}" for w in waits), flush=True)
+
+
 async def main() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,6 +114,8 @@ async def main() -> None:
             print(f"[{ME}] fetch failed: {e}", flush=True)
             await asyncio.sleep(0.5)
             continue
+        if msgs and LOG_WAITS:
+            log_waits(msgs)
         # once fetched, a batch is finished even if SIGTERM arrives meanwhile: that is the drain
         for msg in msgs:
             await asyncio.sleep(PROCESS_TIME_MS / 1000)
