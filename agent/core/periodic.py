@@ -37,7 +37,7 @@ WINDOW = 1800.0
 #: periods shorter than this are the reactive plan's business
 MIN_PERIOD = 20.0
 #: the least share of the recent variance the period must explain
-FIT_MIN = 0.85
+FIT_MIN = 0.95
 #: a load this flat (coefficient of variation over the window) has no period worth following
 MIN_CV = 0.1
 #: the fall-back band around the forecast: this many residual standard deviations, plus this share
