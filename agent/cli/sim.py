@@ -213,7 +213,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
-        from docktor.agent.sim.bench import parse_policies, plot, run_suite
+        from docktor.agent.sim.bench import add_bounds, parse_policies, plot, run_suite
 
         if plot_dir is not None and not _can_plot():
             raise UsageError([Problem("--plot", "needs matplotlib, which this install lacks: pip install 'docktor[plots]'")])
@@ -238,6 +238,7 @@ def register(app: typer.Typer) -> None:
             _grid(loaded, scenario, names, (grid_startup, grid_slo, grid_cv, grid_interval), versus, jobs, as_json)
             return
         results, elapsed = run_suite(loaded, scenario, names, advisor, _llm(llm_config))
+        solved = add_bounds(results, scenario)
         rows = [r for res in results for r in res.rows]
         if as_json:
             for r in rows:
@@ -245,6 +246,10 @@ def register(app: typer.Typer) -> None:
         else:
             print_rows(rows, markdown)
             print(f"\n{counted(len(loaded), 'trace')} x {counted(len(names), 'policy', 'policies')} simulated in {elapsed:.1f} s")
+            if solved is None:
+                print("× bound: the start-up-aware LP bound needs scipy: pip install 'docktor[bench]'")
+            else:
+                print(f"× bound: the start-up-aware LP bound, solved in {solved:.1f} s")
         if plot_dir is not None:
             try:
                 for res in results:
