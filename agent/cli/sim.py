@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -324,6 +324,31 @@ def _grid(
         return
     print(report(rows, cells, loaded, versus))
     print(f"\nsimulated in {elapsed:.0f} s ({jobs} job{'s' if jobs != 1 else ''})")
+    if "docktor" in names and versus:
+        _spare_report(rows, cells, loaded, versus)
+
+
+def _spare_report(rows: list[dict[str, Any]], cells: list[Scenario], loaded: list[Trace], versus: list[str]) -> None:
+    """For each cell a peer won on attainment: the spare replicas (``headroom``) that would have won it, and their price."""
+    import time
+
+    from docktor.agent.sim.grid import describe
+    from docktor.agent.sim.spare import MAX_SPARE, lines, lost_cells, spare_to_win
+
+    started = time.perf_counter()
+    by_name = {t.name: t for t in loaded}
+    by_axes = {(c.startup_s, c.slo_s, c.cv, c.interval_s, c.peer_period_s): c for c in cells}
+    lost = lost_cells(rows, versus)
+    spares = [
+        spare_to_win(by_name[r["trace"]], by_axes[(r["startup_s"], r["slo_s"], r["cv"], r["interval_s"], r.get("peer_period_s"))],
+                     r, peer, goal)
+        for r, peer, goal in lost
+    ]
+    print(f"\ncells where docktor's SLO attainment is below a peer's ({', '.join(versus)}): {len(lost)}; "
+          f"the spare replicas held above its count (headroom, 1 to {MAX_SPARE}) that would have won each:")
+    for line in lines(spares, describe):
+        print(line)
+    print(f"searched in {time.perf_counter() - started:.0f} s")
 
 
 __all__ = ["register"]

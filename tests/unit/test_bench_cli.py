@@ -196,6 +196,8 @@ def test_grid_reports_the_worst_case_and_the_cells_below_the_peers(traces: Path)
     assert "5 scenarios x 2 traces = 10 cells" in r.stdout
     assert "| docktor | 10 |" in r.stdout and "| keda | 10 |" in r.stdout
     assert "cells where docktor's SLO attainment is below keda:" in r.stdout
+    # and for each cell keda won on attainment, the spare replicas that would have won it
+    assert "cells where docktor's SLO attainment is below a peer's (keda):" in r.stdout
     rows = [json.loads(line) for line in runner.invoke(app(), [*args, "--json"]).stdout.splitlines()]
     cells = {(row["trace"], row["startup_s"], row["slo_s"], row["cv"], row["interval_s"], row["peer_period_s"]) for row in rows}
     assert len(cells) == 10
