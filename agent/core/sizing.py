@@ -36,6 +36,9 @@ Per tick:
    costs a start-up delay of capacity. No replica is removed while queued messages are already
    too late for any count to save, or could be if each check interval's arrivals came at its
    start (the source counts them per interval, not when within it).
+7. **A load that repeats** (:mod:`docktor.agent.core.periodic`): while the reads follow a
+   period, and holding replicas through it is cheaper than following each burst, the count is
+   the fewest that, held, start the next period in time; steps 5 and 6 stand down meanwhile.
 """
 
 from __future__ import annotations
