@@ -41,6 +41,15 @@ def test_a_clean_period_is_found_with_its_profile() -> None:
     assert pattern.arrivals(np.array([5.0, 10.0, 60.0, 120.0])).tolist() == [2500.0, 3000.0, 10000.0, 20000.0]
 
 
+def test_reads_that_come_a_little_early_or_late_find_the_same_period() -> None:
+    # the daemon's ticks are not exactly one check interval apart: each read is taken for the
+    # grid step its interval covers
+    times, rates, now = reads(bursts(3) + [500.0])
+    jitter = np.array([0.4, -0.3, 0.2, -0.4, 0.1, 0.3, -0.2, 0.0] * 5)[: times.size - 1]
+    pattern = periodic.detect(np.append(times[:-1] + jitter, now), rates, now, DT)
+    assert pattern is not None and pattern.period == 60.0 and pattern.fit == 1.0
+
+
 def test_the_shortest_period_wins_not_a_multiple() -> None:
     pattern = periodic.detect(*reads(bursts(6) + [500.0]), DT)
     assert pattern is not None and pattern.period == 60.0
