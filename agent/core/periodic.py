@@ -13,10 +13,12 @@ count follows the work of a whole period rather than each burst's peak.
 
 **Detection** (:func:`detect`): the reads of the last :data:`WINDOW` seconds, on a grid of one
 check interval, are compared with themselves one lag earlier: the last lag against the one
-before (so the history must hold two periods and a read). The share of the window's variance that the lag leaves unexplained,
-``mean((x_t - x_{t-L})^2) / (2 var(x))``, is 0 for a clean repetition and about 1 for noise, a
-random walk or a trend (the factor 2: two independent noisy reads differ by twice the variance).
-The shortest lag whose fit is at least :data:`FIT_MIN` and a local best wins.
+before (so the history must hold two periods and a read). The share of those two lags'
+variance the lag leaves unexplained, ``mean((x_t - x_{t-L})^2) / (2 var(x))``, is 0 for a clean
+repetition and about 1 for noise, a random walk or a trend (the factor 2: two independent noisy
+reads differ by twice the variance). The shortest lag whose fit is at least :data:`FIT_MIN` and a
+local best wins. Holding through the period is used only where it is cheaper than following
+each burst (:func:`worth_holding`).
 
 **Fall-back** (:meth:`Pattern.holds`): the newest read must lie within the pattern's error band
 of what the period forecast for it; the first read outside it (a burst bigger, earlier or
@@ -157,7 +159,6 @@ def demand(
         np.interp(at, queue_at, queue_due, left=0.0, right=float(queue_due[-1])) if queue_at.size else np.zeros_like(at)
     )
     return Demand(at, queued + pattern.arrivals(at - slo))
-
 
 
 def worth_holding(pattern: Pattern, n: int, mu: float, startup: float) -> bool:
