@@ -12,7 +12,7 @@ is kept across the gap when the next burst needs it before a new one would be re
 count follows the work of a whole period rather than each burst's peak.
 
 **Detection** (:func:`detect`): the reads of the last :data:`WINDOW` seconds, on a grid of one
-check interval, are compared with themselves one lag earlier: the last lag against the one
+check interval (or coarser, at most :data:`MAX_POINTS` steps), are compared with themselves one lag earlier: the last lag against the one
 before (so the history must hold two periods and a read). The share of those two lags'
 variance the lag leaves unexplained, ``mean((x_t - x_{t-L})^2) / (2 var(x))``, is 0 for a clean
 repetition and about 1 for noise, a random walk or a trend (the factor 2: two independent noisy
@@ -36,6 +36,8 @@ from docktor.agent.core.deadlines import Capacity, Demand, started_by
 
 #: how far back the period is looked for, seconds (the state keeps an hour at 5 s checks)
 WINDOW = 1800.0
+#: the most grid steps looked through: the detection's work per tick is about MAX_POINTS^2 / 2
+MAX_POINTS = 360
 #: periods shorter than this are the reactive plan's business
 MIN_PERIOD = 20.0
 #: the least share of the recent variance the period must explain
@@ -82,17 +84,18 @@ class Pattern:
 
 
 def grid(times: np.ndarray, rates: np.ndarray, now: float, dt: float, window: float) -> np.ndarray:
-    """The rates on a grid of ``dt`` ending at ``now`` (oldest first): each grid point takes the read
-    whose interval covers the middle of its step; as far back as the reads and ``window`` go."""
+    """The mean arrival rate over each step of a grid of ``dt`` ending at ``now`` (oldest first), as
+    far back as the reads and ``window`` go. ``rates[k]`` is the rate over ``(times[k-1], times[k]]``,
+    so the arrivals are piecewise linear between reads and a step's mean is exact for reads of any
+    spacing (a tick a little late, checks shorter than the step)."""
     if times.size < 2 or not dt > 0:
         return np.zeros(0)
     n = int(min(window, now - float(times[0])) // dt)
     if n <= 0:
         return np.zeros(0)
-    ends = now - dt * np.arange(n - 1, -1, -1, dtype=float)
-    idx = np.searchsorted(times, ends - dt / 2, side="left")
-    idx = np.minimum(idx, times.size - 1)
-    out: np.ndarray = rates[idx]
+    arrived = np.concatenate(([0.0], np.cumsum(rates[1:] * np.diff(times))))
+    edges = now - dt * np.arange(n, -1, -1, dtype=float)
+    out: np.ndarray = np.diff(np.interp(edges, times, arrived)) / dt
     return out
 
 
@@ -109,7 +112,11 @@ def _unexplained(x: np.ndarray, lag: int, floor: float) -> float:
 
 
 def detect(times: np.ndarray, rates: np.ndarray, now: float, dt: float) -> Pattern | None:
-    """The period of the recent reads, or None when there is none to trust (see the module's doc)."""
+    """The period of the recent reads, or None when there is none to trust (see the module's doc).
+
+    ``dt`` is the check interval; the grid is never finer than :data:`WINDOW` / :data:`MAX_POINTS`
+    (at 1 s checks, 5 s steps), so a tick's work stays bounded whatever the interval."""
+    dt = max(dt, WINDOW / MAX_POINTS)
     x = grid(times, rates, now, dt, WINDOW)
     lo = max(2, math.ceil(MIN_PERIOD / dt - 1e-9))
     hi = (x.size - 1) // 2
