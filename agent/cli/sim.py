@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Every policy on every trace: SLO attainment, waits and replica-seconds against the oracle."""
-        from docktor.agent.sim.bench import parse_policies, plot, run_suite
+        from docktor.agent.sim.bench import add_bounds, parse_policies, plot, run_suite
 
         if plot_dir is not None and not _can_plot():
             raise UsageError([Problem("--plot", "needs matplotlib, which this install lacks: pip install 'docktor[plots]'")])
@@ -251,6 +251,7 @@ def register(app: typer.Typer) -> None:
             _grid(loaded, scenario, names, (grid_startup, grid_slo, grid_cv, grid_interval), versus, jobs, as_json)
             return
         results, elapsed = run_suite(loaded, scenario, names, advisor, _llm(llm_config))
+        solved = add_bounds(results, scenario)
         rows = [r for res in results for r in res.rows]
         if as_json:
             for r in rows:
@@ -258,6 +259,10 @@ def register(app: typer.Typer) -> None:
         else:
             print_rows(rows, markdown)
             print(f"\n{counted(len(loaded), 'trace')} x {counted(len(names), 'policy', 'policies')} simulated in {elapsed:.1f} s")
+            if solved is None:
+                print("× bound: the start-up-aware LP bound needs scipy: pip install 'docktor[bench]'")
+            else:
+                print(f"× bound: the start-up-aware LP bound, solved in {solved:.1f} s")
         if plot_dir is not None:
             try:
                 for res in results:
@@ -332,6 +337,31 @@ def _grid(
         return
     print(report(rows, cells, loaded, versus))
     print(f"\nsimulated in {elapsed:.0f} s ({jobs} job{'s' if jobs != 1 else ''})")
+    if "docktor" in names and versus:
+        _spare_report(rows, cells, loaded, versus)
+
+
+def _spare_report(rows: list[dict[str, Any]], cells: list[Scenario], loaded: list[Trace], versus: list[str]) -> None:
+    """For each cell a peer won on attainment: the spare replicas (``headroom``) that would have won it, and their price."""
+    import time
+
+    from docktor.agent.sim.grid import describe
+    from docktor.agent.sim.spare import MAX_SPARE, lines, lost_cells, spare_to_win
+
+    started = time.perf_counter()
+    by_name = {t.name: t for t in loaded}
+    by_axes = {(c.startup_s, c.slo_s, c.cv, c.interval_s, c.peer_period_s): c for c in cells}
+    lost = lost_cells(rows, versus)
+    spares = [
+        spare_to_win(by_name[r["trace"]], by_axes[(r["startup_s"], r["slo_s"], r["cv"], r["interval_s"], r.get("peer_period_s"))],
+                     r, peer, goal)
+        for r, peer, goal in lost
+    ]
+    print(f"\ncells where docktor's SLO attainment is below a peer's ({', '.join(versus)}): {len(lost)}; "
+          f"the spare replicas held above its count (headroom, 1 to {MAX_SPARE}) that would have won each:")
+    for line in lines(spares, describe):
+        print(line)
+    print(f"searched in {time.perf_counter() - started:.0f} s")
 
 
 __all__ = ["register"]

@@ -36,6 +36,9 @@ Per tick:
    costs a start-up delay of capacity. No replica is removed while queued messages are already
    too late for any count to save, or could be if each check interval's arrivals came at its
    start (the source counts them per interval, not when within it).
+7. **A load that repeats** (:mod:`docktor.agent.core.periodic`): while the reads follow a
+   period, and holding replicas through it is cheaper than following each burst, the count is
+   the fewest that, held, start the next period in time; steps 5 and 6 stand down meanwhile.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
+from docktor.agent.core import periodic
 from docktor.agent.core.feedback import NONE, correct
 from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.rules import Evaluation
@@ -308,10 +312,26 @@ def docktor_policy(
     else:
         later = f"{level:.4g}/s in {lag:g}s (rising {rising:.3g}/s per s)" if rising > 0 else f"{level:.4g}/s smoothed"
         why = f"{queued:g} queued, {rate_now:.4g}/s now and {later}, {mu:.4g}/s per replica ({MU_WORDS[mu_source]}){loop_note}"
+    # A period in the reads that the newest read still follows, where holding replicas through
+    # it is cheaper than following each burst: plan a whole period ahead on its forecast
+    # (agent/core/periodic.py); the margins below are for load not foreseen and stand down.
+    pattern = periodic.detect(times, rates, now, step) if mu_source != "lower_bound" else None
+    if pattern is not None and pattern.holds(rate_now):
+        ahead = periodic.demand(pattern, q_at, q_due, slo, horizon + pattern.period, marks)
+        held, held_ok = periodic.fewest_held(cap, ahead, pattern, queued, ceiling)
+        if held_ok and periodic.worth_holding(pattern, held, mu, lag):
+            n, feasible = held, held_ok
+            why += f"; the load repeats every {pattern.period:g}s ({100 * pattern.fit:.0f}% fit): {n} start the next period in time"
+            if n > running:
+                n = periodic.just_in_time(cap, ahead, pattern, queued, n, ceiling, step)
+        else:
+            pattern = None
+    else:
+        pattern = None
 
     # Robustness: the largest volume one check interval brought lately, all at once, then the
     # peak rate; later checks may scale out as fast as the guardrails allow.
-    if mu_source != "lower_bound" and rates.size:
+    if mu_source != "lower_bound" and rates.size and pattern is None:
         recent = times > now - SURGE_MEMORY
         gap = max(step, svc.cooldown_up)
         # A read that came late (a tick spent in a slow scale command, a failed read) spans more
@@ -350,7 +370,7 @@ def docktor_policy(
             n = n_robust
             why += f"; {n} to absorb {burst:.0f} at once then {peak:.4g}/s ({seen})"
 
-    if n < running and feasible:
+    if n < running and feasible and pattern is None:
         # Scale-in: only what a longer plan, at the higher of today's and the smoothed rate,
         # would not bring back soon.
         longer = dl.demand(

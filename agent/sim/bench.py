@@ -99,6 +99,26 @@ def run_trace(
     return Result(trace, oracle, runs, rows)
 
 
+def add_bounds(results: Sequence[Result], scenario: Scenario) -> float | None:
+    """Each row's ``× bound``: its replica-seconds over the start-up-aware LP bound of its trace
+    (:mod:`docktor.agent.sim.lp_bound`). Returns the seconds the LPs took, or None without scipy
+    (the rows then carry None, and the table says "needs scipy")."""
+    from docktor.agent.sim import lp_bound
+
+    if not lp_bound.available():
+        for res in results:
+            for row in res.rows:
+                row["bound_replica_seconds"] = row["cost_vs_bound"] = None
+        return None
+    started = time.perf_counter()
+    for res in results:
+        bound = lp_bound.lp_bound(res.trace, scenario, workload(res.trace, scenario))
+        for row in res.rows:
+            row["bound_replica_seconds"] = None if bound is None else round(bound, 1)
+            row["cost_vs_bound"] = round(row["replica_seconds"] / bound, 3) if bound else None
+    return time.perf_counter() - started
+
+
 def run_suite(
     traces: Sequence[Trace], scenario: Scenario, policies: Sequence[str], advisor: str = "none", llm: LLMConfig | None = None
 ) -> tuple[list[Result], float]:
@@ -142,21 +162,34 @@ COLUMNS = [
     ("max_backlog", "max backlog", "int"),
     ("replica_seconds", "replica-s", "rs"),
     ("cost_ratio", "vs oracle", "ratio"),
+    ("cost_vs_bound", "× bound", "ratio"),
     ("actions", "actions", "int"),
     ("reversals", "reversals", "int"),
 ]
 
 
+#: what the ``× bound`` column says where the LP could not be solved (scipy is the bench extra)
+NEEDS_SCIPY = "needs scipy"
+
+
 def cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[bool]]:
-    """The table's header, its rows as formatted cells, and which columns are numbers."""
-    header = [h for _, h, _ in COLUMNS]
+    """The table's header, its rows as formatted cells, and which columns are numbers.
+
+    ``× bound`` is shown only for rows that were given one (:func:`add_bounds`, ``docktor bench``)."""
+    columns = [c for c in COLUMNS if c[0] != "cost_vs_bound" or any("cost_vs_bound" in r for r in rows)]
+    header = [h for _, h, _ in columns]
     body = []
     for r in rows:
         policy = r["policy"] + (f"+{r['advisor']}" if r.get("advisor", "none") != "none" else "")
         if "target_per_replica" in r:
             policy += f" ({r['target_per_replica']:g}/replica)"
-        body.append([policy if key == "policy" else _fmt(r.get(key), kind) for key, _, kind in COLUMNS])
-    numeric = [kind != "str" for _, _, kind in COLUMNS]
+        body.append([
+            policy if key == "policy"
+            else NEEDS_SCIPY if key == "cost_vs_bound" and r.get("bound_replica_seconds", 0) is None
+            else _fmt(r.get(key), kind)
+            for key, _, kind in columns
+        ])
+    numeric = [kind != "str" for _, _, kind in columns]
     return header, body, numeric
 
 

@@ -198,6 +198,8 @@ def test_grid_reports_the_worst_case_and_the_cells_below_the_peers(traces: Path)
     assert "5 scenarios x 2 traces = 10 cells" in r.stdout
     assert "| docktor | 10 |" in r.stdout and "| keda | 10 |" in r.stdout
     assert "cells where docktor's SLO attainment is below keda:" in r.stdout
+    # and for each cell keda won on attainment, the spare replicas that would have won it
+    assert "cells where docktor's SLO attainment is below a peer's (keda):" in r.stdout
     rows = [json.loads(line) for line in runner.invoke(app(), [*args, "--json"]).stdout.splitlines()]
     cells = {(row["trace"], row["startup_s"], row["slo_s"], row["cv"], row["interval_s"], row["peer_period_s"]) for row in rows}
     assert len(cells) == 10
@@ -238,7 +240,7 @@ def test_a_narrow_terminal_wraps_headers_and_never_drops_a_column(traces: Path) 
     plain = [line for line in out.replace("\x1b[1m", "").replace("\x1b[0m", "").splitlines() if line.strip()]
     assert any(line.split()[-1] == "reversals" for line in plain)  # the last column is still there
     spike = [line.split() for line in plain if line.lstrip().startswith("spike")]
-    assert [row[1] for row in spike] == ["docktor", "oracle"] and all(len(row) == 10 for row in spike)
+    assert [row[1] for row in spike] == ["docktor", "oracle"] and all(len(row) == 11 for row in spike)
 
 
 def test_bench_piped_is_plain_aligned_columns(traces: Path) -> None:
@@ -248,7 +250,7 @@ def test_bench_piped_is_plain_aligned_columns(traces: Path) -> None:
     assert lines[0].split()[:4] == ["trace", "policy", "SLO", "met"]
     rows = [line.split() for line in lines[1:5]]
     assert [r[:2] for r in rows] == [["flat", "docktor"], ["flat", "oracle"], ["spike", "docktor"], ["spike", "oracle"]]
-    assert all(len(r) == 10 for r in rows)  # one cell per column, '-' where there is nothing
+    assert all(len(r) == 11 for r in rows)  # one cell per column, '-' where there is nothing
     # aligned: every number column ends at the same offset on every line
     assert len({len(line) for line in lines[:5]}) == 1
 
@@ -256,7 +258,7 @@ def test_bench_piped_is_plain_aligned_columns(traces: Path) -> None:
 def test_bench_takes_a_single_trace_file_and_counts_in_the_singular(traces: Path) -> None:
     r = runner.invoke(app(), ["bench", "--traces", str(traces / "spike.csv"), "--policies", "docktor"])
     assert r.exit_code == 0, r.output
-    assert r.stdout.rstrip().splitlines()[-1].startswith("1 trace x 1 policy simulated in ")
+    assert r.stdout.rstrip().splitlines()[-2].startswith("1 trace x 1 policy simulated in ")
     rows = [json.loads(x) for x in runner.invoke(app(), ["bench", "--traces", str(traces / "spike.csv"), "--json"]).stdout.splitlines()]
     assert {row["trace"] for row in rows} == {"spike"}
 
