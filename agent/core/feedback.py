@@ -82,7 +82,11 @@ def _interval(svc: ServiceConfig, points: Sequence[Point], k: int, mu: float) ->
     a0, a1 = o0.get("queue.oldest_age"), o1.get("queue.oldest_age")
     if dt <= 0 or p0 is None or p0 <= 0 or a0 is None or a1 is None or a0 <= 0:
         return None
+    # the replicas that worked through the interval: ready at its start, and not removed by the
+    # scale-in decided at that tick (the count read at its end is after it)
     ready = ready_at(points, k - 1, svc.startup_delay)
+    if "replicas.running" in o1:
+        ready = min(ready, int(o1["replicas.running"]))
     if ready <= 0:
         return None
     predicted_starts = ready * mu * dt

@@ -41,6 +41,17 @@ def test_an_age_running_ahead_lowers_mu_by_the_share_of_starts_it_implies() -> N
                           "not the 50/s measured")
 
 
+def test_replicas_removed_at_the_start_of_an_interval_are_not_counted_as_working_in_it() -> None:
+    # 3 replicas until the tick at 50 s scaled in to 2: the interval after it had 2 at work, which
+    # start 500 in 5 s (the head moves 5 s and stays 10 s old); counting the removed one too
+    # predicted 750, a head 7.5 s old, and read the age as 2.5 s ahead (mu "overstated" by a third)
+    history = points([10.0] * 12)
+    # 3 replicas read up to the tick at 50 s, 2 at 55 s; only the last interval has ages at both ends
+    history = [(t, {k: v for k, v in o.items() if k != "queue.oldest_age" or i >= 10} | {"replicas.running": 3.0 if i <= 10 else 2.0})
+               for i, (t, o) in enumerate(history)]
+    assert fb.correct(svc(), history, MU) == fb.NONE
+
+
 def test_noise_within_the_tolerance_corrects_nothing() -> None:
     tolerance = max(fb.AGE_TOLERANCE_S, fb.AGE_TOLERANCE_SHARE * 30.0)
     assert fb.correct(svc(), points([10.0] * 11 + [10.0 + 0.9 * tolerance]), MU) == fb.NONE
