@@ -14,6 +14,19 @@ from collections.abc import Mapping
 
 from docktor.tools.sdk import STANDARD_METRICS, MetricInfo
 
+#: one read of the history: (when, its observations)
+Point = tuple[float, Mapping[str, float]]
+
+
+def pending(o: Mapping[str, float]) -> float | None:
+    """Messages waiting for a worker: ``queue.pending`` when the source says it, else the backlog
+    less one in flight per running replica; None without either."""
+    if "queue.pending" in o:
+        return o["queue.pending"]
+    if "queue.backlog" in o and "replicas.running" in o:
+        return o["queue.backlog"] - o["replicas.running"]
+    return None
+
 #: the replica figures the daemon always has from the executor's status
 REPLICA_METRICS: frozenset[str] = frozenset({"replicas.running", "replicas.desired", "replicas.failed"})
 

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core.derived import Point, pending
 
 #: check intervals after the added replicas are ready before an action is judged
 HORIZON_CHECKS = 2
 #: drain short of the prediction by more than this share of the predicted service rate: "short"
 SHORT_SHARE = 0.1
 
-Point = tuple[float, Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,9 @@ class Expectation:
 
 
 def _pending(o: Mapping[str, float]) -> float | None:
-    if "queue.pending" in o:
-        return o["queue.pending"]
-    if "queue.backlog" in o and "replicas.running" in o:
-        return max(0.0, o["queue.backlog"] - o["replicas.running"])
-    return None
+    """:func:`.derived.pending`, never below 0 (fewer messages than replicas: none waiting)."""
+    waiting = pending(o)
+    return None if waiting is None else max(0.0, waiting)
 
 
 def expect(svc: ServiceConfig, points: Sequence[Point], action: str, current: int, target: int) -> Expectation | None:
@@ -65,8 +63,8 @@ def expect(svc: ServiceConfig, points: Sequence[Point], action: str, current: in
     if target == current or not points:
         return None
     now, obs = points[-1]
-    pending = _pending(obs)
-    if pending is None:
+    waiting = _pending(obs)
+    if waiting is None:
         return None
     # imported here: the sizing module brings numpy, which a rules-only daemon never needs otherwise
     from docktor.agent.core.feedback import correct
@@ -76,7 +74,7 @@ def expect(svc: ServiceConfig, points: Sequence[Point], action: str, current: in
     if mu is not None:
         mu *= correct(svc, points, mu).factor
     return Expectation(now, now + svc.startup_delay + HORIZON_CHECKS * svc.check_interval, action, current, target,
-                       pending, obs.get("queue.oldest_age"), mu, svc.startup_delay)
+                       waiting, obs.get("queue.oldest_age"), mu, svc.startup_delay)
 
 
 def judge(e: Expectation, points: Sequence[Point]) -> dict[str, Any]:

@@ -26,13 +26,14 @@ any. Pure, from ``state.history`` like the rest of the policy, so the simulator 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
+from docktor.agent.core.derived import Point, pending
 from docktor.agent.core.saturation import ready_at
 
 #: the check intervals looked back through
@@ -45,7 +46,6 @@ FLOOR = 0.25
 #: a ratio found this many check intervals ago weighs e^-1 of what it did
 DECAY_CHECKS = 12.0
 
-Point = tuple[float, Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -65,20 +65,12 @@ class Correction:
 NONE = Correction(1.0)
 
 
-def _pending(o: Mapping[str, float]) -> float | None:
-    if "queue.pending" in o:
-        return o["queue.pending"]
-    if "queue.backlog" in o and "replicas.running" in o:
-        return o["queue.backlog"] - o["replicas.running"]
-    return None
-
-
 def _interval(svc: ServiceConfig, points: Sequence[Point], k: int, mu: float) -> tuple[float, float, float] | None:
     """(ratio of starts observed to predicted, age observed, age predicted) over the interval
     ending at point ``k``, or None where it says nothing (no queue, no ages, age not ahead)."""
     (t0, o0), (t1, o1) = points[k - 1], points[k]
     dt = t1 - t0
-    p0 = _pending(o0)
+    p0 = pending(o0)
     a0, a1 = o0.get("queue.oldest_age"), o1.get("queue.oldest_age")
     if dt <= 0 or p0 is None or p0 <= 0 or a0 is None or a1 is None or a0 <= 0:
         return None

@@ -37,10 +37,11 @@ the count the first ineffective scale-up started from, scale-ups worked, so they
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core.derived import Point, pending
 from docktor.agent.core.proposal import Proposal
 
 #: the share of the expected throughput gain a scale-up must add to count as effective
@@ -55,7 +56,6 @@ MEMORY_S = 1800.0
 HOLD_MIN_S = 120.0
 HOLD_CYCLES = 4.0
 
-Point = tuple[float, Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -100,14 +100,6 @@ class Saturation:
         return 0 < len(self.streak) < STREAK
 
 
-def _pending(o: Mapping[str, float]) -> float | None:
-    if "queue.pending" in o:
-        return o["queue.pending"]
-    if "queue.backlog" in o and "replicas.running" in o:
-        return o["queue.backlog"] - o["replicas.running"]
-    return None
-
-
 def ready_at(points: Sequence[Point], k: int, startup: float) -> int:
     """Replicas surely ready at point k: the fewest running seen since ``startup`` before it."""
     t = points[k][0]
@@ -125,7 +117,7 @@ def _saturated(points: Sequence[Point], k: int) -> bool:
     """Work waited in the queue through the interval ending at point k."""
     if k < 1:
         return False
-    p0, p1 = _pending(points[k - 1][1]), _pending(points[k][1])
+    p0, p1 = pending(points[k - 1][1]), pending(points[k][1])
     return p0 is not None and p1 is not None and p0 > 0 and p1 > 0
 
 
@@ -162,7 +154,7 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
             continue
         expected = (ready_after - ready_before) * rate_before / ready_before
         observed = rate_after - rate_before
-        p_after = _pending(points[after][1])
+        p_after = pending(points[after][1])
         if p_after is not None and p_after <= 0:
             # the queue emptied: the replicas did what was needed
             verdicts.append(Verdict(seen_at, points[after][0], ready_before, ready_after, rate_before, expected, observed, True))

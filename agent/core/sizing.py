@@ -52,6 +52,7 @@ import numpy as np
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
 from docktor.agent.core import periodic
+from docktor.agent.core.derived import pending
 from docktor.agent.core.feedback import NONE, correct
 from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.rules import Evaluation
@@ -112,14 +113,6 @@ def _quantile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def _pending(o: Mapping[str, float]) -> float | None:
-    if "queue.pending" in o:
-        return o["queue.pending"]
-    if "queue.backlog" in o and "replicas.running" in o:
-        return o["queue.backlog"] - o["replicas.running"]
-    return None
-
-
 def _drained(prev: Mapping[str, float], cur: Mapping[str, float]) -> bool:
     """Whether the queue emptied during the interval: messages waited at its start and none at its end.
 
@@ -130,7 +123,7 @@ def _drained(prev: Mapping[str, float], cur: Mapping[str, float]) -> bool:
     messages left 5 in flight at the tick, and for the next 20 ticks the estimate read 70/s per
     replica for 50/s of work (68 messages late).
     """
-    p0, p1 = _pending(prev), _pending(cur)
+    p0, p1 = pending(prev), pending(cur)
     return p0 is not None and p1 is not None and p0 > 0 and p1 <= 0
 
 
@@ -144,7 +137,7 @@ def estimate_mu(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, f
         running, rate_out = cur.get("replicas.running"), cur.get("queue.rate_out")
         if not running or rate_out is None or running <= 0:
             continue
-        p0, p1 = _pending(prev), _pending(cur)
+        p0, p1 = pending(prev), pending(cur)
         if p0 is None or p1 is None or p0 <= 0 or p1 <= 0:
             continue
         # Clean only if every replica counted was ready for the whole interval: the count did not
@@ -271,8 +264,8 @@ def docktor_policy(
 
     step, lag = svc.check_interval, svc.startup_delay
     slo = svc.target_wait * (1 - SLO_MARGIN)
-    pending = _pending(obs)
-    queued = max(0.0, backlog if pending is None else pending)
+    waiting = pending(obs)
+    queued = max(0.0, backlog if waiting is None else waiting)
     with_rate = [(t, o["queue.rate_in"]) for t, o in points if "queue.rate_in" in o]
     times = np.array([t for t, _ in with_rate], dtype=float)
     rates = np.array([r for _, r in with_rate], dtype=float)
