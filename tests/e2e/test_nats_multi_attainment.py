@@ -33,6 +33,7 @@ from docktor.agent.timestamps import parse_rfc3339
 from tests.support.cli import docktor
 from tests.support.examples import daemon
 from tests.support.peers import REPO, NatsServer, free_port
+from tests.support.servers import stop_process
 from tests.support.waiting import wait_until
 
 EXAMPLE = REPO / "examples" / "nats-multi"
@@ -93,12 +94,7 @@ def producer(tmp_path: Path, nats_server: NatsServer) -> Iterator[float]:
         try:
             yield started
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def test_reported_attainment_agrees_with_the_consumers_within_one_point(

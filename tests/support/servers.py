@@ -48,7 +48,8 @@ def _wait(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes] | 
     raise RuntimeError(f"{what} did not become ready within {timeout:g}s\n{tail}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, 10 s for it to exit, then SIGKILL; reaped either way."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -263,7 +264,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            stop_process(self.proc)
 
 
 def _redis_ready(port: int) -> bool:
@@ -350,7 +351,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            stop_process(self.proc)
 
 
 def bcrypt_hash(password: str) -> str:
