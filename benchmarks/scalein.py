@@ -232,6 +232,10 @@ def example_copy(source: Path, target: Path, image: str, keep: set[str]) -> Path
 
     doc = yaml.safe_load(source.read_text())
     doc["services"] = {name: svc for name, svc in doc["services"].items() if name in keep}
+    # top-level configs (the Swarm example's docktor.yaml for its Docktor service) only for the kept
+    # services that use them: a stack deploy reads every file named there
+    if not any("configs" in svc for svc in doc["services"].values()):
+        doc.pop("configs", None)
     doc["services"]["consumer"].pop("build", None)
     doc["services"]["consumer"].pop("depends_on", None)
     doc["services"]["consumer"]["image"] = image
