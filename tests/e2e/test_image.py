@@ -295,8 +295,12 @@ def test_in_examples_nats_multi_the_autoscale_profile_scales_the_consumer_up_and
             c.reload()
             return c
 
-        wait_until("the docktor container is healthy",
-                   lambda: docktor().attrs["State"].get("Health", {}).get("Status") == "healthy", 180, every=1)
+        try:
+            wait_until("the docktor container is healthy",
+                       lambda: docktor().attrs["State"].get("Health", {}).get("Status") == "healthy", 180, every=1)
+        except AssertionError as e:  # say why: its own log and the health check's answers
+            health = [h.get("Output", "").strip() for h in docktor().attrs["State"].get("Health", {}).get("Log", [])][-3:]
+            raise AssertionError(f"{e}\nhealth checks: {health}\n{docktor().logs(tail=40).decode(errors='replace')}") from None
         assert len(containers(project, "consumer", all=False)) == 1
         # the README's command: the CLI inside finds the config through DOCKTOR_CONFIG
         wait_until("`docker compose exec docktor docktor daemon logs -n 5` shows the consumer's decisions", lambda: "consumer" in compose(
