@@ -11,7 +11,8 @@ read at both ends, the current ``mu`` predicts how many queued messages the repl
 started in it (``ready x mu x interval``), hence (the queue is FIFO; the arrival history says
 when each queued message came, :func:`docktor.agent.core.deadlines.queue_deadlines`, stretched to
 the measured age) how old its head should be at the end. When the measured age is older than
-that by more than ``max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE x target_wait)``, the head moved
+that by more than ``max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE x target_wait, AGE_TOLERANCE_CHECKS x
+interval)``, the head moved
 only as far as fewer starts would take it: their ratio to the prediction is what ``mu`` is
 overstated by. The correction is the lowest such ratio, each weighed back toward 1 by
 ``exp(-age / (DECAY_CHECKS x check_interval))``, and never below ``FLOOR`` (a quarter of what
@@ -38,9 +39,13 @@ from docktor.agent.core.saturation import ready_at
 
 #: the check intervals looked back through
 INTERVALS = 20
-#: an age older than predicted by less than the larger of these is noise (a reading's second, rounding)
+#: an age older than predicted by less than the larger of these is noise: a reading's second and
+#: rounding; a share of the wait target; and half the interval, since the arrival curve knows one
+#: rate per read, so messages that came unevenly inside it (a burst, a producer's batch) and a
+#: real queue's age and length read a moment apart move the head by up to that much
 AGE_TOLERANCE_S = 1.0
 AGE_TOLERANCE_SHARE = 0.05
+AGE_TOLERANCE_CHECKS = 0.5
 #: the correction never takes mu below this share of its measured value
 FLOOR = 0.25
 #: a ratio found this many check intervals ago weighs e^-1 of what it did
@@ -95,7 +100,7 @@ def _interval(svc: ServiceConfig, points: Sequence[Point], k: int, mu: float) ->
     scale = a0 / -float(xs[0])
     advance = (float(np.interp(min(predicted_starts, p0), ys, xs)) - float(xs[0])) * scale
     predicted = max(0.0, a0 + dt - advance)
-    if a1 - predicted <= max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE * svc.target_wait):
+    if a1 - predicted <= max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE * svc.target_wait, AGE_TOLERANCE_CHECKS * dt):
         return None
     moved = max(0.0, a0 + dt - a1) / scale  # how far the head moved, in the model's seconds
     started = float(np.interp(float(xs[0]) + moved, xs, ys))

@@ -53,7 +53,7 @@ def test_replicas_removed_at_the_start_of_an_interval_are_not_counted_as_working
 
 
 def test_noise_within_the_tolerance_corrects_nothing() -> None:
-    tolerance = max(fb.AGE_TOLERANCE_S, fb.AGE_TOLERANCE_SHARE * 30.0)
+    tolerance = max(fb.AGE_TOLERANCE_S, fb.AGE_TOLERANCE_SHARE * 30.0, fb.AGE_TOLERANCE_CHECKS * STEP)
     assert fb.correct(svc(), points([10.0] * 11 + [10.0 + 0.9 * tolerance]), MU) == fb.NONE
 
 
