@@ -181,7 +181,7 @@ def plan(
     # Per-replica figures need a replica count; callers without an executor reading use current.
     obs = derive({"replicas.running": float(current), **observations})
     # "scaling is not helping" (core/saturation.py): an observation rules may alert on, and a hold
-    sat = assess(svc, [*((t, o) for t, o in state.history if t < now), (now, obs)]) if "queue.rate_out" in obs else None
+    sat = assess(svc, state.series(obs, now)) if "queue.rate_out" in obs else None
     if sat is not None:
         obs.update(observe(sat))
     ev = evaluate(svc.rules, obs)
@@ -364,7 +364,7 @@ def step(
     p = plan(svc, observations, current, state, now)
     d = conclude(svc, p, advise(p) if advise is not None else None)
     if d.changes or any(e.due_at <= now for e in state.expectations):
-        points = [*((t, o) for t, o in state.history if t < now), (now, d.observations)]
+        points = state.series(d.observations, now)
         d = replace(d, expecting=expect(svc, points, d.decision, d.current, d.target), effects=due(state.expectations, points))
     return d
 

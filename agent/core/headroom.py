@@ -54,7 +54,7 @@ def headroom_replicas(svc: ServiceConfig, obs: Mapping[str, float], state: Servi
     # on first use, as the policy itself is, so that `docktor validate` does not pay for it)
     from docktor.agent.core.sizing import estimate_mu
 
-    mu, _ = estimate_mu(svc, [*((t, o) for t, o in state.history if t < now), (now, obs)])
+    mu, _ = estimate_mu(svc, state.series(obs, now))
     label = f"{h.text()} of the {PEAK_WINDOW / 60:.0f} min peak"
     if mu is None or mu <= 0:
         return 0, f"+0 headroom ({label}: no throughput per replica measured yet)"

@@ -94,12 +94,6 @@ MU_WORDS = {
 }
 
 
-def _series(state: ServiceState, obs: Mapping[str, float], now: float) -> list[tuple[float, Mapping[str, float]]]:
-    points: list[tuple[float, Mapping[str, float]]] = [(t, o) for t, o in state.history if t < now]
-    points.append((now, obs))
-    return points
-
-
 def _time(point: tuple[float, Mapping[str, float]]) -> float:
     return point[0]
 
@@ -249,7 +243,7 @@ def _step_up(svc: ServiceConfig) -> Callable[[np.ndarray], np.ndarray]:
 def docktor_policy(
     svc: ServiceConfig, obs: Mapping[str, float], current: int, state: ServiceState, ev: Evaluation, now: float
 ) -> Proposal:
-    points = _series(state, obs, now)
+    points = state.series(obs, now)
     mu, mu_source = estimate_mu(svc, points)
     loop = correct(svc, points, mu) if mu is not None else NONE  # the closed loop (core/feedback.py)
     loop_note = f"; {loop.text(mu)}" if mu is not None and loop.factor < 1 else ""

@@ -8,11 +8,12 @@ exactly the same transition.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from docktor.agent.core.attainment import AttainmentWindow
+from docktor.agent.core.derived import Point
 
 if TYPE_CHECKING:
     from docktor.agent.core.effect import Expectation
@@ -45,6 +46,13 @@ class ServiceState:
             self.failed_reads[name] = 0
         for name in failed:
             self.failed_reads[name] = self.failed_reads.get(name, 0) + 1
+
+    def series(self, obs: Mapping[str, float], now: float) -> list[Point]:
+        """The history before ``now`` and this tick's reading ``obs`` last: what the docktor
+        policy, the closed loop, the not-helping verdicts and the effectiveness records read."""
+        points: list[Point] = [(t, o) for t, o in self.history if t < now]
+        points.append((now, obs))
+        return points
 
     def last_action_at(self) -> float | None:
         times = [t for t in (self.last_up_at, self.last_down_at) if t is not None]
