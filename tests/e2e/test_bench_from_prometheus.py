@@ -4,6 +4,7 @@ endpoint whose counter grows at a known rate, and the bench rebuilds that load f
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.parse
@@ -35,6 +36,17 @@ CONFIG = """services:
 """
 
 
+def scraped(server: PrometheusServer) -> float | None:
+    """The counter's value as Prometheus last scraped it (None before the first scrape)."""
+    q = urllib.parse.urlencode({"query": "jobs_published_total"})
+    request = urllib.request.Request(f"{server.url}/api/v1/query?{q}")
+    if server.basic_auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(server.basic_auth).encode()).decode())
+    with urllib.request.urlopen(request, timeout=5) as r:
+        result = json.load(r)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Prometheus that scraped a counter growing ``RATE``/s for ``SECONDS`` s (every sample kept)."""
@@ -42,10 +54,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = PrometheusServer.start(tmp_path_factory.mktemp("prom"), [exporter.target], scrape_interval="1s")
     try:
         def value() -> float | None:
-            q = urllib.parse.urlencode({"query": "jobs_published_total"})
-            with urllib.request.urlopen(f"{server.url}/api/v1/query?{q}", timeout=5) as r:
-                result = json.load(r)["data"]["result"]
-            return float(result[0]["value"][1]) if result else None
+            return scraped(server)
 
         wait_until("the first scrape", lambda: value() is not None, 60, every=0.5)
         time.sleep(3)  # a few flat samples before the load
@@ -97,10 +106,11 @@ def test_a_prometheus_that_asks_for_credentials_is_read_with_those_of_the_config
     exporter = Exporter("jobs_published_total 0\n")
     server = PrometheusServer.start(tmp_path / "prom", [exporter.target], basic_auth=("bench", "s3cret-pass"))
     try:
+        wait_until("the first scrape", lambda: scraped(server) is not None, 60, every=0.5)
         for n in range(6):  # 6 s at RATE/s, each second's count scraped
             exporter.text = f"jobs_published_total {RATE * n}\n"
             time.sleep(1)
-        time.sleep(2)
+        wait_until("the last count scraped", lambda: scraped(server) == RATE * 5, 30, every=0.5)
         query = "sum(rate(jobs_published_total[3s]))"
         (tmp_path / "bare.yaml").write_text(CONFIG)
         bare = docktor("bench", "--from-prometheus", server.url, "--query", query, "--since", "1m", "--config", str(tmp_path / "bare.yaml"))
