@@ -163,6 +163,8 @@ class Advisor:
             raise
         except Exception as e:  # never raise: every failure is a logged fallback
             record["error"] = describe_error(e, self.client)
+            if record["error"] == "timeout" and record.get("retried"):
+                record["error"] = f"timeout (retrying {record['retried'][-1]})"
             self._trip(svc, now + (time.monotonic() - started), record)
             return Advice(None, "fallback", record)
 
@@ -372,13 +374,19 @@ class Advisor:
             return choice
 
     async def _request(self, messages: list[dict[str, Any]], record: dict[str, Any], deadline: float, **kwargs: Any) -> Any:
-        response = await self.client.chat(
-            deadline,
-            messages=messages,
-            max_tokens=self.config.max_tokens,
-            temperature=self.config.temperature,
-            **kwargs,
-        )
+        retried: list[str] = []
+        try:
+            response = await self.client.chat(
+                deadline,
+                retried,
+                messages=messages,
+                max_tokens=self.config.max_tokens,
+                temperature=self.config.temperature,
+                **kwargs,
+            )
+        finally:  # also when the call's own deadline cancels it mid-request
+            if retried:
+                record.setdefault("retried", []).extend(retried)
         record["requests"] += 1
         usage = getattr(response, "usage", None)
         if usage is not None:

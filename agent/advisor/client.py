@@ -130,8 +130,9 @@ class LLMClient:
             base_url=endpoint.base_url, api_key=endpoint.api_key or "docktor", timeout=timeout, max_retries=0
         )
 
-    async def chat(self, deadline: float, **kwargs: Any) -> Any:
-        """One chat completion, retried on 429/5xx while ``deadline`` (monotonic) allows."""
+    async def chat(self, deadline: float, retried: list[str] | None = None, **kwargs: Any) -> Any:
+        """One chat completion, retried on 429/5xx while ``deadline`` (monotonic) allows; each error
+        retried (or cut short by the deadline) is described into ``retried``."""
         budget = deadline - time.monotonic()
         if budget <= 0:
             raise TimeoutError("no time left for a request")
@@ -141,14 +142,29 @@ class LLMClient:
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("no time left for a request")
-                return await self._client.chat.completions.create(
-                    model=self.endpoint.model, timeout=left, **kwargs
-                )
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("no time left for a request")
+                    try:
+                        return await self._client.chat.completions.create(
+                            model=self.endpoint.model, timeout=left, **kwargs
+                        )
+                    except Exception as e:
+                        if _retryable(e) and retried is not None:
+                            retried.append(describe_error(e, self))
+                        raise
+        except Exception as e:
+            # Whether the deadline falls during the last try or before it (tenacity will not start a
+            # wait that ends past the budget) depends on the machine's speed: either way the
+            # deadline, not the error, ended the call.
+            if _retryable(e) and attempts < MAX_ATTEMPTS:
+                raise TimeoutError("the deadline ended the retries") from e
+            raise
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     @property

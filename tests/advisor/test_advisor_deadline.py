@@ -131,11 +131,15 @@ async def test_decide_once_waits_for_a_hung_llm_at_most_llm_timeout(nats_server:
 
     # the deterministic decision at once, then the call's fallback when it ended
     assert first["source"] == "policy" and first["llm"]["asked"] and "in_flight" in first["llm"]
-    assert landed["source"] == "fallback" and landed["llm"]["error"] == "timeout", landed["llm"]
+    assert landed["source"] == "fallback", landed["llm"]
     assert landed["target_replicas"] == first["target_replicas"] == 7
     if fault == "slow 503s, retried":
         assert len(peer.requests) >= 2  # retried, inside the same deadline
-    elif fault == "nothing answers":
+        # the same words whether the deadline fell during the third attempt or before it
+        assert landed["llm"]["error"] == "timeout (retrying HTTP 503: Error code: 503 - loading model)", landed["llm"]
+    else:
+        assert landed["llm"]["error"] == "timeout", landed["llm"]
+    if fault == "nothing answers":
         assert peer.connections >= 1
 
     assert landed["llm"]["latency_ms"] <= (TIMEOUT + LATENCY_SLACK) * 1000, landed["llm"]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from docktor.agent.advisor.advisor import Advisor
 from docktor.agent.config.model import Rules
 from docktor.agent.core.decide import conclude, finish
 from docktor.agent.core.state import ServiceState
 from tests.support.advisor_plans import StaticTools, llm_config, make_plan, service
-from tests.support.scripted_openai_server import HANG, ScriptedOpenAIServer, answer, completion, error
+from tests.support.scripted_openai_server import HANG, ScriptedOpenAIServer, Slow, answer, completion, error
 
 #: a sizing policy under the helper's rules (up when backlog > 100): at 500 queued and 2 running it
 #: wants 2 (500 / 250), the rule lets the advice go up, and the allowance gives it room: 2..4. Under
@@ -134,6 +136,20 @@ async def test_scripted_server_http_500_is_retried_a_bounded_number_of_times_the
         advice, decision, p = await advise(s)
     assert advice.source == "fallback" and advice.record["error"].startswith("HTTP 500")
     assert len(s.requests) == 3  # first try + 2 retries, no more
+    assert decision.target == p.proposal.target
+
+
+@pytest.mark.parametrize("slow, timeout", [(0.6, 1.5), (0.8, 2.5)], ids=["deadline before the 3rd try", "deadline during it"])
+async def test_retries_cut_by_the_deadline_read_the_same_wherever_the_deadline_falls(slow: float, timeout: float):
+    # 0.6 s 503s in 1.5 s: two tries and the first wait take 1.3 s, and tenacity starts no 0.2 s wait
+    # that ends past the budget. 0.8 s ones in 2.5 s: the third try starts at 1.9 s with 0.6 s left
+    # and the client's own timeout ends it (on a slow machine it may not start at all: same words).
+    async with ScriptedOpenAIServer([Slow(slow, error(503, "loading model"))]) as s:
+        advice, decision, p = await advise(s, timeout=timeout)
+    assert advice.source == "fallback"
+    assert advice.record["error"] == "timeout (retrying HTTP 503: Error code: 503 - loading model)", advice.record
+    assert len(s.requests) >= 2
+    assert advice.record["retried"][0] == "HTTP 503: Error code: 503 - loading model"
     assert decision.target == p.proposal.target
 
 
