@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from docktor.agent.config.load import load_config
 from docktor.agent.config.model import LLMConfig, ServiceConfig
 from docktor.agent.core import feedback as fb
 from docktor.agent.core import saturation as sat
@@ -26,6 +29,11 @@ from docktor.agent.core.recalled_loop import faded
 from docktor.agent.core.state import ServiceState
 from docktor.agent.runtime.identity import Identity
 from docktor.agent.runtime.persist import Restored, SavedState, capture, restore
+from docktor.agent.runtime.supervisor import Supervisor
+from docktor.agent.timestamps import rfc3339
+from docktor.tools import registry
+from docktor.tools.testing import FakeExecutor, FakeFleet, FakeQueue, FakeSource
+from tests.support.clocks import FakeClock
 from tests.unit.test_feedback import points as aged_points
 from tests.unit.test_saturation import CLIMB, capped, history
 
@@ -275,3 +283,79 @@ def test_a_state_file_without_the_memory_restores_as_before() -> None:
     del doc["memory"]
     restored = back(doc, s, down=5.0)
     assert restored.discarded == [] and restored.saved.state.recalled is None
+
+
+
+# --------------------------------------------------------------------------- a real daemon, restarted
+
+CAPPED = """
+state_dir: state
+services:
+  - name: capped
+    executor: fake
+    queue: {kind: fake, timeout: 1s, metrics: [queue.backlog, queue.pending, queue.ack_pending, queue.rate_in, queue.rate_out]}
+    policy: docktor
+    check_interval: 5s
+    startup_delay: 0s
+    target_wait: 30s
+    min_replicas: 1
+    max_replicas: 40
+    scale_up_by: 2
+    cooldown_up: 0s
+"""
+
+
+async def test_a_restarted_daemon_still_holds_at_the_throughput_cap(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon (``Supervisor``, as ``daemon start --foreground`` runs it, its decision log and
+    state file on disk), its queue and fleet the in-memory fakes of ``docktor.tools.testing``: the
+    queue a stand-in for a fault no local peer produces on demand, a downstream limit of 500
+    messages/s (10 replicas' worth) whatever the count. The first daemon climbs from 10 by 2 until
+    two scale-ups added nothing, and holds; stopped, then started again 30 s later, the new
+    daemon's first decision, with no history of its own, holds too and says why."""
+    fleet = FakeFleet("capped", replicas=10)
+
+    def reading(_: int) -> dict[str, float]:
+        running = fleet.running
+        return {"queue.backlog": 2_000.0 + running, "queue.pending": 2_000.0, "queue.ack_pending": 20.0,
+                "queue.rate_in": 1500.0, "queue.rate_out": min(50.0 * running, 500.0)}
+
+    FakeQueue("capped", reading)
+    path = tmp_path / "docktor.yaml"
+    path.write_text(CAPPED)
+    clock = FakeClock(100.0)
+    with registry.installed(FakeSource, FakeExecutor):
+        first = Supervisor(load_config(path), state="write", wall=clock.wall, mono=clock)
+        await first.open()
+        try:
+            before = []
+            for _ in range(8):
+                before.append(await first.loops["capped"].tick())
+                clock.advance(5.0)
+        finally:
+            await first.close()
+        assert [r.target_replicas for r in before][:3] == [12, 14, 16]  # what the queue asked for, by 2
+        held = before[-1]
+        assert held.decision == "hold" and held.target_replicas == 16 and "Holding at 16" in held.reason
+        assert fleet.running == 16  # the fleet outlives the daemon, as containers do
+
+        clock.advance(30.0)  # down for half a minute
+        caplog.set_level(logging.INFO, "docktor")
+        again = Supervisor(load_config(path), state="write", wall=clock.wall, mono=clock)
+        await again.open()
+        try:
+            await again.loops["capped"].tick()
+        finally:
+            await again.close()
+
+    # the decision log, as `docktor explain` reads it: the first decision after the restart
+    lines = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
+    decisions = [d for d in lines if d.get("service") == "capped" and "reason" in d]
+    first_after = decisions[len(before)]
+    assert first_after["ts"] == rfc3339(clock.wall())
+    assert first_after["decision"] == "hold" and first_after["current_replicas"] == 16
+    assert "2 scale-ups in the last" in first_after["reason"] and "added no throughput" in first_after["reason"]
+    assert first_after["reason"].endswith("Holding at 16")
+    assert first_after["observations"]["scaling.ineffective"] == 1.0
+    assert fleet.scales[-1] == 16  # nothing asked of the fleet after the restart
+    assert any("capped: state restored" in m and "scale-up verdict(s), the last 2 added no throughput" in m
+               for m in caplog.messages), caplog.messages
