@@ -83,10 +83,14 @@ def _correction(svc: ServiceConfig, state: ServiceState, points: list[Any], mono
     """The closed loop's correction as the last tick found it (with a saved one still stronger)."""
     if svc.policy != "docktor" or not svc.closed_loop or not points:
         return None
-    # the sizing modules bring numpy, which only the sizing policy loads
-    from docktor.agent.core.feedback import correct
+    # imported here: numpy, which only the sizing policy (which loaded it already) needs
+    from docktor.agent.core.feedback import INTERVALS, correct
     from docktor.agent.core.recalled_loop import correction
     from docktor.agent.core.sizing import estimate_mu
+
+    recent = points[-INTERVALS - 1:]
+    if state.recalled is None and not any("queue.oldest_age" in o for _, o in recent):
+        return None  # no age read lately: the loop finds nothing, and there is nothing to carry on
 
     mu, _ = estimate_mu(svc, points)
     if mu is None or not mu > 0:
@@ -171,19 +175,23 @@ def load(doc: Mapping[str, Any], svc: ServiceConfig, was: Identity, identity: Id
         c = memory.get("correction")
         if c is None:
             return
-        from docktor.agent.core.feedback import FLOOR
-        from docktor.agent.core.recalled_loop import max_age_s
-
         saved = _typed(SavedCorrection, c, to_mono)
-        if not (FLOOR - 1e-9 <= saved.factor < 1 and saved.mu > 0):
+        if not (0 < saved.factor < 1 and saved.mu > 0):
             raise ValueError(f"factor {saved.factor!r} of mu {saved.mu!r} is not a correction")
         why = replicas_why
         if why is None and (svc.policy != "docktor" or not svc.closed_loop):
             why = "the closed loop is off (policy: docktor, closed_loop: true)"
-        if why is None and mono - saved.at > max_age_s(svc):
-            why = f"{mono - saved.at:.0f} s old (kept up to {max_age_s(svc):.0f} s)"
         if why is not None:
             out.discarded.append(f"closed-loop correction: {why}")
+            return
+        # imported here: numpy, which a service of another policy never loads
+        from docktor.agent.core.feedback import FLOOR
+        from docktor.agent.core.recalled_loop import max_age_s
+
+        if saved.factor < FLOOR - 1e-9:
+            raise ValueError(f"factor {saved.factor!r} is below the loop's floor {FLOOR}")
+        if mono - saved.at > max_age_s(svc):
+            out.discarded.append(f"closed-loop correction: {mono - saved.at:.0f} s old (kept up to {max_age_s(svc):.0f} s)")
             return
         correction = saved
         out.kept.append(f"closed-loop correction (x{saved.factor:.3g} of {saved.mu:.4g}/s per replica, "
