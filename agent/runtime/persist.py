@@ -51,7 +51,13 @@ from docktor.agent.core.attainment import AttainmentWindow, max_gap_for
 from docktor.agent.core.state import HISTORY_POINTS, ServiceState
 from docktor.agent.runtime import policy_memory
 from docktor.agent.runtime.identity import Identity
-from docktor.agent.runtime.saved_values import MAX_AHEAD_S, count, instant, why_unusable
+
+# (re-exported: restore.py reads the checks of a saved value here, where they were first)
+from docktor.agent.runtime.saved_values import CLOCK_SLACK_S as CLOCK_SLACK_S
+from docktor.agent.runtime.saved_values import MAX_AHEAD_S as MAX_AHEAD_S
+from docktor.agent.runtime.saved_values import count as count
+from docktor.agent.runtime.saved_values import instant as instant
+from docktor.agent.runtime.saved_values import why_unusable
 from docktor.agent.timestamps import rfc3339
 from docktor.tools.sdk import private_dir, read_private, write_atomic
 
