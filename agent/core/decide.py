@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from docktor.agent.config.model import LLMConfig, ServiceConfig
+from docktor.agent.core import recalled
 from docktor.agent.core.derived import derive
 from docktor.agent.core.effect import Expectation, due, expect
 from docktor.agent.core.guardrails import Envelope, Gate, GuardrailNote, clamp, envelope
@@ -181,7 +182,8 @@ def plan(
     # Per-replica figures need a replica count; callers without an executor reading use current.
     obs = derive({"replicas.running": float(current), **observations})
     # "scaling is not helping" (core/saturation.py): an observation rules may alert on, and a hold
-    sat = assess(svc, state.series(obs, now)) if "queue.rate_out" in obs else None
+    # (with the verdicts a previous daemon saved: core/recalled.py)
+    sat = recalled.saturation(assess(svc, state.series(obs, now)), state, now) if "queue.rate_out" in obs else None
     if sat is not None:
         obs.update(observe(sat))
     ev = evaluate(svc.rules, obs)

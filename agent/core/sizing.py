@@ -51,7 +51,7 @@ import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
-from docktor.agent.core import periodic
+from docktor.agent.core import periodic, recalled_loop
 from docktor.agent.core.derived import pending
 from docktor.agent.core.feedback import NONE, correct
 from docktor.agent.core.proposal import Proposal
@@ -245,7 +245,8 @@ def docktor_policy(
 ) -> Proposal:
     points = state.series(obs, now)
     mu, mu_source = estimate_mu(svc, points)
-    loop = correct(svc, points, mu) if mu is not None else NONE  # the closed loop (core/feedback.py)
+    # the closed loop (core/feedback.py), with what it found before a restart (core/recalled_loop.py)
+    loop = recalled_loop.correction(correct(svc, points, mu), svc, state, mu, now) if mu is not None else NONE
     loop_note = f"; {loop.text(mu)}" if mu is not None and loop.factor < 1 else ""
     mu = None if mu is None else mu * loop.factor
     backlog = obs["queue.backlog"]

@@ -17,6 +17,7 @@ from docktor.agent.core.derived import Point
 
 if TYPE_CHECKING:
     from docktor.agent.core.effect import Expectation
+    from docktor.agent.core.recalled import Recalled
 
 #: enough history for an hour at 5 s ticks; older points are dropped
 HISTORY_POINTS = 720
@@ -39,6 +40,8 @@ class ServiceState:
     expectations: list[Expectation] = field(default_factory=list)
     #: live wait-SLO attainment's window (a docktor-policy service whose source tells the age)
     attainment: AttainmentWindow | None = None
+    #: what a previous daemon's verdicts and closed loop had found, from its state file (core/recalled.py)
+    recalled: Recalled | None = None
 
     def note_reads(self, ok: Iterable[str], failed: Iterable[str]) -> None:
         """Count this tick's source reads: a failure extends its source's run, a success ends it."""

@@ -11,7 +11,9 @@ ticks (docs/operations.md, "Restarts"):
   in a row (``on_missing``);
 * the LLM circuit breaker; a pause (``docktor pause``);
 * the live wait-SLO attainment's window, in minute spans (kept while the primary source and
-  ``target_wait`` are unchanged).
+  ``target_wait`` are unchanged);
+* the policy's memory (:mod:`.policy_memory`): the "scaling is not helping" verdicts, the closed
+  loop's correction, the executed actions whose effect is not judged yet.
 
 Times are saved as wall-clock instants and turned back into the daemon's monotonic clock at
 restore, so the time spent down counts: a cooldown of 120 s with 100 s spent down has 20 s left.
@@ -47,7 +49,15 @@ from typing import Any
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core.attainment import AttainmentWindow, max_gap_for
 from docktor.agent.core.state import HISTORY_POINTS, ServiceState
+from docktor.agent.runtime import policy_memory
 from docktor.agent.runtime.identity import Identity
+
+# (re-exported: restore.py reads the checks of a saved value here, where they were first)
+from docktor.agent.runtime.saved_values import CLOCK_SLACK_S as CLOCK_SLACK_S
+from docktor.agent.runtime.saved_values import MAX_AHEAD_S as MAX_AHEAD_S
+from docktor.agent.runtime.saved_values import count as count
+from docktor.agent.runtime.saved_values import instant as instant
+from docktor.agent.runtime.saved_values import why_unusable
 from docktor.agent.timestamps import rfc3339
 from docktor.tools.sdk import private_dir, read_private, write_atomic
 
@@ -113,8 +123,10 @@ class SavedState:
         )
 
 
-def capture(saved: SavedState, *, service: str, window: float, wall: float, mono: float) -> dict[str, Any]:
-    """``saved`` as the JSON document of the state file."""
+def capture(saved: SavedState, *, service: str, window: float, wall: float, mono: float,
+            svc: ServiceConfig | None = None) -> dict[str, Any]:
+    """``saved`` as the JSON document of the state file (with ``svc``: and the policy's memory,
+    which takes the service's settings to read from the history)."""
     s = saved.state
 
     def at(t: float | None) -> float | None:
@@ -141,6 +153,7 @@ def capture(saved: SavedState, *, service: str, window: float, wall: float, mono
         },
         "pause": None if saved.pause is None else {"since": saved.pause.since, "until": saved.pause.until, "reason": saved.pause.reason},
         "attainment": None if s.attainment is None or not s.attainment.spans else s.attainment.dump(to_wall=wall - mono),
+        "memory": None if svc is None else policy_memory.dump(svc, s, wall=wall, mono=mono),
     }
 
 
@@ -176,7 +189,7 @@ def restore(
     the daemon writes every few seconds only, on the same condition as the file's own.
 
     Any JSON object is taken apart piece by piece (the pause, the clocks, the window, each
-    source's baseline, the breaker): a piece that does not parse, or holds a number it cannot
+    source's baseline, the breaker, the policy's memory): a piece that does not parse, or holds a number it cannot
     mean (a time in the year 33658, a count below 0), is discarded with a line saying which and
     why, and the others are kept. Only a document of another version (or not an object at all)
     is set aside whole (``ValueError``).
@@ -193,7 +206,7 @@ def restore(
         try:
             fn()
         except (ValueError, KeyError, TypeError, OverflowError, AttributeError) as e:
-            out.discarded.append(f"{what}: unusable ({_why(e)})")
+            out.discarded.append(f"{what}: unusable ({why_unusable(e)})")
 
     def saved_at() -> None:
         out.saved_at = instant(doc["saved_at"], wall)
@@ -327,40 +340,8 @@ def restore(
             out.kept.append(f"wait-SLO attainment ({kept} span(s) of the last hour)")
 
     piece("wait-SLO attainment", attainment_piece)
+    piece("the policy's memory", lambda: policy_memory.load(doc, svc, was, identity, out, wall=wall, mono=mono))
     return out
-
-
-#: how far ahead of now a saved deadline may lie (a pause's end, a back-off): a longest pause
-MAX_AHEAD_S = 10 * 365 * 86400.0
-#: a saved instant a little ahead of this machine's clock is one saved just before the clock stepped back
-CLOCK_SLACK_S = 60.0
-
-
-def instant(value: Any, wall: float, *, ahead: float = CLOCK_SLACK_S) -> float:
-    """A saved wall-clock time: a finite number of seconds since the epoch, at most ``ahead``
-    seconds after ``wall`` (ValueError otherwise: ``1e12`` is the year 33658, not a time)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{value!r} is not a time")
-    x = float(value)
-    if not math.isfinite(x) or x < 0:
-        raise ValueError(f"{value!r} is not a time")
-    if x > wall + ahead:
-        raise ValueError(f"{value!r} is {x - wall:.3g} s in the future")
-    return x
-
-
-def count(value: Any) -> int:
-    """A saved count: a whole number >= 0 (ValueError otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{value!r} is not a count")
-    return value
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, KeyError):
-        return f"{e.args[0]!r} is missing"
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text and text[0] else type(e).__name__
 
 
 # --------------------------------------------------------------------------- the files

@@ -368,7 +368,8 @@ class ServiceLoop:
             durable = saved.durable()
             if not force and durable == self._saved_durable and mono - self._saved_mono < STATE_EVERY_S:
                 return
-            doc = capture(saved, service=self.name, window=self.svc.scale_down_stabilization, wall=daemon.wall(), mono=mono)
+            doc = capture(saved, service=self.name, window=self.svc.scale_down_stabilization, wall=daemon.wall(), mono=mono,
+                          svc=self.svc)
             try:
                 await asyncio.to_thread(daemon.store.save, self.name, doc)
             except OSError as e:

@@ -1,0 +1,40 @@
+"""What a saved number may be: the checks every piece of a state file goes through (:mod:`.persist`,
+:mod:`.policy_memory`), apart so that both read them without importing each other."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: how far ahead of now a saved deadline may lie (a pause's end, a back-off): a longest pause
+MAX_AHEAD_S = 10 * 365 * 86400.0
+#: a saved instant a little ahead of this machine's clock is one saved just before the clock stepped back
+CLOCK_SLACK_S = 60.0
+
+
+def instant(value: Any, wall: float, *, ahead: float = CLOCK_SLACK_S) -> float:
+    """A saved wall-clock time: a finite number of seconds since the epoch, at most ``ahead``
+    seconds after ``wall`` (ValueError otherwise: ``1e12`` is the year 33658, not a time)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{value!r} is not a time")
+    x = float(value)
+    if not math.isfinite(x) or x < 0:
+        raise ValueError(f"{value!r} is not a time")
+    if x > wall + ahead:
+        raise ValueError(f"{value!r} is {x - wall:.3g} s in the future")
+    return x
+
+
+def count(value: Any) -> int:
+    """A saved count: a whole number >= 0 (ValueError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
+
+
+def why_unusable(e: BaseException) -> str:
+    """The first line of why a saved piece did not parse (a missing key named as such)."""
+    if isinstance(e, KeyError):
+        return f"{e.args[0]!r} is missing"
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text and text[0] else type(e).__name__
