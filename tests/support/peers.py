@@ -80,14 +80,25 @@ def start_llama(prefix: str = DMR_PREFIX, api_key: str | None = None, n_ctx: int
     """
     ok, why = llm_available()
     need(ok, why, "DOCKTOR_REQUIRE_LLM")
-    return serve_llama(LLM_MODEL, prefix, api_key, n_ctx)
+    return serve_llama(LLM_MODEL, prefix, api_key, n_ctx, threads=1)
 
 
-def serve_llama(model: Path, prefix: str = DMR_PREFIX, api_key: str | None = None, n_ctx: int = 2048) -> tuple[Any, str]:
-    """The server itself, without the skip logic (the benchmarks call this)."""
+def serve_llama(
+    model: Path, prefix: str = DMR_PREFIX, api_key: str | None = None, n_ctx: int = 2048, threads: int | None = None
+) -> tuple[Any, str]:
+    """The server itself, without the skip logic (the benchmarks call this).
+
+    ``threads``: llama.cpp's compute threads (None: its default, one per core). Its threads
+    busy-wait for each other between steps (``poll``); on a machine busier than its cores (CI's
+    test workers beside it) a waiting thread spins while the one it waits for gets no CPU, and a
+    100 ms answer of the test model took over 10 s. The test model needs no more than one thread.
+    """
     import xllamacpp as xlc
 
     p = xlc.CommonParams()
+    if threads is not None:
+        p.cpuparams.n_threads = p.cpuparams_batch.n_threads = threads
+        p.cpuparams.poll = p.cpuparams_batch.poll = 0
     p.model.path = str(model)
     p.hostnames = ["127.0.0.1"]
     p.port = 0
