@@ -65,6 +65,8 @@ class Pattern:
     noise: float
     #: what the period forecast for the newest read (the same phase one and two periods ago)
     expected_now: tuple[float, float]
+    #: whether the period before those two repeats too (three periods seen, not two)
+    confirmed: bool = False
 
     def holds(self, rate_now: float) -> bool:
         """Whether the newest read is what the period said it would be (else: fall back)."""
@@ -148,6 +150,7 @@ def detect(times: np.ndarray, rates: np.ndarray, now: float, dt: float) -> Patte
         fit=1.0 - float(scores[lag - lo]),
         noise=float(np.sqrt(np.mean(resid**2) / 2.0)),
         expected_now=expected_now,
+        confirmed=x.size >= 3 * lag and _unexplained(x[:-lag], lag, MIN_CV * mean) <= 1 - FIT_MIN,
     )
 
 
@@ -227,3 +230,63 @@ def just_in_time(
     added = np.maximum(float(n) - counts, 0.0)[:, None] * np.maximum(ahead.at[None, :] - step - cap.startup, 0.0)
     wait, ok = fewest_held(cap, ahead, pattern, queued, ceiling, cap.mu * added)
     return max(cap.running, wait) if ok and wait < n else n
+
+
+def busy_throughout(cap: Capacity, ahead: Demand, pattern: Pattern, queued: float) -> bool:
+    """Whether the replicas running now, held, find work (the queue and the forecast arrivals)
+    at every instant up to the end of ``ahead``: in a fluid FIFO queue, whether what they can
+    start by each checkpoint never outruns what has arrived by then."""
+    arrived = queued + pattern.arrivals(ahead.at)
+    capacity = started_by(cap, ahead.at, np.array([float(cap.running)]))[0]
+    return bool(np.all(capacity <= arrived + 1e-9))
+
+
+def follow(
+    cap: Capacity,
+    pattern: Pattern,
+    queue_at: np.ndarray,
+    queue_due: np.ndarray,
+    queued: float,
+    slo: float,
+    horizon: float,
+    marks: list[float],
+    ceiling: int,
+    step: float,
+) -> int | None:
+    """The count for a period that is cheaper followed than held (:func:`worth_holding` said no).
+
+    Each burst is still foreseen, so the plan sizes on the forecast rather than on today's and
+    the smoothed rate, and looks twice the usual horizon ahead: from the check that must start a
+    burst's replicas (a check and a start-up before it arrives), the deadlines of the whole burst
+    (up to ``slo`` + two checks + a start-up long). ``n`` is the fewest that, held from now, start
+    all of it in time. A replica costs from when it starts: kept idle until the next check would
+    have to start it, it costs that wait plus its start-up; started then, only the start-up. So
+    the count is the fewest that, with ``n`` set at the next check (its additions serving a check
+    and a start-up from now), still start every message in time: before a burst its replicas
+    just in time, ready when it arrives (fewer of them, serving it longer, than replicas started
+    once it is seen); after it none kept for a smoothed rate the burst left behind. Three
+    exceptions keep replicas: one that the queue and the forecast keep busy all through the
+    usual horizon (it costs nothing the work would not, and let go it could cost a start-up);
+    one the usual horizon needs (the next check will not set ``n`` for the quiet part, it defers
+    again); and one still starting while the burst needs it (scaling in removes those first,
+    and their start-up so far is lost). None when the forecast cannot be met: the reactive plan
+    takes over.
+    """
+    ahead = demand(pattern, queue_at, queue_due, slo, 2 * horizon, marks)
+    n, ok = fewest_held(cap, ahead, pattern, queued, ceiling)
+    if not ok:
+        return None
+    counts = np.arange(ceiling + 1, dtype=float)
+    added = np.maximum(float(n) - counts, 0.0)[:, None] * np.maximum(ahead.at[None, :] - step - cap.startup, 0.0)
+    now, now_ok = fewest_held(cap, ahead, pattern, queued, ceiling, cap.mu * added)
+    if not now_ok or now >= n:
+        return n
+    if now < cap.running:
+        near_ahead = demand(pattern, queue_at, queue_due, slo, horizon, marks)
+        if busy_throughout(cap, near_ahead, pattern, queued):
+            return max(now, cap.running)
+        near, near_ok = fewest_held(cap, near_ahead, pattern, queued, ceiling)
+        now = max(now, min(cap.running, near if near_ok else n))
+    if now < cap.running and cap.ready[0][1] < cap.running:
+        return max(now, min(cap.running, n))
+    return now
