@@ -232,15 +232,6 @@ def just_in_time(
     return max(cap.running, wait) if ok and wait < n else n
 
 
-def busy_throughout(cap: Capacity, ahead: Demand, pattern: Pattern, queued: float) -> bool:
-    """Whether the replicas running now, held, find work (the queue and the forecast arrivals)
-    at every instant up to the end of ``ahead``: in a fluid FIFO queue, whether what they can
-    start by each checkpoint never outruns what has arrived by then."""
-    arrived = queued + pattern.arrivals(ahead.at)
-    capacity = started_by(cap, ahead.at, np.array([float(cap.running)]))[0]
-    return bool(np.all(capacity <= arrived + 1e-9))
-
-
 def follow(
     cap: Capacity,
     pattern: Pattern,
@@ -255,38 +246,25 @@ def follow(
 ) -> int | None:
     """The count for a period that is cheaper followed than held (:func:`worth_holding` said no).
 
-    Each burst is still foreseen, so the plan sizes on the forecast rather than on today's and
-    the smoothed rate, and looks twice the usual horizon ahead: from the check that must start a
-    burst's replicas (a check and a start-up before it arrives), the deadlines of the whole burst
-    (up to ``slo`` + two checks + a start-up long). ``n`` is the fewest that, held from now, start
-    all of it in time. A replica costs from when it starts: kept idle until the next check would
-    have to start it, it costs that wait plus its start-up; started then, only the start-up. So
-    the count is the fewest that, with ``n`` set at the next check (its additions serving a check
-    and a start-up from now), still start every message in time: before a burst its replicas
-    just in time, ready when it arrives (fewer of them, serving it longer, than replicas started
-    once it is seen); after it none kept for a smoothed rate the burst left behind. Three
-    exceptions keep replicas: one that the queue and the forecast keep busy all through the
-    usual horizon (it costs nothing the work would not, and let go it could cost a start-up);
-    one the usual horizon needs (the next check will not set ``n`` for the quiet part, it defers
-    again); and one still starting while the burst needs it (scaling in removes those first,
-    and their start-up so far is lost). None when the forecast cannot be met: the reactive plan
-    takes over.
+    Each burst is foreseen, so the plan sizes on the forecast rather than on today's and the
+    smoothed rate, and looks twice the usual horizon ahead: from the check that must start a
+    burst's replicas (a check and a start-up before it arrives) that spans the deadlines of the
+    whole burst, up to ``slo`` + two checks + a start-up long. ``n`` is the fewest that, held
+    from now, start all of it in time.
+
+    - **Scale-out just in time.** A replica started before it is needed costs its wait as well as
+      its start-up, so a scale-out waits while ``n`` set at the next check (its additions serving
+      a check and a start-up from now) would still be in time: the burst's replicas are ready
+      when it arrives, and so fewer of them serve it longer than replicas started once it is seen.
+    - **Scale-in to ``n``, no further.** After a burst, what the forecast needs, not a smoothed
+      rate the burst left behind: a quiet stretch's count. A replica that ``n`` still counts (the
+      next burst is within the look-ahead, or one still starting for this one) stays: let go, it
+      would save at most a check of its time and pay its start-up again.
+
+    None when the forecast cannot be met: the reactive plan takes over.
     """
     ahead = demand(pattern, queue_at, queue_due, slo, 2 * horizon, marks)
     n, ok = fewest_held(cap, ahead, pattern, queued, ceiling)
     if not ok:
         return None
-    counts = np.arange(ceiling + 1, dtype=float)
-    added = np.maximum(float(n) - counts, 0.0)[:, None] * np.maximum(ahead.at[None, :] - step - cap.startup, 0.0)
-    now, now_ok = fewest_held(cap, ahead, pattern, queued, ceiling, cap.mu * added)
-    if not now_ok or now >= n:
-        return n
-    if now < cap.running:
-        near_ahead = demand(pattern, queue_at, queue_due, slo, horizon, marks)
-        if busy_throughout(cap, near_ahead, pattern, queued):
-            return max(now, cap.running)
-        near, near_ok = fewest_held(cap, near_ahead, pattern, queued, ceiling)
-        now = max(now, min(cap.running, near if near_ok else n))
-    if now < cap.running and cap.ready[0][1] < cap.running:
-        return max(now, min(cap.running, n))
-    return now
+    return n if n < cap.running else just_in_time(cap, ahead, pattern, queued, n, ceiling, step)
