@@ -337,11 +337,12 @@ def hold(svc: ServiceConfig, sat: Saturation, proposal: Proposal, current: int, 
     ago = now - streak[0].seen_at
     what = (f"{n} scale-up{'s' if n > 1 else ''} in the last {_span(ago)} added no throughput ({_gains(streak)}): "
             f"a downstream limit?")
-    if sat.lifted is not None:
-        # the replicas held would show a lifted limit by themselves: a probe would only add one
+    quiet = now - max(streak[-1].judged_at, sat.last_up_at or -math.inf)
+    if sat.lifted is not None and now - streak[-1].seen_at < MEMORY_S - hold_s(svc):
+        # the replicas held would show a lifted limit by themselves: a probe would only add to
+        # them, until the last verdict is about to be forgotten (then one renews it)
         return Proposal(current, f"wants {proposal.target}: {proposal.reason}; {what} Holding at {current} "
                                  f"(the output would rise with these if the limit lifted)", keeps=True)
-    quiet = now - max(streak[-1].judged_at, sat.last_up_at or -math.inf)
     wait = probe_wait(svc, len(sat.probes))
     if not sat.unverified and quiet >= wait:
         probe = min(proposal.target, current + probe_step(svc, streak[-1], current))

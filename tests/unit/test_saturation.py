@@ -248,3 +248,22 @@ services:
 """
     svc = parse_config(text, Path("/tmp/d.yaml"), {}).services[0]
     assert svc.rule_metrics() == {"scaling.ineffective"}
+
+
+def test_a_hold_without_probes_renews_its_verdict_before_it_is_forgotten() -> None:
+    s_ = svc()
+    # held at 12 past the cap (no probe needed), until the verdict that began it is about to fall
+    # out of the memory: one probe then, whose verdict keeps the hold going
+    counts = HELD + [12] * int((sat.MEMORY_S - sat.hold_s(s_)) / STEP)
+    points = history(counts, capped)
+    s = sat.assess(s_, points)
+    assert s.lifted is False and points[-1][0] - s.streak[-1].seen_at >= sat.MEMORY_S - sat.hold_s(s_)
+    renew = sat.hold(s_, s, Proposal(40, "needs 40"), 12, now=points[-1][0])
+    # 500/s shared by 12 is 41.7/s a replica, under the noise of a verdict at 500/s (42.4/s): two
+    step = sat.probe_step(s_, s.streak[-1], 12)
+    assert step == 2 and renew.target == 12 + step and "Probing with 2 more" in renew.reason
+    # a tick before that horizon, it held
+    horizon = s.streak[-1].seen_at + sat.MEMORY_S - sat.hold_s(s_)
+    before = [p for p in points if p[0] < horizon]
+    s = sat.assess(s_, before)
+    assert sat.hold(s_, s, Proposal(40, "needs 40"), 12, now=before[-1][0]).target == 12
