@@ -305,8 +305,8 @@ def hold(svc: ServiceConfig, sat: Saturation, proposal: Proposal, current: int, 
 
     While one scale-up was ineffective (``suspect``) and another is not yet measured, further
     scale-ups wait for its verdict: without that a policy that adds replicas every tick is far
-    past the limit by the time a second verdict comes. A probe that did not help is given back to
-    ``held_at`` (never below, and never below what the policy itself asks).
+    past the limit by the time a second verdict comes. A probe that did not help is given back:
+    its own replicas only, to the count it started from, and never below what the policy asks.
     """
     streak, start, held_at = sat.streak, sat.start, sat.held_at
     if start is not None and held_at is not None and sat.probes:
