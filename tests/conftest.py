@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,14 @@ from tests.support.parallel import (  # noqa: F401  (hooks: the suite on several
     pytest_xdist_make_scheduler,
 )
 from tests.support.peers import NatsServer, SmallDisk, small_disk, start_nats
+
+# A run started in the background by a non-interactive shell (`.ci/run &`) inherits SIGINT
+# ignored, and so does every command a test starts: the tests that stop one with Ctrl-C, as its
+# user would (`daemon logs -f`), would wait for it forever. A terminal's user sends a SIGINT the
+# command acts on; so do the tests. (An ignored signal stays ignored across exec, a handled one
+# is the default again.)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # CPython 3.11 keeps the AST constructor's recursion counter in per-interpreter state, not per
 # call (python/cpython#106905; pytest#10763). Any AST built while another is being built resets
