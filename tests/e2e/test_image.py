@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,17 @@ def image() -> Iterator[str]:
     try:
         yield TAG
     finally:
+        # A Swarm task's container outlives `docker stack rm` by as long as the engine takes to stop
+        # it (on a loaded machine, past remove_stack's wait), and the engine refuses to untag an
+        # image a container uses: this session's tag is unique, so its containers are this module's.
+        deadline = time.monotonic() + 60
+        while (left := client.containers.list(all=True, filters={"ancestor": TAG})) and time.monotonic() < deadline:
+            for container in left:
+                try:
+                    container.remove(force=True)
+                except docker.errors.APIError:
+                    pass  # gone meanwhile, or its removal already under way: listed again below
+            time.sleep(0.5)
         # only this session's tag: its layers stay as the next build's cache
         client.images.remove(TAG, noprune=True)
 
