@@ -22,31 +22,16 @@ emptied after the scale-up is a scale-up that worked. Noise: a rate counted over
 deviations of the difference is inconclusive, neither effective nor not. A conclusive scale-up
 is *ineffective* when its observed gain is under ``EFFECTIVE_SHARE`` of the expected.
 
-**Not helping.** The hold starts with the first conclusive ineffective scale-up whose output
-stayed *flat* (it did not fall by more than the noise): a limit splits the same output among more
-replicas, whereas a slowdown that came with a scale-up (a deploy, a cold cache) makes the output
-*fall*; one of those alone is not a limit, ``STREAK`` ineffective ones in a row are. Then the
-policy's scale-ups are held at the count running when the hold began (``held_at``), with the
-reason, and ``scaling.ineffective`` reads 1. Never a scale-in below that count: the signal only
-withholds replicas, whatever the policy's own scale-in does is untouched. While one scale-up is
-ineffective and another is not yet measured, further scale-ups wait for its verdict.
+**Not helping.** The last ``STREAK`` conclusive scale-ups were ineffective (one alone can be a
+slowdown that coincided with it: a deploy, a cold cache). Then the policy's scale-ups are held
+at the current count, with the reason, and ``scaling.ineffective`` reads 1. Never a scale-in:
+the signal only withholds replicas, whatever the policy's own scale-in does is untouched.
 
-**Resume.** Two ways to see the limit lift, whichever the held count allows:
-
-- *Spare replicas*: when the replicas held could complete more than the output measured during the
-  hold (ready replicas x the per-replica rate before the limit) by a margin the mean of
-  ``LIFT_WINDOW`` of counts can tell from noise, a lifted limit shows by itself: the output rises
-  with no replica added. No probe is added then (a probe would only raise the peak); the hold ends
-  when the mean output over the last window exceeds the hold's by half that margin.
-- *Probe*: otherwise, after ``hold_s`` without a new verdict (doubled for each probe before), one
-  replica is added. When it adds what it should, the streak ends and scaling is free again; when
-  it does not (ineffective, or no verdict ``startup_delay`` + 2 checks after it was seen), its
-  replicas are given back: the count returns to where the probe started. That undoes the hold's
-  own probe, it is not a scale-in below the count held, and the held count does not ratchet up
-  with every probe (the wait doubles for each probe given back).
-
-Below the count the first ineffective scale-up started from, scale-ups worked, so they are never
-held (after the load fell and the policy scaled in, it may come back up to there).
+**Resume.** After ``hold_s`` without a new verdict (doubled for each probe that failed too),
+a probe is added: the fewest replicas whose gain a verdict can tell from noise; when it (or any
+later scale-up) adds what it should, the streak ends and scaling is free again. Below
+the count the first ineffective scale-up started from, scale-ups worked, so they are never held
+(after the load fell and the policy scaled in, it may come back up to there).
 """
 
 from __future__ import annotations
@@ -70,10 +55,6 @@ MEMORY_S = 1800.0
 #: the least hold before a probe, seconds (longer with long start-ups: HOLD_CYCLES x (start-up + check))
 HOLD_MIN_S = 120.0
 HOLD_CYCLES = 4.0
-#: the least span whose mean output the spare-replica test compares, seconds (longer with long
-#: checks: LIFT_CHECKS check intervals)
-LIFT_MIN_S = 30.0
-LIFT_CHECKS = 6
 
 
 
@@ -89,10 +70,6 @@ class Verdict:
     expected_gain: float  # messages/s
     observed_gain: float
     effective: bool
-    #: the output did not fall by more than the noise: a limit's signature, not a slowdown's
-    flat: bool = True
-    #: replicas running when it was judged
-    running: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,10 +81,6 @@ class Saturation:
     unverified: bool
     #: when the latest scale-up was seen (judged or not)
     last_up_at: float | None = None
-    #: every scale-up of the memory, oldest first: (seen at, running before, running after)
-    ups: tuple[tuple[float, int, int], ...] = ()
-    #: the hold's spare-replica test: None while it cannot tell, else whether the output rose
-    lifted: bool | None = None
 
     @property
     def streak(self) -> tuple[Verdict, ...]:
@@ -118,37 +91,13 @@ class Saturation:
         return self.verdicts[k:]
 
     @property
-    def start(self) -> Verdict | None:
-        """The verdict the hold began with: the streak's first flat one, or its ``STREAK``-th."""
-        return hold_start(self.streak)
-
-    @property
     def ineffective(self) -> bool:
-        return self.start is not None
+        return len(self.streak) >= STREAK
 
     @property
     def suspect(self) -> bool:
-        """The latest verdict was ineffective, but that is not yet a hold."""
-        return bool(self.streak) and not self.ineffective
-
-    @property
-    def held_at(self) -> int | None:
-        """The count the hold keeps: what was running when it began."""
-        start = self.start
-        return None if start is None else start.running
-
-    @property
-    def probes(self) -> tuple[tuple[float, int, int], ...]:
-        """The scale-ups seen since the hold began (its probes), oldest first."""
-        start = self.start
-        return () if start is None else tuple(u for u in self.ups if u[0] > start.judged_at)
-
-
-def hold_start(streak: Sequence[Verdict]) -> Verdict | None:
-    for i, v in enumerate(streak):
-        if v.flat or i + 1 >= STREAK:
-            return v
-    return None
+        """The latest verdict was ineffective, but not yet ``STREAK`` in a row."""
+        return 0 < len(self.streak) < STREAK
 
 
 def ready_at(points: Sequence[Point], k: int, startup: float) -> int:
@@ -182,14 +131,12 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
     verdicts: list[Verdict] = []
     unverified = False
     last_up_at: float | None = None
-    ups: list[tuple[float, int, int]] = []
     first = next((k for k, (t, _) in enumerate(points) if t >= now - MEMORY_S), len(points))
     for k in range(max(2, first), len(points)):
         prev, cur = points[k - 1][1].get("replicas.running"), points[k][1].get("replicas.running")
         if prev is None or cur is None or cur <= prev:
             continue
         seen_at = last_up_at = points[k][0]
-        ups.append((seen_at, int(prev), int(cur)))
         # the interval before: ending at k-1, with the replicas ready then
         before = k - 1
         rate_before = points[before][1].get("queue.rate_out")
@@ -203,7 +150,6 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
             continue
         rate_after = points[after][1].get("queue.rate_out")
         ready_after = ready_at(points, after, lag)
-        running = int(points[after][1].get("replicas.running", ready_after))
         if rate_after is None:
             continue
         expected = (ready_after - ready_before) * rate_before / ready_before
@@ -211,8 +157,7 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
         p_after = pending(points[after][1])
         if p_after is not None and p_after <= 0:
             # the queue emptied: the replicas did what was needed
-            verdicts.append(Verdict(seen_at, points[after][0], ready_before, ready_after, rate_before, expected, observed,
-                                    True, True, running))
+            verdicts.append(Verdict(seen_at, points[after][0], ready_before, ready_after, rate_before, expected, observed, True))
             continue
         if not _saturated(points, after) or expected <= 0:
             continue
@@ -220,48 +165,9 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
         if expected < noise:
             continue
         verdicts.append(Verdict(seen_at, points[after][0], ready_before, ready_after, rate_before, expected, observed,
-                                observed >= EFFECTIVE_SHARE * expected, observed >= -noise, running))
+                                observed >= EFFECTIVE_SHARE * expected))
     verdicts.sort(key=lambda v: v.judged_at)
-    sat = Saturation(tuple(verdicts), unverified, last_up_at, tuple(ups))
-    start = sat.start
-    if start is None:
-        return sat
-    return Saturation(sat.verdicts, unverified, last_up_at, sat.ups, _lifted(svc, points, start))
-
-
-def lift_window(svc: ServiceConfig) -> float:
-    """The span whose mean output the spare-replica test compares."""
-    return max(LIFT_MIN_S, LIFT_CHECKS * svc.check_interval)
-
-
-def _mean_rate(points: Sequence[Point], t0: float, t1: float) -> tuple[float, int] | None:
-    """The mean ``rate_out`` of the saturated intervals ending in (t0, t1], and how many."""
-    rates = [o["queue.rate_out"] for k, (t, o) in enumerate(points)
-             if t0 < t <= t1 and "queue.rate_out" in o and _saturated(points, k)]
-    return (sum(rates) / len(rates), len(rates)) if len(rates) >= 3 else None
-
-
-def _lifted(svc: ServiceConfig, points: Sequence[Point], start: Verdict) -> bool | None:
-    """The spare-replica test (see the module's doc): None when the held replicas could not show a
-    lifted limit beyond noise (or the hold is too young to tell), else whether the output rose.
-
-    The output during the hold is the mean from its start to a window ago; the output now the
-    mean of the last window; each a mean of counts, so its variance is about ``rate / span``.
-    What the ready replicas could complete without the limit is the per-replica rate the first
-    ineffective scale-up started from."""
-    now, window = points[-1][0], lift_window(svc)
-    held = _mean_rate(points, start.judged_at, now - window)
-    recent = _mean_rate(points, now - window, now)
-    if held is None or recent is None or start.ready_before <= 0:
-        return None
-    (c, n_held), (r, n_recent) = held, recent
-    step = svc.check_interval
-    could = ready_at(points, len(points) - 1, svc.startup_delay) * start.rate_before / start.ready_before
-    margin = EFFECTIVE_SHARE * (could - c)
-    noise = NOISE_Z * math.sqrt(c / (n_held * step) + c / (n_recent * step))
-    if margin < noise:
-        return None
-    return r - c >= margin
+    return Saturation(tuple(verdicts), unverified, last_up_at)
 
 
 def hold_s(svc: ServiceConfig) -> float:
@@ -269,10 +175,10 @@ def hold_s(svc: ServiceConfig) -> float:
     return max(HOLD_MIN_S, HOLD_CYCLES * (svc.startup_delay + svc.check_interval))
 
 
-def probe_wait(svc: ServiceConfig, probes: int) -> float:
-    """The hold before the next probe after ``probes`` that failed: ``hold_s``, doubled for each,
-    at most half of ``MEMORY_S``."""
-    return min(MEMORY_S / 2, hold_s(svc) * 2.0 ** probes)
+def probe_wait(svc: ServiceConfig, streak: int) -> float:
+    """The hold before a probe after ``streak`` ineffective scale-ups: ``hold_s``, doubled for each
+    failed probe (each one past ``STREAK``), at most half of ``MEMORY_S``."""
+    return min(MEMORY_S / 2, hold_s(svc) * 2.0 ** max(0, streak - STREAK))
 
 
 def observe(sat: Saturation) -> dict[str, float]:
@@ -280,18 +186,16 @@ def observe(sat: Saturation) -> dict[str, float]:
     return {"scaling.ineffective": 1.0 if sat.ineffective else 0.0}
 
 
-def probe_step(svc: ServiceConfig, v: Verdict, current: int) -> int:
+def probe_step(svc: ServiceConfig, v: Verdict) -> int:
     """The fewest replicas whose expected gain a verdict can tell from counting noise (at least 1),
-    at the output of the latest level measured (``v``'s, after it) shared by the ``current`` count,
-    as the probe's verdict will reckon it."""
+    at the per-replica rate of the latest level measured (``v``'s, after it)."""
     rate = v.rate_before + v.observed_gain
-    per_replica = rate / max(current, 1)
+    per_replica = rate / max(v.ready_after, 1)
     if per_replica <= 0:
         return 1
-    # the verdict's own test and no more: each replica past it only raises the peak, and a probe
-    # that gets no verdict is given back like one that failed
+    # the verdict's test, with a quarter to spare: a probe too small to judge would be wasted
     noise = NOISE_Z * math.sqrt(2 * rate / svc.check_interval)
-    return max(1, math.ceil(noise / per_replica))
+    return max(1, math.ceil(1.25 * noise / per_replica))
 
 
 def _gains(streak: Sequence[Verdict]) -> str:
@@ -305,47 +209,27 @@ def hold(svc: ServiceConfig, sat: Saturation, proposal: Proposal, current: int, 
 
     While one scale-up was ineffective (``suspect``) and another is not yet measured, further
     scale-ups wait for its verdict: without that a policy that adds replicas every tick is far
-    past the limit by the time a second verdict comes. A probe that did not help is given back:
-    its own replicas only, to the count it started from, and never below what the policy asks.
+    past the limit by the time a second verdict comes.
     """
-    streak, start, held_at = sat.streak, sat.start, sat.held_at
-    if start is not None and held_at is not None and sat.probes:
-        # the last probe, undone when it did not help: only its own replicas, down to where it started
-        probe_at, probe_from, probe_to = sat.probes[-1]
-        measured = (streak[-1].seen_at >= probe_at
-                    or now >= probe_at + svc.startup_delay + 2 * svc.check_interval)
-        back = max(probe_from, current - (probe_to - probe_from))
-        if measured and current > back and proposal.target >= back and not sat.lifted:
-            return Proposal(back, f"wants {proposal.target}: {proposal.reason}; the probe to {probe_to} added no "
-                                  f"throughput ({_gains(streak)}): giving it back, holding at {back}", keeps=True)
     if proposal.target <= current:
         return proposal
+    streak = sat.streak
     if sat.suspect and sat.unverified and current >= streak[0].ready_before:
         return Proposal(current, f"wants {proposal.target}: {proposal.reason}; the scale-up measured last added "
                                  f"no throughput ({_gains(streak)}): holding at {current} until the next one is "
                                  f"measured", keeps=True)
-    if start is None:
+    if not sat.ineffective:
         return proposal
     # below the count the first ineffective scale-up started from, scale-ups worked
     if current < streak[0].ready_before:
         target = min(proposal.target, streak[0].ready_before)
         return Proposal(target, f"{proposal.reason}; at most {target}: more added no throughput before", keeps=proposal.keeps)
-    if sat.lifted:
-        return Proposal(proposal.target, f"{proposal.reason}; the output rose with the replicas held: the limit "
-                                         f"lifted, scaling again", keeps=proposal.keeps)
-    n = len(streak)
     ago = now - streak[0].seen_at
-    what = (f"{n} scale-up{'s' if n > 1 else ''} in the last {_span(ago)} added no throughput ({_gains(streak)}): "
-            f"a downstream limit?")
+    what = f"{len(streak)} scale-ups in the last {_span(ago)} added no throughput ({_gains(streak)}): a downstream limit?"
     quiet = now - max(streak[-1].judged_at, sat.last_up_at or -math.inf)
-    if sat.lifted is not None and now - streak[-1].seen_at < MEMORY_S - hold_s(svc):
-        # the replicas held would show a lifted limit by themselves: a probe would only add to
-        # them, until the last verdict is about to be forgotten (then one renews it)
-        return Proposal(current, f"wants {proposal.target}: {proposal.reason}; {what} Holding at {current} "
-                                 f"(the output would rise with these if the limit lifted)", keeps=True)
-    wait = probe_wait(svc, len(sat.probes))
+    wait = probe_wait(svc, len(streak))
     if not sat.unverified and quiet >= wait:
-        probe = min(proposal.target, current + probe_step(svc, streak[-1], current))
+        probe = min(proposal.target, current + probe_step(svc, streak[-1]))
         return Proposal(probe, f"wants {proposal.target}: {proposal.reason}; {what} "
                                f"Probing with {probe - current} more after {_span(quiet)}", keeps=True)
     return Proposal(current, f"wants {proposal.target}: {proposal.reason}; {what} Holding at {current}", keeps=True)

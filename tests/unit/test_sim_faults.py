@@ -110,11 +110,8 @@ def test_with_a_throughput_cap_docktor_stops_near_it_while_the_peers_climb_to_th
     run = simulate(trace, scenario, told, load=load)
     held = [d for _, d in told.decisions if "a downstream limit? Holding at" in d.reason]
     assert held, "docktor never said scaling was not helping"
-    # the first scale-up past the cap adds nothing and leaves the output flat: the hold begins there,
-    # and the replicas held past the cap would show the limit lift, so no probe raises the peak
-    assert held[0].current <= 10 + 1
+    assert held[0].current <= 10 + 2  # two scale-ups past the cap tell a limit from a one-off slowdown
     assert all(d.target <= d.current for d in held)
-    assert run.summary()["peak_replicas"] <= 10 + 1
     peers = {name: run_policy(name, trace, scenario, load) for name in ("rules", "keda")}
     for peer in peers.values():
         assert peer.summary()["peak_replicas"] == scenario.max_replicas
