@@ -65,8 +65,6 @@ class Pattern:
     noise: float
     #: what the period forecast for the newest read (the same phase one and two periods ago)
     expected_now: tuple[float, float]
-    #: whether the period before those two repeats too (three periods seen, not two)
-    confirmed: bool = False
 
     def holds(self, rate_now: float) -> bool:
         """Whether the newest read is what the period said it would be (else: fall back)."""
@@ -150,7 +148,6 @@ def detect(times: np.ndarray, rates: np.ndarray, now: float, dt: float) -> Patte
         fit=1.0 - float(scores[lag - lo]),
         noise=float(np.sqrt(np.mean(resid**2) / 2.0)),
         expected_now=expected_now,
-        confirmed=x.size >= 3 * lag and _unexplained(x[:-lag], lag, MIN_CV * mean) <= 1 - FIT_MIN,
     )
 
 
@@ -230,41 +227,3 @@ def just_in_time(
     added = np.maximum(float(n) - counts, 0.0)[:, None] * np.maximum(ahead.at[None, :] - step - cap.startup, 0.0)
     wait, ok = fewest_held(cap, ahead, pattern, queued, ceiling, cap.mu * added)
     return max(cap.running, wait) if ok and wait < n else n
-
-
-def follow(
-    cap: Capacity,
-    pattern: Pattern,
-    queue_at: np.ndarray,
-    queue_due: np.ndarray,
-    queued: float,
-    slo: float,
-    horizon: float,
-    marks: list[float],
-    ceiling: int,
-    step: float,
-) -> int | None:
-    """The count for a period that is cheaper followed than held (:func:`worth_holding` said no).
-
-    Each burst is foreseen, so the plan sizes on the forecast rather than on today's and the
-    smoothed rate, and looks twice the usual horizon ahead: from the check that must start a
-    burst's replicas (a check and a start-up before it arrives) that spans the deadlines of the
-    whole burst, up to ``slo`` + two checks + a start-up long. ``n`` is the fewest that, held
-    from now, start all of it in time.
-
-    - **Scale-out just in time.** A replica started before it is needed costs its wait as well as
-      its start-up, so a scale-out waits while ``n`` set at the next check (its additions serving
-      a check and a start-up from now) would still be in time: the burst's replicas are ready
-      when it arrives, and so fewer of them serve it longer than replicas started once it is seen.
-    - **Scale-in to ``n``, no further.** After a burst, what the forecast needs, not a smoothed
-      rate the burst left behind: a quiet stretch's count. A replica that ``n`` still counts (the
-      next burst is within the look-ahead, or one still starting for this one) stays: let go, it
-      would save at most a check of its time and pay its start-up again.
-
-    None when the forecast cannot be met: the reactive plan takes over.
-    """
-    ahead = demand(pattern, queue_at, queue_due, slo, 2 * horizon, marks)
-    n, ok = fewest_held(cap, ahead, pattern, queued, ceiling)
-    if not ok:
-        return None
-    return n if n < cap.running else just_in_time(cap, ahead, pattern, queued, n, ceiling, step)
