@@ -51,13 +51,7 @@ from docktor.agent.core.attainment import AttainmentWindow, max_gap_for
 from docktor.agent.core.state import HISTORY_POINTS, ServiceState
 from docktor.agent.runtime import policy_memory
 from docktor.agent.runtime.identity import Identity
-
-# (re-exported: restore.py reads the checks of a saved value here, where they were first)
-from docktor.agent.runtime.saved_values import CLOCK_SLACK_S as CLOCK_SLACK_S
-from docktor.agent.runtime.saved_values import MAX_AHEAD_S as MAX_AHEAD_S
-from docktor.agent.runtime.saved_values import count as count
-from docktor.agent.runtime.saved_values import instant as instant
-from docktor.agent.runtime.saved_values import why_unusable
+from docktor.agent.runtime.saved_values import MAX_AHEAD_S, count, instant, take_apart
 from docktor.agent.timestamps import rfc3339
 from docktor.tools.sdk import private_dir, read_private, write_atomic
 
@@ -203,10 +197,7 @@ def restore(
     state = fresh.state
 
     def piece(what: str, fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except (ValueError, KeyError, TypeError, OverflowError, AttributeError) as e:
-            out.discarded.append(f"{what}: unusable ({why_unusable(e)})")
+        take_apart(out.discarded, what, fn)
 
     def saved_at() -> None:
         out.saved_at = instant(doc["saved_at"], wall)

@@ -33,12 +33,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from docktor.agent.config.model import ServiceConfig
+from docktor.agent.core import recalled
 from docktor.agent.core.effect import Expectation
 from docktor.agent.core.recalled import Recalled, SavedCorrection
 from docktor.agent.core.saturation import MEMORY_S, Verdict, assess
 from docktor.agent.core.state import ServiceState
 from docktor.agent.runtime.identity import Identity
-from docktor.agent.runtime.saved_values import CLOCK_SLACK_S, instant, why_unusable
+from docktor.agent.runtime.saved_values import CLOCK_SLACK_S, instant, take_apart
 
 if TYPE_CHECKING:
     from docktor.agent.runtime.persist import Restored
@@ -56,8 +57,6 @@ MAX_EXPECTATIONS = 50
 
 def dump(svc: ServiceConfig, state: ServiceState, *, wall: float, mono: float) -> dict[str, Any] | None:
     """The ``memory`` piece of ``state``, times on the wall clock (None: nothing to keep)."""
-    from docktor.agent.core import recalled
-
     def at(t: float) -> float:
         return round(wall - (mono - t), 3)
 
@@ -135,12 +134,6 @@ def load(doc: Mapping[str, Any], svc: ServiceConfig, was: Identity, identity: Id
     last_up_at: float | None = None
     correction: SavedCorrection | None = None
 
-    def part(what: str, fn: Any) -> None:
-        try:
-            fn()
-        except (ValueError, KeyError, TypeError, OverflowError, AttributeError) as e:
-            out.discarded.append(f"{what}: unusable ({why_unusable(e)})")
-
     def verdicts_part() -> None:
         nonlocal verdicts, last_up_at
         v = memory.get("verdicts")
@@ -168,7 +161,7 @@ def load(doc: Mapping[str, Any], svc: ServiceConfig, was: Identity, identity: Id
         tail = f", the last {streak} added no throughput" if streak else ""
         out.kept.append(f"{len(verdicts)} scale-up verdict(s){tail}")
 
-    part("scale-up verdicts", verdicts_part)
+    take_apart(out.discarded, "scale-up verdicts", verdicts_part)
 
     def correction_part() -> None:
         nonlocal correction
@@ -197,7 +190,7 @@ def load(doc: Mapping[str, Any], svc: ServiceConfig, was: Identity, identity: Id
         out.kept.append(f"closed-loop correction (x{saved.factor:.3g} of {saved.mu:.4g}/s per replica, "
                         f"{mono - saved.at:.0f} s old)")
 
-    part("closed-loop correction", correction_part)
+    take_apart(out.discarded, "closed-loop correction", correction_part)
 
     def expectations_part() -> None:
         rows = memory.get("expectations")
@@ -217,7 +210,7 @@ def load(doc: Mapping[str, Any], svc: ServiceConfig, was: Identity, identity: Id
             state.expectations[:] = kept
             out.kept.append(f"{len(kept)} pending effect check(s)")
 
-    part("pending effect checks", expectations_part)
+    take_apart(out.discarded, "pending effect checks", expectations_part)
     if verdicts or last_up_at is not None or correction is not None:
         state.recalled = Recalled(verdicts, last_up_at, correction)
 

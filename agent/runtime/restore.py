@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from docktor.agent.runtime.log_reader import lines_backwards, log_files
-from docktor.agent.runtime.persist import CLOCK_SLACK_S, MAX_AHEAD_S, instant, restore
+from docktor.agent.runtime.persist import restore
+from docktor.agent.runtime.saved_values import CLOCK_SLACK_S, MAX_AHEAD_S, instant
 from docktor.agent.timestamps import parse_rfc3339
 from docktor.tools.sdk import one_line
 

@@ -1,9 +1,11 @@
-"""What a saved number may be: the checks every piece of a state file goes through (:mod:`.persist`,
-:mod:`.policy_memory`), apart so that both read them without importing each other."""
+"""What a saved number may be, and how a piece that is not one is set aside: the checks every piece
+of a state file goes through (:mod:`.persist`, :mod:`.policy_memory`, :mod:`.restore`), apart so
+that they read them without importing each other."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 #: how far ahead of now a saved deadline may lie (a pause's end, a back-off): a longest pause
@@ -32,7 +34,16 @@ def count(value: Any) -> int:
     return value
 
 
-def why_unusable(e: BaseException) -> str:
+def take_apart(discarded: list[str], what: str, fn: Callable[[], None]) -> None:
+    """Run ``fn``, which reads one piece of a state file: a piece that does not parse, or holds a
+    number it cannot mean, adds one line to ``discarded`` saying which and why; the rest is kept."""
+    try:
+        fn()
+    except (ValueError, KeyError, TypeError, OverflowError, AttributeError) as e:
+        discarded.append(f"{what}: unusable ({_why(e)})")
+
+
+def _why(e: BaseException) -> str:
     """The first line of why a saved piece did not parse (a missing key named as such)."""
     if isinstance(e, KeyError):
         return f"{e.args[0]!r} is missing"
