@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from docktor.agent.config.model import LLMConfig, ServiceConfig
 from docktor.agent.core import recalled
+from docktor.agent.core.carried import Carried, Sized
 from docktor.agent.core.derived import derive
 from docktor.agent.core.effect import Expectation, due, expect
 from docktor.agent.core.guardrails import Envelope, Gate, GuardrailNote, clamp, envelope
@@ -70,6 +71,8 @@ class Plan:
     proposal: Proposal  # the deterministic policy's own proposal
     #: sources' on_missing fallbacks in force (only while metrics are missing)
     fallbacks: tuple[Fallback, ...] = ()
+    #: the verdicts, throughput and correction the plan used (core/carried.py)
+    carried: Carried | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class Decision:
     expecting: Expectation | None = None
     #: the effectiveness records of earlier executed actions judged at this tick (core/effect.py)
     effects: tuple[dict[str, Any], ...] = ()
+    #: the plan's verdicts, throughput and correction, for remember() to keep (core/carried.py)
+    carried: Carried | None = field(default=None, compare=False)
 
     @property
     def changes(self) -> bool:
@@ -190,18 +195,21 @@ def plan(
     spec = POLICIES[svc.policy]
     missing = sorted((svc.rule_metrics() | spec.required(svc)) - obs.keys())
     fallbacks: tuple[Fallback, ...] = ()
+    sized: Sized | None = None  # the docktor policy's, sized on the full reading
     if missing:
         proposal = propose_from_what_is_known(svc, spec, obs, current, state, ev, now, missing)
         fallbacks = active_fallbacks(svc, state, current)
         if fallbacks:
             proposal = with_fallbacks(proposal, fallbacks, current)
     else:
-        proposal = with_headroom(svc, spec.propose(svc, obs, current, state, ev, now), obs, current, state, now)
+        proposal = spec.propose(svc, obs, current, state, ev, now)
+        sized = proposal.sized
+        proposal = with_headroom(svc, proposal, obs, current, state, now)
         if sat is not None and svc.policy == "docktor":
             proposal = hold(svc, sat, proposal, current, now)
     gate = gate_for(svc, ev, missing, fallbacks)
     env = envelope(svc, state, current, gate, now, proposal.target)
-    return Plan(svc.name, current, obs, ev, missing, gate, env, proposal, fallbacks)
+    return Plan(svc.name, current, obs, ev, missing, gate, env, proposal, fallbacks, Carried(sat, sized))
 
 
 def propose_from_what_is_known(
@@ -298,6 +306,7 @@ def finish(
         advice=advice,
         fallbacks=p.fallbacks,
         wanted=min(max(proposal.target, svc.min_replicas), svc.max_replicas),
+        carried=p.carried,
     )
 
 
@@ -367,7 +376,9 @@ def step(
     d = conclude(svc, p, advise(p) if advise is not None else None)
     if d.changes or any(e.due_at <= now for e in state.expectations):
         points = state.series(d.observations, now)
-        d = replace(d, expecting=expect(svc, points, d.decision, d.current, d.target), effects=due(state.expectations, points))
+        sized = None if p.carried is None else p.carried.sized
+        d = replace(d, expecting=expect(svc, points, d.decision, d.current, d.target, sized),
+                    effects=due(state.expectations, points))
     return d
 
 
@@ -389,6 +400,8 @@ def remember(
 ) -> None:
     """Advance ``state`` after a tick. ``acted``: the executor was asked to scale; ``ok``: it worked."""
     state.recommendations.append((now, decision.recommendation))
+    if decision.carried is not None:
+        state.carried = decision.carried.after(state.carried)
     if observations is not None:
         state.history.append((now, dict(observations)))
     # judged at this tick (decision.effects), or past due

@@ -1,8 +1,9 @@
 """Did the action work? Each executed scale action, a few checks later, gets an effectiveness record.
 
 When a decision changes the count, :func:`expect` notes what it should do: the queue and its
-oldest message's age then, the per-replica throughput the policy would size with (measured, with
-the closed loop's correction: :mod:`docktor.agent.core.feedback`), and the start-up delay. The
+oldest message's age then, the per-replica throughput the policy sized with (measured, with the
+closed loop's correction, one restored after a restart included: :mod:`docktor.agent.core.carried`),
+and the start-up delay. The
 executor acted and it worked (:func:`docktor.agent.core.decide.remember` keeps the expectation
 in ``state.expectations``); ``startup_delay + HORIZON_CHECKS x check_interval`` later, when the
 added replicas have served a while, :func:`judge` compares:
@@ -23,10 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core.derived import Point, pending
+
+if TYPE_CHECKING:
+    from docktor.agent.core.carried import Sized
 
 #: check intervals after the added replicas are ready before an action is judged
 HORIZON_CHECKS = 2
@@ -57,22 +61,29 @@ def _pending(o: Mapping[str, float]) -> float | None:
     return None if waiting is None else max(0.0, waiting)
 
 
-def expect(svc: ServiceConfig, points: Sequence[Point], action: str, current: int, target: int) -> Expectation | None:
+def expect(svc: ServiceConfig, points: Sequence[Point], action: str, current: int, target: int,
+           sized: Sized | None = None) -> Expectation | None:
     """The expectation of a change from ``current`` to ``target`` decided at ``points[-1]`` (None:
-    no change, or no queue length to judge it by)."""
+    no change, or no queue length to judge it by). ``sized``: what the docktor policy sized this
+    decision with (:mod:`.carried`), the throughput predicted with; without it (another policy,
+    a reading with a metric missing) the throughput is estimated here, as that policy would."""
     if target == current or not points:
         return None
     now, obs = points[-1]
     waiting = _pending(obs)
     if waiting is None:
         return None
-    # imported here: the sizing module brings numpy, which a rules-only daemon never needs otherwise
-    from docktor.agent.core.feedback import correct
-    from docktor.agent.core.sizing import estimate_mu
+    if sized is not None and sized.at == now:
+        # a correction restored after a restart included: the record judges what the policy used
+        mu = sized.corrected
+    else:
+        # imported here: the sizing module brings numpy, which a rules-only daemon never needs otherwise
+        from docktor.agent.core.feedback import correct
+        from docktor.agent.core.sizing import estimate_mu
 
-    mu, _ = estimate_mu(svc, points)
-    if mu is not None:
-        mu *= correct(svc, points, mu).factor
+        mu, _ = estimate_mu(svc, points)
+        if mu is not None:
+            mu *= correct(svc, points, mu).factor
     return Expectation(now, now + svc.startup_delay + HORIZON_CHECKS * svc.check_interval, action, current, target,
                        waiting, obs.get("queue.oldest_age"), mu, svc.startup_delay)
 

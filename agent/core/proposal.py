@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core.rules import Evaluation
 from docktor.agent.core.state import ServiceState
+
+if TYPE_CHECKING:
+    from docktor.agent.core.carried import Sized
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,9 @@ class Proposal:
     #: late): ``headroom`` is added only to a sized count, since a kept count already carries the
     #: headroom of the decision that set it, and adding it again would ratchet up every tick
     keeps: bool = False
+    #: the docktor policy's throughput and correction (core/carried.py): what the effect check and
+    #: the state file read; not part of what is proposed, so two proposals compare without it
+    sized: Sized | None = field(default=None, compare=False)
 
 
 ProposeFn = Callable[[ServiceConfig, Mapping[str, float], int, ServiceState, Evaluation, float], Proposal]

@@ -46,14 +46,16 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
 from docktor.agent.core import periodic, recalled_loop
+from docktor.agent.core.carried import Sized
 from docktor.agent.core.derived import pending
-from docktor.agent.core.feedback import NONE, correct
+from docktor.agent.core.feedback import NONE, Correction, correct
 from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.rules import Evaluation
 from docktor.agent.core.state import ServiceState
@@ -247,6 +249,15 @@ def docktor_policy(
     mu, mu_source = estimate_mu(svc, points)
     # the closed loop (core/feedback.py), with what it found before a restart (core/recalled_loop.py)
     loop = recalled_loop.correction(correct(svc, points, mu), svc, state, mu, now) if mu is not None else NONE
+    # the proposal carries them for the effect check and the state file (core/carried.py)
+    used = Sized(now, mu, loop.factor, loop.observed_age, loop.predicted_age)
+    return replace(_size(svc, obs, current, now, points, mu, mu_source, loop), sized=used)
+
+
+def _size(
+    svc: ServiceConfig, obs: Mapping[str, float], current: int, now: float, points: Sequence[tuple[float, Mapping[str, float]]],
+    mu: float | None, mu_source: str, loop: Correction,
+) -> Proposal:
     loop_note = f"; {loop.text(mu)}" if mu is not None and loop.factor < 1 else ""
     mu = None if mu is None else mu * loop.factor
     backlog = obs["queue.backlog"]

@@ -16,6 +16,7 @@ from docktor.agent.core.attainment import AttainmentWindow
 from docktor.agent.core.derived import Point
 
 if TYPE_CHECKING:
+    from docktor.agent.core.carried import Carried
     from docktor.agent.core.effect import Expectation
     from docktor.agent.core.recalled import Recalled
 
@@ -42,6 +43,8 @@ class ServiceState:
     attainment: AttainmentWindow | None = None
     #: what a previous daemon's verdicts and closed loop had found, from its state file (core/recalled.py)
     recalled: Recalled | None = None
+    #: the verdicts, throughput and correction the last decisions used (core/carried.py)
+    carried: Carried | None = None
 
     def note_reads(self, ok: Iterable[str], failed: Iterable[str]) -> None:
         """Count this tick's source reads: a failure extends its source's run, a success ends it."""

@@ -21,6 +21,10 @@ dropped with one line saying why):
   given (``due_at - at``): judged later than that, a record would cover more time nobody watched
   than time the daemon did.
 
+The verdicts and the correction saved are the ones the last decision used
+(``state.carried``: :mod:`docktor.agent.core.carried`), not judged again from the history at
+each save; only a save before any decision read them works them out from the history.
+
 A file without the piece (written before it existed) restores as before; the state file's
 version does not change, since an older daemon ignores the key.
 """
@@ -34,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import recalled
+from docktor.agent.core.carried import Carried, Sized
 from docktor.agent.core.effect import Expectation
 from docktor.agent.core.recalled import Recalled, SavedCorrection
 from docktor.agent.core.saturation import MEMORY_S, Verdict, assess
@@ -61,16 +66,20 @@ def dump(svc: ServiceConfig, state: ServiceState, *, wall: float, mono: float) -
         return round(wall - (mono - t), 3)
 
     points = list(state.history)
+    carried = state.carried or Carried()
     out: dict[str, Any] = {}
-    if (points and any("queue.rate_out" in o for _, o in points)) or state.recalled is not None:
+    sat = carried.saturation  # what the last decisions read (core/carried.py): not judged again
+    if sat is None and ((points and any("queue.rate_out" in o for _, o in points)) or state.recalled is not None):
+        # no decision read verdicts yet (saved before the first tick): from the history
         sat = recalled.saturation(assess(svc, points), state, mono)
+    if sat is not None:
         verdicts = [v for v in sat.verdicts if v.seen_at >= mono - MEMORY_S][-MAX_VERDICTS:]
         if verdicts or sat.last_up_at is not None:
             out["verdicts"] = {
                 "last_up_at": None if sat.last_up_at is None else at(sat.last_up_at),
                 "judged": [_row(v, at) for v in verdicts],
             }
-    correction = _correction(svc, state, points, mono)
+    correction = _correction(svc, state, points, carried.sized)
     if correction is not None:
         out["correction"] = _row(correction, at)
     if state.expectations:
@@ -78,10 +87,17 @@ def dump(svc: ServiceConfig, state: ServiceState, *, wall: float, mono: float) -
     return out or None
 
 
-def _correction(svc: ServiceConfig, state: ServiceState, points: list[Any], mono: float) -> SavedCorrection | None:
+def _correction(svc: ServiceConfig, state: ServiceState, points: list[Any], sized: Sized | None) -> SavedCorrection | None:
     """The closed loop's correction as the last tick found it (with a saved one still stronger)."""
-    if svc.policy != "docktor" or not svc.closed_loop or not points:
+    if svc.policy != "docktor" or not svc.closed_loop:
         return None
+    if sized is not None:  # what the last decision sized with (core/carried.py)
+        if sized.mu is None or not sized.mu > 0 or not sized.factor < 1:
+            return None
+        return SavedCorrection(sized.factor, sized.mu, sized.at, sized.observed_age, sized.predicted_age)
+    if not points:
+        return None
+    # no decision sized yet (saved before the first full reading): from the history
     # imported here: numpy, which only the sizing policy (which loaded it already) needs
     from docktor.agent.core.feedback import INTERVALS, correct
     from docktor.agent.core.recalled_loop import correction

@@ -23,7 +23,7 @@ from docktor.agent.config.load import load_config
 from docktor.agent.config.model import LLMConfig, ServiceConfig
 from docktor.agent.core import feedback as fb
 from docktor.agent.core import saturation as sat
-from docktor.agent.core.decide import decide
+from docktor.agent.core.decide import decide, remember
 from docktor.agent.core.effect import Expectation
 from docktor.agent.core.recalled_loop import faded
 from docktor.agent.core.state import ServiceState
@@ -161,6 +161,51 @@ def test_the_closed_loop_correction_survives_a_restart_faded_as_it_would_have() 
     assert f"so {50.0 * expected:.4g}/s per replica, not the 50/s measured (found before the restart)" in d.reason
     fresh = decide(s, after[2][1], 2, with_history([(1000.0 + t, o) for t, o in after[:2]]), now)
     assert d.target > fresh.target  # sized with the slower throughput, not the one measured afresh
+
+
+def test_an_effect_check_after_a_restart_predicts_with_the_restored_correction() -> None:
+    """The record of an action decided with a restored correction predicts with it too: the
+    throughput the policy sized with, not the 50/s measured afresh (what it used before)."""
+    s = svc()
+    again = back(saved(s, slowed()), s, down=5.0, mono=1000.0).saved.state
+    assert again.recalled is not None and again.recalled.correction is not None
+    after = aged_points([10.0] * 3)
+    for t, o in after[:2]:
+        again.history.append((1000.0 + t, dict(o)))
+    now = 1000.0 + after[2][0]
+    d = decide(s, after[2][1], 2, again, now)
+    assert d.changes and d.expecting is not None
+    used = 50.0 * faded(again.recalled.correction, s, now)
+    assert used < 50.0 and d.expecting.mu == pytest.approx(used)
+    assert d.carried is not None and d.carried.sized is not None and d.carried.sized.corrected == d.expecting.mu
+
+
+def ticked(s: ServiceConfig, points: list[tuple[float, Mapping[str, float]]], current: int) -> ServiceState:
+    """``points`` as a daemon lives them: each one decided, then remembered."""
+    state = ServiceState()
+    for t, o in points:
+        d = decide(s, o, current, state, t)
+        remember(state, d, t, acted=False, observations=d.observations)
+    return state
+
+
+@pytest.mark.parametrize("case", ["climb", "slowed"])
+def test_the_memory_saved_is_what_the_last_decision_used(case: str) -> None:
+    """A save reads the verdicts and the correction the tick's decision found (``state.carried``),
+    and they are what working them out from the history again finds."""
+    s = svc()
+    climb = history(CLIMB, capped, pending=40_000.0)
+    points, current = ([(t, {**o, "queue.ack_pending": 32.0}) for t, o in climb], 16) if case == "climb" \
+        else (aged_points([10.0] * 11 + [15.0]), 2)
+    state = ticked(s, points, current)
+    assert state.carried is not None and state.carried.saturation is not None and state.carried.sized is not None
+    doc = saved(s, state)
+    assert doc["memory"] == saved(s, dataclasses.replace(state, carried=None))["memory"]
+    if case == "climb":  # the climb's verdicts, and the last tick's scale-up judged too
+        assert [v["effective"] for v in doc["memory"]["verdicts"]["judged"]] == [True, False, False, False]
+    else:
+        c, used = doc["memory"]["correction"], state.carried.sized
+        assert (c["factor"], c["mu"], c["at"]) == (used.factor, used.mu, WALL) and used.factor < 1
 
 
 def test_a_correction_older_than_the_loop_looks_back_or_with_the_loop_off_is_dropped() -> None:
