@@ -83,6 +83,8 @@ def test_a_period_is_followed_only_when_it_fits_and_the_checks_leave_room() -> N
     assert not periodic.may_follow(pattern, 27.0, 15.0, 10.0)
     assert not periodic.may_follow(pattern, 27.0, 30.0, 10.0)
     assert not periodic.may_follow(pattern, 27.0, 5.0, 30.0)
+    # a 2 s start-up: the reactive plan has a burst's replicas ready sooner than the margin costs
+    assert not periodic.may_follow(pattern, 27.0, 5.0, 2.0)
     # a period seen twice only, or fitting the recent reads less well than FOLLOW_FIT
     assert not periodic.may_follow(replace(pattern, confirmed=False), 27.0, 5.0, 10.0)
     assert not periodic.may_follow(replace(pattern, fit=periodic.FOLLOW_FIT - 0.01), 27.0, 5.0, 10.0)
