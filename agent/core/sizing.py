@@ -39,6 +39,10 @@ Per tick:
 7. **A load that repeats** (:mod:`docktor.agent.core.periodic`): while the reads follow a
    period, and holding replicas through it is cheaper than following each burst, the count is
    the fewest that, held, start the next period in time; steps 5 and 6 stand down meanwhile.
+   Where following is cheaper, a period seen three times, fitting well, with checks that leave
+   room, is followed on its forecast: each burst's replicas start two checks before the last
+   check that has them ready and go after it, never below what the queue and today's rate need
+   (:func:`periodic.follow`).
 """
 
 from __future__ import annotations
@@ -324,7 +328,27 @@ def _size(
             if n > running:
                 n = periodic.just_in_time(cap, ahead, pattern, queued, n, ceiling, step)
         else:
-            pattern = None
+            # Cheaper followed, but foreseen: each burst's replicas start on the forecast, two checks
+            # ahead of the last that has them ready, and go after it on the forecast, not on a
+            # smoothed rate the burst left behind. Only where periodic.may_follow says the period
+            # and the checks leave room for what the forecast does not see.
+            followed = None
+            if periodic.may_follow(pattern, slo, step, lag):
+                # the queue and today's rate until the next check: never planned below (a burst
+                # early or large is sized on what it left queued at once)
+                shown = dl.demand(q_at, q_due, slo, rate_now, 0.0, step, horizon, step, marks)
+                followed = periodic.follow(
+                    cap, pattern, q_at, q_due, queued, slo, horizon, marks, ceiling, step,
+                    dl.fewest_replicas(cap, shown, ceiling, 0.0)[0],
+                )
+            if followed is None:
+                pattern = None
+            else:
+                n, feasible = followed, True
+                why += (
+                    f"; the load repeats every {pattern.period:g}s ({100 * pattern.fit:.0f}% fit), each burst followed:"
+                    f" {n} start the next {2 * horizon:g}s in time"
+                )
     else:
         pattern = None
 

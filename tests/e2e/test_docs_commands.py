@@ -146,6 +146,7 @@ PLANS: dict[tuple[str, str], Plan] = {
         "docktor bench --no-public --held-out 7,8 --policies docktor,docktor-open --json",
         "docktor bench --grid --jobs 2 --held-out 7,8",
         "docktor bench --grid --jobs 2 --held-out 7,8 --policies docktor --json",
+        "docktor bench --no-public --held-out 7,8 --policies docktor --markdown",
         "docktor bench --held-out 7,8 --policies docktor,oracle --json",
         "docktor bench --no-public --held-out 9,10 --startup-s 60 --policies docktor,oracle --json",
         "docktor bench --no-public --held-out 9,10 --slo-s 5 --policies docktor,oracle --json",
