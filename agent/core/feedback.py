@@ -11,8 +11,8 @@ read at both ends, the current ``mu`` predicts how many queued messages the repl
 started in it (``ready x mu x interval``), hence (the queue is FIFO; the arrival history says
 when each queued message came, :func:`docktor.agent.core.deadlines.queue_deadlines`, stretched to
 the measured age) how old its head should be at the end. When the measured age is older than
-that by more than the tolerance (:func:`tolerance`: twice the largest excess of the intervals
-before, between ``max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE x target_wait)`` and
+that by more than the tolerance (:func:`tolerance`: twice the largest miss, ahead or behind, of
+the intervals before, between ``max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE x target_wait)`` and
 ``AGE_TOLERANCE_CHECKS x interval``), the head moved only as far as fewer starts would take it: their ratio to the prediction is what ``mu`` is
 overstated by. The correction is the lowest such ratio, each weighed back toward 1 by
 ``exp(-age / (DECAY_CHECKS x check_interval))``, and never below ``FLOOR`` (a quarter of what
@@ -51,9 +51,10 @@ AGE_TOLERANCE_CHECKS = 0.5
 FLOOR = 0.25
 #: a ratio found this many check intervals ago weighs e^-1 of what it did
 DECAY_CHECKS = 12.0
-#: the tolerance is SPREAD_TIMES the largest excess of the last SPREAD_INTERVALS intervals before
-#: (at least SPREAD_MIN of them), within the bounds above: a queue whose age has followed the
-#: prediction closely shows a slowdown at its first check, one whose age jumps keeps the half interval
+#: the tolerance is SPREAD_TIMES the largest miss, ahead or behind, of the last SPREAD_INTERVALS
+#: intervals before (at least SPREAD_MIN of them), within the bounds above: a queue whose age has
+#: followed the prediction closely shows a slowdown at its first check, one whose age jumps (noise
+#: goes both ways, a slowdown one) keeps the half interval
 SPREAD_INTERVALS = 12
 SPREAD_MIN = 6
 SPREAD_TIMES = 2.0
@@ -114,13 +115,14 @@ def _interval(svc: ServiceConfig, points: Sequence[Point], k: int, mu: float) ->
 
 def tolerance(svc: ServiceConfig, dt: float, earlier: Sequence[float]) -> float:
     """How far ahead of the prediction an age may be and still be noise, for an interval of
-    ``dt`` seconds after intervals whose ages were ``earlier`` seconds ahead (newest first)."""
+    ``dt`` seconds after intervals whose ages were ``earlier`` seconds ahead of it (behind:
+    negative; newest first)."""
     floor = max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE * svc.target_wait)
     cap = max(floor, AGE_TOLERANCE_CHECKS * dt)
     recent = earlier[:SPREAD_INTERVALS]
     if len(recent) < SPREAD_MIN:
         return cap
-    return min(cap, max(floor, SPREAD_TIMES * max(0.0, *recent)))
+    return min(cap, max(floor, SPREAD_TIMES * max(abs(e) for e in recent)))
 
 
 def correct(svc: ServiceConfig, points: Sequence[Point], mu: float) -> Correction:
