@@ -11,9 +11,9 @@ read at both ends, the current ``mu`` predicts how many queued messages the repl
 started in it (``ready x mu x interval``), hence (the queue is FIFO; the arrival history says
 when each queued message came, :func:`docktor.agent.core.deadlines.queue_deadlines`, stretched to
 the measured age) how old its head should be at the end. When the measured age is older than
-that by more than ``max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE x target_wait, AGE_TOLERANCE_CHECKS x
-interval)``, the head moved
-only as far as fewer starts would take it: their ratio to the prediction is what ``mu`` is
+that by more than the tolerance (:func:`tolerance`: twice the largest miss, ahead or behind, of
+the intervals before, between ``max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE x target_wait)`` and
+``AGE_TOLERANCE_CHECKS x interval``), the head moved only as far as fewer starts would take it: their ratio to the prediction is what ``mu`` is
 overstated by. The correction is the lowest such ratio, each weighed back toward 1 by
 ``exp(-age / (DECAY_CHECKS x check_interval))``, and never below ``FLOOR`` (a quarter of what
 was measured): bounded, and gone a few ticks after the age stops running ahead (or as soon as
@@ -39,10 +39,11 @@ from docktor.agent.core.saturation import ready_at
 
 #: the check intervals looked back through
 INTERVALS = 20
-#: an age older than predicted by less than the larger of these is noise: a reading's second and
-#: rounding; a share of the wait target; and half the interval, since the arrival curve knows one
-#: rate per read, so messages that came unevenly inside it (a burst, a producer's batch) and a
-#: real queue's age and length read a moment apart move the head by up to that much
+#: an age older than predicted by less than the larger of the first two is always noise: a
+#: reading's second and rounding; a share of the wait target. Up to half the interval may be, since
+#: the arrival curve knows one rate per read, so messages that came unevenly inside it (a burst, a
+#: producer's batch) and a real queue's age and length read a moment apart move the head by up to
+#: that much: where the age has not followed the prediction closely (below), the tolerance is that
 AGE_TOLERANCE_S = 1.0
 AGE_TOLERANCE_SHARE = 0.05
 AGE_TOLERANCE_CHECKS = 0.5
@@ -50,7 +51,13 @@ AGE_TOLERANCE_CHECKS = 0.5
 FLOOR = 0.25
 #: a ratio found this many check intervals ago weighs e^-1 of what it did
 DECAY_CHECKS = 12.0
-
+#: the tolerance is SPREAD_TIMES the largest miss, ahead or behind, of the last SPREAD_INTERVALS
+#: intervals before (at least SPREAD_MIN of them), within the bounds above: a queue whose age has
+#: followed the prediction closely shows a slowdown at its first check, one whose age jumps (noise
+#: goes both ways, a slowdown one) keeps the half interval
+SPREAD_INTERVALS = 12
+SPREAD_MIN = 6
+SPREAD_TIMES = 2.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,8 @@ NONE = Correction(1.0)
 
 def _interval(svc: ServiceConfig, points: Sequence[Point], k: int, mu: float) -> tuple[float, float, float] | None:
     """(ratio of starts observed to predicted, age observed, age predicted) over the interval
-    ending at point ``k``, or None where it says nothing (no queue, no ages, age not ahead)."""
+    ending at point ``k``, or None where it says nothing (no queue, no ages); the age may be
+    ahead of the prediction by any amount, or behind it (ratio 1)."""
     (t0, o0), (t1, o1) = points[k - 1], points[k]
     dt = t1 - t0
     p0 = pending(o0)
@@ -100,11 +108,21 @@ def _interval(svc: ServiceConfig, points: Sequence[Point], k: int, mu: float) ->
     scale = a0 / -float(xs[0])
     advance = (float(np.interp(min(predicted_starts, p0), ys, xs)) - float(xs[0])) * scale
     predicted = max(0.0, a0 + dt - advance)
-    if a1 - predicted <= max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE * svc.target_wait, AGE_TOLERANCE_CHECKS * dt):
-        return None
     moved = max(0.0, a0 + dt - a1) / scale  # how far the head moved, in the model's seconds
     started = float(np.interp(float(xs[0]) + moved, xs, ys))
     return min(1.0, started / predicted_starts), a1, predicted
+
+
+def tolerance(svc: ServiceConfig, dt: float, earlier: Sequence[float]) -> float:
+    """How far ahead of the prediction an age may be and still be noise, for an interval of
+    ``dt`` seconds after intervals whose ages were ``earlier`` seconds ahead of it (behind:
+    negative; newest first)."""
+    floor = max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE * svc.target_wait)
+    cap = max(floor, AGE_TOLERANCE_CHECKS * dt)
+    recent = earlier[:SPREAD_INTERVALS]
+    if len(recent) < SPREAD_MIN:
+        return cap
+    return min(cap, max(floor, SPREAD_TIMES * max(abs(e) for e in recent)))
 
 
 def correct(svc: ServiceConfig, points: Sequence[Point], mu: float) -> Correction:
@@ -112,12 +130,29 @@ def correct(svc: ServiceConfig, points: Sequence[Point], mu: float) -> Correctio
     if not svc.closed_loop or mu <= 0 or len(points) < 3:
         return NONE
     now = points[-1][0]
+    first = max(2, len(points) - INTERVALS)
+    # the intervals the loop corrects from, and before them those that measure the spread (read
+    # only for an excess the spread decides on: most ticks have none)
+    cache: dict[int, tuple[float, float, float] | None] = {}
+
+    def at(k: int) -> tuple[float, float, float] | None:
+        if k not in cache:
+            cache[k] = _interval(svc, points, k, mu)
+        return cache[k]
+
+    floor = max(AGE_TOLERANCE_S, AGE_TOLERANCE_SHARE * svc.target_wait)
     best = NONE
-    for k in range(len(points) - 1, max(1, len(points) - 1 - INTERVALS), -1):
-        found = _interval(svc, points, k, mu)
+    for k in range(len(points) - 1, first - 1, -1):
+        found = at(k)
         if found is None:
             continue
         ratio, observed, predicted = found
+        excess = observed - predicted
+        if excess <= floor:
+            continue
+        earlier = [f[1] - f[2] for j in range(k - 1, max(0, first - 1 - SPREAD_INTERVALS), -1) if (f := at(j)) is not None]
+        if excess <= tolerance(svc, points[k][0] - points[k - 1][0], earlier):
+            continue
         weight = math.exp(-(now - points[k][0]) / (DECAY_CHECKS * svc.check_interval))
         factor = max(FLOOR, 1.0 - (1.0 - ratio) * weight)
         if factor < best.factor:

@@ -52,9 +52,34 @@ def test_replicas_removed_at_the_start_of_an_interval_are_not_counted_as_working
     assert fb.correct(svc(), history, MU) == fb.NONE
 
 
+#: the tolerance's bounds for svc(): 5 % of the 30 s target, and half the 5 s interval
+FLOOR_S = max(fb.AGE_TOLERANCE_S, fb.AGE_TOLERANCE_SHARE * 30.0)
+HALF_S = fb.AGE_TOLERANCE_CHECKS * STEP
+
+
 def test_noise_within_the_tolerance_corrects_nothing() -> None:
-    tolerance = max(fb.AGE_TOLERANCE_S, fb.AGE_TOLERANCE_SHARE * 30.0, fb.AGE_TOLERANCE_CHECKS * STEP)
-    assert fb.correct(svc(), points([10.0] * 11 + [10.0 + 0.9 * tolerance]), MU) == fb.NONE
+    # too few intervals before to tell how closely the age follows the prediction: half an interval
+    assert fb.correct(svc(), points([10.0] * 3 + [10.0 + 0.9 * HALF_S]), MU) == fb.NONE
+    # an age that has jumped 1.5 s ahead and back every other check (a real queue's noise, as on
+    # examples/nats-multi): the same excess is noise there, however long the queue has had it
+    noisy = points([10.0, 11.5] * 9 + [10.0, 10.0 + 0.9 * HALF_S])
+    assert fb.tolerance(svc(), STEP, [-0.75, 1.5] * 3) == HALF_S
+    assert fb.correct(svc(), noisy, MU) == fb.NONE
+
+
+def test_after_ages_that_followed_the_prediction_a_smaller_excess_corrects_at_once() -> None:
+    # a slowdown on a queue whose age has followed the prediction: the same excess that is noise
+    # above is found at its first check, not one later; the head moved 2.75 s where 5 s was
+    # predicted, so 275 of the 500 predicted started
+    # (the first intervals, with too short an arrival history, miss by more: 16 steady ticks leave
+    # them out of the 12 the spread is measured on)
+    c = fb.correct(svc(), points([10.0] * 16 + [10.0 + 0.9 * HALF_S]), MU)
+    assert math.isclose(c.factor, 0.55, rel_tol=1e-6)
+    assert fb.tolerance(svc(), STEP, [0.0] * fb.SPREAD_MIN) == FLOOR_S
+    # below the floor it is noise all the same
+    assert fb.correct(svc(), points([10.0] * 16 + [10.0 + 0.9 * FLOOR_S]), MU) == fb.NONE
+    # and an age that fell behind the prediction as far, a check before, makes it noise too
+    assert fb.tolerance(svc(), STEP, [-1.5] + [0.0] * fb.SPREAD_MIN) == HALF_S
 
 
 def test_the_correction_is_bounded() -> None:

@@ -88,9 +88,12 @@ def test_a_throughput_cap_is_one_no_replica_count_lifts() -> None:
     assert started == pytest.approx(500 * 60, rel=0.02)
 
 
-def test_closed_loop_keeps_the_promise_through_a_3x_drift_where_the_open_loop_does_not() -> None:
+# ramp: the slowdown's first check shows the age 2.3 s ahead, less than half the interval; found
+# there (the age had followed the prediction within 0.2 s), not a check later, 99.72 % not 99.12 %
+@pytest.mark.parametrize("name", ["diurnal", "ramp"])
+def test_closed_loop_keeps_the_promise_through_a_3x_drift_where_the_open_loop_does_not(name: str) -> None:
     scenario = Scenario(drift=3.0)
-    trace = shipped("diurnal")
+    trace = shipped(name)
     load = workload(trace, scenario)
     closed, opened = Told(scenario), Told(scenario, closed_loop=False)
     closed_run = simulate(trace, scenario, closed, load=load)
