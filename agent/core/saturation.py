@@ -99,8 +99,6 @@ class Verdict:
     effective: bool
     #: the output did not fall by more than the noise: a limit's signature, not a slowdown's
     flat: bool = True
-    #: replicas running when it was judged
-    running: int = 0
     #: the count was steady over both intervals and the start-ups before them (see the module's doc)
     clean: bool = False
 
@@ -211,18 +209,17 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
         ready_after = ready_at(points, after, lag)
         if rate_after is None:
             continue
-        running = int(points[after][1].get("replicas.running", ready_after))
         fell = any(points[j][1].get("replicas.running", cur) < points[j - 1][1].get("replicas.running", cur)
                    for j in range(k + 1, after + 1))
-        clean = not fell and _steady(points, before - 1, before, lag) and _steady(points, after - 1, after, lag) \
-            and _steady(points, k, after, 0.0)
+        # steady from the scale-up to its judgment covers the interval after and its start-up too
+        clean = _steady(points, before - 1, before, lag) and _steady(points, k, after, 0.0)
         expected = (ready_after - ready_before) * rate_before / ready_before
         observed = rate_after - rate_before
         p_after = pending(points[after][1])
         if p_after is not None and p_after <= 0:
             # the queue emptied: the replicas did what was needed
             verdicts.append(Verdict(seen_at, points[after][0], ready_before, ready_after, rate_before, expected, observed,
-                                    True, True, running, clean))
+                                    True, True, clean))
             continue
         if not _saturated(points, after) or expected <= 0:
             continue
@@ -233,7 +230,7 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
         if not effective and fell:
             continue  # the count fell again before it was judged: what was measured is not this scale-up
         verdicts.append(Verdict(seen_at, points[after][0], ready_before, ready_after, rate_before, expected, observed,
-                                effective, observed >= -noise, running, clean))
+                                effective, observed >= -noise, clean))
     verdicts.sort(key=lambda v: v.judged_at)
     sat = Saturation(tuple(verdicts), unverified, last_up_at)
     start = sat.start
