@@ -25,7 +25,12 @@ is *ineffective* when its observed gain is under ``EFFECTIVE_SHARE`` of the expe
 **Evidence.** A verdict is *clean* when the replica count was steady over both intervals it
 compares and the start-up before each (every replica counted was ready for the whole interval, so
 the per-replica rate before is what those replicas did, not what some of them did with others
-starting halfway), and did not change again between the scale-up and its judgment. An
+starting halfway), did not change again between the scale-up and its judgment, and the output fell
+short of the expected gain by ``NOISE_Z`` standard deviations of a difference of two intervals,
+measured: the spread of ``rate_out`` over at least ``SPREAD_MIN`` saturated intervals at the
+count before (never less than counting noise). Service times that vary a lot spread the output
+far wider than counting noise (at cv 2, sawtooth's single verdicts read "-20/s where +53/s was
+expected" with every replica busy); a verdict at the edge of the noise is one of two. An
 ineffective verdict whose span saw the count fall again (a scale-in, or the policy's next step
 down) is no evidence at all and is dropped: the output it measured is not the scale-up's (on
 burst-every-minute at a 2 s start-up, 2 -> 4 -> 5 -> 4 within 15 s read as "+45/s where +157.6/s
@@ -80,6 +85,8 @@ HOLD_CYCLES = 4.0
 #: checks: LIFT_CHECKS check intervals)
 LIFT_MIN_S = 30.0
 LIFT_CHECKS = 6
+#: the fewest intervals at one count whose spread of ``rate_out`` a single-verdict hold is measured against
+SPREAD_MIN = 4
 #: the longest a hold goes without a probe, seconds (the longest probe wait)
 MAX_QUIET_S = MEMORY_S / 2
 
@@ -170,6 +177,25 @@ def _steady(points: Sequence[Point], first: int, last: int, startup: float) -> b
     return len(counts) == 1 and None not in counts
 
 
+def _spread(points: Sequence[Point], before: int, startup: float) -> float | None:
+    """The standard deviation of ``rate_out`` over the saturated intervals just before point
+    ``before`` (it included) with the count it had, every replica ready; None with fewer than
+    ``SPREAD_MIN``. Counting noise alone is ``sqrt(rate / check_interval)``; workers whose service
+    times vary more than a Poisson process's (or share a noisy downstream) spread it wider."""
+    count = points[before][1].get("replicas.running")
+    rates: list[float] = []
+    j = before
+    while j >= 1 and points[j][1].get("replicas.running") == count and _steady(points, j - 1, j, startup):
+        rate = points[j][1].get("queue.rate_out")
+        if rate is not None and _saturated(points, j):
+            rates.append(rate)
+        j -= 1
+    if len(rates) < SPREAD_MIN:
+        return None
+    mean = sum(rates) / len(rates)
+    return math.sqrt(sum((r - mean) ** 2 for r in rates) / (len(rates) - 1))
+
+
 def _saturated(points: Sequence[Point], k: int) -> bool:
     """Work waited in the queue through the interval ending at point k."""
     if k < 1:
@@ -215,6 +241,11 @@ def assess(svc: ServiceConfig, points: Sequence[Point]) -> Saturation:
         clean = _steady(points, before - 1, before, lag) and _steady(points, k, after, 0.0)
         expected = (ready_after - ready_before) * rate_before / ready_before
         observed = rate_after - rate_before
+        if clean:
+            # and it fell short by more than the output's own spread at the count before could
+            spread = _spread(points, before, lag)
+            floor = math.sqrt(rate_before / step)
+            clean = spread is not None and expected - observed >= NOISE_Z * math.sqrt(2) * max(spread, floor)
         p_after = pending(points[after][1])
         if p_after is not None and p_after <= 0:
             # the queue emptied: the replicas did what was needed

@@ -55,8 +55,9 @@ def thrashing(ready: int) -> float:
 
 #: 8 replicas, then +2 every 20 s (each measured before the next)
 CLIMB = [8] * 6 + [10] * 4 + [12] * 4 + [14] * 4 + [16] * 4
-#: 8, 10, then 12, where the hold begins (10 -> 12 is judged at 65 s with 12 running), kept
-HELD = [8] * 6 + [10] * 4 + [12] * 8
+#: 8, 10 (long enough to measure the output's spread there), then 12, where the hold begins (10 -> 12
+#: is judged at 80 s with 12 running), kept
+HELD = [8] * 6 + [10] * 7 + [12] * 8
 
 
 def test_two_scale_ups_past_a_throughput_cap_make_it_not_helping() -> None:
@@ -287,3 +288,17 @@ services:
 """
     svc = parse_config(text, Path("/tmp/d.yaml"), {}).services[0]
     assert svc.rule_metrics() == {"scaling.ineffective"}
+
+
+def test_one_flat_verdict_within_the_output_s_own_spread_is_not_enough_alone() -> None:
+    # workers whose service times vary a lot (cv 2) spread the output far wider than counting
+    # noise: +-60/s from one interval to the next at 10 replicas. 10 -> 12 adding nothing is then
+    # within that spread: one of two, not a hold on its own
+    wobble = [0.0, 60.0, -60.0, 40.0]
+    points = history(HELD, capped)
+    points = [(t, {**o, "queue.rate_out": o["queue.rate_out"] + wobble[i % 4]}) if i < 13 else (t, o)
+              for i, (t, o) in enumerate(points)]
+    s = sat.assess(svc(), points)
+    v = [v for v in s.verdicts if v.ready_before == 10][0]
+    assert not v.effective and v.flat and not v.clean
+    assert s.suspect and not s.ineffective
