@@ -86,7 +86,7 @@ HOLD_CYCLES = 4.0
 LIFT_MIN_S = 30.0
 LIFT_CHECKS = 6
 #: the fewest intervals at one count whose spread of ``rate_out`` a single-verdict hold is measured against
-SPREAD_MIN = 4
+SPREAD_MIN = 8
 #: the longest a hold goes without a probe, seconds (the longest probe wait)
 MAX_QUIET_S = MEMORY_S / 2
 

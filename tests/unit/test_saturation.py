@@ -56,8 +56,8 @@ def thrashing(ready: int) -> float:
 #: 8 replicas, then +2 every 20 s (each measured before the next)
 CLIMB = [8] * 6 + [10] * 4 + [12] * 4 + [14] * 4 + [16] * 4
 #: 8, 10 (long enough to measure the output's spread there), then 12, where the hold begins (10 -> 12
-#: is judged at 80 s with 12 running), kept
-HELD = [8] * 6 + [10] * 7 + [12] * 8
+#: is judged at 100 s with 12 running), kept
+HELD = [8] * 6 + [10] * 11 + [12] * 8
 
 
 def test_two_scale_ups_past_a_throughput_cap_make_it_not_helping() -> None:
@@ -296,7 +296,7 @@ def test_one_flat_verdict_within_the_output_s_own_spread_is_not_enough_alone() -
     # within that spread: one of two, not a hold on its own
     wobble = [0.0, 60.0, -60.0, 40.0]
     points = history(HELD, capped)
-    points = [(t, {**o, "queue.rate_out": o["queue.rate_out"] + wobble[i % 4]}) if i < 13 else (t, o)
+    points = [(t, {**o, "queue.rate_out": o["queue.rate_out"] + wobble[i % 4]}) if i < 17 else (t, o)
               for i, (t, o) in enumerate(points)]
     s = sat.assess(svc(), points)
     v = [v for v in s.verdicts if v.ready_before == 10][0]
