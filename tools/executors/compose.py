@@ -228,11 +228,12 @@ class ComposeExecutor(DockerExecutor[ComposeSettings]):
             if any(r.state == "running" and r.looping(baseline.get(r.id, 0)) for r in reps):
                 # up again at this instant: its own ExitCode is 0, the engine's events keep the last one
                 exits = await self._call(self._exit_codes_sync, [r.id for r in reps], began)
-            problems = [
-                p for r in reps if (p := r.problem(baseline.get(r.id, 0), exits.get(r.id))) is not None
-            ]
+            found = {r.id: r.problem(baseline.get(r.id, 0), exits.get(r.id)) for r in reps}
+            problems = [p for p in found.values() if p is not None]
             if problems:
-                return f"scaling to {n} failed: {'; '.join(problems)}", False, len(ready)
+                # a restart-looping replica caught up between two crashes is not one that runs
+                sound = sum(1 for r in ready if found[r.id] is None)
+                return f"scaling to {n} failed: {'; '.join(problems)}", False, sound
             if len(ready) == n and len(reps) == n:
                 ready_since = ready_since or time.monotonic()
                 # a worker that crashes on start is "running" for a moment: require it to stay up
