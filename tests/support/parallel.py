@@ -39,20 +39,21 @@ SLOWEST: dict[str, float] = {
     "tests/e2e/test_example_nats_multi.py": 270,
     "tests/e2e/test_example_rabbitmq.py": 180,
     "tests/plugins/test_rabbitmq_source.py": 170,
-    "tests/plugins/test_swarm_executor_scaling.py": 80,  # the two halves of the 130 s module: each deploys its stack
-    "tests/plugins/test_swarm_executor_engine.py": 80,
     "tests/runtime/test_scalein.py": 120,
     "tests/e2e/test_example_nats_swarm.py": 105,
-    "tests/plugins/test_compose_executor.py": 100,
     "tests/plugins/test_contract.py": 100,
     "tests/e2e/test_image.py": 90,  # a build from nothing takes a minute more
+    "tests/plugins/test_swarm_executor_scaling.py": 80,  # with _engine, the 130 s module: each deploys its stack
+    "tests/plugins/test_swarm_executor_engine.py": 80,
     "tests/e2e/test_quickstart.py": 80,
+    "tests/plugins/test_compose_executor_scaling.py": 75,  # with _status, the 100 s module (split estimated)
     "tests/e2e/test_demo.py": 70,
     "tests/e2e/test_example_celery.py": 65,
     "tests/e2e/test_example_prometheus.py": 65,
     "tests/runtime/test_control.py": 65,
     "tests/plugins/test_prometheus_source.py": 50,
     "tests/runtime/test_restart.py": 40,
+    "tests/plugins/test_compose_executor_status.py": 25,
     "tests/e2e/test_mcp.py": 25,
     "tests/e2e/test_cli.py": 20,
     "tests/plugins/test_source_snapshots.py": 20,
