@@ -38,11 +38,12 @@ __all__ = [
 SLOWEST: dict[str, float] = {
     "tests/e2e/test_example_nats_multi.py": 270,
     "tests/e2e/test_example_rabbitmq.py": 180,
-    "tests/plugins/test_rabbitmq_source.py": 170,
     "tests/runtime/test_scalein.py": 120,
     "tests/e2e/test_example_nats_swarm.py": 105,
     "tests/plugins/test_contract.py": 100,
+    "tests/plugins/test_rabbitmq_source_connections.py": 95,  # with _figures, the 170 s module (measured here)
     "tests/e2e/test_image.py": 90,  # a build from nothing takes a minute more
+    "tests/plugins/test_rabbitmq_source_figures.py": 85,
     "tests/plugins/test_swarm_executor_scaling.py": 80,  # with _engine, the 130 s module: each deploys its stack
     "tests/plugins/test_swarm_executor_engine.py": 80,
     "tests/e2e/test_quickstart.py": 80,
