@@ -70,7 +70,7 @@ def test_decide_once_dry_run_json_never_acts(tmp_path: Path, nats_server: NatsSe
 def test_decide_once_refuses_to_act_on_replicas_that_live_in_the_daemon(tmp_path: Path, nats_server: NatsServer) -> None:
     """The local executor's replicas are child processes: started by decide --once, they would die
     when it exits. It refuses, names the service and the way out; nothing is logged or started.
-    (decide --once acting on Compose, and refusing behind a daemon's back: tests/runtime/test_control.py.)"""
+    (decide --once acting on Compose, and refusing behind a daemon's back: tests/runtime/test_control_who_acts.py.)"""
     import asyncio
 
     asyncio.run(make_stream(nats_server.url, 10))

@@ -26,9 +26,9 @@ from docktor.agent.runtime.status import status_document
 from docktor.agent.runtime.supervisor import Supervisor
 from docktor.agent.runtime.wait_slo import why_none
 from docktor.tools.sdk import MetricInfo
-from tests.runtime.test_metrics import exported, parse, scrape, value
 from tests.support.jetstream import make_stream, publish
 from tests.support.peers import NatsServer, free_port
+from tests.support.prometheus_text import exported, parse, scrape, value
 from tests.support.waiting import eventually
 
 #: messages published at once to a single worker (~60 msg/s): the first start at once, the later

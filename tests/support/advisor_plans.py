@@ -1,12 +1,15 @@
-"""Shared pieces for the advisor tests: a service, plans built by the real decide.plan, tool data."""
+"""Shared pieces for the advisor tests: a service, plans built by the real decide.plan, tool data, and
+the hypothesis strategies of the envelope's properties (scenarios, allowances)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import strategies as st
+
 from docktor.agent.config.model import POLICY_DEFAULTS, LLMConfig, Rule, Rules, ServiceConfig
-from docktor.agent.core.decide import Plan, plan
+from docktor.agent.core.decide import Allowance, Plan, plan
 from docktor.agent.core.state import ServiceState
 
 
@@ -71,3 +74,47 @@ class StaticTools:
     def metric_history(self, service: str, metric: str, minutes: float) -> list[tuple[float, float]]:
         self.calls.append(("metric_history", (service, metric, minutes)))
         return [(900.0 + i, float(i)) for i in range(100)]
+
+
+#: the service most envelope tests decide for
+SVC = service()
+
+
+@st.composite
+def scenarios(draw):
+    lo = draw(st.integers(0, 5))
+    hi = draw(st.integers(max(lo, 1), 30))
+    svc = service(
+        min_replicas=lo,
+        max_replicas=hi,
+        scale_up_by=draw(st.integers(1, 5)),
+        scale_up_percent=draw(st.sampled_from([None, 100, 900])),  # docktor's own default is x10
+        scale_down_by=draw(st.integers(1, 5)),
+        cooldown_up=draw(st.sampled_from([0, 30])),
+        cooldown_down=draw(st.sampled_from([0, 60])),
+        scale_down_stabilization=draw(st.sampled_from([0, 60])),
+        policy=draw(st.sampled_from(["rules", "target", "docktor"])),
+        processing_time=0.5,
+        target_per_replica=50,
+        rules=Rules(
+            scale_up_when=[Rule(metric="queue.backlog", op=">", value=draw(st.sampled_from([100, 300])))],
+            scale_down_when=draw(st.sampled_from([[], [Rule(metric="queue.backlog", op="<", value=20)]])),
+        ),
+    )
+    now = 1000.0
+    state = ServiceState(
+        last_up_at=draw(st.sampled_from([None, 990.0, 900.0])),
+        last_down_at=draw(st.sampled_from([None, 980.0, 800.0])),
+        backoff_until=draw(st.sampled_from([None, 1010.0])),
+    )
+    for t, n in draw(st.lists(st.tuples(st.floats(900, 999), st.integers(0, 40)), max_size=4)):
+        state.recommendations.append((t, n))
+    observations = {"queue.rate_in": 10.0}
+    backlog = draw(st.one_of(st.none(), st.floats(0, 5000, allow_nan=False)))  # None: missing
+    if backlog is not None:
+        observations["queue.backlog"] = backlog
+    current = draw(st.integers(0, 40))
+    return svc, state, now, observations, current
+
+
+ALLOWANCES = st.builds(Allowance, st.integers(0, 5), st.sampled_from([0.0, 10.0, 50.0, 100.0, 1000.0]))

@@ -1,120 +1,23 @@
-"""The Compose executor against a real Docker engine and Compose v2.
+"""The Compose executor scaling against a real Docker engine and Compose v2: up and in (the highest
+numbers, or the idlest replica), SIGTERM and the drain, the grace period, zero and back, a container
+that is not a replica, validate's warnings; and what a failed scale reports (an image that cannot be
+pulled, restart loops, a replica exiting after start, replicas never healthy).
 
-Each test owns a throwaway project under a unique name and always tears it down. The services
-are tiny (python:3.12-slim sleeping), plus ones that fail in the ways the executor must report.
-"""
+Each test owns a throwaway project under a unique name and always tears it down
+(tests/support/compose_executor_setup.py). Status, a missing engine or CLI, and the configuration:
+test_compose_executor_status.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import textwrap
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from docktor.agent.config.load import load_config
-from docktor.tools.executors.compose import ComposeExecutor, ComposeSettings, default_project, find_compose_cli
-from docktor.tools.sdk import Context, ExecutorError
-from tests.support.peers import DOCKER_SKIP_REASON, compose, containers, docker_ok, down, need, numbers, unique_project
-
-# On SIGTERM a worker writes a marker into a bind-mounted folder, then exits: proof that scale-in
-# delivered SIGTERM and waited for the worker rather than killing it.
-WORKER = textwrap.dedent(
-    """
-    import os, signal, socket, sys, time
-    def bye(*_):
-        time.sleep(0.3)  # "finishing the batch in hand"
-        open(f"/drained/{socket.gethostname()}", "w").write("drained")
-        sys.exit(0)
-    signal.signal(signal.SIGTERM, bye)
-    while True:
-        time.sleep(0.2)
-    """
-)
-
-COMPOSE = """
-services:
-  worker:
-    image: python:3.12-slim
-    command: ["python", "-c", {worker}]
-    stop_grace_period: 5s
-    mem_limit: 256m
-    volumes:
-      - {drained}:/drained
-  other:
-    image: python:3.12-slim
-    command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
-    deploy:
-      replicas: 2
-  burner:
-    image: python:3.12-slim
-    command: ["python", "-c", "while True: pass"]
-  broken:
-    image: docktor-test/no-such-image:never
-  crasher:
-    image: python:3.12-slim
-    command: ["python", "-c", "raise SystemExit(3)"]
-    restart: always
-  exiter:
-    image: python:3.12-slim
-    command: ["python", "-c", "import time; time.sleep(0.5); raise SystemExit(4)"]
-  stubborn:  # PID 1 without a handler: SIGTERM does nothing, the engine SIGKILLs after the grace
-    image: python:3.12-slim
-    command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
-    stop_grace_period: 1s
-  sick:
-    image: python:3.12-slim
-    command: ["python", "-c", "import time\\nwhile True: time.sleep(1)"]
-    healthcheck:  # the first probe is due after 30 s: "starting" for the whole test
-      test: ["CMD", "python", "-c", "raise SystemExit(1)"]
-      interval: 30s
-"""
-
-
-@dataclass
-class Project:
-    name: str
-    file: Path
-    drained: Path
-
-    def executor(self, service: str, collect_metrics: bool = True, **settings: object) -> ComposeExecutor:
-        return make_executor(self.file, self.name, service, collect_metrics=collect_metrics, **settings)
-
-
-def make_executor(file: Path, project: str, service: str, collect_metrics: bool = True, **settings: object) -> ComposeExecutor:
-    settings.setdefault("scale_timeout", 30.0)
-    s = ComposeSettings.model_validate({"kind": "compose", "compose_file": file, "project": project, **settings})
-    return ComposeExecutor(s, Context(service, file.parent, file.parent / "state"), collect_metrics=collect_metrics)
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
-    need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
-    drained = tmp_path / "drained"
-    drained.mkdir()
-    file = tmp_path / "docker-compose.yaml"
-    file.write_text(COMPOSE.format(worker=json.dumps(WORKER), drained=drained))
-    p = Project(unique_project(), file, drained)
-    try:
-        yield p
-    finally:
-        down(p.name, file)
-
-
-def run(coro):  # the executor is async; these tests drive one call at a time
-    return asyncio.run(coro)
-
-
-async def scale_and_close(ex: ComposeExecutor, n: int):
-    try:
-        return await ex.scale(n)
-    finally:
-        await ex.close()
-
+from tests.support.compose_executor_setup import *  # noqa: F403  (fixtures, found by name: project)
+from tests.support.compose_executor_setup import Project, make_executor, run, scale_and_close
+from tests.support.peers import compose, containers, down, numbers
 
 # --------------------------------------------------------------------------- scaling
 
@@ -384,140 +287,3 @@ def test_timeout_when_replicas_never_become_healthy(project: Project) -> None:
     assert "not done after 4s" in outcome.message
     assert "0/1 running and healthy" in outcome.message
     assert "starting" in outcome.message
-
-
-# --------------------------------------------------------------------------- metrics and status
-
-
-@pytest.mark.docker
-def test_status_reports_cpu_and_memory_of_running_replicas(project: Project) -> None:
-    async def until_cpu(ex: ComposeExecutor):
-        # figures are refreshed in the background; CPU needs two readings per container
-        for _ in range(40):
-            st = await ex.status()
-            if "cpu.max" in st.metrics:
-                return st
-            await asyncio.sleep(0.5)
-        raise AssertionError(f"no CPU figures from {ex}: {st.metrics}")
-
-    async def scenario():
-        idle, busy = project.executor("worker"), project.executor("burner")
-        try:
-            assert (await idle.scale(2)).ok
-            assert (await busy.scale(1)).ok
-            return await until_cpu(idle), await until_cpu(busy)
-        finally:
-            await idle.close()
-            await busy.close()
-
-    idle, busy = run(scenario())
-    for st in (idle, busy):
-        assert {"cpu.avg", "cpu.max", "mem.avg_mb", "mem.max_mb"} <= st.metrics.keys(), st.metrics
-        assert 0 < st.metrics["mem.avg_mb"] <= st.metrics["mem.max_mb"] < 256
-        assert 0 <= st.metrics["cpu.avg"] <= st.metrics["cpu.max"]
-    # a busy loop uses a good part of a core; a sleeping worker almost nothing
-    assert busy.metrics["cpu.max"] > 20
-    assert idle.metrics["cpu.max"] < busy.metrics["cpu.max"]
-    # percent of limit only where a limit is set (worker: mem_limit 256m; burner: none)
-    assert 0 < idle.metrics["mem.avg_pct"] < 100
-    assert "mem.avg_pct" not in busy.metrics
-
-
-@pytest.mark.docker
-def test_status_without_containers_is_zero_not_an_error(project: Project) -> None:
-    async def scenario():
-        ex = project.executor("worker")
-        try:
-            return await ex.status()
-        finally:
-            await ex.close()
-
-    st = run(scenario())
-    assert (st.desired, st.running, st.failed) == (0, 0, 0)
-    assert st.metrics == {}
-
-
-def test_unreachable_engine_raises_executor_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
-    ex = make_executor(tmp_path / "docker-compose.yaml", "nothing", "worker")
-
-    async def scenario():
-        try:
-            await ex.status()
-        finally:
-            await ex.close()
-
-    with pytest.raises(ExecutorError, match="Docker engine"):
-        run(scenario())
-
-
-def test_no_compose_cli_error_names_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: neither docker nor docker-compose
-    with pytest.raises(ExecutorError) as err:
-        find_compose_cli()
-    assert "`docker compose`" in str(err.value)
-    assert "`docker-compose`" in str(err.value)
-
-
-def test_scale_without_compose_cli_is_an_error_outcome(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    outcome = run(scale_and_close(make_executor(tmp_path / "x.yaml", "nothing", "worker"), 2))
-    assert not outcome.ok
-    assert "no Docker Compose CLI found" in outcome.message
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@pytest.mark.docker
-@pytest.mark.parametrize("folder", ["My Stack.v2", "-under_score"])
-def test_default_project_matches_what_compose_derives(tmp_path: Path, folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    need(docker_ok(), DOCKER_SKIP_REASON, "DOCKTOR_REQUIRE_DOCKER")
-    monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
-    d = tmp_path / folder
-    d.mkdir()
-    f = d / "docker-compose.yaml"
-    f.write_text("services:\n  a:\n    image: python:3.12-slim\n")
-    import subprocess
-
-    def compose_says() -> str:
-        out = subprocess.run([*find_compose_cli(), "-f", str(f), "config", "--format", "json"],
-                             capture_output=True, text=True, timeout=60, check=True)
-        return json.loads(out.stdout)["name"]
-
-    assert default_project(f) == compose_says()
-    f.write_text("name: Named-Project\nservices:\n  a:\n    image: python:3.12-slim\n")
-    assert default_project(f) == compose_says() == "named-project"
-    monkeypatch.setenv("COMPOSE_PROJECT_NAME", "fromenv")
-    assert default_project(f) == compose_says() == "fromenv"
-
-
-def test_create_executor_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)
-    (tmp_path / "stack").mkdir()
-    (tmp_path / "stack" / "docker-compose.yaml").write_text("services:\n  consumer:\n    image: x\n")
-    cfg = tmp_path / "docktor.yaml"
-    cfg.write_text(
-        textwrap.dedent(
-            """
-            compose_file: stack/docker-compose.yaml
-            services:
-              - name: consumer
-                policy: rules
-              - name: workers
-                policy: rules
-                compose_service: consumer
-                project: explicit
-                stop_grace_period: 3s
-                scale_timeout: 12s
-            """
-        )
-    )
-    config = load_config(cfg, env={})
-    a, b = (
-        ComposeExecutor(svc.executor.settings, Context(svc.name, config.base_dir, tmp_path / "state"))  # type: ignore[union-attr,arg-type]
-        for svc in config.services
-    )
-    assert a.compose_file == (tmp_path / "stack" / "docker-compose.yaml").resolve()
-    assert (a.project, a.service, a.stop_grace_period, a.scale_timeout) == ("stack", "consumer", None, 60.0)
-    assert (b.project, b.service, b.stop_grace_period, b.scale_timeout) == ("explicit", "consumer", 3.0, 12.0)
