@@ -12,7 +12,9 @@ serves at second ``t`` was also paid for the ``startup_s`` seconds before. This 
                P_t <= released by the end of t   (no work before its message arrives)
                P_t >= due by the end of t        (every message started within the SLO)
 
-with ``L = ceil(startup_s)`` and the same relaxation of arrivals and deadlines as the oracle
+with ``L = floor(startup_s)`` (a replica ready part-way through second ``t`` after a fractional
+start-up was alive for at least that part of second ``t - floor(startup)``, not of the one
+before) and the same relaxation of arrivals and deadlines as the oracle
 (fluid work released at the start of its arrival second, due by the end of second
 ``a + 1 + slo + max(s)``; only work due inside the trace counts). No late message is allowed.
 Every real schedule gives a feasible point (its average paid and ready counts per second: a
@@ -31,8 +33,7 @@ replicas removed at ``d_j``):
 - a replica is started only at a tick and is billed from it, so one serving in second ``t`` was
   started at the latest tick ``sigma(t) < t + 1 - startup`` and was paid all along:
   ``a_t <= n_{t-k}`` for ``k = 0 .. t - sigma(t)`` (with a tick every second this is the ``L``
-  above, for a whole-second start-up; for a fractional one it is ``floor(startup)``, which is
-  what a replica ready at ``u`` being alive since ``u - startup`` allows);
+  above);
 - the desired count is held between ticks, and every replica in it is paid:
   ``n_t >= m_j + g_t`` and ``a_t <= m_j + g_t`` (ready ones are at most the desired count,
   plus those still finishing a message after their removal);
@@ -139,7 +140,7 @@ def lp_bound(trace: Trace, scenario: Scenario, load: Workload, decision_times: n
     # the latest second a replica serving in second t can have been started at (-1: none, only
     # the min_replicas ready from the start)
     if ticks is None:
-        lag = math.ceil(scenario.startup_s - 1e-9)
+        lag = math.floor(scenario.startup_s + 1e-9)
         started_by = np.where(seconds >= lag, seconds - lag, -1)
     else:
         idx = np.searchsorted(ticks, seconds + 1 - scenario.startup_s, side="left") - 1

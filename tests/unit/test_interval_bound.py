@@ -108,3 +108,17 @@ def test_decision_times_must_be_sorted_whole_seconds() -> None:
         lp_bound(trace, scenario, load, np.array([0.0, 2.5]))
     with pytest.raises(ValueError, match="decision_times"):
         lp_bound(trace, scenario, load, np.array([10, 0]))
+
+
+@needs_scipy
+def test_a_fractional_start_up_lags_its_floor() -> None:
+    # start-up 1.5 s. A replica ordered at 10.5 is ready at 12 and serves seconds 12..16 (5c = 1),
+    # paid from 10.5 to 17: 6.5c = 1.3. The bound must lie below that schedule: with a lag of
+    # floor(1.5) = 1 it pays seconds 11..16, 6c = 1.2; ceil(1.5) = 2 would say 1.4, above it.
+    trace, scenario = _burst_at_12(1.5)
+    load = workload(trace, scenario)
+    bound = lp_bound(trace, scenario, load)
+    assert bound == pytest.approx(1.2, abs=1e-6)
+    assert bound <= 1.3
+    # the tick-bound LP with a tick every second agrees
+    assert lp_bound(trace, scenario, load, np.arange(40)) == pytest.approx(bound, abs=1e-6)
