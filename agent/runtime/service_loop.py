@@ -2,7 +2,8 @@
 
 A :class:`ServiceLoop` owns what one service needs between ticks (its source and executor
 plugins, its decision state, its pause, its state file's bookkeeping) and the asyncio task that
-ticks it on its own drift-free schedule, like Nomad Autoscaler's ``policy.Handler`` runs one
+ticks it on its own drift-free schedule (``core/schedule.py``, with the warm-up read when its
+sources report rates), like Nomad Autoscaler's ``policy.Handler`` runs one
 policy. The :class:`~docktor.agent.runtime.supervisor.Supervisor` starts, stops and reconciles
 the loops; a loop never looks at another. A tick gathers the sources and the executor
 concurrently, each under its own deadline, so a slow source delays nothing but its own reading.
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from docktor.agent.config.model import ServiceConfig, SourceSpec
 from docktor.agent.core.decide import Decision, remember, step
+from docktor.agent.core.schedule import next_tick
 from docktor.agent.core.state import ServiceState
 from docktor.agent.redact import redact, redact_obj
 from docktor.agent.runtime.decision_log import DecisionRecord, Outcome, OutcomeRecord
@@ -43,23 +45,6 @@ log = logging.getLogger("docktor")
 STATE_EVERY_S = 5.0
 #: decisions kept in memory per service, for the LLM's tools
 RECENT_DECISIONS = 50
-
-
-def next_tick(start: float, interval: float, k: int, now: float) -> tuple[int, float]:
-    """After tick ``k`` (due at ``start + k*interval``) ended at ``now``: the next tick's index
-    and how long to wait for it.
-
-    Drift-free: tick ``k`` is due at ``start + k*interval``, so a slow tick never shifts the
-    later ones. A tick that overran its successor's slot (a slow scale command) is followed at
-    once by one more, as Go's ``time.Ticker`` delivers the one tick it kept: what changed while
-    the tick was busy is seen now, not up to an interval later. The other missed slots are
-    dropped, never run back to back to catch up.
-    """
-    due = start + (k + 1) * interval
-    if now < due:
-        return k + 1, due - now
-    # The slot that just passed is run now; the next one after it stays on the grid.
-    return math.floor((now - start) / interval), 0.0
 
 
 def decision_id() -> str:
@@ -150,7 +135,8 @@ class ServiceLoop:
 
     async def _run(self) -> None:
         interval, mono = self.svc.check_interval, self.daemon.mono
-        start, k = mono(), 0
+        # a rate needs two reads: the second comes WARM_UP_S after the first (core/schedule.py)
+        start, k, warm_up = mono(), 0, self.reads_rates
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -159,7 +145,7 @@ class ServiceLoop:
                 log.exception("tick of %s failed: %s", self.name, e)
             for hook in self.daemon.on_tick:
                 hook(self.name, time.monotonic() - started)
-            k, delay = next_tick(start, interval, k, mono())
+            k, delay = next_tick(start, interval, k, mono(), warm_up=warm_up)
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, delay))
             except TimeoutError:

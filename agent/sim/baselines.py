@@ -97,10 +97,13 @@ def rules_service(scenario: Scenario) -> ServiceConfig:
 class ProductionController:
     """The daemon's decision: :func:`~docktor.agent.core.decide.step` then ``remember``, per check interval."""
 
-    def __init__(self, name: str, svc: ServiceConfig, advisor: Advisor | None = None) -> None:
+    def __init__(self, name: str, svc: ServiceConfig, advisor: Advisor | None = None, *, warm_up: bool = True) -> None:
         self.name = name
         self.svc = svc
         self.interval = svc.check_interval
+        #: the daemon's loop reads a second time WARM_UP_S after its first (the simulated NATS
+        #: source reports rates); off for the ``rules`` row, which stands for the Go Docktor
+        self.warm_up = warm_up
         self.state = ServiceState()
         self.advisor = advisor
 
@@ -123,6 +126,8 @@ class HPAController:
     ``spec.behavior`` does, which is how KEDA creates it. A :class:`~docktor.agent.sim.kube.Behavior`
     is the behavior path; ``Behavior()`` is the API server's defaults written out (the ``hpa`` row).
     """
+
+    warm_up = False  # the HPA syncs on its period from the start
 
     def __init__(
         self,
@@ -159,6 +164,8 @@ class KEDAController:
     (300 s) after the last active poll; ``initialCooldownPeriod`` is 0.
     """
 
+    warm_up = False  # KEDA polls and its HPA syncs on their periods from the start
+
     def __init__(self, scenario: Scenario) -> None:
         self.name = "keda"
         # the HPA's sync; KEDA polls on every other one (or, with a common period, on each)
@@ -194,6 +201,7 @@ class ThresholdPercentController:
     """An in-house design: every 5 minutes, +20 % above 1000 queued, -10 % below 100."""
 
     interval = 300.0
+    warm_up = False
 
     def __init__(self, scenario: Scenario) -> None:
         self.name = "threshold-percent"
@@ -215,6 +223,8 @@ class ThresholdPercentController:
 
 class StaticController:
     """Peak provisioning: enough replicas for the trace's busiest second, from the start."""
+
+    warm_up = False
 
     def __init__(self, scenario: Scenario) -> None:
         self.name = "static"
@@ -389,8 +399,8 @@ def make_controller(name: str, scenario: Scenario, advisor: Advisor | None = Non
         return ProductionController(name, docktor_service(scenario, name), advisor)
     if name == "docktor-open":  # the docktor policy without its closed loop (core/feedback.py)
         return ProductionController(name, docktor_service(scenario).model_copy(update={"closed_loop": False}), advisor)
-    if name == "rules":
-        return ProductionController(name, rules_service(scenario), advisor)
+    if name == "rules":  # the Go Docktor's rules, on its schedule: no warm-up read
+        return ProductionController(name, rules_service(scenario), advisor, warm_up=False)
     if advisor is not None:
         raise ValueError(f"advisors apply to docktor, rules and target, not {name}")
     if name == "hpa":

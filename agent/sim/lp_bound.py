@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from docktor.agent.core.schedule import due
 from docktor.agent.sim.simulator import Scenario, Workload
 from docktor.agent.sim.trace_file import Trace
 
@@ -76,10 +77,15 @@ def available() -> bool:
     return True
 
 
-def check_times(duration_s: float, interval_s: float) -> np.ndarray:
-    """The simulator's ticks inside a trace, ``0, I, 2I, ...``, for :func:`lp_bound`'s ``decision_times``."""
-    times: np.ndarray = np.arange(0.0, duration_s, interval_s)
-    return times
+def check_times(duration_s: float, interval_s: float, *, warm_up: bool = False) -> np.ndarray:
+    """The simulator's ticks inside a trace, ``0, I, 2I, ...`` (with ``warm_up``, Docktor's own
+    controllers' warm-up read at 5 s too: :mod:`docktor.agent.core.schedule`), for
+    :func:`lp_bound`'s ``decision_times``."""
+    times, k = [], 0
+    while (t := due(0.0, interval_s, k, warm_up=warm_up)) < duration_s:
+        times.append(t)
+        k += 1
+    return np.array(times, dtype=float)
 
 
 @dataclass

@@ -63,6 +63,8 @@ class AsTheDaemonRuns:
         self.first_rates = first_rates or {}
         self.name = inner.name
         self.interval = inner.interval
+        #: the log's first reading is a running loop's (its rates are first_rates): no warm-up read
+        self.warm_up = False
         self.first = first
         self.start_call_s, self.stop_s = start_call_s, stop_s
         self.busy_until = -math.inf

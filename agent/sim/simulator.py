@@ -14,13 +14,16 @@ Model (docs/policy.md has the long form):
   started. Scale-in removes replicas still starting first (newest first, like Compose), then
   idle ones, then the busy ones closest to finishing; a removed busy replica finishes its current
   message (and costs until then, or until ``stop_s`` after its stop when that is later).
-- The controller sees the queue only at its check interval, through the metrics the NATS source
+- The controller sees the queue only at its checks, through the metrics the NATS source
   produces: ``queue.pending`` (not yet delivered), ``queue.ack_pending`` (in flight),
   ``queue.backlog`` (their sum), ``queue.rate_in`` / ``queue.rate_out`` from the deltas of the
   stream's last sequence and the ack floor between two consecutive reads (absent on the first),
   and ``replicas.running`` / ``replicas.desired`` as an executor reports them; and
   ``queue.oldest_age``, how long the first message not yet started has waited (exact: the queue
-  is FIFO and every arrival time is known).
+  is FIFO and every arrival time is known). The checks fall where the daemon's loop runs them
+  (``agent/core/schedule.py``, the same function): on the grid ``k x interval``, plus, for a
+  controller with ``warm_up`` (Docktor's own loop: its NATS source reports rates), the warm-up
+  read ``min(interval, WARM_UP_S)`` after the first, so that a rate is seen early.
 - Two faults a healthy fleet does not have (``Scenario.drift``, ``Scenario.cap_rate``): from the
   trace's midpoint on every message takes ``drift`` times as long (a deploy made the workers
   slower); and a downstream limit (a saturated database) lets all replicas together complete at
@@ -40,6 +43,7 @@ from typing import Protocol
 
 import numpy as np
 
+from docktor.agent.core.schedule import due
 from docktor.agent.sim.scenario import Scenario, Workload, workload
 from docktor.agent.sim.trace_file import Trace
 
@@ -72,6 +76,9 @@ class Counters:
 class Controller(Protocol):
     name: str
     interval: float
+    #: whether its checks have the daemon's warm-up read (agent/core/schedule.py): Docktor's own
+    #: loop does; the HPA and KEDA do not (read with getattr: a stand-in may leave it out)
+    warm_up: bool
 
     def initial(self, scenario: Scenario, trace: Trace) -> int: ...
 
@@ -216,6 +223,7 @@ def simulate(
     starts = [0.0] * n
     end_of_trace = trace.duration
     interval = controller.interval
+    warm_up = bool(getattr(controller, "warm_up", False))
 
     reader = MetricReader()
     initial = _bounded(controller.initial(scenario, trace), scenario)
@@ -237,7 +245,7 @@ def simulate(
     missed = 0  # started after waiting longer than the SLO (counted only under limits)
     aborted = False
     while True:
-        now = tick * interval
+        now = due(0.0, interval, tick, warm_up=warm_up)
         if now >= end_of_trace and i >= n:
             break
         if now > end_of_trace + DRAIN_LIMIT_S:
@@ -287,7 +295,7 @@ def simulate(
                     cost += (desired - target - len(finishing)) * (stopped - now)
             desired = target
         # --- cost until the next check (only inside the trace), plus removed replicas' last messages
-        nxt = now + interval
+        nxt = due(0.0, interval, tick + 1, warm_up=warm_up)
         if now < end_of_trace:
             span = min(nxt, end_of_trace) - now
             cost += len(heap) * span

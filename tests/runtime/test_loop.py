@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from docktor.agent.config.load import parse_config
-from docktor.agent.runtime.service_loop import ServiceLoop, next_tick
+from docktor.agent.core.schedule import next_tick
+from docktor.agent.runtime.service_loop import ServiceLoop
 from docktor.agent.runtime.status import StatusFile
 from docktor.agent.runtime.supervisor import Supervisor
 from tests.support.jetstream import make_stream, publish
@@ -180,6 +181,58 @@ async def test_the_loop_ticks_at_once_after_an_overrun(tmp_path: Path, nats_serv
     # ... and the ticks after it on the 1 s grid: 3 s, 4 s (not 3.4 s, 4.4 s).
     assert len(later) >= 3, slow.stamps
     assert all(abs(s - t0 - due) < 0.2 for s, due in zip(later[1:3], (3.0, 4.0))), slow.stamps
+
+
+class JumpingClock:
+    """The monotonic clock plus what the test skipped ahead: the loop's schedule sees a tick that
+    took ``jump`` seconds without the test waiting for them (a stand-in for a slow tick)."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped
+
+
+class Stamped(ServiceLoop):
+    """Records when (on the daemon's clock) each tick runs; reads nothing."""
+
+    stamps: list[float]
+
+    async def tick(self, *, dry_run: bool = False) -> Any:
+        self.stamps.append(self.daemon.mono())
+
+
+async def test_with_rates_at_30_s_checks_the_second_tick_is_the_warm_up_read(tmp_path: Path, nats_server: NatsServer) -> None:
+    """The first tick "takes" 6 s (the clock skips them): past the warm-up slot (5 s), short of the
+    grid's (30 s). The loop runs the warm-up slot at once rather than waiting 24 s for the grid."""
+    await make_stream(nats_server.url)
+    cfg = parse_config(f"state_dir: {tmp_path}\nservices:" + service_yaml("w", nats_server.url, 30.0),
+                       tmp_path / "docktor.yaml")
+    clock = JumpingClock()
+    daemon = Supervisor(cfg, mono=clock)
+    await daemon.open()
+    built = daemon.loops["w"]
+    loop = daemon.loops["w"] = Stamped(built.svc, built.sources, built.executor, daemon)
+    loop.stamps = []
+    assert loop.reads_rates  # the NATS source reports queue.rate_in
+    second = asyncio.Event()
+
+    def after(name: str, took: float) -> None:
+        if len(loop.stamps) == 1:
+            clock.skipped += 6.0
+        else:
+            second.set()
+
+    daemon.on_tick.append(after)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    await second.wait()  # without the warm-up this comes 24 s later, and the stamps below say so
+    stop.set()
+    await task
+    await daemon.close()
+    t0, t1 = loop.stamps[:2]
+    assert 6.0 <= t1 - t0 < 30.0, loop.stamps  # the warm-up slot, run at once; not the grid's at 30 s
 
 
 TWO_SOURCES = """

@@ -95,7 +95,8 @@ def test_it_lies_between_the_every_second_bound_and_a_run_with_those_ticks() -> 
     load = workload(trace, scenario)
     run = run_policy("docktor", trace, scenario, load)
     ticks = np.array([t for t, _, _ in run.timeline if t < trace.duration])
-    assert np.array_equal(ticks, check_times(trace.duration, 10.0))
+    assert np.array_equal(ticks, check_times(trace.duration, 10.0, warm_up=True))  # 0, 5, 10, 20, ...
+    assert np.array_equal(check_times(30, 10.0), [0, 10, 20])
     per_second, held = lp_bound(trace, scenario, load), lp_bound(trace, scenario, load, ticks)
     assert per_second is not None and held is not None
     assert per_second < held <= run.replica_seconds
