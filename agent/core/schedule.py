@@ -6,7 +6,8 @@ first read, so with a long ``check_interval`` the first decision that sees a rat
 whole interval after the start, while a backlog that was already growing waits: at 30 s checks
 the HPA (15 s sync) saw it first. The **warm-up read** moves the second tick to
 ``start + min(check_interval, WARM_UP_S)``; the grid goes on from ``start + interval`` (k >= 1).
-At ``check_interval <= WARM_UP_S`` (the default 5 s) nothing changes.
+At ``check_interval <= WARM_UP_S`` (the simulator's default scenario checks every 5 s) nothing
+changes; the config's default ``check_interval`` (10 s) reads at 0, 5, 10, 20, ...
 
 Tick indices count every tick run, the warm-up included: with the warm-up, tick 1 is due at
 ``start + WARM_UP_S`` and tick k >= 2 at ``start + (k-1)*interval``.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-#: the second read's delay after the first, when the check interval is longer (the default check_interval)
+#: the second read's delay after the first, when the check interval is longer
 WARM_UP_S = 5.0
 
 
