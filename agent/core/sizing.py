@@ -57,6 +57,7 @@ import numpy as np
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
 from docktor.agent.core import periodic, recalled_loop
+from docktor.agent.core.busy import busy_interval
 from docktor.agent.core.carried import Sized
 from docktor.agent.core.derived import pending
 from docktor.agent.core.feedback import NONE, Correction, correct
@@ -97,6 +98,8 @@ MU_WORDS = {
     "saturated": "measured while busy",
     "processing_time": "from processing_time",
     "lower_bound": "at least: the best seen",
+    # a lower bound after a busy interval: the rate counts too (see :func:`docktor.agent.core.busy.busy_interval`)
+    "lower_bound_busy": "at least: the best seen; the queue grew or drained, so the rate counts",
 }
 
 
@@ -286,7 +289,8 @@ def _size(
 
     # The expected load: today's rate until the next check, then the smoothed rate (the next
     # checks see what really comes). A lower bound on throughput (nothing was ever queued) sizes
-    # the queue alone: a rate term would keep whatever count happens to run.
+    # the queue alone: a rate term would keep whatever count happens to run. Not after an
+    # interval where the queue grew or drained (busy_interval): then the rate counts too.
     rate_now = float(obs.get("queue.rate_in", 0.0))
     level = rate_now
     if rates.size:
@@ -301,7 +305,8 @@ def _size(
         rising = rise_per_second(times, rates, now - (lag + step))
         if rising > 0 and rate_now + rising * lag > level:
             level = rate_now + rising * lag
-    if mu_source == "lower_bound":
+    busy = mu_source == "lower_bound" and busy_interval(points)
+    if mu_source == "lower_bound" and not busy:
         rate_now = level = 0.0
     horizon = slo + step + lag
     marks = [u for u, _ in ready] + [lag, lag + step]
@@ -313,8 +318,9 @@ def _size(
         # still be decaying from the last messages)
         why = "queue empty and nothing arriving" + (f" ({level:.3g}/s smoothed)" if level >= 0.005 else "")
     else:
+        words = "lower_bound_busy" if busy else mu_source
         later = f"{level:.4g}/s in {lag:g}s (rising {rising:.3g}/s per s)" if rising > 0 else f"{level:.4g}/s smoothed"
-        why = f"{queued:g} queued, {rate_now:.4g}/s now and {later}, {mu:.4g}/s per replica ({MU_WORDS[mu_source]}){loop_note}"
+        why = f"{queued:g} queued, {rate_now:.4g}/s now and {later}, {mu:.4g}/s per replica ({MU_WORDS[words]}){loop_note}"
     # A period in the reads that the newest read still follows, where holding replicas through
     # it is cheaper than following each burst: plan a whole period ahead on its forecast
     # (agent/core/periodic.py); the margins below are for load not foreseen and stand down.
@@ -353,8 +359,9 @@ def _size(
         pattern = None
 
     # Robustness: the largest volume one check interval brought lately, all at once, then the
-    # peak rate; later checks may scale out as fast as the guardrails allow.
-    if mu_source != "lower_bound" and rates.size and pattern is None:
+    # peak rate; later checks may scale out as fast as the guardrails allow. With a lower bound on
+    # throughput, only after a busy interval, as the rate above.
+    if (mu_source != "lower_bound" or busy) and rates.size and pattern is None:
         recent = times > now - SURGE_MEMORY
         gap = max(step, svc.cooldown_up)
         # A read that came late (a tick spent in a slow scale command, a failed read) spans more
