@@ -14,16 +14,20 @@ BEHIND_Z = 2.0
 
 
 def busy_interval(points: Sequence[tuple[float, Mapping[str, float]]]) -> bool:
-    """Whether the last interval shows the replicas busy: the queue grew past arrival noise, or it drained.
+    """Whether the last interval shows the replicas busy: a queue past arrival noise grew, stood, or drained.
 
     With a lower bound on throughput (the best ``rate_out / running``, on intervals not surely
     busy) the policy sizes the queue alone, because a rate term would keep whatever count runs:
     replicas that keep up serve ``rate_in`` exactly, so ``rate_in / (rate_out / running)`` is the
-    count running, however idle. Two intervals say more, and then the rate counts:
+    count running, however idle. A queue says more, once it is past ``BEHIND_Z`` standard
+    deviations of a Poisson count of the interval's arrivals (less is arrival noise), and then
+    the rate counts:
 
-    - the queue grew, by more than ``BEHIND_Z`` standard deviations of a Poisson count of the
-      interval's arrivals, to a non-empty queue: ``rate_in`` exceeded what the replicas served,
-      so they are too few, and the bound, which can only read low, errs toward more replicas;
+    - the queue grew past that: ``rate_in`` exceeded what the replicas served, so they are too
+      few, and the bound, which can only read low, errs toward more replicas, never fewer;
+    - a queue past that at both ends: the replicas had work throughout, so ``rate_out /
+      running`` is what they do; the rate over it asks more replicas than run only if the queue
+      grew, fewer if it shrank;
     - the queue drained (messages waited at the start, none at the end): the replicas served
       more than arrived, so the rate over the bound asks fewer than run, never a count kept idle
       (and not 0 while messages arrive, as the queue alone would say).
@@ -36,5 +40,5 @@ def busy_interval(points: Sequence[tuple[float, Mapping[str, float]]]) -> bool:
         return False
     if p1 <= 0:
         return p0 > 0
-    arrived = cur.get("queue.rate_in", 0.0) * max(0.0, t1 - t0)
-    return p1 - p0 > BEHIND_Z * math.sqrt(arrived)
+    noise = BEHIND_Z * math.sqrt(cur.get("queue.rate_in", 0.0) * max(0.0, t1 - t0))
+    return p1 - p0 > noise or min(p0, p1) > noise

@@ -305,7 +305,7 @@ def _size(
         rising = rise_per_second(times, rates, now - (lag + step))
         if rising > 0 and rate_now + rising * lag > level:
             level = rate_now + rising * lag
-    busy = mu_source == "lower_bound" and busy_interval(points)
+    busy = mu_source == "lower_bound" and step > slo and (busy_interval(points) or rate_now < mu * running)
     if mu_source == "lower_bound" and not busy:
         rate_now = level = 0.0
     horizon = slo + step + lag
