@@ -1,4 +1,7 @@
-"""When a lower bound on throughput may size the arrival rate too (:mod:`docktor.agent.core.sizing`)."""
+"""When a lower bound on throughput may size the arrival rate too (:mod:`docktor.agent.core.sizing`).
+
+Only where the next check comes after the wait budget: then the messages arriving until it are
+late before any check sees them queued (docs/policy.md step 1)."""
 
 from __future__ import annotations
 

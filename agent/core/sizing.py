@@ -98,8 +98,9 @@ MU_WORDS = {
     "saturated": "measured while busy",
     "processing_time": "from processing_time",
     "lower_bound": "at least: the best seen",
-    # a lower bound after a busy interval: the rate counts too (see :func:`docktor.agent.core.busy.busy_interval`)
-    "lower_bound_busy": "at least: the best seen; the queue grew or drained, so the rate counts",
+    # a lower bound, checks past the wait budget, and a busy interval or more replicas than the
+    # rate over the bound: the rate counts too (docs/policy.md step 1, agent/core/busy.py)
+    "lower_bound_busy": "at least: the best seen; the replicas were busy or are more than the rate needs, so the rate counts",
 }
 
 
@@ -289,8 +290,10 @@ def _size(
 
     # The expected load: today's rate until the next check, then the smoothed rate (the next
     # checks see what really comes). A lower bound on throughput (nothing was ever queued) sizes
-    # the queue alone: a rate term would keep whatever count happens to run. Not after an
-    # interval where the queue grew or drained (busy_interval): then the rate counts too.
+    # the queue alone: a rate term would keep whatever count happens to run. Unless the next check
+    # comes after the wait budget (the rate's messages are late before it sees them queued) and
+    # the last interval shows the replicas busy, or the rate over the bound asks fewer than run:
+    # then neither keeps an idle count, and the rate counts too.
     rate_now = float(obs.get("queue.rate_in", 0.0))
     level = rate_now
     if rates.size:
@@ -360,7 +363,7 @@ def _size(
 
     # Robustness: the largest volume one check interval brought lately, all at once, then the
     # peak rate; later checks may scale out as fast as the guardrails allow. With a lower bound on
-    # throughput, only after a busy interval, as the rate above.
+    # throughput, only where the rate above counts.
     if (mu_source != "lower_bound" or busy) and rates.size and pattern is None:
         recent = times > now - SURGE_MEMORY
         gap = max(step, svc.cooldown_up)

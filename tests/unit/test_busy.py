@@ -46,7 +46,8 @@ def test_a_lower_bound_sizes_the_rate_only_after_an_interval_that_shows_the_repl
     assert not busy(0, 0, 20)  # kept up: rate_out / running is the load, not the capacity
     # 50/s on one replica doing ~50/s: 1,500 arrivals a check, so 8 more queued is counting noise
     assert not busy(1, 9, 50)
-    assert not busy(900, 800, 50)  # shrank and still waiting: no news on either side
+    assert busy(900, 800, 50)  # a queue past the noise at both ends: the replicas had work throughout
+    assert not busy(9, 60, 50) and not busy(60, 9, 50)  # within the noise at one end, no growth past it
     assert not busy_interval([(30.0, read(1334, 1, 317))])
 
 
@@ -62,6 +63,17 @@ def test_the_warm_up_read_of_a_growing_queue_sizes_its_rate_with_the_lower_bound
     assert p.target >= math.ceil(317 / 50)
 
 
+def test_with_checks_inside_the_wait_budget_the_next_check_measures_first() -> None:
+    """At 5 s checks the messages arriving before the next check are still in their budget when
+    it sees them queued, and by then the throughput is usually measured: the queue alone, as before."""
+    config = ServiceConfig(name="w", policy="docktor", min_replicas=1, max_replicas=50, check_interval=5,
+                           target_wait=30, startup_delay=10)
+    state = history([(0.0, read(0, 1))])
+    o = read(1334, 1, 317, 50)
+    p = sizing.docktor_policy(config, o, 1, state, evaluate(config.rules, o), 5.0)
+    assert "0/s now" in p.reason and "(at least: the best seen)" in p.reason, p.reason
+
+
 def test_a_lower_bound_on_replicas_that_keep_up_sizes_the_queue_alone() -> None:
     """4 replicas serve all 20/s that arrive and nothing waits: 5/s each is the load, not what they
     can do. Sized on the rate, that bound keeps all 4 forever; the queue alone lets them go."""
@@ -70,6 +82,17 @@ def test_a_lower_bound_on_replicas_that_keep_up_sizes_the_queue_alone() -> None:
     assert sizing.estimate_mu(SVC, state.series(o, 60.0)) == (5.0, "lower_bound")
     p = propose(o, 4, state, 60.0)
     assert p.target < 4 and sizing.MU_WORDS["lower_bound_busy"] not in p.reason, p.reason
+
+
+def test_a_lower_bound_from_a_busier_interval_slows_a_scale_in_with_the_rate() -> None:
+    """10 replicas keep up with 123/s and nothing waits, but one replica did 48/s earlier: the
+    rate over that bound asks 3, fewer than run, so it cannot keep an idle count; the queue
+    alone would ask none while 123/s arrive."""
+    state = history([(0.0, read(0, 1)), (30.0, read(1440, 1, 96, 48)), (60.0, read(0, 10, 100, 148, ack=3))])
+    o = read(0, 10, 123, 123, ack=3)
+    assert sizing.estimate_mu(SVC, state.series(o, 90.0)) == (48.0, "lower_bound")
+    p = propose(o, 10, state, 90.0)
+    assert math.ceil(123 / 48) <= p.target < 10 and sizing.MU_WORDS["lower_bound_busy"] in p.reason, p.reason
 
 
 def test_a_queue_drained_under_a_lower_bound_keeps_replicas_for_the_rate_still_arriving() -> None:
