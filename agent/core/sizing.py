@@ -57,6 +57,7 @@ import numpy as np
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
 from docktor.agent.core import periodic, recalled_loop
+from docktor.agent.core.busy import busy_interval
 from docktor.agent.core.carried import Sized
 from docktor.agent.core.derived import pending
 from docktor.agent.core.feedback import NONE, Correction, correct
@@ -97,6 +98,9 @@ MU_WORDS = {
     "saturated": "measured while busy",
     "processing_time": "from processing_time",
     "lower_bound": "at least: the best seen",
+    # a lower bound, checks past the wait budget, and a busy interval or more replicas than the
+    # rate over the bound: the rate counts too (docs/policy.md step 1, agent/core/busy.py)
+    "lower_bound_busy": "at least: the best seen; the replicas were busy or are more than the rate needs, so the rate counts",
 }
 
 
@@ -286,7 +290,10 @@ def _size(
 
     # The expected load: today's rate until the next check, then the smoothed rate (the next
     # checks see what really comes). A lower bound on throughput (nothing was ever queued) sizes
-    # the queue alone: a rate term would keep whatever count happens to run.
+    # the queue alone: a rate term would keep whatever count happens to run. Unless the next check
+    # comes after the wait budget (the rate's messages are late before it sees them queued) and
+    # the last interval shows the replicas busy, or the rate over the bound asks fewer than run:
+    # then neither keeps an idle count, and the rate counts too.
     rate_now = float(obs.get("queue.rate_in", 0.0))
     level = rate_now
     if rates.size:
@@ -301,7 +308,8 @@ def _size(
         rising = rise_per_second(times, rates, now - (lag + step))
         if rising > 0 and rate_now + rising * lag > level:
             level = rate_now + rising * lag
-    if mu_source == "lower_bound":
+    busy = mu_source == "lower_bound" and step > slo and (busy_interval(points) or rate_now < mu * running)
+    if mu_source == "lower_bound" and not busy:
         rate_now = level = 0.0
     horizon = slo + step + lag
     marks = [u for u, _ in ready] + [lag, lag + step]
@@ -313,8 +321,9 @@ def _size(
         # still be decaying from the last messages)
         why = "queue empty and nothing arriving" + (f" ({level:.3g}/s smoothed)" if level >= 0.005 else "")
     else:
+        words = "lower_bound_busy" if busy else mu_source
         later = f"{level:.4g}/s in {lag:g}s (rising {rising:.3g}/s per s)" if rising > 0 else f"{level:.4g}/s smoothed"
-        why = f"{queued:g} queued, {rate_now:.4g}/s now and {later}, {mu:.4g}/s per replica ({MU_WORDS[mu_source]}){loop_note}"
+        why = f"{queued:g} queued, {rate_now:.4g}/s now and {later}, {mu:.4g}/s per replica ({MU_WORDS[words]}){loop_note}"
     # A period in the reads that the newest read still follows, where holding replicas through
     # it is cheaper than following each burst: plan a whole period ahead on its forecast
     # (agent/core/periodic.py); the margins below are for load not foreseen and stand down.
@@ -353,8 +362,9 @@ def _size(
         pattern = None
 
     # Robustness: the largest volume one check interval brought lately, all at once, then the
-    # peak rate; later checks may scale out as fast as the guardrails allow.
-    if mu_source != "lower_bound" and rates.size and pattern is None:
+    # peak rate; later checks may scale out as fast as the guardrails allow. With a lower bound on
+    # throughput, only where the rate above counts.
+    if (mu_source != "lower_bound" or busy) and rates.size and pattern is None:
         recent = times > now - SURGE_MEMORY
         gap = max(step, svc.cooldown_up)
         # A read that came late (a tick spent in a slow scale command, a failed read) spans more
