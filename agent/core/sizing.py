@@ -56,7 +56,7 @@ import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
-from docktor.agent.core import periodic, recalled_loop
+from docktor.agent.core import periodic, recalled_loop, surges
 from docktor.agent.core.carried import Sized
 from docktor.agent.core.derived import pending
 from docktor.agent.core.feedback import NONE, Correction, correct
@@ -372,10 +372,17 @@ def _size(
             )
             return dl.with_recourse(cap, surge, ceiling, 0.0, checks, added)[0]
 
+        # the largest of the span scale-in calls "soon", or a larger one that came back within
+        # SURGE_MEMORY (agent/core/surges.py): a crowd that came once is not insured for 30 min
+        soon = horizon + SCALE_IN_EXTRA * (lag + step)
         largest = int(np.argmax(volumes))
-        burst, peak = float(volumes[largest]), float(recent_rates.max())
+        insured = surges.insured(recent_times, volumes, recent_rates, now, soon, SURGE_APART)
+        burst, peak = insured.burst, insured.peak
         n_robust = absorbing(burst, peak)
-        seen = f"the peak of the last {SURGE_MEMORY / 60:.0f} min"
+        seen = (
+            f"a surge that came back in the last {SURGE_MEMORY / 60:.0f} min" if insured.again
+            else f"the peak of the last {soon:.0f}s"
+        )
         if n_robust > svc.max_replicas:
             # A surge more than max_replicas could not absorb in time: spare replicas only soften
             # it. Held for one that came once, they are a guess (the RabbitMQ example sat at its

@@ -253,10 +253,10 @@ def test_a_spike_early_in_a_long_check_interval_loses_no_message() -> None:
 # ------------------------------------------------------------------ robustness
 
 
-def surged_minute_ago(running: int, *also_at: float) -> ServiceState:
-    """Twenty minutes of 100/s on ``running`` replicas, with one minute at 600/s ten minutes ago
-    (and one more from each of ``also_at`` seconds)."""
-    starts = (600.0, *also_at)
+def surged_minute_ago(running: int, *also_at: float, first: float = 600.0) -> ServiceState:
+    """Twenty minutes of 100/s on ``running`` replicas, with one minute at 600/s from ``first``
+    (ten minutes ago) and one more from each of ``also_at`` seconds."""
+    starts = (first, *also_at)
     return history([
         (t, obs(backlog=0, rate_in=600 if any(s <= t < s + 60 for s in starts) else 100, running=running, ack=2))
         for t, _ in steady(100, running, 1200).history
@@ -265,13 +265,29 @@ def surged_minute_ago(running: int, *also_at: float) -> ServiceState:
 
 def test_a_recent_surge_is_provisioned_for_when_the_next_check_could_not_react() -> None:
     # SLO 15 s, start-up 30 s: a surge is late before any new replica is ready, so the count must
-    # hold it. The same calm load with a 600/s minute ten minutes ago needs more replicas.
+    # hold it. The same calm load with a 600/s minute ending two minutes ago needs more replicas.
     config = svc(target_wait=15, startup_delay=30, max_replicas=200)
     calm = steady(100, 4, 1200)
-    surged = surged_minute_ago(4)
+    surged = surged_minute_ago(4, first=1020.0)
     o = obs(backlog=0, rate_in=100, running=4, ack=2)
     assert propose(config, o, 4, surged, 1200.0).target > propose(config, o, 4, calm, 1200.0).target
     assert "to absorb" in propose(config, o, 4, surged, 1200.0).reason
+
+
+def test_a_surge_seen_once_is_insured_while_recent_and_one_that_came_back_for_the_whole_memory() -> None:
+    # The same 600/s minute ten minutes ago, seen once, is past the span scale-in calls "soon"
+    # (13.5 s budget + 5 s check + 30 s start-up, and 6 more checks and start-ups: 258 s): a
+    # flash crowd that came once is not insured for 30 min (at 30 s checks that cost 1.9-4.0x
+    # docktor's replica-seconds at 5 s, docs/benchmarks.md "Checks every 30 s"). Seen twice,
+    # with the load back at 100/s between them, it is a pattern, and stays insured.
+    config = svc(target_wait=15, startup_delay=30, max_replicas=200)
+    o = obs(backlog=0, rate_in=100, running=4, ack=2)
+    calm = propose(config, o, 4, steady(100, 4, 1200), 1200.0)
+    once = propose(config, o, 4, surged_minute_ago(4), 1200.0)
+    assert once.target == calm.target and "to absorb" not in once.reason
+    twice = propose(config, o, 4, surged_minute_ago(4, 300.0), 1200.0)
+    assert twice.target > calm.target
+    assert "52 to absorb 3000 at once then 600/s (a surge that came back in the last 30 min)" in twice.reason
 
 
 def test_a_surge_beyond_what_max_replicas_could_absorb_holds_nothing_back() -> None:
