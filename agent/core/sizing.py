@@ -25,8 +25,9 @@ Per tick:
    in time, so a steady rise (the rates' slope over that span, less one standard error) is
    extrapolated to when replicas started now are ready.
 5. **Robustness**: the count must also absorb the largest volume that arrived within one check
-   interval in the last ``SURGE_MEMORY`` seconds (a late read counts one interval of its rate),
-   all at once, then the peak rate, given that
+   interval lately (a late read counts one interval of its rate), all at once, then the peak
+   rate: lately is the span scale-in calls soon, or ``SURGE_MEMORY`` seconds for a surge that
+   came back (:mod:`docktor.agent.core.surges`), given that
    the following checks scale out as fast as the guardrails allow. Where the SLO leaves time to
    react (the SLO exceeds one check plus one start-up) this costs little; where it does not,
    this is the spare capacity that meeting the SLO takes. A surge past what ``max_replicas``
@@ -372,16 +373,18 @@ def _size(
             )
             return dl.with_recourse(cap, surge, ceiling, 0.0, checks, added)[0]
 
-        # the largest of the span scale-in calls "soon", or a larger one that came back within
-        # SURGE_MEMORY (agent/core/surges.py): a crowd that came once is not insured for 30 min
-        soon = horizon + SCALE_IN_EXTRA * (lag + step)
+        # Where a start-up fits in the wait budget, the largest of the span scale-in calls "soon",
+        # or a larger one that came back within SURGE_MEMORY (agent/core/surges.py): a crowd that
+        # came once is not insured for 30 min. Where it does not, no check however frequent
+        # reacts to any surge in time: the margin is all there is, and remembers SURGE_MEMORY.
+        soon = horizon + SCALE_IN_EXTRA * (lag + step) if slo > lag else SURGE_MEMORY
         largest = int(np.argmax(volumes))
         insured = surges.insured(recent_times, volumes, recent_rates, now, soon, SURGE_APART)
         burst, peak = insured.burst, insured.peak
         n_robust = absorbing(burst, peak)
         seen = (
             f"a surge that came back in the last {SURGE_MEMORY / 60:.0f} min" if insured.again
-            else f"the peak of the last {soon:.0f}s"
+            else f"the peak of the last {soon / 60:.0f} min" if soon >= SURGE_MEMORY else f"the peak of the last {soon:.0f}s"
         )
         if n_robust > svc.max_replicas:
             # A surge more than max_replicas could not absorb in time: spare replicas only soften
