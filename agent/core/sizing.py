@@ -27,8 +27,8 @@ Per tick:
 5. **Robustness**: the count must also absorb the largest volume that arrived within one check
    interval lately (a late read counts one interval of its rate), all at once, then the peak
    rate: lately is the span scale-in calls soon, or ``SURGE_MEMORY`` seconds for a surge that
-   came back (:mod:`docktor.agent.core.surges`), given that
-   the following checks scale out as fast as the guardrails allow. Where the SLO leaves time to
+   came back (:mod:`docktor.agent.core.surges`) or where a start-up outlasts the wait budget,
+   given that the following checks scale out as fast as the guardrails allow. Where the SLO leaves time to
    react (the SLO exceeds one check plus one start-up) this costs little; where it does not,
    this is the spare capacity that meeting the SLO takes. A surge past what ``max_replicas``
    absorbs is insured (with at most the maximum) only once one comes back.

@@ -9,6 +9,8 @@ recent, not for the whole memory: at 30 s checks an interval's volume at once is
 the peak's own count, and holding it for 30 min after a crowd that came once cost 3.4-4.0x
 docktor's replica-seconds at 5 s checks (docs/benchmarks.md, "Checks every 30 s"). A surge that
 recurs (bursts, spikes) stays insured, at the smaller of the two: the level seen twice.
+The caller (:mod:`docktor.agent.core.sizing`) gives the whole memory as the recent span where a
+start-up outlasts the wait budget: there no check reacts to any surge in time.
 """
 
 from __future__ import annotations
