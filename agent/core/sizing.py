@@ -25,9 +25,10 @@ Per tick:
    in time, so a steady rise (the rates' slope over that span, less one standard error) is
    extrapolated to when replicas started now are ready.
 5. **Robustness**: the count must also absorb the largest volume that arrived within one check
-   interval in the last ``SURGE_MEMORY`` seconds (a late read counts one interval of its rate),
-   all at once, then the peak rate, given that
-   the following checks scale out as fast as the guardrails allow. Where the SLO leaves time to
+   interval lately (a late read counts one interval of its rate), all at once, then the peak
+   rate: lately is the span scale-in calls soon, or ``SURGE_MEMORY`` seconds for a surge that
+   came back (:mod:`docktor.agent.core.surges`) or where a start-up outlasts the wait budget,
+   given that the following checks scale out as fast as the guardrails allow. Where the SLO leaves time to
    react (the SLO exceeds one check plus one start-up) this costs little; where it does not,
    this is the spare capacity that meeting the SLO takes. A surge past what ``max_replicas``
    absorbs is insured (with at most the maximum) only once one comes back.
@@ -56,7 +57,7 @@ import numpy as np
 
 from docktor.agent.config.model import ServiceConfig
 from docktor.agent.core import deadlines as dl
-from docktor.agent.core import periodic, recalled_loop
+from docktor.agent.core import periodic, recalled_loop, surges
 from docktor.agent.core.busy import busy_interval
 from docktor.agent.core.carried import Sized
 from docktor.agent.core.derived import pending
@@ -382,10 +383,19 @@ def _size(
             )
             return dl.with_recourse(cap, surge, ceiling, 0.0, checks, added)[0]
 
+        # Where a start-up fits in the wait budget, the largest of the span scale-in calls "soon",
+        # or a larger one that came back within SURGE_MEMORY (agent/core/surges.py): a crowd that
+        # came once is not insured for 30 min. Where it does not, no check however frequent
+        # reacts to any surge in time: the margin is all there is, and remembers SURGE_MEMORY.
+        soon = horizon + SCALE_IN_EXTRA * (lag + step) if slo > lag else SURGE_MEMORY
         largest = int(np.argmax(volumes))
-        burst, peak = float(volumes[largest]), float(recent_rates.max())
+        insured = surges.insured(recent_times, volumes, recent_rates, now, soon, SURGE_APART)
+        burst, peak = insured.burst, insured.peak
         n_robust = absorbing(burst, peak)
-        seen = f"the peak of the last {SURGE_MEMORY / 60:.0f} min"
+        seen = (
+            f"a surge that came back in the last {SURGE_MEMORY / 60:.0f} min" if insured.again
+            else f"the peak of the last {soon / 60:.0f} min" if soon >= SURGE_MEMORY else f"the peak of the last {soon:.0f}s"
+        )
         if n_robust > svc.max_replicas:
             # A surge more than max_replicas could not absorb in time: spare replicas only soften
             # it. Held for one that came once, they are a guess (the RabbitMQ example sat at its
