@@ -112,7 +112,12 @@ def add_bounds(results: Sequence[Result], scenario: Scenario) -> float | None:
         return None
     started = time.perf_counter()
     for res in results:
-        bound = lp_bound.lp_bound(res.trace, scenario, workload(res.trace, scenario))
+        try:
+            bound = lp_bound.lp_bound(res.trace, scenario, workload(res.trace, scenario))
+        except lp_bound.NoScheduleInTime:
+            bound = None
+            for row in res.rows:
+                row["bound_note"] = NONE_IN_TIME
         for row in res.rows:
             row["bound_replica_seconds"] = None if bound is None else round(bound, 1)
             row["cost_vs_bound"] = round(row["replica_seconds"] / bound, 3) if bound else None
@@ -170,6 +175,9 @@ COLUMNS = [
 
 #: what the ``× bound`` column says where the LP could not be solved (scipy is the bench extra)
 NEEDS_SCIPY = "needs scipy"
+#: ... and where no schedule starts every message in time (a start-up longer than the wait budget
+#: with more load from the start than min_replicas serve), so no least cost of doing so exists
+NONE_IN_TIME = "none in time"
 
 
 def cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[bool]]:
@@ -185,7 +193,7 @@ def cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]], l
             policy += f" ({r['target_per_replica']:g}/replica)"
         body.append([
             policy if key == "policy"
-            else NEEDS_SCIPY if key == "cost_vs_bound" and r.get("bound_replica_seconds", 0) is None
+            else r.get("bound_note", NEEDS_SCIPY) if key == "cost_vs_bound" and r.get("bound_replica_seconds", 0) is None
             else _fmt(r.get(key), kind)
             for key, _, kind in columns
         ])

@@ -77,6 +77,12 @@ def available() -> bool:
     return True
 
 
+class NoScheduleInTime(Exception):
+    """The LP is infeasible: no schedule at all starts every message within the SLO (the load
+    before the first start-up could finish is more than ``min_replicas`` serve in time), so there
+    is no least cost of doing so to bound a run by."""
+
+
 def check_times(duration_s: float, interval_s: float, *, warm_up: bool = False) -> np.ndarray:
     """The simulator's ticks inside a trace, ``0, I, 2I, ...`` (with ``warm_up``, Docktor's own
     controllers' warm-up read at 5 s too: :mod:`docktor.agent.core.schedule`), for
@@ -185,6 +191,11 @@ def lp_bound(trace: Trace, scenario: Scenario, load: Workload, decision_times: n
     cost = np.zeros(n_var)
     cost[:T] = 1.0
     res = linprog(cost, A_ub=a_ub, b_ub=np.zeros(le.count), A_eq=a_eq, b_eq=np.zeros(T), bounds=bounds, method="highs")
+    if res.status == 2:
+        raise NoScheduleInTime(
+            f"no schedule starts every message of {trace.name} in time: before a start-up of"
+            f" {scenario.startup_s:g} s, {scenario.min_replicas} replica(s) cannot serve what comes first"
+        )
     if res.status != 0:
         raise RuntimeError(f"the LP bound of {trace.name} did not solve: {res.message}")
     return float(res.fun)

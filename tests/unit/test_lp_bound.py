@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from docktor.agent.sim.baselines import oracle_replica_seconds, run_policy
-from docktor.agent.sim.bench import NEEDS_SCIPY, cells
-from docktor.agent.sim.lp_bound import available, lp_bound
+from docktor.agent.sim.bench import NEEDS_SCIPY, NONE_IN_TIME, cells
+from docktor.agent.sim.lp_bound import NoScheduleInTime, available, lp_bound
 from docktor.agent.sim.simulator import Scenario, workload
 from docktor.agent.sim.trace_file import Trace
 
@@ -83,6 +83,26 @@ def test_bench_without_scipy_says_so_in_the_column(tmp_path: Path) -> None:
     row = next(line for line in done.stdout.splitlines() if line.startswith("| flat"))
     assert NEEDS_SCIPY in row
     assert "× bound: the start-up-aware LP bound needs scipy: pip install 'docktor[bench]'" in done.stdout
+
+
+@needs_scipy
+def test_where_no_schedule_is_in_time_there_is_no_bound_and_bench_says_so(tmp_path: Path) -> None:
+    # 300/s from second 0, a 60 s start-up, a 30 s SLO, 1 replica at 50/s: whatever is ordered
+    # at 0 serves from 60, after the first seconds' messages were due, so no schedule at all
+    # starts every message in time. bench used to stop there ("did not solve: infeasible").
+    scenario = Scenario(startup_s=60.0)
+    trace = Trace("rush", np.full(120, 300))
+    with pytest.raises(NoScheduleInTime, match="no schedule starts every message of rush in time"):
+        lp_bound(trace, scenario, workload(trace, scenario))
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "rush.csv").write_text("t,rate\n" + "".join(f"{t},300\n" for t in range(120)))
+    done = subprocess.run([sys.executable, "-m", "docktor.agent.cli.app", "bench", "--traces", str(traces),
+                           "--policies", "docktor", "--startup-s", "60", "--markdown"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| rush"))
+    assert NONE_IN_TIME in row
 
 
 def test_simulate_and_rows_without_a_bound_have_no_such_column() -> None:
