@@ -18,6 +18,11 @@ from docktor.tools.sdk import STANDARD_METRICS, MetricInfo
 Point = tuple[float, Mapping[str, float]]
 
 
+def time_of(point: Point) -> float:
+    """A point's time: the key to bisect a history by (oldest first)."""
+    return point[0]
+
+
 def pending(o: Mapping[str, float]) -> float | None:
     """Messages waiting for a worker: ``queue.pending`` when the source says it, else the backlog
     less one in flight per running replica; None without either."""

@@ -60,7 +60,7 @@ from docktor.agent.core import deadlines as dl
 from docktor.agent.core import periodic, recalled_loop, surges
 from docktor.agent.core.busy import busy_interval
 from docktor.agent.core.carried import Sized
-from docktor.agent.core.derived import pending
+from docktor.agent.core.derived import pending, time_of
 from docktor.agent.core.feedback import NONE, Correction, correct
 from docktor.agent.core.proposal import Proposal
 from docktor.agent.core.rules import Evaluation
@@ -105,10 +105,6 @@ MU_WORDS = {
 }
 
 
-def _time(point: tuple[float, Mapping[str, float]]) -> float:
-    return point[0]
-
-
 def _quantile(values: Sequence[float], q: float) -> float:
     """``numpy.quantile``'s default (linear) on a short list, without numpy's per-call overhead."""
     ordered = sorted(values)
@@ -147,7 +143,7 @@ def estimate_mu(svc: ServiceConfig, points: Sequence[tuple[float, Mapping[str, f
             continue
         # Clean only if every replica counted was ready for the whole interval: the count did not
         # change since start-up delay before the interval began.
-        j = bisect.bisect_left(points, t0 - svc.startup_delay, hi=k, key=_time)
+        j = bisect.bisect_left(points, t0 - svc.startup_delay, hi=k, key=time_of)
         if j < k and points[j][0] <= t0 and all(
             points[m][1].get("replicas.running") == running for m in range(k - 1, max(0, j - 1) - 1, -1)
         ):
