@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from docktor.agent.advisor.client import resolve_endpoint
 from docktor.agent.config.model import LLMConfig, ServiceConfig, SourceSpec
 from docktor.agent.problems import UsageError
 
@@ -45,6 +44,10 @@ def llm_identity(llm: LLMConfig, env: Mapping[str, str] | None = None) -> str | 
     without an LLM. A digest: the endpoint may carry credentials, and the state file holds none."""
     if llm.provider == "none":
         return None
+    # imported here: the advisor's client loads the openai SDK (a quarter second and tens of MiB),
+    # which a daemon without an LLM never needs
+    from docktor.agent.advisor.client import resolve_endpoint
+
     try:
         found = resolve_endpoint(llm, os.environ if env is None else env)
         endpoint = (found.provider, found.base_url, found.model)

@@ -120,6 +120,27 @@ def test_help_imports_no_heavy_module() -> None:
     assert "Usage: " in done.stdout and "validate" in done.stdout
 
 
+def test_a_daemon_without_an_llm_never_loads_the_openai_sdk(tmp_path: Path) -> None:
+    """The advisor's client is imported only when an LLM is configured: the SDK costs a quarter
+    second and tens of MiB a daemon without one never uses (the footprint benchmark's daemon)."""
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from docktor.agent.config.load import parse_config\n"
+        "from docktor.agent.runtime.supervisor import Supervisor\n"
+        "import docktor.agent.cli.daemon\n"
+        f"cfg = parse_config(sys.argv[1], Path({str(tmp_path / 'docktor.yaml')!r}), {{}})\n"
+        "Supervisor(cfg)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'openai'), file=sys.stderr)\n"
+    )
+    config = (f"state_dir: {tmp_path / 'state'}\nservices:\n  - name: w\n    executor: local\n"
+              "    command: ['sleep', '3600']\n    policy: docktor\n"
+              "    queue: {kind: nats, url: 'nats://127.0.0.1:1', stream: S, consumer: C}\n")
+    done = subprocess.run([sys.executable, "-c", probe, config], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
 #: the style rule is "small modules, none past ~450 lines"; this is its hard edge
 MAX_LINES = 460
 #: protoc's output, regenerated from agent/keda/externalscaler.proto, never edited by hand
