@@ -24,6 +24,7 @@ import numpy as np
 from benchmarks import public_and_held_out
 from docktor.agent.sim import lp_bound
 from docktor.agent.sim.baselines import run_policy, tune_hpa
+from docktor.agent.sim.bench import NEEDS_SCIPY, NONE_IN_TIME
 from docktor.agent.sim.simulator import Scenario, workload
 
 #: the issue's bar on cost: this many times docktor's replica-seconds at 5 s checks
@@ -57,9 +58,9 @@ def main() -> None:
         ticks = np.array([t for t, _, _ in checked.timeline if t < trace.duration])
         try:
             bound = lp_bound.lp_bound(trace, slow, load, ticks)
-            missing = "needs scipy"
+            missing = NEEDS_SCIPY
         except lp_bound.NoScheduleInTime:
-            bound, missing = None, "none in time"
+            bound, missing = None, NONE_IN_TIME
         lp_s += time.perf_counter() - started
         least, gap = (missing,) * 2 if bound is None else (f"{bound / fast.replica_seconds:.2f}", f"{checked.replica_seconds / bound:.2f}")
         print(f"| {trace.name} | {100 * att:.2f}% | {early} of {int(late.sum())} | {100 * att_tuned:.2f}% | {ratio:.2f} | "
